@@ -1,0 +1,30 @@
+"""Soniq: background jobs for Python, stored in the PostgreSQL you already run."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from soniq.app import Soniq
+from soniq.backends.base import StorageBackend
+from soniq.errors import SoniqError
+from soniq.registry import TaskRef
+from soniq.settings import SoniqSettings
+from soniq.types import JobContext, JobRecord, JobStatus, QueueStats
+
+try:
+    __version__ = version("soniq")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "JobContext",
+    "JobRecord",
+    "JobStatus",
+    "QueueStats",
+    "Soniq",
+    "SoniqError",
+    "SoniqSettings",
+    "StorageBackend",
+    "TaskRef",
+    "__version__",
+]

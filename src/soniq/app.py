@@ -1,0 +1,400 @@
+"""The ``Soniq`` facade: owns the settings, the job registry and the storage backend.
+
+Construction does no I/O and needs no event loop; the backend opens its connections on first use.
+Several instances live side by side in one process: nothing here is global.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+import anyio
+
+from soniq.backends.base import StorageBackend
+from soniq.errors import (
+    AppClosedError,
+    ConfigurationError,
+    JobArgumentsError,
+    UnknownJobError,
+    UnsupportedOperationError,
+    ValidationError,
+    did_you_mean,
+)
+from soniq.ids import is_uuid, new_id
+from soniq.registry import JobRegistry, JobSpec, TaskRef, encode_args, validate_name
+from soniq.serialization import to_utc, unique_key
+from soniq.settings import SoniqSettings, load_settings
+from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
+
+__all__ = ["Soniq"]
+
+logger = logging.getLogger("soniq")
+
+F = TypeVar("F", bound=Callable[..., Any])
+When = datetime | timedelta | float | int
+Target = Callable[..., Any] | str | TaskRef
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_BACKEND_NAMES = ("postgres", "sqlite", "memory")
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file path when ``url`` names a SQLite database, else None."""
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///")  # sqlite:////abs/path keeps its leading slash
+    if url.startswith("sqlite://"):
+        raise ConfigurationError(
+            f"SQLite URLs take three slashes: 'sqlite:///relative.db' or 'sqlite:////abs/path.db' "
+            f"(got {url!r})"
+        )
+    return url if url.lower().endswith(_SQLITE_SUFFIXES) and "://" not in url else None
+
+
+def _make_backend(kind: str, url: str, settings: SoniqSettings) -> StorageBackend:
+    if kind == "memory":
+        from soniq.backends.memory import MemoryBackend
+
+        return MemoryBackend()
+    if kind == "sqlite":
+        from soniq.backends.sqlite import SqliteBackend
+
+        return SqliteBackend(_sqlite_path(url) or "soniq.db")
+    from soniq.backends.postgres import PostgresBackend
+
+    return PostgresBackend(url, settings)
+
+
+def _resolve_backend(backend: StorageBackend | str | None, url: str,
+                     settings: SoniqSettings) -> StorageBackend:
+    if backend is None:
+        if url.startswith(("postgresql://", "postgres://")):
+            return _make_backend("postgres", url, settings)
+        if _sqlite_path(url) is not None:
+            return _make_backend("sqlite", url, settings)
+        if url in ("memory", "memory://"):
+            return _make_backend("memory", url, settings)
+        raise ConfigurationError(
+            "cannot tell the storage backend from database_url: use 'postgresql://...', a path "
+            "ending .db/.sqlite/.sqlite3, 'sqlite:///path', or pass backend='memory'"
+        )
+    if isinstance(backend, str):
+        if backend not in _BACKEND_NAMES:
+            raise ConfigurationError(
+                f"unknown backend {backend!r}{did_you_mean(backend, _BACKEND_NAMES)}; "
+                f"choose one of {', '.join(_BACKEND_NAMES)} or pass a StorageBackend instance"
+            )
+        return _make_backend(backend, url, settings)
+    if not isinstance(backend, StorageBackend):
+        raise ConfigurationError(
+            f"backend must be a StorageBackend or one of {', '.join(_BACKEND_NAMES)}, "
+            f"not {type(backend).__name__}"
+        )
+    return backend
+
+
+class Soniq:
+    """Background jobs stored in your database.
+
+    Args:
+        database_url: PostgreSQL URL, or a SQLite path ending ``.db``/``.sqlite``/``.sqlite3``
+            (or ``sqlite:///path``). Defaults to ``SONIQ_DATABASE_URL``, then
+            ``postgresql://postgres@localhost/soniq``.
+        backend: a ``StorageBackend`` instance, or ``"postgres"``, ``"sqlite"``, ``"memory"``;
+            None picks one from ``database_url``.
+        **settings_overrides: any :class:`~soniq.settings.SoniqSettings` field.
+
+    Raises:
+        UnknownSettingError: a keyword is not a setting (the message suggests the closest).
+        ConfigurationError: a value is out of range, or the backend cannot be chosen.
+    """
+
+    def __init__(self, database_url: str | None = None, backend: StorageBackend | str | None = None,
+                 **settings_overrides: Any) -> None:
+        if database_url is not None:
+            settings_overrides["database_url"] = database_url
+        self._settings = load_settings(settings_overrides)
+        self._settings.apply_logging()
+        self._backend = _resolve_backend(backend, self._settings.database_url, self._settings)
+        self._registry = JobRegistry()
+        self._init_lock = anyio.Lock()
+        self._initialized = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Soniq backend={self._backend.name} jobs={len(self._registry)}>"
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def settings(self) -> SoniqSettings:
+        return self._settings
+
+    @property
+    def backend(self) -> StorageBackend:
+        """The storage backend (exists from construction; connects on first use)."""
+        return self._backend
+
+    @property
+    def registry(self) -> JobRegistry:
+        return self._registry
+
+    @property
+    def is_initialized(self) -> bool:
+        return self._initialized
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def ensure_initialized(self) -> None:
+        """Open the backend's connections if not yet open (every async method does this itself)."""
+        if self._closed:
+            raise AppClosedError("this Soniq instance is closed; create a new one")
+        if self._initialized:
+            return
+        async with self._init_lock:
+            if not self._initialized:
+                await self._backend.initialize()
+                self._initialized = True
+
+    async def close(self) -> None:
+        """Release connections. Calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._initialized:
+            self._initialized = False
+            with anyio.CancelScope(shield=True):
+                await self._backend.close()
+
+    async def __aenter__(self) -> Soniq:
+        await self.ensure_initialized()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def setup(self) -> list[str]:
+        """Create the database if missing and apply pending migrations (what ``soniq setup``
+        runs in a deploy step). Returns the names of the migrations applied."""
+        if self._closed:
+            raise AppClosedError("this Soniq instance is closed; create a new one")
+        return await self._backend.migrate()
+
+    # -- registration -------------------------------------------------------------------------
+    @overload
+    def job(self, func: F, /) -> F: ...
+    @overload
+    def job(self, func: None = None, /, **options: Any) -> Callable[[F], F]: ...
+
+    def job(self, func: F | None = None, /, **options: Any) -> F | Callable[[F], F]:
+        """Register a function as a job: ``@app.job()`` or ``@app.job(queue="emails", retries=5)``.
+
+        Options: ``name``, ``queue``, ``priority`` (lower runs first), ``retries`` (alias
+        ``max_retries``), ``retry_delay`` (seconds, or a list per retry), ``retry_backoff``,
+        ``retry_max_delay``, ``timeout`` (None inherits ``job_timeout``, 0 disables),
+        ``unique``, ``validate`` (alias ``args_model``, a pydantic model for the arguments).
+        The function is returned unchanged, so it can still be called directly.
+        """
+
+        def decorate(fn: F) -> F:
+            self._registry.register(fn, **options)
+            return fn
+
+        return decorate(func) if func is not None else decorate
+
+    # -- enqueue ------------------------------------------------------------------------------
+    async def enqueue(self, target: Target, *, args: Mapping[str, Any] | None = None,
+                      queue: str | None = None, priority: int | None = None,
+                      scheduled_at: When | None = None, unique: bool | None = None,
+                      dedup_key: str | None = None, connection: Any = None,
+                      **kwargs: Any) -> str:
+        """Add one job and return its id.
+
+        ``target`` is a function registered with ``@app.job()``, a registered job name, or a
+        :class:`TaskRef`. Job arguments are keywords (``**kwargs``) or ``args={...}``.
+        ``scheduled_at`` takes an aware datetime, a timedelta or seconds from now. ``unique=True``
+        or a ``dedup_key`` returns the id of an identical job still waiting instead of adding one.
+        ``connection=`` (PostgreSQL) inserts inside that connection's transaction.
+        """
+        job = self._new_job(target, _job_kwargs(args, kwargs), queue=queue, priority=priority,
+                            scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+        self._check_connection(connection)
+        await self.ensure_initialized()
+        [job_id] = await self._backend.insert_jobs([job], connection=connection)
+        return job_id
+
+    async def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
+                           queue: str | None = None, priority: int | None = None,
+                           scheduled_at: When | None = None, connection: Any = None) -> list[str]:
+        """Add one job per element of ``args_list`` and return their ids in order.
+
+        Every element is validated before anything is written; on PostgreSQL the rows go in with
+        one statement per chunk. Unique jobs are refused here (use ``enqueue``).
+        """
+        if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
+            raise JobArgumentsError("args_list must be a list of dicts, one per job")
+        jobs = []
+        for index, job_args in enumerate(args_list):
+            if not isinstance(job_args, Mapping):
+                raise JobArgumentsError(f"args_list[{index}] must be a dict, not {type(job_args).__name__}")
+            try:
+                job = self._new_job(target, job_args, queue=queue, priority=priority,
+                                    scheduled_at=scheduled_at, unique=None, dedup_key=None)
+            except ValidationError as exc:
+                raise type(exc)(f"args_list[{index}]: {exc.message}") from None
+            if job.dedup_key is not None:
+                raise ValidationError(
+                    f"job {job.job_name!r} is unique; enqueue_many does not deduplicate, "
+                    "so enqueue unique jobs one at a time with enqueue()"
+                )
+            jobs.append(job)
+        if not jobs:
+            return []
+        self._check_connection(connection)
+        await self.ensure_initialized()
+        return await self._backend.insert_jobs(jobs, connection=connection)
+
+    async def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
+                       **kwargs: Any) -> str:
+        """``enqueue`` to run at ``run_at`` (an aware datetime, a timedelta or seconds from now)."""
+        if run_at is None:
+            raise ValidationError("schedule() needs run_at; use enqueue() to run as soon as possible")
+        return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
+
+    def _check_connection(self, connection: Any) -> None:
+        if connection is not None and not self._backend.supports_transactions:
+            raise UnsupportedOperationError(
+                f"enqueue(connection=...) joins your database transaction, which the "
+                f"{self._backend.name} backend cannot do; use PostgreSQL"
+            )
+
+    def _new_job(self, target: Target, job_args: Mapping[str, Any], *, queue: str | None,
+                 priority: int | None, scheduled_at: When | None, unique: bool | None,
+                 dedup_key: str | None) -> NewJob:
+        """Validate everything about one job and build its row; nothing is written here."""
+        if self._closed:
+            raise AppClosedError("this Soniq instance is closed; create a new one")
+        spec, name, default_queue, model = self._resolve_target(target)
+        if spec is not None and (model is None or not isinstance(target, TaskRef)):
+            args_json = spec.encode_args(job_args)
+        else:
+            args_json = encode_args(name, job_args, model=model)
+        if priority is None:
+            priority = spec.priority if spec and spec.priority is not None else self._settings.priority
+        elif not isinstance(priority, int) or isinstance(priority, bool) or not -32_768 <= priority <= 32_767:
+            raise ValidationError(f"priority must be an integer from -32768 to 32767, got {priority!r}")
+        retries = spec.max_retries if spec and spec.max_retries is not None else self._settings.max_retries
+        if unique is None:
+            unique = spec.unique if spec else False
+        if dedup_key is not None and (not isinstance(dedup_key, str) or not 0 < len(dedup_key) <= 512):
+            raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
+        if dedup_key is None and unique:
+            dedup_key = unique_key(name, args_json)
+        return NewJob(
+            id=new_id(),
+            job_name=name,
+            queue=validate_name(queue, "queue name") if queue is not None else default_queue,
+            priority=priority,
+            args=args_json,
+            max_attempts=retries + 1,
+            scheduled_at=to_utc(scheduled_at),
+            dedup_key=dedup_key,
+        )
+
+    def _resolve_target(self, target: Target) -> tuple[JobSpec | None, str, str, Any]:
+        """(spec or None, job name, default queue, args model) for an enqueue target."""
+        if isinstance(target, TaskRef):
+            spec = self._registry.get(target.name)
+            queue = target.default_queue or (spec.queue if spec else "default")
+            return spec, target.name, queue, target.args_model or (spec.args_model if spec else None)
+        if isinstance(target, str):
+            name = validate_name(target, "job name")
+            spec = self._registry.get(name)
+            if spec is None and self._settings.enqueue_validation == "strict":
+                raise UnknownJobError(
+                    f"no job named {name!r} is registered on this app"
+                    f"{did_you_mean(name, [s.name for s in self._registry])}; register it with "
+                    "@app.job(), enqueue a TaskRef, or set enqueue_validation='none'"
+                )
+            return spec, name, spec.queue if spec else "default", spec.args_model if spec else None
+        if callable(target):
+            spec = self._registry.spec_for(target)
+            if spec is None:
+                raise UnknownJobError(
+                    f"{getattr(target, '__qualname__', target)!r} is not registered on this app; "
+                    "decorate it with @app.job()"
+                )
+            return spec, spec.name, spec.queue, spec.args_model
+        raise ValidationError(
+            f"enqueue target must be a registered function, a job name or a TaskRef, "
+            f"not {type(target).__name__}"
+        )
+
+    # -- management ---------------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job's full record, or None when there is no such job."""
+        if not is_uuid(job_id):
+            return None
+        await self.ensure_initialized()
+        return await self._backend.get_job(job_id)
+
+    async def get_result(self, job_id: str) -> Any:
+        """What a ``done`` job returned; None otherwise (or after ``result_ttl``)."""
+        record = await self.get_job(job_id)
+        if record is None or record["status"] != JobStatus.DONE:
+            return None
+        return record["result"]
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """Cancel a job that has not started; True when it was cancelled."""
+        if not is_uuid(job_id):
+            return False
+        await self.ensure_initialized()
+        return await self._backend.cancel_job(job_id)
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Delete a job in any state; True when it existed."""
+        if not is_uuid(job_id):
+            return False
+        await self.ensure_initialized()
+        return await self._backend.delete_job(job_id)
+
+    async def list_jobs(self, queue: str | None = None, status: str | None = None,
+                        limit: int = 100, offset: int = 0) -> list[JobRecord]:
+        """Jobs, newest first, optionally filtered by queue and status."""
+        if queue is not None:
+            validate_name(queue, "queue name")
+        if status is not None and status not in JobStatus._value2member_map_:
+            raise ValidationError(
+                f"unknown status {status!r}{did_you_mean(str(status), JobStatus._value2member_map_)};"
+                f" use one of {', '.join(JobStatus._value2member_map_)}"
+            )
+        for label, value, low in (("limit", limit, 1), ("offset", offset, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValidationError(f"{label} must be an integer >= {low}, got {value!r}")
+        await self.ensure_initialized()
+        return await self._backend.list_jobs(queue=queue, status=status, limit=limit, offset=offset)
+
+    async def get_queue_stats(self) -> list[QueueStats]:
+        """Job counts per queue and status, sorted by queue name (``[]`` when there are no jobs)."""
+        await self.ensure_initialized()
+        return await self._backend.queue_stats()
+
+
+def _job_kwargs(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Mapping[str, Any]:
+    if args is None:
+        return kwargs
+    if kwargs:
+        raise JobArgumentsError(
+            f"pass job arguments either as keywords or as args={{...}}, not both "
+            f"(got args= and {', '.join(sorted(kwargs))})"
+        )
+    if not isinstance(args, Mapping):
+        raise JobArgumentsError(f"args must be a dict of keyword arguments, not {type(args).__name__}")
+    return args

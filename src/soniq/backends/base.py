@@ -1,0 +1,135 @@
+"""The storage seam: what every backend does, as one typed async method per operation.
+
+Semantics are defined by the conformance suite in ``tests/backends/`` and hold on memory, SQLite
+and PostgreSQL alike. The rules every adapter keeps:
+
+- Job rows carry JSON *text* for ``args`` and ``result``: encoded once by the caller, decoded only
+  when a :class:`~soniq.types.JobRecord` is built. No driver codecs, so a caller's own connection
+  works for transactional enqueue.
+- ``insert_jobs`` honours ``dedup_key`` with a database constraint: while a ``queued`` job holds a
+  key, inserting the same key returns the existing id (concurrent inserts too).
+- ``claim_jobs`` takes due ``queued`` jobs in ``priority, scheduled_at, id`` order, marks them
+  ``processing`` with a fresh ``lease_id`` and ``attempts + 1``.
+- Every later write about a claimed job is fenced by ``status = 'processing' AND lease_id``;
+  losing that race is a normal "not applied", never an error.
+- Timestamps cross the seam as timezone-aware UTC datetimes. ``now=None`` means the database's
+  clock (Python's on memory); tests pass ``now`` to move time without sleeping.
+- Malformed job ids are "not found" (None / False), never a driver error.
+- Driver exceptions are translated to :mod:`soniq.errors` in one place per adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from soniq.serialization import loads
+from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
+
+__all__ = ["JOB_COLUMNS", "StorageBackend", "job_record"]
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """A place to keep jobs. Implementations: ``MemoryBackend``, ``SqliteBackend``,
+    ``PostgresBackend``."""
+
+    #: ``"memory"``, ``"sqlite"`` or ``"postgres"``.
+    name: str
+    #: LISTEN/NOTIFY wake-ups are available.
+    supports_listen: bool
+    #: ``insert_jobs(..., connection=)`` and ``acquire()`` work (the caller's transaction).
+    supports_transactions: bool
+
+    async def initialize(self) -> None:
+        """Open connections (idempotent). Embedded backends create their schema here; PostgreSQL
+        checks it and raises :class:`~soniq.errors.SchemaMissingError` naming ``soniq setup``."""
+        ...
+
+    async def close(self) -> None:
+        """Release every connection (idempotent)."""
+        ...
+
+    async def migrate(self) -> list[str]:
+        """Create the database if needed and apply pending migrations under a lock; return the
+        names applied (empty when up to date)."""
+        ...
+
+    def acquire(self) -> AbstractAsyncContextManager[Any]:
+        """Lend a pooled connection for the caller's own SQL (PostgreSQL only; others raise
+        :class:`~soniq.errors.UnsupportedOperationError`)."""
+        ...
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        """Insert jobs (in one statement per chunk where the driver allows), wake listeners once
+        per queue, and return the ids in input order (an existing id where ``dedup_key`` matched).
+        With ``connection=``, the insert joins that connection's transaction."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
+                        limit: int = 100, offset: int = 0) -> list[JobRecord]:
+        """Newest first (by id, which is time-ordered)."""
+        ...
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """``queued`` -> ``cancelled``; True when it applied."""
+        ...
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove the row in any state; True when it existed."""
+        ...
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Counts per queue and status, sorted by queue name; ``[]`` when there are no jobs."""
+        ...
+
+    async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
+                         *, now: datetime | None = None) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs (all queues when ``queues`` is None)."""
+        ...
+
+    async def complete_jobs(self, outcomes: Sequence[JobOutcome],
+                            *, now: datetime | None = None) -> list[str]:
+        """Write outcomes where the lease still holds; return the ids that were accepted."""
+        ...
+
+
+#: The jobs table's columns, in the order adapters select them.
+JOB_COLUMNS = (
+    "id", "job_name", "queue", "priority", "status", "args", "result", "attempts", "max_attempts",
+    "scheduled_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at", "errors",
+    "worker_id", "lease_id", "dedup_key",
+)
+
+
+def job_record(row: Mapping[str, Any]) -> JobRecord:
+    """Build the public record from a row whose JSON columns are text and whose timestamps are
+    aware datetimes (adapters convert driver types first). The one place the shape is decided."""
+    errors: list[dict[str, Any]] = loads(row["errors"]) or []
+    last = errors[-1] if errors else None
+    worker_id = row["worker_id"]
+    return {
+        "id": str(row["id"]),
+        "job_name": row["job_name"],
+        "queue": row["queue"],
+        "priority": row["priority"],
+        "status": row["status"],
+        "args": loads(row["args"]),
+        "result": loads(row["result"]),
+        "attempts": row["attempts"],
+        "max_attempts": row["max_attempts"],
+        "scheduled_at": row["scheduled_at"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "expires_at": row["expires_at"],
+        "errors": errors,
+        "last_error": f"{last['type']}: {last['message']}" if last else None,
+        "worker_id": None if worker_id is None else str(worker_id),
+        "dedup_key": row["dedup_key"],
+    }

@@ -1,0 +1,184 @@
+"""``MemoryBackend``: the reference semantics in plain Python, and the test double.
+
+Everything lives in one process, in dicts; nothing survives the process. Rows hold JSON text like
+the database backends, so a test on memory catches values production could not store. Every
+method body runs without an ``await`` between reading and writing, so operations are atomic under
+any AnyIO backend.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from soniq.backends.base import job_record
+from soniq.errors import UnsupportedOperationError
+from soniq.serialization import dumps, loads, utc_now
+from soniq.types import ClaimedJob, JobOutcome, JobRecord, JobStatus, NewJob, QueueStats
+
+__all__ = ["MemoryBackend"]
+
+_STATUSES = tuple(status.value for status in JobStatus)
+
+
+class MemoryBackend:
+    """In-process storage for tests and demos; one instance is one private database."""
+
+    name = "memory"
+    supports_listen = False
+    supports_transactions = False
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, dict[str, Any]] = {}
+        # dedup_key -> id of the queued job that holds it (the "partial unique index").
+        self._dedup: dict[str, str] = {}
+
+    async def initialize(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def migrate(self) -> list[str]:
+        return []
+
+    @asynccontextmanager
+    async def _no_connections(self) -> AsyncIterator[Any]:
+        raise UnsupportedOperationError(
+            "the memory backend has no connections to lend; backend.acquire() and "
+            "transactional enqueue need PostgreSQL"
+        )
+        yield  # pragma: no cover
+
+    def acquire(self) -> Any:
+        return self._no_connections()
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        if connection is not None:
+            raise UnsupportedOperationError(
+                "enqueue(connection=...) joins a database transaction; the memory backend has "
+                "none. Use PostgreSQL for transactional enqueue."
+            )
+        now = utc_now()
+        ids = []
+        for job in jobs:
+            if job.dedup_key is not None and job.dedup_key in self._dedup:
+                ids.append(self._dedup[job.dedup_key])
+                continue
+            self._jobs[job.id] = {
+                "id": job.id, "job_name": job.job_name, "queue": job.queue,
+                "priority": job.priority, "status": JobStatus.QUEUED.value, "args": job.args,
+                "result": None, "attempts": 0, "max_attempts": job.max_attempts,
+                "scheduled_at": job.scheduled_at or now, "created_at": now, "updated_at": now,
+                "started_at": None, "finished_at": None, "expires_at": None, "errors": "[]",
+                "worker_id": None, "lease_id": None, "dedup_key": job.dedup_key,
+            }
+            if job.dedup_key is not None:
+                self._dedup[job.dedup_key] = job.id
+            ids.append(job.id)
+        return ids
+
+    def _set_status(self, row: dict[str, Any], status: str, now: datetime) -> None:
+        """Change a row's status. A dedup key is held only while the job waits for its first
+        run: leaving ``queued`` releases it, and a re-queued job does not take it back."""
+        if row["status"] == JobStatus.QUEUED and row["dedup_key"] is not None:
+            self._dedup.pop(row["dedup_key"], None)
+            row["dedup_key"] = None
+        row["status"] = status
+        row["updated_at"] = now
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        return None if row is None else job_record(row)
+
+    async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
+                        limit: int = 100, offset: int = 0) -> list[JobRecord]:
+        rows = [
+            row for row in self._jobs.values()
+            if (queue is None or row["queue"] == queue) and (status is None or row["status"] == status)
+        ]
+        rows.sort(key=lambda row: row["id"], reverse=True)
+        return [job_record(row) for row in rows[offset:offset + limit]]
+
+    async def cancel_job(self, job_id: str) -> bool:
+        row = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if row is None or row["status"] != JobStatus.QUEUED:
+            return False
+        now = utc_now()
+        self._set_status(row, JobStatus.CANCELLED.value, now)
+        row["finished_at"] = now
+        return True
+
+    async def delete_job(self, job_id: str) -> bool:
+        row = self._jobs.pop(job_id, None) if isinstance(job_id, str) else None
+        if row is None:
+            return False
+        if row["status"] == JobStatus.QUEUED and row["dedup_key"] is not None:
+            self._dedup.pop(row["dedup_key"], None)
+        return True
+
+    async def queue_stats(self) -> list[QueueStats]:
+        counts: dict[str, dict[str, int]] = {}
+        for row in self._jobs.values():
+            per_queue = counts.setdefault(row["queue"], dict.fromkeys(_STATUSES, 0))
+            per_queue[row["status"]] += 1
+        return [
+            {"queue": queue, "total": sum(c.values()), "queued": c["queued"],
+             "processing": c["processing"], "done": c["done"], "dead_letter": c["dead_letter"],
+             "cancelled": c["cancelled"]}
+            for queue, c in sorted(counts.items())
+        ]
+
+    async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
+                         *, now: datetime | None = None) -> list[ClaimedJob]:
+        now = now or utc_now()
+        wanted = None if queues is None else set(queues)
+        due = sorted(
+            (row for row in self._jobs.values()
+             if row["status"] == JobStatus.QUEUED and row["scheduled_at"] <= now
+             and (wanted is None or row["queue"] in wanted)),
+            key=lambda row: (row["priority"], row["scheduled_at"], row["id"]),
+        )[:limit]
+        claimed = []
+        for row in due:
+            self._set_status(row, JobStatus.PROCESSING.value, now)
+            row["attempts"] += 1
+            row["worker_id"] = worker_id
+            row["lease_id"] = str(uuid.uuid4())
+            row["started_at"] = now
+            claimed.append(ClaimedJob(
+                id=row["id"], job_name=row["job_name"], queue=row["queue"],
+                priority=row["priority"], args=row["args"], attempts=row["attempts"],
+                max_attempts=row["max_attempts"], scheduled_at=row["scheduled_at"],
+                created_at=row["created_at"], lease_id=row["lease_id"],
+            ))
+        return claimed
+
+    async def complete_jobs(self, outcomes: Sequence[JobOutcome],
+                            *, now: datetime | None = None) -> list[str]:
+        now = now or utc_now()
+        accepted = []
+        for outcome in outcomes:
+            row = self._jobs.get(outcome.job_id)
+            if (row is None or row["status"] != JobStatus.PROCESSING
+                    or row["lease_id"] != outcome.lease_id):
+                continue
+            if outcome.error is not None:
+                row["errors"] = dumps([*loads(row["errors"]), loads(outcome.error)])
+            if outcome.refund_attempt:
+                row["attempts"] -= 1
+            row["lease_id"] = None
+            if outcome.status == JobStatus.QUEUED:
+                row["scheduled_at"] = outcome.run_at or now
+                row["worker_id"] = None
+            else:
+                row["result"] = outcome.result
+                row["finished_at"] = now
+                row["expires_at"] = outcome.expires_at
+            self._set_status(row, outcome.status.value, now)
+            accepted.append(outcome.job_id)
+        return accepted
+

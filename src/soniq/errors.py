@@ -1,0 +1,112 @@
+"""Every error Soniq raises on purpose.
+
+Each class's docstring says what went wrong and how to fix it. The tree::
+
+    SoniqError
+    ├── ConfigurationError         bad settings, unknown backend, bad URL
+    │   └── UnknownSettingError    a keyword/setting that does not exist ("did you mean ...?")
+    ├── ValidationError            bad input to enqueue / @app.job, rejected before anything is written
+    │   ├── InvalidNameError       a queue or job name that is not a safe identifier
+    │   ├── JobArgumentsError      arguments not JSON, not matching the signature or model
+    │   ├── SerializationError     a value Soniq cannot store as JSON
+    │   └── UnknownJobError        enqueue of a name this app does not know
+    ├── DuplicateJobError          two functions registered under one job name
+    ├── UnsupportedOperationError  a capability the chosen backend lacks (e.g. ``connection=`` on SQLite)
+    ├── AppClosedError             the Soniq instance was closed
+    └── DatabaseError              the database failed or cannot be reached
+        ├── SchemaMissingError     PostgreSQL has no Soniq schema: run ``soniq setup``
+        └── MigrationError         a migration failed to apply
+
+Driver exceptions never leak: each adapter translates them in one place with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "AppClosedError",
+    "ConfigurationError",
+    "DatabaseError",
+    "DuplicateJobError",
+    "InvalidNameError",
+    "JobArgumentsError",
+    "MigrationError",
+    "SchemaMissingError",
+    "SerializationError",
+    "SoniqError",
+    "UnknownJobError",
+    "UnknownSettingError",
+    "UnsupportedOperationError",
+    "ValidationError",
+    "did_you_mean",
+]
+
+
+class SoniqError(Exception):
+    """Base class of every error Soniq raises on purpose."""
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (type(self).__doc__ or type(self).__name__).strip()
+        super().__init__(self.message)
+
+
+class ConfigurationError(SoniqError):
+    """A setting or constructor argument is invalid; the message names it and the allowed values."""
+
+
+class UnknownSettingError(ConfigurationError, TypeError):
+    """A keyword that is not a Soniq setting was passed; check its spelling."""
+
+
+class ValidationError(SoniqError, ValueError):
+    """Input was rejected before anything was written; the message says what to change."""
+
+
+class InvalidNameError(ValidationError):
+    """A queue or job name must match ``^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$``."""
+
+
+class JobArgumentsError(ValidationError, TypeError):
+    """Job arguments do not match the job's signature, its pydantic model, or are not JSON."""
+
+
+class SerializationError(ValidationError):
+    """A value cannot be stored as JSON (Soniq never pickles)."""
+
+
+class UnknownJobError(ValidationError):
+    """The job name is not registered on this Soniq instance; decorate the function with
+    ``@app.job()`` or set ``enqueue_validation="none"`` for cross-service producers."""
+
+
+class DuplicateJobError(SoniqError):
+    """Another function is already registered under this job name; pass a distinct ``name=``."""
+
+
+class UnsupportedOperationError(SoniqError):
+    """The storage backend in use cannot do this; the message names the backend that can."""
+
+
+class AppClosedError(SoniqError):
+    """This Soniq instance was closed; create a new one."""
+
+
+class DatabaseError(SoniqError):
+    """The database failed or could not be reached; the message carries the driver's reason."""
+
+
+class SchemaMissingError(DatabaseError):
+    """The database has no (or an outdated) Soniq schema. Run ``soniq setup`` (or ``await app.setup()``
+    in your deploy step) to create it."""
+
+
+class MigrationError(DatabaseError):
+    """A migration failed to apply; nothing of that migration was committed."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``" — did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" — did you mean {matches[0]!r}?" if matches else ""

@@ -1,0 +1,251 @@
+"""Job definitions: ``JobSpec`` (one registered function and its options), ``JobRegistry`` (one per
+Soniq instance), ``TaskRef`` (a typed reference to a job another service runs), and the checks that
+reject bad names and arguments before anything is written."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from soniq.errors import (
+    ConfigurationError,
+    DuplicateJobError,
+    InvalidNameError,
+    JobArgumentsError,
+    did_you_mean,
+)
+from soniq.serialization import dumps
+from soniq.types import JobContext
+
+__all__ = ["RESERVED_ENQUEUE_OPTIONS", "JobRegistry", "JobSpec", "TaskRef", "validate_name"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+#: ``enqueue``'s own keywords; a job may not use them as parameter names (they would be ambiguous).
+RESERVED_ENQUEUE_OPTIONS = frozenset(
+    {"args", "queue", "priority", "scheduled_at", "unique", "dedup_key", "connection"}
+)
+
+_JOB_OPTIONS = (
+    "name", "queue", "priority", "retries", "max_retries", "retry_delay", "retry_backoff",
+    "retry_max_delay", "timeout", "unique", "validate", "args_model",
+)
+
+
+def validate_name(name: object, what: str) -> str:
+    """Return ``name`` if it is a safe identifier (``[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}``)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidNameError(
+            f"invalid {what} {name!r}: use 1-128 characters of letters, digits, '_', '.', ':' "
+            "or '-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """A job known by name only (it runs in another service). ``args_model`` validates arguments
+    at enqueue; ``default_queue`` is used when ``enqueue`` names no queue."""
+
+    name: str
+    args_model: type[pydantic.BaseModel] | None = None
+    default_queue: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "job name")
+        if self.default_queue is not None:
+            validate_name(self.default_queue, "queue name")
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One registered job. ``None`` options fall back to the app's settings at enqueue/run time
+    (``priority``, ``max_retries``, ``timeout`` -> ``job_timeout``; ``timeout=0`` disables)."""
+
+    name: str
+    func: Callable[..., Any]
+    queue: str = "default"
+    priority: int | None = None
+    max_retries: int | None = None
+    retry_delay: float | tuple[float, ...] = 0.0
+    retry_backoff: bool = False
+    retry_max_delay: float | None = None
+    timeout: float | None = None
+    unique: bool = False
+    args_model: type[pydantic.BaseModel] | None = None
+    is_async: bool = False
+    context_param: str | None = None
+
+    def encode_args(self, kwargs: Mapping[str, Any]) -> str:
+        """Check ``kwargs`` against the model or signature and return them as JSON text."""
+        return encode_args(self.name, kwargs, model=self.args_model, func=self.func,
+                           context_param=self.context_param)
+
+
+def encode_args(name: str, kwargs: Mapping[str, Any], *, model: type[pydantic.BaseModel] | None,
+                func: Callable[..., Any] | None = None, context_param: str | None = None) -> str:
+    """Validate job arguments (pydantic model, else the function's signature) and encode them."""
+    if model is not None:
+        try:
+            value: Any = model.model_validate(dict(kwargs)).model_dump(mode="json")
+        except pydantic.ValidationError as exc:
+            raise JobArgumentsError(
+                f"arguments for job {name!r} do not match {model.__name__}: "
+                + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}"
+                            for e in exc.errors())
+            ) from None
+    else:
+        if func is not None:
+            try:
+                _signature_without(func, context_param).bind(**kwargs)
+            except TypeError as exc:
+                raise JobArgumentsError(
+                    f"arguments for job {name!r} do not match its signature "
+                    f"{_signature_without(func, context_param)}: {exc}"
+                ) from None
+        value = dict(kwargs)
+    return dumps(value, what=f"arguments of job {name!r}")
+
+
+def _signature_without(func: Callable[..., Any], param: str | None) -> inspect.Signature:
+    signature = inspect.signature(func)
+    if param is None:
+        return signature
+    return signature.replace(parameters=[p for p in signature.parameters.values() if p.name != param])
+
+
+def _context_param(func: Callable[..., Any]) -> str | None:
+    """The parameter annotated ``JobContext`` (string annotations resolved too), if any."""
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolvable annotations: fall back to the raw ones
+        hints = getattr(func, "__annotations__", {})
+    for pname, hint in hints.items():
+        if pname != "return" and (hint is JobContext or hint == "JobContext"):
+            return pname
+    return None
+
+
+def _derived_name(func: Callable[..., Any]) -> str:
+    module = func.__module__
+    if module == "__main__":
+        # A script's jobs must have the same name in the producer and in `soniq worker script:app`,
+        # which imports it under its file name.
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        path = getattr(main, "__file__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif path:
+            module = Path(path).stem
+        else:  # an interactive session or `python -c`: there is no module name to share
+            return func.__name__
+    return f"{module}.{func.__name__}"
+
+
+def _delays(value: object) -> float | tuple[float, ...]:
+    items: Sequence[object] = value if isinstance(value, list | tuple) else [value]
+    if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+                            for v in items):
+        raise ConfigurationError(
+            f"retry_delay must be a number of seconds >= 0 or a non-empty list of them, got {value!r}"
+        )
+    delays = tuple(float(v) for v in items)  # type: ignore[arg-type]
+    return delays if isinstance(value, list | tuple) else delays[0]
+
+
+def _number(option: str, value: object, *, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError(f"{option} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _int(option: str, value: object, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigurationError(f"{option} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+class JobRegistry:
+    """The jobs one Soniq instance knows, by name and by function."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, JobSpec] = {}
+        self._by_func: dict[Callable[..., Any], JobSpec] = {}
+
+    def register(self, func: Callable[..., Any], **options: Any) -> JobSpec:
+        """Register ``func`` with ``@app.job()`` options; see :meth:`soniq.Soniq.job`."""
+        for key in options:
+            if key not in _JOB_OPTIONS:
+                raise ConfigurationError(
+                    f"unknown job option {key!r}{did_you_mean(key, _JOB_OPTIONS)}"
+                )
+        if not callable(func):
+            raise ConfigurationError(f"@app.job() decorates a function, not {func!r}")
+        if options.get("name") is None and not _NAME.fullmatch(_derived_name(func)):
+            raise InvalidNameError(
+                f"cannot derive a valid job name from {_derived_name(func)!r}; pass name=..."
+            )
+        name = validate_name(options.get("name") or _derived_name(func), "job name")
+        model = options.get("validate") or options.get("args_model")
+        if model is not None and not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
+            raise ConfigurationError(f"validate= must be a pydantic model class, got {model!r}")
+        retries = options.get("max_retries", options.get("retries"))
+        context_param = _context_param(func)
+        clashes = sorted(set(inspect.signature(func).parameters) & RESERVED_ENQUEUE_OPTIONS)
+        if clashes:
+            raise ConfigurationError(
+                f"job {name!r} has parameter(s) {', '.join(clashes)} that clash with enqueue's own "
+                f"options ({', '.join(sorted(RESERVED_ENQUEUE_OPTIONS))}); rename them"
+            )
+        spec = JobSpec(
+            name=name,
+            func=func,
+            queue=validate_name(options.get("queue", "default"), "queue name"),
+            priority=_int("priority", options.get("priority"), -32_768, 32_767),
+            max_retries=_int("retries", retries, 0, 1_000),
+            retry_delay=_delays(options.get("retry_delay", 0.0)),
+            retry_backoff=bool(options.get("retry_backoff", False)),
+            retry_max_delay=_number("retry_max_delay", options.get("retry_max_delay")),
+            timeout=_number("timeout", options.get("timeout")),
+            unique=bool(options.get("unique", False)),
+            args_model=model,
+            is_async=inspect.iscoroutinefunction(func),
+            context_param=context_param,
+        )
+        existing = self._by_name.get(name)
+        if existing is not None and existing.func is not func:
+            raise DuplicateJobError(
+                f"job name {name!r} is already registered to {existing.func.__qualname__}; "
+                "pass a distinct name= to one of them"
+            )
+        self._by_name[name] = spec
+        self._by_func[func] = spec
+        return spec
+
+    def get(self, name: str) -> JobSpec | None:
+        return self._by_name.get(name)
+
+    def spec_for(self, func: Callable[..., Any]) -> JobSpec | None:
+        return self._by_func.get(func)
+
+    def __iter__(self) -> Iterator[JobSpec]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name

@@ -1,0 +1,85 @@
+"""JSON in and out: the one place for what Soniq can store.
+
+Payloads and results are strict JSON (RFC 8259) that PostgreSQL's ``jsonb`` accepts: no NaN or
+Infinity, no NUL characters, no lone surrogates, string keys only. Anything else is rejected with a
+:class:`~soniq.errors.SerializationError` before it is written. Never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from soniq.errors import SerializationError, ValidationError
+
+__all__ = ["dumps", "loads", "to_utc", "unique_key", "utc_now"]
+
+# A JSON-escaped NUL (\u0000) not itself escaped, and any surrogate code point left in the text.
+_JSONB_UNSAFE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000|[\ud800-\udfff]")
+
+
+def dumps(value: Any, *, what: str = "value") -> str:
+    """Encode ``value`` as compact JSON text, or raise :class:`SerializationError` naming ``what``."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"{what} is not JSON-serialisable: {exc}. Soniq stores payloads as JSON "
+            "(str, int, float, bool, None, list, dict with str keys); convert other values first."
+        ) from exc
+    except RecursionError as exc:
+        raise SerializationError(f"{what} is nested too deeply to store as JSON") from exc
+    if _JSONB_UNSAFE.search(text):
+        raise SerializationError(
+            f"{what} contains a NUL character or a lone surrogate, which JSON storage cannot hold"
+        )
+    return text
+
+
+def loads(text: str | bytes | None) -> Any:
+    """Decode JSON text (None stays None)."""
+    if text is None:
+        return None
+    return json.loads(text)
+
+
+def unique_key(job_name: str, args_json: str) -> str:
+    """The dedup key of a ``unique=True`` job: its name and a hash of its canonical arguments."""
+    canonical = json.dumps(json.loads(args_json), sort_keys=True, separators=(",", ":"))
+    return f"unique:{job_name}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_utc(when: datetime | timedelta | float | int | None, *, now: datetime | None = None,
+           what: str = "scheduled_at") -> datetime | None:
+    """Normalise a run time: an aware datetime, a timedelta from now, or seconds from now.
+
+    Naive datetimes are refused: their zone is a guess Soniq will not make.
+    """
+    if when is None:
+        return None
+    if isinstance(when, bool):
+        raise ValidationError(f"{what} must be a datetime, timedelta or number of seconds, not bool")
+    if isinstance(when, datetime):
+        if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
+            raise ValidationError(
+                f"{what} is a naive datetime ({when.isoformat()}); pass a timezone-aware one, "
+                "e.g. datetime.now(UTC) + timedelta(minutes=5)"
+            )
+        return when.astimezone(UTC)
+    base = now or utc_now()
+    if isinstance(when, timedelta):
+        return base + when
+    if isinstance(when, int | float):
+        if when != when or when in (float("inf"), float("-inf")):
+            raise ValidationError(f"{what} must be a finite number of seconds, got {when!r}")
+        return base + timedelta(seconds=when)
+    raise ValidationError(
+        f"{what} must be a datetime, timedelta or number of seconds, not {type(when).__name__}"
+    )

@@ -1,0 +1,138 @@
+"""``SoniqSettings``: every setting any part of Soniq reads, in one place.
+
+Precedence, highest first: keyword arguments > ``SONIQ_*`` environment variables > ``.env`` file
+in the working directory > defaults. Durations are float seconds. A feature that needs a setting
+adds its field here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from soniq.errors import ConfigurationError, UnknownSettingError, did_you_mean
+
+__all__ = ["DEFAULT_DATABASE_URL", "SoniqSettings", "load_settings"]
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@localhost/soniq"
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SoniqSettings(BaseSettings):
+    """Soniq's configuration. Every field is also read from ``SONIQ_<FIELD>`` and ``.env``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SONIQ_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        frozen=True,
+    )
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, min_length=1,
+                              description="PostgreSQL URL, or a SQLite path ending .db/.sqlite/.sqlite3")
+    concurrency: int = Field(4, ge=1, le=10_000, description="jobs a worker runs at once")
+    max_retries: int = Field(3, ge=0, le=1_000, description="retries for jobs that set none")
+    priority: int = Field(100, ge=-32_768, le=32_767,
+                          description="priority for jobs that set none; lower runs first")
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default"],
+        description="queues for your code to read (comma-separated in env); not a worker filter",
+    )
+    result_ttl: int = Field(300, ge=0, description="seconds a finished job's row and result are kept")
+    job_timeout: float | None = Field(300.0, ge=0,
+                                      description="seconds a job may run; 0 or None disables")
+    pool_min_size: int = Field(5, ge=0, le=1_000)
+    pool_max_size: int = Field(20, ge=1, le=1_000)
+    pool_headroom: int = Field(2, ge=0, le=1_000,
+                               description="connections kept free for app.backend.acquire() in jobs")
+    poll_interval: float = Field(5.0, gt=0, le=3_600)
+    heartbeat_interval: float = Field(5.0, gt=0, le=3_600)
+    heartbeat_timeout: float = Field(300.0, gt=0, le=86_400)
+    cleanup_interval: float = Field(300.0, gt=0, le=86_400)
+    error_retry_delay: float = Field(5.0, gt=0, le=3_600)
+    shutdown_timeout: float = Field(30.0, ge=0, le=86_400,
+                                    description="seconds running jobs get to finish on shutdown")
+    log_level: str = Field("INFO", description="level of the 'soniq' logger")
+    debug: bool = Field(False, description="DEBUG diagnostics")
+    environment: str = Field("production", min_length=1)
+    enqueue_validation: Literal["strict", "none"] = Field(
+        "strict", description="'none' lets producers enqueue job names they have not registered"
+    )
+    jobs_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="modules imported by `soniq worker` (comma-separated)"
+    )
+    statement_cache_size: int = Field(
+        100, ge=0, description="asyncpg prepared-statement cache; 0 for PgBouncer transaction pooling"
+    )
+
+    @field_validator("queues", "jobs_modules", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("job_timeout", mode="after")
+    @classmethod
+    def _zero_disables(cls, value: float | None) -> float | None:
+        return None if value == 0 else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            if value not in _LOG_LEVELS:
+                raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SoniqSettings:
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}) must exceed heartbeat_interval "
+                f"({self.heartbeat_interval}), or live workers would be declared dead"
+            )
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"pool_min_size ({self.pool_min_size}) must not exceed pool_max_size "
+                f"({self.pool_max_size})"
+            )
+        return self
+
+    def apply_logging(self) -> None:
+        """Set the ``soniq`` logger's level from ``log_level`` (``debug`` forces DEBUG)."""
+        logging.getLogger("soniq").setLevel("DEBUG" if self.debug else self.log_level)
+
+
+def load_settings(overrides: dict[str, Any]) -> SoniqSettings:
+    """Build settings from keyword overrides, env and ``.env``, with Soniq's own errors.
+
+    Unknown keywords raise :class:`UnknownSettingError` with a suggestion; invalid values raise
+    :class:`ConfigurationError` naming the field, the value and what is allowed.
+    """
+    fields = SoniqSettings.model_fields
+    for key in overrides:
+        if key not in fields:
+            raise UnknownSettingError(f"unknown setting {key!r}{did_you_mean(key, fields)}")
+    try:
+        return SoniqSettings(**overrides)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if not field:
+                problems.append(message)
+            elif field == "database_url":  # may hold a password: never echo it
+                problems.append(f"{field}: {message}")
+            else:
+                problems.append(f"{field}: {message} (got {error.get('input')!r})")
+        raise ConfigurationError("invalid Soniq settings: " + "; ".join(problems)) from None

@@ -1,0 +1,147 @@
+"""The shapes that cross Soniq's layers: job states, the public job record, queue statistics, and
+the rows the storage seam reads and writes."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypedDict
+
+__all__ = [
+    "FINAL_STATUSES",
+    "ClaimedJob",
+    "JobContext",
+    "JobOutcome",
+    "JobRecord",
+    "JobStatus",
+    "NewJob",
+    "QueueStats",
+]
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life. One jobs table holds every state."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    DEAD_LETTER = "dead_letter"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.DEAD_LETTER, JobStatus.CANCELLED})
+
+
+class JobRecord(TypedDict):
+    """A job as ``get_job`` / ``list_jobs`` return it; the same keys and types on every backend.
+
+    Timestamps are timezone-aware UTC datetimes; ``args`` and ``result`` are decoded JSON.
+    ``errors`` lists one entry per failed attempt (``attempt``, ``type``, ``message``,
+    ``traceback``, ``at``); ``last_error`` is the newest entry's ``"Type: message"``.
+    """
+
+    id: str
+    job_name: str
+    queue: str
+    priority: int
+    status: str
+    args: dict[str, Any]
+    result: Any
+    attempts: int
+    max_attempts: int
+    scheduled_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None
+    errors: list[dict[str, Any]]
+    last_error: str | None
+    worker_id: str | None
+    dedup_key: str | None
+
+
+class QueueStats(TypedDict):
+    """One queue's job counts, as ``get_queue_stats()`` returns them (a list sorted by queue)."""
+
+    queue: str
+    total: int
+    queued: int
+    processing: int
+    done: int
+    dead_letter: int
+    cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A row to insert. ``args`` is already-encoded JSON text (encoded once, at enqueue).
+
+    ``dedup_key`` is set for ``unique=True`` (derived from name and arguments) or an explicit
+    ``dedup_key``: while a queued job holds the key, inserting another returns the existing id.
+    """
+
+    id: str
+    job_name: str
+    queue: str
+    priority: int
+    args: str
+    max_attempts: int
+    scheduled_at: datetime | None = None
+    dedup_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a worker claimed: ``attempts`` already counts this attempt; every later write about
+    it is fenced by ``lease_id``. ``args`` is the stored JSON text."""
+
+    id: str
+    job_name: str
+    queue: str
+    priority: int
+    args: str
+    attempts: int
+    max_attempts: int
+    scheduled_at: datetime
+    created_at: datetime
+    lease_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """How one claimed attempt ended, written by ``complete_jobs`` only while the lease still holds.
+
+    - ``DONE``: ``result`` (JSON text or None) is stored; the row may be pruned after ``expires_at``.
+    - ``QUEUED``: back in the queue at ``run_at`` (retry, snooze or shutdown); ``refund_attempt``
+      gives the attempt back (snooze, shutdown).
+    - ``DEAD_LETTER`` / ``CANCELLED``: final.
+    ``error`` (JSON text of one ``errors`` entry) is appended to the job's ``errors`` when given.
+    """
+
+    job_id: str
+    lease_id: str
+    status: JobStatus
+    result: str | None = None
+    error: str | None = None
+    run_at: datetime | None = None
+    refund_attempt: bool = False
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a running job knows about itself. Declare a parameter annotated ``JobContext`` and the
+    worker passes it in; it is never part of the stored arguments."""
+
+    job_id: str
+    job_name: str
+    attempt: int
+    max_attempts: int
+    queue: str
+    worker_id: str
+    scheduled_at: datetime
+    created_at: datetime
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("soniq.job"))
