@@ -1,4 +1,5 @@
-"""Shared fixtures: every async test runs on asyncio and trio; storage fixtures give each test a
+"""Shared fixtures: every async test runs on asyncio and trio (modules set
+``pytestmark = pytest.mark.anyio``); storage fixtures give each test a
 fresh backend of each kind.
 
 PostgreSQL: each pytest(-xdist) worker creates its own database on the server named by
@@ -10,11 +11,11 @@ server fails the PostgreSQL tests instead of skipping them.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
 import asyncpg
 import pytest
 
@@ -24,12 +25,6 @@ from soniq.backends.base import StorageBackend
 PG_ADMIN_URL = os.environ.get("SONIQ_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ("memory", "sqlite", "postgres")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.add_marker(pytest.mark.anyio)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -8,8 +8,9 @@ from soniq.app import Soniq
 from soniq.backends.base import StorageBackend
 from soniq.errors import SoniqError
 from soniq.registry import TaskRef
+from soniq.runtime import Worker
 from soniq.settings import SoniqSettings
-from soniq.types import JobContext, JobRecord, JobStatus, QueueStats
+from soniq.types import JobContext, JobRecord, JobStatus, QueueStats, Snooze
 
 try:
     __version__ = version("soniq")
@@ -23,8 +24,10 @@ __all__ = [
     "QueueStats",
     "Soniq",
     "SoniqError",
+    "Snooze",
     "SoniqSettings",
     "StorageBackend",
     "TaskRef",
+    "Worker",
     "__version__",
 ]

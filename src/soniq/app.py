@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 
@@ -26,9 +25,16 @@ from soniq.errors import (
 )
 from soniq.ids import is_uuid, new_id
 from soniq.registry import JobRegistry, JobSpec, TaskRef, encode_args, validate_name
-from soniq.serialization import to_utc, unique_key
+from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
+from soniq.serialization import to_utc, unique_key, utc_now
 from soniq.settings import SoniqSettings, load_settings
 from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = ["Soniq"]
 
@@ -123,6 +129,14 @@ class Soniq:
         self._init_lock = anyio.Lock()
         self._initialized = False
         self._closed = False
+        self.hooks = Hooks()
+        #: Job lifecycle events; features (webhooks, logs, metrics) subscribe here.
+        self.events = EventDispatcher()
+        #: How arguments and results are stored; encryption replaces it.
+        self.codec: PayloadCodec = JsonCodec()
+        #: Loops every worker of this app runs in its task group (scheduler, webhook delivery).
+        self.services: list[Service] = []
+        self._local_workers: set[Worker] = set()
 
     def __repr__(self) -> str:
         return f"<Soniq backend={self._backend.name} jobs={len(self._registry)}>"
@@ -166,10 +180,9 @@ class Soniq:
         if self._closed:
             return
         self._closed = True
-        if self._initialized:
-            self._initialized = False
-            with anyio.CancelScope(shield=True):
-                await self._backend.close()
+        self._initialized = False
+        with anyio.CancelScope(shield=True):
+            await self._backend.close()  # idempotent; also covers use without ensure_initialized
 
     async def __aenter__(self) -> Soniq:
         await self.ensure_initialized()
@@ -208,6 +221,71 @@ class Soniq:
 
         return decorate(func) if func is not None else decorate
 
+    def before_job(self, hook: F) -> F:
+        """Register ``hook(ctx)`` (sync or async) to run before every job."""
+        self.hooks.before_job.append(hook)
+        return hook
+
+    def after_job(self, hook: F) -> F:
+        """Register ``hook(ctx, result)`` to run after every job that returned."""
+        self.hooks.after_job.append(hook)
+        return hook
+
+    def on_error(self, hook: F) -> F:
+        """Register ``hook(ctx, exc)`` to run when a job raises (its own errors are only logged)."""
+        self.hooks.on_error.append(hook)
+        return hook
+
+    def middleware(self, func: F) -> F:
+        """Register ``async def mw(ctx, call_next)`` around every job; the first registered is
+        the outermost. Return ``await call_next()`` (or a replacement result)."""
+        self.hooks.middleware.append(func)
+        return func
+
+    # -- workers --------------------------------------------------------------------------------
+    def worker(self, *, concurrency: int | None = None, queues: Sequence[str] | None = None,
+               run_once: bool = False) -> Worker:
+        """A worker for this app, to run inside your own task group::
+
+            async with anyio.create_task_group() as tg:
+                worker = await tg.start(app.worker(concurrency=8).run)
+
+        ``queues=None`` takes every queue; ``concurrency=None`` uses the setting.
+        """
+        if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
+            raise ValidationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if queues is not None:
+            if isinstance(queues, str):
+                queues = [queues]
+            queues = [validate_name(q, "queue name") for q in queues]
+        return _AppWorker(self, backend=self._backend, registry=self._registry,
+                          settings=self._settings, hooks=self.hooks, events=self.events,
+                          codec=self.codec, services=self.services, concurrency=concurrency,
+                          queues=queues, run_once=run_once)
+
+    async def run_worker(self, concurrency: int | None = None, run_once: bool = False,
+                         queues: Sequence[str] | None = None) -> int:
+        """Run a worker until it is stopped or cancelled (with ``run_once``, until nothing is
+        due). Returns how many job attempts it ran. Installs no signal handlers."""
+        worker = self.worker(concurrency=concurrency, queues=queues, run_once=run_once)
+        await worker.run()
+        return worker.processed
+
+    def _check_pool(self) -> None:
+        if self._backend.supports_transactions:
+            needed = _WORKER_CONNECTIONS + self._settings.pool_headroom
+            if self._settings.pool_max_size < needed:
+                raise ConfigurationError(
+                    f"pool_max_size={self._settings.pool_max_size} is too small for a worker: it "
+                    f"uses {_WORKER_CONNECTIONS} connections plus pool_headroom="
+                    f"{self._settings.pool_headroom}; set pool_max_size >= {needed}"
+                )
+
+    def _wake_local(self, queues: set[str]) -> None:
+        for worker in self._local_workers:
+            for queue in queues:
+                worker.wake(queue)
+
     # -- enqueue ------------------------------------------------------------------------------
     async def enqueue(self, target: Target, *, args: Mapping[str, Any] | None = None,
                       queue: str | None = None, priority: int | None = None,
@@ -227,6 +305,7 @@ class Soniq:
         self._check_connection(connection)
         await self.ensure_initialized()
         [job_id] = await self._backend.insert_jobs([job], connection=connection)
+        self._after_insert([job], connection)
         return job_id
 
     async def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
@@ -258,7 +337,17 @@ class Soniq:
             return []
         self._check_connection(connection)
         await self.ensure_initialized()
-        return await self._backend.insert_jobs(jobs, connection=connection)
+        ids = await self._backend.insert_jobs(jobs, connection=connection)
+        self._after_insert(jobs, connection)
+        return ids
+
+    def _after_insert(self, jobs: Sequence[NewJob], connection: Any) -> None:
+        if self._local_workers and connection is None:
+            self._wake_local({job.queue for job in jobs})
+        if self.events.active:
+            now = utc_now()
+            for job in jobs:
+                self.events.emit(JobEvent("enqueued", job.id, job.job_name, job.queue, 0, now))
 
     async def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
                        **kwargs: Any) -> str:
@@ -385,6 +474,28 @@ class Soniq:
         """Job counts per queue and status, sorted by queue name (``[]`` when there are no jobs)."""
         await self.ensure_initialized()
         return await self._backend.queue_stats()
+
+
+#: Connections a worker's own loops hold at once (claims, finishes, heartbeat/cleanup); LISTEN
+#: uses a dedicated connection outside the pool.
+_WORKER_CONNECTIONS = 3
+
+
+class _AppWorker(Worker):
+    """A worker that checks the pool and lets its app's enqueues wake it in-process."""
+
+    def __init__(self, app: Soniq, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._app = app
+
+    async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._app._check_pool()
+        await self._app.ensure_initialized()
+        self._app._local_workers.add(self)
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            self._app._local_workers.discard(self)
 
 
 def _job_kwargs(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Mapping[str, Any]:

@@ -23,7 +23,10 @@ Driver exceptions never leak: each adapter translates them in one place with ``r
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "AppClosedError",

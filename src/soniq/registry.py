@@ -8,7 +8,6 @@ import inspect
 import re
 import sys
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,9 @@ from soniq.errors import (
 )
 from soniq.serialization import dumps
 from soniq.types import JobContext
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 __all__ = ["RESERVED_ENQUEUE_OPTIONS", "JobRegistry", "JobSpec", "TaskRef", "validate_name"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pydantic
 from pydantic import Field, field_validator, model_validator
@@ -16,11 +17,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from soniq.errors import ConfigurationError, UnknownSettingError, did_you_mean
 
-__all__ = ["DEFAULT_DATABASE_URL", "SoniqSettings", "load_settings"]
+__all__ = ["DEFAULT_DATABASE_URL", "SECRET_URL_PARAMS", "SoniqSettings", "load_settings", "redact_url"]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost/soniq"
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SECRET_URL_PARAMS = frozenset({"password", "passfile", "sslpassword"})
 
 
 class SoniqSettings(BaseSettings):
@@ -35,7 +37,7 @@ class SoniqSettings(BaseSettings):
         frozen=True,
     )
 
-    database_url: str = Field(DEFAULT_DATABASE_URL, min_length=1,
+    database_url: str = Field(DEFAULT_DATABASE_URL, min_length=1, repr=False,
                               description="PostgreSQL URL, or a SQLite path ending .db/.sqlite/.sqlite3")
     concurrency: int = Field(4, ge=1, le=10_000, description="jobs a worker runs at once")
     max_retries: int = Field(3, ge=0, le=1_000, description="retries for jobs that set none")
@@ -136,3 +138,22 @@ def load_settings(overrides: dict[str, Any]) -> SoniqSettings:
             else:
                 problems.append(f"{field}: {message} (got {error.get('input')!r})")
         raise ConfigurationError("invalid Soniq settings: " + "; ".join(problems)) from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (and any password-like query parameter) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user, has_password, _ = userinfo.partition(":")
+            netloc = f"{user}:***@{hostinfo}" if has_password else f"{user}@{hostinfo}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "***" if k.lower() in SECRET_URL_PARAMS else v) for k, v in pairs],
+                              safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # unparseable: show nothing that could be a secret
+        return "<unparseable database URL>"

@@ -6,8 +6,10 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = [
     "FINAL_STATUSES",
@@ -18,6 +20,8 @@ __all__ = [
     "JobStatus",
     "NewJob",
     "QueueStats",
+    "Snooze",
+    "WorkerInfo",
 ]
 
 
@@ -145,3 +149,22 @@ class JobContext:
     scheduled_at: datetime
     created_at: datetime
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("soniq.job"))
+
+
+@dataclass(frozen=True, slots=True)
+class Snooze:
+    """Return ``Snooze(seconds)`` from a job to run it again later without using an attempt."""
+
+    seconds: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A running worker, as registered in storage (``queues=None`` means every queue)."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...] | None
+    concurrency: int

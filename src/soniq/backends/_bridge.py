@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 import sniffio
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
 
 __all__ = ["BridgedConnection", "call", "on_asyncio", "unwrap"]
 
@@ -84,6 +87,8 @@ async def _on_bridge(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.k
     import trio  # the one non-asyncio backend AnyIO supports
 
     async def run() -> T:
+        # The task inherits the trio caller's context; make sniffio (and AnyIO) see asyncio here.
+        sniffio.current_async_library_cvar.set(None)
         return await fn(*args, **kwargs)
 
     future = asyncio.run_coroutine_threadsafe(run(), _bridge_loop())
@@ -91,10 +96,9 @@ async def _on_bridge(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.k
     done = trio.Event()
 
     def wake(_: object) -> None:
-        try:
+        # If the trio run ended meanwhile, nobody is waiting.
+        with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(done.set)
-        except trio.RunFinishedError:  # the trio run ended meanwhile; nobody is waiting
-            pass
 
     future.add_done_callback(wake)
     try:

@@ -20,15 +20,20 @@ and PostgreSQL alike. The rules every adapter keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from soniq.serialization import loads
-from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
 
-__all__ = ["JOB_COLUMNS", "StorageBackend", "job_record"]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from contextlib import AbstractAsyncContextManager
+    from datetime import datetime
+
+    from anyio.abc import TaskStatus
+
+    from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
+
+__all__ = ["JOB_COLUMNS", "StorageBackend", "job_record", "worker_lost_error"]
 
 
 @runtime_checkable
@@ -76,7 +81,8 @@ class StorageBackend(Protocol):
         ...
 
     async def cancel_job(self, job_id: str) -> bool:
-        """``queued`` -> ``cancelled``; True when it applied."""
+        """``queued`` -> ``cancelled``; a ``processing`` job gets a cancel request that its worker
+        acts on (PostgreSQL also notifies ``soniq_cancel`` with the id). True when either applied."""
         ...
 
     async def delete_job(self, job_id: str) -> bool:
@@ -94,7 +100,49 @@ class StorageBackend(Protocol):
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
                             *, now: datetime | None = None) -> list[str]:
-        """Write outcomes where the lease still holds; return the ids that were accepted."""
+        """Write outcomes where the lease still holds; return the ids that were accepted.
+        A ``QUEUED`` outcome for a job with a cancel request ends ``cancelled`` instead."""
+        ...
+
+    async def register_worker(self, worker: WorkerInfo, *, now: datetime | None = None) -> None:
+        """Record a worker (upsert) with a fresh heartbeat."""
+        ...
+
+    async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
+        """Refresh the worker's heartbeat (re-creating its row if it was removed); return the ids
+        of its ``processing`` jobs that have a cancel request."""
+        ...
+
+    async def unregister_worker(self, worker_id: str) -> None: ...
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Registered workers: ``id, hostname, pid, queues, concurrency, started_at,
+        last_heartbeat``."""
+        ...
+
+    async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
+        """Give back the jobs of workers silent for ``stale_after`` seconds (or with no worker
+        row): ``queued`` again with a ``WorkerLost`` error appended and the attempt kept, or
+        ``dead_letter`` when it was the last attempt, or ``cancelled`` when cancel was requested.
+        Remove the silent workers' rows. Return the rescued ids."""
+        ...
+
+    async def prune_jobs(self, *, now: datetime | None = None) -> int:
+        """Delete ``done`` and ``cancelled`` jobs whose ``expires_at`` has passed."""
+        ...
+
+    async def claim_maintenance(self, task: str, interval: float,
+                                *, now: datetime | None = None) -> bool:
+        """True for exactly one caller per ``interval`` seconds per ``task`` across every worker
+        sharing the database (the leader for that round)."""
+        ...
+
+    async def listen(self, on_notify: Callable[[str, str], None],
+                     *, task_status: TaskStatus[None]) -> None:
+        """(``supports_listen`` only.) Hold a dedicated connection listening on ``soniq_jobs``
+        (payload: queue) and ``soniq_cancel`` (payload: job id); call ``on_notify(channel,
+        payload)`` in the caller's event loop; ``task_status.started()`` once listening. Returns
+        never; raises :class:`~soniq.errors.DatabaseError` when the connection is lost."""
         ...
 
 
@@ -132,4 +180,15 @@ def job_record(row: Mapping[str, Any]) -> JobRecord:
         "last_error": f"{last['type']}: {last['message']}" if last else None,
         "worker_id": None if worker_id is None else str(worker_id),
         "dedup_key": row["dedup_key"],
+    }
+
+
+def worker_lost_error(worker_id: object, attempt: int, now: datetime) -> dict[str, Any]:
+    """The ``errors`` entry recorded when a job is rescued from a worker that went silent."""
+    return {
+        "attempt": attempt,
+        "type": "WorkerLost",
+        "message": f"worker {worker_id} stopped heartbeating while running this attempt",
+        "traceback": None,
+        "at": now.isoformat(),
     }

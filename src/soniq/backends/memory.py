@@ -9,15 +9,30 @@ any AnyIO backend.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-from soniq.backends.base import job_record
+import anyio
+
+from soniq.backends.base import job_record, worker_lost_error
 from soniq.errors import UnsupportedOperationError
 from soniq.serialization import dumps, loads, utc_now
-from soniq.types import ClaimedJob, JobOutcome, JobRecord, JobStatus, NewJob, QueueStats
+from soniq.types import (
+    ClaimedJob,
+    JobOutcome,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    QueueStats,
+    WorkerInfo,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from datetime import datetime
+
+    from anyio.abc import TaskStatus
 
 __all__ = ["MemoryBackend"]
 
@@ -28,13 +43,16 @@ class MemoryBackend:
     """In-process storage for tests and demos; one instance is one private database."""
 
     name = "memory"
-    supports_listen = False
+    supports_listen = True  # in-process: listeners are called straight from the writing call
     supports_transactions = False
 
     def __init__(self) -> None:
         self._jobs: dict[str, dict[str, Any]] = {}
         # dedup_key -> id of the queued job that holds it (the "partial unique index").
         self._dedup: dict[str, str] = {}
+        self._workers: dict[str, dict[str, Any]] = {}
+        self._maintenance: dict[str, datetime] = {}
+        self._listeners: list[Callable[[str, str], None]] = []
 
     async def initialize(self) -> None:
         return None
@@ -75,11 +93,18 @@ class MemoryBackend:
                 "scheduled_at": job.scheduled_at or now, "created_at": now, "updated_at": now,
                 "started_at": None, "finished_at": None, "expires_at": None, "errors": "[]",
                 "worker_id": None, "lease_id": None, "dedup_key": job.dedup_key,
+                "cancel_requested": False,
             }
             if job.dedup_key is not None:
                 self._dedup[job.dedup_key] = job.id
             ids.append(job.id)
+        for queue in {job.queue for job in jobs}:
+            self._notify("soniq_jobs", queue)
         return ids
+
+    def _notify(self, channel: str, payload: str) -> None:
+        for listener in list(self._listeners):
+            listener(channel, payload)
 
     def _set_status(self, row: dict[str, Any], status: str, now: datetime) -> None:
         """Change a row's status. A dedup key is held only while the job waits for its first
@@ -105,6 +130,10 @@ class MemoryBackend:
 
     async def cancel_job(self, job_id: str) -> bool:
         row = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if row is not None and row["status"] == JobStatus.PROCESSING:
+            row["cancel_requested"] = True
+            self._notify("soniq_cancel", job_id)
+            return True
         if row is None or row["status"] != JobStatus.QUEUED:
             return False
         now = utc_now()
@@ -170,15 +199,103 @@ class MemoryBackend:
                 row["errors"] = dumps([*loads(row["errors"]), loads(outcome.error)])
             if outcome.refund_attempt:
                 row["attempts"] -= 1
+            status = outcome.status
+            if status == JobStatus.QUEUED and row["cancel_requested"]:
+                status = JobStatus.CANCELLED
             row["lease_id"] = None
-            if outcome.status == JobStatus.QUEUED:
+            if status == JobStatus.QUEUED:
                 row["scheduled_at"] = outcome.run_at or now
                 row["worker_id"] = None
             else:
                 row["result"] = outcome.result
                 row["finished_at"] = now
                 row["expires_at"] = outcome.expires_at
-            self._set_status(row, outcome.status.value, now)
+            self._set_status(row, status.value, now)
             accepted.append(outcome.job_id)
         return accepted
+
+    async def register_worker(self, worker: WorkerInfo, *, now: datetime | None = None) -> None:
+        now = now or utc_now()
+        self._workers[worker.id] = {
+            "id": worker.id, "hostname": worker.hostname, "pid": worker.pid,
+            "queues": list(worker.queues) if worker.queues is not None else None,
+            "concurrency": worker.concurrency, "started_at": now, "last_heartbeat": now,
+        }
+
+    async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
+        now = now or utc_now()
+        worker = self._workers.setdefault(worker_id, {
+            "id": worker_id, "hostname": "", "pid": 0, "queues": None, "concurrency": 0,
+            "started_at": now, "last_heartbeat": now,
+        })
+        worker["last_heartbeat"] = now
+        return [
+            row["id"] for row in self._jobs.values()
+            if row["worker_id"] == worker_id and row["status"] == JobStatus.PROCESSING
+            and row["cancel_requested"]
+        ]
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        return [dict(worker) for worker in sorted(self._workers.values(), key=lambda w: w["id"])]
+
+    async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
+        now = now or utc_now()
+        cutoff = now - timedelta(seconds=stale_after)
+        stale = {wid for wid, w in self._workers.items() if w["last_heartbeat"] < cutoff}
+        rescued = []
+        for row in self._jobs.values():
+            if row["status"] != JobStatus.PROCESSING:
+                continue
+            if row["worker_id"] in self._workers and row["worker_id"] not in stale:
+                continue
+            error = worker_lost_error(row["worker_id"], row["attempts"], now)
+            row["errors"] = dumps([*loads(row["errors"]), error])
+            row["lease_id"] = None
+            if row["cancel_requested"]:
+                status = JobStatus.CANCELLED
+            elif row["attempts"] >= row["max_attempts"]:
+                status = JobStatus.DEAD_LETTER
+            else:
+                status = JobStatus.QUEUED
+                row["scheduled_at"] = now
+                row["worker_id"] = None
+            if status != JobStatus.QUEUED:
+                row["finished_at"] = now
+            self._set_status(row, status.value, now)
+            rescued.append(row["id"])
+        for wid in stale:
+            del self._workers[wid]
+        return rescued
+
+    async def prune_jobs(self, *, now: datetime | None = None) -> int:
+        now = now or utc_now()
+        expired = [
+            job_id for job_id, row in self._jobs.items()
+            if row["status"] in (JobStatus.DONE, JobStatus.CANCELLED)
+            and row["expires_at"] is not None and row["expires_at"] < now
+        ]
+        for job_id in expired:
+            del self._jobs[job_id]
+        return len(expired)
+
+    async def claim_maintenance(self, task: str, interval: float,
+                                *, now: datetime | None = None) -> bool:
+        now = now or utc_now()
+        last = self._maintenance.get(task)
+        if last is not None and last > now - timedelta(seconds=interval):
+            return False
+        self._maintenance[task] = now
+        return True
+
+    async def listen(self, on_notify: Callable[[str, str], None],
+                     *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._listeners.append(on_notify)
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self._listeners.remove(on_notify)
 

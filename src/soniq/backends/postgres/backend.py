@@ -1,0 +1,431 @@
+"""``PostgresBackend``: the storage seam on PostgreSQL through asyncpg.
+
+Owns the connection pool and the translation between :mod:`soniq.types` and rows. Semantics
+match :class:`~soniq.backends.memory.MemoryBackend` exactly. Neighbours: the SQL lives in
+:mod:`.sql`, migrations and the schema check in :mod:`.schema`, the LISTEN connection in
+:mod:`.listener`, error translation in :mod:`.errors`.
+
+Two rules shape the code (DESIGN.md §6):
+
+- Every driver call goes through :func:`soniq.backends._bridge.call`: a pool method
+  (``call(pool.fetch, ...)``) or a private asyncio-native coroutine (``_create_pool``,
+  ``_insert``, ``_rescue``, :func:`.schema.migrate`, ...). Under asyncio that is a direct await;
+  under trio a hop to the bridge loop.
+- A pool belongs to the loop that created it, so the pool is created inside ``call`` too. Code
+  that runs inside ``call`` uses asyncpg only -- no AnyIO primitives, no nested ``call`` -- because
+  it may be running on the bridge loop on behalf of a trio task. Locks and timeouts live on the
+  caller's side.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import asyncpg
+
+from soniq.backends import _bridge
+from soniq.backends._bridge import call
+from soniq.backends.base import job_record, worker_lost_error
+from soniq.backends.postgres import listener, schema, sql
+from soniq.backends.postgres.errors import Translator, redact_url, translate
+from soniq.errors import UnsupportedOperationError, ValidationError
+from soniq.ids import is_uuid
+from soniq.serialization import dumps
+from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from datetime import datetime
+
+    from anyio.abc import TaskStatus
+
+    from soniq.settings import SoniqSettings
+    from soniq.types import WorkerInfo
+
+__all__ = ["INSERT_CHUNK_SIZE", "PRUNE_BATCH_SIZE", "PostgresBackend"]
+
+#: Rows per bulk-insert statement: large enough to amortise the round trip, small enough to keep
+#: one statement's arrays (and the server's memory for them) modest.
+INSERT_CHUNK_SIZE = 5_000
+
+#: Rows deleted per prune statement: short transactions, few row locks held at once.
+PRUNE_BATCH_SIZE = 5_000
+
+# Seconds close() waits for borrowed connections to come back before terminating the pool.
+_CLOSE_TIMEOUT = 10.0
+
+
+class PostgresBackend:
+    """Jobs in PostgreSQL. Construction does no I/O; the pool opens on first use (or
+    :meth:`initialize`), and the schema is created only by :meth:`migrate` (``soniq setup``)."""
+
+    name = "postgres"
+    supports_listen = True
+    supports_transactions = True
+
+    def __init__(self, url: str, settings: SoniqSettings) -> None:
+        self._url = url
+        self._settings = settings
+        self._pool: Any = None  # asyncpg.Pool, owned by the loop that created it
+        self._open_lock: anyio.Lock | None = None
+        self._errors = Translator(url)
+        # PgBouncer transaction pooling (no statement cache) cannot hold a LISTEN session:
+        # workers poll instead (DESIGN.md §4).
+        self.supports_listen = settings.statement_cache_size > 0
+
+    def __repr__(self) -> str:
+        state = "open" if self._pool is not None else "closed"
+        return f"<PostgresBackend {redact_url(self._url)} ({state})>"
+
+    @property
+    def redacted_url(self) -> str:
+        """The database URL with its password replaced by ``***`` (safe to log)."""
+        return redact_url(self._url)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def initialize(self) -> None:
+        """Open the pool (idempotent) and check that every shipped migration is applied."""
+        await self._ready()
+
+    async def _ready(self) -> Any:
+        """The pool, opened on first use. The cheap check stays outside any lock."""
+        pool = self._pool
+        if pool is None:
+            pool = await self._open()
+        return pool
+
+    async def _open(self) -> Any:
+        if self._open_lock is None:
+            self._open_lock = anyio.Lock()
+        async with self._open_lock:
+            if self._pool is None:
+                with self._errors:
+                    self._pool = await call(self._create_pool)
+            return self._pool
+
+    async def _create_pool(self) -> Any:
+        try:
+            pool = await asyncpg.create_pool(
+                self._url,
+                min_size=self._settings.pool_min_size,
+                max_size=self._settings.pool_max_size,
+                statement_cache_size=self._settings.statement_cache_size,
+                server_settings=schema.SERVER_SETTINGS,
+            )
+        except Exception as exc:
+            # asyncpg reports a malformed URL as a bare ValueError, only known here.
+            translated = translate(exc, self._url, connecting=True)
+            if translated is None:
+                raise
+            raise translated from exc
+        try:
+            await schema.check_schema(pool, self._url)
+        except BaseException:
+            pool.terminate()  # nothing borrowed yet; no reason to wait
+            raise
+        return pool
+
+    async def close(self) -> None:
+        """Close the pool (idempotent). Borrowed connections get a bounded grace period."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with self._errors:
+            with anyio.move_on_after(_CLOSE_TIMEOUT) as scope:
+                await call(pool.close)
+            if scope.cancelled_caught:
+                await call(_terminate, pool)
+
+    # -- connections ----------------------------------------------------------------------------
+    def acquire(self) -> AbstractAsyncContextManager[Any]:
+        """Borrow a pooled connection: the asyncpg connection under asyncio, a
+        :class:`~soniq.backends._bridge.BridgedConnection` with the same surface under trio.
+        Pass it to ``enqueue(..., connection=)`` to enqueue inside its transaction."""
+        return self._acquire()
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Any]:
+        pool = await self._ready()
+        if _bridge.on_asyncio():
+            with self._errors:
+                conn = await pool.acquire()
+            try:
+                yield conn
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pool.release(conn)
+            return
+        with self._errors:
+            raw = await call(pool.acquire)
+        try:
+            yield _bridge.BridgedConnection(raw)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await call(pool.release, raw)
+
+    # -- enqueue --------------------------------------------------------------------------------
+    async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        if not jobs:
+            return []
+        with self._errors:
+            if connection is not None:
+                return await call(_insert_on, _bridge.unwrap(connection), jobs)
+            pool = await self._ready()
+            return await call(_insert_with_pool, pool, jobs)
+
+    # -- claim and finish -----------------------------------------------------------------------
+    async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
+                         *, now: datetime | None = None) -> list[ClaimedJob]:
+        _check_worker_id(worker_id)
+        if limit <= 0 or (queues is not None and not queues):
+            return []
+        extra: tuple[Any, ...]
+        if queues is None:
+            query, extra = sql.CLAIM_ALL_QUEUES, ()
+        elif len(queues) == 1:
+            query, extra = sql.CLAIM_ONE_QUEUE, (queues[0],)
+        else:
+            query, extra = sql.CLAIM_SOME_QUEUES, (list(queues),)
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, query, worker_id, now, limit, *extra)
+        claimed = [
+            ClaimedJob(
+                id=str(row["id"]), job_name=row["job_name"], queue=row["queue"],
+                priority=row["priority"], args=row["args"], attempts=row["attempts"],
+                max_attempts=row["max_attempts"], scheduled_at=row["scheduled_at"],
+                created_at=row["created_at"], lease_id=str(row["lease_id"]),
+            )
+            for row in rows
+        ]
+        # RETURNING has no order; hand jobs out in claim order. Lower-case hex sorts like uuid.
+        claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
+        return claimed
+
+    async def complete_jobs(self, outcomes: Sequence[JobOutcome],
+                            *, now: datetime | None = None) -> list[str]:
+        # The first outcome per job wins, as on memory (its write drops the lease the rest need);
+        # malformed ids can hold no lease.
+        batch: dict[str, JobOutcome] = {}
+        for outcome in outcomes:
+            if is_uuid(outcome.job_id) and is_uuid(outcome.lease_id):
+                batch.setdefault(str(uuid.UUID(outcome.job_id)), outcome)
+        if not batch:
+            return []
+        items = list(batch.values())
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(
+                pool.fetch, sql.COMPLETE_JOBS,
+                list(batch), [o.lease_id for o in items], [o.status.value for o in items],
+                [o.result for o in items], [o.error for o in items], [o.run_at for o in items],
+                [o.refund_attempt for o in items], [o.expires_at for o in items], now,
+            )
+        accepted = {str(row["id"]) for row in rows}
+        return [outcome.job_id for key, outcome in batch.items() if key in accepted]
+
+    # -- reading and managing -------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        if not is_uuid(job_id):
+            return None
+        with self._errors:
+            pool = await self._ready()
+            row = await call(pool.fetchrow, sql.GET_JOB, job_id)
+        return None if row is None else job_record(row)
+
+    async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
+                        limit: int = 100, offset: int = 0) -> list[JobRecord]:
+        query = sql.LIST_JOBS[(queue is not None, status is not None)]
+        filters = [value for value in (queue, status) if value is not None]
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, query, limit, offset, *filters)
+        return [job_record(row) for row in rows]
+
+    async def cancel_job(self, job_id: str) -> bool:
+        if not is_uuid(job_id):
+            return False
+        with self._errors:
+            pool = await self._ready()
+            return await call(pool.fetchval, sql.CANCEL_JOB, job_id) is not None
+
+    async def delete_job(self, job_id: str) -> bool:
+        if not is_uuid(job_id):
+            return False
+        with self._errors:
+            pool = await self._ready()
+            return await call(pool.fetchval, sql.DELETE_JOB, job_id) is not None
+
+    async def queue_stats(self) -> list[QueueStats]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, sql.QUEUE_STATS)
+        return [
+            {"queue": row["queue"], "total": row["total"], "queued": row["queued"],
+             "processing": row["processing"], "done": row["done"],
+             "dead_letter": row["dead_letter"], "cancelled": row["cancelled"]}
+            for row in rows
+        ]
+
+    # -- workers and maintenance ----------------------------------------------------------------
+    async def register_worker(self, worker: WorkerInfo, *, now: datetime | None = None) -> None:
+        _check_worker_id(worker.id)
+        queues = None if worker.queues is None else list(worker.queues)
+        with self._errors:
+            pool = await self._ready()
+            await call(pool.execute, sql.REGISTER_WORKER, worker.id, worker.hostname, worker.pid,
+                       queues, worker.concurrency, now)
+
+    async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
+        _check_worker_id(worker_id)
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, sql.HEARTBEAT, worker_id, now)
+        return [str(row["id"]) for row in rows]
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        if not is_uuid(worker_id):
+            return
+        with self._errors:
+            pool = await self._ready()
+            await call(pool.execute, sql.UNREGISTER_WORKER, worker_id)
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, sql.LIST_WORKERS)
+        return [
+            {"id": str(row["id"]), "hostname": row["hostname"], "pid": row["pid"],
+             "queues": row["queues"], "concurrency": row["concurrency"],
+             "started_at": row["started_at"], "last_heartbeat": row["last_heartbeat"]}
+            for row in rows
+        ]
+
+    async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
+        with self._errors:
+            pool = await self._ready()
+            return await call(_rescue, pool, stale_after, now)
+
+    async def prune_jobs(self, *, now: datetime | None = None) -> int:
+        with self._errors:
+            pool = await self._ready()
+            return await call(_prune, pool, now)
+
+    async def claim_maintenance(self, task: str, interval: float,
+                                *, now: datetime | None = None) -> bool:
+        with self._errors:
+            pool = await self._ready()
+            return await call(pool.fetchval, sql.CLAIM_MAINTENANCE, task, interval, now) is not None
+
+    async def listen(self, on_notify: Callable[[str, str], None],
+                     *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold a dedicated LISTEN connection (see :mod:`.listener`); never returns, raises
+        :class:`~soniq.errors.DatabaseError` when the connection is lost."""
+        if not self.supports_listen:
+            raise UnsupportedOperationError(
+                "LISTEN needs a session-pooled connection; with statement_cache_size=0 "
+                "(PgBouncer transaction pooling) workers poll instead"
+            )
+        await listener.listen(self._url, on_notify, keepalive=self._settings.heartbeat_interval,
+                              errors=self._errors, task_status=task_status)
+
+    # -- schema ---------------------------------------------------------------------------------
+    async def migrate(self) -> list[str]:
+        """Create the database if it does not exist, then apply pending migrations, each in its
+        own transaction with its ``soniq_migrations`` row, under an advisory lock so concurrent
+        runs apply each migration exactly once. Returns the labels applied."""
+        with self._errors:
+            return await call(schema.migrate, self._url)
+
+
+def _check_worker_id(worker_id: str) -> None:
+    if not is_uuid(worker_id):
+        raise ValidationError(f"worker_id must be a UUID string, got {worker_id!r}")
+
+
+# -- operations that run on the driver's loop ---------------------------------------------------------
+async def _insert_with_pool(pool: Any, jobs: Sequence[NewJob]) -> list[str]:
+    if len(jobs) <= INSERT_CHUNK_SIZE:
+        return await _insert(pool, jobs)  # one statement: atomic without a transaction
+    async with pool.acquire() as conn, conn.transaction():
+        return await _insert(conn, jobs)
+
+
+async def _insert_on(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+    """Insert on the caller's connection, joining its transaction. Several chunks outside a
+    transaction still go in atomically, in one of our own."""
+    if len(jobs) <= INSERT_CHUNK_SIZE or conn.is_in_transaction():
+        return await _insert(conn, jobs)
+    async with conn.transaction():
+        return await _insert(conn, jobs)
+
+
+async def _insert(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+    """``conn`` is a pool or a connection (both have ``fetchval``/``fetchrow``)."""
+    if len(jobs) == 1:
+        job = jobs[0]
+        job_id = await conn.fetchval(
+            sql.INSERT_JOB, job.id, job.job_name, job.queue, job.priority, job.args,
+            job.max_attempts, job.scheduled_at, job.dedup_key,
+        )
+        return [str(job_id)]
+    # A key repeated within the batch resolves to the first job holding it (memory's answer);
+    # sending it twice would also make ON CONFLICT touch one row twice, which PostgreSQL refuses.
+    seen: set[str] = set()
+    unique_jobs = []
+    for job in jobs:
+        if job.dedup_key is None:
+            unique_jobs.append(job)
+        elif job.dedup_key not in seen:
+            seen.add(job.dedup_key)
+            unique_jobs.append(job)
+    holders: dict[str, str] = {}
+    for start in range(0, len(unique_jobs), INSERT_CHUNK_SIZE):
+        chunk = unique_jobs[start:start + INSERT_CHUNK_SIZE]
+        row = await conn.fetchrow(
+            sql.INSERT_JOBS,
+            [j.id for j in chunk], [j.job_name for j in chunk], [j.queue for j in chunk],
+            [j.priority for j in chunk], [j.args for j in chunk], [j.max_attempts for j in chunk],
+            [j.scheduled_at for j in chunk], [j.dedup_key for j in chunk],
+        )
+        if row["dedup_keys"]:
+            holders.update(zip(row["dedup_keys"], map(str, row["dedup_ids"]), strict=True))
+    return [job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
+
+
+async def _terminate(pool: Any) -> None:
+    pool.terminate()
+
+
+async def _rescue(pool: Any, stale_after: float, now: datetime | None) -> list[str]:
+    """Give back the jobs of silent or vanished workers, in one transaction. The ``WorkerLost``
+    entries are built by :func:`~soniq.backends.base.worker_lost_error`, the one place their
+    shape is decided; the write is still fenced by lease."""
+    async with pool.acquire() as conn, conn.transaction():
+        clock: datetime = await conn.fetchval(sql.CLOCK, now)
+        cutoff = clock - timedelta(seconds=stale_after)
+        lost = await conn.fetch(sql.LOST_JOBS, cutoff)
+        rescued: list[str] = []
+        if lost:
+            errors = [dumps(worker_lost_error(row["worker_id"], row["attempts"], clock))
+                      for row in lost]
+            rows = await conn.fetch(sql.RESCUE_JOBS, [row["id"] for row in lost],
+                                    [row["lease_id"] for row in lost], errors, clock)
+            rescued = sorted(str(row["id"]) for row in rows)
+        await conn.execute(sql.REMOVE_SILENT_WORKERS, cutoff)
+        return rescued
+
+
+async def _prune(pool: Any, now: datetime | None) -> int:
+    """Delete expired finished jobs in batches, each its own short transaction."""
+    total = 0
+    while True:
+        status = await pool.execute(sql.PRUNE_JOBS, now, PRUNE_BATCH_SIZE)
+        deleted = int(status.rpartition(" ")[2])
+        total += deleted
+        if deleted < PRUNE_BATCH_SIZE:
+            return total

@@ -1,0 +1,111 @@
+"""The dedicated LISTEN connection that pushes wake-ups to a worker (DESIGN.md §6, §7).
+
+One connection outside the pool listens on the jobs and cancel channels. Notifications reach the
+caller's event loop: under asyncio asyncpg calls back on that loop; under trio the connection lives
+on the bridge loop and each notification is handed to the trio run through its token
+(``run_sync_soon``), never by touching trio objects from the bridge thread. A lost connection --
+closed by the server, or silent past a keepalive ping -- raises
+:class:`~soniq.errors.DatabaseError`; reconnecting is the caller's loop (``runtime/listener.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from soniq.backends import _bridge
+from soniq.backends._bridge import call
+from soniq.backends.postgres import sql
+from soniq.backends.postgres.errors import redact_url
+from soniq.backends.postgres.schema import close_quietly, connect
+from soniq.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import TaskStatus
+
+    from soniq.backends.postgres.errors import Translator
+
+__all__ = ["listen"]
+
+logger = logging.getLogger("soniq.postgres")
+
+CHANNELS = (sql.CHANNEL, sql.CANCEL_CHANNEL)
+
+
+async def listen(url: str, on_notify: Callable[[str, str], None], *, keepalive: float,
+                 errors: Translator, task_status: TaskStatus[None]) -> None:
+    """Listen until cancelled; ``task_status.started()`` once LISTEN is active."""
+    lost = anyio.Event()
+    deliver, mark_lost = _handoff(on_notify, lost)
+
+    def on_message(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+        deliver(channel, payload)
+
+    with errors:
+        conn = await call(_open, url, on_message, mark_lost)
+    try:
+        task_status.started()
+        while True:
+            with anyio.move_on_after(keepalive):
+                await lost.wait()
+            if lost.is_set():
+                raise DatabaseError(f"the LISTEN connection to {redact_url(url)} was closed")
+            # A half-open TCP connection never reports itself: ask for an answer in time.
+            with anyio.move_on_after(keepalive) as ping, errors:
+                await call(conn.execute, sql.PING)
+            if ping.cancelled_caught:
+                raise DatabaseError(
+                    f"the LISTEN connection to {redact_url(url)} stopped answering for "
+                    f"{keepalive:g}s"
+                )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await call(close_quietly, conn)
+
+
+def _handoff(on_notify: Callable[[str, str], None],
+             lost: anyio.Event) -> tuple[Callable[[str, str], None], Callable[[], None]]:
+    """Callbacks for the driver's loop that run ``on_notify`` / ``lost.set`` on the caller's."""
+
+    def safe_notify(channel: str, payload: str) -> None:
+        try:
+            on_notify(channel, payload)
+        except Exception:  # a wake-up handler's bug must not take the listener (or trio) down
+            logger.exception("notification handler failed for %s %r", channel, payload)
+
+    if _bridge.on_asyncio():
+        return safe_notify, lost.set
+
+    import trio  # the one non-asyncio backend AnyIO supports
+
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(channel: str, payload: str) -> None:
+        # RunFinishedError: the trio run is over, nobody is listening any more.
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(safe_notify, channel, payload)
+
+    def mark_lost() -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(lost.set)
+
+    return deliver, mark_lost
+
+
+async def _open(url: str, on_message: Callable[[Any, int, str, str], None],
+                on_lost: Callable[[], None]) -> Any:
+    """Runs on the driver's loop: connect, watch for termination, LISTEN on every channel."""
+    conn = await connect(url)
+    try:
+        conn.add_termination_listener(lambda _conn: on_lost())
+        for channel in CHANNELS:
+            await conn.add_listener(channel, on_message)
+    except BaseException:
+        await close_quietly(conn)
+        raise
+    return conn

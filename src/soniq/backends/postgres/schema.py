@@ -1,0 +1,154 @@
+"""Creating the database, applying migrations and checking the schema version.
+
+Migrations run only from ``soniq setup`` / ``app.setup()`` (DESIGN.md §3): on their own
+connection, under a session advisory lock so concurrent runs apply each file exactly once, each
+file in one transaction together with its ``soniq_migrations`` row. Everything here is an
+asyncio-native coroutine meant to run inside :func:`soniq.backends._bridge.call`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from soniq.backends.postgres import sql
+from soniq.backends.postgres.errors import SETUP_HINT, redact_url, translate
+from soniq.errors import ConfigurationError, MigrationError, SchemaMissingError
+from soniq.migrations import Migration, load_migrations
+
+__all__ = ["SERVER_SETTINGS", "check_schema", "connect", "migrate", "shipped_migrations"]
+
+#: Session settings on every connection Soniq opens.
+SERVER_SETTINGS = {"timezone": "UTC"}
+
+# Database names migrate() will create: plain identifiers, at most 63 bytes (NAMEDATALEN - 1).
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.$-]{0,62}")
+
+
+@functools.cache
+def shipped_migrations() -> tuple[Migration, ...]:
+    return tuple(load_migrations("postgres"))
+
+
+async def check_schema(pool: Any, url: str) -> None:
+    """Raise :class:`SchemaMissingError` unless every shipped migration is applied."""
+    try:
+        rows = await pool.fetch(sql.SCHEMA_VERSIONS)
+    except asyncpg.UndefinedTableError as exc:
+        raise SchemaMissingError(f"{redact_url(url)} has no Soniq schema; {SETUP_HINT}") from exc
+    applied = {row["version"] for row in rows}
+    missing = [m.label for m in shipped_migrations() if m.version not in applied]
+    if missing:
+        raise SchemaMissingError(
+            f"the Soniq schema in {redact_url(url)} is out of date (not applied: "
+            f"{', '.join(missing)}); run `soniq setup` (or `await app.setup()`) to apply them"
+        )
+
+
+async def connect(url: str, *, target: str | None = None) -> Any:
+    """A plain connection to ``url``; errors name ``target`` (the URL the user configured).
+    A missing database stays ``InvalidCatalogNameError`` so :func:`migrate` can create it."""
+    try:
+        return await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
+    except asyncpg.InvalidCatalogNameError:
+        raise
+    except Exception as exc:
+        translated = translate(exc, target or url, connecting=True)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+async def close_quietly(conn: Any) -> None:
+    try:
+        await conn.close(timeout=5)
+    except Exception:  # already broken: drop it without the goodbye
+        conn.terminate()
+
+
+async def migrate(url: str) -> list[str]:
+    """Create the database if needed, apply pending migrations; return the labels applied."""
+    conn = await _connect_creating_database(url)
+    try:
+        await conn.execute(sql.MIGRATION_LOCK, sql.MIGRATION_LOCK_KEY)
+        try:
+            return await _apply_pending(conn, url)
+        finally:
+            # Closing the session releases the lock anyway; a failed unlock on a broken
+            # connection must not hide the error that broke it.
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await conn.execute(sql.MIGRATION_UNLOCK, sql.MIGRATION_LOCK_KEY)
+    finally:
+        await close_quietly(conn)
+
+
+async def _apply_pending(conn: Any, url: str) -> list[str]:
+    await conn.execute(sql.CREATE_MIGRATIONS_TABLE)
+    applied = {row["version"] for row in await conn.fetch(sql.SCHEMA_VERSIONS)}
+    done = []
+    for migration in shipped_migrations():
+        if migration.version in applied:
+            continue
+        try:
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+        except asyncpg.PostgresError as exc:
+            reason = translate(exc, url)
+            raise MigrationError(
+                f"migration {migration.label} failed on {redact_url(url)} and was rolled back: "
+                f"{reason.message if reason else exc}"
+            ) from exc
+        done.append(migration.label)
+    return done
+
+
+async def _connect_creating_database(url: str) -> Any:
+    try:
+        return await connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    name, maintenance_url = _database_and_maintenance_url(url)
+    admin = await connect(maintenance_url, target=url)
+    try:
+        if not await admin.fetchval(sql.DATABASE_EXISTS, name):
+            # A concurrent migrate() may create it first: that is success too.
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                # DDL takes no bind parameters: the name is validated and quoted.
+                await admin.execute(f"CREATE DATABASE {_quote_identifier(name)}")
+    finally:
+        await close_quietly(admin)
+    return await connect(url)
+
+
+def _database_and_maintenance_url(url: str) -> tuple[str, str]:
+    """The database named by ``url``, and the same server's ``postgres`` database to create it
+    from. Only plain names are created automatically."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    name = unquote(parts.path.lstrip("/"))
+    for key, value in query:
+        if key in ("dbname", "database"):
+            name = value
+    if not name:
+        raise ConfigurationError(
+            f"database_url {redact_url(url)} names no database; add one (postgresql://host/mydb)"
+        )
+    if not _DATABASE_NAME.fullmatch(name) or len(name.encode()) > 63:
+        raise ConfigurationError(
+            f"database {name!r} does not exist and soniq setup creates only plain names "
+            "(letters, digits, _ . $ -; at most 63 bytes); create it yourself, then run soniq setup"
+        )
+    query = [(k, v) for k, v in query if k not in ("dbname", "database")]
+    maintenance = urlunsplit((parts.scheme, parts.netloc, "/postgres", urlencode(query),
+                              parts.fragment))
+    return name, maintenance
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,362 @@
+"""The SQL text the PostgreSQL adapter runs, one constant per statement.
+
+Every value is a bind parameter; the only text put together here is fixed at import time. Tests
+import these constants (``tests/backends/test_claim_plan.py`` EXPLAINs the claim statements), so
+what is measured is exactly what runs.
+
+JSON columns travel as text: parameters are ``$n::jsonb`` fed with ``str`` and results come back
+as ``str`` (asyncpg's default for json/jsonb), so no connection needs a custom codec.
+"""
+
+from __future__ import annotations
+
+from soniq.backends.base import JOB_COLUMNS
+
+__all__ = [
+    "CANCEL_CHANNEL",
+    "CANCEL_JOB",
+    "CHANNEL",
+    "CLAIM_ALL_QUEUES",
+    "CLAIM_MAINTENANCE",
+    "CLAIM_ONE_QUEUE",
+    "CLAIM_SOME_QUEUES",
+    "CLOCK",
+    "COMPLETE_JOBS",
+    "CREATE_MIGRATIONS_TABLE",
+    "DATABASE_EXISTS",
+    "DELETE_JOB",
+    "GET_JOB",
+    "HEARTBEAT",
+    "INSERT_JOB",
+    "INSERT_JOBS",
+    "LIST_JOBS",
+    "LIST_WORKERS",
+    "LOST_JOBS",
+    "MIGRATION_LOCK",
+    "MIGRATION_LOCK_KEY",
+    "MIGRATION_UNLOCK",
+    "PING",
+    "PRUNE_JOBS",
+    "QUEUE_STATS",
+    "RECORD_MIGRATION",
+    "REGISTER_WORKER",
+    "REMOVE_SILENT_WORKERS",
+    "RESCUE_JOBS",
+    "SCHEMA_VERSIONS",
+    "UNREGISTER_WORKER",
+]
+
+#: The NOTIFY channel that wakes workers; the payload is the queue name.
+CHANNEL = "soniq_jobs"
+#: The NOTIFY channel that tells a running job's worker to cancel it; the payload is the job id.
+CANCEL_CHANNEL = "soniq_cancel"
+
+_COLUMNS = ", ".join(JOB_COLUMNS)
+
+# -- enqueue ---------------------------------------------------------------------------------------
+# A dedup hit must return the id of the queued row holding the key, atomically and under
+# concurrency: ON CONFLICT ... DO UPDATE locks and returns that row (DO NOTHING would return
+# nothing, and a follow-up SELECT could miss a row claimed in between). If the holder is being
+# claimed, the insert waits for that commit; the claim released the key, so the insert then
+# succeeds as a new job -- the same answer the memory backend gives.
+_ON_DEDUP_HIT = (
+    "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL "
+    "DO UPDATE SET dedup_key = EXCLUDED.dedup_key"
+)
+
+#: One job, one round trip. $1 id, $2 job_name, $3 queue, $4 priority, $5 args (JSON text),
+#: $6 max_attempts, $7 scheduled_at (NULL: now), $8 dedup_key. Returns the job's id (the
+#: existing one on a dedup hit). A new job that is due wakes listeners on its queue.
+INSERT_JOB = f"""
+WITH inserted AS (
+    INSERT INTO soniq_jobs
+        (id, job_name, queue, priority, status, args, max_attempts, scheduled_at, dedup_key)
+    VALUES ($1::uuid, $2::text, $3::text, $4::smallint, 'queued', $5::jsonb, $6::integer,
+            COALESCE($7::timestamptz, now()), $8::text)
+    {_ON_DEDUP_HIT}
+    RETURNING id, queue, scheduled_at
+)
+SELECT id,
+       CASE WHEN id = $1::uuid AND scheduled_at <= now()
+            THEN pg_notify('{CHANNEL}', queue) END AS woken
+FROM inserted
+"""
+
+#: Many jobs in one statement over parallel arrays (same order as INSERT_JOB's parameters), with
+#: one NOTIFY per distinct due queue -- never one per row. Always returns one row: how many
+#: queues were woken, and for rows carrying a dedup key, the id now holding each key (callers
+#: map keys back to input positions; rows without a key keep the id they were given).
+#: The arrays must not repeat a dedup key (ON CONFLICT cannot touch a row twice in one statement).
+INSERT_JOBS = f"""
+WITH inserted AS (
+    INSERT INTO soniq_jobs
+        (id, job_name, queue, priority, status, args, max_attempts, scheduled_at, dedup_key)
+    SELECT new.id, new.job_name, new.queue, new.priority, 'queued', new.args::jsonb,
+           new.max_attempts, COALESCE(new.scheduled_at, now()), new.dedup_key
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::integer[],
+                $7::timestamptz[], $8::text[])
+        AS new (id, job_name, queue, priority, args, max_attempts, scheduled_at, dedup_key)
+    {_ON_DEDUP_HIT}
+    RETURNING id, queue, scheduled_at, dedup_key
+), woken AS (
+    SELECT pg_notify('{CHANNEL}', due.queue)
+    FROM (SELECT DISTINCT queue FROM inserted WHERE scheduled_at <= now()) AS due
+)
+SELECT (SELECT count(*) FROM woken) AS woken,
+       array_agg(id) FILTER (WHERE dedup_key IS NOT NULL) AS dedup_ids,
+       array_agg(dedup_key) FILTER (WHERE dedup_key IS NOT NULL) AS dedup_keys
+FROM inserted
+"""
+
+# -- claim -----------------------------------------------------------------------------------------
+# One round trip claims a batch. The inner SELECT walks a partial index in exactly the ORDER BY's
+# order and stops after $3 rows; SKIP LOCKED lets concurrent workers take disjoint batches.
+# Releasing dedup_key keeps the "key only on queued rows" invariant (a CHECK constraint enforces
+# it). $1 worker_id, $2 now (NULL: the database clock), $3 limit, $4 queue / queues.
+#
+# "WHERE id = ANY (ARRAY(subquery))" rather than "UPDATE ... FROM (subquery) WHERE j.id = c.id":
+# ARRAY() makes the subquery an init plan, so the outer scan is always a primary-key lookup.
+# With a join, a *generic* plan (which PostgreSQL may cache for a prepared statement after five
+# executions) guesses LIMIT $3 at 10% of the table and hash-joins against a Seq Scan of all of
+# it: measured 25 ms instead of 1 ms per claim at 200 000 rows. test_claim_plan checks both.
+_CLAIM = """
+UPDATE soniq_jobs
+SET status = 'processing',
+    attempts = attempts + 1,
+    lease_id = gen_random_uuid(),
+    worker_id = $1::uuid,
+    started_at = COALESCE($2::timestamptz, now()),
+    updated_at = COALESCE($2::timestamptz, now()),
+    dedup_key = NULL
+WHERE id = ANY (ARRAY(
+    SELECT id FROM soniq_jobs
+    WHERE status = 'queued' AND scheduled_at <= COALESCE($2::timestamptz, now()){queue_filter}
+    ORDER BY priority, scheduled_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING id, job_name, queue, priority, args, attempts, max_attempts, scheduled_at, created_at,
+          lease_id
+"""
+
+#: Claim from every queue (served by soniq_jobs_claim_idx).
+CLAIM_ALL_QUEUES = _CLAIM.format(queue_filter="")
+#: Claim from the queue $4 (served by soniq_jobs_queue_claim_idx: an exact prefix, no filter).
+CLAIM_ONE_QUEUE = _CLAIM.format(queue_filter=" AND queue = $4::text")
+#: Claim from the queues in $4 (soniq_jobs_claim_idx in order, other queues filtered out).
+CLAIM_SOME_QUEUES = _CLAIM.format(queue_filter=" AND queue = ANY($4::text[])")
+
+# -- finish ----------------------------------------------------------------------------------------
+# A QUEUED outcome (retry, snooze, shutdown) for a job with a cancel request ends it cancelled.
+_REQUEUE = "(o.status = 'queued' AND NOT j.cancel_requested)"
+
+#: Write a batch of outcomes in one statement, each fenced by status and lease. Parallel arrays:
+#: $1 id, $2 lease_id, $3 status, $4 result (JSON text), $5 error (JSON text of one entry),
+#: $6 run_at, $7 refund_attempt, $8 expires_at; $9 now (NULL: the database clock).
+#: Returns the ids whose lease still held. Ids must not repeat within one call.
+COMPLETE_JOBS = f"""
+UPDATE soniq_jobs AS j
+SET status = CASE WHEN {_REQUEUE} THEN 'queued'
+                  WHEN o.status = 'queued' THEN 'cancelled'
+                  ELSE o.status END,
+    errors = CASE WHEN o.error IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
+    attempts = CASE WHEN o.refund_attempt THEN j.attempts - 1 ELSE j.attempts END,
+    lease_id = NULL,
+    scheduled_at = CASE WHEN {_REQUEUE} THEN COALESCE(o.run_at, t.now) ELSE j.scheduled_at END,
+    worker_id = CASE WHEN {_REQUEUE} THEN NULL ELSE j.worker_id END,
+    result = CASE WHEN {_REQUEUE} THEN j.result ELSE o.result::jsonb END,
+    finished_at = CASE WHEN {_REQUEUE} THEN j.finished_at ELSE t.now END,
+    expires_at = CASE WHEN {_REQUEUE} THEN j.expires_at ELSE o.expires_at END,
+    updated_at = t.now
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+            $7::boolean[], $8::timestamptz[])
+        AS o (id, lease_id, status, result, error, run_at, refund_attempt, expires_at),
+     (SELECT COALESCE($9::timestamptz, now()) AS now) AS t
+WHERE j.id = o.id AND j.status = 'processing' AND j.lease_id = o.lease_id
+RETURNING j.id
+"""
+
+# -- reading and managing --------------------------------------------------------------------------
+#: $1 id.
+GET_JOB = f"SELECT {_COLUMNS} FROM soniq_jobs WHERE id = $1::uuid"
+
+# Newest first: ids are UUIDv7, so id order is creation order. One statement per filter shape
+# (not "$1 IS NULL OR ..."), so a cached generic plan can still use the (queue, status) index.
+_LIST = f"SELECT {_COLUMNS} FROM soniq_jobs{{where}} ORDER BY id DESC LIMIT $1 OFFSET $2"
+#: Keyed by (queue given, status given); parameters: $1 limit, $2 offset, then queue, status.
+LIST_JOBS = {
+    (False, False): _LIST.format(where=""),
+    (True, False): _LIST.format(where=" WHERE queue = $3::text"),
+    (False, True): _LIST.format(where=" WHERE status = $3::text"),
+    (True, True): _LIST.format(where=" WHERE queue = $3::text AND status = $4::text"),
+}
+
+#: Counts per queue; COLLATE "C" sorts like Python's str (and the memory backend), whatever the
+#: database's collation.
+QUEUE_STATS = """
+SELECT queue,
+       count(*) AS total,
+       count(*) FILTER (WHERE status = 'queued') AS queued,
+       count(*) FILTER (WHERE status = 'processing') AS processing,
+       count(*) FILTER (WHERE status = 'done') AS done,
+       count(*) FILTER (WHERE status = 'dead_letter') AS dead_letter,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+FROM soniq_jobs
+GROUP BY queue
+ORDER BY queue COLLATE "C"
+"""
+
+#: $1 id. A waiting job is cancelled (releasing its dedup key); a running one gets a cancel
+#: request and its worker a NOTIFY on CANCEL_CHANNEL. Returns a row when either applied.
+CANCEL_JOB = f"""
+WITH changed AS (
+    UPDATE soniq_jobs
+    SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+        finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+        updated_at = CASE WHEN status = 'queued' THEN now() ELSE updated_at END,
+        cancel_requested = cancel_requested OR status = 'processing',
+        dedup_key = NULL
+    WHERE id = $1::uuid AND status IN ('queued', 'processing')
+    RETURNING id, status
+)
+SELECT id,
+       CASE WHEN status = 'processing' THEN pg_notify('{CANCEL_CHANNEL}', id::text) END AS woken
+FROM changed
+"""
+
+#: $1 id. Any state.
+DELETE_JOB = "DELETE FROM soniq_jobs WHERE id = $1::uuid RETURNING id"
+
+# -- workers and maintenance -----------------------------------------------------------------------
+#: $1 id, $2 hostname, $3 pid, $4 queues (NULL: all), $5 concurrency, $6 now (NULL: db clock).
+REGISTER_WORKER = """
+INSERT INTO soniq_workers AS w
+    (id, hostname, pid, queues, concurrency, started_at, last_heartbeat)
+VALUES ($1::uuid, $2::text, $3::integer, $4::text[], $5::integer,
+        COALESCE($6::timestamptz, now()), COALESCE($6::timestamptz, now()))
+ON CONFLICT (id) DO UPDATE
+SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
+    concurrency = EXCLUDED.concurrency, started_at = EXCLUDED.started_at,
+    last_heartbeat = EXCLUDED.last_heartbeat
+"""
+
+#: $1 worker id, $2 now. Refreshes the heartbeat (re-creating a row the cleanup removed) and
+#: returns the worker's running jobs that have a cancel request. Only last_heartbeat changes,
+#: and it is not indexed: the update stays heap-only.
+HEARTBEAT = """
+WITH beat AS (
+    INSERT INTO soniq_workers AS w
+        (id, hostname, pid, queues, concurrency, started_at, last_heartbeat)
+    VALUES ($1::uuid, '', 0, NULL, 0,
+            COALESCE($2::timestamptz, now()), COALESCE($2::timestamptz, now()))
+    ON CONFLICT (id) DO UPDATE SET last_heartbeat = EXCLUDED.last_heartbeat
+)
+SELECT id FROM soniq_jobs
+WHERE worker_id = $1::uuid AND status = 'processing' AND cancel_requested
+ORDER BY id
+"""
+
+#: $1 worker id.
+UNREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = $1::uuid"
+
+LIST_WORKERS = """
+SELECT id, hostname, pid, queues, concurrency, started_at, last_heartbeat
+FROM soniq_workers ORDER BY id
+"""
+
+#: $1 cutoff: running jobs whose worker is gone or silent since before it. Rows being written
+#: right now are skipped (their worker is evidently alive); the rest are locked until the rescue
+#: commits.
+LOST_JOBS = """
+SELECT j.id, j.lease_id, j.worker_id, j.attempts
+FROM soniq_jobs AS j
+WHERE j.status = 'processing'
+  AND NOT EXISTS (SELECT 1 FROM soniq_workers AS w
+                  WHERE w.id = j.worker_id AND w.last_heartbeat >= $1::timestamptz)
+ORDER BY j.id
+FOR UPDATE OF j SKIP LOCKED
+"""
+
+_RESCUE_REQUEUE = "(NOT j.cancel_requested AND j.attempts < j.max_attempts)"
+
+#: Give lost jobs back: parallel arrays $1 id, $2 lease_id, $3 error entry (JSON text); $4 now.
+#: Queued again when attempts remain (the claim already counted the lost attempt), dead-lettered
+#: on the last one, cancelled when cancel was requested.
+RESCUE_JOBS = f"""
+UPDATE soniq_jobs AS j
+SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
+                  WHEN j.attempts >= j.max_attempts THEN 'dead_letter'
+                  ELSE 'queued' END,
+    errors = j.errors || jsonb_build_array(o.error::jsonb),
+    lease_id = NULL,
+    scheduled_at = CASE WHEN {_RESCUE_REQUEUE} THEN $4::timestamptz ELSE j.scheduled_at END,
+    worker_id = CASE WHEN {_RESCUE_REQUEUE} THEN NULL ELSE j.worker_id END,
+    finished_at = CASE WHEN {_RESCUE_REQUEUE} THEN j.finished_at ELSE $4::timestamptz END,
+    updated_at = $4::timestamptz
+FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS o (id, lease_id, error)
+WHERE j.id = o.id AND j.status = 'processing' AND j.lease_id = o.lease_id
+RETURNING j.id
+"""
+
+#: $1 cutoff.
+REMOVE_SILENT_WORKERS = "DELETE FROM soniq_workers WHERE last_heartbeat < $1::timestamptz"
+
+#: The LISTEN connection's keepalive.
+PING = "SELECT 1"
+
+#: $1 now (NULL: the database clock).
+CLOCK = "SELECT COALESCE($1::timestamptz, now())"
+
+#: $1 now (NULL: the database clock), $2 batch size. Deletes one batch of expired done/cancelled
+#: jobs (dead letters stay for inspection); callers repeat until a batch comes back short, so no
+#: transaction holds many row locks. ANY(ARRAY(...)) keeps the delete a primary-key lookup (see
+#: the claim).
+PRUNE_JOBS = """
+DELETE FROM soniq_jobs
+WHERE id = ANY (ARRAY(
+    SELECT id FROM soniq_jobs
+    WHERE expires_at < COALESCE($1::timestamptz, now()) AND status IN ('done', 'cancelled')
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+))
+"""
+
+#: $1 task, $2 interval seconds, $3 now (NULL: the database clock). Returns a row only for the
+#: caller that moved the round forward: concurrent callers queue on the row lock and then see
+#: the fresh last_run_at.
+CLAIM_MAINTENANCE = """
+INSERT INTO soniq_maintenance AS m (task, last_run_at)
+VALUES ($1::text, COALESCE($3::timestamptz, now()))
+ON CONFLICT (task) DO UPDATE SET last_run_at = EXCLUDED.last_run_at
+WHERE m.last_run_at <= EXCLUDED.last_run_at - $2::double precision * interval '1 second'
+RETURNING task
+"""
+
+# -- schema ----------------------------------------------------------------------------------------
+#: Versions applied; fails with undefined_table when Soniq was never set up.
+SCHEMA_VERSIONS = "SELECT version FROM soniq_migrations"
+
+#: Created by migrate() itself (a migration cannot record itself in a table it has yet to create).
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS soniq_migrations (
+    version     integer     PRIMARY KEY,
+    name        text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+#: $1 version, $2 name.
+RECORD_MIGRATION = "INSERT INTO soniq_migrations (version, name) VALUES ($1::integer, $2::text)"
+
+#: Session-level advisory lock that serialises concurrent migrate() calls on one database.
+#: The key is b"soniq-mg" read as a big-endian int64; any fixed value works, it only has to be
+#: one no other tool is likely to pick.
+MIGRATION_LOCK_KEY = int.from_bytes(b"soniq-mg", "big", signed=True)
+#: $1 key.
+MIGRATION_LOCK = "SELECT pg_advisory_lock($1::bigint)"
+#: $1 key.
+MIGRATION_UNLOCK = "SELECT pg_advisory_unlock($1::bigint)"
+
+#: $1 database name (asked on the maintenance database before CREATE DATABASE).
+DATABASE_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text)"

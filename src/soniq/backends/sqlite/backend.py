@@ -1,0 +1,303 @@
+"""``SqliteBackend``: the storage protocol over one SQLite file, with the semantics of
+:mod:`soniq.backends.memory`.
+
+This module owns what each operation does; :mod:`.database` owns the connections, schema,
+transactions, the trio bridge and error translation; :mod:`.sql` owns the statements and the
+stored formats. Timestamps are TEXT, ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (fixed width, so text
+order is time order), converted to aware datetimes when read; ``args``, ``result``, ``errors``
+and a worker's ``queues`` are JSON text.
+
+Each public method hands a private coroutine to :meth:`SqliteDatabase.run`, which runs it on the
+loop that owns the connections (the bridge loop under trio).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from soniq.backends.base import JOB_COLUMNS, job_record, worker_lost_error
+from soniq.backends.sqlite import sql
+from soniq.backends.sqlite.database import SqliteDatabase
+from soniq.errors import UnsupportedOperationError
+from soniq.serialization import dumps, loads, utc_now
+from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+    from datetime import datetime
+
+    from anyio.abc import TaskStatus
+
+__all__ = ["SqliteBackend"]
+
+# Bind parameters per dedup-key lookup: far below SQLite's limit of 32766 per statement.
+_LOOKUP_CHUNK = 500
+# Rows deleted per prune statement: short write locks, so claims slip in between batches.
+_PRUNE_BATCH = 1000
+
+
+class SqliteBackend:
+    """Jobs in a SQLite file: embedded, single-host, no setup step (the schema is created on
+    first use).
+
+    Args:
+        path: the database file (created if missing; its directory must exist), or
+            ``":memory:"`` for a private in-memory database.
+        busy_timeout: seconds a write waits for another process's write lock before failing.
+    """
+
+    name = "sqlite"
+    supports_listen = False
+    supports_transactions = False
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        self._db = SqliteDatabase(path, busy_timeout=busy_timeout)
+
+    def __repr__(self) -> str:
+        return f"<SqliteBackend path={self._db.path!r}>"
+
+    @property
+    def path(self) -> str:
+        return self._db.path
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def initialize(self) -> None:
+        await self._db.run(_nothing)
+
+    async def migrate(self) -> list[str]:
+        return await self._db.migrate()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @asynccontextmanager
+    async def _no_connections(self) -> AsyncIterator[Any]:
+        raise UnsupportedOperationError(
+            "the sqlite backend has no connections to lend; backend.acquire() and "
+            "transactional enqueue need PostgreSQL"
+        )
+        yield  # pragma: no cover
+
+    def acquire(self) -> Any:
+        return self._no_connections()
+
+    # -- enqueue ------------------------------------------------------------------------------
+    async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        if connection is not None:
+            raise UnsupportedOperationError(
+                "enqueue(connection=...) joins a database transaction, which the sqlite backend "
+                "cannot share. Use PostgreSQL for transactional enqueue."
+            )
+        if not jobs:
+            return []
+        return await self._db.run(self._insert_jobs, jobs)
+
+    async def _insert_jobs(self, jobs: Sequence[NewJob]) -> list[str]:
+        now = sql.to_db(utc_now())
+        rows = [
+            (job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
+             now if job.scheduled_at is None else sql.to_db(job.scheduled_at), now, now,
+             job.dedup_key)
+            for job in jobs
+        ]
+        keys = list(dict.fromkeys(job.dedup_key for job in jobs if job.dedup_key is not None))
+        holders: dict[str, str] = {}
+        async with self._db.transaction() as conn:
+            await conn.executemany(sql.INSERT_JOB, rows)
+            # Who holds each key now: the row just inserted, or the queued job that had it.
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start:start + _LOOKUP_CHUNK]
+                found = await conn.execute_fetchall(
+                    "SELECT dedup_key, id FROM soniq_jobs "
+                    f"WHERE dedup_key IN ({sql.placeholders(len(chunk))})", chunk)
+                holders.update((key, job_id) for key, job_id in found)
+        return [job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
+
+    # -- reading and managing -----------------------------------------------------------------
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        if not isinstance(job_id, str):
+            return None
+        rows = await self._db.run(self._db.read, f"{sql.JOB_SELECT} WHERE id = ?", (job_id,))
+        return _record(rows[0]) if rows else None
+
+    async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
+                        limit: int = 100, offset: int = 0) -> list[JobRecord]:
+        where, params = [], []
+        for column, value in (("queue", queue), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._db.run(
+            self._db.read, f"{sql.JOB_SELECT}{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset))
+        return [_record(row) for row in rows]
+
+    async def cancel_job(self, job_id: str) -> bool:
+        if not isinstance(job_id, str):
+            return False
+        now = sql.to_db(utc_now())
+        return bool(await self._db.run(self._db.write, sql.CANCEL, (now, now, job_id)))
+
+    async def delete_job(self, job_id: str) -> bool:
+        if not isinstance(job_id, str):
+            return False
+        return bool(await self._db.run(self._db.write, sql.DELETE, (job_id,)))
+
+    async def queue_stats(self) -> list[QueueStats]:
+        rows = await self._db.run(self._db.read, sql.QUEUE_STATS, ())
+        return [
+            {"queue": queue, "total": total, "queued": queued, "processing": processing,
+             "done": done, "dead_letter": dead_letter, "cancelled": cancelled}
+            for queue, total, queued, processing, done, dead_letter, cancelled in rows
+        ]
+
+    # -- claim and finish ---------------------------------------------------------------------
+    async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
+                         *, now: datetime | None = None) -> list[ClaimedJob]:
+        if limit <= 0 or (queues is not None and not queues):
+            return []
+        at = sql.to_db(now or utc_now())
+        wanted = None if queues is None else list(dict.fromkeys(queues))
+        statement = sql.claim_sql(None if wanted is None else len(wanted))
+        rows = await self._db.run(self._in_transaction, statement,
+                                  (worker_id, at, at, at, *(wanted or ()), limit))
+        claimed = [_claimed(row) for row in rows]
+        # RETURNING comes in no promised order; hand jobs out in claim order.
+        claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
+        return claimed
+
+    async def complete_jobs(self, outcomes: Sequence[JobOutcome],
+                            *, now: datetime | None = None) -> list[str]:
+        payload = _outcome_payload(outcomes)
+        if not payload:
+            return []
+        params = {"now": sql.to_db(now or utc_now()), "outcomes": json.dumps(payload)}
+        rows = await self._db.run(self._in_transaction, sql.COMPLETE, params)
+        accepted = {job_id for (job_id,) in rows}
+        # In input order, each id once (the UPDATE touches a row at most once).
+        return list(dict.fromkeys(entry["id"] for entry in payload if entry["id"] in accepted))
+
+    async def _in_transaction(self, statement: str,
+                              params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        """One statement inside ``BEGIN IMMEDIATE`` (the claim and the finish: the write lock
+        is taken before the statement reads, so its reads are never stale)."""
+        async with self._db.transaction() as conn:
+            return list(await conn.execute_fetchall(statement, params))
+
+    # -- workers and maintenance --------------------------------------------------------------
+    async def register_worker(self, worker: WorkerInfo, *, now: datetime | None = None) -> None:
+        queues = None if worker.queues is None else dumps(list(worker.queues), what="queues")
+        await self._db.run(self._db.write, sql.REGISTER_WORKER, (
+            worker.id, worker.hostname, worker.pid, queues, worker.concurrency,
+            sql.to_db(now or utc_now())))
+
+    async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
+        return await self._db.run(self._heartbeat, worker_id, sql.to_db(now or utc_now()))
+
+    async def _heartbeat(self, worker_id: str, now: str) -> list[str]:
+        await self._db.write(sql.HEARTBEAT, (worker_id, now))
+        return [job_id for (job_id,) in await self._db.read(sql.CANCEL_REQUESTS, (worker_id,))]
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._db.run(self._db.write, sql.UNREGISTER_WORKER, (worker_id,))
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        rows = await self._db.run(self._db.read, sql.LIST_WORKERS, ())
+        return [
+            {"id": worker_id, "hostname": hostname, "pid": pid, "queues": loads(queues),
+             "concurrency": concurrency, "started_at": sql.from_db(started_at),
+             "last_heartbeat": sql.from_db(last_heartbeat)}
+            for worker_id, hostname, pid, queues, concurrency, started_at, last_heartbeat in rows
+        ]
+
+    async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
+        return await self._db.run(self._rescue_jobs, stale_after, now or utc_now())
+
+    async def _rescue_jobs(self, stale_after: float, now: datetime) -> list[str]:
+        cutoff = sql.to_db(now - timedelta(seconds=stale_after))
+        async with self._db.transaction() as conn:
+            lost = [
+                {"id": job_id, "error": dumps(worker_lost_error(worker_id, attempts, now))}
+                for job_id, worker_id, attempts
+                in await conn.execute_fetchall(sql.LOST_JOBS, (cutoff,))
+            ]
+            rescued: list[str] = []
+            if lost:
+                rows = await conn.execute_fetchall(
+                    sql.RESCUE, {"now": sql.to_db(now), "lost": json.dumps(lost)})
+                rescued = sorted(job_id for (job_id,) in rows)
+            await conn.execute_fetchall(sql.REMOVE_SILENT_WORKERS, (cutoff,))
+        return rescued
+
+    async def prune_jobs(self, *, now: datetime | None = None) -> int:
+        return await self._db.run(self._prune_jobs, sql.to_db(now or utc_now()))
+
+    async def _prune_jobs(self, now: str) -> int:
+        total = 0
+        while True:
+            deleted = len(await self._db.write(sql.PRUNE, (now, _PRUNE_BATCH)))
+            total += deleted
+            if deleted < _PRUNE_BATCH:
+                return total
+
+    async def claim_maintenance(self, task: str, interval: float,
+                                *, now: datetime | None = None) -> bool:
+        now = now or utc_now()
+        cutoff = now - timedelta(seconds=interval)
+        rows = await self._db.run(self._db.write, sql.CLAIM_MAINTENANCE,
+                                  (task, sql.to_db(now), sql.to_db(cutoff)))
+        return bool(rows)
+
+    async def listen(self, on_notify: Callable[[str, str], None],
+                     *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        raise UnsupportedOperationError(
+            "the sqlite backend has no LISTEN/NOTIFY (supports_listen is False): workers poll"
+        )
+
+
+async def _nothing() -> None:
+    """What ``initialize`` runs once the database is open and migrated."""
+
+
+def _outcome_payload(outcomes: Iterable[JobOutcome]) -> list[dict[str, Any]]:
+    """The JSON rows ``COMPLETE`` joins against. A repeated (job, lease) keeps its first outcome,
+    as applying them in order would: the first one releases the lease."""
+    seen: set[tuple[str, str]] = set()
+    payload = []
+    for outcome in outcomes:
+        key = (outcome.job_id, outcome.lease_id)
+        if key in seen:
+            continue
+        seen.add(key)
+        payload.append({
+            "id": outcome.job_id,
+            "lease_id": outcome.lease_id,
+            "status": outcome.status.value,
+            "result": outcome.result,
+            "error": outcome.error,
+            "run_at": None if outcome.run_at is None else sql.to_db(outcome.run_at),
+            "refund": 1 if outcome.refund_attempt else 0,
+            "expires_at": None if outcome.expires_at is None else sql.to_db(outcome.expires_at),
+        })
+    return payload
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    values = dict(zip(JOB_COLUMNS, row, strict=True))
+    for column in sql.TIMESTAMP_COLUMNS:
+        if values[column] is not None:
+            values[column] = sql.from_db(values[column])
+    return job_record(values)
+
+
+def _claimed(row: Sequence[Any]) -> ClaimedJob:
+    values = dict(zip(sql.CLAIMED_COLUMNS, row, strict=True))
+    values["scheduled_at"] = sql.from_db(values["scheduled_at"])
+    values["created_at"] = sql.from_db(values["created_at"])
+    return ClaimedJob(**values)

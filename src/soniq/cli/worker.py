@@ -1,0 +1,101 @@
+"""``soniq worker``: run jobs until stopped by a signal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Annotated
+
+import anyio
+from cyclopts import Parameter
+
+from soniq import __version__
+from soniq.cli._common import Loop, configure_logging, load_app
+from soniq.settings import redact_url
+
+logger = logging.getLogger("soniq.worker")
+
+_FORCED_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def worker(
+    app_path: Annotated[str | None, Parameter(name="APP", env_var="SONIQ_APP")] = None,
+    /,
+    *,
+    app: Annotated[str | None, Parameter(help="Same as APP.")] = None,
+    queues: Annotated[list[str] | None, Parameter(consume_multiple=True)] = None,
+    concurrency: int | None = None,
+    run_once: bool = False,
+    database_url: str | None = None,
+    loop: Loop = "asyncio",
+) -> int:
+    """Run a worker: claim jobs from every queue (or --queues) and run them until stopped.
+
+    The first SIGTERM or SIGINT stops claiming and lets running jobs finish within
+    shutdown_timeout (SONIQ_SHUTDOWN_TIMEOUT); jobs still running then go back to the queue
+    without using an attempt, and the worker exits 0. A second signal stops at once: running
+    jobs go back to the queue and the exit code is 130 (SIGINT) or 143 (SIGTERM).
+
+    Parameters
+    ----------
+    app_path
+        Your Soniq instance as module:attribute, e.g. myproject.jobs:app. Without it, the modules
+        in SONIQ_JOBS_MODULES are imported and must define exactly one Soniq instance.
+    queues
+        Only these queues (comma-separated or repeated). Default: every queue (there is no
+        environment fallback on purpose).
+    concurrency
+        Jobs run at once. Default: the app's concurrency setting (SONIQ_CONCURRENCY).
+    run_once
+        Run what is due now, then exit.
+    database_url
+        Where jobs are stored. Default: SONIQ_DATABASE_URL. Cannot override a URL the app
+        passes in its own code.
+    loop
+        The event loop to run on.
+    """
+    soniq = load_app(app_path or app, database_url)
+    configure_logging(soniq.settings.log_level if not soniq.settings.debug else "DEBUG")
+    queue_list = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()] or None
+    runner = soniq.worker(concurrency=concurrency, queues=queue_list, run_once=run_once)
+    backend = soniq.backend
+    logger.info(
+        "soniq %s worker %s | storage %s %s | queues %s | concurrency %d | %s",
+        __version__, runner.id, backend.name, redact_url(soniq.settings.database_url),
+        ",".join(queue_list) if queue_list else "all", runner.concurrency,
+        "LISTEN/NOTIFY + polling" if backend.supports_listen
+        else f"polling every {soniq.settings.poll_interval:g}s",
+    )
+    exit_code = 0
+
+    async def main() -> None:
+        nonlocal exit_code
+        async with anyio.create_task_group() as tg:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+                async def watch() -> None:
+                    nonlocal exit_code
+                    count = 0
+                    async for signum in signals:
+                        count += 1
+                        if count == 1:
+                            logger.info("received %s: finishing running jobs (up to %gs); send it "
+                                        "again to stop now", signal.Signals(signum).name,
+                                        soniq.settings.shutdown_timeout)
+                            runner.stop()
+                        else:
+                            logger.warning("received %s again: stopping now; running jobs go back "
+                                           "to the queue", signal.Signals(signum).name)
+                            exit_code = _FORCED_EXIT.get(signal.Signals(signum), 1)
+                            runner.cancel()
+
+                tg.start_soon(watch)
+                try:
+                    await runner.run()
+                finally:
+                    tg.cancel_scope.cancel()
+        await soniq.close()
+
+    anyio.run(main, backend=loop)
+    logger.info("worker %s stopped after %d job attempt(s)", runner.id, runner.processed)
+    return exit_code

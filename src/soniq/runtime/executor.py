@@ -1,0 +1,245 @@
+"""Runs one claimed job and decides its outcome.
+
+For each attempt: decode the arguments, inject :class:`~soniq.types.JobContext` if asked, run
+hooks and middleware around the function under a per-job cancel scope, and turn what happened
+into a :class:`~soniq.types.JobOutcome` for the finisher:
+
+- returned a value → ``done`` (result stored as JSON, kept ``result_ttl`` seconds);
+- returned :class:`~soniq.types.Snooze` → ``queued`` later, attempt given back;
+- raised, or ran past its timeout → ``queued`` after the retry delay, or ``dead_letter`` on the
+  last attempt (error type, message and traceback appended to ``errors``);
+- cancelled through ``cancel_job`` → ``cancelled``;
+- interrupted by shutdown (outer cancellation) → ``queued`` at once, attempt given back; the
+  cancellation is re-raised, never swallowed.
+
+Timeout: the job's ``timeout``, else the ``job_timeout`` setting; 0 disables. A sync function runs
+in a worker thread; a thread cannot be killed, so on timeout the attempt is failed at once but the
+slot stays busy (``stuck``) until the thread returns, and its late result is discarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import traceback
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from soniq.runtime.retry import retry_delay
+from soniq.runtime.seams import JobEvent, call_hook
+from soniq.serialization import dumps
+from soniq.types import JobContext, JobOutcome, JobStatus, Snooze
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from datetime import datetime
+
+    from soniq.registry import JobRegistry, JobSpec
+    from soniq.runtime.seams import EventDispatcher, EventKind, Hooks, PayloadCodec
+    from soniq.settings import SoniqSettings
+    from soniq.types import ClaimedJob
+
+__all__ = ["Executor", "current_job"]
+
+logger = logging.getLogger("soniq.worker")
+
+#: The job running in the current task (None outside jobs): logs and events find their job here.
+current_job: ContextVar[JobContext | None] = ContextVar("soniq_current_job", default=None)
+
+
+@dataclass(slots=True)
+class _Running:
+    job: ClaimedJob
+    scope: anyio.CancelScope
+    cancel_requested: bool = False
+
+
+class Executor:
+    """Runs claimed jobs for one worker; ``running`` and ``stuck`` tell the fetcher how many
+    slots are busy."""
+
+    def __init__(self, *, registry: JobRegistry, settings: SoniqSettings, hooks: Hooks,
+                 events: EventDispatcher, codec: PayloadCodec, worker_id: str,
+                 put_outcome: Callable[[JobOutcome], None], clock: Callable[[], datetime],
+                 thread_limiter: anyio.CapacityLimiter) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._hooks = hooks
+        self._events = events
+        self._codec = codec
+        self._worker_id = worker_id
+        self._put = put_outcome
+        self._now = clock
+        self._limiter = thread_limiter
+        self.running: dict[str, _Running] = {}
+        self.stuck = 0
+        self.completed = 0
+        #: Called when a stuck thread finally returns (the fetcher sets it to wake itself).
+        self.on_slot_freed: Callable[[], None] = lambda: None
+
+    def request_cancel(self, job_id: str) -> None:
+        """Cancel a running job's scope; it ends ``cancelled``. Unknown ids are ignored."""
+        entry = self.running.get(job_id)
+        if entry is not None and not entry.cancel_requested:
+            entry.cancel_requested = True
+            entry.scope.cancel()
+
+    def admit(self, job: ClaimedJob) -> None:
+        """Count a claimed job as running from the moment it is claimed, before its task starts,
+        so the fetcher never claims more than its free slots."""
+        self.running[job.id] = _Running(job, anyio.CancelScope())
+
+    async def run(self, job: ClaimedJob) -> None:
+        """Run one admitted attempt and hand its outcome to the finisher."""
+        entry = self.running[job.id]
+        try:
+            outcome = await self._attempt(job, entry)
+        except anyio.get_cancelled_exc_class():
+            # Shutdown, not failure: the job goes back without using an attempt.
+            self._put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True))
+            raise
+        finally:
+            del self.running[job.id]
+        self.completed += 1
+        self._put(outcome)
+
+    def _emit(self, kind: EventKind, job: ClaimedJob, *, duration: float | None = None,
+              error: str | None = None) -> None:
+        if self._events.active:
+            self._events.emit(JobEvent(kind, job.id, job.job_name, job.queue, job.attempts,
+                                       self._now(), duration, error))
+
+    async def _attempt(self, job: ClaimedJob, entry: _Running) -> JobOutcome:
+        spec = self._registry.get(job.job_name)
+        if spec is None:
+            return self._failed(job, None, "UnknownJob",
+                                f"no job named {job.job_name!r} is registered on this worker",
+                                None, final=True)
+        try:
+            kwargs = self._codec.decode_args(job.job_name, job.args)
+        except Exception as exc:
+            return self._failed(job, spec, "CorruptArguments",
+                                f"stored arguments cannot be decoded: {exc}", None, final=True)
+        ctx = JobContext(job_id=job.id, job_name=job.job_name, attempt=job.attempts,
+                         max_attempts=job.max_attempts, queue=job.queue,
+                         worker_id=self._worker_id, scheduled_at=job.scheduled_at,
+                         created_at=job.created_at,
+                         logger=logging.getLogger(f"soniq.jobs.{job.job_name}"))
+        if spec.context_param is not None:
+            kwargs[spec.context_param] = ctx
+        timeout = spec.timeout if spec.timeout is not None else self._settings.job_timeout
+        entry.scope.deadline = anyio.current_time() + timeout if timeout else math.inf
+        self._emit("started", job)
+        started = anyio.current_time()
+        token = current_job.set(ctx)
+        try:
+            with entry.scope:
+                result = await self._invoke(spec, kwargs, ctx)
+            if entry.scope.cancelled_caught:
+                if entry.cancel_requested:
+                    self._emit("cancelled", job)
+                    return JobOutcome(job.id, job.lease_id, JobStatus.CANCELLED,
+                                      expires_at=self._expiry())
+                raise TimeoutError(f"job exceeded its timeout of {timeout:g}s")
+            if isinstance(result, Snooze):
+                seconds = max(0.0, float(result.seconds))
+                return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True,
+                                  run_at=self._now() + timedelta(seconds=seconds))
+            encoded = self._codec.encode_result(job.job_name, result)
+        except Exception as exc:
+            await self._on_error(ctx, exc)
+            return self._failed(job, spec, type(exc).__name__, str(exc),
+                                "".join(traceback.format_exception(exc)), final=False)
+        finally:
+            current_job.reset(token)
+        self._emit("done", job, duration=anyio.current_time() - started)
+        return JobOutcome(job.id, job.lease_id, JobStatus.DONE, result=encoded,
+                          expires_at=self._expiry())
+
+    def _expiry(self) -> datetime:
+        return self._now() + timedelta(seconds=self._settings.result_ttl)
+
+    async def _on_error(self, ctx: JobContext, exc: Exception) -> None:
+        for hook in self._hooks.on_error:
+            try:
+                await call_hook(hook, ctx, exc)
+            except Exception:
+                logger.exception("on_error hook %r failed", hook)
+
+    async def _invoke(self, spec: JobSpec, kwargs: dict[str, Any], ctx: JobContext) -> Any:
+        if self._hooks.empty:
+            return await self._call(spec, kwargs, ctx)
+        for hook in self._hooks.before_job:
+            await call_hook(hook, ctx)
+        call: Callable[[], Awaitable[Any]] = partial(self._call, spec, kwargs, ctx)
+        for middleware in reversed(self._hooks.middleware):
+            call = partial(middleware, ctx, call)
+        result = await call()
+        for hook in self._hooks.after_job:
+            await call_hook(hook, ctx, result)
+        return result
+
+    async def _call(self, spec: JobSpec, kwargs: dict[str, Any], ctx: JobContext) -> Any:
+        if spec.is_async:
+            return await spec.func(**kwargs)
+        return await self._call_in_thread(spec, kwargs, ctx)
+
+    async def _call_in_thread(self, spec: JobSpec, kwargs: dict[str, Any], ctx: JobContext) -> Any:
+        lock = threading.Lock()
+        state = {"finished": False, "abandoned": False}
+
+        def run() -> Any:
+            try:
+                return spec.func(**kwargs)
+            finally:
+                with lock:
+                    state["finished"] = True
+                    abandoned = state["abandoned"]
+                if abandoned:
+                    with contextlib.suppress(Exception):  # the loop may be gone by now
+                        anyio.from_thread.run_sync(self._thread_returned, ctx)
+
+        try:
+            return await anyio.to_thread.run_sync(run, limiter=self._limiter,
+                                                  abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            with lock:
+                if not state["finished"]:
+                    state["abandoned"] = True
+                    self.stuck += 1
+                    logger.warning(
+                        "job %s (%s) is stuck: its thread cannot be stopped and keeps running; "
+                        "its slot stays busy until the thread returns", ctx.job_id, spec.name)
+            raise
+
+    def _thread_returned(self, ctx: JobContext) -> None:
+        self.stuck -= 1
+        logger.warning("the stuck thread of job %s (%s) returned; its late result is discarded",
+                       ctx.job_id, ctx.job_name)
+        self.on_slot_freed()
+
+    def _failed(self, job: ClaimedJob, spec: JobSpec | None, error_type: str, message: str,
+                tb: str | None, *, final: bool) -> JobOutcome:
+        now = self._now()
+        error = dumps({"attempt": job.attempts, "type": error_type, "message": message,
+                       "traceback": tb, "at": now.isoformat()})
+        if final or spec is None or job.attempts >= job.max_attempts:
+            logger.error("job %s (%s) dead-lettered after attempt %d/%d: %s: %s", job.id,
+                         job.job_name, job.attempts, job.max_attempts, error_type, message)
+            self._emit("dead_letter", job, error=f"{error_type}: {message}")
+            return JobOutcome(job.id, job.lease_id, JobStatus.DEAD_LETTER, error=error)
+        delay = retry_delay(job.attempts, delay=spec.retry_delay, backoff=spec.retry_backoff,
+                            max_delay=spec.retry_max_delay)
+        logger.warning("job %s (%s) failed attempt %d/%d, retrying in %.3gs: %s: %s", job.id,
+                       job.job_name, job.attempts, job.max_attempts, delay, error_type, message)
+        self._emit("failed", job, error=f"{error_type}: {message}")
+        return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, error=error,
+                          run_at=now + timedelta(seconds=delay))

@@ -1,0 +1,83 @@
+"""Writes job outcomes in batches: a few milliseconds of outcomes go to storage in one fenced
+statement (DESIGN.md §4). Outcomes the database refuses because the lease moved on (the job was
+rescued and re-run elsewhere) are logged, never retried. On a database error the batch stays
+buffered and is written once the database is back; the buffer is flushed on shutdown."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anyio
+
+from soniq.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from soniq.backends.base import StorageBackend
+    from soniq.types import JobOutcome
+
+__all__ = ["Finisher"]
+
+logger = logging.getLogger("soniq.worker")
+
+
+class Finisher:
+    """Buffers :class:`~soniq.types.JobOutcome` and flushes them with ``complete_jobs``."""
+
+    def __init__(self, backend: StorageBackend, *, interval: float = 0.005, batch_size: int = 1000,
+                 error_retry_delay: float = 5.0) -> None:
+        self._backend = backend
+        self._interval = interval
+        self._batch_size = batch_size
+        self._error_retry_delay = error_retry_delay
+        self._buffer: list[JobOutcome] = []
+        self._pending = anyio.Event()
+        self._lock = anyio.Lock()
+        self.lease_lost = 0  # outcomes refused by the lease fence
+
+    def put(self, outcome: JobOutcome) -> None:
+        """Queue an outcome (no I/O; safe to call while being cancelled)."""
+        self._buffer.append(outcome)
+        self._pending.set()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._pending.wait()
+            await anyio.sleep(self._interval)  # let a batch gather
+            await self.run_once()
+
+    async def run_once(self) -> None:
+        """Write what is buffered; on a database error keep it and wait before trying again."""
+        try:
+            await self.flush()
+        except DatabaseError as exc:
+            logger.warning("could not write %d job outcome(s), retrying in %gs: %s",
+                           len(self._buffer), self._error_retry_delay, exc)
+            await anyio.sleep(self._error_retry_delay)
+
+    async def flush(self) -> None:
+        """Write every buffered outcome now (raises DatabaseError, keeping the rest buffered)."""
+        async with self._lock:
+            self._pending = anyio.Event()
+            while self._buffer:
+                batch = self._buffer[: self._batch_size]
+                try:
+                    accepted = await self._backend.complete_jobs(batch)
+                except BaseException:
+                    self._pending.set()
+                    raise
+                del self._buffer[: len(batch)]
+                if len(accepted) < len(batch):
+                    done = set(accepted)
+                    refused = [o.job_id for o in batch if o.job_id not in done]
+                    self.lease_lost += len(refused)
+                    logger.warning("lease lost: %d outcome(s) refused because the job was rescued "
+                                   "and handed to another worker: %s", len(refused),
+                                   ", ".join(refused))

@@ -1,0 +1,139 @@
+"""The seams features plug into, so the runtime never imports a feature (DESIGN.md §2).
+
+- :class:`Service`: any loop the worker should run in its task group (scheduler, webhook delivery).
+- :class:`EventDispatcher`: job lifecycle events (enqueued, started, done, failed, dead_letter,
+  cancelled) for webhooks, logs and metrics. With no subscriber, emitting costs one branch.
+- :class:`PayloadCodec`: how arguments and results become stored text and back (encryption wraps
+  the JSON codec).
+- :class:`Hooks`: ``before_job``/``after_job``/``on_error`` callbacks and ``@app.middleware``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from soniq.serialization import dumps, loads
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from anyio.abc import TaskStatus
+
+    from soniq.types import JobContext
+
+__all__ = [
+    "EventDispatcher",
+    "Hooks",
+    "JobEvent",
+    "JsonCodec",
+    "Middleware",
+    "PayloadCodec",
+    "Service",
+]
+
+logger = logging.getLogger("soniq.runtime")
+
+EventKind = Literal["enqueued", "started", "done", "failed", "dead_letter", "cancelled"]
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A loop that lives in every worker's task group (e.g. the cron scheduler)."""
+
+    name: str
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """Call ``task_status.started()`` once ready, then loop until cancelled."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """Something happened to a job. ``error`` is set for ``failed`` / ``dead_letter``."""
+
+    kind: EventKind
+    job_id: str
+    job_name: str
+    queue: str
+    attempt: int
+    at: datetime
+    duration: float | None = None
+    error: str | None = None
+
+
+class EventDispatcher:
+    """Fan-out of :class:`JobEvent` to subscribers; a subscriber's exception is logged, never
+    raised into the job."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[JobEvent], None]] = []
+
+    def subscribe(self, callback: Callable[[JobEvent], None]) -> None:
+        """Call ``callback(event)`` for every event; it must not block (buffer and return)."""
+        self._subscribers.append(callback)
+
+    @property
+    def active(self) -> bool:
+        """False when nobody listens: callers skip building events at all."""
+        return bool(self._subscribers)
+
+    def emit(self, event: JobEvent) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(event)
+            except Exception:
+                logger.exception("event subscriber %r failed on %s", callback, event.kind)
+
+
+class PayloadCodec(Protocol):
+    """Turns job arguments and results into stored text and back."""
+
+    def encode_args(self, job_name: str, args_json: str) -> str: ...
+    def decode_args(self, job_name: str, stored: str) -> dict[str, Any]: ...
+    def encode_result(self, job_name: str, value: Any) -> str: ...
+
+
+class JsonCodec:
+    """Plain JSON: arguments are stored as validated at enqueue, results as strict JSON."""
+
+    def encode_args(self, job_name: str, args_json: str) -> str:
+        return args_json
+
+    def decode_args(self, job_name: str, stored: str) -> dict[str, Any]:
+        value = loads(stored)
+        if not isinstance(value, dict):
+            raise TypeError(f"stored arguments are a {type(value).__name__}, not an object")
+        return value
+
+    def encode_result(self, job_name: str, value: Any) -> str:
+        return dumps(value, what=f"the result of job {job_name!r}")
+
+
+#: ``async def middleware(ctx, call_next)``: wraps every job; return what ``call_next()`` returns
+#: (or a replacement). The first registered is the outermost.
+Middleware = Callable[["JobContext", Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class Hooks:
+    """Callbacks around every job. Hooks may be sync or async; a hook's exception fails the job
+    like the job's own exception would (``on_error`` exceptions are only logged)."""
+
+    before_job: list[Callable[..., Any]] = field(default_factory=list)
+    after_job: list[Callable[..., Any]] = field(default_factory=list)
+    on_error: list[Callable[..., Any]] = field(default_factory=list)
+    middleware: list[Middleware] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.before_job or self.after_job or self.on_error or self.middleware)
+
+
+async def call_hook(hook: Callable[..., Any], *args: Any) -> None:
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        await result

@@ -1,0 +1,128 @@
+"""The claim stays an ordered index walk at 100 000 queued rows, for every filter shape
+(DESIGN.md §4: a Sort or Seq Scan here costs 20-30x per claim).
+
+EXPLAIN ANALYZE runs the exact SQL text the backend runs (imported from ``sql.py``), so this test
+cannot drift from the code. Each shape is checked twice: with its parameters known (the custom
+plan every execution starts with) and as the generic plan PostgreSQL may cache for a prepared
+statement after five executions, where LIMIT and the queue list are unknown.
+
+It is a synchronous test on ``asyncio.run``: it measures the server's planner, which does not
+care which event loop the client runs, and loading 200 000 rows twice (asyncio and trio) would
+double its cost for no extra coverage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from soniq.backends.postgres.sql import CLAIM_ALL_QUEUES, CLAIM_ONE_QUEUE, CLAIM_SOME_QUEUES
+from soniq.ids import new_id
+
+pytestmark = pytest.mark.postgres
+
+ROWS = 100_000
+LIMIT = 100
+QUEUES = ["q0", "q1", "q2", "q3"]
+
+# Due rows spread over 4 queues and 3 priorities, plus as many scheduled a day ahead in the same
+# queues and priorities (retries and scheduled jobs sit in the same partial index).
+LOAD = """
+INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts, scheduled_at)
+SELECT gen_random_uuid(), 'plan.job', 'q' || (g % 4), (g % 3) * 10, 'queued', '{}', 3,
+       now() + $2::interval + g * interval '1 millisecond'
+FROM generate_series(1, $1::integer) AS g
+"""
+
+SHAPES = [
+    # (label, SQL, extra parameters, index the claim must walk)
+    ("all queues", CLAIM_ALL_QUEUES, (), "soniq_jobs_claim_idx"),
+    ("one queue", CLAIM_ONE_QUEUE, ("q1",), "soniq_jobs_queue_claim_idx"),
+    ("several queues", CLAIM_SOME_QUEUES, (QUEUES[:3],), "soniq_jobs_claim_idx"),
+]
+
+
+PLANS = ["custom", "generic"]
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found += _nodes(child)
+    return found
+
+
+def _literal(value: object) -> str:
+    """SQL literal for the few trusted test values EXECUTE needs (it takes no bind parameters)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(_literal(v) for v in value) + "]::text[]"
+    assert isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9-]+", value), value
+    return f"'{value}'"
+
+
+async def _explain(conn: asyncpg.Connection, query: str, params: tuple[object, ...],
+                   *, generic: bool) -> list[dict[str, Any]]:
+    """The executed plan's nodes. EXPLAIN ANALYZE really claims: roll it back."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        if generic:
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.execute(f"PREPARE soniq_claim AS {query}")
+            args = ", ".join(_literal(p) for p in params)
+            text = await conn.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE soniq_claim({args})")
+            await conn.execute("DEALLOCATE soniq_claim")
+        else:
+            text = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *params)
+    finally:
+        await tx.rollback()
+    return _nodes(json.loads(text)[0]["Plan"])
+
+
+async def _explain_claims(url: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(LOAD, ROWS, timedelta(hours=-2))
+            await conn.execute(LOAD, ROWS, timedelta(days=1))
+        await conn.execute("ANALYZE soniq_jobs")
+        plans = {}
+        for label, query, extra, _ in SHAPES:
+            params = (new_id(), None, LIMIT, *extra)
+            for plan in PLANS:
+                plans[label, plan] = await _explain(conn, query, params,
+                                                    generic=plan == "generic")
+        return plans
+    finally:
+        try:
+            await conn.execute("TRUNCATE soniq_jobs")
+        finally:
+            await conn.close()
+
+
+@pytest.mark.slow
+def test_claim_walks_an_index_for_every_filter_shape(pg_url: str) -> None:
+    plans = asyncio.run(_explain_claims(pg_url))
+    for (label, plan), nodes in plans.items():
+        index = {shape[0]: shape[3] for shape in SHAPES}[label]
+        label = f"{label}, {plan} plan"
+        summary = [(n["Node Type"], n.get("Index Name"), n.get("Rows Removed by Filter"))
+                   for n in nodes]
+        types = {n["Node Type"] for n in nodes}
+        assert not types & {"Sort", "Incremental Sort", "Seq Scan"}, (label, summary)
+        removed = max(n.get("Rows Removed by Filter", 0) for n in nodes)
+        assert removed <= LIMIT, (label, summary)
+        assert index in {n.get("Index Name") for n in nodes}, (label, summary)
+        [update] = [n for n in nodes if n["Node Type"] == "ModifyTable"]
+        assert update["Actual Rows"] == LIMIT, (label, summary)

@@ -1,0 +1,526 @@
+"""What only the PostgreSQL backend does: its schema, migrations, database creation, transactional
+enqueue on a borrowed or the caller's own connection, uniqueness under concurrency, bulk insert,
+NOTIFY, and error translation that never shows the password.
+
+Every async test runs on asyncio and trio. asyncpg itself is asyncio-only, so the tests' own
+database access goes through ``_bridge.call`` (a direct await under asyncio, the bridge loop
+under trio) -- the same way the backend does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+
+from soniq import Soniq
+from soniq.backends import _bridge
+from soniq.backends.postgres import PostgresBackend
+from soniq.backends.postgres import backend as backend_module
+from soniq.backends.postgres.errors import redact_url
+from soniq.backends.postgres.sql import CHANNEL
+from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError
+from soniq.ids import new_id
+from soniq.serialization import dumps
+from soniq.settings import load_settings
+from soniq.types import NewJob
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+PASSWORD = "s3cr3t-Pa55word"
+
+# -- the schema, written out by hand (not derived from the migration files) ----------------------
+TIMESTAMPTZ = "timestamp with time zone"
+EXPECTED_COLUMNS = {
+    "soniq_jobs": [
+        ("id", "uuid", True), ("job_name", "text", True), ("queue", "text", True),
+        ("priority", "smallint", True), ("status", "text", True), ("args", "jsonb", True),
+        ("result", "jsonb", False), ("attempts", "integer", True),
+        ("max_attempts", "integer", True), ("scheduled_at", TIMESTAMPTZ, True),
+        ("created_at", TIMESTAMPTZ, True), ("updated_at", TIMESTAMPTZ, True),
+        ("started_at", TIMESTAMPTZ, False), ("finished_at", TIMESTAMPTZ, False),
+        ("expires_at", TIMESTAMPTZ, False), ("errors", "jsonb", True), ("worker_id", "uuid", False),
+        ("lease_id", "uuid", False), ("dedup_key", "text", False),
+        ("cancel_requested", "boolean", True),
+    ],
+    "soniq_workers": [
+        ("id", "uuid", True), ("hostname", "text", True), ("pid", "integer", True),
+        ("queues", "text[]", False), ("concurrency", "integer", True),
+        ("started_at", TIMESTAMPTZ, True), ("last_heartbeat", TIMESTAMPTZ, True),
+        ("metadata", "jsonb", True),
+    ],
+    "soniq_maintenance": [("task", "text", True), ("last_run_at", TIMESTAMPTZ, True)],
+    "soniq_migrations": [
+        ("version", "integer", True), ("name", "text", True), ("applied_at", TIMESTAMPTZ, True),
+    ],
+}
+QUEUED = "WHERE (status = 'queued'::text)"
+EXPECTED_INDEXES = {
+    name: f"CREATE {kind} {name} ON public.{table} USING btree {definition}"
+    for name, kind, table, definition in [
+        ("soniq_jobs_pkey", "UNIQUE INDEX", "soniq_jobs", "(id)"),
+        ("soniq_jobs_claim_idx", "INDEX", "soniq_jobs", f"(priority, scheduled_at, id) {QUEUED}"),
+        ("soniq_jobs_queue_claim_idx", "INDEX", "soniq_jobs",
+         f"(queue, priority, scheduled_at, id) {QUEUED}"),
+        ("soniq_jobs_dedup_key_idx", "UNIQUE INDEX", "soniq_jobs",
+         "(dedup_key) WHERE (dedup_key IS NOT NULL)"),
+        ("soniq_jobs_queue_status_idx", "INDEX", "soniq_jobs", "(queue, status)"),
+        ("soniq_jobs_expires_at_idx", "INDEX", "soniq_jobs",
+         "(expires_at) WHERE (expires_at IS NOT NULL)"),
+        ("soniq_jobs_worker_id_idx", "INDEX", "soniq_jobs",
+         "(worker_id) WHERE (status = 'processing'::text)"),
+        ("soniq_workers_pkey", "UNIQUE INDEX", "soniq_workers", "(id)"),
+        ("soniq_maintenance_pkey", "UNIQUE INDEX", "soniq_maintenance", "(task)"),
+        ("soniq_migrations_pkey", "UNIQUE INDEX", "soniq_migrations", "(version)"),
+    ]
+}
+EXPECTED_CHECKS = {
+    "soniq_jobs_status_check":
+        "CHECK ((status = ANY (ARRAY['queued'::text, 'processing'::text, 'done'::text, "
+        "'dead_letter'::text, 'cancelled'::text])))",
+    "soniq_jobs_dedup_key_queued_check":
+        "CHECK (((dedup_key IS NULL) OR (status = 'queued'::text)))",
+}
+
+COLUMNS_SQL = """
+SELECT c.relname AS table_name, a.attname AS column_name,
+       format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE 'soniq%'
+  AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY c.relname, a.attnum
+"""
+INDEXES_SQL = """
+SELECT indexname, indexdef FROM pg_indexes
+WHERE schemaname = current_schema() AND tablename LIKE 'soniq%'
+"""
+CHECKS_SQL = """
+SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint
+WHERE contype = 'c' AND conrelid::regclass::text LIKE 'soniq%'
+"""
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+async def on_connection(url: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``fn(conn)`` on a fresh connection to ``url``, from asyncio or trio."""
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return await _bridge.call(run)
+
+
+async def fetch(url: str, query: str, *args: Any) -> list[Any]:
+    return await on_connection(url, lambda conn: conn.fetch(query, *args))  # type: ignore[no-any-return]
+
+
+async def schema_of(url: str) -> dict[str, Any]:
+    columns: dict[str, list[tuple[str, str, bool]]] = {}
+    for row in await fetch(url, COLUMNS_SQL):
+        columns.setdefault(row["table_name"], []).append(
+            (row["column_name"], row["type"], row["not_null"]))
+    indexes = {row["indexname"]: row["indexdef"] for row in await fetch(url, INDEXES_SQL)}
+    checks = {row["conname"]: row["definition"] for row in await fetch(url, CHECKS_SQL)}
+    return {"columns": columns, "indexes": indexes, "checks": checks}
+
+
+def url_for(server_url: str, database: str) -> str:
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def backend_for(url: str) -> PostgresBackend:
+    return PostgresBackend(url, load_settings({"database_url": url, "pool_min_size": 1,
+                                               "pool_max_size": 4}))
+
+
+def new_job(*, queue: str = "default", dedup_key: str | None = None, **args: Any) -> NewJob:
+    return NewJob(id=new_id(), job_name="tests.job", queue=queue, priority=100,
+                  args=dumps(args), max_attempts=4, dedup_key=dedup_key)
+
+
+def make_app(url: str) -> Soniq:
+    app = Soniq(database_url=url, pool_min_size=1)
+
+    @app.job(name="tests.send")
+    async def send(to: str) -> None: ...
+
+    @app.job(name="tests.unique", unique=True)
+    async def unique(key: int) -> None: ...
+
+    return app
+
+
+@pytest.fixture
+async def app(pg_url: str) -> AsyncIterator[Soniq]:
+    soniq = make_app(pg_url)
+    try:
+        yield soniq
+    finally:
+        await soniq.close()
+
+
+@pytest.fixture
+def fresh_database(pg_server: str) -> Iterator[tuple[str, str]]:
+    """(name, url) of a database that does not exist yet; dropped afterwards if it does."""
+    name = f"soniq_test_fresh_{uuid.uuid4().hex[:12]}"
+    yield name, url_for(pg_server, name)
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(pg_server)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+async def database_exists(server_url: str, name: str) -> bool:
+    return bool(await fetch(server_url, "SELECT 1 FROM pg_database WHERE datname = $1", name))
+
+
+class NotificationRecorder:
+    """LISTENs on the jobs channel. ``collect()`` sends a sentinel and returns what arrived
+    before it: notifications are delivered in commit order, so nothing is missed and no sleep
+    is needed."""
+
+    SENTINEL = "--sentinel--"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.payloads: list[str] = []
+        self.conn: Any = None
+        self.seen_sentinel: asyncio.Event | None = None
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.payloads.append(payload)
+        if payload == self.SENTINEL and self.seen_sentinel is not None:
+            self.seen_sentinel.set()
+
+    async def _start(self) -> None:
+        self.seen_sentinel = asyncio.Event()
+        self.conn = await asyncpg.connect(self.url)
+        await self.conn.add_listener(CHANNEL, self._on_notify)
+
+    async def _collect(self) -> list[str]:
+        assert self.seen_sentinel is not None
+        try:
+            await self.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.SENTINEL)
+            await asyncio.wait_for(self.seen_sentinel.wait(), timeout=10)
+        finally:
+            await self.conn.close()
+        return self.payloads[:self.payloads.index(self.SENTINEL)]
+
+    async def start(self) -> None:
+        await _bridge.call(self._start)
+
+    async def collect(self) -> list[str]:
+        return await _bridge.call(self._collect)
+
+
+class Rollback(Exception):
+    pass
+
+
+# -- schema and migrations --------------------------------------------------------------------------
+async def test_schema_matches_the_design(pg_url: str) -> None:
+    schema = await schema_of(pg_url)
+    assert schema["columns"] == EXPECTED_COLUMNS
+    assert schema["indexes"] == EXPECTED_INDEXES
+    assert schema["checks"] == EXPECTED_CHECKS
+
+
+async def test_migrate_twice_changes_nothing(pg_url: str) -> None:
+    before = await schema_of(pg_url)
+    backend = backend_for(pg_url)
+    try:
+        assert await backend.migrate() == []
+        assert await backend.migrate() == []
+    finally:
+        await backend.close()
+    assert await schema_of(pg_url) == before
+    rows = await fetch(pg_url, "SELECT version, name FROM soniq_migrations ORDER BY version")
+    assert [tuple(row) for row in rows] == [(1, "initial")]
+
+
+async def test_migrate_creates_a_missing_database(pg_server: str,
+                                                  fresh_database: tuple[str, str]) -> None:
+    name, url = fresh_database
+    assert not await database_exists(pg_server, name)
+    backend = backend_for(url)
+    try:
+        assert await backend.migrate() == ["0001_initial"]
+        assert await database_exists(pg_server, name)
+        await backend.initialize()  # the schema check passes
+        assert await backend.queue_stats() == []
+    finally:
+        await backend.close()
+    assert (await schema_of(url))["indexes"] == EXPECTED_INDEXES
+
+
+async def test_concurrent_migrations_apply_once(fresh_database: tuple[str, str]) -> None:
+    _, url = fresh_database
+    backends = [backend_for(url), backend_for(url)]
+    results: list[list[str]] = []
+
+    async def run(backend: PostgresBackend) -> None:
+        results.append(await backend.migrate())
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for backend in backends:
+                tg.start_soon(run, backend)
+    finally:
+        for backend in backends:
+            await backend.close()
+    assert sorted(results) == [[], ["0001_initial"]]
+    assert len(await fetch(url, "SELECT * FROM soniq_migrations")) == 1
+
+
+async def test_unmigrated_database_names_soniq_setup(pg_server: str,
+                                                     fresh_database: tuple[str, str]) -> None:
+    name, url = fresh_database
+    app = make_app(url)
+    try:
+        # Missing database first, then an empty one: both point at `soniq setup`.
+        with pytest.raises(SchemaMissingError, match="soniq setup"):
+            await app.get_queue_stats()
+        await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
+        with pytest.raises(SchemaMissingError, match="soniq setup"):
+            await app.enqueue("tests.send", to="a@example.com")
+        with pytest.raises(SchemaMissingError, match="soniq setup"):
+            await app.backend.initialize()
+        assert await app.setup() == ["0001_initial"]
+        assert await app.get_queue_stats() == []
+    finally:
+        await app.close()
+
+
+async def test_dedup_key_is_only_held_by_queued_rows_in_the_database(app: Soniq,
+                                                                     pg_url: str) -> None:
+    job_id = await app.enqueue("tests.unique", key=1)
+
+    async def break_invariant(conn: Any) -> None:
+        await conn.execute("UPDATE soniq_jobs SET status = 'done' WHERE id = $1", job_id)
+
+    with pytest.raises(asyncpg.CheckViolationError):
+        await on_connection(pg_url, break_invariant)
+
+
+# -- transactional enqueue --------------------------------------------------------------------------
+async def test_enqueue_joins_a_borrowed_connections_transaction(app: Soniq,
+                                                                anyio_backend: str) -> None:
+    async with app.backend.acquire() as conn:
+        if anyio_backend == "asyncio":
+            assert isinstance(conn, asyncpg.pool.PoolConnectionProxy)
+        else:
+            assert isinstance(conn, _bridge.BridgedConnection)
+        async with conn.transaction():
+            committed = await app.enqueue("tests.send", to="a@example.com", connection=conn)
+            assert await conn.fetchval("SELECT count(*) FROM soniq_jobs") == 1
+            assert await app.get_job(committed) is None  # not visible outside until commit
+        assert await app.get_job(committed) is not None
+
+        ids: list[str] = []
+
+        async def enqueue_then_fail() -> None:
+            async with conn.transaction():
+                ids.append(await app.enqueue("tests.send", to="b@example.com", connection=conn))
+                ids.extend(await app.enqueue_many("tests.send", [{"to": "c"}, {"to": "d"}],
+                                                  connection=conn))
+                raise Rollback
+
+        with pytest.raises(Rollback):
+            await enqueue_then_fail()
+    assert len(ids) == 3
+    assert [await app.get_job(job_id) for job_id in ids] == [None, None, None]
+    assert len(await app.list_jobs()) == 1
+
+
+@asynccontextmanager
+async def own_connection(url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """(connection, transaction-capable handle) of a plain ``asyncpg.connect`` connection. Under
+    trio the connection lives on the bridge loop, the only place asyncpg can run."""
+    raw = await _bridge.call(asyncpg.connect, url)
+    try:
+        yield raw, (raw if _bridge.on_asyncio() else _bridge.BridgedConnection(raw))
+    finally:
+        await _bridge.call(raw.close)
+
+
+async def test_enqueue_joins_the_callers_own_connection(app: Soniq, pg_url: str) -> None:
+    async with own_connection(pg_url) as (raw, conn):
+        async with conn.transaction():
+            committed = await app.enqueue("tests.send", to="a@example.com", connection=raw)
+        rolled_back: list[str] = []
+
+        async def enqueue_then_fail() -> None:
+            async with conn.transaction():
+                rolled_back.append(await app.enqueue("tests.send", to="b", connection=raw))
+                raise Rollback
+
+        with pytest.raises(Rollback):
+            await enqueue_then_fail()
+    assert await app.get_job(committed) is not None
+    assert len(rolled_back) == 1 and await app.get_job(rolled_back[0]) is None
+
+
+async def test_bulk_insert_on_a_connection_is_atomic_across_chunks(
+        app: Soniq, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend_module, "INSERT_CHUNK_SIZE", 3)
+    jobs = [new_job(i=i) for i in range(7)]
+    broken = [*jobs[:5], jobs[0]]  # the repeated id fails in the second chunk
+    async with own_connection(pg_url) as (raw, _):
+        with pytest.raises(DatabaseError, match="duplicate key"):
+            await app.backend.insert_jobs(broken, connection=raw)
+        assert await app.backend.insert_jobs(jobs, connection=raw) == [j.id for j in jobs]
+    assert len(await app.list_jobs()) == 7
+
+
+# -- uniqueness, bulk insert, NOTIFY ----------------------------------------------------------------
+async def test_concurrent_unique_enqueues_make_one_job(app: Soniq) -> None:
+    ids: list[str] = []
+
+    async def enqueue() -> None:
+        ids.append(await app.enqueue("tests.unique", key=42))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(enqueue)
+    assert len(ids) == 50 and len(set(ids)) == 1
+    [record] = await app.list_jobs()
+    assert record["id"] == ids[0] and record["dedup_key"] is not None
+
+
+async def test_batch_dedup_matches_memory_across_chunks(
+        app: Soniq, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend_module, "INSERT_CHUNK_SIZE", 2)
+    [held] = await app.backend.insert_jobs([new_job(dedup_key="held")])
+    jobs = [new_job(dedup_key="k"), new_job(), new_job(dedup_key="held"), new_job(dedup_key="k"),
+            new_job(queue="other")]
+    ids = await app.backend.insert_jobs(jobs)
+    assert ids == [jobs[0].id, jobs[1].id, held, jobs[0].id, jobs[4].id]
+    assert len(await app.list_jobs()) == 4
+
+
+async def test_enqueue_many_inserts_12000_in_order_with_one_notify(app: Soniq,
+                                                                   pg_url: str) -> None:
+    recorder = NotificationRecorder(pg_url)
+    await recorder.start()
+    args = [{"to": f"user{i}@example.com"} for i in range(12_000)]
+    ids = await app.enqueue_many("tests.send", args)
+    assert len(ids) == len(set(ids)) == 12_000
+    rows = await fetch(pg_url, "SELECT id, args->>'to' AS to FROM soniq_jobs")
+    stored = {str(row["id"]): row["to"] for row in rows}
+    assert [stored[job_id] for job_id in ids] == [a["to"] for a in args]
+    # Three chunks in one transaction: one wake-up for the queue, not one per row or chunk.
+    assert await recorder.collect() == ["default"]
+
+
+async def test_notify_only_for_new_due_jobs(app: Soniq, pg_url: str) -> None:
+    recorder = NotificationRecorder(pg_url)
+    await recorder.start()
+    await app.enqueue("tests.send", to="later", scheduled_at=3600)
+    first = await app.enqueue("tests.unique", key=1, queue="mail")
+    assert await app.enqueue("tests.unique", key=1, queue="mail") == first  # dedup hit
+    await app.backend.insert_jobs([new_job(queue="a"), new_job(queue="b"), new_job(queue="a")])
+    assert sorted(await recorder.collect()) == ["a", "b", "mail"]
+
+
+# -- LISTEN ----------------------------------------------------------------------------------------
+async def test_listen_raises_database_error_when_its_connection_dies(pg_url: str) -> None:
+    backend = backend_for(pg_url)
+    woken = anyio.Event()
+
+    def on_notify(channel: str, payload: str) -> None:  # runs in the test's own event loop
+        if (channel, payload) == (CHANNEL, "q"):
+            woken.set()
+
+    async def kill_listener(conn: Any) -> int:
+        return await conn.fetchval(  # type: ignore[no-any-return]
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'LISTEN %'")
+
+    try:
+        # listen() must end with DatabaseError (the runtime then reconnects), not hang.
+        with (anyio.fail_after(10),
+              pytest.RaisesGroup(pytest.RaisesExc(DatabaseError, match="LISTEN connection"))):
+            async with anyio.create_task_group() as tg:
+                await tg.start(backend.listen, on_notify)
+                await backend.insert_jobs([new_job(queue="q")])
+                await woken.wait()
+                assert await on_connection(pg_url, kill_listener) == 1
+                await anyio.sleep_forever()
+    finally:
+        await backend.close()
+
+
+def test_transaction_pooling_mode_disables_listen() -> None:
+    url = "postgresql://postgres@127.0.0.1/soniq"
+    settings = load_settings({"database_url": url, "statement_cache_size": 0})
+    assert PostgresBackend(url, settings).supports_listen is False
+    assert backend_for(url).supports_listen is True
+
+
+# -- errors and secrets -----------------------------------------------------------------------------
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def with_credentials(server_url: str, user: str, port: int | None = None) -> str:
+    parts = urlsplit(server_url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{user}:{PASSWORD}@{host}:{port or parts.port or 5432}"
+    return urlunsplit((parts.scheme, netloc, "/soniq_never_created", "", ""))
+
+
+@pytest.mark.parametrize("failure", ["unreachable port", "unknown role"])
+async def test_connection_failures_hide_the_password(pg_server: str, failure: str) -> None:
+    if failure == "unreachable port":
+        url = with_credentials(pg_server, "postgres", port=unused_port())
+    else:
+        url = with_credentials(pg_server, f"no_such_role_{uuid.uuid4().hex[:8]}")
+    app = make_app(url)
+    try:
+        assert PASSWORD not in repr(app.backend)
+        assert "***" in repr(app.backend)
+        for attempt in (app.get_queue_stats, app.setup,
+                        lambda: app.enqueue("tests.send", to="x")):
+            with pytest.raises(DatabaseError) as caught:
+                await attempt()
+            message = str(caught.value)
+            assert PASSWORD not in message and "***" in message, message
+            assert isinstance(caught.value.__cause__, OSError | asyncpg.PostgresError)
+    finally:
+        await app.close()
+
+
+async def test_malformed_url_is_a_configuration_error() -> None:
+    backend = backend_for(f"postgresql://postgres:{PASSWORD}@127.0.0.1:notaport/db")
+    with pytest.raises(ConfigurationError) as caught:
+        await backend.initialize()
+    assert PASSWORD not in str(caught.value)
+
+
+def test_redact_url() -> None:
+    assert redact_url(f"postgresql://bob:{PASSWORD}@db:5432/app") == "postgresql://bob:***@db:5432/app"
+    assert redact_url("postgresql://bob@db/app") == "postgresql://bob@db/app"
+    assert redact_url("postgresql://db/app") == "postgresql://db/app"
+    assert PASSWORD not in redact_url(f"postgresql://db/app?user=bob&password={PASSWORD}")
+    assert PASSWORD not in redact_url(f"postgresql://bob:{PASSWORD}@[::1]:5432/app?sslmode=require")

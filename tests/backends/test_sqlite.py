@@ -1,0 +1,437 @@
+"""What only the SQLite adapter promises: an embedded schema created on first use, a file that
+outlives the process, claims that stay exclusive across connections and processes, clear errors,
+and timestamps that survive the round trip. Shared semantics live in ``test_conformance.py``."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import anyio
+import pytest
+
+from soniq import Soniq
+from soniq.backends.sqlite import SqliteBackend
+from soniq.backends.sqlite import database as database_module
+from soniq.backends.sqlite.sql import from_db, split_statements, to_db
+from soniq.errors import DatabaseError, MigrationError, UnsupportedOperationError
+from soniq.ids import new_id
+from soniq.migrations import Migration, load_migrations
+from soniq.serialization import dumps
+from soniq.types import JobOutcome, JobStatus, NewJob, WorkerInfo
+
+pytestmark = pytest.mark.anyio
+
+WORKER = "00000000-0000-7000-8000-0000000000b1"
+
+
+def job(*, queue: str = "default", priority: int = 100, at: datetime | None = None,
+        dedup_key: str | None = None, **args: object) -> NewJob:
+    return NewJob(id=new_id(), job_name="tests.job", queue=queue, priority=priority,
+                  args=dumps(args), max_attempts=3, scheduled_at=at, dedup_key=dedup_key)
+
+
+@pytest.fixture
+async def sqlite(sqlite_url: str) -> AsyncIterator[SqliteBackend]:
+    backend = SqliteBackend(sqlite_url)
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def schema_of(path: str) -> dict[str, set[str]]:
+    """Tables and indexes in the file, read with the standard library (not the adapter)."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+    conn.close()
+    found: dict[str, set[str]] = {"table": set(), "index": set()}
+    for kind, name in rows:
+        found.setdefault(kind, set()).add(name)
+    return found
+
+
+# -- schema ---------------------------------------------------------------------------------------
+async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url: str) -> None:
+    assert not await anyio.Path(sqlite_url).exists()  # construction does no I/O
+    new = job()
+    assert await sqlite.insert_jobs([new]) == [new.id]  # no initialize(), no setup step
+    schema = schema_of(sqlite_url)
+    assert schema["table"] == {
+        "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations"}
+    assert {
+        "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
+        "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
+    } <= schema["index"]
+    with sqlite3.connect(sqlite_url) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        version, name, applied_at = conn.execute(
+            "SELECT version, name, applied_at FROM soniq_migrations").fetchone()
+        worker_columns = {row[1] for row in conn.execute("PRAGMA table_info(soniq_workers)")}
+    conn.close()
+    assert (version, name) == (1, "initial")
+    assert abs(from_db(applied_at) - datetime.now(UTC)) < timedelta(minutes=1)
+    assert worker_columns == {"id", "hostname", "pid", "queues", "concurrency", "started_at",
+                              "last_heartbeat", "metadata"}
+
+
+async def test_migrate_reports_what_it_applied(sqlite_url: str) -> None:
+    first = SqliteBackend(sqlite_url)
+    try:
+        assert await first.migrate() == ["0001_initial"]
+        assert await first.migrate() == []
+        await first.initialize()
+        await first.initialize()  # idempotent
+    finally:
+        await first.close()
+        await first.close()  # idempotent
+    second = SqliteBackend(sqlite_url)
+    try:
+        await second.initialize()
+        assert await second.migrate() == []
+    finally:
+        await second.close()
+
+
+async def test_reopening_keeps_jobs(sqlite_url: str) -> None:
+    first = SqliteBackend(sqlite_url)
+    new = job(text="kept")
+    try:
+        await first.insert_jobs([new])
+    finally:
+        await first.close()
+    second = SqliteBackend(sqlite_url)
+    try:
+        record = await second.get_job(new.id)
+        assert record is not None and record["args"] == {"text": "kept"}
+        assert record["status"] == "queued"
+    finally:
+        await second.close()
+
+
+async def test_failed_migration_commits_nothing(sqlite_url: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = Migration(2, "broken", "CREATE TABLE soniq_half (x INTEGER);\nSELECT * FROM nowhere;")
+    monkeypatch.setattr(database_module, "load_migrations",
+                        lambda kind: [*load_migrations(kind), broken])
+    backend = SqliteBackend(sqlite_url)
+    try:
+        with pytest.raises(MigrationError, match="0002_broken") as caught:
+            await backend.migrate()
+        assert isinstance(caught.value.__cause__, sqlite3.Error)
+    finally:
+        await backend.close()
+    schema = schema_of(sqlite_url)
+    assert "soniq_jobs" in schema["table"] and "soniq_half" not in schema["table"]
+    with sqlite3.connect(sqlite_url) as conn:
+        assert conn.execute("SELECT version FROM soniq_migrations").fetchall() == [(1,)]
+    conn.close()
+
+
+async def test_a_newer_schema_is_refused(sqlite_url: str) -> None:
+    backend = SqliteBackend(sqlite_url)
+    try:
+        await backend.migrate()
+    finally:
+        await backend.close()
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute("INSERT INTO soniq_migrations VALUES (999, 'future', '2099-01-01')")
+    conn.close()
+    backend = SqliteBackend(sqlite_url)
+    try:
+        with pytest.raises(DatabaseError, match="schema version 999.*upgrade soniq"):
+            await backend.initialize()
+    finally:
+        await backend.close()
+
+
+def test_split_statements_respects_strings_comments_and_triggers() -> None:
+    script = textwrap.dedent("""
+        -- a comment; with a semicolon
+        CREATE TABLE t (x TEXT DEFAULT 'a;b');  -- trailing; comment
+        CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+            UPDATE t SET x = 'c;d';
+            DELETE FROM t WHERE x = ';';
+        END;
+        /* block; comment */
+    """)
+    statements = split_statements(script)
+    assert len(statements) == 2
+    assert statements[0].endswith("'a;b');") and statements[1].endswith("END;")
+    for migration in load_migrations("sqlite"):
+        assert all(sqlite3.complete_statement(s) for s in split_statements(migration.sql))
+
+
+# -- errors and capabilities ---------------------------------------------------------------------
+async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "dir" / "jobs.db"
+    backend = SqliteBackend(str(path))
+    try:
+        with pytest.raises(DatabaseError, match=r"directory .*dir'? does not exist"):
+            await backend.initialize()
+    finally:
+        await backend.close()
+    assert not await anyio.Path(path.parent).exists()  # not created behind the user's back
+
+
+async def test_no_connections_to_lend(sqlite: SqliteBackend) -> None:
+    assert (sqlite.name, sqlite.supports_listen, sqlite.supports_transactions) == (
+        "sqlite", False, False)
+    with pytest.raises(UnsupportedOperationError, match="PostgreSQL"):
+        await sqlite.insert_jobs([job()], connection=object())
+    manager = sqlite.acquire()  # raising is deferred to entry, like memory
+    with pytest.raises(UnsupportedOperationError, match="PostgreSQL"):
+        async with manager:
+            pass
+
+
+async def test_driver_errors_are_translated(sqlite: SqliteBackend) -> None:
+    new = job()
+    await sqlite.insert_jobs([new])
+    with pytest.raises(DatabaseError, match="UNIQUE") as caught:
+        await sqlite.insert_jobs([new])  # same primary key
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+    # The failed transaction was rolled back: the connection is usable and nothing was added.
+    assert len(await sqlite.list_jobs()) == 1
+    assert len(await sqlite.insert_jobs([job()])) == 1
+    assert len(await sqlite.list_jobs()) == 2
+
+
+# -- values ------------------------------------------------------------------------------------------
+async def test_datetimes_round_trip_as_aware_utc(sqlite: SqliteBackend) -> None:
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    at = datetime(2021, 3, 4, 5, 6, 7, 890123, tzinfo=plus_five)
+    new = job(at=at)
+    await sqlite.insert_jobs([new])
+    record = await sqlite.get_job(new.id)
+    assert record is not None
+    assert record["scheduled_at"] == at
+    assert record["scheduled_at"].tzinfo == UTC and record["scheduled_at"].microsecond == 890123
+    claim_at = datetime(2022, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+    [claimed] = await sqlite.claim_jobs(WORKER, None, 1, now=claim_at)
+    assert claimed.scheduled_at == at and claimed.scheduled_at.tzinfo == UTC
+    expires = datetime(2022, 1, 2, 23, 59, 59, 999999, tzinfo=UTC)
+    done = JobOutcome(claimed.id, claimed.lease_id, JobStatus.DONE, result="1", expires_at=expires)
+    assert await sqlite.complete_jobs([done], now=claim_at + timedelta(microseconds=1)) == [new.id]
+    record = await sqlite.get_job(new.id)
+    assert record is not None
+    assert record["started_at"] == claim_at
+    assert record["finished_at"] == claim_at + timedelta(microseconds=1)
+    assert record["expires_at"] == expires
+    for key in ("scheduled_at", "created_at", "updated_at", "started_at", "finished_at"):
+        assert record[key] is not None and record[key].utcoffset() == timedelta(0), key
+
+
+def test_timestamp_text_sorts_like_time() -> None:
+    instants = [
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(2000, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(2000, 1, 1, 1, 0, tzinfo=timezone(timedelta(hours=2))),  # 1999-12-31T23:00Z
+    ]
+    texts = [to_db(at) for at in instants]
+    assert {len(text) for text in texts} == {27}
+    assert sorted(texts) == [to_db(at) for at in sorted(instants)]
+    assert [from_db(text) for text in texts] == instants
+
+
+async def test_leases_are_random_uuids(sqlite: SqliteBackend) -> None:
+    await sqlite.insert_jobs([job(i=i) for i in range(50)])
+    claimed = await sqlite.claim_jobs(WORKER, None, 50)
+    leases = [uuid.UUID(c.lease_id) for c in claimed]
+    assert len(set(leases)) == 50
+    assert all(lease.version == 4 and str(lease) == c.lease_id
+               for lease, c in zip(leases, claimed, strict=True))
+
+
+async def test_in_memory_database(anyio_backend: str) -> None:
+    backend = SqliteBackend(":memory:")
+    try:
+        new = job(dedup_key="k")
+        assert await backend.insert_jobs([new, job(dedup_key="k")]) == [new.id, new.id]
+        [claimed] = await backend.claim_jobs(WORKER, ["default"], 5)
+        assert claimed.id == new.id
+        assert (await backend.queue_stats())[0]["processing"] == 1
+    finally:
+        await backend.close()
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+async def test_two_backends_on_one_file_never_double_claim(sqlite_url: str) -> None:
+    first, second = SqliteBackend(sqlite_url), SqliteBackend(sqlite_url)
+    try:
+        await first.initialize()
+        await second.initialize()
+        jobs = [job(i=i, queue=("a", "b")[i % 2]) for i in range(240)]
+        await first.insert_jobs(jobs)
+        claims: list[str] = []
+
+        async def claimer(backend: SqliteBackend, queues: list[str] | None) -> None:
+            while batch := await backend.claim_jobs(WORKER, queues, 7):
+                claims.extend(c.id for c in batch)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for backend in (first, second):
+                    for queues in (None, ["a"], ["a", "b"]):
+                        tg.start_soon(claimer, backend, queues)
+        assert len(claims) == len(set(claims))
+        assert set(claims) == {j.id for j in jobs}
+        for backend in (first, second):
+            [stats_a, stats_b] = await backend.queue_stats()
+            assert stats_a["processing"] == stats_b["processing"] == 120
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_two_backends_share_workers_cancels_and_maintenance(sqlite_url: str) -> None:
+    first, second = SqliteBackend(sqlite_url), SqliteBackend(sqlite_url)
+    try:
+        new = job()
+        await first.insert_jobs([new])
+        await first.register_worker(WorkerInfo(WORKER, "host", 1, ("default",), 2))
+        [claimed] = await first.claim_jobs(WORKER, ["default"], 1)
+        assert [w["queues"] for w in await second.list_workers()] == [["default"]]
+        assert await second.cancel_job(claimed.id) is True  # a request: it is running
+        assert await first.heartbeat(WORKER) == [claimed.id]
+        results: list[bool] = []
+
+        async def contend(backend: SqliteBackend) -> None:
+            results.append(await backend.claim_maintenance("cleanup", 60))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(contend, first)
+                    tg.start_soon(contend, second)
+        assert sorted(results) == [False] * 9 + [True]
+    finally:
+        await first.close()
+        await second.close()
+
+
+_CHILD = """
+import json, sys, anyio
+from soniq.backends.sqlite import SqliteBackend
+
+async def main() -> None:
+    backend = SqliteBackend(sys.argv[1])
+    await backend.initialize()
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together with the parent
+    claimed = []
+    while batch := await backend.claim_jobs("00000000-0000-7000-8000-0000000000c1", None, 3):
+        claimed.extend(c.id for c in batch)
+    await backend.close()
+    print(json.dumps(claimed), flush=True)
+
+anyio.run(main)
+"""
+
+
+async def test_two_processes_never_double_claim(sqlite: SqliteBackend, sqlite_url: str) -> None:
+    jobs = [job(i=i) for i in range(600)]
+    await sqlite.insert_jobs(jobs)
+    mine: list[str] = []
+    with anyio.fail_after(60):
+        async with await anyio.open_process([sys.executable, "-c", _CHILD, sqlite_url],
+                                            stderr=subprocess.STDOUT) as child:
+            assert child.stdin is not None and child.stdout is not None
+            output = b""
+            async for chunk in child.stdout:
+                output += chunk
+                if b"ready\n" in output:
+                    break
+            assert output.startswith(b"ready"), output
+            await child.stdin.send(b"go\n")
+            while batch := await sqlite.claim_jobs(WORKER, None, 3):
+                mine.extend(c.id for c in batch)
+            async for chunk in child.stdout:
+                output += chunk
+            assert await child.wait() == 0, output
+    theirs = json.loads(output.decode().split("ready\n", 1)[1])
+    assert not set(mine) & set(theirs)
+    assert sorted(mine + theirs) == sorted(j.id for j in jobs)
+
+
+async def test_inserts_and_claims_interleave_on_one_backend(sqlite: SqliteBackend) -> None:
+    inserted: list[str] = []
+    claimed: list[str] = []
+    finished = anyio.Event()
+
+    async def producer(n: int) -> None:
+        for i in range(20):
+            inserted.extend(await sqlite.insert_jobs([job(n=n, i=i), job(n=n, i=-i)]))
+
+    async def consumer() -> None:
+        while True:
+            batch = await sqlite.claim_jobs(WORKER, None, 5)
+            claimed.extend(c.id for c in batch)
+            accepted = await sqlite.complete_jobs(
+                [JobOutcome(c.id, c.lease_id, JobStatus.DONE, result="null") for c in batch])
+            assert accepted == [c.id for c in batch]
+            if not batch and finished.is_set():
+                return
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer)
+            tg.start_soon(consumer)
+            async with anyio.create_task_group() as producers:
+                for n in range(4):
+                    producers.start_soon(producer, n)
+            finished.set()
+    assert len(inserted) == 160
+    assert sorted(claimed) == sorted(inserted)
+    [stats] = await sqlite.queue_stats()
+    assert (stats["done"], stats["total"]) == (160, 160)
+
+
+async def test_cancelled_call_leaves_no_transaction_open(sqlite_url: str) -> None:
+    backend = SqliteBackend(sqlite_url, busy_timeout=0.3)
+    blocker = None
+    try:
+        await backend.insert_jobs([job(i=i) for i in range(3)])
+        # Another connection holds the write lock, so the claim waits inside BEGIN IMMEDIATE.
+        blocker = sqlite3.connect(sqlite_url, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        with anyio.move_on_after(0.05) as scope:
+            await backend.claim_jobs(WORKER, None, 10)
+        assert scope.cancelled_caught
+        blocker.execute("ROLLBACK")
+        # Had the cancelled claim left its transaction open, this would fail or see stale rows.
+        assert len(await backend.claim_jobs(WORKER, None, 10)) == 3
+        assert [s["processing"] for s in await backend.queue_stats()] == [3]
+    finally:
+        if blocker is not None:
+            blocker.close()
+        await backend.close()
+
+
+async def test_facade_uses_sqlite_urls(tmp_path: Path) -> None:
+    app = Soniq(f"sqlite:///{tmp_path / 'facade.db'}")
+    try:
+        assert isinstance(app.backend, SqliteBackend)
+
+        @app.job(name="echo")
+        async def echo(text: str) -> str:
+            return text
+
+        job_id = await app.enqueue(echo, text="hi")
+        record = await app.get_job(job_id)
+        assert record is not None and record["args"] == {"text": "hi"}
+        with pytest.raises(UnsupportedOperationError):
+            await app.enqueue(echo, text="hi", connection=object())
+    finally:
+        await app.close()
+    assert await anyio.Path(tmp_path / "facade.db").exists()
