@@ -28,3 +28,21 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/."""
     session.install("-e", ".[lint]")
     session.run("mypy", "--strict", "src")
+
+
+#: Peers measured beside Soniq by ``nox -s bench`` (measuring sticks only: nothing of theirs goes
+#: into src/). Pinned to the versions of perf-anchors.md, Part 2.
+BENCH_PEERS = ("pgqueuer==1.6.0", "procrastinate==3.10.0", "psycopg[binary,pool]")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: ``nox -s bench`` (full, ~30 min) or ``nox -s bench -- --quick`` (< 2 min).
+
+    Needs PostgreSQL on 127.0.0.1:5432 (SONIQ_BENCH_PG_URL to change). Results go to
+    benchmarks/results/. A peer that cannot be installed is reported in the table, not fatal.
+    """
+    session.install("-e", ".[trio]", "py-spy")
+    for peer in BENCH_PEERS:
+        session.install(peer, success_codes=[0, 1])  # a failed peer is reported, not fatal
+    session.run("python", "-m", "benchmarks", *session.posargs)

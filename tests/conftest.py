@@ -96,6 +96,14 @@ def _empty_pg(url: str) -> None:
 
 
 @pytest.fixture
+def fresh_database(pg_server: str) -> Iterator[tuple[str, str]]:
+    """(name, url) of a database that does not exist yet; dropped afterwards if it does."""
+    name = f"soniq_test_fresh_{uuid.uuid4().hex[:12]}"
+    yield name, _url_for(name)
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
 def pg_url(pg_database: str) -> str:
     """The worker's PostgreSQL database, emptied for this test."""
     _empty_pg(pg_database)

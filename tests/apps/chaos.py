@@ -33,6 +33,13 @@ async def noop(ctx: JobContext) -> None:
     record(ctx, "finish")
 
 
+@app.job(name="nap")
+async def nap(ctx: JobContext) -> None:
+    record(ctx, "start")
+    await anyio.sleep(0.005)  # long enough that racing workers all get a share
+    record(ctx, "finish")
+
+
 @app.job(name="suicide", retries=2)
 async def suicide(ctx: JobContext) -> None:
     record(ctx, "start")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -171,22 +171,6 @@ async def app(pg_url: str) -> AsyncIterator[Soniq]:
         yield soniq
     finally:
         await soniq.close()
-
-
-@pytest.fixture
-def fresh_database(pg_server: str) -> Iterator[tuple[str, str]]:
-    """(name, url) of a database that does not exist yet; dropped afterwards if it does."""
-    name = f"soniq_test_fresh_{uuid.uuid4().hex[:12]}"
-    yield name, url_for(pg_server, name)
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(pg_server)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 async def database_exists(server_url: str, name: str) -> bool:

@@ -365,3 +365,18 @@ async def test_many_jobs_each_run_once(app: Soniq) -> None:
             tg.start_soon(app.run_worker, 5, True)
     assert counts == dict.fromkeys(range(200), 1)
     assert [s["done"] for s in await app.get_queue_stats()] == [200]
+
+
+async def test_events_follow_the_job_lifecycle(app: Soniq) -> None:
+    seen: list[tuple[str, int]] = []
+    app.events.subscribe(lambda event: seen.append((event.kind, event.attempt)))
+
+    @app.job(name="flaky", retries=1)
+    async def flaky() -> None:
+        if len(seen) < 3:
+            raise RuntimeError("first time")
+
+    job_id = await app.enqueue(flaky)
+    async with running_worker(app):
+        await wait_for_status(app, job_id, "done")
+    assert seen == [("enqueued", 0), ("started", 1), ("failed", 1), ("started", 2), ("done", 2)]

@@ -20,12 +20,14 @@ and PostgreSQL alike. The rules every adapter keeps:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
+from soniq.errors import UnsupportedOperationError
 from soniq.serialization import loads
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
     from datetime import datetime
 
@@ -33,7 +35,14 @@ if TYPE_CHECKING:
 
     from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
 
-__all__ = ["JOB_COLUMNS", "StorageBackend", "job_record", "worker_lost_error"]
+__all__ = [
+    "JOB_COLUMNS",
+    "StorageBackend",
+    "job_record",
+    "no_connections",
+    "refuse_connection",
+    "worker_lost_error",
+]
 
 
 @runtime_checkable
@@ -192,3 +201,21 @@ def worker_lost_error(worker_id: object, attempt: int, now: datetime) -> dict[st
         "traceback": None,
         "at": now.isoformat(),
     }
+
+
+@asynccontextmanager
+async def no_connections(backend: str) -> AsyncIterator[Any]:
+    """``acquire()`` of a backend that has no connections to lend (memory, SQLite)."""
+    raise UnsupportedOperationError(
+        f"the {backend} backend has no connections to lend; backend.acquire() and "
+        "transactional enqueue need PostgreSQL"
+    )
+    yield  # pragma: no cover
+
+
+def refuse_connection(backend: str) -> NoReturn:
+    """``insert_jobs(connection=...)`` on a backend that cannot share a caller's transaction."""
+    raise UnsupportedOperationError(
+        f"enqueue(connection=...) joins your database transaction, which the {backend} backend "
+        "cannot do; use PostgreSQL for transactional enqueue"
+    )

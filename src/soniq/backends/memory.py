@@ -9,14 +9,12 @@ any AnyIO backend.
 from __future__ import annotations
 
 import uuid
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from soniq.backends.base import job_record, worker_lost_error
-from soniq.errors import UnsupportedOperationError
+from soniq.backends.base import job_record, no_connections, refuse_connection, worker_lost_error
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import (
     ClaimedJob,
@@ -29,7 +27,7 @@ from soniq.types import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from anyio.abc import TaskStatus
@@ -63,23 +61,12 @@ class MemoryBackend:
     async def migrate(self) -> list[str]:
         return []
 
-    @asynccontextmanager
-    async def _no_connections(self) -> AsyncIterator[Any]:
-        raise UnsupportedOperationError(
-            "the memory backend has no connections to lend; backend.acquire() and "
-            "transactional enqueue need PostgreSQL"
-        )
-        yield  # pragma: no cover
-
     def acquire(self) -> Any:
-        return self._no_connections()
+        return no_connections(self.name)
 
     async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         if connection is not None:
-            raise UnsupportedOperationError(
-                "enqueue(connection=...) joins a database transaction; the memory backend has "
-                "none. Use PostgreSQL for transactional enqueue."
-            )
+            refuse_connection(self.name)
         now = utc_now()
         ids = []
         for job in jobs:

@@ -14,13 +14,18 @@ loop that owns the connections (the bridge loop under trio).
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from soniq.backends.base import JOB_COLUMNS, job_record, worker_lost_error
+from soniq.backends.base import (
+    JOB_COLUMNS,
+    job_record,
+    no_connections,
+    refuse_connection,
+    worker_lost_error,
+)
 from soniq.backends.sqlite import sql
 from soniq.backends.sqlite.database import SqliteDatabase
 from soniq.errors import UnsupportedOperationError
@@ -28,7 +33,7 @@ from soniq.serialization import dumps, loads, utc_now
 from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from datetime import datetime
 
     from anyio.abc import TaskStatus
@@ -75,24 +80,13 @@ class SqliteBackend:
     async def close(self) -> None:
         await self._db.close()
 
-    @asynccontextmanager
-    async def _no_connections(self) -> AsyncIterator[Any]:
-        raise UnsupportedOperationError(
-            "the sqlite backend has no connections to lend; backend.acquire() and "
-            "transactional enqueue need PostgreSQL"
-        )
-        yield  # pragma: no cover
-
     def acquire(self) -> Any:
-        return self._no_connections()
+        return no_connections(self.name)
 
     # -- enqueue ------------------------------------------------------------------------------
     async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         if connection is not None:
-            raise UnsupportedOperationError(
-                "enqueue(connection=...) joins a database transaction, which the sqlite backend "
-                "cannot share. Use PostgreSQL for transactional enqueue."
-            )
+            refuse_connection(self.name)
         if not jobs:
             return []
         return await self._db.run(self._insert_jobs, jobs)

@@ -1,0 +1,171 @@
+"""What a run measures: sizes for ``--quick`` and full runs, and the ordered list of steps.
+
+Order: measurement by measurement; inside one, run by run; inside a run, system by system -- so
+slow drift on the machine hits every system alike (perf-anchors.md Part 2). Every step runs alone
+against its own fresh database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.scenarios import enqueue, latency, mixed, process
+from benchmarks.systems import load_system
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from benchmarks.databases import Target
+
+__all__ = ["FULL", "GROUPS", "QUICK", "Sizes", "Step", "build_plan"]
+
+#: Selectable with --only; "peers" adds PgQueuer and Procrastinate to enqueue..latency.
+GROUPS = ("enqueue", "bulk", "process", "latency", "mixed", "trio", "sqlite", "memory", "peers")
+
+Measure = Callable[["Target", "Path | None"], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    runs: int
+    enqueue_n: int
+    bulk_n: int
+    bulk_chunks: tuple[int, ...]
+    process_ns: tuple[int, ...]
+    concurrencies: tuple[int, ...]
+    latency_samples: int
+    latency_gap: float
+    mixed_seconds: float
+    trio_ns: tuple[int, ...]
+    sqlite_enqueue_n: int
+    sqlite_bulk_n: int
+    sqlite_process_ns: tuple[int, ...]
+    memory_n: int
+    memory_rounds: int
+    peer_enqueue_n: int
+    peer_bulk_n: int
+    peer_process_n: int
+    peer_latency_samples: int
+
+
+FULL = Sizes(
+    runs=3, enqueue_n=5_000, bulk_n=100_000, bulk_chunks=(1_000, 5_000),
+    process_ns=(20_000, 100_000), concurrencies=(10, 100),
+    latency_samples=500, latency_gap=0.025, mixed_seconds=30.0, trio_ns=(20_000, 100_000),
+    sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
+    memory_n=100_000, memory_rounds=5,
+    peer_enqueue_n=5_000, peer_bulk_n=100_000, peer_process_n=20_000, peer_latency_samples=500,
+)
+QUICK = Sizes(
+    runs=1, enqueue_n=1_000, bulk_n=20_000, bulk_chunks=(1_000,),
+    process_ns=(5_000,), concurrencies=(10, 100),
+    latency_samples=100, latency_gap=0.02, mixed_seconds=10.0, trio_ns=(5_000,),
+    sqlite_enqueue_n=500, sqlite_bulk_n=10_000, sqlite_process_ns=(5_000,),
+    memory_n=20_000, memory_rounds=2,
+    peer_enqueue_n=1_000, peer_bulk_n=20_000, peer_process_n=5_000, peer_latency_samples=100,
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    scenario: str  # enqueue | bulk | process | latency | mixed | memory
+    system: str  # soniq | asyncpg | pgqueuer | procrastinate
+    params: tuple[tuple[str, Any], ...]
+    run: int
+    runs: int
+    measure: Measure = field(compare=False, repr=False)
+    backend: str = "postgres"
+    loop: str = "asyncio"
+    profiled: bool = False  # a worker step: --profile attaches py-spy to it
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.scenario, self.system, self.backend, self.loop, self.params)
+
+    @property
+    def label(self) -> str:
+        where = self.backend if self.loop == "asyncio" else f"{self.backend}/{self.loop}"
+        args = " ".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.scenario} {self.system} [{where}] {args}".strip()
+
+
+def _steps(scenario: str, systems: list[str], variants: list[dict[str, Any]], runs: int,
+           make: Callable[[str, dict[str, Any]], Measure], **extra: Any) -> list[Step]:
+    return [
+        Step(scenario, system, tuple(variant.items()), run, runs, make(system, variant), **extra)
+        for variant in variants for run in range(runs) for system in systems
+    ]
+
+
+def _single(system: str, v: dict[str, Any]) -> Measure:
+    return lambda target, _p: enqueue.single(load_system(system), target, n=v["n"])
+
+
+def _bulk(system: str, v: dict[str, Any]) -> Measure:
+    return lambda target, _p: enqueue.bulk(load_system(system), target, n=v["n"], chunk=v["chunk"])
+
+
+def _burn(loop: str) -> Callable[[str, dict[str, Any]], Measure]:
+    def make(system: str, v: dict[str, Any]) -> Measure:
+        return lambda target, profile: process.burn_down(
+            system, target, n=v["n"], concurrency=v["c"], loop=loop, profile_to=profile)
+    return make
+
+
+def _latency(loop: str, gap: float) -> Callable[[str, dict[str, Any]], Measure]:
+    def make(system: str, v: dict[str, Any]) -> Measure:
+        return lambda target, _p: latency.latency(system, target, samples=v["samples"], gap=gap,
+                                                  loop=loop)
+    return make
+
+
+def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
+    """Every step of a run, in order. ``peers``: the peers that are installed and wanted."""
+    s, runs = sizes, sizes.runs
+    with_peers = peers if "peers" in groups else []
+    plan: list[Step] = []
+    if "enqueue" in groups:
+        plan += _steps("enqueue", ["soniq", "asyncpg"], [{"n": s.enqueue_n}], runs, _single)
+        plan += _steps("enqueue", with_peers, [{"n": s.peer_enqueue_n}], runs, _single)
+    if "bulk" in groups:
+        chunks = [{"n": s.bulk_n, "chunk": c} for c in s.bulk_chunks]
+        plan += _steps("bulk", ["soniq", "asyncpg"], chunks, runs, _bulk)
+        plan += _steps("bulk", with_peers, [{"n": s.peer_bulk_n, "chunk": s.bulk_chunks[0]}],
+                       runs, _bulk)
+    if "process" in groups:
+        for n in s.process_ns:
+            plan += _steps("process", ["soniq"], [{"n": n, "c": c} for c in s.concurrencies],
+                           runs, _burn("asyncio"), profiled=True)
+        plan += _steps("process", with_peers,
+                       [{"n": s.peer_process_n, "c": c} for c in s.concurrencies], runs,
+                       _burn("asyncio"), profiled=True)
+    if "latency" in groups:
+        plan += _steps("latency", ["soniq"], [{"samples": s.latency_samples}], runs,
+                       _latency("asyncio", s.latency_gap))
+        plan += _steps("latency", with_peers, [{"samples": s.peer_latency_samples}], runs,
+                       _latency("asyncio", s.latency_gap))
+    if "mixed" in groups:
+        plan += _steps("mixed", ["soniq"], [{"seconds": s.mixed_seconds}], runs,
+                       lambda _sys, v: lambda target, _p: mixed.mixed(target, duration=v["seconds"]))
+    if "trio" in groups:
+        for n in s.trio_ns:
+            plan += _steps("process", ["soniq"], [{"n": n, "c": c} for c in s.concurrencies],
+                           runs, _burn("trio"), loop="trio", profiled=True)
+        plan += _steps("latency", ["soniq"], [{"samples": s.latency_samples}], runs,
+                       _latency("trio", s.latency_gap), loop="trio")
+    if "sqlite" in groups:
+        plan += _steps("enqueue", ["soniq"], [{"n": s.sqlite_enqueue_n}], runs, _single,
+                       backend="sqlite")
+        plan += _steps("bulk", ["soniq"], [{"n": s.sqlite_bulk_n, "chunk": s.bulk_chunks[0]}],
+                       runs, _bulk, backend="sqlite")
+        for n in s.sqlite_process_ns:
+            plan += _steps("process", ["soniq"], [{"n": n, "c": c} for c in s.concurrencies],
+                           runs, _burn("asyncio"), backend="sqlite", profiled=True)
+    if "memory" in groups:
+        variant = {"n": s.memory_n, "c": 100}
+        plan += _steps("memory", ["soniq"], [variant], runs,
+                       lambda _sys, v: lambda target, _p: process.memory(
+                           target, n=v["n"], rounds=s.memory_rounds, concurrency=v["c"]))
+    return plan

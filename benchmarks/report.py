@@ -1,0 +1,324 @@
+"""Turn step records into medians, check them against the targets, and write Markdown.
+
+A *record* is one step's outcome (a JSON object: scenario, system, backend, loop, params, run,
+metrics, error, busy). A *group* is every run of one measurement; its figures are the medians
+of its successful runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.machine import BUSY
+from benchmarks.stats import median
+
+__all__ = ["Group", "group_records", "markdown"]
+
+#: Targets from the brief (DESIGN.md §4 and the issue); checked on this run's medians.
+PROCESS_TARGET = 20_000.0  # jobs/s, PostgreSQL, concurrency 100
+ENQUEUE_RATIO_TARGET = 0.90  # of bare asyncpg, one job per call
+BULK_TARGET = 150_000.0  # jobs/s
+LATENCY_P50_TARGET = 2.5  # ms
+LATENCY_P99_TARGET = 6.0  # ms
+TRIO_RATIO_TARGET = 0.50  # of asyncio, process at concurrency 100
+SQLITE_PROCESS_TARGET = 5_000.0  # jobs/s
+MEMORY_GROWTH_TARGET = 10.0  # % over 100 000 jobs
+
+
+@dataclass
+class Group:
+    scenario: str
+    system: str
+    backend: str
+    loop: str
+    params: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["error"] is None]
+
+    @property
+    def errors(self) -> list[str]:
+        return [r["error"] for r in self.records if r["error"] is not None]
+
+    @property
+    def busy_runs(self) -> int:
+        return sum(1 for r in self.records if r.get("busy", 0.0) > BUSY)
+
+    def m(self, metric: str) -> float | None:
+        """Median of ``metric`` over successful runs (None if no run succeeded)."""
+        values = [r["metrics"][metric] for r in self.ok if isinstance(r["metrics"].get(metric),
+                                                                        int | float)]
+        return median(values) if values else None
+
+    def medians(self) -> dict[str, float]:
+        names = {k for r in self.ok for k, v in r["metrics"].items() if isinstance(v, int | float)}
+        return {k: v for k in sorted(names) if (v := self.m(k)) is not None}
+
+
+def group_records(records: Sequence[dict[str, Any]]) -> list[Group]:
+    groups: dict[tuple[Any, ...], Group] = {}
+    for r in records:
+        key = (r["scenario"], r["system"], r["backend"], r["loop"], tuple(r["params"].items()))
+        if key not in groups:
+            groups[key] = Group(r["scenario"], r["system"], r["backend"], r["loop"], r["params"])
+        groups[key].records.append(r)
+    return list(groups.values())
+
+
+class _Index:
+    def __init__(self, groups: list[Group]) -> None:
+        self.groups = groups
+
+    def find(self, scenario: str, system: str = "soniq", *, backend: str = "postgres",
+             loop: str = "asyncio", **params: Any) -> Group | None:
+        for g in self.groups:
+            if (g.scenario, g.system, g.backend, g.loop) == (scenario, system, backend, loop) and \
+                    all(g.params.get(k) == v for k, v in params.items()):
+                return g
+        return None
+
+    def all(self, scenario: str, system: str = "soniq", *, backend: str = "postgres",
+            loop: str = "asyncio") -> list[Group]:
+        return [g for g in self.groups
+                if (g.scenario, g.system, g.backend, g.loop) == (scenario, system, backend, loop)]
+
+
+# -- formatting -------------------------------------------------------------------------------------
+def rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f} jobs/s"
+
+
+def ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} ms"
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("✅ met" if ok else "❌ missed")
+
+
+def _why(group: Group | None) -> str:
+    if group is None:
+        return "not measured"
+    if group.errors and not group.ok:
+        return f"failed: {group.errors[0][:120]}"
+    return ""
+
+
+def _params(params: dict[str, Any]) -> str:
+    names = {"n": "N", "c": "concurrency", "chunk": "per call", "samples": "samples",
+             "seconds": "s"}
+    return ", ".join(f"{names.get(k, k)}={v:,}" if isinstance(v, int) else f"{names.get(k, k)}={v}"
+                     for k, v in params.items())
+
+
+# -- the targets table -------------------------------------------------------------------------------
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
+
+
+def _pct(ratio: float | None) -> str:
+    return "?" if ratio is None else f"{ratio * 100:.0f}%"
+
+
+def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(name: str, g: Group | None, target: str, measured: Callable[[Group], str],
+            met: Callable[[Group], bool | None] = lambda g: None) -> None:
+        if g is None or not g.ok:
+            rows.append((name, _why(g) or "not measured", target, "—"))
+            return
+        busy = " (busy machine)" if g.busy_runs else ""
+        rows.append((name, measured(g) + busy, target, _met(met(g))))
+
+    for g in ix.all("enqueue"):
+        base = ix.find("enqueue", "asyncpg", n=g.params["n"])
+        base_rate = base.m("jobs_per_s") if base else None
+        ratio = _ratio(g.m("jobs_per_s"), base_rate)
+        row(f"1 enqueue, 1 job/call ({_params(g.params)})", g, "≥ 90% of bare asyncpg",
+            lambda g: f"{rate(g.m('jobs_per_s'))}, call p50 {ms(g.m('call_p50_ms'))}; "
+                      f"**{_pct(ratio)}** of bare asyncpg ({rate(base_rate)})",
+            lambda g: None if ratio is None else ratio >= ENQUEUE_RATIO_TARGET)
+    for g in ix.all("bulk"):
+        base = ix.find("bulk", "asyncpg", n=g.params["n"], chunk=g.params["chunk"])
+        base_rate = base.m("jobs_per_s") if base else None
+        row(f"2 bulk, enqueue_many ({_params(g.params)})", g, "≥ 150,000 jobs/s",
+            lambda g: f"**{rate(g.m('jobs_per_s'))}** (bare asyncpg unnest: {rate(base_rate)})",
+            lambda g: (g.m("jobs_per_s") or 0) >= BULK_TARGET)
+    for g in ix.all("process"):
+        c100 = g.params["c"] == 100
+        row(f"3 process, burn-down ({_params(g.params)})", g,
+            "≥ 20,000 jobs/s" if c100 else "(none)", lambda g: f"**{rate(g.m('jobs_per_s'))}**",
+            lambda g: (g.m("jobs_per_s") or 0) >= PROCESS_TARGET if c100 else None)
+    for g in ix.all("latency"):
+        row(f"4 latency, enqueue→start ({_params(g.params)})", g, "p50 ≤ 2.5 ms, p99 ≤ 6 ms",
+            lambda g: f"p50 **{ms(g.m('p50_ms'))}**, p99 **{ms(g.m('p99_ms'))}**, "
+                      f"max {ms(g.m('max_ms'))}, missed {g.m('missed') or 0:.0f}",
+            lambda g: (g.m("p50_ms") or 1e9) <= LATENCY_P50_TARGET
+            and (g.m("p99_ms") or 1e9) <= LATENCY_P99_TARGET)
+    for g in ix.all("mixed"):
+        row(f"5 mixed, 2 producers × enqueue_many(20) + worker c=100 ({_params(g.params)})", g,
+            "(none)",
+            lambda g: f"processed **{rate(g.m('processed_per_s'))}**, enqueued "
+                      f"{rate(g.m('enqueued_per_s'))}; queue depth p50 "
+                      f"{g.m('depth_p50') or 0:,.0f}, max {g.m('depth_max') or 0:,.0f}, "
+                      f"at end {g.m('depth_end') or 0:,.0f}")
+    for g in ix.all("process", loop="trio"):
+        asyncio_group = ix.find("process", n=g.params["n"], c=g.params["c"])
+        ratio = _ratio(g.m("jobs_per_s"), asyncio_group.m("jobs_per_s") if asyncio_group else None)
+        c100 = g.params["c"] == 100
+        row(f"6 trio, process ({_params(g.params)})", g, "≥ 50% of asyncio" if c100 else "(none)",
+            lambda g: f"{rate(g.m('jobs_per_s'))} = **{_pct(ratio)}** of asyncio",
+            lambda g: (None if ratio is None else ratio >= TRIO_RATIO_TARGET) if c100 else None)
+    for g in ix.all("latency", loop="trio"):
+        asyncio_group = ix.find("latency", samples=g.params["samples"])
+        row(f"6 trio, latency ({_params(g.params)})", g, "(none)",
+            lambda g: f"p50 {ms(g.m('p50_ms'))}, p99 {ms(g.m('p99_ms'))} (asyncio: p50 "
+                      f"{ms(asyncio_group.m('p50_ms') if asyncio_group else None)})")
+    for scenario in ("enqueue", "bulk"):
+        for g in ix.all(scenario, backend="sqlite"):
+            row(f"7 SQLite {scenario} ({_params(g.params)})", g, "(none)",
+                lambda g: rate(g.m("jobs_per_s")))
+    for g in ix.all("process", backend="sqlite"):
+        c100 = g.params["c"] == 100
+        row(f"7 SQLite process ({_params(g.params)})", g, "≥ 5,000 jobs/s" if c100 else "(none)",
+            lambda g: f"**{rate(g.m('jobs_per_s'))}**",
+            lambda g: (g.m("jobs_per_s") or 0) >= SQLITE_PROCESS_TARGET if c100 else None)
+    for g in ix.all("memory"):
+        row(f"8 worker memory ({_params(g.params)})", g, "growth ≤ 10%",
+            lambda g: f"RSS {g.m('rss_start_mib') or 0:.1f} → {g.m('rss_end_mib') or 0:.1f} MiB: "
+                      f"**{g.m('growth_pct') or 0:+.1f}%** (after the first round "
+                      f"{g.m('rss_after_first_round_mib') or 0:.1f} MiB, then "
+                      f"{g.m('growth_after_first_round_pct') or 0:+.1f}%)",
+            lambda g: (g.m("growth_pct") or 1e9) <= MEMORY_GROWTH_TARGET)
+    return rows
+
+
+# -- the peers table ----------------------------------------------------------------------------------
+_PEER_ROWS: list[tuple[str, str, str, bool, dict[str, Any]]] = [
+    # label, scenario, metric, higher is better, extra params to match
+    ("enqueue, 1 job/call", "enqueue", "jobs_per_s", True, {}),
+    ("bulk, 1,000 jobs/call", "bulk", "jobs_per_s", True, {"chunk": 1000}),
+    ("process, concurrency 10", "process", "jobs_per_s", True, {"c": 10}),
+    ("process, concurrency 100", "process", "jobs_per_s", True, {"c": 100}),
+    ("latency p50", "latency", "p50_ms", False, {}),
+    ("latency p99", "latency", "p99_ms", False, {}),
+]
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    return ms(value) if metric.endswith("_ms") else rate(value)
+
+
+def _peer_table(ix: _Index, peers: dict[str, str], unavailable: dict[str, str]) -> list[str]:
+    names = list(peers) + [p for p in unavailable if p not in peers]
+    header = ["measurement", "soniq"] + [f"{p} {peers.get(p, '')}".strip() for p in names] + \
+             [f"soniq vs {p}" for p in names]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for label, scenario, metric, higher, extra in _PEER_ROWS:
+        peer_groups = {p: next((g for g in ix.all(scenario, p)
+                                if all(g.params.get(k) == v for k, v in extra.items())), None)
+                       for p in names}
+        anchor = next((g for g in peer_groups.values() if g is not None), None)
+        params = {**extra, **(anchor.params if anchor else {})}
+        soniq = ix.find(scenario, **params) if anchor else None
+        soniq_value = soniq.m(metric) if soniq else None
+        cells = [f"{label} ({_params(params)})" if anchor else label, _fmt(metric, soniq_value)]
+        ratios = []
+        for p in names:
+            g = peer_groups[p]
+            if p in unavailable:
+                cells.append("n/a¹")
+                ratios.append("n/a")
+                continue
+            value = g.m(metric) if g else None
+            cells.append(_fmt(metric, value) if value is not None
+                         else (f"failed² ({_why(g)[:60]})" if g else "—"))
+            if value and soniq_value:
+                ratio = soniq_value / value if higher else value / soniq_value
+                ratios.append(f"{ratio:.2f}×")
+            else:
+                ratios.append("—")
+        lines.append("| " + " | ".join(cells + ratios) + " |")
+    lines.append("")
+    lines.append("Ratios are Soniq's advantage: > 1× means Soniq is better (faster, or lower "
+                 "latency). Peer settings: PgQueuer `qm.run(batch_size=min(10, c/2), "
+                 "max_concurrent_tasks=c)`; Procrastinate `run_worker_async(concurrency=c)`.")
+    for p, reason in unavailable.items():
+        lines.append(f"¹ {p}: {reason}")
+    if any(g.errors for p in names for g in ix.groups if g.system == p):
+        lines.append("² a peer step failed; the error is in the full list below and in the JSON.")
+    return lines
+
+
+# -- everything -----------------------------------------------------------------------------------------
+def _headline(g: Group) -> str:
+    if g.scenario == "latency":
+        return f"p50 {ms(g.m('p50_ms'))} / p99 {ms(g.m('p99_ms'))}"
+    if g.scenario == "mixed":
+        return f"{rate(g.m('processed_per_s'))} processed"
+    if g.scenario == "memory":
+        return f"{g.m('growth_pct') or 0:+.1f}% RSS"
+    return rate(g.m("jobs_per_s"))
+
+
+def _per_run(g: Group) -> str:
+    def one(r: dict[str, Any]) -> str:
+        if r["error"] is not None:
+            return "error"
+        m = r["metrics"]
+        if g.scenario == "latency":
+            text = f"{m['p50_ms']:.2f}/{m['p99_ms']:.2f}"
+        elif g.scenario == "mixed":
+            text = f"{m['processed_per_s']:,.0f}"
+        elif g.scenario == "memory":
+            text = f"{m['growth_pct']:+.1f}%"
+        else:
+            text = f"{m['jobs_per_s']:,.0f}"
+        return text + ("*" if r.get("busy", 0.0) > BUSY else "")
+    return ", ".join(one(r) for r in g.records)
+
+
+def markdown(meta: dict[str, Any], records: Sequence[dict[str, Any]],
+             profiles: dict[str, str] | None = None) -> str:
+    ix = _Index(group_records(records))
+    machine, server = meta["machine"], meta["postgres"]
+    lines = [
+        f"# Soniq benchmarks, {meta['started']} ({meta['mode']}, median of {meta['runs']} "
+        f"run{'s' if meta['runs'] != 1 else ''})",
+        "",
+        f"- Machine: {machine['nproc']} × {machine['cpu']}, {machine['memory_gib']} GiB, Linux "
+        f"{machine['kernel']}, Python {machine['python']}; load average at start "
+        f"{meta['loadavg_start']}, at end {meta['loadavg_end']}",
+        f"- PostgreSQL: {server['version'].split(' on ')[0]} on 127.0.0.1 (shared_buffers="
+        f"{server['shared_buffers']}, synchronous_commit={server['synchronous_commit']}, "
+        f"fsync={server['fsync']}); a fresh database per step",
+        f"- Versions: soniq {meta['versions'].get('soniq')} (git {meta['git']}), "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "soniq"),
+        f"- Duration: {meta['seconds'] / 60:.1f} min; steps measured while other work kept the "
+        f"CPUs more than {BUSY:.0%} busy: {sum(1 for r in records if r.get('busy', 0) > BUSY)}"
+        f" of {len(records)} (marked * below)",
+        "",
+        "## Soniq against its targets",
+        "",
+        "| measurement | median | target | |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _target_rows(ix)]
+    if meta.get("peers_wanted"):
+        lines += ["", "## Soniq against its peers (same run, same machine, same method)", ""]
+        lines += _peer_table(ix, meta["peers"], meta["peers_unavailable"])
+    lines += ["", "## Every measurement", "",
+              "| measurement | median | runs (* = busy machine) | errors |", "|---|---|---|---|"]
+    for g in ix.groups:
+        where = g.backend if g.loop == "asyncio" else f"{g.backend}/{g.loop}"
+        errors = "; ".join(e[:100] for e in g.errors) or ""
+        lines.append(f"| {g.scenario} {g.system} [{where}] {_params(g.params)} | {_headline(g)} "
+                     f"| {_per_run(g)} | {errors} |")
+    for title, text in (profiles or {}).items():
+        lines += ["", f"## Profile: {title}", "", text]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,111 @@
+"""Scenarios 3, 6 and 8: burn-down (N jobs pre-enqueued, one worker process) and worker memory.
+
+Burn-down clock: from the ``go`` sent to a worker that has already imported everything and opened
+its connections, to the moment the database says the last job finished (Soniq ``finished_at``,
+PgQueuer's ``pgqueuer_log.created``, Procrastinate's ``succeeded`` event) -- so worker start-up
+(registration, LISTEN, first claim) is included and process start-up is not. A probe polls every
+100 ms only to learn that the queue is drained; the poll interval does not enter the figure.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from benchmarks.databases import Probe
+from benchmarks.systems import load_system
+from benchmarks.workerctl import WorkerProcess
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from benchmarks.databases import Target
+    from benchmarks.systems import System
+
+__all__ = ["burn_down", "memory", "preload"]
+
+_LOAD_CHUNK = 1_000
+_MIB = 1024.0
+
+
+def drain_timeout(n: int) -> float:
+    """A bound on any burn-down: generous (200 jobs/s), never endless."""
+    return max(60.0, n / 200.0)
+
+
+async def preload(system: System, target: Target, n: int, *, first: int = 0) -> None:
+    """Enqueue ``n`` no-op jobs through the system's batch API (not timed)."""
+    producer = await system.open_producer(target)
+    try:
+        for start in range(first, first + n, _LOAD_CHUNK):
+            await producer.enqueue_bulk(start, min(_LOAD_CHUNK, first + n - start))
+    finally:
+        await producer.aclose()
+
+
+async def _wait_all_done(probe: Probe, n: int) -> int:
+    """Some systems log completions a moment after the queue empties: wait (bounded) for all."""
+    done = await probe.done()
+    with anyio.move_on_after(10):
+        while done < n:
+            await anyio.sleep(0.05)
+            done = await probe.done()
+    return done
+
+
+async def burn_down(system_name: str, target: Target, *, n: int, concurrency: int,
+                    loop: str = "asyncio", profile_to: Path | None = None) -> dict[str, float]:
+    system = load_system(system_name)
+    await system.install(target)
+    await preload(system, target, n)
+    async with Probe(target, system.probe_sql(target)) as probe:
+        await probe.execute("CHECKPOINT")
+        async with WorkerProcess(system_name, target, concurrency=concurrency, loop=loop,
+                                 profile_to=profile_to) as worker:
+            rss = [worker.rss_kib()]
+            go = await worker.go()
+            drained = await probe.wait_until_drained(
+                timeout=drain_timeout(n), on_poll=lambda: rss.append(worker.rss_kib()))
+            done = await _wait_all_done(probe, n)
+            last = await probe.last_done()
+            rss.append(worker.rss_kib())
+            stopped = await worker.stop()
+    if done != n:
+        raise RuntimeError(f"only {done} of {n} jobs reached the finished state")
+    elapsed = (last if last is not None else drained) - go
+    return {"jobs_per_s": n / elapsed, "seconds": elapsed, "poll_seconds": drained - go,
+            "rss_start_mib": rss[0] / _MIB, "rss_peak_mib": max(rss) / _MIB,
+            "rss_end_mib": rss[-1] / _MIB, "stop_seconds": float(stopped["stop_seconds"])}
+
+
+async def memory(target: Target, *, n: int, rounds: int, concurrency: int) -> dict[str, Any]:
+    """Soniq worker RSS: once running and idle ("start"), then after each of ``rounds`` batches
+    of ``n / rounds`` jobs; the target compares the last with the start."""
+    system = load_system("soniq")
+    await system.install(target)
+    per_round = n // rounds
+    async with Probe(target, system.probe_sql(target)) as probe, \
+            WorkerProcess("soniq", target, concurrency=concurrency) as worker:
+        await worker.go()
+        await anyio.sleep(1.0)  # running and idle: heartbeat, LISTEN, first empty claim done
+        start = worker.rss_kib()
+        after: list[int] = []
+        begin = time.perf_counter()
+        for r in range(rounds):
+            await preload(system, target, per_round, first=r * per_round)
+            await probe.wait_until_drained(timeout=drain_timeout(per_round))
+            after.append(worker.rss_kib())
+        elapsed = time.perf_counter() - begin
+        await worker.stop()
+    return {
+        "jobs": per_round * rounds,
+        "rss_start_mib": start / _MIB,
+        "rss_after_first_round_mib": after[0] / _MIB,
+        "rss_end_mib": after[-1] / _MIB,
+        "growth_pct": (after[-1] - start) / start * 100.0,
+        "growth_after_first_round_pct": (after[-1] - after[0]) / after[0] * 100.0,
+        "rss_rounds_mib": [a / _MIB for a in after],
+        "seconds": elapsed,
+    }
