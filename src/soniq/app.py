@@ -23,6 +23,7 @@ from soniq.errors import (
     ValidationError,
     did_you_mean,
 )
+from soniq.features.dead_letter import DeadLetter
 from soniq.ids import is_uuid, new_id
 from soniq.registry import JobRegistry, JobSpec, TaskRef, encode_args, validate_name
 from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
@@ -137,6 +138,7 @@ class Soniq:
         #: Loops every worker of this app runs in its task group (scheduler, webhook delivery).
         self.services: list[Service] = []
         self._local_workers: set[Worker] = set()
+        self._dead_letter: DeadLetter | None = None
 
     def __repr__(self) -> str:
         return f"<Soniq backend={self._backend.name} jobs={len(self._registry)}>"
@@ -154,6 +156,15 @@ class Soniq:
     @property
     def registry(self) -> JobRegistry:
         return self._registry
+
+    @property
+    def dead_letter(self) -> DeadLetter:
+        """The dead-letter queue: jobs that used up their retries (list, replay, delete, purge,
+        export). Touching it opens nothing; each call initialises the app first."""
+        if self._dead_letter is None:
+            self._dead_letter = DeadLetter(self._backend, ready=self.ensure_initialized,
+                                           wake=self._wake_local)
+        return self._dead_letter
 
     @property
     def is_initialized(self) -> bool:

@@ -109,6 +109,21 @@ class SoniqSettings(BaseSettings):
             )
         return self
 
+    def unsafe(self) -> list[str]:
+        """Warnings about settings that are risky in ``environment`` (the CLI logs them at start)."""
+        if self.environment.lower() not in ("production", "prod"):
+            return []
+        problems = []
+        if self.debug:
+            problems.append("debug is on in production: DEBUG logs are verbose and may show job data")
+        if self.job_timeout is None:
+            problems.append("job_timeout is disabled in production: a hung job holds its slot forever")
+        if self.heartbeat_timeout < 3 * self.heartbeat_interval:
+            problems.append(
+                f"heartbeat_timeout ({self.heartbeat_timeout:g}s) is under 3 heartbeat_interval "
+                f"({self.heartbeat_interval:g}s): a briefly busy worker may be declared dead")
+        return problems
+
     def apply_logging(self) -> None:
         """Set the ``soniq`` logger's level from ``log_level`` (``debug`` forces DEBUG)."""
         logging.getLogger("soniq").setLevel("DEBUG" if self.debug else self.log_level)

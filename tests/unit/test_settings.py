@@ -140,3 +140,11 @@ def test_settings_are_frozen() -> None:
     settings = SoniqSettings()
     with pytest.raises(Exception, match="frozen"):
         settings.concurrency = 2  # type: ignore[misc]
+
+
+def test_unsafe_settings_are_reported_for_production_only() -> None:
+    assert load_settings({}).unsafe() == []
+    risky = {"debug": True, "job_timeout": 0, "heartbeat_interval": 5, "heartbeat_timeout": 6}
+    problems = load_settings(risky).unsafe()
+    assert len(problems) == 3 and "debug" in problems[0] and "job_timeout" in problems[1]
+    assert load_settings({**risky, "environment": "development"}).unsafe() == []

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from soniq.backends.base import job_record, no_connections, refuse_connection, worker_lost_error
+from soniq.backends.memory_stores import MemoryDeadLetterStore
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import (
     ClaimedJob,
@@ -51,6 +52,14 @@ class MemoryBackend:
         self._workers: dict[str, dict[str, Any]] = {}
         self._maintenance: dict[str, datetime] = {}
         self._listeners: list[Callable[[str, str], None]] = []
+        self._dead_letters: MemoryDeadLetterStore | None = None
+
+    @property
+    def dead_letters(self) -> MemoryDeadLetterStore:
+        """The dead-letter store over this backend's rows (see :mod:`soniq.backends.stores`)."""
+        if self._dead_letters is None:
+            self._dead_letters = MemoryDeadLetterStore(self._jobs, self._notify)
+        return self._dead_letters
 
     async def initialize(self) -> None:
         return None

@@ -60,12 +60,15 @@ def worker(
     runner = soniq.worker(concurrency=concurrency, queues=queue_list, run_once=run_once)
     backend = soniq.backend
     logger.info(
-        "soniq %s worker %s | storage %s %s | queues %s | concurrency %d | %s",
-        __version__, runner.id, backend.name, redact_url(soniq.settings.database_url),
+        "soniq %s worker %s | %s | storage %s %s | queues %s | concurrency %d | %s",
+        __version__, runner.id, soniq.settings.environment, backend.name,
+        redact_url(soniq.settings.database_url),
         ",".join(queue_list) if queue_list else "all", runner.concurrency,
         "LISTEN/NOTIFY + polling" if backend.supports_listen
         else f"polling every {soniq.settings.poll_interval:g}s",
     )
+    for problem in soniq.settings.unsafe():
+        logger.warning("%s", problem)
     exit_code = 0
 
     async def main() -> None:

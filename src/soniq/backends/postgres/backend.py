@@ -31,6 +31,7 @@ from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import job_record, worker_lost_error
 from soniq.backends.postgres import listener, schema, sql
+from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import is_uuid
@@ -76,6 +77,7 @@ class PostgresBackend:
         # PgBouncer transaction pooling (no statement cache) cannot hold a LISTEN session:
         # workers poll instead (DESIGN.md §4).
         self.supports_listen = settings.statement_cache_size > 0
+        self._dead_letters: PostgresDeadLetterStore | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -85,6 +87,13 @@ class PostgresBackend:
     def redacted_url(self) -> str:
         """The database URL with its password replaced by ``***`` (safe to log)."""
         return redact_url(self._url)
+
+    @property
+    def dead_letters(self) -> PostgresDeadLetterStore:
+        """The dead-letter store on this database (see :mod:`soniq.backends.stores`)."""
+        if self._dead_letters is None:
+            self._dead_letters = PostgresDeadLetterStore(self._ready, self._errors)
+        return self._dead_letters
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def initialize(self) -> None:

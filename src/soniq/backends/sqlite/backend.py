@@ -28,6 +28,7 @@ from soniq.backends.base import (
 )
 from soniq.backends.sqlite import sql
 from soniq.backends.sqlite.database import SqliteDatabase
+from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
 from soniq.errors import UnsupportedOperationError
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
@@ -62,6 +63,7 @@ class SqliteBackend:
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         self._db = SqliteDatabase(path, busy_timeout=busy_timeout)
+        self._dead_letters: SqliteDeadLetterStore | None = None
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -69,6 +71,13 @@ class SqliteBackend:
     @property
     def path(self) -> str:
         return self._db.path
+
+    @property
+    def dead_letters(self) -> SqliteDeadLetterStore:
+        """The dead-letter store on this file (see :mod:`soniq.backends.stores`)."""
+        if self._dead_letters is None:
+            self._dead_letters = SqliteDeadLetterStore(self._db)
+        return self._dead_letters
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def initialize(self) -> None:

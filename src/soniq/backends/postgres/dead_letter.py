@@ -1,0 +1,174 @@
+"""The dead-letter store on PostgreSQL (:class:`~soniq.backends.stores.DeadLetterStore`): its SQL
+and the calls that run it.
+
+Dead-lettered jobs are rows of ``soniq_jobs`` with ``status = 'dead_letter'``; every statement
+that changes or removes one repeats that guard, so losing a race is "not applied". Values are
+bind parameters; the only text joined into SQL is the fixed fragments below, with parameter
+numbers counted from the filters given. Every driver call goes through
+:func:`soniq.backends._bridge.call` and driver errors through the backend's translator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from soniq.backends._bridge import call
+from soniq.backends.base import JOB_COLUMNS, job_record
+from soniq.backends.postgres.sql import CHANNEL
+from soniq.ids import is_uuid
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from datetime import datetime
+
+    from soniq.backends.postgres.errors import Translator
+    from soniq.types import JobRecord
+
+__all__ = ["PostgresDeadLetterStore"]
+
+#: Rows deleted per purge statement: short transactions, few row locks held at once.
+PURGE_BATCH_SIZE = 5_000
+
+_COLUMNS = ", ".join(JOB_COLUMNS)
+_DEAD = "status = 'dead_letter'"
+_NEWEST_FIRST = "ORDER BY finished_at DESC NULLS LAST, id DESC"
+
+#: Back to the queue as if new, keeping the id and the errors as history.
+_REQUEUE_SET = (
+    "SET status = 'queued', attempts = 0, scheduled_at = now(), updated_at = now(), "
+    "started_at = NULL, finished_at = NULL, expires_at = NULL, result = NULL, worker_id = NULL, "
+    "lease_id = NULL, cancel_requested = false"
+)
+
+#: $1 id.
+GET_DEAD = f"SELECT {_COLUMNS} FROM soniq_jobs WHERE id = $1::uuid AND {_DEAD}"
+
+#: $1 id. Returns the job's queue when replayed, and wakes that queue's listeners.
+REPLAY = f"""
+WITH replayed AS (
+    UPDATE soniq_jobs {_REQUEUE_SET}
+    WHERE id = $1::uuid AND {_DEAD}
+    RETURNING queue
+)
+SELECT queue, pg_notify('{CHANNEL}', queue) AS woken FROM replayed
+"""
+
+#: $1 id.
+DELETE_DEAD = f"DELETE FROM soniq_jobs WHERE id = $1::uuid AND {_DEAD} RETURNING id"
+
+
+def _where(queue: str | None, job_name: str | None, since: datetime | None,
+           first: int) -> tuple[str, list[Any]]:
+    """The WHERE clause (dead-lettered, plus the given filters, numbered from ``$first``)."""
+    clauses: list[str] = [_DEAD]
+    params: list[Any] = []
+    for fragment, value in (("queue = ${n}::text", queue), ("job_name = ${n}::text", job_name),
+                            ("finished_at >= ${n}::timestamptz", since)):
+        if value is not None:
+            clauses.append(fragment.format(n=first + len(params)))
+            params.append(value)
+    return " WHERE " + " AND ".join(clauses), params
+
+
+def _replay_matching_sql(where: str) -> str:
+    """$1 limit (NULL: all), then the filters. One NOTIFY per distinct queue, never per row;
+    SKIP LOCKED leaves rows another transaction is changing to that transaction."""
+    return f"""
+WITH picked AS (
+    SELECT id FROM soniq_jobs{where} {_NEWEST_FIRST} LIMIT $1::bigint FOR UPDATE SKIP LOCKED
+), replayed AS (
+    UPDATE soniq_jobs AS j {_REQUEUE_SET}
+    FROM picked
+    WHERE j.id = picked.id AND j.{_DEAD}
+    RETURNING j.id, j.queue
+), woken AS (
+    SELECT pg_notify('{CHANNEL}', due.queue) FROM (SELECT DISTINCT queue FROM replayed) AS due
+)
+SELECT id, queue, (SELECT count(*) FROM woken) AS woken FROM replayed
+"""
+
+
+def _purge_sql(with_cutoff: bool) -> str:
+    """$1 batch size, $2 cutoff (when given)."""
+    older = " AND finished_at < $2::timestamptz" if with_cutoff else ""
+    return (
+        f"DELETE FROM soniq_jobs WHERE {_DEAD} AND id IN (SELECT id FROM soniq_jobs "
+        f"WHERE {_DEAD}{older} LIMIT $1::integer FOR UPDATE SKIP LOCKED)"
+    )
+
+
+class PostgresDeadLetterStore:
+    """Dead-lettered jobs in PostgreSQL (reached as ``PostgresBackend.dead_letters``).
+
+    ``ready`` returns the backend's pool (opening it on first use); ``errors`` is the backend's
+    driver-error translator.
+    """
+
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+        self._ready = ready
+        self._errors = errors
+
+    async def list_dead(self, *, queue: str | None, job_name: str | None,
+                        since: datetime | None, limit: int, offset: int) -> list[JobRecord]:
+        where, params = _where(queue, job_name, since, first=3)
+        query = f"SELECT {_COLUMNS} FROM soniq_jobs{where} {_NEWEST_FIRST} LIMIT $1 OFFSET $2"
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, query, limit, offset, *params)
+        return [job_record(row) for row in rows]
+
+    async def get_dead(self, job_id: str) -> JobRecord | None:
+        if not is_uuid(job_id):
+            return None
+        with self._errors:
+            pool = await self._ready()
+            row = await call(pool.fetchrow, GET_DEAD, job_id)
+        return None if row is None else job_record(row)
+
+    async def count_dead(self, *, queue: str | None, job_name: str | None) -> int:
+        where, params = _where(queue, job_name, None, first=1)
+        with self._errors:
+            pool = await self._ready()
+            count = await call(pool.fetchval, f"SELECT count(*) FROM soniq_jobs{where}", *params)
+        return int(count)
+
+    async def replay(self, job_id: str) -> str | None:
+        if not is_uuid(job_id):
+            return None
+        with self._errors:
+            pool = await self._ready()
+            row = await call(pool.fetchrow, REPLAY, job_id)
+        return None if row is None else str(row["queue"])
+
+    async def replay_matching(self, *, queue: str | None, job_name: str | None,
+                              since: datetime | None, limit: int | None) -> list[tuple[str, str]]:
+        where, params = _where(queue, job_name, since, first=2)
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, _replay_matching_sql(where), limit, *params)
+        return [(str(row["id"]), str(row["queue"])) for row in rows]
+
+    async def delete_dead(self, job_id: str) -> bool:
+        if not is_uuid(job_id):
+            return False
+        with self._errors:
+            pool = await self._ready()
+            return await call(pool.fetchval, DELETE_DEAD, job_id) is not None
+
+    async def purge(self, *, finished_before: datetime | None) -> int:
+        with self._errors:
+            pool = await self._ready()
+            return await call(_purge, pool, finished_before)
+
+
+async def _purge(pool: Any, finished_before: datetime | None) -> int:
+    """Delete in batches, each its own short transaction (runs on the driver's loop)."""
+    statement = _purge_sql(finished_before is not None)
+    params = () if finished_before is None else (finished_before,)
+    total = 0
+    while True:
+        status = await pool.execute(statement, PURGE_BATCH_SIZE, *params)
+        deleted = int(status.rpartition(" ")[2])
+        total += deleted
+        if deleted < PURGE_BATCH_SIZE:
+            return total
