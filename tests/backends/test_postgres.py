@@ -77,6 +77,8 @@ EXPECTED_INDEXES = {
          "(expires_at) WHERE (expires_at IS NOT NULL)"),
         ("soniq_jobs_worker_id_idx", "INDEX", "soniq_jobs",
          "(worker_id) WHERE (status = 'processing'::text)"),
+        ("soniq_jobs_dead_letter_idx", "INDEX", "soniq_jobs",
+         "(finished_at DESC, id DESC) WHERE (status = 'dead_letter'::text)"),
         ("soniq_workers_pkey", "UNIQUE INDEX", "soniq_workers", "(id)"),
         ("soniq_maintenance_pkey", "UNIQUE INDEX", "soniq_maintenance", "(task)"),
         ("soniq_migrations_pkey", "UNIQUE INDEX", "soniq_migrations", "(version)"),

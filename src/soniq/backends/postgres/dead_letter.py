@@ -31,7 +31,7 @@ PURGE_BATCH_SIZE = 5_000
 
 _COLUMNS = ", ".join(JOB_COLUMNS)
 _DEAD = "status = 'dead_letter'"
-_NEWEST_FIRST = "ORDER BY finished_at DESC NULLS LAST, id DESC"
+_NEWEST_FIRST = "ORDER BY finished_at DESC, id DESC"  # the dead-letter index order
 
 #: Back to the queue as if new, keeping the id and the errors as history.
 _REQUEUE_SET = (

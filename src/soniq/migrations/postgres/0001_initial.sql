@@ -54,6 +54,9 @@ CREATE INDEX soniq_jobs_queue_status_idx ON soniq_jobs (queue, status);
 
 -- Pruning finished rows whose result_ttl has passed.
 CREATE INDEX soniq_jobs_expires_at_idx ON soniq_jobs (expires_at) WHERE expires_at IS NOT NULL;
+-- The dead-letter queue lists newest first and purges by age without scanning finished jobs.
+CREATE INDEX soniq_jobs_dead_letter_idx ON soniq_jobs (finished_at DESC, id DESC)
+    WHERE status = 'dead_letter';
 
 -- Rescuing the jobs of a worker that stopped heartbeating.
 CREATE INDEX soniq_jobs_worker_id_idx ON soniq_jobs (worker_id) WHERE status = 'processing';
