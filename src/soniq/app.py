@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 
-from soniq.backends.base import StorageBackend
+from soniq.backends import StorageBackend, resolve_backend
 from soniq.errors import (
     AppClosedError,
     ConfigurationError,
@@ -45,64 +45,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 When = datetime | timedelta | float | int
 Target = Callable[..., Any] | str | TaskRef
 
-_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-_BACKEND_NAMES = ("postgres", "sqlite", "memory")
-
-
-def _sqlite_path(url: str) -> str | None:
-    """The file path when ``url`` names a SQLite database, else None."""
-    if url.startswith("sqlite:///"):
-        return url.removeprefix("sqlite:///")  # sqlite:////abs/path keeps its leading slash
-    if url.startswith("sqlite://"):
-        raise ConfigurationError(
-            f"SQLite URLs take three slashes: 'sqlite:///relative.db' or 'sqlite:////abs/path.db' "
-            f"(got {url!r})"
-        )
-    return url if url.lower().endswith(_SQLITE_SUFFIXES) and "://" not in url else None
-
-
-def _make_backend(kind: str, url: str, settings: SoniqSettings) -> StorageBackend:
-    if kind == "memory":
-        from soniq.backends.memory import MemoryBackend
-
-        return MemoryBackend()
-    if kind == "sqlite":
-        from soniq.backends.sqlite import SqliteBackend
-
-        return SqliteBackend(_sqlite_path(url) or "soniq.db")
-    from soniq.backends.postgres import PostgresBackend
-
-    return PostgresBackend(url, settings)
-
-
-def _resolve_backend(backend: StorageBackend | str | None, url: str,
-                     settings: SoniqSettings) -> StorageBackend:
-    if backend is None:
-        if url.startswith(("postgresql://", "postgres://")):
-            return _make_backend("postgres", url, settings)
-        if _sqlite_path(url) is not None:
-            return _make_backend("sqlite", url, settings)
-        if url in ("memory", "memory://"):
-            return _make_backend("memory", url, settings)
-        raise ConfigurationError(
-            "cannot tell the storage backend from database_url: use 'postgresql://...', a path "
-            "ending .db/.sqlite/.sqlite3, 'sqlite:///path', or pass backend='memory'"
-        )
-    if isinstance(backend, str):
-        if backend not in _BACKEND_NAMES:
-            raise ConfigurationError(
-                f"unknown backend {backend!r}{did_you_mean(backend, _BACKEND_NAMES)}; "
-                f"choose one of {', '.join(_BACKEND_NAMES)} or pass a StorageBackend instance"
-            )
-        return _make_backend(backend, url, settings)
-    if not isinstance(backend, StorageBackend):
-        raise ConfigurationError(
-            f"backend must be a StorageBackend or one of {', '.join(_BACKEND_NAMES)}, "
-            f"not {type(backend).__name__}"
-        )
-    return backend
-
-
 class Soniq:
     """Background jobs stored in your database.
 
@@ -125,7 +67,7 @@ class Soniq:
             settings_overrides["database_url"] = database_url
         self._settings = load_settings(settings_overrides)
         self._settings.apply_logging()
-        self._backend = _resolve_backend(backend, self._settings.database_url, self._settings)
+        self._backend = resolve_backend(backend, self._settings.database_url, self._settings)
         self._registry = JobRegistry()
         self._init_lock = anyio.Lock()
         self._initialized = False
