@@ -24,6 +24,7 @@ from soniq.errors import (
     did_you_mean,
 )
 from soniq.features.dead_letter import DeadLetter
+from soniq.features.scheduler import Scheduler, SchedulerService, Timing
 from soniq.ids import is_uuid, new_id
 from soniq.registry import JobRegistry, JobSpec, TaskRef, encode_args, validate_name
 from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
@@ -33,6 +34,8 @@ from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from soniq.features.signing import EncryptingCodec, Signing
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -81,6 +84,11 @@ class Soniq:
         self.services: list[Service] = []
         self._local_workers: set[Worker] = set()
         self._dead_letter: DeadLetter | None = None
+        self._scheduler: Scheduler | None = None
+        # Every worker fires the stored schedules (one small query per tick when there are none).
+        self.services.append(SchedulerService(self.scheduler))
+        self._signing: Signing | None = None
+        self._encrypting: EncryptingCodec | None = None
 
     def __repr__(self) -> str:
         return f"<Soniq backend={self._backend.name} jobs={len(self._registry)}>"
@@ -107,6 +115,50 @@ class Soniq:
             self._dead_letter = DeadLetter(self._backend, ready=self.ensure_initialized,
                                            wake=self._wake_local)
         return self._dead_letter
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """Recurring jobs stored in the database (add, pause, resume, remove, list); every worker
+        fires them. Touching it opens nothing; each call initialises the app first."""
+        if self._scheduler is None:
+            settings = self._settings
+            self._scheduler = Scheduler(
+                self._backend, build_job=self._schedule_job, ready=self.ensure_initialized,
+                wake=self._wake_local, interval=settings.scheduler_interval,
+                misfire=settings.scheduler_misfire, grace=settings.scheduler_misfire_grace,
+                error_retry_delay=settings.error_retry_delay)
+        return self._scheduler
+
+    def _schedule_job(self, target: Any, args: Mapping[str, Any], queue: str | None,
+                      priority: int | None) -> NewJob:
+        """The job a schedule enqueues, validated like ``enqueue`` (never deduplicated)."""
+        return self._new_job(target, args, queue=queue, priority=priority, scheduled_at=None,
+                             unique=False, dedup_key=None)
+
+    @property
+    def signing(self) -> Signing:
+        """Encrypt/decrypt/sign/verify with ``SONIQ_SECRET_KEYS`` (see :mod:`soniq.features.signing`).
+
+        Raises:
+            ConfigurationError: no secret keys are configured.
+        """
+        self._enable_encryption()
+        return self._signing_service()
+
+    def _signing_service(self) -> Signing:
+        if self._signing is None:
+            from soniq.features.signing import Signing  # cryptography loads only when used
+
+            self._signing = Signing(self._settings.secret_keys)
+        return self._signing
+
+    def _enable_encryption(self) -> None:
+        """Swap in the encrypting codec (a pass-through for jobs without ``encrypt=True``)."""
+        if self._encrypting is None:
+            from soniq.features.signing import EncryptingCodec
+
+            self._encrypting = EncryptingCodec(self._registry, self._signing_service, self.codec)
+            self.codec = self._encrypting
 
     @property
     def is_initialized(self) -> bool:
@@ -164,15 +216,40 @@ class Soniq:
         Options: ``name``, ``queue``, ``priority`` (lower runs first), ``retries`` (alias
         ``max_retries``), ``retry_delay`` (seconds, or a list per retry), ``retry_backoff``,
         ``retry_max_delay``, ``timeout`` (None inherits ``job_timeout``, 0 disables),
-        ``unique``, ``validate`` (alias ``args_model``, a pydantic model for the arguments).
+        ``unique``, ``validate`` (alias ``args_model``, a pydantic model for the arguments),
+        ``encrypt`` (store arguments and result encrypted with ``SONIQ_SECRET_KEYS``).
         The function is returned unchanged, so it can still be called directly.
         """
 
         def decorate(fn: F) -> F:
-            self._registry.register(fn, **options)
+            if self._registry.register(fn, **options).encrypt:
+                self._enable_encryption()
             return fn
 
         return decorate(func) if func is not None else decorate
+
+    def periodic(self, *, cron: str | None = None, every: float | timedelta | None = None,
+                 name: str | None = None, args: Mapping[str, Any] | None = None,
+                 timezone: str = "UTC", **options: Any) -> Callable[[F], F]:
+        """Register a job (like ``@app.job(name=..., **options)``) that runs on a schedule:
+        ``@app.periodic(cron="0 7 * * *", name="reports.daily")`` or ``every=60``.
+
+        The schedule is named after the job and enqueues it with ``args``. It is written to
+        storage (upsert) when a worker's scheduler starts, or on ``await app.scheduler.sync()``,
+        so deploying the code is enough; ``app.scheduler.pause(name)`` still applies.
+        """
+        Timing.parse(cron, every, timezone)  # fail at decoration, before registering anything
+
+        def decorate(fn: F) -> F:
+            job_options = dict(options) if name is None else {**options, "name": name}
+            self.job(**job_options)(fn)
+            spec = self._registry.spec_for(fn)
+            assert spec is not None
+            self.scheduler.define(spec.name, cron=cron, every=every, target=fn, args=args,
+                                  timezone=timezone)
+            return fn
+
+        return decorate
 
     def before_job(self, hook: F) -> F:
         """Register ``hook(ctx)`` (sync or async) to run before every job."""
@@ -338,6 +415,9 @@ class Soniq:
             raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
         if dedup_key is None and unique:
             dedup_key = unique_key(name, args_json)
+            if spec is not None and spec.encrypt:  # a keyed hash: the plain one is guessable
+                dedup_key = f"unique:{name}:{self._signing_service().digest(dedup_key)}"
+        args_json = self.codec.encode_args(name, args_json)
         return NewJob(
             id=new_id(),
             job_name=name,
@@ -391,6 +471,8 @@ class Soniq:
         record = await self.get_job(job_id)
         if record is None or record["status"] != JobStatus.DONE:
             return None
+        if self._encrypting is not None:
+            return self._encrypting.decode_result(record["job_name"], record["result"])
         return record["result"]
 
     async def cancel_job(self, job_id: str) -> bool:
@@ -440,9 +522,17 @@ class _AppWorker(Worker):
     def __init__(self, app: Soniq, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._app = app
+        self._codec = kwargs.get("codec")
 
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         self._app._check_pool()
+        if any(spec.encrypt for spec in self._app.registry):
+            self._app._signing_service()  # no keys: refuse to start rather than dead-letter jobs
+            if self._codec is not self._app.codec:  # it would store encrypted jobs' results plainly
+                raise ConfigurationError(
+                    "an encrypt=True job was registered after this worker was created; register "
+                    "every job before calling app.worker()"
+                )
         await self._app.ensure_initialized()
         self._app._local_workers.add(self)
         try:

@@ -13,6 +13,7 @@ Each class's docstring says what went wrong and how to fix it. The tree::
     ├── DuplicateJobError          two functions registered under one job name
     ├── UnsupportedOperationError  a capability the chosen backend lacks (e.g. ``connection=`` on SQLite)
     ├── AppClosedError             the Soniq instance was closed
+    ├── DecryptionError            a token was tampered with or made with a key not in SONIQ_SECRET_KEYS
     └── DatabaseError              the database failed or cannot be reached
         ├── SchemaMissingError     PostgreSQL has no Soniq schema: run ``soniq setup``
         └── MigrationError         a migration failed to apply
@@ -32,6 +33,7 @@ __all__ = [
     "AppClosedError",
     "ConfigurationError",
     "DatabaseError",
+    "DecryptionError",
     "DuplicateJobError",
     "InvalidNameError",
     "JobArgumentsError",
@@ -94,6 +96,12 @@ class UnsupportedOperationError(SoniqError):
 
 class AppClosedError(SoniqError):
     """This Soniq instance was closed; create a new one."""
+
+
+class DecryptionError(SoniqError):
+    """An encrypted value (or job payload) could not be decrypted: it was altered after encryption,
+    or it was encrypted with a key that is not in ``SONIQ_SECRET_KEYS``. When rotating keys, keep
+    the old key in the list (after the new one) until everything encrypted with it is gone."""
 
 
 class DatabaseError(SoniqError):

@@ -38,7 +38,7 @@ RESERVED_ENQUEUE_OPTIONS = frozenset(
 
 _JOB_OPTIONS = (
     "name", "queue", "priority", "retries", "max_retries", "retry_delay", "retry_backoff",
-    "retry_max_delay", "timeout", "unique", "validate", "args_model",
+    "retry_max_delay", "timeout", "unique", "validate", "args_model", "encrypt",
 )
 
 
@@ -82,6 +82,8 @@ class JobSpec:
     retry_max_delay: float | None = None
     timeout: float | None = None
     unique: bool = False
+    #: Arguments and result are stored encrypted (``app.signing``'s keys; see features/signing.py).
+    encrypt: bool = False
     args_model: type[pydantic.BaseModel] | None = None
     is_async: bool = False
     context_param: str | None = None
@@ -223,6 +225,7 @@ class JobRegistry:
             retry_max_delay=_number("retry_max_delay", options.get("retry_max_delay")),
             timeout=_number("timeout", options.get("timeout")),
             unique=bool(options.get("unique", False)),
+            encrypt=bool(options.get("encrypt", False)),
             args_model=model,
             is_async=inspect.iscoroutinefunction(func),
             context_param=context_param,

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pydantic
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from soniq.errors import ConfigurationError, UnknownSettingError, did_you_mean
@@ -73,12 +73,46 @@ class SoniqSettings(BaseSettings):
     statement_cache_size: int = Field(
         100, ge=0, description="asyncpg prepared-statement cache; 0 for PgBouncer transaction pooling"
     )
+    scheduler_interval: float = Field(1.0, gt=0, le=3_600,
+                                      description="seconds between a worker's scheduler ticks")
+    scheduler_misfire: Literal["skip", "catch_up_once"] = Field(
+        "skip", description="missed fire times (after downtime): 'skip' them and wait for the next "
+                            "one, or 'catch_up_once' (one job for all of them)"
+    )
+    scheduler_misfire_grace: float = Field(
+        60.0, gt=0, le=86_400,
+        description="seconds a fire time may be late and still count as on time (at least 2 ticks)",
+    )
+    secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="keys for app.signing and @app.job(encrypt=True), newest first (comma-separated "
+                    "in env): each a Fernet key, or any string of 16+ characters (HKDF-SHA256 derives "
+                    "the key); never logged or shown",
+    )
 
     @field_validator("queues", "jobs_modules", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _secret_list(cls, value: Any) -> Any:
+        if isinstance(value, str | SecretStr):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("secret_keys", mode="after")
+    @classmethod
+    def _secret_length(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for index, key in enumerate(value):
+            if len(key.get_secret_value().strip()) < 16:
+                # Never echo the key itself, only where it is in the list.
+                raise ValueError(f"key #{index + 1} is shorter than 16 characters; use a Fernet key "
+                                 "(Fernet.generate_key()) or a long random string")
         return value
 
     @field_validator("job_timeout", mode="after")
@@ -148,7 +182,7 @@ def load_settings(overrides: dict[str, Any]) -> SoniqSettings:
             message = error["msg"].removeprefix("Value error, ")
             if not field:
                 problems.append(message)
-            elif field == "database_url":  # may hold a password: never echo it
+            elif field.partition(".")[0] in ("database_url", "secret_keys"):  # never echo secrets
                 problems.append(f"{field}: {message}")
             else:
                 problems.append(f"{field}: {message} (got {error.get('input')!r})")

@@ -29,6 +29,7 @@ from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.sql import CHANNEL
 from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError
 from soniq.ids import new_id
+from soniq.migrations import load_migrations
 from soniq.serialization import dumps
 from soniq.settings import load_settings
 from soniq.types import NewJob
@@ -36,6 +37,9 @@ from soniq.types import NewJob
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 PASSWORD = "s3cr3t-Pa55word"
+#: Every shipped migration: what a fresh database gets.
+ALL_MIGRATIONS = load_migrations("postgres")
+ALL_LABELS = [m.label for m in ALL_MIGRATIONS]
 
 # -- the schema, written out by hand (not derived from the migration files) ----------------------
 TIMESTAMPTZ = "timestamp with time zone"
@@ -58,6 +62,18 @@ EXPECTED_COLUMNS = {
         ("metadata", "jsonb", True),
     ],
     "soniq_maintenance": [("task", "text", True), ("last_run_at", TIMESTAMPTZ, True)],
+    "soniq_schedules": [
+        ("name", "text", True), ("job_name", "text", True), ("cron", "text", False),
+        ("every_seconds", "double precision", False), ("timezone", "text", True),
+        ("queue", "text", False), ("priority", "smallint", False), ("args", "jsonb", True),
+        ("paused", "boolean", True), ("next_run_at", TIMESTAMPTZ, True),
+        ("last_run_at", TIMESTAMPTZ, False), ("created_at", TIMESTAMPTZ, True),
+        ("updated_at", TIMESTAMPTZ, True),
+    ],
+    "soniq_schedule_fires": [
+        ("schedule_name", "text", True), ("fire_at", TIMESTAMPTZ, True),
+        ("job_id", "uuid", True), ("fired_at", TIMESTAMPTZ, True),
+    ],
     "soniq_migrations": [
         ("version", "integer", True), ("name", "text", True), ("applied_at", TIMESTAMPTZ, True),
     ],
@@ -81,6 +97,10 @@ EXPECTED_INDEXES = {
          "(finished_at DESC, id DESC) WHERE (status = 'dead_letter'::text)"),
         ("soniq_workers_pkey", "UNIQUE INDEX", "soniq_workers", "(id)"),
         ("soniq_maintenance_pkey", "UNIQUE INDEX", "soniq_maintenance", "(task)"),
+        ("soniq_schedules_pkey", "UNIQUE INDEX", "soniq_schedules", "(name)"),
+        # Cron de-duplication is this constraint: one job per schedule and fire time.
+        ("soniq_schedule_fires_once", "UNIQUE INDEX", "soniq_schedule_fires",
+         "(schedule_name, fire_at)"),
         ("soniq_migrations_pkey", "UNIQUE INDEX", "soniq_migrations", "(version)"),
     ]
 }
@@ -90,6 +110,7 @@ EXPECTED_CHECKS = {
         "'dead_letter'::text, 'cancelled'::text])))",
     "soniq_jobs_dedup_key_queued_check":
         "CHECK (((dedup_key IS NULL) OR (status = 'queued'::text)))",
+    "soniq_schedules_timing_check": "CHECK (((cron IS NULL) <> (every_seconds IS NULL)))",
 }
 
 COLUMNS_SQL = """
@@ -240,7 +261,7 @@ async def test_migrate_twice_changes_nothing(pg_url: str) -> None:
         await backend.close()
     assert await schema_of(pg_url) == before
     rows = await fetch(pg_url, "SELECT version, name FROM soniq_migrations ORDER BY version")
-    assert [tuple(row) for row in rows] == [(1, "initial")]
+    assert [tuple(row) for row in rows] == [(m.version, m.name) for m in ALL_MIGRATIONS]
 
 
 async def test_migrate_creates_a_missing_database(pg_server: str,
@@ -249,7 +270,7 @@ async def test_migrate_creates_a_missing_database(pg_server: str,
     assert not await database_exists(pg_server, name)
     backend = backend_for(url)
     try:
-        assert await backend.migrate() == ["0001_initial"]
+        assert await backend.migrate() == ALL_LABELS
         assert await database_exists(pg_server, name)
         await backend.initialize()  # the schema check passes
         assert await backend.queue_stats() == []
@@ -273,8 +294,8 @@ async def test_concurrent_migrations_apply_once(fresh_database: tuple[str, str])
     finally:
         for backend in backends:
             await backend.close()
-    assert sorted(results) == [[], ["0001_initial"]]
-    assert len(await fetch(url, "SELECT * FROM soniq_migrations")) == 1
+    assert sorted(results) == [[], ALL_LABELS]
+    assert len(await fetch(url, "SELECT * FROM soniq_migrations")) == len(ALL_LABELS)
 
 
 async def test_unmigrated_database_names_soniq_setup(pg_server: str,
@@ -290,7 +311,7 @@ async def test_unmigrated_database_names_soniq_setup(pg_server: str,
             await app.enqueue("tests.send", to="a@example.com")
         with pytest.raises(SchemaMissingError, match="soniq setup"):
             await app.backend.initialize()
-        assert await app.setup() == ["0001_initial"]
+        assert await app.setup() == ALL_LABELS
         assert await app.get_queue_stats() == []
     finally:
         await app.close()

@@ -66,7 +66,8 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
     assert await sqlite.insert_jobs([new]) == [new.id]  # no initialize(), no setup step
     schema = schema_of(sqlite_url)
     assert schema["table"] == {
-        "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations"}
+        "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
+        "soniq_schedules", "soniq_schedule_fires"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
@@ -75,10 +76,16 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         version, name, applied_at = conn.execute(
-            "SELECT version, name, applied_at FROM soniq_migrations").fetchone()
+            "SELECT version, name, applied_at FROM soniq_migrations ORDER BY version").fetchone()
         worker_columns = {row[1] for row in conn.execute("PRAGMA table_info(soniq_workers)")}
+        schedule_columns = {row[1] for row in conn.execute("PRAGMA table_info(soniq_schedules)")}
+        fire_indexes = list(conn.execute("PRAGMA index_list(soniq_schedule_fires)"))
     conn.close()
     assert (version, name) == (1, "initial")
+    assert schedule_columns == {
+        "name", "job_name", "cron", "every_seconds", "timezone", "queue", "priority", "args",
+        "paused", "next_run_at", "last_run_at", "created_at", "updated_at"}
+    assert [unique for _, _, unique, *_ in fire_indexes] == [1]  # UNIQUE (schedule_name, fire_at)
     assert abs(from_db(applied_at) - datetime.now(UTC)) < timedelta(minutes=1)
     assert worker_columns == {"id", "hostname", "pid", "queues", "concurrency", "started_at",
                               "last_heartbeat", "metadata"}
@@ -87,7 +94,7 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
 async def test_migrate_reports_what_it_applied(sqlite_url: str) -> None:
     first = SqliteBackend(sqlite_url)
     try:
-        assert await first.migrate() == ["0001_initial"]
+        assert await first.migrate() == [m.label for m in load_migrations("sqlite")]
         assert await first.migrate() == []
         await first.initialize()
         await first.initialize()  # idempotent
@@ -120,12 +127,12 @@ async def test_reopening_keeps_jobs(sqlite_url: str) -> None:
 
 async def test_failed_migration_commits_nothing(sqlite_url: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = Migration(2, "broken", "CREATE TABLE soniq_half (x INTEGER);\nSELECT * FROM nowhere;")
+    broken = Migration(99, "broken", "CREATE TABLE soniq_half (x INTEGER);\nSELECT * FROM nowhere;")
     monkeypatch.setattr(database_module, "load_migrations",
                         lambda kind: [*load_migrations(kind), broken])
     backend = SqliteBackend(sqlite_url)
     try:
-        with pytest.raises(MigrationError, match="0002_broken") as caught:
+        with pytest.raises(MigrationError, match="0099_broken") as caught:
             await backend.migrate()
         assert isinstance(caught.value.__cause__, sqlite3.Error)
     finally:
@@ -133,7 +140,8 @@ async def test_failed_migration_commits_nothing(sqlite_url: str,
     schema = schema_of(sqlite_url)
     assert "soniq_jobs" in schema["table"] and "soniq_half" not in schema["table"]
     with sqlite3.connect(sqlite_url) as conn:
-        assert conn.execute("SELECT version FROM soniq_migrations").fetchall() == [(1,)]
+        applied = conn.execute("SELECT version FROM soniq_migrations ORDER BY version").fetchall()
+    assert applied == [(m.version,) for m in load_migrations("sqlite")]  # all but the broken one
     conn.close()
 
 

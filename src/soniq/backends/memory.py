@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from soniq.backends.base import job_record, no_connections, refuse_connection, worker_lost_error
-from soniq.backends.memory_stores import MemoryDeadLetterStore
+from soniq.backends.memory_stores import MemoryDeadLetterStore, MemoryScheduleStore
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import (
     ClaimedJob,
@@ -53,6 +53,7 @@ class MemoryBackend:
         self._maintenance: dict[str, datetime] = {}
         self._listeners: list[Callable[[str, str], None]] = []
         self._dead_letters: MemoryDeadLetterStore | None = None
+        self._schedules: MemoryScheduleStore | None = None
 
     @property
     def dead_letters(self) -> MemoryDeadLetterStore:
@@ -60,6 +61,13 @@ class MemoryBackend:
         if self._dead_letters is None:
             self._dead_letters = MemoryDeadLetterStore(self._jobs, self._notify)
         return self._dead_letters
+
+    @property
+    def schedules(self) -> MemoryScheduleStore:
+        """The recurring-job schedules of this backend (see :mod:`soniq.backends.stores`)."""
+        if self._schedules is None:
+            self._schedules = MemoryScheduleStore(self.insert_jobs)
+        return self._schedules
 
     async def initialize(self) -> None:
         return None

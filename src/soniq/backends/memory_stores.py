@@ -7,17 +7,20 @@ any AnyIO backend.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.base import job_record
+from soniq.backends.stores import FIRE_RETENTION, ScheduleDefinition, ScheduleRecord
 from soniq.serialization import utc_now
-from soniq.types import JobRecord, JobStatus
+from soniq.types import JobRecord, JobStatus, NewJob
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import builtins
+    from collections.abc import Awaitable, Callable, Sequence
 
-__all__ = ["MemoryDeadLetterStore"]
+__all__ = ["MemoryDeadLetterStore", "MemoryScheduleStore"]
 
 _DEAD = JobStatus.DEAD_LETTER.value
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -103,3 +106,81 @@ class MemoryDeadLetterStore:
         row.update(status=JobStatus.QUEUED.value, attempts=0, scheduled_at=now, updated_at=now,
                    started_at=None, finished_at=None, expires_at=None, result=None,
                    worker_id=None, lease_id=None, cancel_requested=False)
+
+
+class MemoryScheduleStore:
+    """Schedules in process memory. ``insert_jobs`` is the backend's own insert, which never
+    suspends, so :meth:`fire` runs without a checkpoint between its reads and writes (atomic)."""
+
+    def __init__(self, insert_jobs: Callable[[Sequence[NewJob]], Awaitable[list[str]]]) -> None:
+        self._insert_jobs = insert_jobs
+        self._schedules: dict[str, ScheduleRecord] = {}
+        self._fires: dict[tuple[str, datetime], str] = {}
+
+    async def upsert(self, definition: ScheduleDefinition, *, next_run_at: datetime,
+                     now: datetime) -> ScheduleRecord:
+        old = self._schedules.get(definition.name)
+        fields = {f.name: getattr(definition, f.name) for f in dataclasses.fields(definition)}
+        if old is None:
+            record = ScheduleRecord(**fields, paused=False, next_run_at=next_run_at,
+                                    last_run_at=None, created_at=now, updated_at=now)
+        else:
+            same_timing = (old.cron, old.every_seconds, old.timezone) == (
+                definition.cron, definition.every_seconds, definition.timezone)
+            record = dataclasses.replace(
+                old, **fields, updated_at=now,
+                next_run_at=old.next_run_at if same_timing else next_run_at)
+        self._schedules[definition.name] = record
+        return record
+
+    async def get(self, name: str) -> ScheduleRecord | None:
+        return self._schedules.get(name)
+
+    async def list(self) -> builtins.list[ScheduleRecord]:
+        return [self._schedules[name] for name in sorted(self._schedules)]
+
+    async def delete(self, name: str) -> bool:
+        if self._schedules.pop(name, None) is None:
+            return False
+        for key in [key for key in self._fires if key[0] == name]:
+            del self._fires[key]
+        return True
+
+    async def set_paused(self, name: str, paused: bool, *, now: datetime) -> bool:
+        old = self._schedules.get(name)
+        if old is None:
+            return False
+        self._schedules[name] = dataclasses.replace(old, paused=paused, updated_at=now)
+        return True
+
+    async def due(self, now: datetime, *, limit: int) -> builtins.list[ScheduleRecord]:
+        due = [r for r in self._schedules.values() if not r.paused and r.next_run_at <= now]
+        due.sort(key=lambda r: (r.next_run_at, r.name))
+        return due[:limit]
+
+    async def advance(self, name: str, *, expected: datetime, next_run_at: datetime,
+                      now: datetime) -> bool:
+        old = self._schedules.get(name)
+        if old is None or old.next_run_at != expected:
+            return False
+        self._schedules[name] = dataclasses.replace(old, next_run_at=next_run_at, updated_at=now)
+        return True
+
+    async def fire(self, name: str, *, fire_at: datetime, job: NewJob, expected: datetime,
+                   next_run_at: datetime, now: datetime) -> str | None:
+        old = self._schedules.get(name)
+        if (old is None or old.paused or old.next_run_at != expected
+                or (name, fire_at) in self._fires):
+            return None
+        [job_id] = await self._insert_jobs([job])
+        cutoff = fire_at - FIRE_RETENTION
+        for key in [key for key in self._fires if key[0] == name and key[1] < cutoff]:
+            del self._fires[key]
+        self._fires[(name, fire_at)] = job_id
+        self._schedules[name] = dataclasses.replace(
+            old, next_run_at=next_run_at, last_run_at=fire_at, updated_at=now)
+        return job_id
+
+    def fired(self, name: str) -> builtins.list[datetime]:
+        """The fire times recorded for ``name`` (for tests and inspection)."""
+        return sorted(at for key_name, at in self._fires if key_name == name)

@@ -33,6 +33,7 @@ from soniq.backends.base import job_record, worker_lost_error
 from soniq.backends.postgres import listener, schema, sql
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
+from soniq.backends.postgres.schedules import PostgresScheduleStore
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import is_uuid
 from soniq.serialization import dumps
@@ -78,6 +79,7 @@ class PostgresBackend:
         # workers poll instead (DESIGN.md §4).
         self.supports_listen = settings.statement_cache_size > 0
         self._dead_letters: PostgresDeadLetterStore | None = None
+        self._schedules: PostgresScheduleStore | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -94,6 +96,13 @@ class PostgresBackend:
         if self._dead_letters is None:
             self._dead_letters = PostgresDeadLetterStore(self._ready, self._errors)
         return self._dead_letters
+
+    @property
+    def schedules(self) -> PostgresScheduleStore:
+        """The recurring-job schedules in this database (see :mod:`soniq.backends.stores`)."""
+        if self._schedules is None:
+            self._schedules = PostgresScheduleStore(self._ready, self._errors)
+        return self._schedules
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def initialize(self) -> None:

@@ -29,6 +29,7 @@ from soniq.backends.base import (
 from soniq.backends.sqlite import sql
 from soniq.backends.sqlite.database import SqliteDatabase
 from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
+from soniq.backends.sqlite.schedules import SqliteScheduleStore
 from soniq.errors import UnsupportedOperationError
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
@@ -64,6 +65,7 @@ class SqliteBackend:
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         self._db = SqliteDatabase(path, busy_timeout=busy_timeout)
         self._dead_letters: SqliteDeadLetterStore | None = None
+        self._schedules: SqliteScheduleStore | None = None
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -78,6 +80,13 @@ class SqliteBackend:
         if self._dead_letters is None:
             self._dead_letters = SqliteDeadLetterStore(self._db)
         return self._dead_letters
+
+    @property
+    def schedules(self) -> SqliteScheduleStore:
+        """The recurring-job schedules in this file (see :mod:`soniq.backends.stores`)."""
+        if self._schedules is None:
+            self._schedules = SqliteScheduleStore(self._db)
+        return self._schedules
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def initialize(self) -> None:
