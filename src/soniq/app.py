@@ -18,7 +18,6 @@ from soniq.errors import (
     AppClosedError,
     ConfigurationError,
     JobArgumentsError,
-    UnknownJobError,
     UnsupportedOperationError,
     ValidationError,
     did_you_mean,
@@ -26,7 +25,7 @@ from soniq.errors import (
 from soniq.features.dead_letter import DeadLetter
 from soniq.features.scheduler import Scheduler, SchedulerService, Timing
 from soniq.ids import is_uuid, new_id
-from soniq.registry import JobRegistry, JobSpec, TaskRef, encode_args, validate_name
+from soniq.registry import JobRegistry, TaskRef, encode_args, job_kwargs, validate_name
 from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
 from soniq.serialization import to_utc, unique_key, utc_now
 from soniq.settings import SoniqSettings, load_settings
@@ -330,7 +329,7 @@ class Soniq:
         or a ``dedup_key`` returns the id of an identical job still waiting instead of adding one.
         ``connection=`` (PostgreSQL) inserts inside that connection's transaction.
         """
-        job = self._new_job(target, _job_kwargs(args, kwargs), queue=queue, priority=priority,
+        job = self._new_job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
                             scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
         self._check_connection(connection)
         await self.ensure_initialized()
@@ -399,7 +398,8 @@ class Soniq:
         """Validate everything about one job and build its row; nothing is written here."""
         if self._closed:
             raise AppClosedError("this Soniq instance is closed; create a new one")
-        spec, name, default_queue, model = self._resolve_target(target)
+        spec, name, default_queue, model = self._registry.resolve(
+            target, strict=self._settings.enqueue_validation == "strict")
         if spec is not None and (model is None or not isinstance(target, TaskRef)):
             args_json = spec.encode_args(job_args)
         else:
@@ -427,35 +427,6 @@ class Soniq:
             max_attempts=retries + 1,
             scheduled_at=to_utc(scheduled_at),
             dedup_key=dedup_key,
-        )
-
-    def _resolve_target(self, target: Target) -> tuple[JobSpec | None, str, str, Any]:
-        """(spec or None, job name, default queue, args model) for an enqueue target."""
-        if isinstance(target, TaskRef):
-            spec = self._registry.get(target.name)
-            queue = target.default_queue or (spec.queue if spec else "default")
-            return spec, target.name, queue, target.args_model or (spec.args_model if spec else None)
-        if isinstance(target, str):
-            name = validate_name(target, "job name")
-            spec = self._registry.get(name)
-            if spec is None and self._settings.enqueue_validation == "strict":
-                raise UnknownJobError(
-                    f"no job named {name!r} is registered on this app"
-                    f"{did_you_mean(name, [s.name for s in self._registry])}; register it with "
-                    "@app.job(), enqueue a TaskRef, or set enqueue_validation='none'"
-                )
-            return spec, name, spec.queue if spec else "default", spec.args_model if spec else None
-        if callable(target):
-            spec = self._registry.spec_for(target)
-            if spec is None:
-                raise UnknownJobError(
-                    f"{getattr(target, '__qualname__', target)!r} is not registered on this app; "
-                    "decorate it with @app.job()"
-                )
-            return spec, spec.name, spec.queue, spec.args_model
-        raise ValidationError(
-            f"enqueue target must be a registered function, a job name or a TaskRef, "
-            f"not {type(target).__name__}"
         )
 
     # -- management ---------------------------------------------------------------------------
@@ -539,16 +510,3 @@ class _AppWorker(Worker):
             await super().run(task_status=task_status)
         finally:
             self._app._local_workers.discard(self)
-
-
-def _job_kwargs(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Mapping[str, Any]:
-    if args is None:
-        return kwargs
-    if kwargs:
-        raise JobArgumentsError(
-            f"pass job arguments either as keywords or as args={{...}}, not both "
-            f"(got args= and {', '.join(sorted(kwargs))})"
-        )
-    if not isinstance(args, Mapping):
-        raise JobArgumentsError(f"args must be a dict of keyword arguments, not {type(args).__name__}")
-    return args

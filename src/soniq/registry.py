@@ -8,6 +8,7 @@ import inspect
 import re
 import sys
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,24 @@ from soniq.errors import (
     DuplicateJobError,
     InvalidNameError,
     JobArgumentsError,
+    UnknownJobError,
+    ValidationError,
     did_you_mean,
 )
 from soniq.serialization import dumps
 from soniq.types import JobContext
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["RESERVED_ENQUEUE_OPTIONS", "JobRegistry", "JobSpec", "TaskRef", "validate_name"]
+__all__ = [
+    "RESERVED_ENQUEUE_OPTIONS",
+    "JobRegistry",
+    "JobSpec",
+    "TaskRef",
+    "job_kwargs",
+    "validate_name",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
@@ -240,6 +250,38 @@ class JobRegistry:
         self._by_func[func] = spec
         return spec
 
+    def resolve(self, target: Callable[..., Any] | str | TaskRef, *,
+                strict: bool) -> tuple[JobSpec | None, str, str, Any]:
+        """(spec or None, job name, default queue, args model) for an enqueue target: a
+        registered function, a job name (unregistered names only when not ``strict``), or a
+        :class:`TaskRef`."""
+        if isinstance(target, TaskRef):
+            spec = self.get(target.name)
+            queue = target.default_queue or (spec.queue if spec else "default")
+            return spec, target.name, queue, target.args_model or (spec.args_model if spec else None)
+        if isinstance(target, str):
+            name = validate_name(target, "job name")
+            spec = self.get(name)
+            if spec is None and strict:
+                raise UnknownJobError(
+                    f"no job named {name!r} is registered on this app"
+                    f"{did_you_mean(name, list(self._by_name))}; register it with "
+                    "@app.job(), enqueue a TaskRef, or set enqueue_validation='none'"
+                )
+            return spec, name, spec.queue if spec else "default", spec.args_model if spec else None
+        if callable(target):
+            spec = self.spec_for(target)
+            if spec is None:
+                raise UnknownJobError(
+                    f"{getattr(target, '__qualname__', target)!r} is not registered on this app; "
+                    "decorate it with @app.job()"
+                )
+            return spec, spec.name, spec.queue, spec.args_model
+        raise ValidationError(
+            f"enqueue target must be a registered function, a job name or a TaskRef, "
+            f"not {type(target).__name__}"
+        )
+
     def get(self, name: str) -> JobSpec | None:
         return self._by_name.get(name)
 
@@ -254,3 +296,17 @@ class JobRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
+
+
+def job_kwargs(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Mapping[str, Any]:
+    """The job arguments of an enqueue call: ``args={...}`` or the keywords, never both."""
+    if args is None:
+        return kwargs
+    if kwargs:
+        raise JobArgumentsError(
+            f"pass job arguments either as keywords or as args={{...}}, not both "
+            f"(got args= and {', '.join(sorted(kwargs))})"
+        )
+    if not isinstance(args, Mapping):
+        raise JobArgumentsError(f"args must be a dict of keyword arguments, not {type(args).__name__}")
+    return args
