@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["SqliteDatabase"]
 
 logger = logging.getLogger("soniq.sqlite")
+# aiosqlite logs every statement with its bind parameters at DEBUG: job arguments and webhook
+# secrets would reach the logs of anyone who turns DEBUG on globally (DESIGN.md §8).
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 P = ParamSpec("P")
 T = TypeVar("T")
