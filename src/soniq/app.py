@@ -23,7 +23,10 @@ from soniq.errors import (
     did_you_mean,
 )
 from soniq.features.dead_letter import DeadLetter
+from soniq.features.logs import JobLogs
+from soniq.features.metrics import Metrics
 from soniq.features.scheduler import Scheduler, SchedulerService, Timing
+from soniq.features.webhooks import Webhooks, WebhookService
 from soniq.ids import is_uuid, new_id
 from soniq.registry import JobRegistry, TaskRef, encode_args, job_kwargs, validate_name
 from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
@@ -86,8 +89,16 @@ class Soniq:
         self._scheduler: Scheduler | None = None
         # Every worker fires the stored schedules (one small query per tick when there are none).
         self.services.append(SchedulerService(self.scheduler))
+        self._webhooks: Webhooks | None = None
+        #: Sends job events to registered webhook endpoints (idle without endpoints).
+        self.webhook_service = WebhookService(self._backend, self.events, self._settings)
+        self.services.append(self.webhook_service)
         self._signing: Signing | None = None
         self._encrypting: EncryptingCodec | None = None
+        self._logs: JobLogs | None = None
+        self._metrics: Metrics | None = None
+        if self._settings.capture_job_logs:
+            self.logs  # noqa: B018 -- installs log capture
 
     def __repr__(self) -> str:
         return f"<Soniq backend={self._backend.name} jobs={len(self._registry)}>"
@@ -128,6 +139,15 @@ class Soniq:
                 error_retry_delay=settings.error_retry_delay)
         return self._scheduler
 
+    @property
+    def webhooks(self) -> Webhooks:
+        """Webhook endpoints (register, list, get, unregister, rotate_secret, deliveries); every
+        worker delivers to them. Touching it opens nothing; each call initialises the app first."""
+        if self._webhooks is None:
+            self._webhooks = Webhooks(self._backend, ready=self.ensure_initialized,
+                                      settings=self._settings)
+        return self._webhooks
+
     def _schedule_job(self, target: Any, args: Mapping[str, Any], queue: str | None,
                       priority: int | None) -> NewJob:
         """The job a schedule enqueues, validated like ``enqueue`` (never deduplicated)."""
@@ -160,6 +180,31 @@ class Soniq:
             self.codec = self._encrypting
 
     @property
+    def logs(self) -> JobLogs:
+        """Logs emitted inside this app's jobs (``for_job``, ``search_logs``). Touching it turns
+        capture on (as ``capture_job_logs=True`` does); it opens nothing."""
+        if self._logs is None:
+            settings = self._settings
+            self._logs = JobLogs(self._backend, ready=self.ensure_initialized,
+                                 level=settings.job_log_level,
+                                 flush_interval=settings.job_log_flush_interval,
+                                 buffer_size=settings.job_log_buffer_size,
+                                 error_retry_delay=settings.error_retry_delay)
+            self.hooks.middleware.insert(0, self._logs.capture)  # outermost: sees every record
+            self.services.append(self._logs.service())
+            self._logs.install()
+        return self._logs
+
+    @property
+    def metrics(self) -> Metrics:
+        """In-process job counters and histograms (``snapshot()``, ``prometheus_text()``), fed
+        by this app's lifecycle events from the moment it is first touched."""
+        if self._metrics is None:
+            self._metrics = Metrics()
+            self.events.subscribe(self._metrics.record)
+        return self._metrics
+
+    @property
     def is_initialized(self) -> bool:
         return self._initialized
 
@@ -183,6 +228,8 @@ class Soniq:
         """Release connections. Calling it again does nothing."""
         if self._closed:
             return
+        if self._logs is not None:
+            await self._logs.close()  # uninstall capture, write what is buffered
         self._closed = True
         self._initialized = False
         with anyio.CancelScope(shield=True):

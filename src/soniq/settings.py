@@ -83,12 +83,35 @@ class SoniqSettings(BaseSettings):
         60.0, gt=0, le=86_400,
         description="seconds a fire time may be late and still count as on time (at least 2 ticks)",
     )
+    webhook_timeout: float = Field(10.0, gt=0, le=300, description="seconds per webhook request")
+    webhook_max_attempts: int = Field(8, ge=1, le=100,
+                                      description="attempts per webhook delivery before 'failed'")
+    webhook_retry_delay: float = Field(
+        5.0, gt=0, le=3_600, description="seconds before a webhook's first retry (doubles each time)")
+    webhook_max_retry_delay: float = Field(3_600.0, gt=0, le=86_400,
+                                           description="longest wait between webhook retries")
+    webhook_allow_private: bool = Field(
+        False, description="allow webhook targets on loopback/private/link-local addresses")
+    webhook_poll_interval: float = Field(1.0, gt=0, le=3_600,
+                                         description="seconds between webhook delivery ticks")
+    webhook_reload_interval: float = Field(
+        5.0, ge=0, le=3_600, description="seconds a worker caches the webhook endpoint list")
     secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, repr=False,
         description="keys for app.signing and @app.job(encrypt=True), newest first (comma-separated "
                     "in env): each a Fernet key, or any string of 16+ characters (HKDF-SHA256 derives "
                     "the key); never logged or shown",
     )
+
+    capture_job_logs: bool = Field(
+        False, description="store the log records emitted inside jobs (app.logs); touching "
+                           "app.logs also turns capture on")
+    job_log_level: str = Field("INFO", description="lowest level of job log records kept")
+    job_log_flush_interval: float = Field(
+        0.5, gt=0, le=3_600, description="seconds between a worker's batched job-log writes")
+    job_log_buffer_size: int = Field(
+        10_000, ge=1, description="job log records held in memory while they cannot be written; "
+                                  "the oldest are dropped first")
 
     @field_validator("queues", "jobs_modules", mode="before")
     @classmethod
@@ -120,7 +143,7 @@ class SoniqSettings(BaseSettings):
     def _zero_disables(cls, value: float | None) -> float | None:
         return None if value == 0 else value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "job_log_level", mode="before")
     @classmethod
     def _level(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -106,7 +106,7 @@ async def _explain_claims(url: str) -> dict[tuple[str, str], list[dict[str, Any]
         return plans
     finally:
         try:
-            await conn.execute("TRUNCATE soniq_jobs")
+            await conn.execute("TRUNCATE soniq_jobs CASCADE")  # soniq_job_logs references it
         finally:
             await conn.close()
 

@@ -74,6 +74,25 @@ EXPECTED_COLUMNS = {
         ("schedule_name", "text", True), ("fire_at", TIMESTAMPTZ, True),
         ("job_id", "uuid", True), ("fired_at", TIMESTAMPTZ, True),
     ],
+    "soniq_webhook_endpoints": [
+        ("id", "uuid", True), ("url", "text", True), ("events", "text[]", False),
+        ("secrets", "jsonb", True), ("allow_private", "boolean", True),
+        ("active", "boolean", True), ("description", "text", False),
+        ("created_at", TIMESTAMPTZ, True),
+    ],
+    "soniq_webhook_deliveries": [
+        ("id", "uuid", True), ("endpoint_id", "uuid", True), ("event", "text", True),
+        ("payload", "jsonb", True), ("status", "text", True), ("attempts", "integer", True),
+        ("next_attempt_at", TIMESTAMPTZ, True), ("last_status_code", "integer", False),
+        ("last_error", "text", False), ("created_at", TIMESTAMPTZ, True),
+        ("delivered_at", TIMESTAMPTZ, False), ("lease_until", TIMESTAMPTZ, False),
+    ],
+    "soniq_job_logs": [
+        ("id", "bigint", True), ("job_id", "uuid", True), ("job_name", "text", True),
+        ("queue", "text", True), ("attempt", "integer", True), ("level", "text", True),
+        ("levelno", "integer", True), ("logger", "text", True), ("message", "text", True),
+        ("exception", "text", False), ("created_at", TIMESTAMPTZ, True),
+    ],
     "soniq_migrations": [
         ("version", "integer", True), ("name", "text", True), ("applied_at", TIMESTAMPTZ, True),
     ],
@@ -101,6 +120,16 @@ EXPECTED_INDEXES = {
         # Cron de-duplication is this constraint: one job per schedule and fire time.
         ("soniq_schedule_fires_once", "UNIQUE INDEX", "soniq_schedule_fires",
          "(schedule_name, fire_at)"),
+        ("soniq_webhook_endpoints_pkey", "UNIQUE INDEX", "soniq_webhook_endpoints", "(id)"),
+        ("soniq_webhook_deliveries_pkey", "UNIQUE INDEX", "soniq_webhook_deliveries", "(id)"),
+        # The delivery claim: due pending rows, earliest first.
+        ("soniq_webhook_deliveries_due_idx", "INDEX", "soniq_webhook_deliveries",
+         "(next_attempt_at, id) WHERE (status = 'pending'::text)"),
+        ("soniq_webhook_deliveries_endpoint_idx", "INDEX", "soniq_webhook_deliveries",
+         "(endpoint_id, created_at)"),
+        ("soniq_job_logs_pkey", "UNIQUE INDEX", "soniq_job_logs", "(id)"),
+        ("soniq_job_logs_job_idx", "INDEX", "soniq_job_logs", "(job_id, id)"),
+        ("soniq_job_logs_created_at_idx", "INDEX", "soniq_job_logs", "(created_at)"),
         ("soniq_migrations_pkey", "UNIQUE INDEX", "soniq_migrations", "(version)"),
     ]
 }
@@ -111,6 +140,8 @@ EXPECTED_CHECKS = {
     "soniq_jobs_dedup_key_queued_check":
         "CHECK (((dedup_key IS NULL) OR (status = 'queued'::text)))",
     "soniq_schedules_timing_check": "CHECK (((cron IS NULL) <> (every_seconds IS NULL)))",
+    "soniq_webhook_deliveries_status_check":
+        "CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))",
 }
 
 COLUMNS_SQL = """

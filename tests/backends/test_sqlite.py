@@ -67,11 +67,13 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
     schema = schema_of(sqlite_url)
     assert schema["table"] == {
         "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
-        "soniq_schedules", "soniq_schedule_fires"}
+        "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
+        "soniq_webhook_deliveries"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
-        "soniq_jobs_dead_letter",
+        "soniq_jobs_dead_letter", "soniq_webhook_deliveries_due",
+        "soniq_job_logs_job", "soniq_job_logs_created_at",
     } <= schema["index"]
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from soniq.backends.base import job_record, no_connections, refuse_connection, worker_lost_error
-from soniq.backends.memory_stores import MemoryDeadLetterStore, MemoryScheduleStore
+from soniq.backends.memory_stores import (
+    MemoryDeadLetterStore,
+    MemoryLogStore,
+    MemoryScheduleStore,
+    MemoryWebhookStore,
+)
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import (
     ClaimedJob,
@@ -54,6 +59,8 @@ class MemoryBackend:
         self._listeners: list[Callable[[str, str], None]] = []
         self._dead_letters: MemoryDeadLetterStore | None = None
         self._schedules: MemoryScheduleStore | None = None
+        self._webhooks: MemoryWebhookStore | None = None
+        self._logs: MemoryLogStore | None = None
 
     @property
     def dead_letters(self) -> MemoryDeadLetterStore:
@@ -68,6 +75,20 @@ class MemoryBackend:
         if self._schedules is None:
             self._schedules = MemoryScheduleStore(self.insert_jobs)
         return self._schedules
+
+    @property
+    def logs(self) -> MemoryLogStore:
+        """The job logs of this backend (see :mod:`soniq.backends.stores`)."""
+        if self._logs is None:
+            self._logs = MemoryLogStore(self._jobs)
+        return self._logs
+
+    @property
+    def webhooks(self) -> MemoryWebhookStore:
+        """Webhook endpoints and deliveries of this backend (see :mod:`soniq.backends.stores`)."""
+        if self._webhooks is None:
+            self._webhooks = MemoryWebhookStore()
+        return self._webhooks
 
     async def initialize(self) -> None:
         return None

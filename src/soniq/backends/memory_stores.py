@@ -12,7 +12,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.base import job_record
-from soniq.backends.stores import FIRE_RETENTION, ScheduleDefinition, ScheduleRecord
+from soniq.backends.stores import (
+    FIRE_RETENTION,
+    JobLogRecord,
+    ScheduleDefinition,
+    ScheduleRecord,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from soniq.serialization import utc_now
 from soniq.types import JobRecord, JobStatus, NewJob
 
@@ -20,7 +27,7 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import Awaitable, Callable, Sequence
 
-__all__ = ["MemoryDeadLetterStore", "MemoryScheduleStore"]
+__all__ = ["MemoryDeadLetterStore", "MemoryLogStore", "MemoryScheduleStore", "MemoryWebhookStore"]
 
 _DEAD = JobStatus.DEAD_LETTER.value
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -184,3 +191,111 @@ class MemoryScheduleStore:
     def fired(self, name: str) -> builtins.list[datetime]:
         """The fire times recorded for ``name`` (for tests and inspection)."""
         return sorted(at for key_name, at in self._fires if key_name == name)
+
+
+class MemoryWebhookStore:
+    """Webhook endpoints and deliveries in process memory."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, WebhookEndpoint] = {}
+        self._deliveries: dict[str, WebhookDelivery] = {}
+
+    async def add_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        self._endpoints[endpoint.id] = endpoint
+
+    async def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        return self._endpoints.get(endpoint_id)
+
+    async def list_endpoints(self) -> builtins.list[WebhookEndpoint]:
+        return sorted(self._endpoints.values(), key=lambda e: (e.created_at, e.id))
+
+    async def delete_endpoint(self, endpoint_id: str) -> bool:
+        if self._endpoints.pop(endpoint_id, None) is None:
+            return False
+        for key in [k for k, d in self._deliveries.items() if d.endpoint_id == endpoint_id]:
+            del self._deliveries[key]
+        return True
+
+    async def set_secrets(self, endpoint_id: str, secrets: str) -> bool:
+        old = self._endpoints.get(endpoint_id)
+        if old is None:
+            return False
+        self._endpoints[endpoint_id] = dataclasses.replace(old, secrets=secrets)
+        return True
+
+    async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
+        for delivery in deliveries:
+            if delivery.endpoint_id in self._endpoints:
+                self._deliveries[delivery.id] = delivery
+
+    async def claim(self, now: datetime, *, lease_until: datetime,
+                    limit: int) -> builtins.list[WebhookDelivery]:
+        due = sorted((d for d in self._deliveries.values()
+                      if d.status == "pending" and d.next_attempt_at <= now
+                      and (d.lease_until is None or d.lease_until <= now)),
+                     key=lambda d: (d.next_attempt_at, d.id))[:limit]
+        claimed = [dataclasses.replace(d, lease_until=lease_until) for d in due]
+        for delivery in claimed:
+            self._deliveries[delivery.id] = delivery
+        return claimed
+
+    async def finish(self, delivery_id: str, *, lease_until: datetime, status: str,
+                     attempts: int, next_attempt_at: datetime, status_code: int | None,
+                     error: str | None, delivered_at: datetime | None) -> bool:
+        old = self._deliveries.get(delivery_id)
+        if old is None or old.lease_until != lease_until:
+            return False
+        self._deliveries[delivery_id] = dataclasses.replace(
+            old, status=status, attempts=attempts, next_attempt_at=next_attempt_at,
+            last_status_code=status_code, last_error=error, delivered_at=delivered_at,
+            lease_until=None)
+        return True
+
+    async def list_deliveries(self, *, endpoint_id: str | None, status: str | None,
+                              limit: int) -> builtins.list[WebhookDelivery]:
+        found = [d for d in self._deliveries.values()
+                 if (endpoint_id is None or d.endpoint_id == endpoint_id)
+                 and (status is None or d.status == status)]
+        found.sort(key=lambda d: (d.created_at, d.id), reverse=True)
+        return found[:limit]
+
+
+class MemoryLogStore:
+    """Job logs in process memory, over the memory backend's ``rows``: a job's records go away
+    with its row (orphans are dropped on every write and read)."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self._rows = rows
+        self._records: list[JobLogRecord] = []
+        self._next_id = 1
+
+    def _drop_orphans(self) -> None:
+        if any(record.job_id not in self._rows for record in self._records):
+            self._records = [r for r in self._records if r.job_id in self._rows]
+
+    async def insert_logs(self, records: Sequence[JobLogRecord]) -> int:
+        self._drop_orphans()
+        written = 0
+        for record in records:
+            if record.job_id in self._rows:
+                self._records.append(dataclasses.replace(record, id=self._next_id))
+                self._next_id += 1
+                written += 1
+        return written
+
+    async def for_job(self, job_id: str) -> builtins.list[JobLogRecord]:
+        self._drop_orphans()
+        return [record for record in self._records if record.job_id == job_id]
+
+    async def search(self, query: str | None, *, job_id: str | None, min_levelno: int | None,
+                     since: datetime | None, limit: int) -> builtins.list[JobLogRecord]:
+        self._drop_orphans()
+        needle = (query or "").lower()
+        found = [
+            record for record in reversed(self._records)
+            if needle in record.message.lower()
+            and (job_id is None or record.job_id == job_id)
+            and (min_levelno is None or record.levelno >= min_levelno)
+            and (since is None or record.created_at >= since)
+        ]
+        return found[:limit]

@@ -9,21 +9,65 @@ by the row's current status, and losing that race is "not applied", never an err
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import builtins
+    from collections.abc import Sequence
     from datetime import datetime
 
     from soniq.types import JobRecord, NewJob
 
-__all__ = ["FIRE_RETENTION", "DeadLetterStore", "ScheduleDefinition", "ScheduleRecord", "ScheduleStore"]
+__all__ = [
+    "FIRE_RETENTION", "DeadLetterStore", "ScheduleDefinition", "ScheduleRecord", "ScheduleStore",
+    "WebhookDelivery", "WebhookEndpoint", "WebhookStore",
+    "JobLogRecord", "LogStore",
+]
 
 #: Fire rows older than this (counted back from the schedule's newest fire) are deleted when it
 #: fires again; the compare-and-swap on ``next_run_at`` already refuses anything that old.
 FIRE_RETENTION = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class JobLogRecord:
+    """One log record emitted inside a job. ``message`` is formatted (``record.getMessage()``),
+    ``exception`` the formatted traceback when the record carried one; ``id`` is assigned by the
+    store (insertion order) and is None before it is written."""
+
+    job_id: str
+    job_name: str
+    queue: str
+    attempt: int
+    level: str
+    levelno: int
+    logger: str
+    message: str
+    exception: str | None
+    created_at: datetime
+    id: int | None = None
+
+
+@runtime_checkable
+class LogStore(Protocol):
+    """Job logs (``soniq_job_logs``). A job's logs go away with the job (delete, prune,
+    dead-letter delete/purge); records of a job that no longer exists are dropped when written."""
+
+    async def insert_logs(self, records: Sequence[JobLogRecord]) -> int:
+        """Write a batch; how many rows were written."""
+        ...
+
+    async def for_job(self, job_id: str) -> builtins.list[JobLogRecord]:
+        """The job's records, oldest first."""
+        ...
+
+    async def search(self, query: str | None, *, job_id: str | None, min_levelno: int | None,
+                     since: datetime | None, limit: int) -> builtins.list[JobLogRecord]:
+        """Records whose message contains ``query`` (case-insensitive; None or "" matches all),
+        with ``levelno >= min_levelno`` and ``created_at >= since``, newest first."""
+        ...
 
 
 @runtime_checkable
@@ -151,4 +195,84 @@ class ScheduleStore(Protocol):
         ``next_run_at`` with ``last_run_at = fire_at``; insert the ``(name, fire_at)`` fire row;
         insert ``job``. The job id, or None (nothing written) when the schedule is gone, paused,
         already advanced, or this fire time was already fired."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """A registered webhook target. ``events`` is None for every event; ``secrets`` is JSON text
+    (``[{"secret": ..., "expires_at": iso or null}]``) and never shown in reprs."""
+
+    id: str
+    url: str
+    events: tuple[str, ...] | None
+    secrets: str = field(repr=False)
+    allow_private: bool
+    active: bool
+    description: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event to one endpoint (the outbox row). ``status``: pending, delivered or failed;
+    ``lease_until`` is set while a worker is sending it."""
+
+    id: str
+    endpoint_id: str
+    event: str
+    payload: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    lease_until: datetime | None
+
+
+@runtime_checkable
+class WebhookStore(Protocol):
+    """Webhook endpoints (``soniq_webhook_endpoints``) and their delivery outbox
+    (``soniq_webhook_deliveries``, deleted with the endpoint).
+
+    :meth:`claim` is the one operation that must be exclusive: a due, unleased pending delivery
+    is leased to one caller only (``FOR UPDATE SKIP LOCKED`` / a guarded update), and
+    :meth:`finish` is fenced by that lease.
+    """
+
+    async def add_endpoint(self, endpoint: WebhookEndpoint) -> None: ...
+
+    async def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None: ...
+
+    async def list_endpoints(self) -> builtins.list[WebhookEndpoint]:
+        """Every endpoint, oldest first."""
+        ...
+
+    async def delete_endpoint(self, endpoint_id: str) -> bool:
+        """Remove the endpoint and its deliveries; True when it existed."""
+        ...
+
+    async def set_secrets(self, endpoint_id: str, secrets: str) -> bool: ...
+
+    async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
+        """Insert pending deliveries (those whose endpoint is gone are skipped)."""
+        ...
+
+    async def claim(self, now: datetime, *, lease_until: datetime,
+                    limit: int) -> builtins.list[WebhookDelivery]:
+        """Lease up to ``limit`` pending deliveries due at ``now`` whose lease is unset or over,
+        earliest first."""
+        ...
+
+    async def finish(self, delivery_id: str, *, lease_until: datetime, status: str,
+                     attempts: int, next_attempt_at: datetime, status_code: int | None,
+                     error: str | None, delivered_at: datetime | None) -> bool:
+        """Record an attempt and clear the lease, if the lease is still ``lease_until``."""
+        ...
+
+    async def list_deliveries(self, *, endpoint_id: str | None, status: str | None,
+                              limit: int) -> builtins.list[WebhookDelivery]:
+        """Deliveries, newest first."""
         ...

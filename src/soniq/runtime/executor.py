@@ -112,10 +112,10 @@ class Executor:
         self._put(outcome)
 
     def _emit(self, kind: EventKind, job: ClaimedJob, *, duration: float | None = None,
-              error: str | None = None) -> None:
+              error: str | None = None, scheduled_at: datetime | None = None) -> None:
         if self._events.active:
             self._events.emit(JobEvent(kind, job.id, job.job_name, job.queue, job.attempts,
-                                       self._now(), duration, error))
+                                       self._now(), duration, error, scheduled_at))
 
     async def _attempt(self, job: ClaimedJob, entry: _Running) -> JobOutcome:
         spec = self._registry.get(job.job_name)
@@ -137,7 +137,7 @@ class Executor:
             kwargs[spec.context_param] = ctx
         timeout = spec.timeout if spec.timeout is not None else self._settings.job_timeout
         entry.scope.deadline = anyio.current_time() + timeout if timeout else math.inf
-        self._emit("started", job)
+        self._emit("started", job, scheduled_at=job.scheduled_at)
         started = anyio.current_time()
         token = current_job.set(ctx)
         try:

@@ -53,7 +53,8 @@ class Service(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class JobEvent:
-    """Something happened to a job. ``error`` is set for ``failed`` / ``dead_letter``."""
+    """Something happened to a job. ``error`` is set for ``failed`` / ``dead_letter``,
+    ``duration`` (seconds) for ``done``, ``scheduled_at`` for ``started``."""
 
     kind: EventKind
     job_id: str
@@ -63,6 +64,8 @@ class JobEvent:
     at: datetime
     duration: float | None = None
     error: str | None = None
+    #: When the job was due (set on ``started``: queue latency is ``at - scheduled_at``).
+    scheduled_at: datetime | None = None
 
 
 class EventDispatcher:

@@ -33,7 +33,9 @@ from soniq.backends.base import job_record, worker_lost_error
 from soniq.backends.postgres import listener, schema, sql
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
+from soniq.backends.postgres.logs import PostgresLogStore
 from soniq.backends.postgres.schedules import PostgresScheduleStore
+from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import is_uuid
 from soniq.serialization import dumps
@@ -80,6 +82,8 @@ class PostgresBackend:
         self.supports_listen = settings.statement_cache_size > 0
         self._dead_letters: PostgresDeadLetterStore | None = None
         self._schedules: PostgresScheduleStore | None = None
+        self._webhooks: PostgresWebhookStore | None = None
+        self._logs: PostgresLogStore | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -103,6 +107,20 @@ class PostgresBackend:
         if self._schedules is None:
             self._schedules = PostgresScheduleStore(self._ready, self._errors)
         return self._schedules
+
+    @property
+    def webhooks(self) -> PostgresWebhookStore:
+        """Webhook endpoints and deliveries in this database (see :mod:`soniq.backends.stores`)."""
+        if self._webhooks is None:
+            self._webhooks = PostgresWebhookStore(self._ready, self._errors)
+        return self._webhooks
+
+    @property
+    def logs(self) -> PostgresLogStore:
+        """The job logs in this database (see :mod:`soniq.backends.stores`)."""
+        if self._logs is None:
+            self._logs = PostgresLogStore(self._ready, self._errors)
+        return self._logs
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def initialize(self) -> None:

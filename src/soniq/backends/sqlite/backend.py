@@ -29,7 +29,9 @@ from soniq.backends.base import (
 from soniq.backends.sqlite import sql
 from soniq.backends.sqlite.database import SqliteDatabase
 from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
+from soniq.backends.sqlite.logs import SqliteLogStore
 from soniq.backends.sqlite.schedules import SqliteScheduleStore
+from soniq.backends.sqlite.webhooks import SqliteWebhookStore
 from soniq.errors import UnsupportedOperationError
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
@@ -66,6 +68,8 @@ class SqliteBackend:
         self._db = SqliteDatabase(path, busy_timeout=busy_timeout)
         self._dead_letters: SqliteDeadLetterStore | None = None
         self._schedules: SqliteScheduleStore | None = None
+        self._webhooks: SqliteWebhookStore | None = None
+        self._logs: SqliteLogStore | None = None
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -87,6 +91,20 @@ class SqliteBackend:
         if self._schedules is None:
             self._schedules = SqliteScheduleStore(self._db)
         return self._schedules
+
+    @property
+    def webhooks(self) -> SqliteWebhookStore:
+        """Webhook endpoints and deliveries in this file (see :mod:`soniq.backends.stores`)."""
+        if self._webhooks is None:
+            self._webhooks = SqliteWebhookStore(self._db)
+        return self._webhooks
+
+    @property
+    def logs(self) -> SqliteLogStore:
+        """The job logs in this file (see :mod:`soniq.backends.stores`)."""
+        if self._logs is None:
+            self._logs = SqliteLogStore(self._db)
+        return self._logs
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def initialize(self) -> None:

@@ -1,0 +1,168 @@
+"""The webhook store on PostgreSQL (:class:`~soniq.backends.stores.WebhookStore`): its SQL and
+the calls that run it.
+
+The claim is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)``: concurrent workers
+skip each other's rows, and the lease it writes fences :meth:`PostgresWebhookStore.finish`.
+Every driver call goes through :func:`soniq.backends._bridge.call` and driver errors through the
+backend's translator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from soniq.backends._bridge import call
+from soniq.backends.stores import WebhookDelivery, WebhookEndpoint
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Awaitable, Callable, Mapping
+    from datetime import datetime
+
+    from soniq.backends.postgres.errors import Translator
+
+__all__ = ["PostgresWebhookStore"]
+
+_ENDPOINT = ("id::text AS id, url, events, secrets::text AS secrets, allow_private, active, "
+             "description, created_at")
+_DELIVERY = ("d.id::text AS id, d.endpoint_id::text AS endpoint_id, d.event, "
+             "d.payload::text AS payload, d.status, d.attempts, d.next_attempt_at, "
+             "d.last_status_code, d.last_error, d.created_at, d.delivered_at, d.lease_until")
+
+INSERT_ENDPOINT = """
+INSERT INTO soniq_webhook_endpoints (id, url, events, secrets, allow_private, active, description,
+                                     created_at)
+VALUES ($1::uuid, $2::text, $3::text[], $4::jsonb, $5::boolean, $6::boolean, $7::text,
+        $8::timestamptz)
+"""
+
+INSERT_DELIVERIES = """
+INSERT INTO soniq_webhook_deliveries (id, endpoint_id, event, payload, status, attempts,
+                                      next_attempt_at, created_at)
+SELECT r.id, r.endpoint_id, r.event, r.payload::jsonb, 'pending', 0, r.at, r.at
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
+     AS r(id, endpoint_id, event, payload, at)
+WHERE EXISTS (SELECT 1 FROM soniq_webhook_endpoints e WHERE e.id = r.endpoint_id)
+"""
+
+#: $1 lease_until, $2 now, $3 limit.
+CLAIM = f"""
+UPDATE soniq_webhook_deliveries AS d SET lease_until = $1::timestamptz
+FROM (SELECT id FROM soniq_webhook_deliveries
+      WHERE status = 'pending' AND next_attempt_at <= $2::timestamptz
+        AND (lease_until IS NULL OR lease_until <= $2::timestamptz)
+      ORDER BY next_attempt_at, id LIMIT $3::integer
+      FOR UPDATE SKIP LOCKED) AS due
+WHERE d.id = due.id
+RETURNING {_DELIVERY}
+"""
+
+FINISH = """
+UPDATE soniq_webhook_deliveries SET status = $3::text, attempts = $4::integer,
+       next_attempt_at = $5::timestamptz, last_status_code = $6::integer, last_error = $7::text,
+       delivered_at = $8::timestamptz, lease_until = NULL
+WHERE id = $1::uuid AND lease_until = $2::timestamptz
+RETURNING id
+"""
+
+LIST_DELIVERIES = f"""
+SELECT {_DELIVERY} FROM soniq_webhook_deliveries AS d
+WHERE ($1::uuid IS NULL OR d.endpoint_id = $1::uuid) AND ($2::text IS NULL OR d.status = $2::text)
+ORDER BY d.created_at DESC, d.id DESC LIMIT $3::integer
+"""
+
+
+def _endpoint(row: Mapping[str, Any]) -> WebhookEndpoint:
+    events = row["events"]
+    return WebhookEndpoint(
+        id=row["id"], url=row["url"], events=None if events is None else tuple(events),
+        secrets=row["secrets"], allow_private=row["allow_private"], active=row["active"],
+        description=row["description"], created_at=row["created_at"])
+
+
+def _delivery(row: Mapping[str, Any]) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=row["id"], endpoint_id=row["endpoint_id"], event=row["event"], payload=row["payload"],
+        status=row["status"], attempts=row["attempts"], next_attempt_at=row["next_attempt_at"],
+        last_status_code=row["last_status_code"], last_error=row["last_error"],
+        created_at=row["created_at"], delivered_at=row["delivered_at"],
+        lease_until=row["lease_until"])
+
+
+class PostgresWebhookStore:
+    """Webhook endpoints and deliveries in PostgreSQL (``PostgresBackend.webhooks``).
+
+    ``ready`` returns the backend's pool (opening it on first use); ``errors`` is the backend's
+    driver-error translator.
+    """
+
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+        self._ready = ready
+        self._errors = errors
+
+    async def add_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        e = endpoint
+        with self._errors:
+            pool = await self._ready()
+            await call(pool.execute, INSERT_ENDPOINT, e.id, e.url,
+                       None if e.events is None else list(e.events), e.secrets, e.allow_private,
+                       e.active, e.description, e.created_at)
+
+    async def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        with self._errors:
+            pool = await self._ready()
+            row = await call(pool.fetchrow, f"SELECT {_ENDPOINT} FROM soniq_webhook_endpoints "
+                                            "WHERE id = $1::uuid", endpoint_id)
+        return None if row is None else _endpoint(row)
+
+    async def list_endpoints(self) -> builtins.list[WebhookEndpoint]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, f"SELECT {_ENDPOINT} FROM soniq_webhook_endpoints "
+                                          "ORDER BY created_at, id")
+        return [_endpoint(row) for row in rows]
+
+    async def delete_endpoint(self, endpoint_id: str) -> bool:
+        with self._errors:
+            pool = await self._ready()
+            return await call(pool.fetchval, "DELETE FROM soniq_webhook_endpoints "
+                                             "WHERE id = $1::uuid RETURNING id",
+                              endpoint_id) is not None
+
+    async def set_secrets(self, endpoint_id: str, secrets: str) -> bool:
+        with self._errors:
+            pool = await self._ready()
+            return await call(pool.fetchval, "UPDATE soniq_webhook_endpoints SET secrets = "
+                                             "$2::jsonb WHERE id = $1::uuid RETURNING id",
+                              endpoint_id, secrets) is not None
+
+    async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
+        if not deliveries:
+            return
+        with self._errors:
+            pool = await self._ready()
+            await call(pool.execute, INSERT_DELIVERIES, [d.id for d in deliveries],
+                       [d.endpoint_id for d in deliveries], [d.event for d in deliveries],
+                       [d.payload for d in deliveries], [d.next_attempt_at for d in deliveries])
+
+    async def claim(self, now: datetime, *, lease_until: datetime,
+                    limit: int) -> builtins.list[WebhookDelivery]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, CLAIM, lease_until, now, limit)
+        return sorted((_delivery(row) for row in rows), key=lambda d: (d.next_attempt_at, d.id))
+
+    async def finish(self, delivery_id: str, *, lease_until: datetime, status: str,
+                     attempts: int, next_attempt_at: datetime, status_code: int | None,
+                     error: str | None, delivered_at: datetime | None) -> bool:
+        with self._errors:
+            pool = await self._ready()
+            return await call(pool.fetchval, FINISH, delivery_id, lease_until, status, attempts,
+                              next_attempt_at, status_code, error, delivered_at) is not None
+
+    async def list_deliveries(self, *, endpoint_id: str | None, status: str | None,
+                              limit: int) -> builtins.list[WebhookDelivery]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, LIST_DELIVERIES, endpoint_id, status, limit)
+        return [_delivery(row) for row in rows]
