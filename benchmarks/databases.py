@@ -14,16 +14,19 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
 import asyncpg
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 __all__ = ["PG_SERVER_URL", "Probe", "Target", "fresh_postgres", "fresh_sqlite", "server_info"]
 
@@ -130,6 +133,12 @@ class Probe:
             return await self._pg.fetchval(query, *args)
         return await anyio.to_thread.run_sync(_sqlite_value, self._target.url, query, args)
 
+    async def rows(self, query: str) -> list[tuple[Any, ...]]:
+        """All rows of a query (PostgreSQL only; empty elsewhere)."""
+        if self._pg is None:
+            return []
+        return [tuple(row) for row in await self._pg.fetch(query)]
+
     async def execute(self, query: str) -> None:
         """Run a maintenance statement (PostgreSQL only, e.g. CHECKPOINT)."""
         if self._pg is not None:
@@ -158,11 +167,11 @@ class Probe:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         return float(value)  # type: ignore[arg-type]
 
-    async def wait_until_drained(self, *, timeout: float, interval: float = 0.1,
+    async def wait_until_drained(self, *, within: float, interval: float = 0.1,
                                  on_poll: Callable[[], None] | None = None) -> float:
         """Poll until nothing remains; returns the epoch time of the poll that saw it drained.
-        Raises TimeoutError after ``timeout`` seconds (a bounded loop)."""
-        with anyio.fail_after(timeout):
+        Raises TimeoutError after ``within`` seconds (a bounded loop)."""
+        with anyio.fail_after(within):
             while await self.remaining():
                 if on_poll is not None:
                     on_poll()

@@ -44,10 +44,7 @@ class Sizes:
     sqlite_process_ns: tuple[int, ...]
     memory_n: int
     memory_rounds: int
-    peer_enqueue_n: int
-    peer_bulk_n: int
-    peer_process_n: int
-    peer_latency_samples: int
+    peer_process_n: int  # peers join the burn-down of this size only (they are slow)
 
 
 FULL = Sizes(
@@ -56,7 +53,7 @@ FULL = Sizes(
     latency_samples=500, latency_gap=0.025, mixed_seconds=30.0, trio_ns=(20_000, 100_000),
     sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
     memory_n=100_000, memory_rounds=5,
-    peer_enqueue_n=5_000, peer_bulk_n=100_000, peer_process_n=20_000, peer_latency_samples=500,
+    peer_process_n=20_000,
 )
 QUICK = Sizes(
     runs=1, enqueue_n=1_000, bulk_n=20_000, bulk_chunks=(1_000,),
@@ -64,7 +61,7 @@ QUICK = Sizes(
     latency_samples=100, latency_gap=0.02, mixed_seconds=10.0, trio_ns=(5_000,),
     sqlite_enqueue_n=500, sqlite_bulk_n=10_000, sqlite_process_ns=(5_000,),
     memory_n=20_000, memory_rounds=2,
-    peer_enqueue_n=1_000, peer_bulk_n=20_000, peer_process_n=5_000, peer_latency_samples=100,
+    peer_process_n=5_000,
 )
 
 
@@ -124,27 +121,22 @@ def _latency(loop: str, gap: float) -> Callable[[str, dict[str, Any]], Measure]:
 def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
     """Every step of a run, in order. ``peers``: the peers that are installed and wanted."""
     s, runs = sizes, sizes.runs
-    with_peers = peers if "peers" in groups else []
+    peers = peers if "peers" in groups else []
     plan: list[Step] = []
     if "enqueue" in groups:
-        plan += _steps("enqueue", ["soniq", "asyncpg"], [{"n": s.enqueue_n}], runs, _single)
-        plan += _steps("enqueue", with_peers, [{"n": s.peer_enqueue_n}], runs, _single)
+        plan += _steps("enqueue", ["soniq", "asyncpg", *peers], [{"n": s.enqueue_n}], runs,
+                       _single)
     if "bulk" in groups:
-        chunks = [{"n": s.bulk_n, "chunk": c} for c in s.bulk_chunks]
-        plan += _steps("bulk", ["soniq", "asyncpg"], chunks, runs, _bulk)
-        plan += _steps("bulk", with_peers, [{"n": s.peer_bulk_n, "chunk": s.bulk_chunks[0]}],
-                       runs, _bulk)
+        for i, chunk in enumerate(s.bulk_chunks):
+            systems = ["soniq", "asyncpg", *(peers if i == 0 else [])]
+            plan += _steps("bulk", systems, [{"n": s.bulk_n, "chunk": chunk}], runs, _bulk)
     if "process" in groups:
         for n in s.process_ns:
-            plan += _steps("process", ["soniq"], [{"n": n, "c": c} for c in s.concurrencies],
+            systems = ["soniq", *(peers if n == s.peer_process_n else [])]
+            plan += _steps("process", systems, [{"n": n, "c": c} for c in s.concurrencies],
                            runs, _burn("asyncio"), profiled=True)
-        plan += _steps("process", with_peers,
-                       [{"n": s.peer_process_n, "c": c} for c in s.concurrencies], runs,
-                       _burn("asyncio"), profiled=True)
     if "latency" in groups:
-        plan += _steps("latency", ["soniq"], [{"samples": s.latency_samples}], runs,
-                       _latency("asyncio", s.latency_gap))
-        plan += _steps("latency", with_peers, [{"samples": s.peer_latency_samples}], runs,
+        plan += _steps("latency", ["soniq", *peers], [{"samples": s.latency_samples}], runs,
                        _latency("asyncio", s.latency_gap))
     if "mixed" in groups:
         plan += _steps("mixed", ["soniq"], [{"seconds": s.mixed_seconds}], runs,

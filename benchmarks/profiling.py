@@ -2,17 +2,24 @@
 
 Each line of the file is ``frame;frame;...;frame count`` (outermost first), a frame being
 ``function (file:line)``. *Self* time is charged to the innermost frame, *total* time to every
-distinct function on the stack. Shares are of the samples in which the worker was not idle.
+distinct function on the stack. Shares are of the samples in which the worker was busy: py-spy
+counts an event loop blocked in ``epoll`` as active, so those samples are counted apart.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["summarize"]
 
+#: Innermost frames of a thread that is only waiting (event loop in epoll, idle thread).
+_WAITING = ("EpollSelector.select (", "EpollIOManager.get_events (", "Condition.wait (threading",
+            "TextIOWrapper.readline", "readline (")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -33,7 +40,7 @@ def summarize(path: Path, *, top: int = 15) -> str:
     """A Markdown summary: the top functions by self and by total samples, in percent."""
     self_counts: Counter[str] = Counter()
     total_counts: Counter[str] = Counter()
-    samples = 0
+    samples = waiting = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -43,13 +50,18 @@ def summarize(path: Path, *, top: int = 15) -> str:
                   and not f.startswith("thread ")]
         if not frames:
             continue
+        if frames[-1].startswith(_WAITING):
+            waiting += count  # the event loop blocked in epoll: idle, though py-spy counts it
+            continue
         samples += count
         self_counts[frames[-1]] += count
         for name in set(frames):
             total_counts[name] += count
     if samples == 0:
         return f"(no samples in {path.name})"
-    lines = [f"{samples} samples (non-idle) in `{path.name}`", "",
+    intro = (f"{samples} busy samples in `{path.name}` (and {waiting} waiting in epoll, left "
+             "out); shares are of the busy samples")
+    lines = [intro, "",
              "| self % | function | | total % | function |", "|---:|---|---|---:|---|"]
     by_self = self_counts.most_common(top)
     by_total = total_counts.most_common(top)

@@ -1,18 +1,20 @@
 """Turn step records into medians, check them against the targets, and write Markdown.
 
 A *record* is one step's outcome (a JSON object: scenario, system, backend, loop, params, run,
-metrics, error, busy). A *group* is every run of one measurement; its figures are the medians
+metrics, error, others_pct). A *group* is every run of one measurement; its figures are the medians
 of its successful runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmarks.machine import BUSY
+from benchmarks.machine import NOISY_PCT
 from benchmarks.stats import median
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["Group", "group_records", "markdown"]
 
@@ -25,6 +27,11 @@ LATENCY_P99_TARGET = 6.0  # ms
 TRIO_RATIO_TARGET = 0.50  # of asyncio, process at concurrency 100
 SQLITE_PROCESS_TARGET = 5_000.0  # jobs/s
 MEMORY_GROWTH_TARGET = 10.0  # % over 100 000 jobs
+
+
+def noisy(record: dict[str, Any]) -> bool:
+    """Other work on the machine used more than NOISY_PCT of a core during this step."""
+    return float(record.get("others_pct", 0.0)) > NOISY_PCT
 
 
 @dataclass
@@ -46,7 +53,7 @@ class Group:
 
     @property
     def busy_runs(self) -> int:
-        return sum(1 for r in self.records if r.get("busy", 0.0) > BUSY)
+        return sum(1 for r in self.records if noisy(r))
 
     def m(self, metric: str) -> float | None:
         """Median of ``metric`` over successful runs (None if no run succeeded)."""
@@ -108,6 +115,21 @@ def _why(group: Group | None) -> str:
     return ""
 
 
+def _split(g: Group) -> str:
+    """Where a latency went, from the job row's timestamps (Soniq only)."""
+    to_claim, to_start = g.m("to_claim_p50_ms"), g.m("claim_to_start_p50_ms")
+    if to_claim is None or to_start is None:
+        return ""
+    return f"; p50 split: enqueue → claim begins {ms(to_claim)}, claim → job runs {ms(to_start)}"
+
+
+def _cpu(g: Group) -> str:
+    worker, box = g.m("worker_cpu_pct"), g.m("machine_cpu_pct")
+    if worker is None or box is None:
+        return ""
+    return f" (worker used {worker:.0f}% of a core; all CPUs {box:.0f}% busy)"
+
+
 def _params(params: dict[str, Any]) -> str:
     names = {"n": "N", "c": "concurrency", "chunk": "per call", "samples": "samples",
              "seconds": "s"}
@@ -127,74 +149,76 @@ def _pct(ratio: float | None) -> str:
 def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
 
-    def row(name: str, g: Group | None, target: str, measured: Callable[[Group], str],
-            met: Callable[[Group], bool | None] = lambda g: None) -> None:
+    def row(name: str, g: Group | None, target: str, measured: str,
+            met: bool | None = None) -> None:
+        """``measured``/``met`` may be computed from a failed group: only shown if it ran."""
         if g is None or not g.ok:
             rows.append((name, _why(g) or "not measured", target, "—"))
             return
-        busy = " (busy machine)" if g.busy_runs else ""
-        rows.append((name, measured(g) + busy, target, _met(met(g))))
+        busy = f" ({g.busy_runs} noisy run(s))" if g.busy_runs else ""
+        rows.append((name, measured + busy, target, _met(met)))
 
     for g in ix.all("enqueue"):
         base = ix.find("enqueue", "asyncpg", n=g.params["n"])
         base_rate = base.m("jobs_per_s") if base else None
         ratio = _ratio(g.m("jobs_per_s"), base_rate)
         row(f"1 enqueue, 1 job/call ({_params(g.params)})", g, "≥ 90% of bare asyncpg",
-            lambda g: f"{rate(g.m('jobs_per_s'))}, call p50 {ms(g.m('call_p50_ms'))}; "
-                      f"**{_pct(ratio)}** of bare asyncpg ({rate(base_rate)})",
-            lambda g: None if ratio is None else ratio >= ENQUEUE_RATIO_TARGET)
+            f"{rate(g.m('jobs_per_s'))}, call p50 {ms(g.m('call_p50_ms'))}; "
+            f"**{_pct(ratio)}** of bare asyncpg ({rate(base_rate)})",
+            None if ratio is None else ratio >= ENQUEUE_RATIO_TARGET)
     for g in ix.all("bulk"):
         base = ix.find("bulk", "asyncpg", n=g.params["n"], chunk=g.params["chunk"])
         base_rate = base.m("jobs_per_s") if base else None
         row(f"2 bulk, enqueue_many ({_params(g.params)})", g, "≥ 150,000 jobs/s",
-            lambda g: f"**{rate(g.m('jobs_per_s'))}** (bare asyncpg unnest: {rate(base_rate)})",
-            lambda g: (g.m("jobs_per_s") or 0) >= BULK_TARGET)
+            f"**{rate(g.m('jobs_per_s'))}** (bare asyncpg unnest: {rate(base_rate)})",
+            (g.m("jobs_per_s") or 0) >= BULK_TARGET)
     for g in ix.all("process"):
         c100 = g.params["c"] == 100
         row(f"3 process, burn-down ({_params(g.params)})", g,
-            "≥ 20,000 jobs/s" if c100 else "(none)", lambda g: f"**{rate(g.m('jobs_per_s'))}**",
-            lambda g: (g.m("jobs_per_s") or 0) >= PROCESS_TARGET if c100 else None)
+            "≥ 20,000 jobs/s" if c100 else "(none)", f"**{rate(g.m('jobs_per_s'))}**{_cpu(g)}",
+            (g.m("jobs_per_s") or 0) >= PROCESS_TARGET if c100 else None)
     for g in ix.all("latency"):
         row(f"4 latency, enqueue→start ({_params(g.params)})", g, "p50 ≤ 2.5 ms, p99 ≤ 6 ms",
-            lambda g: f"p50 **{ms(g.m('p50_ms'))}**, p99 **{ms(g.m('p99_ms'))}**, "
-                      f"max {ms(g.m('max_ms'))}, missed {g.m('missed') or 0:.0f}",
-            lambda g: (g.m("p50_ms") or 1e9) <= LATENCY_P50_TARGET
+            f"p50 **{ms(g.m('p50_ms'))}**, p99 **{ms(g.m('p99_ms'))}**, "
+            f"max {ms(g.m('max_ms'))}, missed {g.m('missed') or 0:.0f}{_split(g)}",
+            (g.m("p50_ms") or 1e9) <= LATENCY_P50_TARGET
             and (g.m("p99_ms") or 1e9) <= LATENCY_P99_TARGET)
     for g in ix.all("mixed"):
         row(f"5 mixed, 2 producers × enqueue_many(20) + worker c=100 ({_params(g.params)})", g,
             "(none)",
-            lambda g: f"processed **{rate(g.m('processed_per_s'))}**, enqueued "
-                      f"{rate(g.m('enqueued_per_s'))}; queue depth p50 "
-                      f"{g.m('depth_p50') or 0:,.0f}, max {g.m('depth_max') or 0:,.0f}, "
-                      f"at end {g.m('depth_end') or 0:,.0f}")
+            f"processed **{rate(g.m('processed_per_s'))}** (last third of the window: "
+            f"{rate(g.m('processed_last_third_per_s'))}), enqueued "
+            f"{rate(g.m('enqueued_per_s'))}; queue depth p50 "
+            f"{g.m('depth_p50') or 0:,.0f}, max {g.m('depth_max') or 0:,.0f}, "
+            f"at end {g.m('depth_end') or 0:,.0f}")
     for g in ix.all("process", loop="trio"):
         asyncio_group = ix.find("process", n=g.params["n"], c=g.params["c"])
         ratio = _ratio(g.m("jobs_per_s"), asyncio_group.m("jobs_per_s") if asyncio_group else None)
         c100 = g.params["c"] == 100
         row(f"6 trio, process ({_params(g.params)})", g, "≥ 50% of asyncio" if c100 else "(none)",
-            lambda g: f"{rate(g.m('jobs_per_s'))} = **{_pct(ratio)}** of asyncio",
-            lambda g: (None if ratio is None else ratio >= TRIO_RATIO_TARGET) if c100 else None)
+            f"{rate(g.m('jobs_per_s'))} = **{_pct(ratio)}** of asyncio{_cpu(g)}",
+            (None if ratio is None else ratio >= TRIO_RATIO_TARGET) if c100 else None)
     for g in ix.all("latency", loop="trio"):
         asyncio_group = ix.find("latency", samples=g.params["samples"])
         row(f"6 trio, latency ({_params(g.params)})", g, "(none)",
-            lambda g: f"p50 {ms(g.m('p50_ms'))}, p99 {ms(g.m('p99_ms'))} (asyncio: p50 "
-                      f"{ms(asyncio_group.m('p50_ms') if asyncio_group else None)})")
+            f"p50 {ms(g.m('p50_ms'))}, p99 {ms(g.m('p99_ms'))} (asyncio: p50 "
+            f"{ms(asyncio_group.m('p50_ms') if asyncio_group else None)}){_split(g)}")
     for scenario in ("enqueue", "bulk"):
         for g in ix.all(scenario, backend="sqlite"):
             row(f"7 SQLite {scenario} ({_params(g.params)})", g, "(none)",
-                lambda g: rate(g.m("jobs_per_s")))
+                rate(g.m("jobs_per_s")))
     for g in ix.all("process", backend="sqlite"):
         c100 = g.params["c"] == 100
         row(f"7 SQLite process ({_params(g.params)})", g, "≥ 5,000 jobs/s" if c100 else "(none)",
-            lambda g: f"**{rate(g.m('jobs_per_s'))}**",
-            lambda g: (g.m("jobs_per_s") or 0) >= SQLITE_PROCESS_TARGET if c100 else None)
+            f"**{rate(g.m('jobs_per_s'))}**{_cpu(g)}",
+            (g.m("jobs_per_s") or 0) >= SQLITE_PROCESS_TARGET if c100 else None)
     for g in ix.all("memory"):
         row(f"8 worker memory ({_params(g.params)})", g, "growth ≤ 10%",
-            lambda g: f"RSS {g.m('rss_start_mib') or 0:.1f} → {g.m('rss_end_mib') or 0:.1f} MiB: "
-                      f"**{g.m('growth_pct') or 0:+.1f}%** (after the first round "
-                      f"{g.m('rss_after_first_round_mib') or 0:.1f} MiB, then "
-                      f"{g.m('growth_after_first_round_pct') or 0:+.1f}%)",
-            lambda g: (g.m("growth_pct") or 1e9) <= MEMORY_GROWTH_TARGET)
+            f"RSS {g.m('rss_start_mib') or 0:.1f} → {g.m('rss_end_mib') or 0:.1f} MiB: "
+            f"**{g.m('growth_pct') or 0:+.1f}%** (after the first round "
+            f"{g.m('rss_after_first_round_mib') or 0:.1f} MiB, then "
+            f"{g.m('growth_after_first_round_pct') or 0:+.1f}%)",
+            (g.m("growth_pct") or 1e9) <= MEMORY_GROWTH_TARGET)
     return rows
 
 
@@ -216,8 +240,8 @@ def _fmt(metric: str, value: float | None) -> str:
 
 def _peer_table(ix: _Index, peers: dict[str, str], unavailable: dict[str, str]) -> list[str]:
     names = list(peers) + [p for p in unavailable if p not in peers]
-    header = ["measurement", "soniq"] + [f"{p} {peers.get(p, '')}".strip() for p in names] + \
-             [f"soniq vs {p}" for p in names]
+    header = (["measurement", "soniq"] + [f"{p} {peers.get(p, '')}".strip() for p in names]
+              + [f"soniq vs {p}" for p in names])
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for label, scenario, metric, higher, extra in _PEER_ROWS:
         peer_groups = {p: next((g for g in ix.all(scenario, p)
@@ -279,7 +303,7 @@ def _per_run(g: Group) -> str:
             text = f"{m['growth_pct']:+.1f}%"
         else:
             text = f"{m['jobs_per_s']:,.0f}"
-        return text + ("*" if r.get("busy", 0.0) > BUSY else "")
+        return text + ("*" if noisy(r) else "")
     return ", ".join(one(r) for r in g.records)
 
 
@@ -287,21 +311,25 @@ def markdown(meta: dict[str, Any], records: Sequence[dict[str, Any]],
              profiles: dict[str, str] | None = None) -> str:
     ix = _Index(group_records(records))
     machine, server = meta["machine"], meta["postgres"]
+    runs = f"median of {meta['runs']} run{'s' if meta['runs'] != 1 else ''}"
+    busy_steps = sum(1 for r in records if noisy(r))
+    retried = sum(1 for r in records if r.get("attempt", 1) > 1)
+    others = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "soniq")
     lines = [
-        f"# Soniq benchmarks, {meta['started']} ({meta['mode']}, median of {meta['runs']} "
-        f"run{'s' if meta['runs'] != 1 else ''})",
+        f"# Soniq benchmarks, {meta['started']} ({meta['mode']}, {runs})",
         "",
-        f"- Machine: {machine['nproc']} × {machine['cpu']}, {machine['memory_gib']} GiB, Linux "
-        f"{machine['kernel']}, Python {machine['python']}; load average at start "
-        f"{meta['loadavg_start']}, at end {meta['loadavg_end']}",
-        f"- PostgreSQL: {server['version'].split(' on ')[0]} on 127.0.0.1 (shared_buffers="
-        f"{server['shared_buffers']}, synchronous_commit={server['synchronous_commit']}, "
-        f"fsync={server['fsync']}); a fresh database per step",
-        f"- Versions: soniq {meta['versions'].get('soniq')} (git {meta['git']}), "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "soniq"),
-        f"- Duration: {meta['seconds'] / 60:.1f} min; steps measured while other work kept the "
-        f"CPUs more than {BUSY:.0%} busy: {sum(1 for r in records if r.get('busy', 0) > BUSY)}"
-        f" of {len(records)} (marked * below)",
+        (f"- Machine: {machine['nproc']} × {machine['cpu']}, {machine['memory_gib']} GiB, "
+         f"Linux {machine['kernel']}, Python {machine['python']}; load average at start "
+         f"{meta['loadavg_start']}, at end {meta['loadavg_end']}"),
+        (f"- PostgreSQL: {server['version'].split(' on ')[0]} on 127.0.0.1 (shared_buffers="
+         f"{server['shared_buffers']}, synchronous_commit={server['synchronous_commit']}, "
+         f"fsync={server['fsync']}); a fresh database per step"),
+        f"- Versions: soniq {meta['versions'].get('soniq')} (git {meta['git']}), {others}",
+        (f"- Duration: {meta['seconds'] / 60:.1f} min. The machine is shared: {retried} step(s) "
+         f"were measured again because other work used more than {NOISY_PCT:.0f}% of a core "
+         f"during them; {busy_steps} of {len(records)} kept such noise (marked * below)"),
+        *(["- **Interrupted**: these tables hold only the steps measured before the stop"]
+          if meta.get("interrupted") else []),
         "",
         "## Soniq against its targets",
         "",
@@ -313,7 +341,7 @@ def markdown(meta: dict[str, Any], records: Sequence[dict[str, Any]],
         lines += ["", "## Soniq against its peers (same run, same machine, same method)", ""]
         lines += _peer_table(ix, meta["peers"], meta["peers_unavailable"])
     lines += ["", "## Every measurement", "",
-              "| measurement | median | runs (* = busy machine) | errors |", "|---|---|---|---|"]
+              "| measurement | median | runs (* = noisy: other work > 20% of a core) | errors |", "|---|---|---|---|"]
     for g in ix.groups:
         where = g.backend if g.loop == "asyncio" else f"{g.backend}/{g.loop}"
         errors = "; ".join(e[:100] for e in g.errors) or ""

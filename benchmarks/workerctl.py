@@ -7,6 +7,7 @@ collapsed stacks that :mod:`benchmarks.profiling` summarises.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -14,19 +15,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from benchmarks.databases import Target
 from benchmarks.worker_proc import MARK
+
+if TYPE_CHECKING:
+    from anyio.abc import Process
+
+    from benchmarks.databases import Target
 
 __all__ = ["ROOT", "WorkerFailed", "WorkerProcess"]
 
 ROOT = Path(__file__).resolve().parent.parent
 _MAX_LINE = 64 * 1024 * 1024
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class WorkerFailed(RuntimeError):
@@ -54,7 +59,7 @@ class WorkerProcess:
                                                  cwd=ROOT)
         assert self._process.stdout is not None
         self._stdout = BufferedByteReceiveStream(self._process.stdout)
-        ready = await self._expect("ready", timeout=60)
+        ready = await self._expect("ready", within=60)
         self.pid = int(ready["pid"])
         return self
 
@@ -80,19 +85,27 @@ class WorkerProcess:
             await self._start_profiler(self._profile_to)
         started = time.time()
         await self._send("go")
-        await self._expect("started", timeout=60)
+        await self._expect("started", within=60)
         return started
 
-    async def stop(self, *, timeout: float = 90) -> dict[str, Any]:
+    async def stop(self, *, within: float = 90) -> dict[str, Any]:
         """Graceful stop; returns the ``stopped`` message (``stamps`` keys made ints again)."""
         self._stop_profiler()
         await self._send("stop")
-        message = await self._expect("stopped", timeout=timeout)
+        message = await self._expect("stopped", within=within)
         assert self._process is not None
         with anyio.fail_after(30):
             await self._process.wait()
         message["stamps"] = {int(k): float(v) for k, v in message.get("stamps", {}).items()}
         return message
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the worker has used so far (/proc/<pid>/stat)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / _TICKS
 
     def rss_kib(self) -> int:
         """The worker's resident set size (VmRSS of /proc/<pid>/status), 0 once it is gone."""
@@ -108,10 +121,10 @@ class WorkerProcess:
         assert self._process is not None and self._process.stdin is not None
         await self._process.stdin.send(command.encode() + b"\n")
 
-    async def _expect(self, event: str, *, timeout: float) -> dict[str, Any]:
+    async def _expect(self, event: str, *, within: float) -> dict[str, Any]:
         assert self._stdout is not None
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(within):
                 while True:
                     raw = await self._stdout.receive_until(b"\n", _MAX_LINE)
                     line = raw.decode(errors="replace")
@@ -132,7 +145,7 @@ class WorkerProcess:
 
     # -- profiling --------------------------------------------------------------------------------
     async def _start_profiler(self, path: Path) -> None:
-        spy = shutil.which("py-spy")
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
         if spy is None:
             raise WorkerFailed("--profile needs py-spy (pip install py-spy; nox -s bench has it)")
         # Raw collapsed stacks (for the summary) and, separately, nothing else: speedscope can

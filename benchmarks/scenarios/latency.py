@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 
 __all__ = ["latency"]
 
+#: Where the database can say more: for each sampled job, when its INSERT began and when the
+#: claim that took it began (both transaction start times, epoch seconds), splitting latency into
+#: enqueue -> claim (commit, NOTIFY, wake-up) and claim -> start (claim round trips, dispatch).
+_TIMELINE = {
+    "soniq": "SELECT (args->>'i')::int, extract(epoch FROM created_at)::float8, "
+             "extract(epoch FROM started_at)::float8 FROM soniq_jobs WHERE job_name = 'stamp'",
+}
 _WARMUP = 5
 _WARMUP_BASE = 1_000_000  # warm-up job numbers, kept out of the sample
 _CONCURRENCY = 10
@@ -48,10 +55,20 @@ async def latency(system_name: str, target: Target, *, samples: int, gap: float,
                 await anyio.sleep(gap)
         finally:
             await producer.aclose()
-        await probe.wait_until_drained(timeout=60)
+        await probe.wait_until_drained(within=60)
         stamps = (await worker.stop())["stamps"]
+        timeline = await probe.rows(_TIMELINE[system_name]) if system_name in _TIMELINE else []
     latencies = [stamps[i] - sent[i] for i in sent if i in stamps]
     if not latencies:
         raise RuntimeError("no latency sample arrived")
-    return {**summarize_ms(latencies), "missed": float(samples - len(latencies)),
-            "samples": float(len(latencies))}
+    result = {**summarize_ms(latencies), "missed": float(samples - len(latencies)),
+              "samples": float(len(latencies))}
+    claims = {i: (created, claimed) for i, created, claimed in timeline
+              if i in stamps and i in sent}
+    if claims:
+        result["to_claim_p50_ms"] = summarize_ms([claims[i][1] - sent[i] for i in claims])["p50_ms"]
+        result["claim_to_start_p50_ms"] = summarize_ms(
+            [stamps[i] - claims[i][1] for i in claims])["p50_ms"]
+        result["insert_begins_p50_ms"] = summarize_ms(
+            [claims[i][0] - sent[i] for i in claims])["p50_ms"]
+    return result

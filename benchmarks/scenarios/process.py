@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from benchmarks.databases import Probe
+from benchmarks.machine import CpuMeter
 from benchmarks.systems import load_system
 from benchmarks.workerctl import WorkerProcess
 
@@ -66,8 +67,10 @@ async def burn_down(system_name: str, target: Target, *, n: int, concurrency: in
                                  profile_to=profile_to) as worker:
             rss = [worker.rss_kib()]
             go = await worker.go()
+            cpu_before, meter = worker.cpu_seconds(), CpuMeter()
             drained = await probe.wait_until_drained(
-                timeout=drain_timeout(n), on_poll=lambda: rss.append(worker.rss_kib()))
+                within=drain_timeout(n), on_poll=lambda: rss.append(worker.rss_kib()))
+            worker_cpu, machine_busy = worker.cpu_seconds() - cpu_before, meter.busy()
             done = await _wait_all_done(probe, n)
             last = await probe.last_done()
             rss.append(worker.rss_kib())
@@ -77,7 +80,11 @@ async def burn_down(system_name: str, target: Target, *, n: int, concurrency: in
     elapsed = (last if last is not None else drained) - go
     return {"jobs_per_s": n / elapsed, "seconds": elapsed, "poll_seconds": drained - go,
             "rss_start_mib": rss[0] / _MIB, "rss_peak_mib": max(rss) / _MIB,
-            "rss_end_mib": rss[-1] / _MIB, "stop_seconds": float(stopped["stop_seconds"])}
+            "rss_end_mib": rss[-1] / _MIB, "stop_seconds": float(stopped["stop_seconds"]),
+            # How CPU-bound the worker was (% of one core) and how busy the whole box was
+            # (% of all cores: worker + PostgreSQL + this process), over the poll window.
+            "worker_cpu_pct": worker_cpu / (drained - go) * 100.0,
+            "machine_cpu_pct": machine_busy * 100.0}
 
 
 async def memory(target: Target, *, n: int, rounds: int, concurrency: int) -> dict[str, Any]:
@@ -95,7 +102,7 @@ async def memory(target: Target, *, n: int, rounds: int, concurrency: int) -> di
         begin = time.perf_counter()
         for r in range(rounds):
             await preload(system, target, per_round, first=r * per_round)
-            await probe.wait_until_drained(timeout=drain_timeout(per_round))
+            await probe.wait_until_drained(within=drain_timeout(per_round))
             after.append(worker.rss_kib())
         elapsed = time.perf_counter() - begin
         await worker.stop()
