@@ -128,7 +128,7 @@ class Probe:
             with anyio.CancelScope(shield=True):
                 await self._pg.close()
 
-    async def _value(self, query: str, *args: object) -> object:
+    async def _value(self, query: str, *args: object) -> Any:
         if self._pg is not None:
             return await self._pg.fetchval(query, *args)
         return await anyio.to_thread.run_sync(_sqlite_value, self._target.url, query, args)
@@ -148,15 +148,15 @@ class Probe:
         return bool(await self._value(self._sql.remaining))
 
     async def done(self) -> int:
-        return int(await self._value(self._sql.done) or 0)  # type: ignore[call-overload]
+        return int(await self._value(self._sql.done) or 0)
 
     async def queued(self) -> int:
-        return int(await self._value(self._sql.queued) or 0)  # type: ignore[call-overload]
+        return int(await self._value(self._sql.queued) or 0)
 
     async def done_before(self, epoch: float) -> int:
         if self._sql.done_before is None:
             raise NotImplementedError("this system cannot count jobs finished before a time")
-        return int(await self._value(self._sql.done_before, epoch) or 0)  # type: ignore[call-overload]
+        return int(await self._value(self._sql.done_before, epoch) or 0)
 
     async def last_done(self) -> float | None:
         """Epoch seconds at which the last job was written as finished, if known."""
@@ -165,7 +165,7 @@ class Probe:
             return None
         if isinstance(value, str):  # SQLite keeps fixed-width ISO text in UTC
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
 
     async def wait_until_drained(self, *, within: float, interval: float = 0.1,
                                  on_poll: Callable[[], None] | None = None) -> float:
@@ -179,7 +179,7 @@ class Probe:
         return time.time()
 
 
-def _sqlite_value(path: str, query: str, args: tuple[object, ...]) -> object:
+def _sqlite_value(path: str, query: str, args: tuple[object, ...]) -> Any:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
     try:
         row = conn.execute(query, args).fetchone()

@@ -7,12 +7,12 @@ default batch of 10 is kept. Finished jobs leave ``pgqueuer`` for ``pgqueuer_log
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
-import pgqueuer
 from pgqueuer import Job, QueueManager
 from pgqueuer.queries import Queries
 
@@ -81,7 +81,7 @@ class PgQueuerSystem:
     name = "pgqueuer"
 
     def version(self) -> str:
-        return str(pgqueuer.__version__)
+        return importlib.metadata.version("pgqueuer")
 
     def probe_sql(self, target: Target) -> ProbeSql:
         return _PROBE

@@ -52,7 +52,8 @@ class _Producer:
         await self._tasks[job].defer_async(i=i)
 
     async def enqueue_bulk(self, first: int, count: int) -> None:
-        await self._tasks["noop"].batch_defer_async(*({"i": i} for i in range(first, first + count)))
+        jobs: list[dict[str, Any]] = [{"i": i} for i in range(first, first + count)]
+        await self._tasks["noop"].batch_defer_async(*jobs)
 
     async def aclose(self) -> None:
         await self._app.close_async()
