@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from soniq.backends.base import (
-    JOB_COLUMNS,
-    job_record,
     no_connections,
     refuse_connection,
     worker_lost_error,
@@ -153,7 +151,7 @@ class SqliteBackend:
         if not isinstance(job_id, str):
             return None
         rows = await self._db.run(self._db.read, f"{sql.JOB_SELECT} WHERE id = ?", (job_id,))
-        return _record(rows[0]) if rows else None
+        return sql.job_row(rows[0]) if rows else None
 
     async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
                         limit: int = 100, offset: int = 0) -> list[JobRecord]:
@@ -166,7 +164,7 @@ class SqliteBackend:
         rows = await self._db.run(
             self._db.read, f"{sql.JOB_SELECT}{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*params, limit, offset))
-        return [_record(row) for row in rows]
+        return [sql.job_row(row) for row in rows]
 
     async def cancel_job(self, job_id: str) -> bool:
         if not isinstance(job_id, str):
@@ -316,14 +314,6 @@ def _outcome_payload(outcomes: Iterable[JobOutcome]) -> list[dict[str, Any]]:
             "expires_at": None if outcome.expires_at is None else sql.to_db(outcome.expires_at),
         })
     return payload
-
-
-def _record(row: Sequence[Any]) -> JobRecord:
-    values = dict(zip(JOB_COLUMNS, row, strict=True))
-    for column in sql.TIMESTAMP_COLUMNS:
-        if values[column] is not None:
-            values[column] = sql.from_db(values[column])
-    return job_record(values)
 
 
 def _claimed(row: Sequence[Any]) -> ClaimedJob:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from soniq.backends.base import JOB_COLUMNS, job_record
 from soniq.backends.sqlite import sql
 from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from datetime import datetime
 
     from soniq.backends.sqlite.database import SqliteDatabase
@@ -59,13 +57,6 @@ def _where(queue: str | None, job_name: str | None,
     return " WHERE " + " AND ".join(clauses), params
 
 
-def _record(row: Sequence[Any]) -> JobRecord:
-    values = dict(zip(JOB_COLUMNS, row, strict=True))
-    for column in sql.TIMESTAMP_COLUMNS:
-        if values[column] is not None:
-            values[column] = sql.from_db(values[column])
-    return job_record(values)
-
 
 class SqliteDeadLetterStore:
     """Dead-lettered jobs in one SQLite file (reached as ``SqliteBackend.dead_letters``)."""
@@ -79,14 +70,14 @@ class SqliteDeadLetterStore:
         rows = await self._db.run(
             self._db.read, f"{sql.JOB_SELECT}{where} {_NEWEST_FIRST} LIMIT ? OFFSET ?",
             (*params, limit, offset))
-        return [_record(row) for row in rows]
+        return [sql.job_row(row) for row in rows]
 
     async def get_dead(self, job_id: str) -> JobRecord | None:
         if not isinstance(job_id, str):
             return None
         rows = await self._db.run(self._db.read, f"{sql.JOB_SELECT} WHERE id = ? AND {_DEAD}",
                                   (job_id,))
-        return _record(rows[0]) if rows else None
+        return sql.job_row(rows[0]) if rows else None
 
     async def count_dead(self, *, queue: str | None, job_name: str | None) -> int:
         where, params = _where(queue, job_name, None)

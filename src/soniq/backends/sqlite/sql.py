@@ -15,9 +15,15 @@ from __future__ import annotations
 import re
 import sqlite3
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from soniq.backends.base import JOB_COLUMNS
+from soniq.backends.base import JOB_COLUMNS, job_record
 from soniq.errors import ValidationError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from soniq.types import JobRecord
 
 __all__ = [
     "CANCEL",
@@ -305,3 +311,12 @@ MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS soniq_migrations ("
     "version INTEGER PRIMARY KEY NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
 )
+
+
+def job_row(row: Sequence[Any]) -> JobRecord:
+    """A jobs-table row (``JOB_COLUMNS`` order, SQLite text timestamps) as the public record."""
+    values = dict(zip(JOB_COLUMNS, row, strict=True))
+    for column in TIMESTAMP_COLUMNS:
+        if values[column] is not None:
+            values[column] = from_db(values[column])
+    return job_record(values)
