@@ -108,6 +108,9 @@ class ProbeSql:
     done: str
     queued: str
     done_before: str | None = None
+    #: (name, query): counts read once after a burn-down and reported with its metrics
+    #: (what a ``features`` variant left behind: log records, webhook deliveries...).
+    counts: tuple[tuple[str, str], ...] = ()
 
 
 class Probe:
@@ -157,6 +160,10 @@ class Probe:
         if self._sql.done_before is None:
             raise NotImplementedError("this system cannot count jobs finished before a time")
         return int(await self._value(self._sql.done_before, epoch) or 0)
+
+    async def counts(self) -> dict[str, int]:
+        """The system's extra counts (:attr:`ProbeSql.counts`), by name."""
+        return {name: int(await self._value(query) or 0) for name, query in self._sql.counts}
 
     async def last_done(self) -> float | None:
         """Epoch seconds at which the last job was written as finished, if known."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.scenarios import enqueue, latency, mixed, process
-from benchmarks.systems import load_system
+from benchmarks.systems import FEATURES, load_system
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["FULL", "GROUPS", "QUICK", "Sizes", "Step", "build_plan"]
 
 #: Selectable with --only; "peers" adds PgQueuer and Procrastinate to enqueue..latency.
-GROUPS = ("enqueue", "bulk", "process", "latency", "mixed", "trio", "sqlite", "memory", "peers")
+GROUPS = ("enqueue", "bulk", "process", "latency", "mixed", "trio", "sqlite", "memory", "features",
+          "peers")
 
 Measure = Callable[["Target", "Path | None"], Awaitable[dict[str, Any]]]
 
@@ -45,6 +46,7 @@ class Sizes:
     memory_n: int
     memory_rounds: int
     peer_process_n: int  # peers join the burn-down of this size only (they are slow)
+    features_n: int  # burn-down with each optional feature on (webhooks, logs, encryption)
 
 
 FULL = Sizes(
@@ -53,7 +55,7 @@ FULL = Sizes(
     latency_samples=500, latency_gap=0.025, mixed_seconds=30.0, trio_ns=(20_000, 100_000),
     sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
     memory_n=100_000, memory_rounds=5,
-    peer_process_n=20_000,
+    peer_process_n=20_000, features_n=20_000,
 )
 QUICK = Sizes(
     runs=1, enqueue_n=1_000, bulk_n=20_000, bulk_chunks=(1_000,),
@@ -61,14 +63,14 @@ QUICK = Sizes(
     latency_samples=100, latency_gap=0.02, mixed_seconds=10.0, trio_ns=(5_000,),
     sqlite_enqueue_n=500, sqlite_bulk_n=10_000, sqlite_process_ns=(5_000,),
     memory_n=20_000, memory_rounds=2,
-    peer_process_n=5_000,
+    peer_process_n=5_000, features_n=5_000,
 )
 
 
 @dataclass(frozen=True)
 class Step:
-    scenario: str  # enqueue | bulk | process | latency | mixed | memory
-    system: str  # soniq | asyncpg | pgqueuer | procrastinate
+    scenario: str  # enqueue | bulk | process | latency | mixed | memory | features
+    system: str  # soniq | asyncpg | pgqueuer | procrastinate | soniq+webhooks|logs|encrypt
     params: tuple[tuple[str, Any], ...]
     run: int
     runs: int
@@ -160,4 +162,9 @@ def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
         plan += _steps("memory", ["soniq"], [variant], runs,
                        lambda _sys, v: lambda target, _p: process.memory(
                            target, n=v["n"], rounds=s.memory_rounds, concurrency=v["c"]))
+    if "features" in groups:
+        # Plain Soniq and each feature in the same runs, interleaved (own scenario name, so
+        # these plain-Soniq runs are the baseline of this group only).
+        plan += _steps("features", ["soniq", *FEATURES], [{"n": s.features_n, "c": 100}], runs,
+                       _burn("asyncio"), profiled=True)
     return plan

@@ -1,10 +1,14 @@
-"""Scenarios 3, 6 and 8: burn-down (N jobs pre-enqueued, one worker process) and worker memory.
+"""Scenarios 3, 6, 8 and 10: burn-down (N jobs pre-enqueued, one worker process), worker memory.
 
 Burn-down clock: from the ``go`` sent to a worker that has already imported everything and opened
 its connections, to the moment the database says the last job finished (Soniq ``finished_at``,
 PgQueuer's ``pgqueuer_log.created``, Procrastinate's ``succeeded`` event) -- so worker start-up
 (registration, LISTEN, first claim) is included and process start-up is not. A probe polls every
 100 ms only to learn that the queue is drained; the poll interval does not enter the figure.
+
+The ``features`` group runs the same burn-down for Soniq with one optional feature on; such a
+system's ``surroundings`` (the silent webhook receiver) span the preload, the worker's whole life
+and its stop, and its probe's extra counts (log records written, ...) join the metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import anyio
 
 from benchmarks.databases import Probe
 from benchmarks.machine import CpuMeter
-from benchmarks.systems import load_system
+from benchmarks.systems import load_system, surroundings
 from benchmarks.workerctl import WorkerProcess
 
 if TYPE_CHECKING:
@@ -60,8 +64,8 @@ async def burn_down(system_name: str, target: Target, *, n: int, concurrency: in
                     loop: str = "asyncio", profile_to: Path | None = None) -> dict[str, float]:
     system = load_system(system_name)
     await system.install(target)
-    await preload(system, target, n)
-    async with Probe(target, system.probe_sql(target)) as probe:
+    async with surroundings(system, target), Probe(target, system.probe_sql(target)) as probe:
+        await preload(system, target, n)
         await probe.execute("CHECKPOINT")
         async with WorkerProcess(system_name, target, concurrency=concurrency, loop=loop,
                                  profile_to=profile_to) as worker:
@@ -75,10 +79,11 @@ async def burn_down(system_name: str, target: Target, *, n: int, concurrency: in
             last = await probe.last_done()
             rss.append(worker.rss_kib())
             stopped = await worker.stop()
+        counts = await probe.counts()
     if done != n:
         raise RuntimeError(f"only {done} of {n} jobs reached the finished state")
     elapsed = (last if last is not None else drained) - go
-    return {"jobs_per_s": n / elapsed, "seconds": elapsed, "poll_seconds": drained - go,
+    return {**counts, "jobs_per_s": n / elapsed, "seconds": elapsed, "poll_seconds": drained - go,
             "rss_start_mib": rss[0] / _MIB, "rss_peak_mib": max(rss) / _MIB,
             "rss_end_mib": rss[-1] / _MIB, "stop_seconds": float(stopped["stop_seconds"]),
             # How CPU-bound the worker was (% of one core) and how busy the whole box was

@@ -4,29 +4,41 @@ Every system answers the same small surface (:class:`System`): install its schem
 jobs, run a worker that counts for the worker subprocess, and say how a :class:`Probe` reads its
 tables. Each job is ``noop(i)`` (does nothing) or ``stamp(i)`` (records ``time.time()`` the moment
 it starts, for latency). Peers are imported lazily, so a missing one only removes its columns.
+``soniq+webhooks``, ``soniq+logs`` and ``soniq+encrypt`` are Soniq with one optional feature on
+(parameterised instances of the same class); a system may also offer ``surroundings(target)``,
+see :func:`surroundings`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import TYPE_CHECKING, Any, Protocol
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from anyio.abc import TaskStatus
 
     from benchmarks.databases import ProbeSql, Target
 
-__all__ = ["PEERS", "Producer", "System", "WorkerHandle", "load_system", "missing_reason"]
+__all__ = ["FEATURES", "PEERS", "Producer", "System", "WorkerHandle", "load_system",
+           "missing_reason", "surroundings"]
 
-#: name -> (module, the distribution it needs)
+#: name -> (module, the module's attribute holding the system, the distribution it needs)
 _SYSTEMS = {
-    "soniq": ("benchmarks.systems.soniq_system", "soniq"),
-    "asyncpg": ("benchmarks.systems.baseline", "asyncpg"),
-    "pgqueuer": ("benchmarks.systems.pgqueuer_system", "pgqueuer"),
-    "procrastinate": ("benchmarks.systems.procrastinate_system", "procrastinate"),
+    "soniq": ("benchmarks.systems.soniq_system", "SYSTEM", "soniq"),
+    "asyncpg": ("benchmarks.systems.baseline", "SYSTEM", "asyncpg"),
+    "pgqueuer": ("benchmarks.systems.pgqueuer_system", "SYSTEM", "pgqueuer"),
+    "procrastinate": ("benchmarks.systems.procrastinate_system", "SYSTEM", "procrastinate"),
+    # Soniq with one optional feature on (the ``features`` group): instances of the same class.
+    "soniq+webhooks": ("benchmarks.systems.soniq_system", "WEBHOOKS", "soniq"),
+    "soniq+logs": ("benchmarks.systems.soniq_system", "LOGS", "soniq"),
+    "soniq+encrypt": ("benchmarks.systems.soniq_system", "ENCRYPT", "soniq"),
 }
 PEERS = ("pgqueuer", "procrastinate")
+FEATURES = ("soniq+webhooks", "soniq+logs", "soniq+encrypt")
 
 
 class Producer(Protocol):
@@ -56,13 +68,21 @@ class System(Protocol):
 
 def missing_reason(name: str) -> str | None:
     """Why ``name`` cannot be measured here (not installed), or None."""
-    _module, distribution = _SYSTEMS[name]
+    _module, _attribute, distribution = _SYSTEMS[name]
     if importlib.util.find_spec(distribution) is None:
         return f"{distribution} is not installed in this environment (nox -s bench installs it)"
     return None
 
 
 def load_system(name: str) -> System:
-    module: Any = importlib.import_module(_SYSTEMS[name][0])
-    system: System = module.SYSTEM
+    module_name, attribute, _distribution = _SYSTEMS[name]
+    system: System = getattr(importlib.import_module(module_name), attribute)
     return system
+
+
+def surroundings(system: System, target: Target) -> AbstractAsyncContextManager[object]:
+    """What a step of ``system`` needs around it (entered after ``install``, left after the
+    worker stopped): the system's optional ``surroundings(target)`` -- ``soniq+webhooks`` runs
+    its silent receiver there -- or nothing."""
+    around = getattr(system, "surroundings", None)
+    return around(target) if around is not None else nullcontext()

@@ -1,22 +1,37 @@
-"""Soniq through its public API only, on PostgreSQL or SQLite (with default settings)."""
+"""Soniq through its public API only, on PostgreSQL or SQLite (with default settings), and the
+``features`` variants: the same system with one optional feature on.
+
+A variant is an instance of :class:`SoniqSystem` with other settings and job options, never a
+copy of it: ``soniq+webhooks`` (one endpoint for every job event, pointing at a receiver that
+accepts connections and never answers), ``soniq+logs`` (``capture_job_logs=True``; ``noop`` logs
+one INFO line through ``ctx.logger``) and ``soniq+encrypt`` (``@app.job(encrypt=True)`` with a
+fixed benchmark key). The worker subprocess builds the variant by name, so the producer and the
+worker always agree on its settings.
+"""
 
 from __future__ import annotations
 
+import base64
 import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import SocketAttribute
 
 import soniq
 from benchmarks.databases import ProbeSql
-from soniq import Soniq
+from soniq import JobContext, Soniq  # JobContext at run time: Soniq resolves job annotations
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskStatus
+    from collections.abc import AsyncIterator, Mapping
+
+    from anyio.abc import SocketStream, TaskStatus
 
     from benchmarks.databases import Target
 
-__all__ = ["SYSTEM", "make_app"]
+__all__ = ["ENCRYPT", "LOGS", "SYSTEM", "WEBHOOKS", "SoniqSystem", "make_app", "silent_receiver"]
 
 _PG_PROBE = ProbeSql(
     remaining="SELECT EXISTS (SELECT 1 FROM soniq_jobs WHERE status = 'queued') "
@@ -35,16 +50,31 @@ _SQLITE_PROBE = ProbeSql(
     queued="SELECT count(*) FROM soniq_jobs WHERE status = 'queued'",
 )
 
+#: A Fernet key (32 bytes, URL-safe base64) for ``soniq+encrypt``; a benchmark key, not a secret.
+BENCH_SECRET_KEY = base64.urlsafe_b64encode(b"soniq benchmarks: not a secret!!").decode()
 
-def make_app(url: str, stamps: dict[int, float] | None = None) -> Soniq:
-    """The benchmark app: ``noop(i)`` and ``stamp(i)``, registered as they would be by a user."""
-    app = Soniq(database_url=url)
 
-    @app.job(name="noop")
-    async def noop(i: int) -> None:
-        return None
+def make_app(url: str, stamps: dict[int, float] | None = None, *,
+             settings: Mapping[str, Any] | None = None, encrypt: bool = False,
+             log_line: bool = False) -> Soniq:
+    """The benchmark app: ``noop(i)`` and ``stamp(i)``, registered as they would be by a user.
 
-    @app.job(name="stamp")
+    ``settings`` are extra :class:`~soniq.Soniq` keywords; ``encrypt`` registers both jobs with
+    ``encrypt=True``; ``log_line`` makes ``noop`` log one INFO line through ``ctx.logger``.
+    """
+    app = Soniq(database_url=url, **(settings or {}))
+    options: dict[str, Any] = {"encrypt": True} if encrypt else {}
+
+    if log_line:
+        @app.job(name="noop", **options)
+        async def noop_logging(i: int, ctx: JobContext) -> None:
+            ctx.logger.info("noop %d", i)
+    else:
+        @app.job(name="noop", **options)
+        async def noop(i: int) -> None:
+            return None
+
+    @app.job(name="stamp", **options)
     async def stamp(i: int) -> None:
         if stamps is not None:
             stamps[i] = time.time()
@@ -86,32 +116,99 @@ class _Worker:
         await self._app.close()
 
 
+async def _hold(stream: SocketStream) -> None:
+    """Read and discard whatever the client sends; never answer."""
+    async with stream:
+        try:
+            async for _chunk in stream:
+                pass
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+
+@asynccontextmanager
+async def silent_receiver() -> AsyncIterator[str]:
+    """A TCP server on 127.0.0.1 (a free port) that accepts every connection and never answers;
+    yields its ``http://`` URL. Connections are held until the block ends."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:  # the listener closes last
+        tg.start_soon(listener.serve, _hold)
+        try:
+            yield f"http://127.0.0.1:{port}/hook"
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@dataclass(frozen=True)
 class SoniqSystem:
-    name = "soniq"
+    """Soniq, plain (``soniq``) or with one feature on (see the module docstring)."""
+
+    name: str = "soniq"
+    #: Extra ``Soniq(...)`` keywords, in the producer and the worker alike.
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    encrypt: bool = False
+    log_line: bool = False
+    #: Register one webhook endpoint (every event) at a silent receiver for the whole step.
+    silent_webhook: bool = False
+    #: Extra counts the probe reads after a burn-down (PostgreSQL): proof the feature was on.
+    evidence: tuple[tuple[str, str], ...] = ()
 
     def version(self) -> str:
         return str(soniq.__version__)
 
+    def app(self, url: str, stamps: dict[int, float] | None = None) -> Soniq:
+        return make_app(url, stamps, settings=self.settings, encrypt=self.encrypt,
+                        log_line=self.log_line)
+
     def probe_sql(self, target: Target) -> ProbeSql:
-        return _PG_PROBE if target.kind == "postgres" else _SQLITE_PROBE
+        if target.kind != "postgres":
+            return _SQLITE_PROBE
+        return replace(_PG_PROBE, counts=self.evidence) if self.evidence else _PG_PROBE
 
     async def install(self, target: Target) -> None:
-        app = make_app(target.url)
+        app = self.app(target.url)
         try:
             await app.setup()
         finally:
             await app.close()
 
+    @asynccontextmanager
+    async def surroundings(self, target: Target) -> AsyncIterator[None]:
+        """What the step needs around it, after ``install``: the silent webhook receiver (kept
+        until the worker has stopped) and its endpoint, for ``soniq+webhooks``."""
+        if not self.silent_webhook:
+            yield
+            return
+        async with silent_receiver() as url:
+            app = self.app(target.url)
+            try:
+                await app.webhooks.register(url, events=None, allow_private=True,
+                                            description="benchmark: a receiver that never answers")
+            finally:
+                await app.close()
+            yield
+
     async def open_producer(self, target: Target) -> _Producer:
-        app = make_app(target.url)
+        app = self.app(target.url)
         await app.ensure_initialized()
         return _Producer(app)
 
     async def open_worker(self, target: Target, concurrency: int,
                           stamps: dict[int, float]) -> _Worker:
-        app = make_app(target.url, stamps)
+        app = self.app(target.url, stamps)
         await app.ensure_initialized()
         return _Worker(app, concurrency)
 
 
 SYSTEM: Any = SoniqSystem()
+#: The ``features`` variants (registered in :mod:`benchmarks.systems`).
+WEBHOOKS: Any = SoniqSystem(
+    name="soniq+webhooks", settings={"webhook_allow_private": True}, silent_webhook=True,
+    evidence=(("webhook_deliveries", "SELECT count(*) FROM soniq_webhook_deliveries"),))
+LOGS: Any = SoniqSystem(
+    name="soniq+logs", settings={"capture_job_logs": True}, log_line=True,
+    evidence=(("log_records", "SELECT count(*) FROM soniq_job_logs"),))
+ENCRYPT: Any = SoniqSystem(
+    name="soniq+encrypt", settings={"secret_keys": [BENCH_SECRET_KEY]}, encrypt=True,
+    evidence=(("encrypted_jobs", "SELECT count(*) FROM soniq_jobs WHERE args ? '$enc'"),))

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
+from soniq._version import __version__
 from soniq.app import Soniq
 from soniq.backends.base import StorageBackend
 from soniq.errors import SoniqError
@@ -11,11 +10,6 @@ from soniq.registry import TaskRef
 from soniq.runtime import Worker
 from soniq.settings import SoniqSettings
 from soniq.types import JobContext, JobRecord, JobStatus, QueueStats, Snooze
-
-try:
-    __version__ = version("soniq")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = [
     "JobContext",

@@ -7,7 +7,9 @@ Several instances live side by side in one process: nothing here is global.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -20,19 +22,27 @@ from soniq.errors import (
     JobArgumentsError,
     UnsupportedOperationError,
     ValidationError,
-    did_you_mean,
 )
 from soniq.features.dead_letter import DeadLetter
 from soniq.features.logs import JobLogs
 from soniq.features.metrics import Metrics
 from soniq.features.scheduler import Scheduler, SchedulerService, Timing
+from soniq.features.tracing import Tracing
 from soniq.features.webhooks import Webhooks, WebhookService
-from soniq.ids import is_uuid, new_id
-from soniq.registry import JobRegistry, TaskRef, encode_args, job_kwargs, validate_name
+from soniq.ids import is_uuid, new_ids
+from soniq.migrations import load_migrations
+from soniq.registry import (
+    JobRegistry,
+    TaskRef,
+    encode_args,
+    job_kwargs,
+    validate_list_filters,
+    validate_name,
+)
 from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
 from soniq.serialization import to_utc, unique_key, utc_now
 from soniq.settings import SoniqSettings, load_settings
-from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
+from soniq.types import DatabaseInfo, JobRecord, JobStatus, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -40,7 +50,11 @@ if TYPE_CHECKING:
     from soniq.features.signing import EncryptingCodec, Signing
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager, AbstractContextManager
+
     from anyio.abc import TaskStatus
+
+    from soniq.sync import SyncSoniq
 
 __all__ = ["Soniq"]
 
@@ -97,6 +111,8 @@ class Soniq:
         self._encrypting: EncryptingCodec | None = None
         self._logs: JobLogs | None = None
         self._metrics: Metrics | None = None
+        self._tracing: Tracing | None = None
+        self._sync: SyncSoniq | None = None
         if self._settings.capture_job_logs:
             self.logs  # noqa: B018 -- installs log capture
 
@@ -151,8 +167,9 @@ class Soniq:
     def _schedule_job(self, target: Any, args: Mapping[str, Any], queue: str | None,
                       priority: int | None) -> NewJob:
         """The job a schedule enqueues, validated like ``enqueue`` (never deduplicated)."""
-        return self._new_job(target, args, queue=queue, priority=priority, scheduled_at=None,
-                             unique=False, dedup_key=None)
+        [job] = self._new_jobs(target, [args], queue=queue, priority=priority, scheduled_at=None,
+                               unique=False, dedup_key=None)
+        return job
 
     @property
     def signing(self) -> Signing:
@@ -196,6 +213,21 @@ class Soniq:
         return self._logs
 
     @property
+    def tracing(self) -> Tracing:
+        """OpenTelemetry spans (producer ``send``, consumer ``process``) for this app's enqueues
+        and its workers' attempts, from the moment it is first touched; needs
+        ``opentelemetry-api`` (see :mod:`soniq.features.tracing`)."""
+        if self._tracing is None:
+            self._tracing = Tracing()
+            self.hooks.middleware.insert(1 if self._logs is not None else 0, self._tracing.process)
+        return self._tracing
+
+    def _send_span(self, jobs: Sequence[NewJob]) -> AbstractContextManager[Any]:
+        if self._tracing is None:
+            return nullcontext()
+        return self._tracing.send(jobs[0].queue, jobs[0].job_name, [job.id for job in jobs])
+
+    @property
     def metrics(self) -> Metrics:
         """In-process job counters and histograms (``snapshot()``, ``prometheus_text()``), fed
         by this app's lifecycle events from the moment it is first touched."""
@@ -232,6 +264,8 @@ class Soniq:
             await self._logs.close()  # uninstall capture, write what is buffered
         self._closed = True
         self._initialized = False
+        if self._sync is not None:  # its own loop and pool: stop them off this loop
+            await anyio.to_thread.run_sync(self._sync.close)
         with anyio.CancelScope(shield=True):
             await self._backend.close()  # idempotent; also covers use without ensure_initialized
 
@@ -347,6 +381,32 @@ class Soniq:
         await worker.run()
         return worker.processed
 
+    def running_worker(self, *, concurrency: int | None = None,
+                       queues: Sequence[str] | None = None) -> AbstractAsyncContextManager[Worker]:
+        """A worker running in a task group for the body of the block (asyncio or trio)::
+
+            async with app.running_worker(concurrency=8) as worker:
+                ...  # serve requests; enqueued jobs run here
+
+        The block starts once the worker can claim. Leaving it normally stops claiming and lets
+        running jobs finish (``shutdown_timeout``); an error or cancellation gives them back.
+        """
+        from soniq.embedding import running
+
+        return running(self.worker(concurrency=concurrency, queues=queues))
+
+    @property
+    def sync(self) -> SyncSoniq:
+        """Blocking ``enqueue``/``get_job``/... for sync code (Flask, Django views, scripts),
+        safe from any thread; one portal loop with its own pool (see :mod:`soniq.sync`)."""
+        if self._sync is None:
+            from soniq.sync import SyncSoniq
+
+            with _SYNC_LOCK:
+                if self._sync is None:
+                    self._sync = SyncSoniq(self)
+        return self._sync
+
     def _check_pool(self) -> None:
         if self._backend.supports_transactions:
             needed = _WORKER_CONNECTIONS + self._settings.pool_headroom
@@ -376,11 +436,12 @@ class Soniq:
         or a ``dedup_key`` returns the id of an identical job still waiting instead of adding one.
         ``connection=`` (PostgreSQL) inserts inside that connection's transaction.
         """
-        job = self._new_job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
-                            scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+        [job] = self._new_jobs(target, [job_kwargs(args, kwargs)], queue=queue, priority=priority,
+                               scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
         self._check_connection(connection)
         await self.ensure_initialized()
-        [job_id] = await self._backend.insert_jobs([job], connection=connection)
+        with self._send_span([job]):
+            [job_id] = await self._backend.insert_jobs([job], connection=connection)
         self._after_insert([job], connection)
         return job_id
 
@@ -394,26 +455,14 @@ class Soniq:
         """
         if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
             raise JobArgumentsError("args_list must be a list of dicts, one per job")
-        jobs = []
-        for index, job_args in enumerate(args_list):
-            if not isinstance(job_args, Mapping):
-                raise JobArgumentsError(f"args_list[{index}] must be a dict, not {type(job_args).__name__}")
-            try:
-                job = self._new_job(target, job_args, queue=queue, priority=priority,
-                                    scheduled_at=scheduled_at, unique=None, dedup_key=None)
-            except ValidationError as exc:
-                raise type(exc)(f"args_list[{index}]: {exc.message}") from None
-            if job.dedup_key is not None:
-                raise ValidationError(
-                    f"job {job.job_name!r} is unique; enqueue_many does not deduplicate, "
-                    "so enqueue unique jobs one at a time with enqueue()"
-                )
-            jobs.append(job)
+        jobs = self._new_jobs(target, args_list, queue=queue, priority=priority,
+                              scheduled_at=scheduled_at, unique=None, dedup_key=None, many=True)
         if not jobs:
             return []
         self._check_connection(connection)
         await self.ensure_initialized()
-        ids = await self._backend.insert_jobs(jobs, connection=connection)
+        with self._send_span(jobs):
+            ids = await self._backend.insert_jobs(jobs, connection=connection)
         self._after_insert(jobs, connection)
         return ids
 
@@ -439,18 +488,15 @@ class Soniq:
                 f"{self._backend.name} backend cannot do; use PostgreSQL"
             )
 
-    def _new_job(self, target: Target, job_args: Mapping[str, Any], *, queue: str | None,
-                 priority: int | None, scheduled_at: When | None, unique: bool | None,
-                 dedup_key: str | None) -> NewJob:
-        """Validate everything about one job and build its row; nothing is written here."""
+    def _new_jobs(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
+                  queue: str | None, priority: int | None, scheduled_at: When | None,
+                  unique: bool | None, dedup_key: str | None, many: bool = False) -> list[NewJob]:
+        """Validate everything about the jobs and build their rows; nothing is written here.
+        What all rows share is checked once; ``many`` names the failing ``args_list`` element."""
         if self._closed:
             raise AppClosedError("this Soniq instance is closed; create a new one")
         spec, name, default_queue, model = self._registry.resolve(
             target, strict=self._settings.enqueue_validation == "strict")
-        if spec is not None and (model is None or not isinstance(target, TaskRef)):
-            args_json = spec.encode_args(job_args)
-        else:
-            args_json = encode_args(name, job_args, model=model)
         if priority is None:
             priority = spec.priority if spec and spec.priority is not None else self._settings.priority
         elif not isinstance(priority, int) or isinstance(priority, bool) or not -32_768 <= priority <= 32_767:
@@ -458,23 +504,38 @@ class Soniq:
         retries = spec.max_retries if spec and spec.max_retries is not None else self._settings.max_retries
         if unique is None:
             unique = spec.unique if spec else False
+        if many and unique:
+            raise ValidationError(
+                f"job {name!r} is unique; enqueue_many does not deduplicate, "
+                "so enqueue unique jobs one at a time with enqueue()"
+            )
         if dedup_key is not None and (not isinstance(dedup_key, str) or not 0 < len(dedup_key) <= 512):
             raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
-        if dedup_key is None and unique:
-            dedup_key = unique_key(name, args_json)
-            if spec is not None and spec.encrypt:  # a keyed hash: the plain one is guessable
-                dedup_key = f"unique:{name}:{self._signing_service().digest(dedup_key)}"
-        args_json = self.codec.encode_args(name, args_json)
-        return NewJob(
-            id=new_id(),
-            job_name=name,
-            queue=validate_name(queue, "queue name") if queue is not None else default_queue,
-            priority=priority,
-            args=args_json,
-            max_attempts=retries + 1,
-            scheduled_at=to_utc(scheduled_at),
-            dedup_key=dedup_key,
-        )
+        queue = validate_name(queue, "queue name") if queue is not None else default_queue
+        run_at = to_utc(scheduled_at)
+        by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))
+        encode = self.codec.encode_args
+        jobs: list[NewJob] = []
+        for job_id, job_args in zip(new_ids(len(args_list)), args_list, strict=True):
+            if many and not isinstance(job_args, Mapping):
+                raise JobArgumentsError(
+                    f"args_list[{len(jobs)}] must be a dict, not {type(job_args).__name__}")
+            try:
+                args_json = (spec.encode_args(job_args) if by_spec and spec is not None
+                             else encode_args(name, job_args, model=model))
+            except ValidationError as exc:
+                if many:
+                    raise type(exc)(f"args_list[{len(jobs)}]: {exc.message}") from None
+                raise
+            key = dedup_key
+            if key is None and unique:
+                key = unique_key(name, args_json)
+                if spec is not None and spec.encrypt:  # a keyed hash: the plain one is guessable
+                    key = f"unique:{name}:{self._signing_service().digest(key)}"
+            jobs.append(NewJob(id=job_id, job_name=name, queue=queue, priority=priority,
+                               args=encode(name, args_json), max_attempts=retries + 1,
+                               scheduled_at=run_at, dedup_key=key))
+        return jobs
 
     # -- management ---------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -510,16 +571,7 @@ class Soniq:
     async def list_jobs(self, queue: str | None = None, status: str | None = None,
                         limit: int = 100, offset: int = 0) -> list[JobRecord]:
         """Jobs, newest first, optionally filtered by queue and status."""
-        if queue is not None:
-            validate_name(queue, "queue name")
-        if status is not None and status not in JobStatus._value2member_map_:
-            raise ValidationError(
-                f"unknown status {status!r}{did_you_mean(str(status), JobStatus._value2member_map_)};"
-                f" use one of {', '.join(JobStatus._value2member_map_)}"
-            )
-        for label, value, low in (("limit", limit, 1), ("offset", offset, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValidationError(f"{label} must be an integer >= {low}, got {value!r}")
+        validate_list_filters(queue, status, limit, offset)
         await self.ensure_initialized()
         return await self._backend.list_jobs(queue=queue, status=status, limit=limit, offset=offset)
 
@@ -528,10 +580,45 @@ class Soniq:
         await self.ensure_initialized()
         return await self._backend.queue_stats()
 
+    async def database_info(self) -> DatabaseInfo:
+        """What ``soniq doctor`` and ``soniq migrate-status`` report: server version, applied and
+        pending migrations, and on PostgreSQL round trip, clock skew, pooling mode and whether
+        LISTEN/NOTIFY gets through. Needs no schema (it works before ``soniq setup``).
 
-#: Connections a worker's own loops hold at once (claims, finishes, heartbeat/cleanup); LISTEN
-#: uses a dedicated connection outside the pool.
+        Raises:
+            DatabaseError: the database cannot be reached.
+            UnsupportedOperationError: the backend cannot be probed (memory).
+        """
+        if self._closed:
+            raise AppClosedError("this Soniq instance is closed; create a new one")
+        probe = getattr(self._backend, "probe", None)
+        if probe is None:
+            raise UnsupportedOperationError(
+                f"the {self._backend.name} backend has nothing to probe; use sqlite or postgres")
+        facts: dict[str, Any] = await probe()
+        applied: list[str] = facts["applied_migrations"]
+        return {
+            "backend": self._backend.name,
+            "server_version": facts.get("server_version"),
+            "applied_migrations": applied,
+            "pending_migrations": [m.label for m in load_migrations(self._backend.name)
+                                   if m.label not in applied],
+            "round_trip": facts.get("round_trip"),
+            "clock_skew": facts.get("clock_skew"),
+            "transaction_pooling": facts.get("transaction_pooling"),
+            "listen_works": facts.get("listen_works"),
+            "max_connections": facts.get("max_connections"),
+            "via_proxy": facts.get("via_proxy"),
+        }
+
+
+#: Connections of the main pool a worker's services hold at once (scheduler, webhook delivery, log
+#: writes). On PostgreSQL claims, finishes and heartbeats use a small pool of their own, and LISTEN
+#: a dedicated connection.
 _WORKER_CONNECTIONS = 3
+
+#: Guards the lazy creation of ``app.sync`` (it may first be touched from several threads).
+_SYNC_LOCK = threading.Lock()
 
 
 class _AppWorker(Worker):

@@ -25,7 +25,7 @@ from soniq.errors import (
     did_you_mean,
 )
 from soniq.serialization import dumps
-from soniq.types import JobContext
+from soniq.types import JobContext, JobStatus
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -34,8 +34,10 @@ __all__ = [
     "RESERVED_ENQUEUE_OPTIONS",
     "JobRegistry",
     "JobSpec",
+    "Parameters",
     "TaskRef",
     "job_kwargs",
+    "validate_list_filters",
     "validate_name",
 ]
 
@@ -50,6 +52,20 @@ _JOB_OPTIONS = (
     "name", "queue", "priority", "retries", "max_retries", "retry_delay", "retry_backoff",
     "retry_max_delay", "timeout", "unique", "validate", "args_model", "encrypt",
 )
+
+
+def validate_list_filters(queue: str | None, status: str | None, limit: int, offset: int) -> None:
+    """Check ``list_jobs`` arguments: a valid queue name, a known status, sane paging."""
+    if queue is not None:
+        validate_name(queue, "queue name")
+    if status is not None and status not in JobStatus._value2member_map_:
+        raise ValidationError(
+            f"unknown status {status!r}{did_you_mean(str(status), JobStatus._value2member_map_)};"
+            f" use one of {', '.join(JobStatus._value2member_map_)}"
+        )
+    for label, value, low in (("limit", limit, 1), ("offset", offset, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValidationError(f"{label} must be an integer >= {low}, got {value!r}")
 
 
 def validate_name(name: object, what: str) -> str:
@@ -97,15 +113,56 @@ class JobSpec:
     args_model: type[pydantic.BaseModel] | None = None
     is_async: bool = False
     context_param: str | None = None
+    #: How enqueue checks keyword arguments against ``func`` (built once, at registration).
+    parameters: Parameters | None = None
 
     def encode_args(self, kwargs: Mapping[str, Any]) -> str:
         """Check ``kwargs`` against the model or signature and return them as JSON text."""
-        return encode_args(self.name, kwargs, model=self.args_model, func=self.func,
-                           context_param=self.context_param)
+        return encode_args(self.name, kwargs, model=self.args_model, parameters=self.parameters)
+
+
+@dataclass(frozen=True, slots=True)
+class Parameters:
+    """A job function's signature as enqueue sees it (the ``JobContext`` parameter left out), with
+    the name sets that settle the common case without :mod:`inspect` on every enqueue."""
+
+    signature: inspect.Signature
+    names: frozenset[str]  # accepted as keywords
+    required: frozenset[str]
+    any_keyword: bool  # has **kwargs
+    #: A positional-only parameter without a default can never be passed as a keyword: every
+    #: call goes through ``Signature.bind`` for its error message.
+    always_bind: bool
+
+    @classmethod
+    def of(cls, func: Callable[..., Any], context_param: str | None) -> Parameters:
+        signature = inspect.signature(func)
+        params = [p for p in signature.parameters.values() if p.name != context_param]
+        keyword = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return cls(
+            signature=signature.replace(parameters=params),
+            names=frozenset(p.name for p in keyword),
+            required=frozenset(p.name for p in keyword if p.default is p.empty),
+            any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
+            always_bind=any(p.kind is p.POSITIONAL_ONLY and p.default is p.empty for p in params),
+        )
+
+    def check(self, job_name: str, kwargs: Mapping[str, Any]) -> None:
+        keys = kwargs.keys()
+        if not self.always_bind and self.required <= keys and (
+                keys <= self.names
+                or (self.any_keyword and all(type(key) is str for key in keys))):
+            return
+        try:
+            self.signature.bind(**kwargs)
+        except TypeError as exc:
+            raise JobArgumentsError(
+                f"arguments for job {job_name!r} do not match its signature {self.signature}: {exc}"
+            ) from None
 
 
 def encode_args(name: str, kwargs: Mapping[str, Any], *, model: type[pydantic.BaseModel] | None,
-                func: Callable[..., Any] | None = None, context_param: str | None = None) -> str:
+                parameters: Parameters | None = None) -> str:
     """Validate job arguments (pydantic model, else the function's signature) and encode them."""
     if model is not None:
         try:
@@ -117,23 +174,10 @@ def encode_args(name: str, kwargs: Mapping[str, Any], *, model: type[pydantic.Ba
                             for e in exc.errors())
             ) from None
     else:
-        if func is not None:
-            try:
-                _signature_without(func, context_param).bind(**kwargs)
-            except TypeError as exc:
-                raise JobArgumentsError(
-                    f"arguments for job {name!r} do not match its signature "
-                    f"{_signature_without(func, context_param)}: {exc}"
-                ) from None
-        value = dict(kwargs)
+        if parameters is not None:
+            parameters.check(name, kwargs)
+        value = kwargs if type(kwargs) is dict else dict(kwargs)
     return dumps(value, what=f"arguments of job {name!r}")
-
-
-def _signature_without(func: Callable[..., Any], param: str | None) -> inspect.Signature:
-    signature = inspect.signature(func)
-    if param is None:
-        return signature
-    return signature.replace(parameters=[p for p in signature.parameters.values() if p.name != param])
 
 
 def _context_param(func: Callable[..., Any]) -> str | None:
@@ -239,6 +283,7 @@ class JobRegistry:
             args_model=model,
             is_async=inspect.iscoroutinefunction(func),
             context_param=context_param,
+            parameters=Parameters.of(func, context_param),
         )
         existing = self._by_name.get(name)
         if existing is not None and existing.func is not func:

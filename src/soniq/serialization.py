@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from soniq.errors import SerializationError, ValidationError
@@ -21,10 +22,22 @@ __all__ = ["dumps", "loads", "to_utc", "unique_key", "utc_now"]
 _JSONB_UNSAFE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000|[\ud800-\udfff]")
 
 
+def _refuse(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# json.dumps() builds an encoder per call, most of the cost for a small payload: build the C one
+# once (no circular-reference markers: a cycle ends in RecursionError, reported below).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                            check_circular=False, default=_refuse)
+_chunks = (c_make_encoder(None, _refuse, encode_basestring, None, ":", ",", False, False, False)
+           if c_make_encoder is not None else _ENCODER.iterencode)
+
+
 def dumps(value: Any, *, what: str = "value") -> str:
     """Encode ``value`` as compact JSON text, or raise :class:`SerializationError` naming ``what``."""
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = "".join(_chunks(value, False))
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"{what} is not JSON-serialisable: {exc}. Soniq stores payloads as JSON "
@@ -32,7 +45,7 @@ def dumps(value: Any, *, what: str = "value") -> str:
         ) from exc
     except RecursionError as exc:
         raise SerializationError(f"{what} is nested too deeply to store as JSON") from exc
-    if _JSONB_UNSAFE.search(text):
+    if (not text.isascii() or "\\u0000" in text) and _JSONB_UNSAFE.search(text):
         raise SerializationError(
             f"{what} contains a NUL character or a lone surrogate, which JSON storage cannot hold"
         )

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from soniq.backends.postgres.schema import CUSTOM_PLANS, SERVER_SETTINGS
 from soniq.backends.postgres.sql import CLAIM_ALL_QUEUES, CLAIM_ONE_QUEUE, CLAIM_SOME_QUEUES
 from soniq.ids import new_id
 
@@ -126,3 +127,43 @@ def test_claim_walks_an_index_for_every_filter_shape(pg_url: str) -> None:
         assert index in {n.get("Index Name") for n in nodes}, (label, summary)
         [update] = [n for n in nodes if n["Node Type"] == "ModifyTable"]
         assert update["Actual Rows"] == LIMIT, (label, summary)
+
+
+# -- a plan cached while the table was small -------------------------------------------------------
+FINISHED = """
+INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts, finished_at)
+SELECT gen_random_uuid(), 'plan.job', 'q0', 0, 'done', '{}', 3, now()
+FROM generate_series(1, $1::integer) AS g
+"""
+
+
+async def _claim_after_growth(url: str) -> list[dict[str, Any]]:
+    """Run the claim ten times on a connection set up like the worker loops' pool, on a near-empty
+    table (past the five custom plans after which PostgreSQL may switch to a cached generic plan),
+    let finished rows pile up without an ANALYZE, and explain the *prepared* statement as the next
+    execution would run it."""
+    conn = await asyncpg.connect(url, server_settings=SERVER_SETTINGS | CUSTOM_PLANS)
+    try:
+        await conn.execute(FINISHED, 1)
+        for _ in range(10):
+            async with conn.transaction():
+                await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, LIMIT)
+        await conn.execute(FINISHED, ROWS)
+        name = await conn.fetchval(
+            "SELECT name FROM pg_prepared_statements WHERE statement = $1", CLAIM_ALL_QUEUES)
+        assert name is not None, "the claim did not go through a cached prepared statement"
+        async with conn.transaction():
+            text = await conn.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}('{new_id()}', NULL, {LIMIT})")
+            await conn.execute("TRUNCATE soniq_jobs CASCADE")
+        return _nodes(json.loads(text)[0]["Plan"])
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+def test_claim_plan_cached_on_a_small_table_stays_an_index_lookup(pg_url: str) -> None:
+    nodes = asyncio.run(_claim_after_growth(pg_url))
+    summary = [(n["Node Type"], n.get("Index Name")) for n in nodes]
+    assert "Seq Scan" not in {n["Node Type"] for n in nodes}, summary
+    assert "soniq_jobs_pkey" in {n.get("Index Name") for n in nodes}, summary

@@ -10,10 +10,12 @@ under trio) -- the same way the backend does it.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +32,7 @@ from soniq.backends.postgres.sql import CHANNEL
 from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError
 from soniq.ids import new_id
 from soniq.migrations import load_migrations
-from soniq.serialization import dumps
+from soniq.serialization import dumps, utc_now
 from soniq.settings import load_settings
 from soniq.types import NewJob
 
@@ -93,6 +95,10 @@ EXPECTED_COLUMNS = {
         ("levelno", "integer", True), ("logger", "text", True), ("message", "text", True),
         ("exception", "text", False), ("created_at", TIMESTAMPTZ, True),
     ],
+    "soniq_stats_minute": [
+        ("bucket", TIMESTAMPTZ, True), ("queue", "text", True), ("done", "integer", True),
+        ("dead_letter", "integer", True), ("cancelled", "integer", True),
+    ],
     "soniq_migrations": [
         ("version", "integer", True), ("name", "text", True), ("applied_at", TIMESTAMPTZ, True),
     ],
@@ -130,6 +136,7 @@ EXPECTED_INDEXES = {
         ("soniq_job_logs_pkey", "UNIQUE INDEX", "soniq_job_logs", "(id)"),
         ("soniq_job_logs_job_idx", "INDEX", "soniq_job_logs", "(job_id, id)"),
         ("soniq_job_logs_created_at_idx", "INDEX", "soniq_job_logs", "(created_at)"),
+        ("soniq_stats_minute_pkey", "UNIQUE INDEX", "soniq_stats_minute", "(bucket, queue)"),
         ("soniq_migrations_pkey", "UNIQUE INDEX", "soniq_migrations", "(version)"),
     ]
 }
@@ -389,6 +396,94 @@ async def test_enqueue_joins_a_borrowed_connections_transaction(app: Soniq,
     assert len(await app.list_jobs()) == 1
 
 
+async def test_a_lent_connection_comes_back_with_its_session_reset(pg_url: str) -> None:
+    """Soniq's own calls skip asyncpg's per-release reset query; a connection lent to user code
+    still gets it, so its SETs and advisory locks do not leak into the next borrower."""
+    app = Soniq(database_url=pg_url, pool_min_size=1, pool_max_size=1)
+    try:
+        async with app.backend.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            await conn.execute("SET statement_timeout = '1234ms'")
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+        assert await app.list_jobs() == []  # an internal call on the same single connection
+        async with app.backend.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid
+            assert await conn.fetchval("SHOW statement_timeout") == "0"
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"  # enqueue's generic plans
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid()") == 0
+    finally:
+        await app.close()
+
+
+async def test_worker_loops_use_their_own_pool_that_plans_every_execution(pg_url: str) -> None:
+    app = Soniq(database_url=pg_url, pool_min_size=1)
+    try:
+        worker_id = new_id()
+        assert await app.backend.claim_jobs(worker_id, None, 10) == []
+        loops = await app.backend._loops()  # type: ignore[attr-defined]
+
+        async def plan_cache_mode(pool: Any) -> str:
+            async with pool.acquire() as conn:
+                return str(await conn.fetchval("SHOW plan_cache_mode"))
+
+        assert await _bridge.call(plan_cache_mode, loops) == "force_custom_plan"
+        main = await app.backend._ready()  # type: ignore[attr-defined]
+        assert await _bridge.call(plan_cache_mode, main) == "auto"
+    finally:
+        await app.close()
+
+
+async def test_statement_pool_survives_cancelled_and_killed_connections(pg_url: str) -> None:
+    """Single statements reuse idle connections without asyncpg's checkout; a statement cancelled
+    mid-flight or a connection the server killed must not poison the next call."""
+    app = Soniq(database_url=pg_url, pool_min_size=1, pool_max_size=2)
+    try:
+        pool = await app.backend._ready()  # type: ignore[attr-defined]
+        with anyio.move_on_after(0.2) as scope:
+            await _bridge.call(pool.fetchval, "SELECT pg_sleep(30)")
+        assert scope.cancelled_caught
+        with anyio.fail_after(5):  # not stuck behind the cancelled sleep
+            assert await _bridge.call(pool.fetchval, "SELECT 41 + 1") == 42
+        killer = await _bridge.call(asyncpg.connect, pg_url)
+        try:
+            await _bridge.call(
+                killer.execute, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        finally:
+            await _bridge.call(killer.close)
+        failures = 0
+        for _ in range(3):  # each broken idle connection fails at most once, then is replaced
+            try:
+                assert await app.get_queue_stats() == []
+                break
+            except DatabaseError:
+                failures += 1
+        assert failures < 3
+    finally:
+        await app.close()
+
+
+async def test_statement_pool_never_parks_a_connection_someone_waits_for(pg_url: str) -> None:
+    """With one connection in all, statements and a borrowed connection take turns instead of
+    the statements' parked connection starving the borrower (or the other way round)."""
+    app = Soniq(database_url=pg_url, pool_min_size=1, pool_max_size=1)
+    try:
+        async def borrow() -> None:
+            async with app.backend.acquire() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+
+        with anyio.fail_after(20):
+            for _ in range(3):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(4):
+                        tg.start_soon(app.get_queue_stats)
+                        tg.start_soon(borrow)
+    finally:
+        await app.close()
+
+
 @asynccontextmanager
 async def own_connection(url: str) -> AsyncIterator[tuple[Any, Any]]:
     """(connection, transaction-capable handle) of a plain ``asyncpg.connect`` connection. Under
@@ -465,8 +560,40 @@ async def test_enqueue_many_inserts_12000_in_order_with_one_notify(app: Soniq,
     rows = await fetch(pg_url, "SELECT id, args->>'to' AS to FROM soniq_jobs")
     stored = {str(row["id"]): row["to"] for row in rows}
     assert [stored[job_id] for job_id in ids] == [a["to"] for a in args]
-    # Three chunks in one transaction: one wake-up for the queue, not one per row or chunk.
+    # One COPY: one wake-up for the queue, not one per row.
     assert await recorder.collect() == ["default"]
+
+
+async def test_bulk_insert_paths_store_the_same_rows_and_wake_only_due_queues(
+        app: Soniq, pg_url: str) -> None:
+    """COPY (several jobs, no dedup keys, all due now or all timed) and INSERT ... unnest (the
+    rest) store identical rows; only queues with a due job are woken."""
+    recorder = NotificationRecorder(pg_url)
+    await recorder.start()
+    soon, later = utc_now() - timedelta(seconds=1), utc_now() + timedelta(hours=1)
+    batches = {
+        "copy, due now": [new_job(queue="now", n=1), new_job(queue="now2", n=2)],
+        "copy, timed": [new_job(queue="past", n=3)._replace(scheduled_at=soon),
+                        new_job(queue="future", n=4)._replace(scheduled_at=later)],
+        "unnest, mixed times": [new_job(queue="mixed", n=5),
+                                new_job(queue="mixed-later", n=6)._replace(scheduled_at=later)],
+        "unnest, deduplicated": [new_job(queue="dedup", dedup_key="k", n=7),
+                                 new_job(queue="dedup", n=8)],
+    }
+    for jobs in batches.values():
+        assert await app.backend.insert_jobs(jobs) == [job.id for job in jobs]
+    for label, jobs in batches.items():
+        for job in jobs:
+            record = await app.get_job(job.id)
+            assert record is not None, label
+            assert (record["queue"], record["args"], record["status"], record["attempts"],
+                    record["max_attempts"], record["priority"]) == (
+                job.queue, json.loads(job.args), "queued", 0, job.max_attempts, job.priority), label
+            if job.scheduled_at is not None:
+                assert record["scheduled_at"] == job.scheduled_at, label
+            else:
+                assert record["scheduled_at"] <= utc_now(), label
+    assert sorted(await recorder.collect()) == ["dedup", "mixed", "now", "now2", "past"]
 
 
 async def test_notify_only_for_new_due_jobs(app: Soniq, pg_url: str) -> None:

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from soniq import Soniq
@@ -27,6 +28,7 @@ from soniq.features.webhooks import (
     verify_signature,
 )
 from soniq.serialization import utc_now
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -74,13 +76,12 @@ def receiver() -> Iterator[Receiver]:
 
 
 def service_for(app: Soniq, **overrides: Any) -> WebhookService:
-    """A service with short retries that reloads endpoints on every tick, already subscribed."""
+    """A service with short retries that reloads endpoints on every tick (it listens to events
+    from the first tick that finds an endpoint)."""
     settings = app.settings.model_copy(update={
         "webhook_retry_delay": 0.01, "webhook_max_retry_delay": 0.05, "webhook_max_attempts": 3,
         "webhook_reload_interval": 0.0, "webhook_timeout": 5.0, **overrides})
-    service = WebhookService(app.backend, app.events, settings)
-    service.subscribe()
-    return service
+    return WebhookService(app.backend, app.events, settings)
 
 
 async def drain(service: WebhookService, *, until: int = 0, rounds: int = 200) -> None:
@@ -115,6 +116,19 @@ async def test_register_list_get_unregister(app: Soniq) -> None:
     assert await app.webhooks.unregister(created["id"]) is True
     assert await app.webhooks.unregister(created["id"]) is False
     assert await app.webhooks.list() == []
+
+
+async def test_the_service_listens_to_events_only_while_endpoints_exist(app: Soniq) -> None:
+    service = service_for(app)
+    await service.run_once()
+    assert not app.events.active  # no endpoint: the job path builds no events at all
+    created = await app.webhooks.register("https://example.com/hook", events=["job.done"],
+                                          secret="s" * 32)
+    await service.run_once()
+    assert app.events.active
+    assert await app.webhooks.unregister(created["id"]) is True
+    await service.run_once()
+    assert not app.events.active
 
 
 async def test_register_validates(app: Soniq) -> None:
@@ -422,7 +436,7 @@ async def test_idle_without_endpoints(app: Soniq) -> None:
 async def test_every_worker_runs_the_service(backend_name: str, database_url: str | None,
                                              receiver: Receiver) -> None:
     """End to end: an endpoint registered by one app is used by another app's worker."""
-    from tests.helpers import running_worker, wait_for
+    from tests.helpers import running_worker
 
     def make() -> Soniq:
         return Soniq(database_url=database_url,
@@ -449,3 +463,41 @@ async def test_every_worker_runs_the_service(backend_name: str, database_url: st
     finally:
         await worker_app.close()
         await admin.close()
+
+
+async def test_a_receiver_that_never_answers_does_not_hold_up_writing_events(app: Soniq) -> None:
+    """While a send hangs for the whole webhook_timeout, new events still become delivery rows
+    (otherwise the bounded buffer fills and drops them)."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    accepted = anyio.Event()
+
+    async def never_answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            accepted.set()
+            await anyio.sleep_forever()
+
+    @app.job(name="hooked")
+    async def hooked() -> None: ...
+
+    await app.webhooks.register(f"http://127.0.0.1:{port}/hook", events=["job.enqueued"],
+                                allow_private=True)
+    service = service_for(app, webhook_timeout=60.0, webhook_poll_interval=0.01)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, never_answer)
+        await tg.start(service.run)
+        await wait_for(lambda: app.events.active, message="the service to find the endpoint")
+        await app.enqueue(hooked)
+        with anyio.fail_after(10):
+            await accepted.wait()  # the first delivery is now stuck in its send
+        for _ in range(3):
+            await app.enqueue(hooked)
+        await wait_for(lambda: _count_deliveries(app, 4), message="later events written as rows")
+        tg.cancel_scope.cancel()
+    await listener.aclose()
+
+
+async def _count_deliveries(app: Soniq, expected: int) -> bool:
+    store = app.backend.webhooks  # type: ignore[attr-defined]
+    deliveries = await store.list_deliveries(endpoint_id=None, status=None, limit=100)
+    return len(deliveries) >= expected

@@ -380,3 +380,47 @@ async def test_events_follow_the_job_lifecycle(app: Soniq) -> None:
     async with running_worker(app):
         await wait_for_status(app, job_id, "done")
     assert seen == [("enqueued", 0), ("started", 1), ("failed", 1), ("started", 2), ("done", 2)]
+
+
+async def test_look_ahead_waits_for_a_slot_goes_back_on_stop_and_honours_cancel(app: Soniq) -> None:
+    """Jobs claimed ahead (look-ahead) never run beyond ``concurrency``; a cancel that arrives
+    while one waits ends it without running it; stop() gives the rest back without an attempt."""
+    release = anyio.Event()
+    ran: list[str] = []
+
+    @app.job(name="hold")
+    async def hold() -> None:
+        ran.append("hold")
+        await release.wait()
+
+    @app.job(name="quick")
+    async def quick(tag: str) -> None:
+        ran.append(tag)
+
+    hold_id = await app.enqueue(hold, priority=0)
+    cancelled_id = await app.enqueue(quick, tag="cancelled", priority=1)
+    returned_id = await app.enqueue(quick, tag="returned", priority=2)
+    untouched_id = await app.enqueue(quick, tag="untouched", priority=3)
+    async with anyio.create_task_group() as tg:
+        worker = app.worker(concurrency=1)
+        worker.fetcher._pace.lookahead = lambda concurrency: 2  # type: ignore[method-assign]
+        await tg.start(worker.run)
+        # One slot: "hold" runs, the next two wait in the look-ahead, claimed (attempt counted).
+        for job_id in (cancelled_id, returned_id):
+            record = await wait_for_status(app, job_id, "processing")
+            assert record["attempts"] == 1
+        await wait_for(lambda: ran == ["hold"], message="the first job to start")
+        assert await app.cancel_job(cancelled_id) is True
+        await wait_for(lambda: worker.executor.running[cancelled_id].cancel_requested,
+                       message="the cancel request to reach the worker")
+        worker.stop()
+        returned = await wait_for_status(app, returned_id, "queued")
+        assert returned["attempts"] == 0  # given back at once, while "hold" still runs
+        assert ran == ["hold"]
+        release.set()
+    assert (await wait_for_status(app, hold_id, "done"))["attempts"] == 1
+    cancelled = await wait_for_status(app, cancelled_id, "cancelled")
+    assert ran == ["hold"]  # the cancelled job never ran
+    assert cancelled["errors"] == []
+    untouched = await app.get_job(untouched_id)
+    assert untouched is not None and (untouched["status"], untouched["attempts"]) == ("queued", 0)

@@ -16,6 +16,7 @@ import anyio
 
 from soniq.backends.base import job_record, no_connections, refuse_connection, worker_lost_error
 from soniq.backends.memory_stores import (
+    MemoryDashboardStore,
     MemoryDeadLetterStore,
     MemoryLogStore,
     MemoryScheduleStore,
@@ -61,6 +62,7 @@ class MemoryBackend:
         self._schedules: MemoryScheduleStore | None = None
         self._webhooks: MemoryWebhookStore | None = None
         self._logs: MemoryLogStore | None = None
+        self._dashboard: MemoryDashboardStore | None = None
 
     @property
     def dead_letters(self) -> MemoryDeadLetterStore:
@@ -82,6 +84,13 @@ class MemoryBackend:
         if self._logs is None:
             self._logs = MemoryLogStore(self._jobs)
         return self._logs
+
+    @property
+    def dashboard(self) -> MemoryDashboardStore:
+        """The dashboard's reads and rollups (see :mod:`soniq.backends.stores`)."""
+        if self._dashboard is None:
+            self._dashboard = MemoryDashboardStore(self._jobs)
+        return self._dashboard
 
     @property
     def webhooks(self) -> MemoryWebhookStore:

@@ -17,6 +17,8 @@ from soniq.backends.stores import (
     JobLogRecord,
     ScheduleDefinition,
     ScheduleRecord,
+    StatsBucket,
+    StorageHealth,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import Awaitable, Callable, Sequence
 
-__all__ = ["MemoryDeadLetterStore", "MemoryLogStore", "MemoryScheduleStore", "MemoryWebhookStore"]
+__all__ = ["MemoryDashboardStore", "MemoryDeadLetterStore", "MemoryLogStore", "MemoryScheduleStore",
+           "MemoryWebhookStore"]
 
 _DEAD = JobStatus.DEAD_LETTER.value
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -299,3 +302,56 @@ class MemoryLogStore:
             and (since is None or record.created_at >= since)
         ]
         return found[:limit]
+
+
+_FINAL = ("done", "dead_letter", "cancelled")
+
+
+class MemoryDashboardStore:
+    """The dashboard's reads and per-minute rollups over the memory backend's ``rows``."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self._rows = rows
+        self._buckets: dict[tuple[datetime, str], dict[str, int]] = {}
+
+    async def search_jobs(self, *, queue: str | None, status: str | None, job_name: str | None,
+                          since: datetime | None, until: datetime | None, before: str | None,
+                          limit: int) -> builtins.list[JobRecord]:
+        needle = job_name.lower() if job_name else None
+        rows = [
+            row for row in self._rows.values()
+            if (queue is None or row["queue"] == queue)
+            and (status is None or row["status"] == status)
+            and (needle is None or needle in row["job_name"].lower())
+            and (since is None or row["created_at"] >= since)
+            and (until is None or row["created_at"] < until)
+            and (before is None or row["id"] < before)
+        ]
+        rows.sort(key=lambda row: row["id"], reverse=True)
+        return [job_record(row) for row in rows[:limit]]
+
+    async def rollup(self, *, since: datetime, keep_after: datetime) -> None:
+        counts: dict[tuple[datetime, str], dict[str, int]] = {}
+        for row in self._rows.values():
+            finished = row["finished_at"]
+            if row["status"] in _FINAL and finished is not None and finished >= since:
+                key = (finished.replace(second=0, microsecond=0), row["queue"])
+                bucket = counts.setdefault(key, dict.fromkeys(_FINAL, 0))
+                bucket[row["status"]] += 1
+        for key, bucket in counts.items():
+            stored = self._buckets.setdefault(key, dict.fromkeys(_FINAL, 0))
+            for status, count in bucket.items():
+                stored[status] = max(stored[status], count)
+        for key in [key for key in self._buckets if key[0] < keep_after]:
+            del self._buckets[key]
+
+    async def stats(self, *, since: datetime) -> builtins.list[StatsBucket]:
+        return [
+            StatsBucket(bucket=minute, queue=queue, done=c["done"], dead_letter=c["dead_letter"],
+                        cancelled=c["cancelled"])
+            for (minute, queue), c in sorted(self._buckets.items()) if minute >= since
+        ]
+
+    async def health(self) -> StorageHealth:
+        return StorageHealth(schema_version=None, jobs_table_bytes=None,
+                             jobs_rows=len(self._rows), dead_tuples=None)

@@ -24,6 +24,7 @@ __all__ = [
     "FIRE_RETENTION", "DeadLetterStore", "ScheduleDefinition", "ScheduleRecord", "ScheduleStore",
     "WebhookDelivery", "WebhookEndpoint", "WebhookStore",
     "JobLogRecord", "LogStore",
+    "DashboardStore", "StatsBucket", "StorageHealth",
 ]
 
 #: Fire rows older than this (counted back from the schedule's newest fire) are deleted when it
@@ -276,3 +277,58 @@ class WebhookStore(Protocol):
                               limit: int) -> builtins.list[WebhookDelivery]:
         """Deliveries, newest first."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class StatsBucket:
+    """Jobs of one queue that finished within one minute (``bucket`` is the minute's start)."""
+
+    bucket: datetime
+    queue: str
+    done: int
+    dead_letter: int
+    cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class StorageHealth:
+    """What the dashboard's health page shows about the storage. ``schema_version`` is the
+    newest migration applied (None where there are no migrations); sizes are None when the
+    backend cannot tell."""
+
+    schema_version: int | None
+    jobs_table_bytes: int | None
+    jobs_rows: int | None
+    dead_tuples: int | None
+
+
+@runtime_checkable
+class DashboardStore(Protocol):
+    """The reads the dashboard needs beyond :class:`~soniq.backends.base.StorageBackend`, and the
+    per-minute rollups its charts read (``soniq_stats_minute``), so no request counts the jobs
+    table over time.
+
+    :meth:`rollup` recomputes the minutes from ``since`` and keeps, per minute and queue, the
+    larger of the stored and the recomputed counts: counts of a past minute only grow until its
+    rows are pruned or replayed, so running it again (or from several processes) never double
+    counts, and pruning after a rollup loses nothing.
+    """
+
+    async def search_jobs(self, *, queue: str | None, status: str | None, job_name: str | None,
+                          since: datetime | None, until: datetime | None, before: str | None,
+                          limit: int) -> builtins.list[JobRecord]:
+        """Jobs newest first (by id) with exact ``queue``/``status``, ``job_name`` containing the
+        text (case-insensitive), ``since <= created_at < until``, and ``id < before`` (the
+        cursor: the last id of the previous page)."""
+        ...
+
+    async def rollup(self, *, since: datetime, keep_after: datetime) -> None:
+        """Recount finished jobs (done, dead_letter, cancelled) per minute of ``finished_at``
+        from ``since``; delete buckets older than ``keep_after``."""
+        ...
+
+    async def stats(self, *, since: datetime) -> builtins.list[StatsBucket]:
+        """Stored buckets from ``since``, oldest first."""
+        ...
+
+    async def health(self) -> StorageHealth: ...

@@ -2,36 +2,29 @@
 
 from __future__ import annotations
 
-import anyio
-
-from soniq.app import Soniq
+from soniq.cli._common import AppPath, Target, open_app, run
+from soniq.cli._output import print_line
 from soniq.settings import redact_url
 
 
-def setup(*, database_url: str | None = None) -> int:
+def setup(app_path: AppPath = None, /, *, target: Target = Target()) -> int:  # noqa: B008
     """Create the database if it does not exist and apply Soniq's pending migrations.
 
     Run it in your deploy pipeline before starting workers. Safe to run concurrently: migrations
-    take a lock and each is applied once.
+    take a lock and each is applied once. To apply the SQL with your own migration tool instead,
+    see `soniq migrations sql`.
 
     Parameters
     ----------
-    database_url
-        Where jobs are stored (a PostgreSQL URL, or a SQLite path ending .db/.sqlite/.sqlite3).
-        Default: SONIQ_DATABASE_URL, then postgresql://postgres@localhost/soniq.
+    app_path
+        Your Soniq instance as module:attribute (optional; default: SONIQ_APP, else a plain
+        Soniq configured from SONIQ_* env).
     """
-
-    async def run() -> list[str]:
-        app = Soniq(database_url=database_url)
-        try:
-            return await app.setup()
-        finally:
-            await app.close()
-
-    applied = anyio.run(run)
-    target = redact_url(Soniq(database_url=database_url).settings.database_url)
+    soniq = open_app(target, app_path=app_path)
+    applied = run(soniq, soniq.setup)
+    where = redact_url(soniq.settings.database_url)
     if applied:
-        print(f"Applied {len(applied)} migration(s) to {target}: {', '.join(applied)}")
+        print_line(f"Applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
     else:
-        print(f"Schema of {target} is up to date; nothing to apply.")
+        print_line(f"Schema of {where} is up to date; nothing to apply.")
     return 0

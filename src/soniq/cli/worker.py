@@ -10,7 +10,7 @@ import anyio
 from cyclopts import Parameter
 
 from soniq import __version__
-from soniq.cli._common import Loop, configure_logging, load_app
+from soniq.cli._common import GLOBALS, Loop, configure_logging, event_loop, load_app
 from soniq.settings import redact_url
 
 logger = logging.getLogger("soniq.worker")
@@ -27,7 +27,7 @@ def worker(
     concurrency: int | None = None,
     run_once: bool = False,
     database_url: str | None = None,
-    loop: Loop = "asyncio",
+    loop: Loop | None = None,
 ) -> int:
     """Run a worker: claim jobs from every queue (or --queues) and run them until stopped.
 
@@ -52,9 +52,10 @@ def worker(
         Where jobs are stored. Default: SONIQ_DATABASE_URL. Cannot override a URL the app
         passes in its own code.
     loop
-        The event loop to run on.
+        The event loop to run on (default: the global --loop, SONIQ_LOOP, else asyncio).
     """
-    soniq = load_app(app_path or app, database_url)
+    soniq = load_app(app_path or app or GLOBALS.app, database_url or GLOBALS.database_url)
+    backend_name = event_loop(loop)
     configure_logging(soniq.settings.log_level if not soniq.settings.debug else "DEBUG")
     queue_list = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()] or None
     runner = soniq.worker(concurrency=concurrency, queues=queue_list, run_once=run_once)
@@ -99,6 +100,6 @@ def worker(
                     tg.cancel_scope.cancel()
         await soniq.close()
 
-    anyio.run(main, backend=loop)
+    anyio.run(main, backend=backend_name)
     logger.info("worker %s stopped after %d job attempt(s)", runner.id, runner.processed)
     return exit_code

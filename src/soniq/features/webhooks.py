@@ -8,10 +8,12 @@ no endpoints nothing else happens).
 
 Delivery is an outbox:
 
-1. The service subscribes to ``app.events``. For an event that matches an endpoint, the callback
-   appends a delivery to a bounded in-memory buffer and returns -- the job path never waits on
-   the database or the network. A full buffer drops the event, counts it and logs a warning.
-2. Each tick the buffer is written in one batch (``pending`` delivery rows).
+1. The service subscribes to ``app.events`` while endpoints exist (with none, the runtime builds
+   no events for it). For an event that matches an endpoint, the callback appends a delivery to a
+   bounded in-memory buffer and returns -- the job path never waits on the database or the
+   network. A full buffer drops the event, counts it and logs a warning.
+2. Each tick the buffer is written in one batch (``pending`` delivery rows), in a loop of its
+   own: a receiver that hangs delays sending, never the writing.
 3. Due deliveries are leased (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a guarded update on
    SQLite and memory), so two workers never send the same delivery at once, and POSTed with
    httpx (``follow_redirects=False``). 2xx is ``delivered``; anything else is retried with
@@ -356,11 +358,14 @@ class WebhookService:
     def __repr__(self) -> str:
         return f"<WebhookService endpoints={len(self._endpoints)} buffered={len(self._buffer)}>"
 
-    def subscribe(self) -> None:
-        """Start turning events into deliveries (``run`` does this)."""
-        if not self._subscribed:
-            self._subscribed = True
+    def _follow_events(self, wanted: bool) -> None:
+        """Listen to job events only while endpoints exist: with none, a worker builds no events
+        at all for webhooks (the runtime skips them when nobody listens)."""
+        if wanted and not self._subscribed:
             self._events.subscribe(self._on_event)
+        elif not wanted and self._subscribed:
+            self._events.unsubscribe(self._on_event)
+        self._subscribed = wanted
 
     def _on_event(self, event: JobEvent) -> None:
         if not self._endpoints:
@@ -388,6 +393,7 @@ class WebhookService:
     async def reload(self) -> None:
         self._endpoints = await _store(self._backend).list_endpoints()
         self._loaded_at = time.monotonic()
+        self._follow_events(bool(self._endpoints))
 
     async def flush(self) -> int:
         """Write buffered events as pending deliveries; how many."""
@@ -409,13 +415,29 @@ class WebhookService:
 
     async def run_once(self) -> int:
         """One tick; returns how many deliveries were attempted."""
+        await self._record()
+        return await self._deliver()
+
+    async def _record(self) -> int:
+        """Reload endpoints when stale and write the buffered events."""
         if (self._loaded_at is None
                 or time.monotonic() - self._loaded_at >= self._settings.webhook_reload_interval):
             await self.reload()
-        await self.flush()
-        if not self._endpoints:
-            return 0
-        return await self.deliver_due()
+        return await self.flush()
+
+    async def _deliver(self) -> int:
+        return await self.deliver_due() if self._endpoints else 0
+
+    async def _every(self, step: Callable[[], Awaitable[int]]) -> None:
+        while True:
+            try:
+                await step()
+            except DatabaseError as exc:
+                logger.warning("webhook service: %s; retrying in %.1fs", exc,
+                               self._settings.error_retry_delay)
+                await anyio.sleep(self._settings.error_retry_delay)
+                continue
+            await anyio.sleep(self._settings.webhook_poll_interval)
 
     async def deliver_due(self) -> int:
         store = _store(self._backend)
@@ -485,18 +507,13 @@ class WebhookService:
         if getattr(self._backend, "webhooks", None) is None:
             task_status.started()
             return
-        self.subscribe()
         task_status.started()
         try:
-            while True:
-                try:
-                    await self.run_once()
-                except DatabaseError as exc:
-                    logger.warning("webhook service: %s; retrying in %.1fs", exc,
-                                   self._settings.error_retry_delay)
-                    await anyio.sleep(self._settings.error_retry_delay)
-                    continue
-                await anyio.sleep(self._settings.webhook_poll_interval)
+            # Two loops: a receiver that never answers holds up sending for webhook_timeout, but
+            # never the writing of new events (the bounded buffer would overflow and drop them).
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._every, self._record)
+                tg.start_soon(self._every, self._deliver)
         finally:
             # Events of the last jobs this worker ran become rows before it goes (bounded).
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import traceback
 from contextvars import ContextVar
@@ -80,6 +79,7 @@ class Executor:
         self._now = clock
         self._limiter = thread_limiter
         self.running: dict[str, _Running] = {}
+        self._loggers: dict[str, logging.Logger] = {}
         self.stuck = 0
         self.completed = 0
         #: Called when a stuck thread finally returns (the fetcher sets it to wake itself).
@@ -97,9 +97,21 @@ class Executor:
         so the fetcher never claims more than its free slots."""
         self.running[job.id] = _Running(job, anyio.CancelScope())
 
+    def give_back(self, job: ClaimedJob) -> None:
+        """Return an admitted job that never started: queued again at once, attempt refunded
+        (cancelled instead, if a cancel was requested)."""
+        del self.running[job.id]
+        self._put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True))
+
     async def run(self, job: ClaimedJob) -> None:
         """Run one admitted attempt and hand its outcome to the finisher."""
         entry = self.running[job.id]
+        if entry.cancel_requested:  # cancelled while it waited for a slot
+            del self.running[job.id]
+            self._emit("cancelled", job)
+            self._put(JobOutcome(job.id, job.lease_id, JobStatus.CANCELLED,
+                                 expires_at=self._expiry()))
+            return
         try:
             outcome = await self._attempt(job, entry)
         except anyio.get_cancelled_exc_class():
@@ -128,17 +140,20 @@ class Executor:
         except Exception as exc:
             return self._failed(job, spec, "CorruptArguments",
                                 f"stored arguments cannot be decoded: {exc}", None, final=True)
+        job_logger = self._loggers.get(job.job_name)
+        if job_logger is None:  # logging.getLogger takes a global lock: once per job name
+            job_logger = self._loggers[job.job_name] = logging.getLogger(f"soniq.jobs.{job.job_name}")
         ctx = JobContext(job_id=job.id, job_name=job.job_name, attempt=job.attempts,
                          max_attempts=job.max_attempts, queue=job.queue,
                          worker_id=self._worker_id, scheduled_at=job.scheduled_at,
-                         created_at=job.created_at,
-                         logger=logging.getLogger(f"soniq.jobs.{job.job_name}"))
+                         created_at=job.created_at, logger=job_logger)
         if spec.context_param is not None:
             kwargs[spec.context_param] = ctx
         timeout = spec.timeout if spec.timeout is not None else self._settings.job_timeout
-        entry.scope.deadline = anyio.current_time() + timeout if timeout else math.inf
-        self._emit("started", job, scheduled_at=job.scheduled_at)
         started = anyio.current_time()
+        if timeout:
+            entry.scope.deadline = started + timeout
+        self._emit("started", job, scheduled_at=job.scheduled_at)
         token = current_job.set(ctx)
         try:
             with entry.scope:
@@ -160,7 +175,8 @@ class Executor:
                                 "".join(traceback.format_exception(exc)), final=False)
         finally:
             current_job.reset(token)
-        self._emit("done", job, duration=anyio.current_time() - started)
+        if self._events.active:
+            self._emit("done", job, duration=anyio.current_time() - started)
         return JobOutcome(job.id, job.lease_id, JobStatus.DONE, result=encoded,
                           expires_at=self._expiry())
 

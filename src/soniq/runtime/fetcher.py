@@ -1,14 +1,20 @@
-"""Claims jobs in batches sized to the free slots and runs each as a child task.
+"""Claims jobs in batches and runs each as a child task, never more at once than ``concurrency``.
 
 It claims again as soon as a slot frees or a notification arrives, and otherwise every
-``poll_interval``. ``stop()`` ends claiming; running jobs then get ``shutdown_timeout`` seconds to
-finish before they are cancelled (and given back without using an attempt).
+``poll_interval``. To keep slots busy while a claim is on its way, it claims *ahead*: as many extra
+jobs as the worker finishes during about two claim round trips (measured as it goes, capped at
+``concurrency``), held in a local queue until a slot frees. Short jobs therefore never wait for a
+round trip; slow jobs make the look-ahead ~0, so a worker does not hoard jobs another worker could
+start. ``stop()`` ends claiming and gives the look-ahead back at once (without using an attempt);
+running jobs then get ``shutdown_timeout`` seconds to finish before they are cancelled (and given
+back the same way).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
@@ -45,6 +51,10 @@ class Fetcher:
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._stopping = False
+        self._waiting: deque[ClaimedJob] = deque()  # claimed ahead, waiting for a slot
+        self._executing = 0
+        self._start: Callable[..., object] | None = None
+        self._pace = Pace()
         executor.on_slot_freed = self.wake
 
     def wake(self) -> None:
@@ -56,8 +66,11 @@ class Fetcher:
             self._wake.set()
 
     def stop(self) -> None:
-        """Stop claiming; running jobs finish within ``shutdown_timeout``."""
+        """Stop claiming and give the look-ahead back; running jobs finish within
+        ``shutdown_timeout``."""
         self._stopping = True
+        while self._waiting:
+            self._executor.give_back(self._waiting.popleft())
         self._wake.set()
 
     @property
@@ -66,28 +79,42 @@ class Fetcher:
 
     @property
     def free_slots(self) -> int:
-        return self._concurrency - len(self._executor.running) - self._executor.stuck
+        """Slots with no job in them (a stuck thread holds its slot)."""
+        return self._concurrency - self._executing - self._executor.stuck
+
+    def _room(self) -> int:
+        """How many jobs to claim now: the free slots plus the look-ahead, minus what waits."""
+        return self.free_slots + self._pace.lookahead(self._concurrency) - len(self._waiting)
 
     async def run(self) -> None:
         """Claim and run until stopped (or, with ``run_once``, until nothing is due)."""
+        try:
+            await self._run()
+        finally:  # cancelled from outside: the look-ahead goes back too
+            while self._waiting:
+                self._executor.give_back(self._waiting.popleft())
+
+    async def _run(self) -> None:
         async with anyio.create_task_group() as jobs:
+            self._start = jobs.start_soon
             while not self._stopping:
-                free = self.free_slots
-                if free <= 0:
+                self._start_waiting()  # a stuck thread may have returned its slot
+                room = self._room()
+                if room <= 0:
                     self._wake = anyio.Event()
-                    if self.free_slots <= 0:  # no await since the check: no wake-up is lost
+                    if self._room() <= 0:  # no await since the check: no wake-up is lost
                         await self._wait(math.inf)
                     continue
                 self._wake = anyio.Event()
-                claimed = await self.run_once(jobs.start_soon, free)
+                claimed = await self.run_once(room)
                 if claimed is None:
                     continue
                 if self._run_once and not claimed and not self._executor.running:
                     await self._flush()  # retries due now count as "due": look once more
-                    if not await self.run_once(jobs.start_soon, free):
+                    if not await self.run_once(self._room()):
                         break
                     continue
-                if len(claimed) < free:
+                if len(claimed) < room:
                     await self._wait(math.inf if self._run_once else self._poll_interval)
             if self._executor.running:
                 logger.info("waiting up to %gs for %d running job(s) to finish",
@@ -101,26 +128,71 @@ class Fetcher:
                                len(self._executor.running))
             jobs.cancel_scope.cancel()
 
-    async def run_once(self, start: Callable[..., object], limit: int) -> list[ClaimedJob] | None:
-        """Claim up to ``limit`` jobs and start them; None after a database error (logged)."""
+    async def run_once(self, limit: int) -> list[ClaimedJob] | None:
+        """Claim up to ``limit`` jobs and start them (or queue them for the next free slot); None
+        after a database error (logged). Needs :meth:`run`'s task group."""
+        started = anyio.current_time()
         try:
             claimed = await self._backend.claim_jobs(self._worker_id, self._queues, limit)
         except DatabaseError as exc:
             logger.warning("claiming jobs failed, retrying in %gs: %s", self._error_retry_delay, exc)
             await self._wait(self._error_retry_delay)
             return None
+        now = anyio.current_time()
+        self._pace.claimed(now, round_trip=now - started, full=len(claimed) == limit)
         for job in claimed:
             self._executor.admit(job)
-            start(self._run_job, job)
+        if self._stopping:  # stop() came during the claim
+            for job in claimed:
+                self._executor.give_back(job)
+        else:
+            self._waiting.extend(claimed)
+            self._start_waiting()
         return claimed
+
+    def _start_waiting(self) -> None:
+        assert self._start is not None
+        while self._waiting and self.free_slots > 0:
+            self._executing += 1
+            self._start(self._run_job, self._waiting.popleft())
 
     async def _run_job(self, job: ClaimedJob) -> None:
         try:
             await self._executor.run(job)
         finally:
+            self._executing -= 1
+            self._pace.finished += 1
+            if not self._stopping:
+                self._start_waiting()
             self._wake.set()
             self._idle.set()
 
     async def _wait(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
             await self._wake.wait()
+
+
+class Pace:
+    """How fast jobs finish and how long a claim takes (moving averages), which size the
+    look-ahead: the jobs likely to finish during two claim round trips."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self._seen = 0
+        self._since = 0.0
+        self._rate = 0.0  # jobs finished per second
+        self._round_trip = 0.0  # seconds per claim
+
+    def claimed(self, now: float, *, round_trip: float, full: bool) -> None:
+        """A claim came back at ``now`` after ``round_trip`` seconds, with all it asked for."""
+        if full and self._since:  # an emptying queue says nothing about the pace
+            elapsed = now - self._since
+            if elapsed > 0:
+                rate = (self.finished - self._seen) / elapsed
+                self._rate = rate if not self._rate else 0.8 * self._rate + 0.2 * rate
+        self._round_trip = round_trip if not self._round_trip else (
+            0.8 * self._round_trip + 0.2 * round_trip)
+        self._seen, self._since = self.finished, now
+
+    def lookahead(self, concurrency: int) -> int:
+        return min(concurrency, int(self._rate * self._round_trip * 2))

@@ -79,6 +79,11 @@ class EventDispatcher:
         """Call ``callback(event)`` for every event; it must not block (buffer and return)."""
         self._subscribers.append(callback)
 
+    def unsubscribe(self, callback: Callable[[JobEvent], None]) -> None:
+        """Stop calling ``callback`` (no error if it was not subscribed)."""
+        if callback in self._subscribers:
+            self._subscribers.remove(callback)
+
     @property
     def active(self) -> bool:
         """False when nobody listens: callers skip building events at all."""

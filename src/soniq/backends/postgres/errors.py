@@ -78,7 +78,10 @@ def translate(exc: BaseException, url: str, *, connecting: bool = False) -> Soni
         connecting and isinstance(exc, ValueError)
     ):
         return ConfigurationError(f"invalid PostgreSQL database_url {where}: {reason}")
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+    # InternalClientError: a connection the server dropped while it sat idle (its protocol is
+    # still consuming the server's error); the pool replaces it after this one failure.
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError
+                  | asyncpg.exceptions.InternalClientError):
         return DatabaseError(f"PostgreSQL error at {where}: {reason}")
     return None
 

@@ -168,10 +168,9 @@ async def _fire(pool: Any, name: str, fire_at: datetime, job: NewJob, expected: 
                 raise _AlreadyFired
             if await conn.fetchval(INSERT_FIRE, name, fire_at, job.id, now) is None:
                 raise _AlreadyFired
-            job_id = await conn.fetchval(
-                sql.INSERT_JOB, job.id, job.job_name, job.queue, job.priority, job.args,
-                job.max_attempts, job.scheduled_at, None)
+            await conn.fetchval(sql.INSERT_JOB, job.id, job.job_name, job.queue, job.priority,
+                                job.args, job.max_attempts, job.scheduled_at)
             await conn.execute(PRUNE_FIRES, name, fire_at - FIRE_RETENTION)
     except _AlreadyFired:
         return None
-    return str(job_id)
+    return job.id

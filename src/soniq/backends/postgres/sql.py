@@ -22,6 +22,7 @@ __all__ = [
     "CLAIM_SOME_QUEUES",
     "CLOCK",
     "COMPLETE_JOBS",
+    "COPY_COLUMNS",
     "CREATE_MIGRATIONS_TABLE",
     "DATABASE_EXISTS",
     "DELETE_JOB",
@@ -29,12 +30,14 @@ __all__ = [
     "HEARTBEAT",
     "INSERT_JOB",
     "INSERT_JOBS",
+    "INSERT_UNIQUE_JOB",
     "LIST_JOBS",
     "LIST_WORKERS",
     "LOST_JOBS",
     "MIGRATION_LOCK",
     "MIGRATION_LOCK_KEY",
     "MIGRATION_UNLOCK",
+    "NOTIFY_DUE",
     "PING",
     "PRUNE_JOBS",
     "QUEUE_STATS",
@@ -64,10 +67,19 @@ _ON_DEDUP_HIT = (
     "DO UPDATE SET dedup_key = EXCLUDED.dedup_key"
 )
 
-#: One job, one round trip. $1 id, $2 job_name, $3 queue, $4 priority, $5 args (JSON text),
-#: $6 max_attempts, $7 scheduled_at (NULL: now), $8 dedup_key. Returns the job's id (the
-#: existing one on a dedup hit). A new job that is due wakes listeners on its queue.
+#: One job without a dedup key, one round trip (a plain INSERT: nothing to conflict with).
+#: $1 id, $2 job_name, $3 queue, $4 priority, $5 args (JSON text), $6 max_attempts,
+#: $7 scheduled_at (NULL: now). A due job wakes listeners on its queue.
 INSERT_JOB = f"""
+INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts, scheduled_at)
+VALUES ($1::uuid, $2::text, $3::text, $4::smallint, 'queued', $5::jsonb, $6::integer,
+        COALESCE($7::timestamptz, now()))
+RETURNING CASE WHEN scheduled_at <= now() THEN pg_notify('{CHANNEL}', queue) END AS woken
+"""
+
+#: One job with a dedup key ($8; other parameters as INSERT_JOB). Returns the job's id: the
+#: existing one on a dedup hit. A new job that is due wakes listeners on its queue.
+INSERT_UNIQUE_JOB = f"""
 WITH inserted AS (
     INSERT INTO soniq_jobs
         (id, job_name, queue, priority, status, args, max_attempts, scheduled_at, dedup_key)
@@ -82,7 +94,7 @@ SELECT id,
 FROM inserted
 """
 
-#: Many jobs in one statement over parallel arrays (same order as INSERT_JOB's parameters), with
+#: Many jobs in one statement over parallel arrays (INSERT_UNIQUE_JOB's parameters), with
 #: one NOTIFY per distinct due queue -- never one per row. Always returns one row: how many
 #: queues were woken, and for rows carrying a dedup key, the id now holding each key (callers
 #: map keys back to input positions; rows without a key keep the id they were given).
@@ -108,6 +120,17 @@ SELECT (SELECT count(*) FROM woken) AS woken,
 FROM inserted
 """
 
+#: The columns a bulk COPY fills (plus scheduled_at when the jobs carry a time); the rest take
+#: their defaults, as INSERT_JOBS gives them.
+COPY_COLUMNS = ("id", "job_name", "queue", "priority", "status", "args", "max_attempts")
+
+#: After a COPY: wake listeners on each queue in $1 whose earliest job ($2, NULL: now) is due.
+NOTIFY_DUE = f"""
+SELECT count(pg_notify('{CHANNEL}', due.queue))
+FROM unnest($1::text[], $2::timestamptz[]) AS due (queue, run_at)
+WHERE due.run_at IS NULL OR due.run_at <= now()
+"""
+
 # -- claim -----------------------------------------------------------------------------------------
 # One round trip claims a batch. The inner SELECT walks a partial index in exactly the ORDER BY's
 # order and stops after $3 rows; SKIP LOCKED lets concurrent workers take disjoint batches.
@@ -115,10 +138,11 @@ FROM inserted
 # it). $1 worker_id, $2 now (NULL: the database clock), $3 limit, $4 queue / queues.
 #
 # "WHERE id = ANY (ARRAY(subquery))" rather than "UPDATE ... FROM (subquery) WHERE j.id = c.id":
-# ARRAY() makes the subquery an init plan, so the outer scan is always a primary-key lookup.
-# With a join, a *generic* plan (which PostgreSQL may cache for a prepared statement after five
-# executions) guesses LIMIT $3 at 10% of the table and hash-joins against a Seq Scan of all of
-# it: measured 25 ms instead of 1 ms per claim at 200 000 rows. test_claim_plan checks both.
+# ARRAY() makes the subquery an init plan, so a plan made for a large table looks the rows up by
+# primary key; with a join, a *generic* plan guesses LIMIT $3 at 10% of the table and hash-joins
+# against a Seq Scan of all of it. No statement shape survives a generic plan cached while the
+# table was small, though: pooled connections run with plan_cache_mode=force_custom_plan
+# (schema.CUSTOM_PLANS). test_claim_plan checks both.
 _CLAIM = """
 UPDATE soniq_jobs
 SET status = 'processing',
@@ -135,8 +159,8 @@ WHERE id = ANY (ARRAY(
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ))
-RETURNING id, job_name, queue, priority, args, attempts, max_attempts, scheduled_at, created_at,
-          lease_id
+RETURNING id::text, job_name, queue, priority, args, attempts, max_attempts, scheduled_at,
+          created_at, lease_id::text
 """
 
 #: Claim from every queue (served by soniq_jobs_claim_idx).

@@ -14,6 +14,7 @@ loop that owns the connections (the bridge loop under trio).
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from soniq.backends.base import (
     worker_lost_error,
 )
 from soniq.backends.sqlite import sql
+from soniq.backends.sqlite.dashboard import SqliteDashboardStore
 from soniq.backends.sqlite.database import SqliteDatabase
 from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
 from soniq.backends.sqlite.logs import SqliteLogStore
@@ -68,6 +70,7 @@ class SqliteBackend:
         self._schedules: SqliteScheduleStore | None = None
         self._webhooks: SqliteWebhookStore | None = None
         self._logs: SqliteLogStore | None = None
+        self._dashboard: SqliteDashboardStore | None = None
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -98,6 +101,13 @@ class SqliteBackend:
         return self._webhooks
 
     @property
+    def dashboard(self) -> SqliteDashboardStore:
+        """The dashboard's reads and rollups (see :mod:`soniq.backends.stores`)."""
+        if self._dashboard is None:
+            self._dashboard = SqliteDashboardStore(self._db)
+        return self._dashboard
+
+    @property
     def logs(self) -> SqliteLogStore:
         """The job logs in this file (see :mod:`soniq.backends.stores`)."""
         if self._logs is None:
@@ -110,6 +120,14 @@ class SqliteBackend:
 
     async def migrate(self) -> list[str]:
         return await self._db.migrate()
+
+    async def probe(self) -> dict[str, Any]:
+        """Facts for ``soniq doctor`` / ``migrate-status``: the applied migrations (the file and
+        its schema are created on first use, as always on SQLite)."""
+        rows = await self._db.run(
+            self._db.read, "SELECT version, name FROM soniq_migrations ORDER BY version", ())
+        return {"server_version": f"SQLite {sqlite3.sqlite_version}",
+                "applied_migrations": [f"{int(version):04d}_{name}" for version, name in rows]}
 
     async def close(self) -> None:
         await self._db.close()

@@ -1,0 +1,128 @@
+"""Facts about a PostgreSQL server for ``soniq doctor`` and ``soniq migrate-status``.
+
+Everything is read on plain connections outside the pool, without the schema check, so it works
+before ``soniq setup`` and through PgBouncer (no prepared-statement cache). Each driver call goes
+through :func:`soniq.backends._bridge.call`; waiting happens on the caller's side.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+import asyncpg
+
+from soniq.backends._bridge import call
+from soniq.backends.postgres.errors import translate
+from soniq.backends.postgres.schema import SERVER_SETTINGS, close_quietly
+
+if TYPE_CHECKING:
+    from soniq.backends.postgres.errors import Translator
+
+__all__ = ["probe"]
+
+_FACTS = """
+SELECT clock_timestamp() AS clock, pg_backend_pid() AS pid,
+       current_setting('server_version') AS version,
+       current_setting('max_connections')::integer AS max_connections,
+       current_setting('port')::integer AS port
+"""
+_PID = "SELECT pg_backend_pid()"
+#: Seconds to wait for a connection (a silent, firewalled host must not hang the doctor).
+_CONNECT_TIMEOUT = 10.0
+_APPLIED = "SELECT version, name FROM soniq_migrations ORDER BY version"
+_NOTIFY = "SELECT pg_notify($1::text, $2::text)"
+
+
+async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0) -> dict[str, Any]:
+    """Server version, applied migrations, round trip, clock skew, pooling mode, LISTEN.
+
+    Pooling is judged two ways, since neither is certain alone: two statements on one client
+    connection that ran in different server sessions prove transaction pooling, and a server
+    whose ``port`` setting differs from the URL's port is reached through a proxy or pooler
+    (PgBouncer listens on 6432 by default)."""
+    with errors:
+        conn = await call(_connect, url)
+    try:
+        before = time.time()
+        started = time.monotonic()
+        with errors:
+            row = await call(conn.fetchrow, _FACTS)
+        round_trip = time.monotonic() - started
+        with errors:
+            second_pid = await call(conn.fetchval, _PID)
+            applied = await call(_applied, conn)
+        listen_works = await _listen_roundtrip(url, conn, errors, listen_timeout)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await call(close_quietly, conn)
+    return {
+        "server_version": str(row["version"]),
+        "applied_migrations": applied,
+        "round_trip": round_trip,
+        "clock_skew": row["clock"].timestamp() - (before + round_trip / 2),
+        "transaction_pooling": second_pid != row["pid"],
+        "listen_works": listen_works,
+        "max_connections": int(row["max_connections"]),
+        "via_proxy": _url_port(url) not in (None, int(row["port"])),
+    }
+
+
+def _url_port(url: str) -> int | None:
+    """The port the URL connects to (5432 when it names none); None when it cannot tell."""
+    try:
+        parts = urlsplit(url)
+        if "," in parts.netloc or "host=" in parts.query or "port=" in parts.query:
+            return None  # several hosts, or a host/port given as a parameter
+        return parts.port or 5432
+    except ValueError:
+        return None
+
+
+async def _connect(url: str) -> Any:
+    try:
+        return await asyncpg.connect(url, statement_cache_size=0, server_settings=SERVER_SETTINGS,
+                                     timeout=_CONNECT_TIMEOUT)
+    except Exception as exc:
+        translated = translate(exc, url, connecting=True)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+async def _applied(conn: Any) -> list[str]:
+    try:
+        rows = await conn.fetch(_APPLIED)
+    except asyncpg.UndefinedTableError:
+        return []
+    return [f"{row['version']:04d}_{row['name']}" for row in rows]
+
+
+async def _listen_roundtrip(url: str, sender: Any, errors: Translator, wait: float) -> bool:
+    """Whether a NOTIFY sent on ``sender`` reaches a LISTEN on a second connection in time
+    (a private channel, so no worker is woken)."""
+    channel = f"soniq_doctor_{uuid.uuid4().hex[:16]}"
+    token = uuid.uuid4().hex
+    received: list[str] = []
+
+    def on_message(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        received.append(payload)
+
+    with errors:
+        listener = await call(_connect, url)
+    try:
+        with errors:
+            await call(listener.add_listener, channel, on_message)
+            await call(sender.fetchval, _NOTIFY, channel, token)
+        with anyio.move_on_after(wait):
+            # Polled: under trio the callback runs on the bridge thread, which must not touch
+            # the caller's event objects.
+            while token not in received:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        return token in received
+    finally:
+        with anyio.CancelScope(shield=True):
+            await call(close_quietly, listener)

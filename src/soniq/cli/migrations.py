@@ -1,0 +1,81 @@
+"""``soniq migrate-status`` and ``soniq migrations sql``: the schema, for people and for the teams
+that apply migrations with their own tool (Alembic, Flyway, sqitch, ...)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from cyclopts import App
+
+from soniq.cli._common import AppPath, Target, open_app, run
+from soniq.cli._output import print_fields, print_json, print_line
+from soniq.migrations import load_migrations
+from soniq.settings import redact_url
+
+__all__ = ["app", "migrate_status", "migration_sql"]
+
+app = App(name="migrations", help="Soniq's schema migrations, for applying them yourself.")
+
+
+def migrate_status(app_path: AppPath = None, /, *,
+                   json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+    """Show which migrations the database has and which are pending. Exits 3 when some are
+    pending (run soniq setup), so deploy scripts can check it.
+
+    Parameters
+    ----------
+    app_path
+        Your Soniq instance as module:attribute (optional; default: SONIQ_APP).
+    json
+        Print {"applied": [...], "pending": [...]} as JSON.
+    """
+    soniq = open_app(target, app_path=app_path)
+    info = run(soniq, soniq.database_info)
+    applied, pending = info["applied_migrations"], info["pending_migrations"]
+    if json:
+        print_json({"database": redact_url(soniq.settings.database_url),
+                    "applied": applied, "pending": pending})
+    else:
+        print_fields([("database", redact_url(soniq.settings.database_url)),
+                      ("applied", applied or "none"), ("pending", pending or "none")])
+        if pending:
+            print_line(f"{len(pending)} migration(s) pending: run `soniq setup` to apply them, "
+                       "or apply the output of `soniq migrations sql` with your own tool")
+    return 3 if pending else 0
+
+
+@app.command(name="sql")
+def migration_sql(*, backend: Literal["postgres", "sqlite"] = "postgres",
+                  from_version: int = 1) -> int:
+    """Print the DDL of Soniq's migrations, each in its own transaction that also records it in
+    soniq_migrations (so workers and soniq setup see it as applied). Needs no database.
+
+    Parameters
+    ----------
+    backend
+        Which database the SQL is for.
+    from_version
+        Start at this migration number (to upgrade a database that has the earlier ones).
+    """
+    if backend == "postgres":
+        from soniq.backends.postgres import sql as pg
+
+        table, record = pg.CREATE_MIGRATIONS_TABLE.strip(), "{version}, '{name}'"
+    else:
+        from soniq.backends.sqlite import sql as lite
+
+        table, record = lite.MIGRATIONS_TABLE.strip(), "{version}, '{name}', datetime('now')"
+    migrations = [m for m in load_migrations(backend) if m.version >= from_version]
+    if not migrations:
+        print_line(f"error: no {backend} migrations from version {from_version}", err=True)
+        return 1
+    columns = "version, name" if backend == "postgres" else "version, name, applied_at"
+    print(f"-- Soniq schema for {backend}: migrations "
+          f"{migrations[0].label} to {migrations[-1].label}")
+    print(f"{table};")
+    for migration in migrations:
+        values = record.format(version=migration.version, name=migration.name)
+        conflict = " ON CONFLICT (version) DO NOTHING" if backend == "postgres" else ""
+        print(f"\n-- soniq migration {migration.label}\nBEGIN;\n{migration.sql.strip()}\n"
+              f"INSERT INTO soniq_migrations ({columns}) VALUES ({values}){conflict};\nCOMMIT;")
+    return 0

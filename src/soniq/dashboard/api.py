@@ -1,0 +1,260 @@
+"""The dashboard's JSON API (``/api/...``; its OpenAPI schema is ``/api/schema/openapi.json``).
+
+Handlers are thin: parse, call one :class:`~soniq.dashboard.service.DashboardService` or ``Soniq``
+method, map the result. Every write route carries :func:`~soniq.dashboard.security.write_guard`
+and records its outcome in the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, Router, delete, get, post
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
+
+from soniq.dashboard.security import client_address, write_guard
+from soniq.dashboard.service import MAX_PAGE, Dash, JobFilter
+from soniq.errors import ValidationError
+from soniq.ids import is_uuid
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+__all__ = ["api_router"]
+
+
+@dataclass
+class IdList:
+    """Job ids for a bulk action (at most 200)."""
+
+    ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReplayMatching:
+    """Replay every dead-lettered job matching these filters (all when both are empty)."""
+
+    queue: FromQuery[str | None] = None
+    name: FromQuery[str | None] = None
+    limit: FromQuery[int | None] = None
+
+
+def _record(request: Request[Any, Any, Any], dash: Dash, action: str,
+            targets: list[str], applied: bool | int, detail: str | None = None) -> None:
+    dash.audit.record(actor=str(request.state.get("soniq_actor", "unknown")),
+                      client=client_address(request), action=action, targets=targets,
+                      outcome="ok" if applied else "not_applied", detail=detail)
+
+
+def _ids(body: IdList) -> list[str]:
+    if not body.ids or len(body.ids) > MAX_PAGE:
+        raise ValidationError(f"ids must list 1 to {MAX_PAGE} job ids")
+    bad = [i for i in body.ids if not is_uuid(i)]
+    if bad:
+        raise ValidationError(f"not job ids: {bad[:5]}")
+    return list(dict.fromkeys(body.ids))
+
+
+# -- reads -----------------------------------------------------------------------------------------
+@get("/overview", summary="Per-queue counts, totals, workers alive and the throughput charts")
+async def overview(dash: Dash) -> dict[str, Any]:
+    return await dash.overview()
+
+
+@get("/queues", summary="Job counts per queue and status")
+async def queues(dash: Dash) -> list[dict[str, Any]]:
+    return [dict(q) for q in await dash.soniq.get_queue_stats()]
+
+
+@get("/jobs", summary="Jobs newest first; cursor pagination with before=<next_cursor>")
+async def list_jobs(dash: Dash, queue: FromQuery[str | None] = None, status: FromQuery[str | None] = None,
+                    name: FromQuery[str | None] = None, since: FromQuery[str | None] = None, until: FromQuery[str | None] = None,
+                    before: FromQuery[str | None] = None, limit: FromQuery[int | None] = None) -> dict[str, Any]:
+    flt = JobFilter.parse(queue=queue, status=status, name=name, since=since, until=until,
+                          before=before, limit=limit)
+    return await dash.jobs(flt)
+
+
+@get("/jobs/{job_id:str}", summary="One job with its errors, logs and timings")
+async def job_detail(dash: Dash, job_id: FromPath[str]) -> dict[str, Any]:
+    return await dash.job(job_id)
+
+
+@get("/dead-letter", summary="Dead-lettered jobs, newest first")
+async def dead_letter(dash: Dash, queue: FromQuery[str | None] = None, name: FromQuery[str | None] = None,
+                      limit: FromQuery[int | None] = None, offset: FromQuery[int | None] = None) -> dict[str, Any]:
+    return await dash.dead_letter(queue=queue, name=name, limit=limit, offset=offset)
+
+
+@get("/workers", summary="Registered workers, whether alive, and their running jobs")
+async def workers(dash: Dash) -> list[dict[str, Any]]:
+    return await dash.workers()
+
+
+@get("/schedules", summary="Recurring schedules with next and last fire times")
+async def schedules(dash: Dash) -> list[dict[str, Any]]:
+    return await dash.schedules()
+
+
+@get("/webhooks", summary="Webhook endpoints (without secrets) and recent deliveries")
+async def webhooks(dash: Dash, endpoint: FromQuery[str | None] = None, status: FromQuery[str | None] = None,
+                   limit: FromQuery[int | None] = None) -> dict[str, Any]:
+    return await dash.webhooks(endpoint=endpoint, status=status, limit=limit)
+
+
+@get("/health", summary="Schema version, table size, LISTEN status")
+async def health(dash: Dash) -> dict[str, Any]:
+    return await dash.health()
+
+
+@get("/audit", summary="Dashboard writes, newest first")
+async def audit(dash: Dash, limit: FromQuery[int | None] = None) -> list[dict[str, Any]]:
+    return [e.as_dict() for e in dash.audit.entries()[:limit or MAX_PAGE]]
+
+
+@get("/events", summary="Server-sent events: 'change' with the queue counts whenever they change")
+async def events(dash: Dash) -> ServerSentEvent:
+    async def stream() -> AsyncIterator[ServerSentEventMessage]:
+        retry: int | None = 2000  # ms before the browser reconnects a dropped stream
+        async for snapshot in dash.hub.changes():
+            if snapshot is None:
+                yield ServerSentEventMessage(comment="keepalive")
+            else:
+                yield ServerSentEventMessage(event="change", retry=retry, data=json.dumps(
+                    {"version": dash.hub.version, **snapshot}))
+                retry = None
+
+    return ServerSentEvent(stream(), headers={"Cache-Control": "no-store",
+                                              "X-Accel-Buffering": "no"})
+
+
+# -- writes ----------------------------------------------------------------------------------------
+
+
+@post("/jobs/{job_id:str}/retry", status_code=200, opt={"action": "job.retry"}, guards=[write_guard],
+      summary="Queue a dead-lettered job again (same id, attempts reset)")
+async def retry_job(request: Request[Any, Any, Any], dash: Dash,
+                    job_id: FromPath[str]) -> dict[str, Any]:
+    ok = await dash.soniq.dead_letter.replay(job_id)
+    _record(request, dash, "job.retry", [job_id], ok)
+    return {"retried": ok}
+
+
+@post("/jobs/{job_id:str}/cancel", status_code=200, opt={"action": "job.cancel"}, guards=[write_guard],
+      summary="Cancel a queued job, or ask a running job's worker to cancel it")
+async def cancel_job(request: Request[Any, Any, Any], dash: Dash,
+                     job_id: FromPath[str]) -> dict[str, Any]:
+    ok = await dash.soniq.cancel_job(job_id)
+    _record(request, dash, "job.cancel", [job_id], ok)
+    return {"cancelled": ok}
+
+
+@delete("/jobs/{job_id:str}", status_code=200, opt={"action": "job.delete"}, guards=[write_guard],
+        summary="Delete a job in any state")
+async def delete_job(request: Request[Any, Any, Any], dash: Dash,
+                     job_id: FromPath[str]) -> dict[str, Any]:
+    ok = await dash.soniq.delete_job(job_id)
+    _record(request, dash, "job.delete", [job_id], ok)
+    return {"deleted": ok}
+
+
+@post("/dead-letter/{job_id:str}/replay", status_code=200, opt={"action": "dead_letter.replay"},
+      guards=[write_guard], summary="Replay one dead-lettered job")
+async def replay_one(request: Request[Any, Any, Any], dash: Dash,
+                     job_id: FromPath[str]) -> dict[str, Any]:
+    ok = await dash.soniq.dead_letter.replay(job_id)
+    _record(request, dash, "dead_letter.replay", [job_id], ok)
+    return {"replayed": int(ok)}
+
+
+@delete("/dead-letter/{job_id:str}", status_code=200, opt={"action": "dead_letter.delete"},
+        guards=[write_guard], summary="Delete one dead-lettered job")
+async def delete_one(request: Request[Any, Any, Any], dash: Dash,
+                     job_id: FromPath[str]) -> dict[str, Any]:
+    ok = await dash.soniq.dead_letter.delete(job_id)
+    _record(request, dash, "dead_letter.delete", [job_id], ok)
+    return {"deleted": int(ok)}
+
+
+@post("/dead-letter/replay", status_code=200, opt={"action": "dead_letter.replay_bulk"}, guards=[write_guard],
+      summary="Replay the listed dead-lettered jobs")
+async def replay_bulk(request: Request[Any, Any, Any], dash: Dash,
+                      data: JSONBody[IdList]) -> dict[str, Any]:
+    ids = _ids(data)
+    done = [i for i in ids if await dash.soniq.dead_letter.replay(i)]
+    _record(request, dash, "dead_letter.replay_bulk", ids, len(done),
+            detail=f"{len(done)} of {len(ids)} replayed")
+    return {"replayed": len(done), "ids": done}
+
+
+@post("/dead-letter/delete", status_code=200, opt={"action": "dead_letter.delete_bulk"}, guards=[write_guard],
+      summary="Delete the listed dead-lettered jobs")
+async def delete_bulk(request: Request[Any, Any, Any], dash: Dash,
+                      data: JSONBody[IdList]) -> dict[str, Any]:
+    ids = _ids(data)
+    done = [i for i in ids if await dash.soniq.dead_letter.delete(i)]
+    _record(request, dash, "dead_letter.delete_bulk", ids, len(done),
+            detail=f"{len(done)} of {len(ids)} deleted")
+    return {"deleted": len(done), "ids": done}
+
+
+@post("/dead-letter/replay-matching", status_code=200,
+      opt={"action": "dead_letter.replay_matching"}, guards=[write_guard],
+      summary="Replay every dead-lettered job matching the filters")
+async def replay_matching(request: Request[Any, Any, Any], dash: Dash,
+                          data: JSONBody[ReplayMatching]) -> dict[str, Any]:
+    queue = data.queue or None
+    name = data.name or None
+    count = await dash.soniq.dead_letter.replay_many(queue=queue, job_name=name, limit=data.limit)
+    _record(request, dash, "dead_letter.replay_matching",
+            [f"queue={queue or '*'}", f"name={name or '*'}"], count, detail=f"{count} replayed")
+    return {"replayed": count}
+
+
+async def _pause(request: Request[Any, Any, Any], dash: Dash, name: str,
+                 paused: bool) -> dict[str, Any]:
+    method = dash.soniq.scheduler.pause if paused else dash.soniq.scheduler.resume
+    ok = await method(name)
+    action = "schedule.pause" if paused else "schedule.resume"
+    _record(request, dash, action, [name], ok)
+    if not ok:
+        raise NotFoundException(f"no schedule named {name!r}")
+    return {"name": name, "paused": paused}
+
+
+@post("/schedules/{name:str}/pause", status_code=200, opt={"action": "schedule.pause"}, guards=[write_guard],
+      summary="Stop firing a schedule")
+async def pause_schedule(request: Request[Any, Any, Any], dash: Dash,
+                         name: FromPath[str]) -> dict[str, Any]:
+    return await _pause(request, dash, name, True)
+
+
+@post("/schedules/{name:str}/resume", status_code=200, opt={"action": "schedule.resume"},
+      guards=[write_guard], summary="Fire a paused schedule again")
+async def resume_schedule(request: Request[Any, Any, Any], dash: Dash,
+                          name: FromPath[str]) -> dict[str, Any]:
+    return await _pause(request, dash, name, False)
+
+
+@post("/schedules/{name:str}/run", status_code=200, opt={"action": "schedule.run"}, guards=[write_guard],
+      summary="Enqueue a schedule's job now (its next fire time stays)")
+async def run_schedule(request: Request[Any, Any, Any], dash: Dash,
+                       name: FromPath[str]) -> dict[str, Any]:
+    job_id = await dash.run_schedule(name)
+    _record(request, dash, "schedule.run", [name], job_id is not None,
+            detail=None if job_id is None else f"job {job_id}")
+    if job_id is None:
+        raise NotFoundException(f"no schedule named {name!r}")
+    return {"name": name, "job_id": job_id}
+
+
+api_router = Router(path="/api", route_handlers=[
+    overview, queues, list_jobs, job_detail, dead_letter, workers, schedules, webhooks, health,
+    audit, events, retry_job, cancel_job, delete_job, replay_one, delete_one, replay_bulk,
+    delete_bulk, replay_matching, pause_schedule, resume_schedule, run_schedule,
+], tags=["soniq"])

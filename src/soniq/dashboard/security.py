@@ -1,0 +1,218 @@
+"""Who may change things through the dashboard, and the headers every response carries.
+
+Writes (retry, cancel, delete, replay, pause/resume, run now) need one of:
+
+- the API key (``SONIQ_DASHBOARD_API_KEY``), sent as ``Authorization: Bearer <key>`` or
+  ``X-Soniq-Key: <key>`` -- headers a browser never adds by itself -- and compared in constant
+  time; a wrong key is refused even from a loopback caller;
+- a loopback caller: the peer address is loopback **and** the request carries no ``Forwarded``,
+  ``X-Forwarded-*`` or ``X-Real-IP`` header, so a reverse proxy on the same host does not make
+  every visitor local.
+
+Cross-site writes are refused whatever the credentials (``Sec-Fetch-Site`` other than
+``same-origin``/``none``, or an ``Origin`` that is not this host). Every write, allowed or
+refused, goes to the audit log. Reads are open: bind to loopback (the default) or put the
+dashboard behind your own authentication.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+
+from soniq.serialization import utc_now
+
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+    from litestar.handlers.base import BaseRouteHandler
+    from litestar.types import Message, Scope
+
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "AuditEntry",
+    "AuditLog",
+    "WriteAccess",
+    "is_loopback_host",
+    "security_headers",
+    "write_guard",
+]
+
+audit_logger = logging.getLogger("soniq.dashboard.audit")
+
+#: No inline script or style anywhere: the pages load one stylesheet and one script from /static.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+_PROXY_HEADERS = ("forwarded", "x-real-ip")
+_SAFE_SITES = frozenset({"same-origin", "none"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for a loopback IP address (``127.0.0.0/8``, ``::1``, IPv4-mapped) or ``localhost``."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One write attempt: who, from where, what, on which targets, and whether it was allowed
+    and applied (``outcome``: ``ok``, ``not_applied``, ``denied`` or ``error``)."""
+
+    at: datetime
+    actor: str
+    client: str | None
+    action: str
+    targets: tuple[str, ...]
+    outcome: str
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "actor": self.actor, "client": self.client, "action": self.action,
+                "targets": list(self.targets), "outcome": self.outcome, "detail": self.detail}
+
+
+class AuditLog:
+    """Every dashboard write, kept in memory (the newest ``size``) and logged to
+    ``soniq.dashboard.audit`` at INFO (WARNING when refused)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._entries: deque[AuditEntry] = deque(maxlen=size)
+
+    def record(self, *, actor: str, client: str | None, action: str,
+               targets: tuple[str, ...] | list[str], outcome: str,
+               detail: str | None = None) -> AuditEntry:
+        entry = AuditEntry(at=utc_now(), actor=actor, client=client, action=action,
+                           targets=tuple(targets), outcome=outcome, detail=detail)
+        self._entries.append(entry)
+        level = logging.WARNING if outcome == "denied" else logging.INFO
+        audit_logger.log(level, "dashboard %s by %s from %s on %s: %s%s", action, actor, client,
+                         ",".join(entry.targets) or "-", outcome,
+                         f" ({detail})" if detail else "")
+        return entry
+
+    def entries(self) -> list[AuditEntry]:
+        """Newest first."""
+        return list(reversed(self._entries))
+
+
+class WriteAccess:
+    """The write rules of one dashboard: its API key (None: loopback callers only)."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self._key = api_key.encode() if api_key else None
+
+    def __repr__(self) -> str:
+        return f"<WriteAccess key={'set' if self._key else 'unset'}>"
+
+    @property
+    def has_key(self) -> bool:
+        return self._key is not None
+
+    def decide(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+        """The actor (``api-key`` or ``loopback``) allowed to write, or raise 401/403."""
+        headers = connection.headers
+        method = connection.scope.get("method", "GET")
+        if method not in _SAFE_METHODS:
+            site = headers.get("sec-fetch-site")
+            if site is not None and site not in _SAFE_SITES:
+                raise PermissionDeniedException(f"cross-site write refused (Sec-Fetch-Site: {site})")
+            origin = headers.get("origin")
+            if origin is not None and origin != _own_origin(connection):
+                raise PermissionDeniedException("cross-site write refused (Origin does not match)")
+        given = _given_key(headers.get("authorization"), headers.get("x-soniq-key"))
+        if given is not None:
+            if self._key is not None and given and hmac.compare_digest(given.encode(), self._key):
+                return "api-key"
+            raise NotAuthorizedException("wrong API key", headers={"WWW-Authenticate": "Bearer"})
+        if _is_local(connection):
+            return "loopback"
+        if self._key is None:
+            raise PermissionDeniedException(
+                "writes need SONIQ_DASHBOARD_API_KEY (none is set) or a loopback caller")
+        raise NotAuthorizedException(
+            "writes need the API key: send Authorization: Bearer <key> or X-Soniq-Key",
+            headers={"WWW-Authenticate": "Bearer"})
+
+
+def _given_key(authorization: str | None, soniq_key: str | None) -> str | None:
+    """The key the caller sent; ``""`` (never right) for an ``Authorization`` of another scheme,
+    so any credential that is not the key is refused rather than ignored."""
+    if soniq_key is not None:
+        return soniq_key
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+def _own_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    scheme = connection.scope.get("scheme", "http")
+    return f"{scheme}://{connection.headers.get('host', '')}"
+
+
+def _is_local(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    client = connection.scope.get("client")
+    if not client or not is_loopback_host(client[0]):
+        return False
+    return not any(name in _PROXY_HEADERS or name.startswith("x-forwarded-")
+                   for name in connection.headers)
+
+
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    client = connection.scope.get("client")
+    return None if not client else str(client[0])
+
+
+def write_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Litestar guard of every write route: decide, remember the actor, audit refusals."""
+    state = connection.app.state
+    access: WriteAccess = state["soniq_access"]
+    audit: AuditLog = state["soniq_audit"]
+    try:
+        actor = access.decide(connection)
+    except (NotAuthorizedException, PermissionDeniedException) as exc:
+        audit.record(actor="anonymous", client=client_address(connection),
+                     action=str(handler.opt.get("action", handler.handler_name)),
+                     targets=[str(v) for v in connection.path_params.values()],
+                     outcome="denied", detail=str(exc.detail))
+        raise
+    connection.state["soniq_actor"] = actor
+
+
+_HEADERS = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+def security_headers(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: CSP and friends on every response, errors and static files too."""
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        names = {name.lower() for name, _ in headers}
+        headers.extend(h for h in _HEADERS if h[0] not in names)
+        if b"cache-control" not in names:
+            headers.append((b"cache-control", b"no-store"))
+        message["headers"] = headers

@@ -1,0 +1,284 @@
+"""What the dashboard shows and does, shared by the JSON API and the HTML pages.
+
+Each method parses its query values, calls the public ``Soniq`` API (or the backend's
+:class:`~soniq.backends.stores.DashboardStore` for the reads the facade has no method for) and
+returns plain data. Bad input raises :class:`~soniq.errors.ValidationError` (a 400).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from urllib.parse import urlencode
+
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+
+from soniq.backends.stores import DashboardStore, LogStore, ScheduleStore, WebhookStore
+from soniq.errors import UnsupportedOperationError, ValidationError
+from soniq.ids import is_uuid
+from soniq.registry import validate_name
+from soniq.serialization import utc_now
+from soniq.types import JobStatus
+
+if TYPE_CHECKING:
+    from soniq.app import Soniq
+    from soniq.backends.stores import StatsBucket
+    from soniq.dashboard.live import LiveHub
+    from soniq.dashboard.security import AuditLog, WriteAccess
+    from soniq.types import JobRecord
+
+__all__ = ["MAX_PAGE", "Dash", "DashboardService", "JobFilter"]
+
+#: The largest page any list returns.
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
+STATUSES = tuple(status.value for status in JobStatus)
+_RELATIVE = re.compile(r"(\d{1,6})([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(value: str | None, label: str, *, now: datetime | None = None) -> datetime | None:
+    """An ISO 8601 time (naive means UTC) or a span back from now such as ``15m``, ``24h``,
+    ``7d``; None for empty."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    relative = _RELATIVE.fullmatch(value)
+    if relative:
+        seconds = int(relative[1]) * _UNITS[relative[2]]
+        return (now or utc_now()) - timedelta(seconds=seconds)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(
+            f"{label} must be an ISO 8601 time or a span like 15m, 24h, 7d; got {value!r}"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_limit(value: int | None, default: int = DEFAULT_PAGE) -> int:
+    if value is None:
+        return default
+    if not 1 <= value <= MAX_PAGE:
+        raise ValidationError(f"limit must be from 1 to {MAX_PAGE}, got {value}")
+    return value
+
+
+def _blank(value: str | None) -> str | None:
+    return value.strip() if value is not None and value.strip() else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """The job list's filters, as they appear in the URL."""
+
+    queue: str | None = None
+    status: str | None = None
+    name: str | None = None
+    since: str | None = None
+    until: str | None = None
+    before: str | None = None
+    limit: int = DEFAULT_PAGE
+    parsed: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def parse(cls, *, queue: str | None = None, status: str | None = None,
+              name: str | None = None, since: str | None = None, until: str | None = None,
+              before: str | None = None, limit: int | None = None) -> JobFilter:
+        queue, status, name = _blank(queue), _blank(status), _blank(name)
+        since, until, before = _blank(since), _blank(until), _blank(before)
+        if queue is not None:
+            validate_name(queue, "queue name")
+        if status is not None and status not in STATUSES:
+            raise ValidationError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        if name is not None and len(name) > 128:
+            raise ValidationError("name filter must be at most 128 characters")
+        if before is not None and not is_uuid(before):
+            raise ValidationError(f"before must be a job id (the cursor of the next page), "
+                                  f"got {before!r}")
+        now = utc_now()
+        parsed = {"since": parse_time(since, "since", now=now),
+                  "until": parse_time(until, "until", now=now)}
+        return cls(queue=queue, status=status, name=name, since=since, until=until,
+                   before=before, limit=parse_limit(limit), parsed=parsed)
+
+    def query(self, **changes: Any) -> str:
+        """This filter as a URL query string (with ``changes`` applied; None drops a key)."""
+        values = {"queue": self.queue, "status": self.status, "name": self.name,
+                  "since": self.since, "until": self.until, "before": self.before,
+                  "limit": None if self.limit == DEFAULT_PAGE else self.limit}
+        values.update(changes)
+        return urlencode({k: v for k, v in values.items() if v is not None})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"queue": self.queue, "status": self.status, "name": self.name,
+                "since": self.since, "until": self.until, "before": self.before,
+                "limit": self.limit}
+
+
+def _series(buckets: list[StatsBucket], *, start: datetime, step: timedelta,
+            count: int) -> list[dict[str, Any]]:
+    """``count`` bins of ``step`` from ``start``: finished (done), failed (dead-lettered) and
+    cancelled jobs summed over queues."""
+    done, failed, cancelled = [0] * count, [0] * count, [0] * count
+    for bucket in buckets:
+        index = int((bucket.bucket - start) / step)
+        if 0 <= index < count:
+            done[index] += bucket.done
+            failed[index] += bucket.dead_letter
+            cancelled[index] += bucket.cancelled
+    return [{"at": start + step * i, "done": done[i], "failed": failed[i],
+             "cancelled": cancelled[i]} for i in range(count)]
+
+
+class DashboardService:
+    """One dashboard's view of one ``Soniq`` app."""
+
+    def __init__(self, soniq: Soniq, *, access: WriteAccess, audit: AuditLog,
+                 hub: LiveHub) -> None:
+        self.soniq = soniq
+        self.access = access
+        self.audit = audit
+        self.hub = hub
+
+    # -- stores -------------------------------------------------------------------------------
+    @property
+    def store(self) -> DashboardStore:
+        store = getattr(self.soniq.backend, "dashboard", None)
+        if not isinstance(store, DashboardStore):
+            raise UnsupportedOperationError(
+                f"the {self.soniq.backend.name} backend has no dashboard store "
+                "(backend.dashboard); use the memory, sqlite or postgres backend")
+        return store
+
+    # -- overview -----------------------------------------------------------------------------
+    async def overview(self) -> dict[str, Any]:
+        queues = await self.soniq.get_queue_stats()
+        rows = [cast("dict[str, int]", q) for q in queues]
+        totals = {key: sum(row[key] for row in rows) for key in ("total", *STATUSES)}
+        now = utc_now()
+        hour_start = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
+        day_start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+        await self.soniq.ensure_initialized()
+        buckets = await self.store.stats(since=day_start)
+        workers = await self.workers()
+        return {
+            "queues": queues,
+            "totals": totals,
+            "workers_alive": sum(1 for w in workers if w["alive"]),
+            "charts": {
+                "hour": _series(buckets, start=hour_start, step=timedelta(minutes=1), count=60),
+                "day": _series(buckets, start=day_start, step=timedelta(hours=1), count=24),
+            },
+            "rolled_up_at": self.hub.rolled_up_at,
+        }
+
+    # -- jobs ---------------------------------------------------------------------------------
+    async def jobs(self, flt: JobFilter) -> dict[str, Any]:
+        await self.soniq.ensure_initialized()
+        rows = await self.store.search_jobs(
+            queue=flt.queue, status=flt.status, job_name=flt.name, since=flt.parsed["since"],
+            until=flt.parsed["until"], before=flt.before, limit=flt.limit + 1)
+        more = len(rows) > flt.limit
+        rows = rows[:flt.limit]
+        return {"jobs": rows, "next_cursor": rows[-1]["id"] if more and rows else None,
+                "filters": flt.as_dict()}
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        record = await self.soniq.get_job(job_id)
+        if record is None:
+            raise NotFoundException(f"no job with id {job_id!r}")
+        logs: list[dict[str, Any]] = []
+        store = getattr(self.soniq.backend, "logs", None)
+        if isinstance(store, LogStore):
+            logs = [{"at": r.created_at, "level": r.level, "logger": r.logger,
+                     "attempt": r.attempt, "message": r.message, "exception": r.exception}
+                    for r in await store.for_job(record["id"])]
+        return {"job": record, "logs": logs, "timings": _timings(record)}
+
+    # -- dead letter --------------------------------------------------------------------------
+    async def dead_letter(self, *, queue: str | None, name: str | None, limit: int | None,
+                          offset: int | None) -> dict[str, Any]:
+        queue, name = _blank(queue), _blank(name)
+        size = parse_limit(limit)
+        start = offset or 0
+        if start < 0:
+            raise ValidationError(f"offset must be >= 0, got {start}")
+        dlq = self.soniq.dead_letter
+        jobs = await dlq.list_jobs(queue=queue, job_name=name, limit=size, offset=start)
+        count = await dlq.count(queue=queue, job_name=name)
+        return {"jobs": jobs, "count": count, "limit": size, "offset": start,
+                "filters": {"queue": queue, "name": name}}
+
+    # -- workers ------------------------------------------------------------------------------
+    async def workers(self) -> list[dict[str, Any]]:
+        await self.soniq.ensure_initialized()
+        rows = await self.soniq.backend.list_workers()
+        running = await self.soniq.list_jobs(status=JobStatus.PROCESSING.value, limit=500)
+        by_worker: dict[str, list[JobRecord]] = {}
+        for job in running:
+            if job["worker_id"] is not None:
+                by_worker.setdefault(job["worker_id"], []).append(job)
+        cutoff = utc_now() - timedelta(seconds=self.soniq.settings.heartbeat_timeout)
+        return [{**row, "id": str(row["id"]), "alive": row["last_heartbeat"] >= cutoff,
+                 "current_jobs": [{"id": j["id"], "job_name": j["job_name"], "queue": j["queue"],
+                                   "started_at": j["started_at"]}
+                                  for j in by_worker.get(str(row["id"]), [])]}
+                for row in rows]
+
+    # -- schedules ----------------------------------------------------------------------------
+    async def schedules(self) -> list[dict[str, Any]]:
+        if not isinstance(getattr(self.soniq.backend, "schedules", None), ScheduleStore):
+            return []
+        return await self.soniq.scheduler.list()
+
+    async def run_schedule(self, name: str) -> str | None:
+        """Enqueue the schedule's job now (its next fire time stays); the job id or None."""
+        schedule = await self.soniq.scheduler.get(name)
+        if schedule is None:
+            return None
+        return await self.soniq.enqueue(schedule["job_name"], args=schedule["args"],
+                                        queue=schedule["queue"], priority=schedule["priority"])
+
+    # -- webhooks -----------------------------------------------------------------------------
+    async def webhooks(self, *, endpoint: str | None = None, status: str | None = None,
+                       limit: int | None = None) -> dict[str, Any]:
+        if not isinstance(getattr(self.soniq.backend, "webhooks", None), WebhookStore):
+            return {"endpoints": [], "deliveries": []}
+        endpoints = await self.soniq.webhooks.list()
+        deliveries = await self.soniq.webhooks.deliveries(
+            endpoint_id=_blank(endpoint), status=_blank(status), limit=parse_limit(limit))
+        return {"endpoints": endpoints, "deliveries": deliveries}
+
+    # -- health -------------------------------------------------------------------------------
+    async def health(self) -> dict[str, Any]:
+        await self.soniq.ensure_initialized()
+        facts = await self.store.health()
+        return {
+            "status": "ok",
+            "backend": self.soniq.backend.name,
+            "schema_version": facts.schema_version,
+            "jobs_table_bytes": facts.jobs_table_bytes,
+            "jobs_rows": facts.jobs_rows,
+            "dead_tuples": facts.dead_tuples,
+            "listen": self.hub.listen_status,
+            "live_clients": self.hub.clients,
+            "rolled_up_at": self.hub.rolled_up_at,
+            "writes": "api key or loopback" if self.access.has_key else "loopback only",
+        }
+
+
+def _timings(record: JobRecord) -> dict[str, float | None]:
+    def seconds(start: datetime | None, end: datetime | None) -> float | None:
+        return None if start is None or end is None else (end - start).total_seconds()
+
+    return {"waited": seconds(record["scheduled_at"], record["started_at"]),
+            "ran": seconds(record["started_at"], record["finished_at"]),
+            "total": seconds(record["created_at"], record["finished_at"])}
+
+
+#: How route handlers ask for the service (injected by name).
+Dash: TypeAlias = NamedDependency[DashboardService]

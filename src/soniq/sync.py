@@ -1,0 +1,296 @@
+"""``app.sync``: the blocking twin of the ``Soniq`` API for sync callers (Flask, Django views,
+scripts, plain threads).
+
+Every call runs on one private asyncio event loop (an AnyIO blocking portal in a daemon thread)
+that lives as long as the facade, with its own storage backend and so its own connection pool:
+a pool belongs to the loop that created it (DESIGN.md §6), so the facade never borrows the pool
+the app uses on its own loop. Calls are safe from any number of threads; the portal serialises
+nothing but the hop onto its loop, and the pool serves calls concurrently.
+
+Validation, job options, encryption and lifecycle events are the app's own: the facade builds
+each job with the same code as ``app.enqueue`` and only does the storage round trip itself.
+
+The memory backend is one in-process store, so there the facade shares the app's backend; don't
+run a worker for the same memory app on another event loop while sync callers enqueue.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import sniffio
+from anyio.from_thread import BlockingPortal
+
+from soniq.backends import resolve_backend
+from soniq.errors import (
+    AppClosedError,
+    JobArgumentsError,
+    UnsupportedOperationError,
+    ValidationError,
+)
+from soniq.ids import is_uuid
+from soniq.registry import job_kwargs, validate_list_filters
+from soniq.runtime import JobEvent
+from soniq.serialization import utc_now
+from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+    from soniq.app import Soniq, Target, When
+    from soniq.backends.base import StorageBackend
+
+__all__ = ["SyncSoniq"]
+
+logger = logging.getLogger("soniq.sync")
+
+#: Backends that hold connections bound to a loop; the facade opens its own instance of these.
+_POOLED = ("postgres", "sqlite")
+
+
+class SyncSoniq:
+    """Blocking ``enqueue``/``get_job``/... for code that is not async. Get it as ``app.sync``.
+
+    ::
+
+        job_id = app.sync.enqueue(send_welcome, email="ada@example.com")
+        record = app.sync.get_job(job_id)
+
+    The portal thread and the pool start on the first call; ``close()`` (or ``await
+    app.close()``) stops them. Each method mirrors the async method of the same name.
+    """
+
+    def __init__(self, app: Soniq) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self._backend: StorageBackend | None = None
+        self._owns_backend = False
+        self._ready = False
+        self._init_lock: anyio.Lock | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self._portal else "idle"
+        return f"<SyncSoniq {state} app={self._app!r}>"
+
+    def __enter__(self) -> SyncSoniq:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- the portal -----------------------------------------------------------------------------
+    def _start(self) -> BlockingPortal:
+        with self._lock:
+            if self._closed or self._app.is_closed:
+                raise AppClosedError("this Soniq instance (or its app.sync facade) is closed; "
+                                     "create a new Soniq")
+            if self._portal is not None:
+                return self._portal
+            app = self._app
+            if app.backend.name in _POOLED:
+                self._backend = resolve_backend(app.backend.name, app.settings.database_url,
+                                                app.settings)
+                self._owns_backend = True
+            else:
+                self._backend = app.backend
+            started = threading.Event()
+            box: dict[str, Any] = {}
+
+            async def serve() -> None:
+                self._init_lock = anyio.Lock()
+                async with BlockingPortal() as portal:
+                    box["portal"] = portal
+                    started.set()
+                    await portal.sleep_until_stopped()
+
+            def thread_main() -> None:
+                try:
+                    anyio.run(serve, backend="asyncio")
+                except BaseException as exc:  # surfaced to the caller below
+                    box["error"] = exc
+                    started.set()
+
+            # A daemon thread: a forgotten facade must not keep the interpreter from exiting.
+            thread = threading.Thread(target=thread_main, name="soniq-sync", daemon=True)
+            thread.start()
+            started.wait()
+            if "error" in box:
+                raise RuntimeError("could not start the app.sync event loop") from box["error"]
+            self._portal, self._thread = box["portal"], thread
+            # Close the pool politely at interpreter exit if nobody did (the thread is a daemon).
+            atexit.register(_close_at_exit, weakref.ref(self))
+            return self._portal
+
+    def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        try:  # a task of a running event loop? (sniffio alone can name a loop that is not running)
+            anyio.get_current_task()
+        except (RuntimeError, sniffio.AsyncLibraryNotFoundError):
+            pass
+        else:  # blocking here would stall every other task of that event loop
+            raise UnsupportedOperationError(
+                "app.sync blocks, and this code runs in an event loop; use the async methods "
+                "(await app.enqueue(...)) or call app.sync from a thread")
+        portal = self._start()
+        return portal.call(self._on_loop, fn, *args)
+
+    async def _on_loop(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        backend = self._backend
+        assert backend is not None and self._init_lock is not None
+        if not self._ready:
+            async with self._init_lock:
+                if not self._ready:
+                    await backend.initialize()
+                    self._ready = True
+        return await fn(backend, *args)
+
+    def close(self) -> None:
+        """Close the facade's pool and stop its thread. Calling it again does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            portal, thread, self._portal, self._thread = self._portal, self._thread, None, None
+        if portal is None or thread is None:
+            return
+        try:
+            if self._owns_backend and self._backend is not None:
+                portal.call(self._backend.close)
+        finally:
+            portal.call(portal.stop)
+            thread.join(timeout=10)
+
+    # -- enqueue --------------------------------------------------------------------------------
+    def enqueue(self, target: Target, *, args: Mapping[str, Any] | None = None,
+                queue: str | None = None, priority: int | None = None,
+                scheduled_at: When | None = None, unique: bool | None = None,
+                dedup_key: str | None = None, **kwargs: Any) -> str:
+        """``app.enqueue`` for sync code (no ``connection=``: there is no sync transaction to
+        join). Returns the job id."""
+        job = self.prepare(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
+                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+        [job_id] = self.insert([job])
+        return str(job_id)
+
+    def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
+                     queue: str | None = None, priority: int | None = None,
+                     scheduled_at: When | None = None) -> list[str]:
+        """``app.enqueue_many`` for sync code: one job per element, validated before writing."""
+        if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
+            raise JobArgumentsError("args_list must be a list of dicts, one per job")
+        jobs = self._app._new_jobs(target, args_list, queue=queue, priority=priority,
+                                   scheduled_at=scheduled_at, unique=None, dedup_key=None,
+                                   many=True)
+        return self.insert(jobs) if jobs else []
+
+    def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> str:
+        """``enqueue`` to run at ``run_at`` (an aware datetime, a timedelta or seconds from now)."""
+        if run_at is None:
+            raise ValidationError("schedule() needs run_at; use enqueue() to run as soon as possible")
+        return self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
+
+    def prepare(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
+                priority: int | None = None, scheduled_at: When | None = None,
+                unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
+        """Validate one job exactly as ``enqueue`` does and build its row without writing it;
+        :meth:`insert` writes it later (e.g. when the caller's transaction commits)."""
+        [job] = self._app._new_jobs(target, [args], queue=queue, priority=priority,
+                                    scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+        return job
+
+    def insert(self, jobs: Sequence[NewJob]) -> list[str]:
+        """Write jobs already built (and validated) by the app; used by ``enqueue`` and by
+        integrations that prepare a job first and write it later (e.g. on transaction commit)."""
+
+        async def insert(backend: StorageBackend) -> list[str]:
+            return await backend.insert_jobs(list(jobs))
+
+        ids: list[str] = self._call(insert)
+        events = self._app.events
+        if events.active:  # subscribers buffer under a lock or the GIL: safe from this thread
+            now = utc_now()
+            for job in jobs:
+                events.emit(JobEvent("enqueued", job.id, job.job_name, job.queue, 0, now))
+        return ids
+
+    # -- management -----------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job's full record, or None when there is no such job."""
+        if not is_uuid(job_id):
+            return None
+
+        async def get(backend: StorageBackend) -> JobRecord | None:
+            return await backend.get_job(job_id)
+
+        record: JobRecord | None = self._call(get)
+        return record
+
+    def get_result(self, job_id: str) -> Any:
+        """What a ``done`` job returned; None otherwise (or after ``result_ttl``)."""
+        record = self.get_job(job_id)
+        if record is None or record["status"] != JobStatus.DONE:
+            return None
+        encrypting = self._app._encrypting
+        if encrypting is not None:
+            return encrypting.decode_result(record["job_name"], record["result"])
+        return record["result"]
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Cancel a job that has not started; True when it was cancelled."""
+        if not is_uuid(job_id):
+            return False
+
+        async def cancel(backend: StorageBackend) -> bool:
+            return await backend.cancel_job(job_id)
+
+        return bool(self._call(cancel))
+
+    def delete_job(self, job_id: str) -> bool:
+        """Delete a job in any state; True when it existed."""
+        if not is_uuid(job_id):
+            return False
+
+        async def delete(backend: StorageBackend) -> bool:
+            return await backend.delete_job(job_id)
+
+        return bool(self._call(delete))
+
+    def list_jobs(self, queue: str | None = None, status: str | None = None, limit: int = 100,
+                  offset: int = 0) -> list[JobRecord]:
+        """Jobs, newest first, optionally filtered by queue and status."""
+        validate_list_filters(queue, status, limit, offset)
+
+        async def list_(backend: StorageBackend) -> list[JobRecord]:
+            return await backend.list_jobs(queue=queue, status=status, limit=limit, offset=offset)
+
+        records: list[JobRecord] = self._call(list_)
+        return records
+
+    def get_queue_stats(self) -> list[QueueStats]:
+        """Job counts per queue and status, sorted by queue name."""
+
+        async def stats(backend: StorageBackend) -> list[QueueStats]:
+            return await backend.queue_stats()
+
+        result: list[QueueStats] = self._call(stats)
+        return result
+
+
+def _close_at_exit(ref: weakref.ref[SyncSoniq]) -> None:
+    facade = ref()
+    if facade is not None:
+        try:
+            facade.close()
+        except Exception:  # the interpreter is going away; nothing to report to
+            logger.debug("app.sync could not close at exit", exc_info=True)

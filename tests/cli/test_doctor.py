@@ -1,0 +1,145 @@
+"""``soniq doctor``: every verdict from the facts (in-process), and the command end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from soniq.cli.doctor import Check, judge
+from soniq.errors import DatabaseError, SchemaMissingError
+from soniq.settings import load_settings
+from soniq.types import DatabaseInfo
+from tests.cli.cli import ok_json, soniq
+
+URL = "postgresql://postgres@db/app"
+
+
+def facts(**changes: Any) -> DatabaseInfo:
+    info: DatabaseInfo = {
+        "backend": "postgres", "server_version": "16.2", "applied_migrations": ["0001_initial"],
+        "pending_migrations": [], "round_trip": 0.001, "clock_skew": 0.01,
+        "transaction_pooling": False, "listen_works": True, "max_connections": 100,
+        "via_proxy": False,
+    }
+    info.update(changes)  # type: ignore[typeddict-item]
+    return info
+
+
+def verdicts(info: DatabaseInfo | None = None, problem: Exception | None = None,
+             **settings: Any) -> dict[str, Check]:
+    checks = judge(load_settings(settings), "postgres", info, problem,  # type: ignore[arg-type]
+                   url=URL)
+    return {check.name: check for check in checks}
+
+
+def test_a_healthy_setup_passes_every_check() -> None:
+    checks = verdicts(facts())
+    assert {name: c.verdict for name, c in checks.items()} == {
+        "database URL": "ok", "reachable": "ok", "schema": "ok", "pooling mode": "ok",
+        "LISTEN/NOTIFY": "ok", "pool sizing": "ok", "clock skew": "ok"}
+
+
+def test_each_problem_fails_its_check_with_the_fix() -> None:
+    pending = verdicts(facts(pending_migrations=["0002_schedules"]))["schema"]
+    assert pending.verdict == "fail" and "soniq setup" in pending.detail
+    bouncer = verdicts(facts(transaction_pooling=True, listen_works=False))
+    assert bouncer["pooling mode"].verdict == "fail"
+    assert "SONIQ_STATEMENT_CACHE_SIZE=0" in bouncer["pooling mode"].detail
+    assert bouncer["LISTEN/NOTIFY"].verdict == "fail"
+    configured = verdicts(facts(transaction_pooling=True, listen_works=False),
+                          statement_cache_size=0)
+    assert configured["pooling mode"].verdict == "ok"
+    assert configured["LISTEN/NOTIFY"].verdict == "skip"
+    behind_bouncer = verdicts(facts(via_proxy=True, listen_works=False))  # same server session
+    assert behind_bouncer["pooling mode"].verdict == "fail"
+    assert verdicts(facts(via_proxy=True))["pooling mode"].detail.startswith("through a proxy")
+    assert verdicts(facts(clock_skew=-2.0))["clock skew"].verdict == "warn"
+    skewed = verdicts(facts(clock_skew=30.0))["clock skew"]
+    assert skewed.verdict == "fail" and "30.00s ahead" in skewed.detail
+    small_pool = verdicts(facts(), pool_max_size=4, pool_min_size=1)["pool sizing"]
+    assert small_pool.verdict == "fail" and "SONIQ_POOL_MAX_SIZE>=5" in small_pool.detail
+    assert verdicts(facts(max_connections=10))["pool sizing"].verdict == "warn"
+
+
+def test_unreachable_and_missing_database() -> None:
+    down = verdicts(None, DatabaseError("cannot connect to PostgreSQL at x"))
+    assert down["reachable"].verdict == "fail" and "schema" not in down
+    missing = verdicts(None, SchemaMissingError("the database does not exist; run `soniq setup`"))
+    assert missing["reachable"].verdict == "ok" and missing["schema"].verdict == "fail"
+
+
+def _doctor(*args: str) -> tuple[int, dict[str, str]]:
+    done = soniq("doctor", "--json", *args)
+    assert "Traceback" not in done.stderr
+    import json
+
+    report = json.loads(done.stdout)
+    return done.returncode, {c["name"]: c["verdict"] for c in report["checks"]}
+
+
+@pytest.mark.postgres
+def test_doctor_on_postgres(pg_url: str, fresh_database: tuple[str, str]) -> None:
+    code, checks = _doctor("--database-url", pg_url)
+    assert code == 0 and set(checks.values()) == {"ok"}, checks
+    code, checks = _doctor("--database-url", fresh_database[1])
+    assert code == 3 and checks["schema"] == "fail"
+    code, checks = _doctor("--database-url", "postgresql://postgres:pw@127.0.0.1:1/x")
+    assert code == 3 and checks["reachable"] == "fail"
+
+
+def test_doctor_on_sqlite_and_a_bad_url(sqlite_url: str) -> None:
+    report = ok_json("doctor", "--database-url", sqlite_url)
+    assert report["ok"] is True
+    code, checks = _doctor("--database-url", "mysql://db/x")
+    assert code == 3 and checks == {"database URL": "fail"}
+    table = soniq("doctor", "--database-url", "mysql://db/x")
+    assert table.returncode == 3 and "FAIL" in table.stdout and "some checks failed" in table.stdout
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_database_info_on_each_backend(url: str) -> None:
+    """``app.database_info()``, the facade method behind doctor, status and migrate-status."""
+    from soniq import Soniq
+    from soniq.errors import UnsupportedOperationError
+    from soniq.migrations import load_migrations
+
+    async with Soniq(database_url=url) as app:
+        info = await app.database_info()
+    backend = "postgres" if url.startswith("postgresql") else "sqlite"
+    assert info["backend"] == backend and info["pending_migrations"] == []
+    assert info["applied_migrations"] == [m.label for m in load_migrations(backend)]
+    if backend == "postgres":
+        assert info["listen_works"] is True and info["transaction_pooling"] is False
+        assert info["via_proxy"] is False and info["max_connections"]
+        assert info["clock_skew"] is not None and abs(info["clock_skew"]) < 1
+    else:
+        assert info["clock_skew"] is None and info["listen_works"] is None
+    with pytest.raises(UnsupportedOperationError):
+        await Soniq(backend="memory").database_info()
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_database_info_before_setup_and_unreachable(fresh_database: tuple[str, str],
+                                                          pg_url: str) -> None:
+    from soniq import Soniq
+
+    async with Soniq(database_url=pg_url) as app, app.backend.acquire() as conn:
+        rows = await conn.fetch("DELETE FROM soniq_migrations WHERE version > 1 "
+                                "RETURNING version, name, applied_at")
+        try:
+            info = await app.database_info()
+        finally:  # the worker's shared database must stay set up for the next tests
+            await conn.executemany("INSERT INTO soniq_migrations VALUES ($1, $2, $3)",
+                                   [tuple(row) for row in rows])
+        assert info["applied_migrations"] == ["0001_initial"] and info["pending_migrations"]
+    with pytest.raises(SchemaMissingError, match="soniq setup"):
+        await Soniq(database_url=fresh_database[1]).database_info()
+    with pytest.raises(DatabaseError, match="cannot connect"):
+        await Soniq(database_url="postgresql://postgres@127.0.0.1:1/x").database_info()

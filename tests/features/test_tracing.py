@@ -1,0 +1,76 @@
+"""OpenTelemetry spans: a producer span per enqueue, a consumer span per attempt (with the error
+recorded), on every backend. The SDK's in-memory exporter collects what a real exporter would get."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from soniq import Soniq
+from soniq.errors import ConfigurationError
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+async def test_spans_for_send_and_process(app: Soniq, exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app.tracing.use(provider)
+
+    @app.job(name="ok", queue="mail")
+    async def ok(n: int) -> int:
+        return n
+
+    @app.job(name="boom", retries=0)
+    async def boom() -> None:
+        raise ValueError("no luck")
+
+    ok_id = await app.enqueue(ok, n=1)
+    await app.enqueue_many(ok, [{"n": 2}, {"n": 3}])
+    boom_id = await app.enqueue(boom)
+    assert await app.run_worker(run_once=True) == 4
+
+    spans = exporter.get_finished_spans()
+    sends = [s for s in spans if s.kind is SpanKind.PRODUCER]
+    assert [s.name for s in sends] == ["send mail", "send mail", "send default"]
+    assert sends[0].attributes is not None and sends[1].attributes is not None
+    assert sends[0].attributes["messaging.message.id"] == ok_id
+    assert sends[0].attributes["messaging.system"] == "soniq"
+    assert sends[1].attributes["messaging.batch.message_count"] == 2
+
+    processed = {s.attributes["messaging.message.id"]: s for s in spans  # type: ignore[index]
+                 if s.kind is SpanKind.CONSUMER}
+    assert len(processed) == 4
+    assert processed[ok_id].name == "process mail"
+    assert processed[ok_id].attributes["soniq.job.attempt"] == 1  # type: ignore[index]
+    assert processed[ok_id].status.status_code is StatusCode.UNSET
+    failed = processed[boom_id]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"]
+    assert "no luck" in str(failed.events[0].attributes)
+
+
+def test_tracing_is_off_until_touched() -> None:
+    app = Soniq(backend="memory")
+    assert app.hooks.middleware == []
+    app.tracing  # noqa: B018
+    assert len(app.hooks.middleware) == 1
+
+
+def test_without_the_api_installed_it_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import fails as if not installed
+    app = Soniq(backend="memory")
+    with pytest.raises(ConfigurationError, match=r"pip install 'soniq\[otel\]'"):
+        app.tracing  # noqa: B018
+    assert app.hooks.middleware == []

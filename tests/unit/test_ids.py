@@ -1,0 +1,39 @@
+"""Job ids: UUIDv7 strings, strictly increasing within a process, also across a counter overflow."""
+
+from __future__ import annotations
+
+import uuid
+
+from soniq.ids import canonical_uuid, is_uuid, new_id, new_ids
+
+
+def test_ids_are_increasing_uuid7_strings_across_counter_overflow() -> None:
+    # 20 000 ids in one call land in far fewer milliseconds than that: the 12-bit counter
+    # overflows (more than 4 096 per millisecond) and must borrow the next millisecond.
+    ids = new_ids(20_000) + [new_id() for _ in range(100)] + new_ids(3)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_new_ids_of_zero_is_empty() -> None:
+    assert new_ids(0) == []
+
+
+def test_is_uuid() -> None:
+    assert is_uuid(new_id())
+    assert not is_uuid("not-a-uuid")
+    assert not is_uuid(None)
+    assert not is_uuid("g" * 36)
+
+
+def test_canonical_uuid() -> None:
+    value = new_id()
+    assert canonical_uuid(value) is value  # already canonical: passed through as is
+    assert canonical_uuid(value.upper()) == value
+    assert canonical_uuid("nope") is None
+    assert canonical_uuid(42) is None
