@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import anyio
 
 from soniq.backends import StorageBackend, resolve_backend
+from soniq.backends.base import database_info
 from soniq.errors import (
     AppClosedError,
     ConfigurationError,
@@ -29,18 +30,17 @@ from soniq.features.metrics import Metrics
 from soniq.features.scheduler import Scheduler, SchedulerService, Timing
 from soniq.features.tracing import Tracing
 from soniq.features.webhooks import Webhooks, WebhookService
-from soniq.ids import is_uuid, new_ids
-from soniq.migrations import load_migrations
+from soniq.ids import is_uuid
 from soniq.registry import (
     JobRegistry,
     TaskRef,
-    encode_args,
+    build_jobs,
     job_kwargs,
     validate_list_filters,
     validate_name,
 )
 from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
-from soniq.serialization import to_utc, unique_key, utc_now
+from soniq.serialization import utc_now
 from soniq.settings import SoniqSettings, load_settings
 from soniq.types import DatabaseInfo, JobRecord, JobStatus, NewJob, QueueStats
 
@@ -495,47 +495,10 @@ class Soniq:
         What all rows share is checked once; ``many`` names the failing ``args_list`` element."""
         if self._closed:
             raise AppClosedError("this Soniq instance is closed; create a new one")
-        spec, name, default_queue, model = self._registry.resolve(
-            target, strict=self._settings.enqueue_validation == "strict")
-        if priority is None:
-            priority = spec.priority if spec and spec.priority is not None else self._settings.priority
-        elif not isinstance(priority, int) or isinstance(priority, bool) or not -32_768 <= priority <= 32_767:
-            raise ValidationError(f"priority must be an integer from -32768 to 32767, got {priority!r}")
-        retries = spec.max_retries if spec and spec.max_retries is not None else self._settings.max_retries
-        if unique is None:
-            unique = spec.unique if spec else False
-        if many and unique:
-            raise ValidationError(
-                f"job {name!r} is unique; enqueue_many does not deduplicate, "
-                "so enqueue unique jobs one at a time with enqueue()"
-            )
-        if dedup_key is not None and (not isinstance(dedup_key, str) or not 0 < len(dedup_key) <= 512):
-            raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
-        queue = validate_name(queue, "queue name") if queue is not None else default_queue
-        run_at = to_utc(scheduled_at)
-        by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))
-        encode = self.codec.encode_args
-        jobs: list[NewJob] = []
-        for job_id, job_args in zip(new_ids(len(args_list)), args_list, strict=True):
-            if many and not isinstance(job_args, Mapping):
-                raise JobArgumentsError(
-                    f"args_list[{len(jobs)}] must be a dict, not {type(job_args).__name__}")
-            try:
-                args_json = (spec.encode_args(job_args) if by_spec and spec is not None
-                             else encode_args(name, job_args, model=model))
-            except ValidationError as exc:
-                if many:
-                    raise type(exc)(f"args_list[{len(jobs)}]: {exc.message}") from None
-                raise
-            key = dedup_key
-            if key is None and unique:
-                key = unique_key(name, args_json)
-                if spec is not None and spec.encrypt:  # a keyed hash: the plain one is guessable
-                    key = f"unique:{name}:{self._signing_service().digest(key)}"
-            jobs.append(NewJob(id=job_id, job_name=name, queue=queue, priority=priority,
-                               args=encode(name, args_json), max_attempts=retries + 1,
-                               scheduled_at=run_at, dedup_key=key))
-        return jobs
+        return build_jobs(self._registry, self._settings, target, args_list, queue=queue,
+                          priority=priority, scheduled_at=scheduled_at, unique=unique,
+                          dedup_key=dedup_key, many=many, encode=self.codec.encode_args,
+                          keyed_digest=lambda key: self._signing_service().digest(key))
 
     # -- management ---------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -595,21 +558,7 @@ class Soniq:
         if probe is None:
             raise UnsupportedOperationError(
                 f"the {self._backend.name} backend has nothing to probe; use sqlite or postgres")
-        facts: dict[str, Any] = await probe()
-        applied: list[str] = facts["applied_migrations"]
-        return {
-            "backend": self._backend.name,
-            "server_version": facts.get("server_version"),
-            "applied_migrations": applied,
-            "pending_migrations": [m.label for m in load_migrations(self._backend.name)
-                                   if m.label not in applied],
-            "round_trip": facts.get("round_trip"),
-            "clock_skew": facts.get("clock_skew"),
-            "transaction_pooling": facts.get("transaction_pooling"),
-            "listen_works": facts.get("listen_works"),
-            "max_connections": facts.get("max_connections"),
-            "via_proxy": facts.get("via_proxy"),
-        }
+        return database_info(self._backend.name, await probe())
 
 
 #: Connections of the main pool a worker's services hold at once (scheduler, webhook delivery, log

@@ -24,14 +24,19 @@ from soniq.errors import (
     ValidationError,
     did_you_mean,
 )
-from soniq.serialization import dumps
-from soniq.types import JobContext, JobStatus
+from soniq.ids import new_ids
+from soniq.serialization import dumps, to_utc, unique_key
+from soniq.types import JobContext, JobStatus, NewJob
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from datetime import datetime, timedelta
+
+    from soniq.settings import SoniqSettings
 
 __all__ = [
     "RESERVED_ENQUEUE_OPTIONS",
+    "build_jobs",
     "JobRegistry",
     "JobSpec",
     "Parameters",
@@ -355,3 +360,54 @@ def job_kwargs(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Mappin
     if not isinstance(args, Mapping):
         raise JobArgumentsError(f"args must be a dict of keyword arguments, not {type(args).__name__}")
     return args
+
+
+def build_jobs(registry: JobRegistry, settings: SoniqSettings, target: Callable[..., Any] | str | TaskRef,
+               args_list: Sequence[Mapping[str, Any]], *, queue: str | None, priority: int | None,
+               scheduled_at: datetime | timedelta | float | None, unique: bool | None,
+               dedup_key: str | None, many: bool, encode: Callable[[str, str], str],
+               keyed_digest: Callable[[str], str]) -> list[NewJob]:
+    """Validate everything about an enqueue call and build its rows; nothing is written here.
+    What all rows share is checked once; ``many`` names the failing ``args_list`` element.
+    ``encode`` is the app's payload codec; ``keyed_digest`` hashes the dedup key of an encrypted
+    job (the plain one would be guessable)."""
+    spec, name, default_queue, model = registry.resolve(
+        target, strict=settings.enqueue_validation == "strict")
+    if priority is None:
+        priority = spec.priority if spec and spec.priority is not None else settings.priority
+    elif not isinstance(priority, int) or isinstance(priority, bool) or not -32_768 <= priority <= 32_767:
+        raise ValidationError(f"priority must be an integer from -32768 to 32767, got {priority!r}")
+    retries = spec.max_retries if spec and spec.max_retries is not None else settings.max_retries
+    if unique is None:
+        unique = spec.unique if spec else False
+    if many and unique:
+        raise ValidationError(
+            f"job {name!r} is unique; enqueue_many does not deduplicate, "
+            "so enqueue unique jobs one at a time with enqueue()"
+        )
+    if dedup_key is not None and (not isinstance(dedup_key, str) or not 0 < len(dedup_key) <= 512):
+        raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
+    queue = validate_name(queue, "queue name") if queue is not None else default_queue
+    run_at = to_utc(scheduled_at)
+    by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))
+    jobs: list[NewJob] = []
+    for job_id, job_args in zip(new_ids(len(args_list)), args_list, strict=True):
+        if many and not isinstance(job_args, Mapping):
+            raise JobArgumentsError(
+                f"args_list[{len(jobs)}] must be a dict, not {type(job_args).__name__}")
+        try:
+            args_json = (spec.encode_args(job_args) if by_spec and spec is not None
+                         else encode_args(name, job_args, model=model))
+        except ValidationError as exc:
+            if many:
+                raise type(exc)(f"args_list[{len(jobs)}]: {exc.message}") from None
+            raise
+        key = dedup_key
+        if key is None and unique:
+            key = unique_key(name, args_json)
+            if spec is not None and spec.encrypt:
+                key = f"unique:{name}:{keyed_digest(key)}"
+        jobs.append(NewJob(id=job_id, job_name=name, queue=queue, priority=priority,
+                           args=encode(name, args_json), max_attempts=retries + 1,
+                           scheduled_at=run_at, dedup_key=key))
+    return jobs

@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
 from soniq.errors import UnsupportedOperationError
+from soniq.migrations import load_migrations
 from soniq.serialization import loads
 
 if TYPE_CHECKING:
@@ -33,11 +34,20 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
-    from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
+    from soniq.types import (
+        ClaimedJob,
+        DatabaseInfo,
+        JobOutcome,
+        JobRecord,
+        NewJob,
+        QueueStats,
+        WorkerInfo,
+    )
 
 __all__ = [
     "JOB_COLUMNS",
     "StorageBackend",
+    "database_info",
     "job_record",
     "no_connections",
     "refuse_connection",
@@ -219,3 +229,21 @@ def refuse_connection(backend: str) -> NoReturn:
         f"enqueue(connection=...) joins your database transaction, which the {backend} backend "
         "cannot do; use PostgreSQL for transactional enqueue"
     )
+
+
+def database_info(backend: str, facts: Mapping[str, Any]) -> DatabaseInfo:
+    """A backend probe's facts as :class:`~soniq.types.DatabaseInfo`, with the shipped migrations
+    not yet applied (what ``soniq doctor`` and ``soniq migrate-status`` report)."""
+    applied: list[str] = facts["applied_migrations"]
+    return {
+        "backend": backend,
+        "server_version": facts.get("server_version"),
+        "applied_migrations": applied,
+        "pending_migrations": [m.label for m in load_migrations(backend) if m.label not in applied],
+        "round_trip": facts.get("round_trip"),
+        "clock_skew": facts.get("clock_skew"),
+        "transaction_pooling": facts.get("transaction_pooling"),
+        "listen_works": facts.get("listen_works"),
+        "max_connections": facts.get("max_connections"),
+        "via_proxy": facts.get("via_proxy"),
+    }
