@@ -25,7 +25,7 @@ from soniq.errors import (
     did_you_mean,
 )
 from soniq.ids import new_ids
-from soniq.serialization import dumps, to_utc, unique_key
+from soniq.serialization import dumps, has_unstorable_chars, to_utc, unique_key
 from soniq.types import JobContext, JobStatus, NewJob
 
 if typing.TYPE_CHECKING:
@@ -387,6 +387,10 @@ def build_jobs(registry: JobRegistry, settings: SoniqSettings, target: Callable[
         )
     if dedup_key is not None and (not isinstance(dedup_key, str) or not 0 < len(dedup_key) <= 512):
         raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
+    if dedup_key is not None and has_unstorable_chars(dedup_key):
+        raise ValidationError(
+            f"dedup_key {dedup_key!r} contains a NUL character or a lone surrogate, which the "
+            "database cannot store; use printable text (e.g. a hash of the raw key)")
     queue = validate_name(queue, "queue name") if queue is not None else default_queue
     run_at = to_utc(scheduled_at)
     by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))

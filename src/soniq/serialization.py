@@ -1,8 +1,13 @@
 """JSON in and out: the one place for what Soniq can store.
 
 Payloads and results are strict JSON (RFC 8259) that PostgreSQL's ``jsonb`` accepts: no NaN or
-Infinity, no NUL characters, no lone surrogates, string keys only. Anything else is rejected with a
-:class:`~soniq.errors.SerializationError` before it is written. Never pickle.
+Infinity, no NUL characters, no lone surrogates. Anything else is rejected with a
+:class:`~soniq.errors.SerializationError` before it is written. As in :func:`json.dumps`, tuples
+are written as lists and int/float/bool/None keys as strings. Floats are spelled so that every
+backend gives back the same value: ``jsonb`` keeps a number's digits, not its spelling, so
+``1e+16`` would come back from PostgreSQL as the integer ``10000000000000000`` (and ``-0.0`` as
+``0.0``); such floats are written positionally (``10000000000000000.0``) and ``-0.0`` as ``0.0``.
+Never pickle.
 """
 
 from __future__ import annotations
@@ -11,15 +16,32 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from soniq.errors import SerializationError, ValidationError
 
-__all__ = ["dumps", "loads", "to_utc", "unique_key", "utc_now"]
+__all__ = [
+    "dumps", "has_unstorable_chars", "loads", "storable_text", "to_utc", "unique_key", "utc_now",
+]
 
 # A JSON-escaped NUL (\u0000) not itself escaped, and any surrogate code point left in the text.
 _JSONB_UNSAFE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000|[\ud800-\udfff]")
+# A JSON string (skipped whole, so nothing inside one is touched), or a float jsonb would respell:
+# an exponent form (Python's repr for |x| >= 1e16, always a whole number) or negative zero.
+_RESPELL = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"|(-?\d++(?:\.\d++)?+e\+\d++|-0\.0(?!\d))')
+# Characters no backend can store in text: NUL (PostgreSQL) and lone surrogates (not UTF-8).
+_UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
+def _respell(match: re.Match[str]) -> str:
+    number = match[1]
+    if number is None:
+        return match[0]
+    if number == "-0.0":
+        return "0.0"
+    return f"{Decimal(number):f}.0"
 
 
 def _refuse(value: object) -> Any:
@@ -49,7 +71,22 @@ def dumps(value: Any, *, what: str = "value") -> str:
         raise SerializationError(
             f"{what} contains a NUL character or a lone surrogate, which JSON storage cannot hold"
         )
+    if "e+" in text or "-0.0" in text:  # rare: skip the scan for everything else
+        text = _RESPELL.sub(_respell, text)
     return text
+
+
+def has_unstorable_chars(text: str) -> bool:
+    """True when ``text`` holds a NUL or a lone surrogate, which no backend can store."""
+    return _UNSTORABLE_CHAR.search(text) is not None
+
+
+def storable_text(text: str) -> str:
+    """``text`` with each NUL or lone surrogate written as a ``\\uXXXX`` escape, for messages
+    (exception text, tracebacks) that must be stored whatever they contain."""
+    if _UNSTORABLE_CHAR.search(text) is None:
+        return text
+    return _UNSTORABLE_CHAR.sub(lambda match: f"\\u{ord(match[0]):04x}", text)
 
 
 def loads(text: str | bytes | None) -> Any:

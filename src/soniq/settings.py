@@ -96,6 +96,11 @@ class SoniqSettings(BaseSettings):
                                          description="seconds between webhook delivery ticks")
     webhook_reload_interval: float = Field(
         5.0, ge=0, le=3_600, description="seconds a worker caches the webhook endpoint list")
+    webhook_delivery_retention: float = Field(
+        7 * 86_400.0, gt=0, le=3_650 * 86_400,
+        description="seconds delivered and failed webhook deliveries are kept (for deliveries() "
+                    "and the dashboard) before a worker deletes them, checked every "
+                    "cleanup_interval; pending ones are never deleted")
     secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, repr=False,
         description="keys for app.signing and @app.job(encrypt=True), newest first (comma-separated "

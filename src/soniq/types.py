@@ -171,6 +171,9 @@ class JobContext:
     worker_id: str
     scheduled_at: datetime
     created_at: datetime
+    #: This claim of the job: a new id per attempt (also when a re-queued job runs again under
+    #: the same attempt number). Every write of the attempt's outcome is fenced by it.
+    lease_id: str = ""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("soniq.job"))
 
 

@@ -1,46 +1,64 @@
-"""An app for worker subprocess tests. Its database comes from SONIQ_DATABASE_URL; every job
-appends ``job_id attempt pid event`` lines to the file named by SONIQ_TEST_LEDGER (small appends
-are atomic, and the file survives the worker being killed)."""
+"""The app that reliability tests run in real ``soniq worker`` subprocesses.
+
+Its queue database comes from SONIQ_DATABASE_URL. Every job writes ``start`` and ``finish`` rows
+(job id, attempt, lease, pid) to the ledger table ``chaos_ledger`` at SONIQ_TEST_LEDGER_URL,
+over connections of its own in autocommit, so the rows survive the worker being killed and the
+queue's database being restarted (tests/reliability/ledger.py reads them).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import anyio
+import asyncpg
 
 from soniq import JobContext, Soniq
+from soniq.backends._bridge import call
 
 app = Soniq()
 
+LEDGER_TABLE = "chaos_ledger"
+_INSERT = (f"INSERT INTO {LEDGER_TABLE} (job_id, attempt, lease_id, pid, event) "
+           "VALUES ($1, $2, $3, $4, $5)")
+_pool: Any = None
+_pool_lock = anyio.Lock()
 
-def record(ctx: JobContext, event: str) -> None:
-    with open(os.environ["SONIQ_TEST_LEDGER"], "a") as ledger:
-        ledger.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()} {event}\n")
+
+async def record(ctx: JobContext, event: str) -> None:
+    global _pool
+    async with _pool_lock:
+        if _pool is None:
+            _pool = await call(asyncpg.create_pool, os.environ["SONIQ_TEST_LEDGER_URL"],
+                               min_size=1, max_size=2)
+    await call(_pool.execute, _INSERT, ctx.job_id, ctx.attempt, ctx.lease_id, os.getpid(), event)
 
 
 @app.job(name="sleep")
 async def sleep(seconds: float, ctx: JobContext) -> str:
-    record(ctx, "start")
+    await record(ctx, "start")
     await anyio.sleep(seconds)
-    record(ctx, "finish")
+    await record(ctx, "finish")
     return "slept"
 
 
 @app.job(name="noop")
 async def noop(ctx: JobContext) -> None:
-    record(ctx, "start")
-    record(ctx, "finish")
+    await record(ctx, "start")
+    await record(ctx, "finish")
 
 
 @app.job(name="nap")
-async def nap(ctx: JobContext) -> None:
-    record(ctx, "start")
-    await anyio.sleep(0.005)  # long enough that racing workers all get a share
-    record(ctx, "finish")
+async def nap(ctx: JobContext, ms: float = 5) -> None:
+    """Long enough that racing workers all get a share."""
+    await record(ctx, "start")
+    await anyio.sleep(ms / 1000)
+    await record(ctx, "finish")
 
 
 @app.job(name="suicide", retries=2)
 async def suicide(ctx: JobContext) -> None:
-    record(ctx, "start")
+    await record(ctx, "start")
     os.kill(os.getpid(), signal.SIGKILL)

@@ -100,7 +100,7 @@ async def _explain_claims(url: str) -> dict[tuple[str, str], list[dict[str, Any]
         await conn.execute("ANALYZE soniq_jobs")
         plans = {}
         for label, query, extra, _ in SHAPES:
-            params = (new_id(), None, LIMIT, *extra)
+            params = (new_id(), None, LIMIT, new_id(), *extra)
             for plan in PLANS:
                 plans[label, plan] = await _explain(conn, query, params,
                                                     generic=plan == "generic")
@@ -147,14 +147,14 @@ async def _claim_after_growth(url: str) -> list[dict[str, Any]]:
         await conn.execute(FINISHED, 1)
         for _ in range(10):
             async with conn.transaction():
-                await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, LIMIT)
+                await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, LIMIT, new_id())
         await conn.execute(FINISHED, ROWS)
         name = await conn.fetchval(
             "SELECT name FROM pg_prepared_statements WHERE statement = $1", CLAIM_ALL_QUEUES)
         assert name is not None, "the claim did not go through a cached prepared statement"
         async with conn.transaction():
             text = await conn.fetchval(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}('{new_id()}', NULL, {LIMIT})")
+                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}('{new_id()}', NULL, {LIMIT}, '{new_id()}')")
             await conn.execute("TRUNCATE soniq_jobs CASCADE")
         return _nodes(json.loads(text)[0]["Plan"])
     finally:

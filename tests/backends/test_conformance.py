@@ -271,7 +271,9 @@ async def test_delete_in_any_state(storage: StorageBackend) -> None:
 
 async def test_json_is_stored_byte_exact(storage: StorageBackend) -> None:
     payload = {"deep": [[[[{"k": "v"}]]]], "empty": {}, "list": [], "neg": -0.5,
-               "big": 12345678901234567890, "quote": "'\"\\", "sql": "'; DROP TABLE x; --"}
+               "big": 12345678901234567890, "quote": "'\"\\", "sql": "'; DROP TABLE x; --",
+               # jsonb keeps digits, not spelling: these must still come back as floats
+               "floats": [1e16, -1.5e300, 1.7976931348623157e308, 1e-7, 5e-324]}
     new = job(args=payload)
     await storage.insert_jobs([new])
     record = await storage.get_job(new.id)

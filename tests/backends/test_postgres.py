@@ -28,6 +28,7 @@ from soniq.backends import _bridge
 from soniq.backends.postgres import PostgresBackend
 from soniq.backends.postgres import backend as backend_module
 from soniq.backends.postgres.errors import redact_url
+from soniq.backends.postgres.listener import APPLICATION_NAME
 from soniq.backends.postgres.sql import CHANNEL
 from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError
 from soniq.ids import new_id
@@ -133,6 +134,9 @@ EXPECTED_INDEXES = {
          "(next_attempt_at, id) WHERE (status = 'pending'::text)"),
         ("soniq_webhook_deliveries_endpoint_idx", "INDEX", "soniq_webhook_deliveries",
          "(endpoint_id, created_at)"),
+        # Retention: finished rows by when they finished (their next_attempt_at).
+        ("soniq_webhook_deliveries_finished_idx", "INDEX", "soniq_webhook_deliveries",
+         "(next_attempt_at) WHERE (status <> 'pending'::text)"),
         ("soniq_job_logs_pkey", "UNIQUE INDEX", "soniq_job_logs", "(id)"),
         ("soniq_job_logs_job_idx", "INDEX", "soniq_job_logs", "(job_id, id)"),
         ("soniq_job_logs_created_at_idx", "INDEX", "soniq_job_logs", "(created_at)"),
@@ -334,6 +338,8 @@ async def test_concurrent_migrations_apply_once(fresh_database: tuple[str, str])
             await backend.close()
     assert sorted(results) == [[], ALL_LABELS]
     assert len(await fetch(url, "SELECT * FROM soniq_migrations")) == len(ALL_LABELS)
+    assert await fetch(url, "SELECT * FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())") == []
 
 
 async def test_unmigrated_database_names_soniq_setup(pg_server: str,
@@ -618,7 +624,7 @@ async def test_listen_raises_database_error_when_its_connection_dies(pg_url: str
     async def kill_listener(conn: Any) -> int:
         return await conn.fetchval(  # type: ignore[no-any-return]
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE 'LISTEN %'")
+            "WHERE datname = current_database() AND application_name = $1", APPLICATION_NAME)
 
     try:
         # listen() must end with DatabaseError (the runtime then reconnects), not hang.

@@ -73,6 +73,7 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
         "soniq_jobs_dead_letter", "soniq_webhook_deliveries_due",
+        "soniq_webhook_deliveries_finished",
         "soniq_job_logs_job", "soniq_job_logs_created_at",
     } <= schema["index"]
     with sqlite3.connect(sqlite_url) as conn:

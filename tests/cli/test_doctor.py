@@ -51,6 +51,8 @@ def test_each_problem_fails_its_check_with_the_fix() -> None:
                           statement_cache_size=0)
     assert configured["pooling mode"].verdict == "ok"
     assert configured["LISTEN/NOTIFY"].verdict == "skip"
+    needless = verdicts(facts(), statement_cache_size=0)["pooling mode"]  # a direct connection
+    assert needless.verdict == "warn" and "unset SONIQ_STATEMENT_CACHE_SIZE" in needless.detail
     behind_bouncer = verdicts(facts(via_proxy=True, listen_works=False))  # same server session
     assert behind_bouncer["pooling mode"].verdict == "fail"
     assert verdicts(facts(via_proxy=True))["pooling mode"].detail.startswith("through a proxy")

@@ -99,6 +99,16 @@ async def test_encrypt_decrypt_round_trip(secure: Soniq) -> None:
     assert await secure.signing.decrypt(await secure.signing.encrypt(b"raw bytes")) == "raw bytes"
 
 
+def test_is_current_tells_whether_a_token_is_under_the_newest_key() -> None:
+    signing = Signing([NEW_KEY, OLD_KEY])
+    assert signing.is_current(signing.encrypt_now("x"))
+    old_token = Signing([OLD_KEY]).encrypt_now("x")
+    assert not signing.is_current(old_token)  # readable, but rotate() would move it
+    assert signing.decrypt_now(old_token) == "x"
+    assert not signing.is_current(flip(signing.encrypt_now("x")))
+    assert not signing.is_current("not a token")
+
+
 async def test_rotation_old_key_still_decrypts_and_rotate_uses_newest(secure: Soniq) -> None:
     old_only = Signing([OLD_KEY])
     token = await old_only.encrypt("made with the old key")

@@ -6,21 +6,32 @@ A real HTTP server on 127.0.0.1 (a thread) receives the deliveries, so endpoints
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import ipaddress
 import json
 import logging
+import socket
+import sqlite3
+import ssl
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
+from cryptography.fernet import Fernet
 
 from soniq import Soniq
-from soniq.errors import ValidationError
+from soniq.errors import ConfigurationError, DecryptionError, ValidationError
+from soniq.features.signing import Signing
 from soniq.features.webhooks import (
+    Resolver,
+    Webhooks,
     WebhookService,
     check_target,
     resolve_target,
@@ -34,9 +45,10 @@ pytestmark = pytest.mark.anyio
 
 
 class Receiver:
-    """A tiny HTTP server: records each POST, answers ``status`` (``location`` for redirects)."""
+    """A tiny HTTP server: records each POST, answers ``status`` (``location`` for redirects).
+    With ``tls`` (a server context) it speaks https."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.status = 204
         self.location: str | None = None
@@ -56,7 +68,10 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -75,13 +90,15 @@ def receiver() -> Iterator[Receiver]:
     server.close()
 
 
-def service_for(app: Soniq, **overrides: Any) -> WebhookService:
+def service_for(app: Soniq, *, resolver: Resolver | None = None,
+                ssl_context: ssl.SSLContext | None = None, **overrides: Any) -> WebhookService:
     """A service with short retries that reloads endpoints on every tick (it listens to events
     from the first tick that finds an endpoint)."""
     settings = app.settings.model_copy(update={
         "webhook_retry_delay": 0.01, "webhook_max_retry_delay": 0.05, "webhook_max_attempts": 3,
         "webhook_reload_interval": 0.0, "webhook_timeout": 5.0, **overrides})
-    return WebhookService(app.backend, app.events, settings)
+    return WebhookService(app.backend, app.events, settings, resolver=resolver,
+                          ssl_context=ssl_context)
 
 
 async def drain(service: WebhookService, *, until: int = 0, rounds: int = 200) -> None:
@@ -501,3 +518,397 @@ async def _count_deliveries(app: Soniq, expected: int) -> bool:
     store = app.backend.webhooks  # type: ignore[attr-defined]
     deliveries = await store.list_deliveries(endpoint_id=None, status=None, limit=100)
     return len(deliveries) >= expected
+
+
+# -- DNS rebinding: the address checked is the address connected to --------------------------------
+class FakeDNS:
+    """An injectable resolver (the only mock in these tests): ``answers[host]`` is a list of
+    answers, one consumed per lookup and the last one repeated -- a DNS server with TTL 0 that
+    can re-point a name between two lookups. Unknown names do not resolve."""
+
+    def __init__(self, answers: dict[str, list[list[str]]]) -> None:
+        self.answers = answers
+        self.lookups: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.lookups.append(host)
+        answers = self.answers.get(host)
+        if answers is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+
+async def _enqueue_one(app: Soniq) -> str:
+    """Enqueue a ``ping`` job (registered on first use): one ``job.enqueued`` event."""
+    if app.registry.get("ping") is None:
+        @app.job(name="ping")
+        async def ping() -> None:
+            return None
+
+    return await app.enqueue("ping")
+
+
+async def test_a_name_rebound_to_loopback_after_the_check_is_refused_at_send_time(
+        app: Soniq, receiver: Receiver) -> None:
+    """Public when checked at registration, 127.0.0.1 when sent: the send resolves once, refuses,
+    and nothing reaches the local server that is listening on that port."""
+    url = f"http://rebind.example:{receiver.port}/hook"
+    dns = FakeDNS({"rebind.example": [["93.184.216.34"], ["127.0.0.1"]]})
+    assert await resolve_target(url, allow_private=False, resolver=dns) == [
+        ipaddress.ip_address("93.184.216.34")]  # what a check at configuration time sees
+    await app.webhooks.register(url, events=["job.enqueued"])
+    service = service_for(app, resolver=dns, webhook_max_attempts=1)
+    await service.reload()
+    await _enqueue_one(app)
+    await drain(service)
+    assert receiver.requests == []
+    [delivery] = await app.webhooks.deliveries()
+    assert delivery["status"] == "failed" and delivery["last_status_code"] is None
+    assert delivery["last_error"] == (
+        "webhook host 'rebind.example' resolves to non-public address 127.0.0.1; refused")
+    assert dns.lookups == ["rebind.example", "rebind.example"]  # one lookup per send, no more
+
+
+async def test_a_rebound_name_is_delivered_to_the_resolved_address_when_private_is_allowed(
+        app: Soniq, receiver: Receiver) -> None:
+    """With webhook_allow_private the same rebinding name is delivered -- to the address the
+    send resolved (the name exists only in the fake resolver, so nothing else could have
+    connected), with the name kept in the Host header."""
+    url = f"http://rebind.example:{receiver.port}/hook"
+    dns = FakeDNS({"rebind.example": [["93.184.216.34"], ["127.0.0.1"]]})
+    await resolve_target(url, allow_private=False, resolver=dns)
+    created = await app.webhooks.register(url, events=["job.enqueued"])
+    assert created["allow_private"] is False  # the setting, not the endpoint, allows it
+    service = service_for(app, resolver=dns, webhook_allow_private=True)
+    await service.reload()
+    await _enqueue_one(app)
+    await drain(service)
+    [(headers, body)] = receiver.requests
+    assert headers["host"] == f"rebind.example:{receiver.port}"
+    assert verify_signature(created["secret"], headers, body)
+    [delivery] = await app.webhooks.deliveries()
+    assert delivery["status"] == "delivered"
+    assert dns.lookups == ["rebind.example", "rebind.example"]
+
+
+async def test_one_non_public_answer_among_several_refuses_the_target() -> None:
+    dns = FakeDNS({"mixed.example": [["93.184.216.34", "10.0.0.7"]],
+                   "v6mapped.example": [["::ffff:169.254.169.254"]],
+                   "public.example": [["93.184.216.34", "2606:2800:220:1::1", "93.184.216.34"]],
+                   "junk.example": [["not-an-address"]], "empty.example": [[]]})
+    with pytest.raises(ValidationError, match="non-public address 10.0.0.7"):
+        await resolve_target("https://mixed.example/", allow_private=False, resolver=dns)
+    with pytest.raises(ValidationError, match="non-public address ::ffff:"):
+        await resolve_target("https://v6mapped.example/", allow_private=False, resolver=dns)
+    with pytest.raises(ValidationError, match="not an address"):
+        await resolve_target("https://junk.example/", allow_private=True, resolver=dns)
+    with pytest.raises(ValidationError, match="no address"):
+        await resolve_target("https://empty.example/", allow_private=True, resolver=dns)
+    with pytest.raises(ValidationError, match="does not resolve"):
+        await resolve_target("https://unknown.example/", allow_private=False, resolver=dns)
+    assert [str(ip) for ip in await resolve_target(
+        "https://public.example/", allow_private=False, resolver=dns)] == [
+        "93.184.216.34", "2606:2800:220:1::1"]  # order kept, duplicates dropped
+
+
+async def test_the_next_checked_address_is_tried_only_when_connecting_fails(
+        app: Soniq, receiver: Receiver) -> None:
+    """127.0.0.2 refuses the connection (the receiver listens on 127.0.0.1 only), so the send
+    moves on to the next address the resolver gave -- never to a fresh lookup."""
+    dns = FakeDNS({"multi.example": [["127.0.0.2", "127.0.0.1"]]})
+    await app.webhooks.register(f"http://multi.example:{receiver.port}/hook",
+                                events=["job.enqueued"])
+    service = service_for(app, resolver=dns, webhook_allow_private=True, webhook_max_attempts=1)
+    await service.reload()
+    await _enqueue_one(app)
+    await drain(service)
+    assert len(receiver.requests) == 1
+    [delivery] = await app.webhooks.deliveries()
+    assert delivery["status"] == "delivered" and dns.lookups == ["multi.example"]
+
+
+def tls_contexts(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context with a certificate for ``name`` from a throw-away CA, client context that
+    trusts only that CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "soniq test CA")])
+
+    def builder(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
+                .public_key(public_key).serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(hours=1))
+                .not_valid_after(now + timedelta(days=1))
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
+                               critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    ca_key.public_key()), critical=False))
+
+    ca = (builder(ca_name, ca_key.public_key())
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(
+              digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+              key_encipherment=False, data_encipherment=False, key_agreement=False,
+              encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key.public_key())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(
+        cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    return server, client
+
+
+async def test_https_connects_to_the_checked_address_and_verifies_the_name(
+        app: Soniq, tmp_path: Path) -> None:
+    """The request goes to the pinned address, yet TLS still sends the name as SNI and checks
+    the certificate against it: a certificate for another name fails the delivery."""
+    server_tls, client_tls = tls_contexts(tmp_path, "hooks.test")
+    sni: list[str | None] = []
+
+    def record_sni(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        sni.append(name)
+
+    server_tls.sni_callback = record_sni
+    receiver = Receiver(tls=server_tls)
+    try:
+        dns = FakeDNS({"hooks.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]})
+        good = await app.webhooks.register(f"https://hooks.test:{receiver.port}/hook",
+                                           events=["job.enqueued"])
+        wrong = await app.webhooks.register(f"https://other.test:{receiver.port}/hook",
+                                            events=["job.enqueued"])
+        service = service_for(app, resolver=dns, ssl_context=client_tls,
+                              webhook_allow_private=True, webhook_max_attempts=1)
+        await service.reload()
+        await _enqueue_one(app)
+        await drain(service)
+        [(headers, body)] = receiver.requests
+        assert headers["host"] == f"hooks.test:{receiver.port}"
+        assert verify_signature(good["secret"], headers, body)
+        assert "hooks.test" in sni and "other.test" in sni  # SNI is the name, not the address
+        [sent] = await app.webhooks.deliveries(endpoint_id=good["id"])
+        [refused] = await app.webhooks.deliveries(endpoint_id=wrong["id"])
+        assert sent["status"] == "delivered" and refused["status"] == "failed"
+        assert "CERTIFICATE_VERIFY_FAILED" in refused["last_error"]
+    finally:
+        receiver.close()
+
+
+# -- secrets at rest ------------------------------------------------------------------------------
+NEW_KEY = Fernet.generate_key().decode()
+OLD_KEY = "old-passphrase-" + "x" * 24
+OTHER_KEY = Fernet.generate_key().decode()
+SECRET = "whsec_" + base64.b64encode(b"endpoint-secret-0123456789abcdef").decode()
+
+
+async def raw_secrets(app: Soniq, endpoint_id: str) -> str:
+    """The endpoint's secrets column exactly as stored, read around Soniq's own read path."""
+    if app.backend.name == "memory":
+        return str(app.backend.webhooks._endpoints[endpoint_id].secrets)  # type: ignore[attr-defined]
+    if app.backend.name == "sqlite":
+        with contextlib.closing(sqlite3.connect(app.settings.database_url)) as db:
+            (value,) = db.execute("SELECT secrets FROM soniq_webhook_endpoints WHERE id = ?",
+                                  (endpoint_id,)).fetchone()
+        return str(value)
+    async with app.backend.acquire() as conn:
+        return str(await conn.fetchval(
+            "SELECT secrets::text FROM soniq_webhook_endpoints WHERE id = $1::uuid", endpoint_id))
+
+
+def facade_for(app: Soniq, *keys: str) -> Webhooks:
+    """``app.webhooks`` as a process configured with ``secret_keys=keys`` would have it."""
+    return Webhooks(app.backend, ready=app.ensure_initialized,
+                    settings=app.settings.model_copy(update={"secret_keys": list(keys)}))
+
+
+async def deliver_one(app: Soniq, service: WebhookService) -> None:
+    await service.reload()
+    await _enqueue_one(app)
+    await drain(service)
+
+
+async def test_secrets_are_encrypted_at_rest_when_keys_are_configured(
+        app: Soniq, receiver: Receiver) -> None:
+    webhooks = facade_for(app, NEW_KEY)
+    created = await webhooks.register(receiver.url, allow_private=True, events=["job.enqueued"],
+                                      secret=SECRET)
+    stored = await raw_secrets(app, created["id"])
+    assert SECRET not in stored and "endpoint-secret" not in stored
+    token = json.loads(stored)["$enc"]
+    [entry] = json.loads(Signing([NEW_KEY]).decrypt_now(token))
+    assert entry == {"secret": SECRET, "expires_at": None}
+    rotated = await webhooks.rotate_secret(created["id"])
+    assert rotated is not None
+    stored = await raw_secrets(app, created["id"])
+    assert SECRET not in stored and rotated not in stored and list(json.loads(stored)) == ["$enc"]
+
+    await deliver_one(app, service_for(app, secret_keys=[NEW_KEY]))
+    [(headers, body)] = receiver.requests
+    assert verify_signature(SECRET, headers, body) and verify_signature(rotated, headers, body)
+
+
+async def test_without_keys_secrets_are_stored_as_given(app: Soniq) -> None:
+    """The documented behaviour without secret_keys: plaintext (the secrets are needed to sign)."""
+    created = await app.webhooks.register("https://example.com/hook", secret=SECRET)
+    assert json.loads(await raw_secrets(app, created["id"])) == [
+        {"secret": SECRET, "expires_at": None}]
+
+
+async def test_plaintext_secrets_from_before_keys_keep_working_and_get_encrypted(
+        app: Soniq, receiver: Receiver) -> None:
+    created = await app.webhooks.register(receiver.url, allow_private=True,
+                                          events=["job.enqueued"], secret=SECRET)
+    assert SECRET in await raw_secrets(app, created["id"])  # written before keys existed
+    await deliver_one(app, service_for(app, secret_keys=[NEW_KEY]))
+    [(headers, body)] = receiver.requests
+    assert verify_signature(SECRET, headers, body)  # still signs with the plaintext secret
+    stored = await raw_secrets(app, created["id"])  # and the worker's reload encrypted it
+    assert SECRET not in stored
+    assert SECRET in Signing([NEW_KEY]).decrypt_now(json.loads(stored)["$enc"])
+    again = await raw_secrets(app, created["id"])
+    await service_for(app, secret_keys=[NEW_KEY]).reload()
+    assert await raw_secrets(app, created["id"]) == again  # current: not rewritten each reload
+
+
+async def test_a_key_rotation_still_decrypts_then_moves_secrets_to_the_new_key(
+        app: Soniq, receiver: Receiver) -> None:
+    created = await facade_for(app, OLD_KEY).register(
+        receiver.url, allow_private=True, events=["job.enqueued"], secret=SECRET)
+    under_old = await raw_secrets(app, created["id"])
+    # New key first, old one still listed: the old token decrypts, and the reload re-encrypts.
+    await deliver_one(app, service_for(app, secret_keys=[NEW_KEY, OLD_KEY]))
+    assert verify_signature(SECRET, *receiver.requests[-1])
+    under_new = await raw_secrets(app, created["id"])
+    assert under_new != under_old and SECRET not in under_new
+    assert Signing([NEW_KEY]).is_current(json.loads(under_new)["$enc"])
+    # The old key retired: everything still works with the new key alone.
+    await deliver_one(app, service_for(app, secret_keys=[NEW_KEY]))
+    assert len(receiver.requests) == 2 and verify_signature(SECRET, *receiver.requests[-1])
+    assert await facade_for(app, NEW_KEY).rotate_secret(created["id"]) is not None
+
+
+async def test_secrets_under_a_missing_key_fail_deliveries_with_the_reason(
+        app: Soniq, receiver: Receiver) -> None:
+    created = await facade_for(app, OTHER_KEY).register(
+        receiver.url, allow_private=True, events=["job.enqueued"], secret=SECRET)
+    stored = await raw_secrets(app, created["id"])
+    await deliver_one(app, service_for(app, secret_keys=[NEW_KEY], webhook_max_attempts=1))
+    assert receiver.requests == []
+    assert await raw_secrets(app, created["id"]) == stored  # unreadable: left as it was
+    [failed] = await app.webhooks.deliveries()
+    assert failed["status"] == "failed" and "not in SONIQ_SECRET_KEYS" in failed["last_error"]
+    await deliver_one(app, service_for(app, webhook_max_attempts=1))  # no keys at all
+    no_keys = (await app.webhooks.deliveries())[0]
+    assert "no secret_keys are configured" in no_keys["last_error"]
+    with pytest.raises(ConfigurationError, match="SONIQ_SECRET_KEYS"):
+        await app.webhooks.rotate_secret(created["id"])
+    with pytest.raises(DecryptionError):
+        await facade_for(app, NEW_KEY).rotate_secret(created["id"])
+
+
+async def test_set_secrets_is_a_compare_and_set(app: Soniq) -> None:
+    created = await app.webhooks.register("https://example.com/hook", secret=SECRET)
+    store = app.backend.webhooks  # type: ignore[attr-defined]
+    current = (await store.get_endpoint(created["id"])).secrets
+    newer = json.dumps([{"secret": "n" * 32, "expires_at": None}])
+    assert await store.set_secrets(created["id"], newer, expected=current) is True
+    stale = json.dumps([{"secret": "s" * 32, "expires_at": None}])
+    assert await store.set_secrets(created["id"], stale, expected=current) is False
+    assert json.loads((await store.get_endpoint(created["id"])).secrets)[0]["secret"] == "n" * 32
+
+
+# -- retention ------------------------------------------------------------------------------------
+async def _delivered_failed_and_pending(app: Soniq, receiver: Receiver,
+                                        service: WebhookService) -> Receiver:
+    """One delivered and one failed delivery, then two pending ones; returns the failing
+    receiver (to close)."""
+    failing = Receiver()
+    failing.status = 500
+    await app.webhooks.register(receiver.url, allow_private=True, events=["job.enqueued"])
+    await app.webhooks.register(failing.url, allow_private=True, events=["job.enqueued"])
+    await service.reload()
+    await _enqueue_one(app)
+    await drain(service)
+    await app.enqueue("ping")
+    await service.flush()  # written, not sent
+    statuses = sorted(d["status"] for d in await app.webhooks.deliveries())
+    assert statuses == ["delivered", "failed", "pending", "pending"]
+    return failing
+
+
+async def test_finished_deliveries_are_deleted_after_the_retention(
+        app: Soniq, receiver: Receiver) -> None:
+    service = service_for(app, webhook_max_attempts=1)
+    failing = await _delivered_failed_and_pending(app, receiver, service)
+    try:
+        assert app.settings.webhook_delivery_retention == 7 * 86_400  # the default
+        finished = [d["next_attempt_at"] for d in await app.webhooks.deliveries()
+                    if d["status"] != "pending"]  # a finished row's next_attempt_at
+        week = timedelta(days=7)
+        assert await service.prune(now=min(finished) + week - timedelta(seconds=1)) == 0
+        assert await service.prune(now=max(finished) + week + timedelta(seconds=1)) == 2
+        left = await app.webhooks.deliveries()
+        assert [d["status"] for d in left] == ["pending", "pending"]  # never pruned
+        assert await service.prune(now=utc_now() + timedelta(days=3650)) == 0
+    finally:
+        failing.close()
+
+
+async def test_retention_is_a_setting(app: Soniq, receiver: Receiver) -> None:
+    service = service_for(app, webhook_max_attempts=1, webhook_delivery_retention=60.0)
+    failing = await _delivered_failed_and_pending(app, receiver, service)
+    try:
+        assert await service.prune(now=utc_now() + timedelta(seconds=61)) == 2
+    finally:
+        failing.close()
+
+
+async def test_one_worker_prunes_per_cleanup_interval(app: Soniq, receiver: Receiver) -> None:
+    first = service_for(app, webhook_max_attempts=1)
+    second = service_for(app, webhook_max_attempts=1)
+    assert await first.prune_due() is None  # no endpoint loaded: nothing to prune, no query
+    failing = await _delivered_failed_and_pending(app, receiver, first)
+    try:
+        await second.reload()
+        later = utc_now() + timedelta(days=8)
+        assert await first.prune_due(now=later) == 2  # this round's leader
+        assert await second.prune_due(now=later + timedelta(seconds=1)) is None
+        interval = timedelta(seconds=app.settings.cleanup_interval)
+        assert await second.prune_due(now=later + interval) == 0
+    finally:
+        failing.close()
+
+
+async def test_a_running_worker_prunes_finished_deliveries(
+        backend_name: str, database_url: str | None, receiver: Receiver) -> None:
+    """End to end through the worker's task group: delivered, then gone once past retention."""
+    app = Soniq(database_url=database_url, backend=backend_name if database_url is None else None,
+                poll_interval=0.05, webhook_poll_interval=0.05, webhook_reload_interval=0.05,
+                cleanup_interval=0.1, webhook_delivery_retention=0.2)
+    try:
+        await app.webhooks.register(receiver.url, allow_private=True, events=["job.done"])
+        await _enqueue_one(app)
+        async with app.running_worker():
+            await wait_for(lambda: len(receiver.requests) == 1, message="the delivery")
+
+            async def pruned() -> bool:
+                return await app.webhooks.deliveries() == []
+
+            await wait_for(pruned, message="the delivered row to be pruned")
+    finally:
+        await app.close()

@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from soniq import Soniq
+from soniq.backends.postgres.listener import APPLICATION_NAME
 from tests.helpers import running_worker, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -35,7 +36,7 @@ async def test_notify_wakes_an_idle_worker_and_survives_a_killed_listener(pg_url
         async with producer.backend.acquire() as conn:  # a proxy under trio, asyncpg's own on asyncio
             killed = await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+                "WHERE datname = current_database() AND application_name = $1", APPLICATION_NAME)
         assert killed >= 1
         await wait_for(lambda: worker.listener.reconnects >= 1, message="LISTEN to reconnect")
         second = await producer.enqueue("ping", n=2)

@@ -176,7 +176,9 @@ JOB_COLUMNS = (
 def job_record(row: Mapping[str, Any]) -> JobRecord:
     """Build the public record from a row whose JSON columns are text and whose timestamps are
     aware datetimes (adapters convert driver types first). The one place the shape is decided."""
-    errors: list[dict[str, Any]] = loads(row["errors"]) or []
+    errors = _stored_json(row["errors"]) or []
+    if not isinstance(errors, list):
+        errors = [errors]
     last = errors[-1] if errors else None
     worker_id = row["worker_id"]
     return {
@@ -185,8 +187,8 @@ def job_record(row: Mapping[str, Any]) -> JobRecord:
         "queue": row["queue"],
         "priority": row["priority"],
         "status": row["status"],
-        "args": loads(row["args"]),
-        "result": loads(row["result"]),
+        "args": _stored_json(row["args"]),
+        "result": _stored_json(row["result"]),
         "attempts": row["attempts"],
         "max_attempts": row["max_attempts"],
         "scheduled_at": row["scheduled_at"],
@@ -196,10 +198,20 @@ def job_record(row: Mapping[str, Any]) -> JobRecord:
         "finished_at": row["finished_at"],
         "expires_at": row["expires_at"],
         "errors": errors,
-        "last_error": f"{last['type']}: {last['message']}" if last else None,
+        "last_error": (f"{last.get('type')}: {last.get('message')}" if isinstance(last, dict)
+                       else None if last is None else str(last)),
         "worker_id": None if worker_id is None else str(worker_id),
         "dedup_key": row["dedup_key"],
     }
+
+
+def _stored_json(text: str | bytes | None) -> Any:
+    """Decode a JSON column. A row written by hand (SQLite does not check JSON) may hold anything:
+    show what is stored instead of failing every read that touches the row."""
+    try:
+        return loads(text)
+    except (ValueError, RecursionError):  # not JSON, bytes that are not text, nested too deep
+        return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
 def worker_lost_error(worker_id: object, attempt: int, now: datetime) -> dict[str, Any]:

@@ -219,9 +219,10 @@ class MemoryWebhookStore:
             del self._deliveries[key]
         return True
 
-    async def set_secrets(self, endpoint_id: str, secrets: str) -> bool:
+    async def set_secrets(self, endpoint_id: str, secrets: str, *,
+                          expected: str | None = None) -> bool:
         old = self._endpoints.get(endpoint_id)
-        if old is None:
+        if old is None or (expected is not None and old.secrets != expected):
             return False
         self._endpoints[endpoint_id] = dataclasses.replace(old, secrets=secrets)
         return True
@@ -261,6 +262,13 @@ class MemoryWebhookStore:
                  and (status is None or d.status == status)]
         found.sort(key=lambda d: (d.created_at, d.id), reverse=True)
         return found[:limit]
+
+    async def prune_deliveries(self, *, before: datetime) -> int:
+        finished = [key for key, d in self._deliveries.items()
+                    if d.status != "pending" and d.next_attempt_at < before]
+        for key in finished:
+            del self._deliveries[key]
+        return len(finished)
 
 
 class MemoryLogStore:

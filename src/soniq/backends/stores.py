@@ -201,8 +201,9 @@ class ScheduleStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class WebhookEndpoint:
-    """A registered webhook target. ``events`` is None for every event; ``secrets`` is JSON text
-    (``[{"secret": ..., "expires_at": iso or null}]``) and never shown in reprs."""
+    """A registered webhook target. ``events`` is None for every event; ``secrets`` is JSON text,
+    stored as the feature hands it over: ``[{"secret": ..., "expires_at": iso or null}]``, or
+    that list encrypted (``{"$enc": token}``) when keys are configured. Never shown in reprs."""
 
     id: str
     url: str
@@ -217,7 +218,8 @@ class WebhookEndpoint:
 @dataclass(frozen=True, slots=True)
 class WebhookDelivery:
     """One event to one endpoint (the outbox row). ``status``: pending, delivered or failed;
-    ``lease_until`` is set while a worker is sending it."""
+    ``lease_until`` is set while a worker is sending it. For a delivered or failed row,
+    ``next_attempt_at`` is when it finished (retention is measured from it)."""
 
     id: str
     endpoint_id: str
@@ -255,7 +257,12 @@ class WebhookStore(Protocol):
         """Remove the endpoint and its deliveries; True when it existed."""
         ...
 
-    async def set_secrets(self, endpoint_id: str, secrets: str) -> bool: ...
+    async def set_secrets(self, endpoint_id: str, secrets: str, *,
+                          expected: str | None = None) -> bool:
+        """Replace the endpoint's secrets; True when written. With ``expected``, only while the
+        stored value is still ``expected`` (compare-and-set, so concurrent rotations and
+        re-encryptions never undo each other)."""
+        ...
 
     async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
         """Insert pending deliveries (those whose endpoint is gone are skipped)."""
@@ -276,6 +283,11 @@ class WebhookStore(Protocol):
     async def list_deliveries(self, *, endpoint_id: str | None, status: str | None,
                               limit: int) -> builtins.list[WebhookDelivery]:
         """Deliveries, newest first."""
+        ...
+
+    async def prune_deliveries(self, *, before: datetime) -> int:
+        """Delete delivered and failed deliveries whose ``next_attempt_at`` (when they finished)
+        is before ``before``, in batches; pending ones are kept. How many were deleted."""
         ...
 
 

@@ -86,8 +86,7 @@ def launcher(
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``soniq`` script and ``python -m soniq``."""
     try:
-        result = app.meta(list(argv) if argv is not None else sys.argv[1:], exit_on_error=False,
-                          result_action="return_value")
+        result = _run(list(argv) if argv is not None else sys.argv[1:])
     except CycloptsError:
         sys.exit(2)  # cyclopts has already printed the problem (with "did you mean")
     except (ConfigurationError, ValidationError) as exc:  # UsageError is a ConfigurationError
@@ -102,3 +101,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _run(argv: list[str]) -> object:
+    try:
+        return app.meta(argv, exit_on_error=False, result_action="return_value")
+    except BaseExceptionGroup as group:
+        # A command's task group wraps what its body raised (``soniq worker`` on an unreachable
+        # database or a refused setting): a lone Soniq error is reported like an unwrapped one.
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if isinstance(error, SoniqError):
+            raise error from None
+        raise

@@ -124,9 +124,17 @@ def _pgbouncer(settings: SoniqSettings, info: DatabaseInfo) -> Check:
                      "transaction pooling (PgBouncer or similar) with prepared statements on: set "
                      "SONIQ_STATEMENT_CACHE_SIZE=0 (workers then poll instead of LISTEN)")
     if pooled:
-        return Check("pooling mode", "ok", "transaction pooling; statement cache off, workers poll")
+        return Check("pooling mode", "ok",
+                     "transaction pooling (PgBouncer or similar); statement cache off, LISTEN off: "
+                     f"workers poll every {settings.poll_interval:g}s")
     if proxy:
-        return Check("pooling mode", "ok", "through a proxy or pooler in session mode")
+        return Check("pooling mode", "ok", "through a proxy or pooler in session mode"
+                     + ("; statement cache off" if cache == 0 else ""))
+    if cache == 0:
+        return Check("pooling mode", "warn",
+                     "direct connection with statement_cache_size=0, the PgBouncer transaction "
+                     "pooling mode: prepared statements and LISTEN are off for nothing; unset "
+                     "SONIQ_STATEMENT_CACHE_SIZE unless a transaction pooler sits in between")
     return Check("pooling mode", "ok", "direct connection")
 
 

@@ -98,6 +98,11 @@ def worker(
                     await runner.run()
                 finally:
                     tg.cancel_scope.cancel()
+            # Leaving the receiver puts the default handlers back (asyncio resets them to
+            # SIG_DFL), which would let the rest of a burst of signals kill the process with a
+            # traceback or a signal status: the shutdown already under way is the answer to them.
+            for signum in _FORCED_EXIT:
+                signal.signal(signum, signal.SIG_IGN)
         await soniq.close()
 
     anyio.run(main, backend=backend_name)

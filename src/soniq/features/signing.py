@@ -147,6 +147,15 @@ class Signing:
                 "rotating)"
             ) from None
 
+    def is_current(self, token: str) -> bool:
+        """True when ``token`` is intact and was made with the newest key (so :meth:`rotate`
+        would not move it to another key); False for older keys and for anything unreadable."""
+        try:
+            self._keys[0].fernet.decrypt(_to_bytes(token, "token"))
+        except (InvalidToken, TypeError):
+            return False
+        return True
+
     def digest(self, message: str | bytes) -> str:
         """HMAC-SHA256 of ``message`` under the newest key, hex (no version prefix)."""
         return self._keys[0].mac(_to_bytes(message, "message"))

@@ -19,6 +19,8 @@ Delivery is an outbox:
    httpx (``follow_redirects=False``). 2xx is ``delivered``; anything else is retried with
    exponential backoff from ``webhook_retry_delay`` until ``webhook_max_attempts``, then
    ``failed``. Every attempt's status code / error is kept on the row (``deliveries()``).
+4. Delivered and failed rows are deleted ``webhook_delivery_retention`` seconds after they
+   finished, in a third loop: one worker per ``cleanup_interval`` (``claim_maintenance``).
 
 Requests follow Standard Webhooks: ``webhook-id`` (the delivery id, stable across retries, so
 receivers can de-duplicate), ``webhook-timestamp`` (unix seconds) and ``webhook-signature``: one
@@ -26,40 +28,62 @@ receivers can de-duplicate), ``webhook-timestamp`` (unix seconds) and ``webhook-
 receiver keeps verifying while secrets rotate. Receivers check with :func:`verify_signature`.
 
 Targets on loopback, private, link-local, unspecified, multicast or reserved addresses (also
-IPv4-mapped IPv6 and decimal/hex/octal IPv4 spellings) are refused at registration and again at
-send time after resolving DNS, unless ``allow_private`` (per endpoint, or the setting).
+IPv4-mapped IPv6 and decimal/hex/octal IPv4 spellings) are refused at registration, unless
+``allow_private`` (per endpoint, or the setting). A name is resolved once per attempt, every
+address it resolves to is checked, and the request connects to a checked address -- never to a
+second resolution, so DNS rebinding cannot reach an internal address
+(:mod:`soniq.features.webhook_security`).
+
 Secrets are returned once by ``register``/``rotate_secret`` and never appear in reprs, logs or
-errors.
+errors. With ``secret_keys`` configured they are stored encrypted (Fernet, newest key); rows
+written before keys were configured, or under an older key, are re-encrypted by the next worker
+that reloads the endpoint list. Without keys they are stored in plaintext (they are needed to sign).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import ipaddress
 import json
 import logging
-import secrets as secrets_module
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
 from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookStore
-from soniq.errors import DatabaseError, UnsupportedOperationError, ValidationError
+from soniq.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DecryptionError,
+    SoniqError,
+    UnsupportedOperationError,
+    ValidationError,
+)
+from soniq.features.webhook_security import (
+    SECRET_PREFIX,
+    LazyCipher,
+    Resolver,
+    active_secrets,
+    check_target,
+    new_secret,
+    open_secrets,
+    post_pinned,
+    reseal,
+    resolve_target,
+    seal_secrets,
+    sign,
+    verify_signature,
+)
 from soniq.ids import is_uuid, new_id
 from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Awaitable, Callable, Mapping
+    import ssl
+    from collections.abc import Awaitable, Callable
 
     from anyio.abc import TaskStatus
 
@@ -67,130 +91,19 @@ if TYPE_CHECKING:
     from soniq.runtime import EventDispatcher, JobEvent
     from soniq.settings import SoniqSettings
 
-__all__ = ["EVENTS", "WebhookService", "Webhooks", "check_target", "sign", "verify_signature"]
+__all__ = ["EVENTS", "SECRET_PREFIX", "Resolver", "WebhookService", "Webhooks", "check_target",
+           "resolve_target", "sign", "verify_signature"]
 
 logger = logging.getLogger("soniq.webhooks")
 
 EVENTS = ("job.enqueued", "job.started", "job.done", "job.failed", "job.dead_letter",
           "job.cancelled")
 STATUSES = ("pending", "delivered", "failed")
-#: How long a worker holds a delivery while sending it (beyond the request timeout).
+#: How long a worker holds a delivery beyond resolving (``webhook_timeout``) and sending
+#: (``webhook_timeout``) it.
 LEASE_MARGIN = 30.0
-SECRET_PREFIX = "whsec_"
-
-
-# -- signing ---------------------------------------------------------------------------------
-def _key(secret: str) -> bytes:
-    if secret.startswith(SECRET_PREFIX):
-        try:
-            return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
-        except ValueError:
-            pass
-    return secret.encode()
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256 of "{msg_id}.{timestamp}.{body}">``."""
-    message = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_key(secret), message, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def verify_signature(secret: str, headers: Mapping[str, str], body: bytes | str,
-                     tolerance: float = 300, *, now: float | None = None) -> bool:
-    """True when ``headers`` (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``)
-    carry a valid signature of ``body`` by ``secret`` and the timestamp is within ``tolerance``
-    seconds of now. For receivers; header names are matched case-insensitively."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    msg_id, stamp, signatures = (lower.get("webhook-id"), lower.get("webhook-timestamp"),
-                                 lower.get("webhook-signature"))
-    if not msg_id or not stamp or not signatures:
-        return False
-    try:
-        timestamp = int(stamp)
-    except ValueError:
-        return False
-    if abs((time.time() if now is None else now) - timestamp) > tolerance:
-        return False
-    raw = body.encode() if isinstance(body, str) else body
-    expected = sign(secret, msg_id, timestamp, raw)
-    return any(hmac.compare_digest(expected, candidate) for candidate in signatures.split())
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets_module.token_bytes(32)).decode()
-
-
-# -- SSRF ------------------------------------------------------------------------------------
-def _parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host spells, including legacy decimal/hex/octal IPv4 forms; None for a name."""
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    if host and all(c in "0123456789abcdefxABCDEFX." for c in host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))  # 2130706433, 0x7f000001, 0177...
-        except OSError:
-            return None
-    return None
-
-
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-def _split(url: str) -> tuple[str, str, int]:
-    if not isinstance(url, str):
-        raise ValidationError("a webhook url must be a string")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValidationError(f"webhook url is malformed: {exc}") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValidationError(f"webhook url must be http or https, got scheme {parts.scheme!r}")
-    host = parts.hostname
-    if not host:
-        raise ValidationError("webhook url has no host")
-    return host, parts.scheme, port or (443 if parts.scheme == "https" else 80)
-
-
-def check_target(url: str, *, allow_private: bool) -> None:
-    """Refuse a URL whose scheme is not http(s), or whose host is a non-public address (or
-    ``localhost``) unless ``allow_private``. Names are resolved at send time
-    (:func:`resolve_target`)."""
-    host, _, _ = _split(url)
-    if allow_private:
-        return
-    ip = _parse_ip(host)
-    if ip is not None and not _is_public(ip):
-        raise ValidationError(
-            f"webhook target {host!r} is a private, loopback or link-local address ({ip}); pass "
-            "allow_private=True (or set webhook_allow_private) to allow it")
-    if ip is None and (host == "localhost" or host.endswith(".localhost")):
-        raise ValidationError(f"webhook target {host!r} is loopback; pass allow_private=True")
-
-
-async def resolve_target(url: str, *, allow_private: bool) -> None:
-    """:func:`check_target`, then resolve the host and refuse when any address is not public."""
-    check_target(url, allow_private=allow_private)
-    if allow_private:
-        return
-    host, _, port = _split(url)
-    if _parse_ip(host) is not None:
-        return
-    try:
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ValidationError(f"webhook host {host!r} does not resolve: {exc}") from None
-    for *_, sockaddr in infos:
-        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
-        if not _is_public(ip):
-            raise ValidationError(
-                f"webhook host {host!r} resolves to non-public address {ip}; refused")
+#: Compare-and-set attempts of ``rotate_secret`` when another writer changes the same endpoint.
+_ROTATE_ATTEMPTS = 5
 
 
 # -- the facade ------------------------------------------------------------------------------
@@ -199,16 +112,6 @@ def _store(backend: StorageBackend) -> WebhookStore:
     if not isinstance(store, WebhookStore):
         raise UnsupportedOperationError(f"the {backend.name} backend does not store webhooks")
     return store
-
-
-def _secrets(endpoint: WebhookEndpoint) -> list[dict[str, Any]]:
-    value: list[dict[str, Any]] = json.loads(endpoint.secrets)
-    return value
-
-
-def _active_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
-    return [s["secret"] for s in _secrets(endpoint)
-            if s.get("expires_at") is None or datetime.fromisoformat(s["expires_at"]) > now]
 
 
 def _public(endpoint: WebhookEndpoint) -> dict[str, Any]:
@@ -233,6 +136,7 @@ class Webhooks:
         self._backend = backend
         self._ready = ready
         self._settings = settings
+        self._cipher = LazyCipher(settings)
 
     def __repr__(self) -> str:
         return f"<Webhooks backend={self._backend.name}>"
@@ -264,7 +168,7 @@ class Webhooks:
             raise ValidationError("a webhook secret must be a string of at least 16 characters")
         endpoint = WebhookEndpoint(
             id=new_id(), url=url, events=chosen,
-            secrets=json.dumps([{"secret": secret, "expires_at": None}]),
+            secrets=seal_secrets([{"secret": secret, "expires_at": None}], self._cipher()),
             allow_private=allow_private, active=True, description=description,
             created_at=utc_now())
         await (await self._store()).add_endpoint(endpoint)
@@ -289,24 +193,34 @@ class Webhooks:
     async def rotate_secret(self, endpoint_id: str, *, grace: float = 86_400,
                             secret: str | None = None) -> str | None:
         """Add a new secret (returned once); current ones keep signing for ``grace`` seconds,
-        so receivers can switch over. None when there is no such endpoint."""
+        so receivers can switch over. None when there is no such endpoint.
+
+        Raises:
+            ConfigurationError: the stored secrets are encrypted and no ``secret_keys`` are set.
+            DecryptionError: they are encrypted with a key that is no longer configured.
+        """
         if not is_uuid(endpoint_id):
             return None
-        store = await self._store()
-        endpoint = await store.get_endpoint(endpoint_id)
-        if endpoint is None:
-            return None
-        now = utc_now()
         new = secret if secret is not None else new_secret()
-        if len(new) < 16:
+        if not isinstance(new, str) or len(new) < 16:
             raise ValidationError("a webhook secret must be a string of at least 16 characters")
-        cutoff = (now + timedelta(seconds=grace)).isoformat()
-        kept = [{"secret": s["secret"], "expires_at": min(s["expires_at"] or cutoff, cutoff)}
-                for s in _secrets(endpoint)
-                if s.get("expires_at") is None or datetime.fromisoformat(s["expires_at"]) > now]
-        await store.set_secrets(endpoint_id, json.dumps([{"secret": new, "expires_at": None},
-                                                         *kept]))
-        return new
+        store = await self._store()
+        cipher = self._cipher()
+        for _ in range(_ROTATE_ATTEMPTS):
+            endpoint = await store.get_endpoint(endpoint_id)
+            if endpoint is None:
+                return None
+            now = utc_now()
+            cutoff = (now + timedelta(seconds=grace)).isoformat()
+            kept = [{"secret": s["secret"], "expires_at": min(s["expires_at"] or cutoff, cutoff)}
+                    for s in open_secrets(endpoint.secrets, cipher)
+                    if s.get("expires_at") is None
+                    or datetime.fromisoformat(s["expires_at"]) > now]
+            sealed = seal_secrets([{"secret": new, "expires_at": None}, *kept], cipher)
+            if await store.set_secrets(endpoint_id, sealed, expected=endpoint.secrets):
+                return new
+        raise DatabaseError(f"could not rotate the secret of webhook endpoint {endpoint_id}: "
+                            "its secrets kept changing concurrently; try again")
 
     async def deliveries(self, endpoint_id: str | None = None, status: str | None = None,
                          limit: int = 100) -> builtins.list[dict[str, Any]]:
@@ -322,6 +236,15 @@ class Webhooks:
         return [_delivery(d) for d in rows]
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an httpx error; when it has no message (trio's TLS failures), the
+    first message down its cause chain, so the row says why (e.g. certificate verify failed)."""
+    reason, cause = str(exc), exc.__cause__ or exc.__context__
+    while not reason and cause is not None:
+        reason, cause = str(cause), cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {reason}"[:500]
+
+
 # -- the service -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Pending:
@@ -332,23 +255,30 @@ class _Pending:
 
 
 class WebhookService:
-    """Turns job events into delivery rows and sends due deliveries (one per worker task group).
+    """Turns job events into delivery rows, sends due deliveries and prunes finished ones (one
+    per worker task group).
 
     ``run_once()`` is one tick: reload endpoints when stale, write the buffer, send due
-    deliveries. Tests drive it directly.
+    deliveries; ``prune(now=...)`` is the retention step. Tests drive them directly. ``resolver``
+    replaces the system DNS resolver (:data:`~soniq.features.webhook_security.Resolver`) and
+    ``ssl_context`` the default certificate verification (a private CA, say).
     """
 
     name = "webhooks"
 
     def __init__(self, backend: StorageBackend, events: EventDispatcher,
                  settings: SoniqSettings, *, buffer_size: int = 10_000,
-                 batch_size: int = 10) -> None:
+                 batch_size: int = 10, resolver: Resolver | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._backend = backend
         self._events = events
         self._settings = settings
         self._buffer: deque[_Pending] = deque()
         self._buffer_size = buffer_size
         self._batch_size = batch_size
+        self._resolver = resolver
+        self._ssl_context = ssl_context
+        self._cipher = LazyCipher(settings)
         self._endpoints: list[WebhookEndpoint] = []
         self._loaded_at: float | None = None
         self._subscribed = False
@@ -391,9 +321,16 @@ class WebhookService:
             self._buffer.append(_Pending(endpoint.id, name, payload, event.at))
 
     async def reload(self) -> None:
-        self._endpoints = await _store(self._backend).list_endpoints()
+        """Read the endpoint list; with keys configured, re-encrypt secrets found in plaintext or
+        under an older key (compare-and-set: one worker's write wins, the rest are no-ops)."""
+        store = _store(self._backend)
+        self._endpoints = await store.list_endpoints()
         self._loaded_at = time.monotonic()
         self._follow_events(bool(self._endpoints))
+        resealed = await reseal(store, self._endpoints, self._cipher())
+        if resealed:
+            logger.info("re-encrypted the secrets of %d webhook endpoint(s) with the newest key",
+                        resealed)
 
     async def flush(self) -> int:
         """Write buffered events as pending deliveries; how many."""
@@ -428,7 +365,25 @@ class WebhookService:
     async def _deliver(self) -> int:
         return await self.deliver_due() if self._endpoints else 0
 
-    async def _every(self, step: Callable[[], Awaitable[int]]) -> None:
+    async def prune(self, *, now: datetime | None = None) -> int:
+        """Delete delivered and failed deliveries that finished more than
+        ``webhook_delivery_retention`` seconds before ``now``; how many."""
+        cutoff = (now or utc_now()) - timedelta(seconds=self._settings.webhook_delivery_retention)
+        return await _store(self._backend).prune_deliveries(before=cutoff)
+
+    async def prune_due(self, *, now: datetime | None = None) -> int | None:
+        """:meth:`prune` if this worker leads this round (one worker per ``cleanup_interval``
+        across all that share the database); None when it does not, or no endpoint exists
+        (deliveries go with their endpoint, so there is nothing to prune)."""
+        if not self._endpoints or not await self._backend.claim_maintenance(
+                "webhook_prune", self._settings.cleanup_interval, now=now):
+            return None
+        pruned = await self.prune(now=now)
+        if pruned:
+            logger.debug("pruned %d finished webhook delivery row(s)", pruned)
+        return pruned
+
+    async def _every(self, step: Callable[[], Awaitable[object]], interval: float) -> None:
         while True:
             try:
                 await step()
@@ -437,56 +392,78 @@ class WebhookService:
                                self._settings.error_retry_delay)
                 await anyio.sleep(self._settings.error_retry_delay)
                 continue
-            await anyio.sleep(self._settings.webhook_poll_interval)
+            await anyio.sleep(interval)
+
+    def _client(self) -> httpx.AsyncClient:
+        """A client for one send: a connection is never reused for another endpoint's request
+        (connections are keyed by the pinned address, which several hosts may share)."""
+        if self._ssl_context is None:
+            # httpx's default (certifi's CAs), built once rather than per client.
+            self._ssl_context = httpx.create_ssl_context(trust_env=False)
+        return httpx.AsyncClient(timeout=self._settings.webhook_timeout, follow_redirects=False,
+                                 trust_env=False, verify=self._ssl_context)
 
     async def deliver_due(self) -> int:
         store = _store(self._backend)
         now = utc_now()
-        lease = now + timedelta(seconds=self._settings.webhook_timeout + LEASE_MARGIN)
+        timeout = self._settings.webhook_timeout
+        lease = now + timedelta(seconds=2 * timeout + LEASE_MARGIN)
         claimed = await store.claim(now, lease_until=lease, limit=self._batch_size)
         if not claimed:
             return 0
         endpoints = {e.id: e for e in await store.list_endpoints()}
-        # The whole batch is sent at once, so one lease (timeout + margin) covers every send.
-        async with httpx.AsyncClient(timeout=self._settings.webhook_timeout,
-                                     follow_redirects=False, trust_env=False) as client, \
-                anyio.create_task_group() as tg:
+        # The whole batch is sent at once, so one lease covers every send: resolving and sending
+        # are each bounded by webhook_timeout.
+        async with anyio.create_task_group() as tg:
             for delivery in claimed:
-                tg.start_soon(self._send, store, client, delivery,
-                              endpoints.get(delivery.endpoint_id), lease)
+                tg.start_soon(self._send, store, delivery, endpoints.get(delivery.endpoint_id),
+                              lease)
         return len(claimed)
 
-    async def _send(self, store: WebhookStore, client: httpx.AsyncClient,
-                    delivery: WebhookDelivery, endpoint: WebhookEndpoint | None,
-                    lease: datetime) -> None:
-        attempts = delivery.attempts + 1
-        code: int | None = None
-        error: str | None = None
+    async def _attempt(self, delivery: WebhookDelivery,
+                       endpoint: WebhookEndpoint) -> tuple[int | None, str | None]:
+        """One POST: (status code, error or None). Every failure is an error string here."""
+        timeout = self._settings.webhook_timeout
+        try:
+            secrets = active_secrets(open_secrets(endpoint.secrets, self._cipher()), utc_now())
+            with anyio.fail_after(timeout):
+                addresses = await resolve_target(
+                    endpoint.url, allow_private=endpoint.allow_private
+                    or self._settings.webhook_allow_private, resolver=self._resolver)
+        except (ValidationError, ConfigurationError, DecryptionError) as exc:
+            return None, str(exc)
+        except TimeoutError:
+            return None, f"resolving the webhook host timed out after {timeout:g}s"
+        stamp = int(utc_now().timestamp())
+        body = delivery.payload.encode()
+        headers = {"content-type": "application/json", "webhook-id": delivery.id,
+                   "webhook-timestamp": str(stamp),
+                   "webhook-signature": " ".join(sign(s, delivery.id, stamp, body)
+                                                 for s in secrets),
+                   "user-agent": "soniq-webhooks"}
+        try:
+            with anyio.fail_after(timeout):
+                async with self._client() as client:
+                    response = await post_pinned(client, endpoint.url, addresses, content=body,
+                                                 headers=headers)
+        except TimeoutError:
+            return None, f"the webhook request timed out after {timeout:g}s"
+        except httpx.HTTPError as exc:
+            return None, _describe(exc)
+        except SoniqError as exc:
+            return None, str(exc)
+        code = response.status_code
+        if 200 <= code < 300:
+            return code, None
+        return code, f"HTTP {code}" + (" (redirects are not followed)"
+                                       if 300 <= code < 400 else "")
+
+    async def _send(self, store: WebhookStore, delivery: WebhookDelivery,
+                    endpoint: WebhookEndpoint | None, lease: datetime) -> None:
         if endpoint is None:
             return  # unregistered meanwhile; its deliveries went with it
-        try:
-            with anyio.fail_after(self._settings.webhook_timeout):
-                await resolve_target(endpoint.url, allow_private=endpoint.allow_private
-                                     or self._settings.webhook_allow_private)
-            now = utc_now()
-            stamp = int(now.timestamp())
-            body = delivery.payload.encode()
-            signature = " ".join(sign(s, delivery.id, stamp, body)
-                                 for s in _active_secrets(endpoint, now))
-            response = await client.post(endpoint.url, content=body, headers={
-                "content-type": "application/json", "webhook-id": delivery.id,
-                "webhook-timestamp": str(stamp), "webhook-signature": signature,
-                "user-agent": "soniq-webhooks"})
-            code = response.status_code
-            if not 200 <= code < 300:
-                error = f"HTTP {code}" + (" (redirects are not followed)"
-                                          if 300 <= code < 400 else "")
-        except ValidationError as exc:
-            error = str(exc)
-        except TimeoutError:
-            error = "resolving the webhook host timed out"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        attempts = delivery.attempts + 1
+        code, error = await self._attempt(delivery, endpoint)
         now = utc_now()
         if error is None:
             status, next_at, delivered = "delivered", now, now
@@ -499,6 +476,7 @@ class WebhookService:
         if error is not None:
             logger.info("webhook delivery %s to endpoint %s attempt %d: %s", delivery.id,
                         endpoint.id, attempts, error)
+        # A finished row's next_attempt_at is when it finished: retention counts from it.
         await store.finish(delivery.id, lease_until=lease, status=status, attempts=attempts,
                            next_attempt_at=next_at, status_code=code, error=error,
                            delivered_at=delivered)
@@ -508,12 +486,15 @@ class WebhookService:
             task_status.started()
             return
         task_status.started()
+        poll = self._settings.webhook_poll_interval
         try:
-            # Two loops: a receiver that never answers holds up sending for webhook_timeout, but
-            # never the writing of new events (the bounded buffer would overflow and drop them).
+            # Separate loops: a receiver that never answers holds up sending for webhook_timeout,
+            # but never the writing of new events (the bounded buffer would overflow and drop
+            # them), and a long prune holds up neither.
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._every, self._record)
-                tg.start_soon(self._every, self._deliver)
+                tg.start_soon(self._every, self._record, poll)
+                tg.start_soon(self._every, self._deliver, poll)
+                tg.start_soon(self._every, self.prune_due, self._settings.cleanup_interval)
         finally:
             # Events of the last jobs this worker ran become rows before it goes (bounded).
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from soniq.errors import JobArgumentsError
 from soniq.runtime.retry import retry_delay
 from soniq.runtime.seams import JobEvent, call_hook
-from soniq.serialization import dumps
+from soniq.serialization import dumps, storable_text
 from soniq.types import JobContext, JobOutcome, JobStatus, Snooze
 
 if TYPE_CHECKING:
@@ -59,6 +60,14 @@ class _Running:
     job: ClaimedJob
     scope: anyio.CancelScope
     cancel_requested: bool = False
+
+
+def _text_of(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` itself raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
 
 
 class Executor:
@@ -140,13 +149,20 @@ class Executor:
         except Exception as exc:
             return self._failed(job, spec, "CorruptArguments",
                                 f"stored arguments cannot be decoded: {exc}", None, final=True)
+        if spec.parameters is not None:
+            try:  # arguments written past enqueue's check (raw SQL, an old signature) never bind
+                spec.parameters.check(job.job_name, kwargs)
+            except JobArgumentsError as exc:
+                return self._failed(job, spec, "CorruptArguments",
+                                    f"stored arguments do not fit: {exc.message}", None, final=True)
         job_logger = self._loggers.get(job.job_name)
         if job_logger is None:  # logging.getLogger takes a global lock: once per job name
             job_logger = self._loggers[job.job_name] = logging.getLogger(f"soniq.jobs.{job.job_name}")
         ctx = JobContext(job_id=job.id, job_name=job.job_name, attempt=job.attempts,
                          max_attempts=job.max_attempts, queue=job.queue,
                          worker_id=self._worker_id, scheduled_at=job.scheduled_at,
-                         created_at=job.created_at, logger=job_logger)
+                         created_at=job.created_at, lease_id=job.lease_id,
+                         logger=job_logger)
         if spec.context_param is not None:
             kwargs[spec.context_param] = ctx
         timeout = spec.timeout if spec.timeout is not None else self._settings.job_timeout
@@ -171,7 +187,7 @@ class Executor:
             encoded = self._codec.encode_result(job.job_name, result)
         except Exception as exc:
             await self._on_error(ctx, exc)
-            return self._failed(job, spec, type(exc).__name__, str(exc),
+            return self._failed(job, spec, type(exc).__name__, _text_of(exc),
                                 "".join(traceback.format_exception(exc)), final=False)
         finally:
             current_job.reset(token)
@@ -245,8 +261,11 @@ class Executor:
     def _failed(self, job: ClaimedJob, spec: JobSpec | None, error_type: str, message: str,
                 tb: str | None, *, final: bool) -> JobOutcome:
         now = self._now()
+        # Exception text may hold anything; a NUL or lone surrogate must not make it unstorable.
+        error_type, message = storable_text(error_type), storable_text(message)
         error = dumps({"attempt": job.attempts, "type": error_type, "message": message,
-                       "traceback": tb, "at": now.isoformat()})
+                       "traceback": None if tb is None else storable_text(tb),
+                       "at": now.isoformat()})
         if final or spec is None or job.attempts >= job.max_attempts:
             logger.error("job %s (%s) dead-lettered after attempt %d/%d: %s: %s", job.id,
                          job.job_name, job.attempts, job.max_attempts, error_type, message)

@@ -19,6 +19,7 @@ Two rules shape the code (DESIGN.md §6):
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ import asyncpg
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import job_record, worker_lost_error
-from soniq.backends.postgres import listener, schema, sql
+from soniq.backends.postgres import listener, pooling, schema, sql
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
@@ -38,7 +39,7 @@ from soniq.backends.postgres.pool import StatementPool
 from soniq.backends.postgres.schedules import PostgresScheduleStore
 from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.errors import UnsupportedOperationError, ValidationError
-from soniq.ids import canonical_uuid, is_uuid
+from soniq.ids import canonical_uuid, is_uuid, new_id
 from soniq.serialization import dumps
 from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
 
@@ -56,6 +57,8 @@ __all__ = ["INSERT_CHUNK_SIZE", "LOOP_POOL_SIZE", "PRUNE_BATCH_SIZE", "PostgresB
 #: Rows per bulk-insert statement: large enough to amortise the round trip, small enough to keep
 #: one statement's arrays (and the server's memory for them) modest.
 INSERT_CHUNK_SIZE = 5_000
+
+logger = logging.getLogger("soniq.postgres")
 
 #: Connections of the worker loops' pool: a claim, a finish and a heartbeat at the same time.
 LOOP_POOL_SIZE = 3
@@ -90,6 +93,8 @@ class PostgresBackend:
         self._webhooks: PostgresWebhookStore | None = None
         self._logs: PostgresLogStore | None = None
         self._dashboard: PostgresDashboardStore | None = None
+        # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
+        self._unanswered: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -167,6 +172,8 @@ class PostgresBackend:
                     self._pool = await call(self._create_pool, main=True)
                 if loops and self._loop_pool is None:
                     self._loop_pool = await call(self._create_pool, main=False)
+                    if not self.supports_listen:
+                        pooling.log_listen_off(self._settings.poll_interval)
             return self._loop_pool if loops else self._pool
 
     async def _create_pool(self, *, main: bool) -> Any:
@@ -177,8 +184,8 @@ class PostgresBackend:
                 min_size=self._settings.pool_min_size if main else 1,
                 max_size=self._settings.pool_max_size if main else LOOP_POOL_SIZE,
                 statement_cache_size=cache_size,
-                server_settings=schema.SERVER_SETTINGS | (
-                    schema.CUSTOM_PLANS if cache_size and not main else {}),
+                server_settings=schema.SERVER_SETTINGS,
+                init=schema.plan_every_execution if cache_size and not main else None,
                 reset=_keep_session,
             )
         except Exception as exc:
@@ -189,6 +196,8 @@ class PostgresBackend:
             raise translated from exc
         if main:
             try:
+                if cache_size:
+                    await pooling.refuse_transaction_pooling(pool, self._url)
                 await schema.check_schema(pool, self._url)
             except BaseException:
                 pool.terminate()  # nothing borrowed yet; no reason to wait
@@ -249,11 +258,32 @@ class PostgresBackend:
             query, extra = sql.CLAIM_SOME_QUEUES, (list(queues),)
         with self._errors:
             pool = await self._loops()
-            rows = await call(pool.fetch, query, worker_id, now, limit, *extra)
+            rows = await self._adopt(pool, worker_id)
+            if len(rows) < limit:
+                key = new_id()
+                try:
+                    rows += await call(pool.fetch, query, worker_id, now, limit - len(rows),
+                                       key, *extra)
+                except BaseException:
+                    # Sent but unanswered (connection lost, cancelled): it may have committed.
+                    self._unanswered.setdefault(worker_id, []).append(key)
+                    raise
         claimed = [ClaimedJob(*row) for row in rows]  # RETURNING lists ClaimedJob's fields
         # RETURNING has no order; hand jobs out in claim order. Lower-case hex sorts like uuid.
         claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
         return claimed
+
+    async def _adopt(self, pool: Any, worker_id: str) -> list[Any]:
+        """The jobs of this worker's unanswered claims (committed after all), now handed out."""
+        keys = self._unanswered.get(worker_id)
+        if not keys:
+            return []
+        rows: list[Any] = await call(pool.fetch, sql.ADOPT_CLAIMS, worker_id, keys)
+        del self._unanswered[worker_id]
+        if rows:
+            logger.warning("took up %d job(s) claimed by this worker whose claim's answer was "
+                           "lost with its connection", len(rows))
+        return rows
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
                             *, now: datetime | None = None) -> list[str]:

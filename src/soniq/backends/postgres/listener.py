@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 
     from soniq.backends.postgres.errors import Translator
 
-__all__ = ["listen"]
+__all__ = ["APPLICATION_NAME", "listen"]
 
 logger = logging.getLogger("soniq.postgres")
 
 CHANNELS = (sql.CHANNEL, sql.CANCEL_CHANNEL)
+#: How the LISTEN connection shows in pg_stat_activity.
+APPLICATION_NAME = "soniq listener"
 
 
 async def listen(url: str, on_notify: Callable[[str, str], None], *, keepalive: float,
@@ -100,7 +102,7 @@ def _handoff(on_notify: Callable[[str, str], None],
 async def _open(url: str, on_message: Callable[[Any, int, str, str], None],
                 on_lost: Callable[[], None]) -> Any:
     """Runs on the driver's loop: connect, watch for termination, LISTEN on every channel."""
-    conn = await connect(url)
+    conn = await connect(url, name=APPLICATION_NAME)
     try:
         conn.add_termination_listener(lambda _conn: on_lost())
         for channel in CHANNELS:

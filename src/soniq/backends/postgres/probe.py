@@ -17,6 +17,7 @@ import asyncpg
 
 from soniq.backends._bridge import call
 from soniq.backends.postgres.errors import translate
+from soniq.backends.postgres.pooling import BACKEND_PID, shares_sessions
 from soniq.backends.postgres.schema import SERVER_SETTINGS, close_quietly
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ SELECT clock_timestamp() AS clock, pg_backend_pid() AS pid,
        current_setting('max_connections')::integer AS max_connections,
        current_setting('port')::integer AS port
 """
-_PID = "SELECT pg_backend_pid()"
 #: Seconds to wait for a connection (a silent, firewalled host must not hang the doctor).
 _CONNECT_TIMEOUT = 10.0
 _APPLIED = "SELECT version, name FROM soniq_migrations ORDER BY version"
@@ -40,22 +40,30 @@ _NOTIFY = "SELECT pg_notify($1::text, $2::text)"
 async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0) -> dict[str, Any]:
     """Server version, applied migrations, round trip, clock skew, pooling mode, LISTEN.
 
-    Pooling is judged two ways, since neither is certain alone: two statements on one client
-    connection that ran in different server sessions prove transaction pooling, and a server
-    whose ``port`` setting differs from the URL's port is reached through a proxy or pooler
-    (PgBouncer listens on 6432 by default)."""
+    Pooling is judged on two client connections held open together (see :mod:`.pooling`): a
+    backend shared between them, or changing under one of them, proves transaction pooling. A
+    pooler or proxy in between shows as a cancel key that is not the backend's pid (what a pooler
+    must make up), or as a server ``port`` other than the URL's (PgBouncer listens on 6432 by
+    default)."""
     with errors:
         conn = await call(_connect, url)
     try:
-        before = time.time()
-        started = time.monotonic()
         with errors:
-            row = await call(conn.fetchrow, _FACTS)
-        round_trip = time.monotonic() - started
-        with errors:
-            second_pid = await call(conn.fetchval, _PID)
-            applied = await call(_applied, conn)
-        listen_works = await _listen_roundtrip(url, conn, errors, listen_timeout)
+            other = await call(_connect, url)
+        try:
+            before = time.time()
+            started = time.monotonic()
+            with errors:
+                row = await call(conn.fetchrow, _FACTS)
+            round_trip = time.monotonic() - started
+            with errors:
+                again = await call(conn.fetchval, BACKEND_PID)
+                other_pid = await call(other.fetchval, BACKEND_PID)
+                applied = await call(_applied, conn)
+            listen_works = await _listen_roundtrip(other, conn, errors, listen_timeout)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await call(close_quietly, other)
     finally:
         with anyio.CancelScope(shield=True):
             await call(close_quietly, conn)
@@ -64,10 +72,11 @@ async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0) ->
         "applied_migrations": applied,
         "round_trip": round_trip,
         "clock_skew": row["clock"].timestamp() - (before + round_trip / 2),
-        "transaction_pooling": second_pid != row["pid"],
+        "transaction_pooling": shares_sessions(row["pid"], again, other_pid),
         "listen_works": listen_works,
         "max_connections": int(row["max_connections"]),
-        "via_proxy": _url_port(url) not in (None, int(row["port"])),
+        "via_proxy": (conn.get_server_pid() != row["pid"]
+                      or _url_port(url) not in (None, int(row["port"]))),
     }
 
 
@@ -101,9 +110,9 @@ async def _applied(conn: Any) -> list[str]:
     return [f"{row['version']:04d}_{row['name']}" for row in rows]
 
 
-async def _listen_roundtrip(url: str, sender: Any, errors: Translator, wait: float) -> bool:
-    """Whether a NOTIFY sent on ``sender`` reaches a LISTEN on a second connection in time
-    (a private channel, so no worker is woken)."""
+async def _listen_roundtrip(listener: Any, sender: Any, errors: Translator, wait: float) -> bool:
+    """Whether a NOTIFY sent on ``sender`` reaches a LISTEN on ``listener``, another connection,
+    in time (a private channel, so no worker is woken)."""
     channel = f"soniq_doctor_{uuid.uuid4().hex[:16]}"
     token = uuid.uuid4().hex
     received: list[str] = []
@@ -112,17 +121,11 @@ async def _listen_roundtrip(url: str, sender: Any, errors: Translator, wait: flo
         received.append(payload)
 
     with errors:
-        listener = await call(_connect, url)
-    try:
-        with errors:
-            await call(listener.add_listener, channel, on_message)
-            await call(sender.fetchval, _NOTIFY, channel, token)
-        with anyio.move_on_after(wait):
-            # Polled: under trio the callback runs on the bridge thread, which must not touch
-            # the caller's event objects.
-            while token not in received:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
-        return token in received
-    finally:
-        with anyio.CancelScope(shield=True):
-            await call(close_quietly, listener)
+        await call(listener.add_listener, channel, on_message)
+        await call(sender.fetchval, _NOTIFY, channel, token)
+    with anyio.move_on_after(wait):
+        # Polled: under trio the callback runs on the bridge thread, which must not touch
+        # the caller's event objects.
+        while token not in received:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    return token in received

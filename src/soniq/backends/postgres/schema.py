@@ -1,9 +1,12 @@
 """Creating the database, applying migrations and checking the schema version.
 
 Migrations run only from ``soniq setup`` / ``app.setup()`` (DESIGN.md §3): on their own
-connection, under a session advisory lock so concurrent runs apply each file exactly once, each
-file in one transaction together with its ``soniq_migrations`` row. Everything here is an
-asyncio-native coroutine meant to run inside :func:`soniq.backends._bridge.call`.
+connection, each file in one transaction together with its ``soniq_migrations`` row, while a
+transaction on a second connection holds an advisory lock for the whole run, so concurrent runs
+apply each file exactly once. Nothing here needs a session to outlive a transaction (no session
+lock, no cached prepared statement), so it works through PgBouncer's transaction pooling too.
+Everything here is an asyncio-native coroutine meant to run inside
+:func:`soniq.backends._bridge.call`.
 """
 
 from __future__ import annotations
@@ -21,17 +24,20 @@ from soniq.backends.postgres.errors import SETUP_HINT, redact_url, translate
 from soniq.errors import ConfigurationError, MigrationError, SchemaMissingError
 from soniq.migrations import Migration, load_migrations
 
-__all__ = ["CUSTOM_PLANS", "SERVER_SETTINGS", "check_schema", "connect", "migrate", "shipped_migrations"]
+__all__ = ["CUSTOM_PLANS", "SERVER_SETTINGS", "check_schema", "connect", "migrate",
+           "plan_every_execution", "shipped_migrations"]
 
 #: Session settings on every connection Soniq opens.
 SERVER_SETTINGS = {"timezone": "UTC"}
 
-#: Added on pooled connections that cache prepared statements: plan every execution with its real
-#: parameters and the table's real size. A generic plan cached while soniq_jobs was small (a fresh
-#: install, a drained queue) keeps its Seq Scan as the table grows: measured 36 ms instead of
-#: 0.5 ms per claim at 200 000 finished rows (tests/backends/test_claim_plan.py). Not sent with
-#: statement_cache_size=0 (PgBouncer refuses unknown startup parameters; unnamed statements are
-#: planned per execution anyway).
+#: Set on the worker loops' pooled connections that cache prepared statements: plan every
+#: execution with its real parameters and the table's real size. A generic plan cached while
+#: soniq_jobs was small (a fresh install, a drained queue) keeps its Seq Scan as the table grows:
+#: measured 36 ms instead of 0.5 ms per claim at 200 000 finished rows
+#: (tests/backends/test_claim_plan.py). Applied by :func:`plan_every_execution`, not as a startup
+#: parameter: PgBouncer refuses startup parameters it does not know (in every pool mode, unless
+#: listed in its ignore_startup_parameters). Not needed with statement_cache_size=0: unnamed
+#: statements are planned per execution anyway.
 CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
 
 # Database names migrate() will create: plain identifiers, at most 63 bytes (NAMEDATALEN - 1).
@@ -41,6 +47,12 @@ _DATABASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.$-]{0,62}")
 @functools.cache
 def shipped_migrations() -> tuple[Migration, ...]:
     return tuple(load_migrations("postgres"))
+
+
+async def plan_every_execution(conn: Any) -> None:
+    """The pool's ``init`` for connections that cache prepared statements: apply
+    :data:`CUSTOM_PLANS` for the session (one round trip per new connection)."""
+    await conn.execute("; ".join(f"SET {name} = {value}" for name, value in CUSTOM_PLANS.items()))
 
 
 async def check_schema(pool: Any, url: str) -> None:
@@ -58,11 +70,15 @@ async def check_schema(pool: Any, url: str) -> None:
         )
 
 
-async def connect(url: str, *, target: str | None = None) -> Any:
+async def connect(url: str, *, target: str | None = None, name: str | None = None) -> Any:
     """A plain connection to ``url``; errors name ``target`` (the URL the user configured).
-    A missing database stays ``InvalidCatalogNameError`` so :func:`migrate` can create it."""
+    A missing database stays ``InvalidCatalogNameError`` so :func:`migrate` can create it.
+    Without a statement cache: its few statements gain nothing from one, and a cached statement
+    would not survive PgBouncer's transaction pooling. ``name`` becomes its ``application_name``
+    (what pg_stat_activity shows)."""
+    settings = SERVER_SETTINGS if name is None else SERVER_SETTINGS | {"application_name": name}
     try:
-        return await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
+        return await asyncpg.connect(url, server_settings=settings, statement_cache_size=0)
     except asyncpg.InvalidCatalogNameError:
         raise
     except Exception as exc:
@@ -83,14 +99,24 @@ async def migrate(url: str) -> list[str]:
     """Create the database if needed, apply pending migrations; return the labels applied."""
     conn = await _connect_creating_database(url)
     try:
-        await conn.execute(sql.MIGRATION_LOCK, sql.MIGRATION_LOCK_KEY)
+        # The lock is held for the whole run by a transaction on a second connection, so that
+        # each migration still commits on its own: a concurrent run waits, then finds nothing to
+        # do. Transaction-scoped, it ends with this run even through PgBouncer's transaction
+        # pooling, where a session lock would stay behind on a pooled server connection.
+        holder = await connect(url)
         try:
-            return await _apply_pending(conn, url)
+            lock = holder.transaction()
+            await lock.start()
+            try:
+                await holder.execute(sql.MIGRATION_LOCK, sql.MIGRATION_LOCK_KEY)
+                return await _apply_pending(conn, url)
+            finally:
+                # Closing the connection ends the transaction anyway; a failed rollback on a
+                # broken connection must not hide the error that broke it.
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await lock.rollback()
         finally:
-            # Closing the session releases the lock anyway; a failed unlock on a broken
-            # connection must not hide the error that broke it.
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await conn.execute(sql.MIGRATION_UNLOCK, sql.MIGRATION_LOCK_KEY)
+            await close_quietly(holder)
     finally:
         await close_quietly(conn)
 

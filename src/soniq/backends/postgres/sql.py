@@ -13,6 +13,7 @@ from __future__ import annotations
 from soniq.backends.base import JOB_COLUMNS
 
 __all__ = [
+    "ADOPT_CLAIMS",
     "CANCEL_CHANNEL",
     "CANCEL_JOB",
     "CHANNEL",
@@ -36,7 +37,6 @@ __all__ = [
     "LOST_JOBS",
     "MIGRATION_LOCK",
     "MIGRATION_LOCK_KEY",
-    "MIGRATION_UNLOCK",
     "NOTIFY_DUE",
     "PING",
     "PRUNE_JOBS",
@@ -135,7 +135,13 @@ WHERE due.run_at IS NULL OR due.run_at <= now()
 # One round trip claims a batch. The inner SELECT walks a partial index in exactly the ORDER BY's
 # order and stops after $3 rows; SKIP LOCKED lets concurrent workers take disjoint batches.
 # Releasing dedup_key keeps the "key only on queued rows" invariant (a CHECK constraint enforces
-# it). $1 worker_id, $2 now (NULL: the database clock), $3 limit, $4 queue / queues.
+# it). $1 worker_id, $2 now (NULL: the database clock), $3 limit, $4 lease, $5 queue / queues.
+#
+# Each job's lease is derived from a claim key the worker sends ($4, new per claim) and the job's
+# id: when the connection drops after the claim committed but before its rows arrived, the worker
+# still knows the key and takes those jobs up with ADOPT_CLAIMS (otherwise they would sit
+# 'processing' under a worker that is alive and never heard of them: the rescue only takes jobs of
+# silent workers). Leases stay distinct per job and per claim.
 #
 # "WHERE id = ANY (ARRAY(subquery))" rather than "UPDATE ... FROM (subquery) WHERE j.id = c.id":
 # ARRAY() makes the subquery an init plan, so a plan made for a large table looks the rows up by
@@ -143,11 +149,15 @@ WHERE due.run_at IS NULL OR due.run_at <= now()
 # against a Seq Scan of all of it. No statement shape survives a generic plan cached while the
 # table was small, though: pooled connections run with plan_cache_mode=force_custom_plan
 # (schema.CUSTOM_PLANS). test_claim_plan checks both.
+#: The columns of a :class:`~soniq.types.ClaimedJob`, in its order.
+_CLAIMED = ("id::text, job_name, queue, priority, args, attempts, max_attempts, scheduled_at, "
+            "created_at, lease_id::text")
+
 _CLAIM = """
 UPDATE soniq_jobs
 SET status = 'processing',
     attempts = attempts + 1,
-    lease_id = gen_random_uuid(),
+    lease_id = md5($4::text || id::text)::uuid,
     worker_id = $1::uuid,
     started_at = COALESCE($2::timestamptz, now()),
     updated_at = COALESCE($2::timestamptz, now()),
@@ -159,16 +169,24 @@ WHERE id = ANY (ARRAY(
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ))
-RETURNING id::text, job_name, queue, priority, args, attempts, max_attempts, scheduled_at,
-          created_at, lease_id::text
+RETURNING {_CLAIMED}
 """
 
 #: Claim from every queue (served by soniq_jobs_claim_idx).
-CLAIM_ALL_QUEUES = _CLAIM.format(queue_filter="")
-#: Claim from the queue $4 (served by soniq_jobs_queue_claim_idx: an exact prefix, no filter).
-CLAIM_ONE_QUEUE = _CLAIM.format(queue_filter=" AND queue = $4::text")
-#: Claim from the queues in $4 (soniq_jobs_claim_idx in order, other queues filtered out).
-CLAIM_SOME_QUEUES = _CLAIM.format(queue_filter=" AND queue = ANY($4::text[])")
+CLAIM_ALL_QUEUES = _CLAIM.format(queue_filter="", _CLAIMED=_CLAIMED)
+#: Claim from the queue $5 (served by soniq_jobs_queue_claim_idx: an exact prefix, no filter).
+CLAIM_ONE_QUEUE = _CLAIM.format(queue_filter=" AND queue = $5::text", _CLAIMED=_CLAIMED)
+#: Claim from the queues in $5 (soniq_jobs_claim_idx in order, other queues filtered out).
+CLAIM_SOME_QUEUES = _CLAIM.format(queue_filter=" AND queue = ANY($5::text[])", _CLAIMED=_CLAIMED)
+
+#: The jobs of claims whose answer was lost: $1 worker id, $2 those claims' keys. (A scan: it
+#: runs only after a connection was lost mid-claim.)
+ADOPT_CLAIMS = f"""
+SELECT {_CLAIMED} FROM soniq_jobs
+WHERE worker_id = $1::uuid AND status = 'processing'
+  AND EXISTS (SELECT 1 FROM unnest($2::text[]) AS claim (key)
+              WHERE lease_id = md5(claim.key || id::text)::uuid)
+"""
 
 # -- finish ----------------------------------------------------------------------------------------
 # A QUEUED outcome (retry, snooze, shutdown) for a job with a cancel request ends it cancelled.
@@ -373,14 +391,14 @@ CREATE TABLE IF NOT EXISTS soniq_migrations (
 #: $1 version, $2 name.
 RECORD_MIGRATION = "INSERT INTO soniq_migrations (version, name) VALUES ($1::integer, $2::text)"
 
-#: Session-level advisory lock that serialises concurrent migrate() calls on one database.
-#: The key is b"soniq-mg" read as a big-endian int64; any fixed value works, it only has to be
-#: one no other tool is likely to pick.
+#: Advisory lock that serialises concurrent migrate() calls on one database, held by a transaction
+#: open for the whole run: transaction-scoped, so it also works through PgBouncer's transaction
+#: pooling, where a session lock would stay behind on whichever server connection took it. The
+#: key is b"soniq-mg" read as a big-endian int64; any fixed value works, it only has to be one no
+#: other tool is likely to pick.
 MIGRATION_LOCK_KEY = int.from_bytes(b"soniq-mg", "big", signed=True)
 #: $1 key.
-MIGRATION_LOCK = "SELECT pg_advisory_lock($1::bigint)"
-#: $1 key.
-MIGRATION_UNLOCK = "SELECT pg_advisory_unlock($1::bigint)"
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock($1::bigint)"
 
 #: $1 database name (asked on the maintenance database before CREATE DATABASE).
 DATABASE_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text)"

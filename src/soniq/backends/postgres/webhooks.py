@@ -65,6 +65,24 @@ WHERE id = $1::uuid AND lease_until = $2::timestamptz
 RETURNING id
 """
 
+#: $1 before, $2 batch size. The partial index soniq_webhook_deliveries_finished_idx serves it.
+PRUNE_DELIVERIES = """
+DELETE FROM soniq_webhook_deliveries
+WHERE id = ANY (ARRAY(
+    SELECT id FROM soniq_webhook_deliveries
+    WHERE status <> 'pending' AND next_attempt_at < $1::timestamptz
+    LIMIT $2::integer
+    FOR UPDATE SKIP LOCKED))
+"""
+#: Rows deleted per prune statement: short transactions, few row locks held at once.
+PRUNE_BATCH = 1000
+
+SET_SECRETS = """
+UPDATE soniq_webhook_endpoints SET secrets = $2::jsonb
+WHERE id = $1::uuid AND ($3::jsonb IS NULL OR secrets = $3::jsonb)
+RETURNING id
+"""
+
 LIST_DELIVERIES = f"""
 SELECT {_DELIVERY} FROM soniq_webhook_deliveries AS d
 WHERE ($1::uuid IS NULL OR d.endpoint_id = $1::uuid) AND ($2::text IS NULL OR d.status = $2::text)
@@ -129,12 +147,12 @@ class PostgresWebhookStore:
                                              "WHERE id = $1::uuid RETURNING id",
                               endpoint_id) is not None
 
-    async def set_secrets(self, endpoint_id: str, secrets: str) -> bool:
+    async def set_secrets(self, endpoint_id: str, secrets: str, *,
+                          expected: str | None = None) -> bool:
         with self._errors:
             pool = await self._ready()
-            return await call(pool.fetchval, "UPDATE soniq_webhook_endpoints SET secrets = "
-                                             "$2::jsonb WHERE id = $1::uuid RETURNING id",
-                              endpoint_id, secrets) is not None
+            return await call(pool.fetchval, SET_SECRETS, endpoint_id, secrets,
+                              expected) is not None
 
     async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
         if not deliveries:
@@ -166,3 +184,19 @@ class PostgresWebhookStore:
             pool = await self._ready()
             rows = await call(pool.fetch, LIST_DELIVERIES, endpoint_id, status, limit)
         return [_delivery(row) for row in rows]
+
+    async def prune_deliveries(self, *, before: datetime) -> int:
+        with self._errors:
+            pool = await self._ready()
+            return await call(_prune, pool, before)
+
+
+async def _prune(pool: Any, before: datetime) -> int:
+    """Delete finished deliveries in batches, each its own short transaction."""
+    total = 0
+    while True:
+        status = await pool.execute(PRUNE_DELIVERIES, before, PRUNE_BATCH)
+        deleted = int(status.rpartition(" ")[2])
+        total += deleted
+        if deleted < PRUNE_BATCH:
+            return total

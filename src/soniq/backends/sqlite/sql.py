@@ -159,6 +159,14 @@ def claim_sql(queue_count: int | None) -> str:
     )
 
 
+# The errors array to append to. SQLite does not check JSON, and one row whose errors were
+# overwritten by hand with something that is not an array must not fail every outcome in its batch
+# ("malformed JSON") forever: that value is kept as the first element of a fresh array.
+_ERRORS = (
+    "CASE WHEN json_valid(soniq_jobs.errors) AND json_type(soniq_jobs.errors) = 'array' "
+    "THEN soniq_jobs.errors ELSE json_array(CAST(soniq_jobs.errors AS TEXT)) END"
+)
+
 # A QUEUED outcome (retry, snooze, shutdown) for a job with a cancel request ends it cancelled.
 _REQUEUE = "(o.status = 'queued' AND NOT soniq_jobs.cancel_requested)"
 
@@ -173,7 +181,7 @@ UPDATE soniq_jobs SET
     updated_at = :now,
     lease_id = NULL,
     errors = CASE WHEN o.error IS NULL THEN soniq_jobs.errors
-                  ELSE json_insert(soniq_jobs.errors, '$[#]', json(o.error)) END,
+                  ELSE json_insert({_ERRORS}, '$[#]', json(o.error)) END,
     attempts = soniq_jobs.attempts - o.refund,
     scheduled_at = CASE WHEN {_REQUEUE} THEN coalesce(o.run_at, :now)
                         ELSE soniq_jobs.scheduled_at END,
@@ -270,7 +278,7 @@ UPDATE soniq_jobs SET
     status = CASE WHEN soniq_jobs.cancel_requested THEN 'cancelled'
                   WHEN soniq_jobs.attempts >= soniq_jobs.max_attempts THEN 'dead_letter'
                   ELSE 'queued' END,
-    errors = json_insert(soniq_jobs.errors, '$[#]', json(o.error)),
+    errors = json_insert({_ERRORS}, '$[#]', json(o.error)),
     lease_id = NULL,
     scheduled_at = CASE WHEN {_RESCUE_REQUEUE} THEN :now ELSE soniq_jobs.scheduled_at END,
     worker_id = CASE WHEN {_RESCUE_REQUEUE} THEN NULL ELSE soniq_jobs.worker_id END,

@@ -42,6 +42,17 @@ UPDATE soniq_webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = 
 WHERE id = ? AND lease_until = ? RETURNING id
 """
 
+#: ?1 before, ?2 batch size. The partial index soniq_webhook_deliveries_finished serves it.
+PRUNE = """
+DELETE FROM soniq_webhook_deliveries WHERE id IN (
+    SELECT id FROM soniq_webhook_deliveries
+    WHERE status <> 'pending' AND next_attempt_at < ?1
+    LIMIT ?2)
+RETURNING id
+"""
+#: Rows deleted per prune statement: short write locks, so other writers slip in between.
+PRUNE_BATCH = 1000
+
 INSERT_DELIVERY = f"""
 INSERT INTO soniq_webhook_deliveries ({_DELIVERY})
 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
@@ -107,11 +118,13 @@ class SqliteWebhookStore:
             (endpoint_id,))
         return bool(rows)
 
-    async def set_secrets(self, endpoint_id: str, secrets: str) -> bool:
+    async def set_secrets(self, endpoint_id: str, secrets: str, *,
+                          expected: str | None = None) -> bool:
         rows = await self._db.run(
             self._db.write,
-            "UPDATE soniq_webhook_endpoints SET secrets = ? WHERE id = ? RETURNING id",
-            (secrets, endpoint_id))
+            "UPDATE soniq_webhook_endpoints SET secrets = ?2 "
+            "WHERE id = ?1 AND (?3 IS NULL OR secrets = ?3) RETURNING id",
+            (endpoint_id, secrets, expected))
         return bool(rows)
 
     async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
@@ -148,3 +161,14 @@ class SqliteWebhookStore:
             "WHERE (?1 IS NULL OR endpoint_id = ?1) AND (?2 IS NULL OR status = ?2) "
             "ORDER BY created_at DESC, id DESC LIMIT ?3", (endpoint_id, status, limit))
         return [_delivery(row) for row in rows]
+
+    async def prune_deliveries(self, *, before: datetime) -> int:
+        return await self._db.run(self._prune, sql.to_db(before))
+
+    async def _prune(self, before: str) -> int:
+        total = 0
+        while True:
+            deleted = len(await self._db.write(PRUNE, (before, PRUNE_BATCH)))
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total

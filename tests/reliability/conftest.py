@@ -1,0 +1,82 @@
+"""Fixtures of the reliability suite: the ledger, worker subprocesses, a private cluster.
+
+Everything here runs on asyncio: what is under test is worker processes driven from outside (the
+in-process trio paths are covered by tests/runtime and tests/backends). A test that needs the
+fault proxy (tests/reliability/proxy.py) serves it from its own task group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from soniq import Soniq
+from tests.reliability.cluster import PrivateCluster
+from tests.reliability.ledger import Ledger
+from tests.reliability.workers import Workers
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def ledger(pg_url: str) -> Ledger:
+    """The ledger, in the test worker's database on the shared server (always up)."""
+    book = Ledger(pg_url)
+    await book.create()
+    return book
+
+
+def chaos_app(url: str) -> Soniq:
+    """A producer for ``url`` that knows the chaos jobs (so enqueues are validated)."""
+    from tests.apps import chaos
+
+    soniq = Soniq(database_url=url)
+    for spec in chaos.app.registry:
+        soniq.registry.register(spec.func, name=spec.name, retries=spec.max_retries)
+    return soniq
+
+
+@pytest.fixture
+async def app(pg_url: str) -> AsyncIterator[Soniq]:
+    """A producer on the test's database that knows the chaos jobs."""
+    soniq = chaos_app(pg_url)
+    try:
+        yield soniq
+    finally:
+        await soniq.close()
+
+
+@pytest.fixture
+def cluster() -> Iterator[PrivateCluster]:
+    """A private PostgreSQL cluster, started, with a migrated database ``soniq``."""
+    pg = PrivateCluster()
+    try:
+        pg.start()
+        app = Soniq(database_url=pg.url("soniq"))
+
+        async def setup() -> None:
+            try:
+                await app.setup()  # creates the database too
+            finally:
+                await app.close()
+
+        anyio.run(setup)
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def workers(pg_url: str, ledger: Ledger, tmp_path: Path) -> Iterator[Workers]:
+    """Worker subprocesses, on the test's database unless ``start(url=...)`` says otherwise."""
+    pool = Workers(pg_url, ledger.url, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
