@@ -58,3 +58,17 @@ def bench(session: nox.Session) -> None:
     for peer in BENCH_PEERS:
         session.install(peer, success_codes=[0, 1])  # a failed peer is reported, not fatal
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(default=False)
+def soak(session: nox.Session) -> None:
+    """Opt-in soak run: ``nox -s soak`` (10 min at 100 jobs/s on one ``soniq worker``), or e.g.
+    ``nox -s soak -- --minutes 1 --rate 50 --sample-every 10``; ``-- --help`` for the options.
+
+    Reports the worker's memory, fds and connections and the jobs table's size at start and end,
+    and fails when memory grows more than 10% after the warm-up (benchmarks/soak.py). Needs
+    PostgreSQL on 127.0.0.1:5432 (SONIQ_BENCH_PG_URL to change); ``--output`` writes the summary
+    to benchmarks/results/. Not in the default sessions, not run by CI.
+    """
+    session.install("-e", ".")
+    session.run("python", "-m", "benchmarks.soak", *session.posargs)

@@ -2,8 +2,8 @@
 
 Every measurement gets its own PostgreSQL database, ``soniq_bench_<random hex>``, created on the
 server of ``SONIQ_BENCH_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432``) and dropped
-afterwards; only names this module generated are ever dropped. SQLite measurements get a file in
-a fresh temporary directory, removed afterwards.
+afterwards (the soak run's is ``soniq_soak_<random hex>``); only names this module generated are
+ever dropped. SQLite measurements get a file in a fresh temporary directory, removed afterwards.
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ class Target:
 
 
 @asynccontextmanager
-async def fresh_postgres() -> AsyncIterator[Target]:
-    """A new empty database for one measurement; dropped (with any leftover sessions) after."""
+async def fresh_postgres(prefix: str = _PREFIX) -> AsyncIterator[Target]:
+    """A new empty database for one measurement, ``<prefix><random hex>``; dropped (with any
+    leftover sessions) after."""
     _check_local(PG_SERVER_URL)
-    name = f"{_PREFIX}{secrets.token_hex(6)}"
+    name = f"{prefix}{secrets.token_hex(6)}"
     admin = await asyncpg.connect(_with_database(PG_SERVER_URL, "postgres"))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')

@@ -8,9 +8,11 @@ accepted connection to the target. Controls, on every live link or on the next o
   forwarding in both directions but keep their sockets open -- to both ends the connection is
   alive and silent (a half-open connection); new links work;
 - ``reset()``: live links are closed with a TCP RST;
-- ``cut_on(marker, after=n)``: once a client chunk contains ``marker``, the link forwards ``n``
-  more client chunks, then swallows the server's next reply and resets: the server has done the
-  work (and committed it), the client never hears of it.
+- ``cut_on(marker)``: once a client prepares a statement whose text contains ``marker``, the
+  server's answer to the first execution of that statement is swallowed and the link reset: the
+  server has done the work (and committed it), the client never hears of it. (It follows the
+  statement by the name asyncpg gives it, so other round trips in between -- type introspection
+  -- pass.)
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
+STATEMENT = b"__asyncpg_stmt_"
+
 
 @dataclass
 class Cut:
     marker: bytes
-    after: int
     fired: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -39,7 +42,7 @@ class Link:
         self.blackholed = False
         self.closed = False
         self._armed: Cut | None = None  # the marker was seen on this link
-        self._countdown = 0
+        self._statement = b""  # the name of the statement that holds it
         self._drop_reply = False
         self.said = bytearray()  # what the client sent (the first 64 KiB), for ``matching``
 
@@ -75,11 +78,12 @@ class Link:
         if self._armed is None:
             cut = self.proxy.cut
             if cut is not None and not cut.fired.is_set() and cut.marker in chunk:
-                self._armed, self._countdown = cut, cut.after
-                self._drop_reply = self._countdown == 0
-        elif self._countdown > 0:
-            self._countdown -= 1
-            self._drop_reply = self._countdown == 0
+                start = chunk.rfind(STATEMENT, 0, chunk.index(cut.marker))
+                if start >= 0:
+                    self._armed = cut
+                    self._statement = chunk[start:chunk.index(b"\x00", start)]
+        elif chunk[:1] == b"B" and self._statement in chunk:  # Bind + Execute of that statement
+            self._drop_reply = True
 
     async def reset(self) -> None:
         """Close both sides with RST (SO_LINGER 0), not a polite FIN."""
@@ -142,6 +146,6 @@ class Proxy:
             await link.reset()
         return len(links)
 
-    def cut_on(self, marker: bytes, *, after: int = 1) -> Cut:
-        self.cut = Cut(marker, after)
+    def cut_on(self, marker: bytes) -> Cut:
+        self.cut = Cut(marker)
         return self.cut

@@ -1,7 +1,12 @@
 """Writes job outcomes in batches: a few milliseconds of outcomes go to storage in one fenced
 statement (DESIGN.md §4). Outcomes the database refuses because the lease moved on (the job was
 rescued and re-run elsewhere) are logged, never retried. On a database error the batch stays
-buffered and is written once the database is back; the buffer is flushed on shutdown."""
+buffered and is written once the database is back; the buffer is flushed on shutdown.
+
+A write in flight is never abandoned half-way by cancellation (shutdown): it finishes (bounded),
+so its outcome is known. A write that failed may still have committed (the connection dropped
+after the commit); when its retry is refused, that is the reason, not a rescue, and it is logged
+as such."""
 
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ __all__ = ["Finisher"]
 
 logger = logging.getLogger("soniq.worker")
 
+#: Longest a write of outcomes may hold up cancellation (shutdown) once it is in flight.
+WRITE_BOUND = 10.0
+
 
 class Finisher:
     """Buffers :class:`~soniq.types.JobOutcome` and flushes them with ``complete_jobs``."""
@@ -35,6 +43,7 @@ class Finisher:
         self._buffer: list[JobOutcome] = []
         self._pending = anyio.Event()
         self._lock = anyio.Lock()
+        self._unsure: set[str] = set()  # jobs whose outcome's write failed, perhaps after commit
         self.lease_lost = 0  # outcomes refused by the lease fence
 
     def put(self, outcome: JobOutcome) -> None:
@@ -69,15 +78,30 @@ class Finisher:
             while self._buffer:
                 batch = self._buffer[: self._batch_size]
                 try:
-                    accepted = await self._backend.complete_jobs(batch)
+                    with anyio.CancelScope(shield=True) as write:
+                        write.deadline = anyio.current_time() + WRITE_BOUND
+                        accepted = await self._backend.complete_jobs(batch)
+                    if write.cancelled_caught:
+                        raise DatabaseError(f"writing {len(batch)} job outcome(s) took longer "
+                                            f"than {WRITE_BOUND:g}s")
                 except BaseException:
+                    self._unsure.update(o.job_id for o in batch)
                     self._pending.set()
                     raise
                 del self._buffer[: len(batch)]
                 if len(accepted) < len(batch):
-                    done = set(accepted)
-                    refused = [o.job_id for o in batch if o.job_id not in done]
-                    self.lease_lost += len(refused)
-                    logger.warning("lease lost: %d outcome(s) refused because the job was rescued "
-                                   "and handed to another worker: %s", len(refused),
-                                   ", ".join(refused))
+                    self._refused(batch, set(accepted))
+                if self._unsure:
+                    self._unsure.difference_update(o.job_id for o in batch)
+
+    def _refused(self, batch: list[JobOutcome], accepted: set[str]) -> None:
+        refused = [o.job_id for o in batch if o.job_id not in accepted]
+        rewritten = [job_id for job_id in refused if job_id in self._unsure]
+        if rewritten:
+            logger.info("%d outcome(s) were already written by an earlier attempt whose answer "
+                        "was lost: %s", len(rewritten), ", ".join(rewritten))
+        lost = [job_id for job_id in refused if job_id not in self._unsure]
+        if lost:
+            self.lease_lost += len(lost)
+            logger.warning("lease lost: %d outcome(s) refused because the job was rescued and "
+                           "handed to another worker: %s", len(lost), ", ".join(lost))
