@@ -73,10 +73,12 @@ class DatabaseInfo(TypedDict):
     ``soniq migrate-status``). Read without the schema check, so it works before ``soniq setup``.
 
     ``clock_skew`` is database clock minus this process's clock, in seconds (corrected for half
-    the round trip). ``transaction_pooling`` is True when two statements on one client
-    connection ran in different server sessions (PgBouncer transaction/statement pooling).
-    ``listen_works`` is True when a NOTIFY sent on one connection reached a LISTEN on another.
-    ``via_proxy`` is True when the server's own port differs from the URL's (a pooler or proxy).
+    the round trip). ``transaction_pooling`` is True when server sessions are shared: two
+    statements on one client connection ran in different sessions, or two client connections in
+    the same one (PgBouncer transaction/statement pooling). ``listen_works`` is True when a NOTIFY
+    sent on one connection reached a LISTEN on another. ``via_proxy`` is True when the session's
+    cancel key names another process than the one answering, or the server's own port differs
+    from the URL's (a pooler or proxy).
     None means "does not apply to this backend".
     """
 
