@@ -157,15 +157,22 @@ class Fetcher:
             self._start(self._run_job, self._waiting.popleft())
 
     async def _run_job(self, job: ClaimedJob) -> None:
-        try:
-            await self._executor.run(job)
-        finally:
-            self._executing -= 1
-            self._pace.finished += 1
-            if not self._stopping:
-                self._start_waiting()
-            self._wake.set()
-            self._idle.set()
+        """Run ``job``, then the next waiting ones while a slot is free: a task keeps its slot
+        while there is work instead of a new task per job (a task costs more than a job)."""
+        while True:
+            try:
+                await self._executor.run(job)
+            finally:
+                self._executing -= 1
+                self._pace.finished += 1
+                self._wake.set()
+                self._idle.set()
+            if self._stopping or not self._waiting or self.free_slots <= 0:
+                break
+            self._executing += 1
+            job = self._waiting.popleft()
+        if not self._stopping:
+            self._start_waiting()  # a stuck thread may have given its slot back meanwhile
 
     async def _wait(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
