@@ -167,3 +167,45 @@ def test_claim_plan_cached_on_a_small_table_stays_an_index_lookup(pg_url: str) -
     summary = [(n["Node Type"], n.get("Index Name")) for n in nodes]
     assert "Seq Scan" not in {n["Node Type"] for n in nodes}, summary
     assert "soniq_jobs_pkey" in {n.get("Index Name") for n in nodes}, summary
+
+
+# -- a backlog loaded after the last statistics -----------------------------------------------------
+async def _claim_plan_after_worker_start(url: str) -> list[dict[str, Any]]:
+    """Load a due backlog without ANALYZE (autovacuum is off on the test server, as it may be
+    behind on a busy one), start a worker (register it), and explain the next claim."""
+    from soniq.backends.postgres import PostgresBackend
+    from soniq.settings import load_settings
+    from soniq.types import WorkerInfo
+
+    conn = await asyncpg.connect(url)
+    backend = PostgresBackend(url, load_settings({"database_url": url}))
+    try:
+        await conn.execute(LOAD, ROWS, timedelta(hours=-2))
+
+        async def counted() -> bool:  # the server's statistics see the load within a second
+            return bool(await conn.fetchval(
+                "SELECT n_mod_since_analyze >= $1 FROM pg_stat_user_tables "
+                "WHERE relid = 'soniq_jobs'::regclass", ROWS))
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await counted():
+            assert asyncio.get_running_loop().time() < deadline, "statistics never counted the load"
+            await asyncio.sleep(0.1)
+        await backend.register_worker(WorkerInfo(id=new_id(), hostname="h", pid=1, queues=None,
+                                                 concurrency=100))
+        return await _explain(conn, CLAIM_ALL_QUEUES, (new_id(), None, LIMIT, new_id()),
+                              generic=False)
+    finally:
+        await backend.close()
+        try:
+            await conn.execute("TRUNCATE soniq_jobs, soniq_workers CASCADE")
+        finally:
+            await conn.close()
+
+
+@pytest.mark.slow
+def test_a_worker_starting_on_an_unanalyzed_backlog_gets_an_index_walk(pg_url: str) -> None:
+    nodes = asyncio.run(_claim_plan_after_worker_start(pg_url))
+    summary = [(n["Node Type"], n.get("Index Name")) for n in nodes]
+    assert not {n["Node Type"] for n in nodes} & {"Sort", "Incremental Sort", "Seq Scan"}, summary
+    assert "soniq_jobs_claim_idx" in {n.get("Index Name") for n in nodes}, summary

@@ -359,6 +359,11 @@ class PostgresBackend:
             pool = await self._loops()
             await call(pool.execute, sql.REGISTER_WORKER, worker.id, worker.hostname, worker.pid,
                        queues, worker.concurrency, now)
+            # Before the first claim: a backlog loaded since the last statistics (autovacuum off,
+            # or not round yet) would make every claim sort the whole backlog (sql.py).
+            if await call(pool.fetchval, sql.STATISTICS_STALE):
+                await call(pool.execute, sql.ANALYZE_JOBS)
+                logger.info("analyzed soniq_jobs: its statistics were missing or stale")
 
     async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
         _check_worker_id(worker_id)

@@ -14,6 +14,7 @@ from soniq.backends.base import JOB_COLUMNS
 
 __all__ = [
     "ADOPT_CLAIMS",
+    "ANALYZE_JOBS",
     "CANCEL_CHANNEL",
     "CANCEL_JOB",
     "CHANNEL",
@@ -46,6 +47,7 @@ __all__ = [
     "REMOVE_SILENT_WORKERS",
     "RESCUE_JOBS",
     "SCHEMA_VERSIONS",
+    "STATISTICS_STALE",
     "UNREGISTER_WORKER",
 ]
 
@@ -298,6 +300,18 @@ SELECT id FROM soniq_jobs
 WHERE worker_id = $1::uuid AND status = 'processing' AND cancel_requested
 ORDER BY id
 """
+
+#: True when soniq_jobs changed a lot since its statistics were gathered, or never had any: the
+#: threshold of autovacuum's own analyze (1 000 rows + 10% of the table). Without statistics the
+#: planner guesses a handful of queued rows and sorts the whole backlog on every claim (40 ms
+#: instead of 1 ms per claim at 100 000 queued rows, measured here).
+STATISTICS_STALE = """
+SELECT s.n_mod_since_analyze >= 1000 + 0.1 * GREATEST(c.reltuples, 0)
+FROM pg_stat_user_tables AS s JOIN pg_class AS c ON c.oid = s.relid
+WHERE s.relid = 'soniq_jobs'::regclass
+"""
+
+ANALYZE_JOBS = "ANALYZE soniq_jobs"
 
 #: $1 worker id.
 UNREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = $1::uuid"
