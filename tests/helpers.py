@@ -8,8 +8,10 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
+import asyncpg
 
 from soniq import Soniq, Worker
+from soniq.backends import _bridge
 
 
 async def wait_for(predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 10.0,
@@ -42,3 +44,16 @@ def running_worker(app: Soniq, **options: Any) -> AbstractAsyncContextManager[Wo
     """A worker running in a task group for the body of the block, stopped gracefully after
     (the public ``app.running_worker``; kept so existing tests read the same)."""
     return app.running_worker(**options)
+
+
+async def on_connection(url: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``fn(conn)`` on a fresh connection to ``url``, from asyncio or trio."""
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return await _bridge.call(run)

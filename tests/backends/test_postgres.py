@@ -13,7 +13,7 @@ import asyncio
 import json
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -36,6 +36,7 @@ from soniq.migrations import load_migrations
 from soniq.serialization import dumps, utc_now
 from soniq.settings import load_settings
 from soniq.types import NewJob
+from tests.helpers import on_connection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -85,7 +86,7 @@ EXPECTED_COLUMNS = {
     ],
     "soniq_webhook_deliveries": [
         ("id", "uuid", True), ("endpoint_id", "uuid", True), ("event", "text", True),
-        ("payload", "jsonb", True), ("status", "text", True), ("attempts", "integer", True),
+        ("payload", "text", True), ("status", "text", True), ("attempts", "integer", True),
         ("next_attempt_at", TIMESTAMPTZ, True), ("last_status_code", "integer", False),
         ("last_error", "text", False), ("created_at", TIMESTAMPTZ, True),
         ("delivered_at", TIMESTAMPTZ, False), ("lease_until", TIMESTAMPTZ, False),
@@ -175,19 +176,6 @@ WHERE contype = 'c' AND conrelid::regclass::text LIKE 'soniq%'
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-async def on_connection(url: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Run ``fn(conn)`` on a fresh connection to ``url``, from asyncio or trio."""
-
-    async def run() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await fn(conn)
-        finally:
-            await conn.close()
-
-    return await _bridge.call(run)
-
-
 async def fetch(url: str, query: str, *args: Any) -> list[Any]:
     return await on_connection(url, lambda conn: conn.fetch(query, *args))  # type: ignore[no-any-return]
 

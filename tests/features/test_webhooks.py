@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import ssl
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +28,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from soniq import Soniq
+from soniq.backends.stores import WebhookEvent, webhook_payload
 from soniq.errors import ConfigurationError, DecryptionError, ValidationError
 from soniq.features.signing import Signing
 from soniq.features.webhooks import (
@@ -39,7 +41,7 @@ from soniq.features.webhooks import (
     verify_signature,
 )
 from soniq.serialization import utc_now
-from tests.helpers import wait_for
+from tests.helpers import on_connection, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -294,6 +296,66 @@ async def test_a_jobs_lifecycle_is_delivered_signed(app: Soniq, receiver: Receiv
     assert len(deliveries) == 8 and {d["status"] for d in deliveries} == {"delivered"}
     assert len({d["id"] for d in deliveries}) == 8
     assert {h["webhook-id"] for h, _ in receiver.requests} == {d["id"] for d in deliveries}
+
+
+async def test_every_backend_writes_the_same_payload(app: Soniq) -> None:
+    """The store builds the body (in SQL on PostgreSQL): byte for byte ``webhook_payload``, also
+    for text that JSON must escape; one row per subscribed endpoint, none for the others."""
+    everything = await app.webhooks.register("https://example.com/a")
+    only_done = await app.webhooks.register("https://example.com/b", events=["job.done"])
+    store = app.backend.webhooks  # type: ignore[attr-defined]
+    at = datetime(2026, 12, 6, 1, 2, 3, 450, tzinfo=UTC)
+    odd = 'a "quoted" back\\slash, new\nline, tab\t, \x01, é ☃ 𝄞'
+    events = [WebhookEvent("job.failed", str(uuid.uuid4()), odd, "q-1", 2, odd, at),
+              WebhookEvent("job.done", str(uuid.uuid4()), "ok", "default", 1, None,
+                           at.replace(microsecond=0))]
+    assert await store.add_events(events) == 3
+    rows = await store.list_deliveries(endpoint_id=None, status="pending", limit=10)
+    by_endpoint = {(d.endpoint_id, d.event): d.payload for d in rows}
+    assert by_endpoint == {(everything["id"], "job.failed"): webhook_payload(events[0]),
+                           (everything["id"], "job.done"): webhook_payload(events[1]),
+                           (only_done["id"], "job.done"): webhook_payload(events[1])}
+    failed = json.loads(webhook_payload(events[0]))
+    assert failed == {"type": "job.failed", "timestamp": "2026-12-06T01:02:03.000450+00:00",
+                      "data": {"job_id": events[0].job_id, "job_name": odd, "queue": "q-1",
+                               "attempt": 2, "error": odd}}
+    assert json.loads(webhook_payload(events[1]))["timestamp"] == "2026-12-06T01:02:03.000000+00:00"
+
+
+async def test_postgres_writes_a_batch_once(backend_name: str, app: Soniq) -> None:
+    """A batch written again (a retry after a commit whose answer was lost) adds no rows: the
+    delivery id is a digest of the event and the endpoint."""
+    if backend_name != "postgres":
+        pytest.skip("memory and SQLite never write a batch without knowing whether it landed")
+    await app.webhooks.register("https://example.com/a")
+    store = app.backend.webhooks  # type: ignore[attr-defined]
+    batch = [WebhookEvent("job.started", str(uuid.uuid4()), "ok", "default", 1, None, utc_now())]
+    assert await store.add_events(batch) == 1
+    assert await store.add_events(batch) == 0
+    again = [batch[0]._replace(at=batch[0].at + timedelta(seconds=1))]  # a replayed job's event
+    assert await store.add_events(again) == 1
+
+
+async def test_a_delivery_whose_endpoint_vanished_is_finished_as_failed(
+        backend_name: str, database_url: str, app: Soniq, receiver: Receiver) -> None:
+    """PostgreSQL keeps no foreign key from deliveries to endpoints (its check locked the
+    endpoint once per row): a delivery written while its endpoint was being unregistered is
+    closed by the first worker that picks it up, never retried forever."""
+    if backend_name != "postgres":
+        pytest.skip("the other backends write the fan-out and the unregister under one lock")
+    created = await app.webhooks.register(receiver.url, allow_private=True)
+    service = service_for(app)
+    await service.reload()
+    store = app.backend.webhooks  # type: ignore[attr-defined]
+    orphan = WebhookEvent("job.done", str(uuid.uuid4()), "ok", "default", 1, None, utc_now())
+    assert await store.add_events([orphan]) == 1
+    # The endpoint goes, its delivery stays (what the race leaves behind).
+    await on_connection(database_url, lambda conn: conn.execute(
+        "DELETE FROM soniq_webhook_endpoints WHERE id = $1::uuid", created["id"]))
+    assert await service.deliver_due() == 1
+    [row] = await store.list_deliveries(endpoint_id=created["id"], status=None, limit=10)
+    assert (row.status, row.last_error) == ("failed", "the webhook endpoint was unregistered")
+    assert receiver.requests == []
 
 
 async def test_event_filter(app: Soniq, receiver: Receiver) -> None:

@@ -21,6 +21,8 @@ from soniq.backends.stores import (
     StorageHealth,
     WebhookDelivery,
     WebhookEndpoint,
+    WebhookEvent,
+    fan_out,
 )
 from soniq.serialization import utc_now
 from soniq.types import JobRecord, JobStatus, NewJob
@@ -227,10 +229,10 @@ class MemoryWebhookStore:
         self._endpoints[endpoint_id] = dataclasses.replace(old, secrets=secrets)
         return True
 
-    async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
-        for delivery in deliveries:
-            if delivery.endpoint_id in self._endpoints:
-                self._deliveries[delivery.id] = delivery
+    async def add_events(self, events: Sequence[WebhookEvent]) -> int:
+        rows = fan_out(events, self._endpoints.values())
+        self._deliveries.update((row.id, row) for row in rows)
+        return len(rows)
 
     async def claim(self, now: datetime, *, lease_until: datetime,
                     limit: int) -> builtins.list[WebhookDelivery]:

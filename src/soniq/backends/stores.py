@@ -9,20 +9,23 @@ by the row's current status, and losing that race is "not applied", never an err
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+
+from soniq.ids import new_id
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Sequence
-    from datetime import datetime
+    from collections.abc import Iterable, Sequence
 
     from soniq.types import JobRecord, NewJob
 
 __all__ = [
     "FIRE_RETENTION", "DeadLetterStore", "ScheduleDefinition", "ScheduleRecord", "ScheduleStore",
-    "WebhookDelivery", "WebhookEndpoint", "WebhookStore",
+    "WebhookDelivery", "WebhookEndpoint", "WebhookEvent", "WebhookStore", "fan_out",
+    "webhook_payload",
     "JobLogRecord", "LogStore",
     "DashboardStore", "StatsBucket", "StorageHealth",
 ]
@@ -235,6 +238,42 @@ class WebhookDelivery:
     lease_until: datetime | None
 
 
+class WebhookEvent(NamedTuple):
+    """A job event on its way to the outbox (what :meth:`WebhookStore.add_events` takes): a plain
+    tuple, so a batch transposes into columns with ``zip(*events)``."""
+
+    event: str  # "job.done", ...
+    job_id: str
+    job_name: str
+    queue: str
+    attempt: int
+    error: str | None
+    at: datetime
+
+
+def webhook_payload(e: WebhookEvent) -> str:
+    """The request body of ``e``: compact JSON, non-ASCII kept as is, the time as UTC with
+    microseconds. PostgreSQL builds the same text in SQL (``postgres/webhooks.py``)."""
+    data = {"job_id": e.job_id, "job_name": e.job_name, "queue": e.queue, "attempt": e.attempt}
+    if e.error is not None:
+        data["error"] = e.error
+    return json.dumps({"type": e.event, "timestamp": f"{e.at:%Y-%m-%dT%H:%M:%S.%f}+00:00",
+                       "data": data}, separators=(",", ":"), ensure_ascii=False)
+
+
+def fan_out(events: Sequence[WebhookEvent],
+            endpoints: Iterable[WebhookEndpoint]) -> builtins.list[WebhookDelivery]:
+    """One pending delivery per event per active endpoint subscribed to it (the stores that
+    cannot do this in SQL)."""
+    active = [e for e in endpoints if e.active]
+    return [WebhookDelivery(
+        id=new_id(), endpoint_id=endpoint.id, event=e.event, payload=webhook_payload(e),
+        status="pending", attempts=0, next_attempt_at=e.at, last_status_code=None,
+        last_error=None, created_at=e.at, delivered_at=None, lease_until=None)
+        for e in events for endpoint in active
+        if endpoint.events is None or e.event in endpoint.events]
+
+
 @runtime_checkable
 class WebhookStore(Protocol):
     """Webhook endpoints (``soniq_webhook_endpoints``) and their delivery outbox
@@ -264,8 +303,9 @@ class WebhookStore(Protocol):
         re-encryptions never undo each other)."""
         ...
 
-    async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
-        """Insert pending deliveries (those whose endpoint is gone are skipped)."""
+    async def add_events(self, events: Sequence[WebhookEvent]) -> int:
+        """Write one pending delivery per event per active endpoint subscribed to it, as the
+        endpoints are stored now; how many. The payload is :func:`webhook_payload`."""
         ...
 
     async def claim(self, now: datetime, *, lease_until: datetime,

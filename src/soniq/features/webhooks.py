@@ -9,11 +9,17 @@ no endpoints nothing else happens).
 Delivery is an outbox:
 
 1. The service subscribes to ``app.events`` while endpoints exist (with none, the runtime builds
-   no events for it). For an event that matches an endpoint, the callback appends a delivery to a
-   bounded in-memory buffer and returns -- the job path never waits on the database or the
-   network. A full buffer drops the event, counts it and logs a warning.
-2. Each tick the buffer is written in one batch (``pending`` delivery rows), in a loop of its
-   own: a receiver that hangs delays sending, never the writing.
+   no events for it). An event some endpoint wants is appended, as a small tuple, to a bounded
+   in-memory buffer -- the job path never waits on the database or the network, and builds no
+   JSON. A full buffer (``buffer_size`` events: seconds of a busy worker's events) drops the
+   event, counts it and logs a warning.
+2. Every ``RECORD_INTERVAL`` (0.1 s) the buffer is written in one batch, in a loop of its own: a
+   receiver that hangs delays sending, never the writing. The store fans each event out to the
+   endpoints subscribed to it *as stored at that moment* and writes one ``pending`` delivery
+   per pair with its payload (in SQL on PostgreSQL; there the delivery id is a digest of the
+   event and endpoint, so a batch written twice -- a retry after an unanswered commit -- adds
+   nothing). Events still in the buffer when a worker dies are lost; a worker that stops
+   writes them first (bounded).
 3. Due deliveries are leased (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a guarded update on
    SQLite and memory), so two workers never send the same delivery at once, and POSTed with
    httpx (``follow_redirects=False``). 2xx is ``delivered``; anything else is retried with
@@ -42,18 +48,16 @@ that reloads the endpoint list. Without keys they are stored in plaintext (they 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 
-from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookStore
+from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookStore
 from soniq.errors import (
     ConfigurationError,
     DatabaseError,
@@ -246,12 +250,11 @@ def _describe(exc: BaseException) -> str:
 
 
 # -- the service -----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    endpoint_id: str
-    event: str
-    payload: str
-    at: datetime
+#: JobEvent.kind -> webhook event name.
+_NAMES = {event.removeprefix("job."): event for event in EVENTS}
+#: Seconds between writes of the event buffer: short, so a busy worker writes small batches and
+#: the buffer stays far below its bound.
+RECORD_INTERVAL = 0.1
 
 
 class WebhookService:
@@ -267,19 +270,21 @@ class WebhookService:
     name = "webhooks"
 
     def __init__(self, backend: StorageBackend, events: EventDispatcher,
-                 settings: SoniqSettings, *, buffer_size: int = 10_000,
+                 settings: SoniqSettings, *, buffer_size: int = 100_000,
                  batch_size: int = 10, resolver: Resolver | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self._backend = backend
         self._events = events
         self._settings = settings
-        self._buffer: deque[_Pending] = deque()
+        self._buffer: deque[WebhookEvent] = deque()
         self._buffer_size = buffer_size
         self._batch_size = batch_size
         self._resolver = resolver
         self._ssl_context = ssl_context
         self._cipher = LazyCipher(settings)
         self._endpoints: list[WebhookEndpoint] = []
+        #: The event names some active endpoint subscribes to.
+        self._wanted: frozenset[str] = frozenset()
         self._loaded_at: float | None = None
         self._subscribed = False
         #: Events dropped because the buffer was full (since this service started).
@@ -298,33 +303,26 @@ class WebhookService:
         self._subscribed = wanted
 
     def _on_event(self, event: JobEvent) -> None:
-        if not self._endpoints:
+        # The job's path: no JSON, no per-endpoint work (the store fans out when it writes).
+        name = _NAMES[event.kind]
+        if name not in self._wanted:
             return
-        name = f"job.{event.kind}"
-        matching = [e for e in self._endpoints
-                    if e.active and (e.events is None or name in e.events)]
-        if not matching:
+        if len(self._buffer) >= self._buffer_size:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning("webhook buffer full (%d); %d event(s) dropped so far",
+                               self._buffer_size, self.dropped)
             return
-        data: dict[str, Any] = {"job_id": event.job_id, "job_name": event.job_name,
-                                "queue": event.queue, "attempt": event.attempt}
-        if event.error is not None:
-            data["error"] = event.error
-        payload = json.dumps({"type": name, "timestamp": event.at.isoformat(), "data": data},
-                             separators=(",", ":"))
-        for endpoint in matching:
-            if len(self._buffer) >= self._buffer_size:
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    logger.warning("webhook buffer full (%d); %d event(s) dropped so far",
-                                   self._buffer_size, self.dropped)
-                continue
-            self._buffer.append(_Pending(endpoint.id, name, payload, event.at))
+        self._buffer.append(WebhookEvent(name, event.job_id, event.job_name, event.queue,
+                                         event.attempt, event.error, event.at))
 
     async def reload(self) -> None:
         """Read the endpoint list; with keys configured, re-encrypt secrets found in plaintext or
         under an older key (compare-and-set: one worker's write wins, the rest are no-ops)."""
         store = _store(self._backend)
         self._endpoints = await store.list_endpoints()
+        self._wanted = frozenset(name for e in self._endpoints if e.active
+                                 for name in (EVENTS if e.events is None else e.events))
         self._loaded_at = time.monotonic()
         self._follow_events(bool(self._endpoints))
         resealed = await reseal(store, self._endpoints, self._cipher())
@@ -333,22 +331,16 @@ class WebhookService:
                         resealed)
 
     async def flush(self) -> int:
-        """Write buffered events as pending deliveries; how many."""
+        """Write buffered events as pending deliveries; how many deliveries."""
         if not self._buffer:
             return 0
         batch = list(self._buffer)
         self._buffer.clear()
-        rows = [WebhookDelivery(
-            id=new_id(), endpoint_id=p.endpoint_id, event=p.event, payload=p.payload,
-            status="pending", attempts=0, next_attempt_at=p.at, last_status_code=None,
-            last_error=None, created_at=p.at, delivered_at=None, lease_until=None)
-            for p in batch]
         try:
-            await _store(self._backend).add_deliveries(rows)
+            return await _store(self._backend).add_events(batch)
         except BaseException:
             self._buffer.extendleft(reversed(batch))  # written on the next tick
             raise
-        return len(rows)
 
     async def run_once(self) -> int:
         """One tick; returns how many deliveries were attempted."""
@@ -461,7 +453,13 @@ class WebhookService:
     async def _send(self, store: WebhookStore, delivery: WebhookDelivery,
                     endpoint: WebhookEndpoint | None, lease: datetime) -> None:
         if endpoint is None:
-            return  # unregistered meanwhile; its deliveries went with it
+            # Unregistered after this row was written (the insert and the unregister raced):
+            # nothing to send to, so the row is finished and left to retention.
+            now = utc_now()
+            await store.finish(delivery.id, lease_until=lease, status="failed",
+                               attempts=delivery.attempts, next_attempt_at=now, status_code=None,
+                               error="the webhook endpoint was unregistered", delivered_at=None)
+            return
         attempts = delivery.attempts + 1
         code, error = await self._attempt(delivery, endpoint)
         now = utc_now()
@@ -492,7 +490,7 @@ class WebhookService:
             # but never the writing of new events (the bounded buffer would overflow and drop
             # them), and a long prune holds up neither.
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._every, self._record, poll)
+                tg.start_soon(self._every, self._record, min(poll, RECORD_INTERVAL))
                 tg.start_soon(self._every, self._deliver, poll)
                 tg.start_soon(self._every, self.prune_due, self._settings.cleanup_interval)
         finally:

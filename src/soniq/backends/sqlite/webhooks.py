@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.sqlite import sql
-from soniq.backends.stores import WebhookDelivery, WebhookEndpoint
+from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent, fan_out
 
 if TYPE_CHECKING:
     import builtins
@@ -54,9 +54,7 @@ RETURNING id
 PRUNE_BATCH = 1000
 
 INSERT_DELIVERY = f"""
-INSERT INTO soniq_webhook_deliveries ({_DELIVERY})
-SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-WHERE EXISTS (SELECT 1 FROM soniq_webhook_endpoints WHERE id = ?2)
+INSERT INTO soniq_webhook_deliveries ({_DELIVERY}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -127,17 +125,22 @@ class SqliteWebhookStore:
             (endpoint_id, secrets, expected))
         return bool(rows)
 
-    async def add_deliveries(self, deliveries: builtins.list[WebhookDelivery]) -> None:
-        if deliveries:
-            await self._db.run(self._add, deliveries)
+    async def add_events(self, events: Sequence[WebhookEvent]) -> int:
+        return await self._db.run(self._add, events) if events else 0
 
-    async def _add(self, deliveries: builtins.list[WebhookDelivery]) -> None:
+    async def _add(self, events: Sequence[WebhookEvent]) -> int:
+        # The endpoints are read inside the write transaction: one unregistered meanwhile gets
+        # no rows (and the foreign key would refuse them).
         async with self._db.transaction() as conn:
+            endpoints = [_endpoint(row) for row in await conn.execute_fetchall(
+                f"SELECT {_ENDPOINT} FROM soniq_webhook_endpoints", ())]
+            rows = fan_out(events, endpoints)
             await conn.executemany(INSERT_DELIVERY, [
                 (d.id, d.endpoint_id, d.event, d.payload, d.status, d.attempts,
                  sql.to_db(d.next_attempt_at), d.last_status_code, d.last_error,
                  sql.to_db(d.created_at), _stamp(d.delivered_at), _stamp(d.lease_until))
-                for d in deliveries])
+                for d in rows])
+        return len(rows)
 
     async def claim(self, now: datetime, *, lease_until: datetime,
                     limit: int) -> builtins.list[WebhookDelivery]:
