@@ -469,7 +469,7 @@ class Soniq:
     def _after_insert(self, jobs: Sequence[NewJob], connection: Any) -> None:
         if self._local_workers and connection is None:
             self._wake_local({job.queue for job in jobs})
-        if self.events.active:
+        if self.events.wants("enqueued"):
             now = utc_now()
             for job in jobs:
                 self.events.emit(JobEvent("enqueued", job.id, job.job_name, job.queue, 0, now))

@@ -218,7 +218,7 @@ class SyncSoniq:
 
         ids: list[str] = self._call(insert)
         events = self._app.events
-        if events.active:  # subscribers buffer under a lock or the GIL: safe from this thread
+        if events.wants("enqueued"):  # subscribers buffer under a lock or the GIL: safe from this thread
             now = utc_now()
             for job in jobs:
                 events.emit(JobEvent("enqueued", job.id, job.job_name, job.queue, 0, now))

@@ -41,7 +41,7 @@ from soniq.features.webhooks import (
     verify_signature,
 )
 from soniq.serialization import utc_now
-from tests.helpers import on_connection, wait_for
+from tests.helpers import on_connection, running_worker, wait_for, wait_for_status
 
 pytestmark = pytest.mark.anyio
 
@@ -137,15 +137,22 @@ async def test_register_list_get_unregister(app: Soniq) -> None:
     assert await app.webhooks.list() == []
 
 
-async def test_the_service_listens_to_events_only_while_endpoints_exist(app: Soniq) -> None:
+async def test_the_service_listens_to_events_only_while_endpoints_exist(
+        backend_name: str, app: Soniq) -> None:
     service = service_for(app)
     await service.run_once()
     assert not app.events.active  # no endpoint: the job path builds no events at all
     created = await app.webhooks.register("https://example.com/hook", events=["job.done"],
                                           secret="s" * 32)
     await service.run_once()
-    assert app.events.active
+    # PostgreSQL's finish statement writes job.done itself: no event is built for it.
+    assert app.events.wants("done") is (backend_name != "postgres")
+    assert not app.events.wants("started") and not app.events.wants("enqueued")
+    enqueued = await app.webhooks.register("https://example.com/hook", events=["job.enqueued"])
+    await service.run_once()
+    assert app.events.wants("enqueued")
     assert await app.webhooks.unregister(created["id"]) is True
+    assert await app.webhooks.unregister(enqueued["id"]) is True
     await service.run_once()
     assert not app.events.active
 
@@ -334,6 +341,34 @@ async def test_postgres_writes_a_batch_once(backend_name: str, app: Soniq) -> No
     assert await store.add_events(batch) == 0
     again = [batch[0]._replace(at=batch[0].at + timedelta(seconds=1))]  # a replayed job's event
     assert await store.add_events(again) == 1
+
+
+async def test_postgres_writes_started_at_the_heartbeat_while_a_job_runs(
+        backend_name: str, app: Soniq) -> None:
+    """On PostgreSQL the finish writes an attempt's events; a job still running at a heartbeat
+    gets its job.started then, and the finish does not write it again."""
+    if backend_name != "postgres":
+        pytest.skip("the other backends record job.started from the executor's event")
+    await app.webhooks.register("https://example.com/a", events=["job.started", "job.done"])
+    release = anyio.Event()
+
+    @app.job(name="slow")
+    async def slow() -> None:
+        await release.wait()
+
+    job_id = await app.enqueue("slow")
+    store = app.backend.webhooks  # type: ignore[attr-defined]
+
+    async def events() -> list[tuple[str, int]]:
+        rows = await store.list_deliveries(endpoint_id=None, status=None, limit=10)
+        return sorted((d.event, json.loads(d.payload)["data"]["attempt"]) for d in rows)
+
+    async with running_worker(app):
+        await wait_for(lambda: events(), message="the heartbeat to write job.started")
+        assert await events() == [("job.started", 1)]
+        release.set()
+        await wait_for_status(app, job_id, "done")
+    assert await events() == [("job.done", 1), ("job.started", 1)]
 
 
 async def test_a_delivery_whose_endpoint_vanished_is_finished_as_failed(

@@ -229,6 +229,9 @@ class MemoryWebhookStore:
         self._endpoints[endpoint_id] = dataclasses.replace(old, secrets=secrets)
         return True
 
+    def record_lifecycle(self, on: bool) -> frozenset[str]:
+        return frozenset()
+
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
         rows = fan_out(events, self._endpoints.values())
         self._deliveries.update((row.id, row) for row in rows)

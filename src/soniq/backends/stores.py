@@ -303,6 +303,14 @@ class WebhookStore(Protocol):
         re-encryptions never undo each other)."""
         ...
 
+    def record_lifecycle(self, on: bool) -> frozenset[str]:
+        """While ``on``, have the backend write the deliveries of the jobs its workers run
+        itself, in the statements that change those jobs (PostgreSQL: ``job.started`` in the
+        claim, the outcome's event in the finish). Returns the events it writes that way,
+        which the caller must then not pass to :meth:`add_events`; empty when the backend
+        cannot (memory, SQLite)."""
+        ...
+
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
         """Write one pending delivery per event per active endpoint subscribed to it, as the
         endpoints are stored now; how many. The payload is :func:`webhook_payload`."""

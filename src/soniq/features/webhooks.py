@@ -8,18 +8,21 @@ no endpoints nothing else happens).
 
 Delivery is an outbox:
 
-1. The service subscribes to ``app.events`` while endpoints exist (with none, the runtime builds
-   no events for it). An event some endpoint wants is appended, as a small tuple, to a bounded
-   in-memory buffer -- the job path never waits on the database or the network, and builds no
-   JSON. A full buffer (``buffer_size`` events: seconds of a busy worker's events) drops the
-   event, counts it and logs a warning.
-2. Every ``RECORD_INTERVAL`` (0.1 s) the buffer is written in one batch, in a loop of its own: a
-   receiver that hangs delays sending, never the writing. The store fans each event out to the
-   endpoints subscribed to it *as stored at that moment* and writes one ``pending`` delivery
-   per pair with its payload (in SQL on PostgreSQL; there the delivery id is a digest of the
-   event and endpoint, so a batch written twice -- a retry after an unanswered commit -- adds
-   nothing). Events still in the buffer when a worker dies are lost; a worker that stops
-   writes them first (bounded).
+1. On PostgreSQL the finish statement writes each attempt's deliveries itself (``job.started``
+   and the outcome's event; the heartbeat writes ``job.started`` earlier for a job still
+   running), in the transaction that records the outcome: no Python per event, and a delivery
+   exists exactly when its change committed (``WebhookStore.record_lifecycle``).
+2. The rest (``job.enqueued``; every event on SQLite and memory) come from ``app.events``: the
+   service subscribes to just those kinds while endpoints want them (otherwise the runtime
+   builds no events for it) and appends each, as a small tuple, to a bounded in-memory buffer
+   -- the job path never waits on the database or the network, and builds no JSON. A full
+   buffer (``buffer_size`` events) drops the event, counts it and logs a warning. Every
+   ``RECORD_INTERVAL`` (0.1 s) the buffer is written in one batch, in a loop of its own: a
+   receiver that hangs delays sending, never the writing. The store fans each event out to
+   the endpoints subscribed to it *as stored at that moment* (in SQL on PostgreSQL, where the
+   delivery id is a digest of the event and endpoint, so a batch written twice -- a retry after
+   an unanswered commit -- adds nothing). Events still in the buffer when a worker dies are
+   lost; a worker that stops writes them first (bounded).
 3. Due deliveries are leased (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a guarded update on
    SQLite and memory), so two workers never send the same delivery at once, and POSTed with
    httpx (``follow_redirects=False``). 2xx is ``delivered``; anything else is retried with
@@ -52,7 +55,7 @@ import logging
 import time
 from collections import deque
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
 import httpx
@@ -82,6 +85,7 @@ from soniq.features.webhook_security import (
     verify_signature,
 )
 from soniq.ids import is_uuid, new_id
+from soniq.runtime.seams import EventKind
 from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
@@ -251,7 +255,7 @@ def _describe(exc: BaseException) -> str:
 
 # -- the service -----------------------------------------------------------------------------
 #: JobEvent.kind -> webhook event name.
-_NAMES = {event.removeprefix("job."): event for event in EVENTS}
+_NAMES: dict[EventKind, str] = {kind: f"job.{kind}" for kind in get_args(EventKind)}
 #: Seconds between writes of the event buffer: short, so a busy worker writes small batches and
 #: the buffer stays far below its bound.
 RECORD_INTERVAL = 0.1
@@ -283,30 +287,32 @@ class WebhookService:
         self._ssl_context = ssl_context
         self._cipher = LazyCipher(settings)
         self._endpoints: list[WebhookEndpoint] = []
-        #: The event names some active endpoint subscribes to.
+        #: The event names some active endpoint subscribes to that this service records (the
+        #: rest of them the store writes itself: ``record_lifecycle``).
         self._wanted: frozenset[str] = frozenset()
         self._loaded_at: float | None = None
-        self._subscribed = False
         #: Events dropped because the buffer was full (since this service started).
         self.dropped = 0
 
     def __repr__(self) -> str:
         return f"<WebhookService endpoints={len(self._endpoints)} buffered={len(self._buffer)}>"
 
-    def _follow_events(self, wanted: bool) -> None:
-        """Listen to job events only while endpoints exist: with none, a worker builds no events
-        at all for webhooks (the runtime skips them when nobody listens)."""
-        if wanted and not self._subscribed:
-            self._events.subscribe(self._on_event)
-        elif not wanted and self._subscribed:
+    def _follow(self, store: WebhookStore) -> None:
+        """Have the store write what it can itself, and listen to job events only for the rest:
+        with no endpoint (or the store writing every event wanted), a worker builds no events
+        at all for webhooks (the runtime skips kinds nobody listens to)."""
+        wanted = {name for e in self._endpoints if e.active
+                  for name in (EVENTS if e.events is None else e.events)}
+        self._wanted = frozenset(wanted - store.record_lifecycle(bool(wanted)))
+        if self._wanted:
+            self._events.subscribe(self._on_event, kinds=[
+                kind for kind, name in _NAMES.items() if name in self._wanted])
+        else:
             self._events.unsubscribe(self._on_event)
-        self._subscribed = wanted
 
     def _on_event(self, event: JobEvent) -> None:
         # The job's path: no JSON, no per-endpoint work (the store fans out when it writes).
         name = _NAMES[event.kind]
-        if name not in self._wanted:
-            return
         if len(self._buffer) >= self._buffer_size:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -321,10 +327,8 @@ class WebhookService:
         under an older key (compare-and-set: one worker's write wins, the rest are no-ops)."""
         store = _store(self._backend)
         self._endpoints = await store.list_endpoints()
-        self._wanted = frozenset(name for e in self._endpoints if e.active
-                                 for name in (EVENTS if e.events is None else e.events))
         self._loaded_at = time.monotonic()
-        self._follow_events(bool(self._endpoints))
+        self._follow(store)
         resealed = await reseal(store, self._endpoints, self._cipher())
         if resealed:
             logger.info("re-encrypted the secrets of %d webhook endpoint(s) with the newest key",
@@ -483,6 +487,13 @@ class WebhookService:
         if getattr(self._backend, "webhooks", None) is None:
             task_status.started()
             return
+        # Endpoints are known before the worker claims its first job, so its first jobs' events
+        # are recorded too; a database that does not answer is retried by the loop below.
+        with anyio.move_on_after(self._settings.webhook_timeout):
+            try:
+                await self.reload()
+            except DatabaseError as exc:
+                logger.warning("webhook service: %s; retrying in the background", exc)
         task_status.started()
         poll = self._settings.webhook_poll_interval
         try:

@@ -134,7 +134,7 @@ class Executor:
 
     def _emit(self, kind: EventKind, job: ClaimedJob, *, duration: float | None = None,
               error: str | None = None, scheduled_at: datetime | None = None) -> None:
-        if self._events.active:
+        if self._events.wants(kind):
             self._events.emit(JobEvent(kind, job.id, job.job_name, job.queue, job.attempts,
                                        self._now(), duration, error, scheduled_at))
 
@@ -191,7 +191,7 @@ class Executor:
                                 "".join(traceback.format_exception(exc)), final=False)
         finally:
             current_job.reset(token)
-        if self._events.active:
+        if self._events.wants("done"):
             self._emit("done", job, duration=anyio.current_time() - started)
         return JobOutcome(job.id, job.lease_id, JobStatus.DONE, result=encoded,
                           expires_at=self._expiry())

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, get_args, runtime_checkable
 
 from soniq.serialization import dumps, loads
 
@@ -71,27 +71,40 @@ class JobEvent(NamedTuple):
 
 class EventDispatcher:
     """Fan-out of :class:`JobEvent` to subscribers; a subscriber's exception is logged, never
-    raised into the job."""
+    raised into the job. Callers ask :meth:`wants` first and build no event nobody listens to."""
 
     def __init__(self) -> None:
-        self._subscribers: list[Callable[[JobEvent], None]] = []
+        self._subscribers: list[tuple[Callable[[JobEvent], None], frozenset[str] | None]] = []
+        self._by_kind: dict[str, list[Callable[[JobEvent], None]]] = {}
 
-    def subscribe(self, callback: Callable[[JobEvent], None]) -> None:
-        """Call ``callback(event)`` for every event; it must not block (buffer and return)."""
-        self._subscribers.append(callback)
+    def subscribe(self, callback: Callable[[JobEvent], None], *,
+                  kinds: Iterable[EventKind] | None = None) -> None:
+        """Call ``callback(event)`` for every event (only those of ``kinds``, when given); it
+        must not block (buffer and return). Subscribing again replaces the kinds."""
+        self._subscribers = [(c, k) for c, k in self._subscribers if c != callback]
+        self._subscribers.append((callback, None if kinds is None else frozenset(kinds)))
+        self._index()
 
     def unsubscribe(self, callback: Callable[[JobEvent], None]) -> None:
         """Stop calling ``callback`` (no error if it was not subscribed)."""
-        if callback in self._subscribers:
-            self._subscribers.remove(callback)
+        self._subscribers = [(c, k) for c, k in self._subscribers if c != callback]
+        self._index()
+
+    def _index(self) -> None:
+        self._by_kind = {kind: [c for c, kinds in self._subscribers
+                                if kinds is None or kind in kinds] for kind in get_args(EventKind)}
 
     @property
     def active(self) -> bool:
-        """False when nobody listens: callers skip building events at all."""
+        """False when nobody listens to anything."""
         return bool(self._subscribers)
 
+    def wants(self, kind: EventKind) -> bool:
+        """Whether anyone listens to ``kind`` events."""
+        return bool(self._by_kind.get(kind))
+
     def emit(self, event: JobEvent) -> None:
-        for callback in self._subscribers:
+        for callback in self._by_kind.get(event.kind, ()):
             try:
                 callback(event)
             except Exception:

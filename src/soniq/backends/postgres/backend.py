@@ -285,6 +285,10 @@ class PostgresBackend:
                            "lost with its connection", len(rows))
         return rows
 
+    def _hooked(self) -> bool:
+        """Whether finishes and heartbeats write webhook deliveries (webhooks.record_lifecycle)."""
+        return self._webhooks is not None and self._webhooks.lifecycle
+
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
                             *, now: datetime | None = None) -> list[str]:
         # The first outcome per job wins, as on memory (its write drops the lease the rest need);
@@ -300,7 +304,7 @@ class PostgresBackend:
         with self._errors:
             pool = await self._loops()
             rows = await call(
-                pool.fetch, sql.COMPLETE_JOBS,
+                pool.fetch, sql.COMPLETE_JOBS_HOOKED if self._hooked() else sql.COMPLETE_JOBS,
                 list(batch), [o.lease_id for o in items], [o.status.value for o in items],
                 [o.result for o in items], [o.error for o in items], [o.run_at for o in items],
                 [o.refund_attempt for o in items], [o.expires_at for o in items], now,
@@ -369,7 +373,8 @@ class PostgresBackend:
         _check_worker_id(worker_id)
         with self._errors:
             pool = await self._loops()
-            rows = await call(pool.fetch, sql.HEARTBEAT, worker_id, now)
+            rows = await call(pool.fetch, sql.HEARTBEAT_HOOKED if self._hooked() else sql.HEARTBEAT,
+                              worker_id, now)
         return [str(row["id"]) for row in rows]
 
     async def unregister_worker(self, worker_id: str) -> None:

@@ -11,6 +11,7 @@ as ``str`` (asyncpg's default for json/jsonb), so no connection needs a custom c
 from __future__ import annotations
 
 from soniq.backends.base import JOB_COLUMNS
+from soniq.backends.postgres.webhooks import fan_out
 
 __all__ = [
     "ADOPT_CLAIMS",
@@ -24,12 +25,14 @@ __all__ = [
     "CLAIM_SOME_QUEUES",
     "CLOCK",
     "COMPLETE_JOBS",
+    "COMPLETE_JOBS_HOOKED",
     "COPY_COLUMNS",
     "CREATE_MIGRATIONS_TABLE",
     "DATABASE_EXISTS",
     "DELETE_JOB",
     "GET_JOB",
     "HEARTBEAT",
+    "HEARTBEAT_HOOKED",
     "INSERT_JOB",
     "INSERT_JOBS",
     "INSERT_UNIQUE_JOB",
@@ -198,7 +201,7 @@ _REQUEUE = "(o.status = 'queued' AND NOT j.cancel_requested)"
 #: $1 id, $2 lease_id, $3 status, $4 result (JSON text), $5 error (JSON text of one entry),
 #: $6 run_at, $7 refund_attempt, $8 expires_at; $9 now (NULL: the database clock).
 #: Returns the ids whose lease still held. Ids must not repeat within one call.
-COMPLETE_JOBS = f"""
+_COMPLETE = f"""
 UPDATE soniq_jobs AS j
 SET status = CASE WHEN {_REQUEUE} THEN 'queued'
                   WHEN o.status = 'queued' THEN 'cancelled'
@@ -218,8 +221,33 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::time
         AS o (id, lease_id, status, result, error, run_at, refund_attempt, expires_at),
      (SELECT COALESCE($9::timestamptz, now()) AS now) AS t
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_id = o.lease_id
-RETURNING j.id
+RETURNING {{returning}}
 """
+COMPLETE_JOBS = _COMPLETE.format(returning="j.id")
+
+#: COMPLETE_JOBS writing the attempt's webhook deliveries (while webhooks are on:
+#: postgres/webhooks.py): ``job.started`` (a no-op when the heartbeat already wrote it), then
+#: the event the executor reports for the outcome -- done, dead_letter, cancelled, or failed for
+#: a retry (a QUEUED outcome with an error); a snooze or a job handed back has none. Only
+#: outcomes whose lease held count, and the rows commit with the jobs' new state.
+_FINISH_EVENTS = """
+    SELECT 'job.started' AS event, id::text AS job_id, job_name, queue,
+           attempts + refund_attempt::integer AS attempt, NULL::text AS error, started_at AS at
+    FROM finished
+    UNION ALL
+    SELECT CASE outcome WHEN 'done' THEN 'job.done' WHEN 'dead_letter' THEN 'job.dead_letter'
+                        WHEN 'cancelled' THEN 'job.cancelled'
+                        WHEN 'queued' THEN CASE WHEN error IS NOT NULL THEN 'job.failed' END
+           END,
+           id::text, job_name, queue, attempts,
+           (error::jsonb ->> 'type') || ': ' || (error::jsonb ->> 'message'), now
+    FROM finished"""
+COMPLETE_JOBS_HOOKED = (
+    "WITH finished AS ("
+    + _COMPLETE.format(returning="j.id, j.job_name, j.queue, j.attempts, j.started_at, "
+                                 "o.refund_attempt, o.status AS outcome, o.error, t.now")
+    + "),\nhooks AS (" + fan_out(_FINISH_EVENTS) + ")\nSELECT id FROM finished"
+)
 
 # -- reading and managing --------------------------------------------------------------------------
 #: $1 id.
@@ -300,6 +328,14 @@ SELECT id FROM soniq_jobs
 WHERE worker_id = $1::uuid AND status = 'processing' AND cancel_requested
 ORDER BY id
 """
+
+#: HEARTBEAT writing ``job.started`` deliveries for the worker's running jobs (while webhooks
+#: are on): a job that runs longer than a heartbeat gets its event then instead of with its
+#: outcome. Every beat tries every running job; the ones already written are no-ops.
+HEARTBEAT_HOOKED = HEARTBEAT.replace("\n)\n", "\n),\nhooks AS (" + fan_out("""
+    SELECT 'job.started' AS event, id::text AS job_id, job_name, queue, attempts AS attempt,
+           NULL::text AS error, started_at AS at
+    FROM soniq_jobs WHERE worker_id = $1::uuid AND status = 'processing'""") + ")\n", 1)
 
 #: True when soniq_jobs changed a lot since its statistics were gathered, or never had any: the
 #: threshold of autovacuum's own analyze (1 000 rows + 10% of the table). Without statistics the

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from soniq.backends.postgres.errors import Translator
 
-__all__ = ["PostgresWebhookStore"]
+__all__ = ["LIFECYCLE_EVENTS", "PostgresWebhookStore", "fan_out"]
 
 _ENDPOINT = ("id::text AS id, url, events, secrets::text AS secrets, allow_private, active, "
              "description, created_at")
@@ -37,16 +37,16 @@ VALUES ($1::uuid, $2::text, $3::text[], $4::jsonb, $5::boolean, $6::boolean, $7:
         $8::timestamptz)
 """
 
-#: The fan-out of a batch of events to the endpoints subscribed to each, with the payload built
-#: here exactly as ``webhook_payload`` builds it. $1..$7 are the columns of
-#: :class:`WebhookEvent` as JSON arrays (``at`` as unix seconds): a busy worker writes two
-#: events a job, and encoding seven typed arrays cost it more than the job did (JSON is encoded
-#: in C). The id is a digest of (endpoint, job, event, attempt, time): writing the same batch
-#: again (a retry after an unanswered commit) adds nothing.
-INSERT_EVENTS = """
+#: The events the finish and heartbeat statements write deliveries for themselves, while
+#: :meth:`PostgresWebhookStore.record_lifecycle` is on (sql.py, ``*_HOOKED``).
+LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead_letter",
+                              "job.cancelled"})
+
+_FAN_OUT = """
 INSERT INTO soniq_webhook_deliveries (id, endpoint_id, event, payload, status, attempts,
                                       next_attempt_at, created_at)
-SELECT md5(e.id::text || r.job_id || r.event || r.attempt::text || r.at::text)::uuid, e.id,
+SELECT md5(e.id::text || r.job_id || r.event || r.attempt::text
+           || extract(epoch FROM r.at)::text)::uuid, e.id,
        r.event,
        '{"type":' || to_json(r.event)::text
        || ',"timestamp":"' || to_char(r.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
@@ -55,18 +55,34 @@ SELECT md5(e.id::text || r.job_id || r.event || r.attempt::text || r.at::text)::
        || ',"attempt":' || r.attempt::text
        || coalesce(',"error":' || to_json(r.error)::text, '') || '}}',
        'pending', 0, r.at, r.at
-FROM (SELECT event, job_id, job_name, queue, attempt::integer, error, to_timestamp(at::float8) AS at
-      FROM unnest(ARRAY(SELECT json_array_elements_text($1::json)),
-                  ARRAY(SELECT json_array_elements_text($2::json)),
-                  ARRAY(SELECT json_array_elements_text($3::json)),
-                  ARRAY(SELECT json_array_elements_text($4::json)),
-                  ARRAY(SELECT json_array_elements_text($5::json)),
-                  ARRAY(SELECT json_array_elements_text($6::json)),
-                  ARRAY(SELECT json_array_elements_text($7::json)))
-           AS u(event, job_id, job_name, queue, attempt, error, at)) AS r
-JOIN soniq_webhook_endpoints AS e ON e.active AND (e.events IS NULL OR r.event = ANY (e.events))
-ON CONFLICT (id) DO NOTHING
-"""
+FROM (SOURCE) AS r
+JOIN soniq_webhook_endpoints AS e
+  ON r.event IS NOT NULL AND e.active AND (e.events IS NULL OR r.event = ANY (e.events))
+ON CONFLICT (id) DO NOTHING"""
+
+
+def fan_out(source: str) -> str:
+    """An INSERT writing one pending delivery per row of ``source`` per active endpoint
+    subscribed to its event, with the payload built exactly as ``webhook_payload`` builds it.
+    ``source`` is a query with the columns of :class:`WebhookEvent` (``event`` NULL: no
+    delivery). The id is a digest of (endpoint, job, event, attempt, time): a batch written
+    twice (a retry after an unanswered commit) adds nothing."""
+    return _FAN_OUT.replace("SOURCE", source)
+
+
+#: $1..$7 are the columns of :class:`WebhookEvent` as JSON arrays (``at`` as unix seconds): a
+#: busy worker writes two events a job, and encoding seven typed arrays cost it more than the
+#: job did (JSON is encoded in C).
+INSERT_EVENTS = fan_out("""
+    SELECT event, job_id, job_name, queue, attempt::integer, error, to_timestamp(at::float8) AS at
+    FROM unnest(ARRAY(SELECT json_array_elements_text($1::json)),
+                ARRAY(SELECT json_array_elements_text($2::json)),
+                ARRAY(SELECT json_array_elements_text($3::json)),
+                ARRAY(SELECT json_array_elements_text($4::json)),
+                ARRAY(SELECT json_array_elements_text($5::json)),
+                ARRAY(SELECT json_array_elements_text($6::json)),
+                ARRAY(SELECT json_array_elements_text($7::json)))
+         AS u(event, job_id, job_name, queue, attempt, error, at)""")
 
 #: The endpoint and its deliveries, in one statement.
 DELETE_ENDPOINT = """
@@ -146,6 +162,15 @@ class PostgresWebhookStore:
     def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
         self._ready = ready
         self._errors = errors
+        #: Whether this backend's claims and finishes write their jobs' deliveries.
+        self.lifecycle = False
+
+    def record_lifecycle(self, on: bool) -> frozenset[str]:
+        # The finish writes the attempt's events (job.started too; the heartbeat writes it
+        # earlier for a job that runs longer), in the statement that changes the job: no
+        # Python per event, and a delivery exists exactly when its change committed.
+        self.lifecycle = on
+        return LIFECYCLE_EVENTS if on else frozenset()
 
     async def add_endpoint(self, endpoint: WebhookEndpoint) -> None:
         e = endpoint

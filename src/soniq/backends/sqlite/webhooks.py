@@ -125,6 +125,9 @@ class SqliteWebhookStore:
             (endpoint_id, secrets, expected))
         return bool(rows)
 
+    def record_lifecycle(self, on: bool) -> frozenset[str]:
+        return frozenset()
+
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
         return await self._db.run(self._add, events) if events else 0
 
