@@ -58,6 +58,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
+import anyio.to_thread
 import httpx
 
 from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookStore
@@ -390,14 +391,22 @@ class WebhookService:
                 continue
             await anyio.sleep(interval)
 
-    def _client(self) -> httpx.AsyncClient:
-        """A client for one send: a connection is never reused for another endpoint's request
-        (connections are keyed by the pinned address, which several hosts may share)."""
+    def _ssl(self) -> ssl.SSLContext:
         if self._ssl_context is None:
             # httpx's default (certifi's CAs), built once rather than per client.
             self._ssl_context = httpx.create_ssl_context(trust_env=False)
+        return self._ssl_context
+
+    def _prepare_http(self) -> None:
+        """Build what the first send would otherwise build on the event loop: the certificate
+        store, and the transport module httpx imports for its first client (~0.15 s here)."""
+        httpx.AsyncHTTPTransport(verify=self._ssl())
+
+    def _client(self) -> httpx.AsyncClient:
+        """A client for one send: a connection is never reused for another endpoint's request
+        (connections are keyed by the pinned address, which several hosts may share)."""
         return httpx.AsyncClient(timeout=self._settings.webhook_timeout, follow_redirects=False,
-                                 trust_env=False, verify=self._ssl_context)
+                                 trust_env=False, verify=self._ssl())
 
     async def deliver_due(self) -> int:
         store = _store(self._backend)
@@ -494,6 +503,8 @@ class WebhookService:
                 await self.reload()
             except DatabaseError as exc:
                 logger.warning("webhook service: %s; retrying in the background", exc)
+            if self._endpoints:  # off the event loop, before any job runs on it
+                await anyio.to_thread.run_sync(self._prepare_http)
         task_status.started()
         poll = self._settings.webhook_poll_interval
         try:
