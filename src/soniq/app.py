@@ -42,7 +42,7 @@ from soniq.registry import (
 from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
 from soniq.serialization import utc_now
 from soniq.settings import SoniqSettings, load_settings
-from soniq.types import DatabaseInfo, JobRecord, JobStatus, NewJob, QueueStats
+from soniq.types import DatabaseInfo, JobRecord, JobStatus, JobStream, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -450,15 +450,20 @@ class Soniq:
                            scheduled_at: When | None = None, connection: Any = None) -> list[str]:
         """Add one job per element of ``args_list`` and return their ids in order.
 
-        Every element is validated before anything is written; on PostgreSQL the rows go in with
-        one statement per chunk. Unique jobs are refused here (use ``enqueue``).
+        Nothing is written unless every element is valid. On PostgreSQL the rows go in with one
+        COPY statement, sent while later elements are still being validated and encoded (an
+        invalid one aborts it); joining ``connection``'s transaction, or on the other backends,
+        every element is validated first. Unique jobs are refused here (use ``enqueue``).
         """
         if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
             raise JobArgumentsError("args_list must be a list of dicts, one per job")
-        jobs = self._new_jobs(target, args_list, queue=queue, priority=priority,
-                              scheduled_at=scheduled_at, unique=None, dedup_key=None, many=True)
-        if not jobs:
+        stream = self._new_jobs(target, args_list, queue=queue, priority=priority,
+                                scheduled_at=scheduled_at, unique=None, dedup_key=None, many=True)
+        if not stream:
             return []
+        # Streamed only where a failure cannot hurt: never into the caller's transaction.
+        jobs: Sequence[NewJob] = (stream if connection is None and self._backend.streams_inserts
+                                  else list(stream))
         self._check_connection(connection)
         await self.ensure_initialized()
         with self._send_span(jobs):
@@ -490,9 +495,10 @@ class Soniq:
 
     def _new_jobs(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
                   queue: str | None, priority: int | None, scheduled_at: When | None,
-                  unique: bool | None, dedup_key: str | None, many: bool = False) -> list[NewJob]:
-        """Validate everything about the jobs and build their rows; nothing is written here.
-        What all rows share is checked once; ``many`` names the failing ``args_list`` element."""
+                  unique: bool | None, dedup_key: str | None, many: bool = False) -> JobStream:
+        """Validate what the jobs share and return their rows, each element validated as its row
+        is read (``list()`` the stream to check them all); nothing is written here. ``many``
+        names the failing ``args_list`` element."""
         if self._closed:
             raise AppClosedError("this Soniq instance is closed; create a new one")
         return build_jobs(self._registry, self._settings, target, args_list, queue=queue,

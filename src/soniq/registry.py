@@ -4,6 +4,7 @@ reject bad names and arguments before anything is written."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import sys
@@ -26,7 +27,7 @@ from soniq.errors import (
 )
 from soniq.ids import new_ids
 from soniq.serialization import dumps, has_unstorable_chars, to_utc, unique_key
-from soniq.types import JobContext, JobStatus, NewJob
+from soniq.types import JobContext, JobStatus, JobStream, NewJob
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -182,7 +183,14 @@ def encode_args(name: str, kwargs: Mapping[str, Any], *, model: type[pydantic.Ba
         if parameters is not None:
             parameters.check(name, kwargs)
         value = kwargs if type(kwargs) is dict else dict(kwargs)
-    return dumps(value, what=f"arguments of job {name!r}")
+    return dumps(value, what=_arguments_of(name))
+
+
+@functools.lru_cache(maxsize=1024)
+def _arguments_of(name: str) -> str:
+    """How ``dumps`` names a job's arguments in its errors (built once per job name: bulk
+    enqueue encodes thousands of jobs of one name)."""
+    return f"arguments of job {name!r}"
 
 
 def _context_param(func: Callable[..., Any]) -> str | None:
@@ -366,9 +374,10 @@ def build_jobs(registry: JobRegistry, settings: SoniqSettings, target: Callable[
                args_list: Sequence[Mapping[str, Any]], *, queue: str | None, priority: int | None,
                scheduled_at: datetime | timedelta | float | None, unique: bool | None,
                dedup_key: str | None, many: bool, encode: Callable[[str, str], str],
-               keyed_digest: Callable[[str], str]) -> list[NewJob]:
+               keyed_digest: Callable[[str], str]) -> JobStream:
     """Validate everything about an enqueue call and build its rows; nothing is written here.
-    What all rows share is checked once; ``many`` names the failing ``args_list`` element.
+    What all rows share is checked now, each element as its row is read (a :class:`JobStream`:
+    ``list()`` it to check them all); ``many`` names the failing ``args_list`` element.
     ``encode`` is the app's payload codec; ``keyed_digest`` hashes the dedup key of an encrypted
     job (the plain one would be guessable)."""
     spec, name, default_queue, model = registry.resolve(
@@ -394,24 +403,27 @@ def build_jobs(registry: JobRegistry, settings: SoniqSettings, target: Callable[
     queue = validate_name(queue, "queue name") if queue is not None else default_queue
     run_at = to_utc(scheduled_at)
     by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))
-    jobs: list[NewJob] = []
-    for job_id, job_args in zip(new_ids(len(args_list)), args_list, strict=True):
-        if many and not isinstance(job_args, Mapping):
-            raise JobArgumentsError(
-                f"args_list[{len(jobs)}] must be a dict, not {type(job_args).__name__}")
-        try:
-            args_json = (spec.encode_args(job_args) if by_spec and spec is not None
-                         else encode_args(name, job_args, model=model))
-        except ValidationError as exc:
-            if many:
-                raise type(exc)(f"args_list[{len(jobs)}]: {exc.message}") from None
-            raise
-        key = dedup_key
-        if key is None and unique:
-            key = unique_key(name, args_json)
-            if spec is not None and spec.encrypt:
-                key = f"unique:{name}:{keyed_digest(key)}"
-        jobs.append(NewJob(id=job_id, job_name=name, queue=queue, priority=priority,
-                           args=encode(name, args_json), max_attempts=retries + 1,
-                           scheduled_at=run_at, dedup_key=key))
-    return jobs
+
+    def rows() -> Iterator[NewJob]:
+        for index, (job_id, job_args) in enumerate(zip(new_ids(len(args_list)), args_list,
+                                                       strict=True)):
+            if many and type(job_args) is not dict and not isinstance(job_args, Mapping):
+                raise JobArgumentsError(
+                    f"args_list[{index}] must be a dict, not {type(job_args).__name__}")
+            try:
+                args_json = (spec.encode_args(job_args) if by_spec and spec is not None
+                             else encode_args(name, job_args, model=model))
+            except ValidationError as exc:
+                if many:
+                    raise type(exc)(f"args_list[{index}]: {exc.message}") from None
+                raise
+            key = dedup_key
+            if key is None and unique:
+                key = unique_key(name, args_json)
+                if spec is not None and spec.encrypt:
+                    key = f"unique:{name}:{keyed_digest(key)}"
+            yield NewJob(id=job_id, job_name=name, queue=queue, priority=priority,
+                         args=encode(name, args_json), max_attempts=retries + 1,
+                         scheduled_at=run_at, dedup_key=key)
+
+    return JobStream(len(args_list), rows(), queue=queue, scheduled_at=run_at)

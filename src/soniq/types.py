@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, overload
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -19,6 +20,7 @@ __all__ = [
     "JobOutcome",
     "JobRecord",
     "JobStatus",
+    "JobStream",
     "NewJob",
     "QueueStats",
     "Snooze",
@@ -122,6 +124,41 @@ class NewJob(NamedTuple):
     max_attempts: int
     scheduled_at: datetime | None = None
     dedup_key: str | None = None
+
+
+class JobStream(Sequence[NewJob]):
+    """The jobs of one ``enqueue_many`` call, built (validated and encoded) as they are read, so
+    a backend can send the first while the rest are still being built. Every job has the same
+    name, queue (``queue``), priority, attempts and time (``scheduled_at``), and no dedup key. Reading it twice builds nothing
+    twice; a job that fails validation raises where it is read, and the backend must then write
+    nothing (PostgreSQL: it aborts the one COPY statement)."""
+
+    def __init__(self, count: int, rows: Iterator[NewJob], *, queue: str,
+                 scheduled_at: datetime | None) -> None:
+        self._count = count
+        self._rows = rows
+        self._built: list[NewJob] = []
+        self.queue = queue
+        self.scheduled_at = scheduled_at
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[NewJob]:
+        yield from self._built
+        for row in self._rows:
+            self._built.append(row)
+            yield row
+
+    @overload
+    def __getitem__(self, index: int) -> NewJob: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[NewJob]: ...
+    def __getitem__(self, index: int | slice) -> NewJob | list[NewJob]:
+        if len(self._built) < self._count:
+            for _ in self:  # build the rest
+                pass
+        return self._built[index]
 
 
 class ClaimedJob(NamedTuple):

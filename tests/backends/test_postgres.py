@@ -115,7 +115,6 @@ EXPECTED_INDEXES = {
          f"(queue, priority, scheduled_at, id) {QUEUED}"),
         ("soniq_jobs_dedup_key_idx", "UNIQUE INDEX", "soniq_jobs",
          "(dedup_key) WHERE (dedup_key IS NOT NULL)"),
-        ("soniq_jobs_queue_status_idx", "INDEX", "soniq_jobs", "(queue, status)"),
         ("soniq_jobs_expires_at_idx", "INDEX", "soniq_jobs",
          "(expires_at) WHERE (expires_at IS NOT NULL)"),
         ("soniq_jobs_worker_id_idx", "INDEX", "soniq_jobs",

@@ -267,6 +267,34 @@ async def test_enqueue_many_validates_everything_first(app: Soniq) -> None:
     assert await app.list_jobs() == []
 
 
+async def test_enqueue_many_writes_nothing_when_a_late_element_is_invalid(app: Soniq) -> None:
+    """On PostgreSQL the first pieces of the COPY are on the wire before element 700 is read:
+    its error aborts the statement, and nothing is stored, as on the other backends."""
+    register(app)
+    args = [{"to": f"u{i}"} for i in range(1000)]
+    args[700] = {"to": "u700", "nope": 1}
+    with pytest.raises(JobArgumentsError, match=r"args_list\[700\]"):
+        await app.enqueue_many("send_email", args)
+    assert await app.list_jobs() == []
+    assert len(await app.enqueue_many("send_email", args[:700])) == 700  # the connection is fine
+
+
+async def test_enqueue_many_stores_any_text_and_time(app: Soniq) -> None:
+    """Arguments that COPY's text format must escape (backslashes, tabs, newlines, ``\\N``)
+    come back as given, with the call's queue, priority and time on every row."""
+    register(app)
+    odd = ["back\\slash", "tab\there", "new\nline", "\\N", "\r\n", "é ☃ 𝄞", '"quoted"', ""]
+    run_at = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    ids = await app.enqueue_many("send_email", [{"to": text, "subject": text} for text in odd],
+                                 queue="odd", priority=7, scheduled_at=run_at)
+    for job_id, text in zip(ids, odd, strict=True):
+        record = await app.get_job(job_id)
+        assert record is not None
+        assert record["args"] == {"to": text, "subject": text}
+        assert (record["queue"], record["priority"], record["scheduled_at"]) == ("odd", 7, run_at)
+        assert record["max_attempts"] == 6 and record["job_name"] == "send_email"
+
+
 # -- bad input: typed errors, nothing written -------------------------------------------------
 
 class Order(pydantic.BaseModel):

@@ -66,6 +66,9 @@ class StorageBackend(Protocol):
     supports_listen: bool
     #: ``insert_jobs(..., connection=)`` and ``acquire()`` work (the caller's transaction).
     supports_transactions: bool
+    #: ``insert_jobs`` takes a :class:`~soniq.types.JobStream` as it is built: it writes the
+    #: first jobs while later ones are validated, and nothing if one of them fails.
+    streams_inserts: bool
 
     async def initialize(self) -> None:
         """Open connections (idempotent). Embedded backends create their schema here; PostgreSQL
@@ -89,7 +92,9 @@ class StorageBackend(Protocol):
     async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         """Insert jobs (in one statement per chunk where the driver allows), wake listeners once
         per queue, and return the ids in input order (an existing id where ``dedup_key`` matched).
-        With ``connection=``, the insert joins that connection's transaction."""
+        With ``connection=``, the insert joins that connection's transaction. ``jobs`` is a
+        :class:`~soniq.types.JobStream` only when ``streams_inserts`` (and never with
+        ``connection=``)."""
         ...
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...

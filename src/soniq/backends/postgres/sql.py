@@ -254,7 +254,7 @@ COMPLETE_JOBS_HOOKED = (
 GET_JOB = f"SELECT {_COLUMNS} FROM soniq_jobs WHERE id = $1::uuid"
 
 # Newest first: ids are UUIDv7, so id order is creation order. One statement per filter shape
-# (not "$1 IS NULL OR ..."), so a cached generic plan can still use the (queue, status) index.
+# (not "$1 IS NULL OR ..."), so a cached generic plan can still use a partial index on status.
 _LIST = f"SELECT {_COLUMNS} FROM soniq_jobs{{where}} ORDER BY id DESC LIMIT $1 OFFSET $2"
 #: Keyed by (queue given, status given); parameters: $1 limit, $2 offset, then queue, status.
 LIST_JOBS = {

@@ -63,6 +63,7 @@ class SqliteBackend:
     name = "sqlite"
     supports_listen = False
     supports_transactions = False
+    streams_inserts = False
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         self._db = SqliteDatabase(path, busy_timeout=busy_timeout)
