@@ -45,8 +45,9 @@ LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead
 _FAN_OUT = """
 INSERT INTO soniq_webhook_deliveries (id, endpoint_id, event, payload, status, attempts,
                                       next_attempt_at, created_at)
-SELECT md5(e.id::text || r.job_id || r.event || r.attempt::text
-           || extract(epoch FROM r.at)::text)::uuid, e.id,
+SELECT (lpad(to_hex(r.us / 1000), 12, '0') || '7' || lpad(to_hex(r.us % 1000), 3, '0') || '8'
+        || left(md5(e.id::text || r.job_id || r.event || r.attempt::text || r.us::text), 15)
+       )::uuid, e.id,
        r.event,
        '{"type":' || to_json(r.event)::text
        || ',"timestamp":"' || to_char(r.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
@@ -55,7 +56,7 @@ SELECT md5(e.id::text || r.job_id || r.event || r.attempt::text
        || ',"attempt":' || r.attempt::text
        || coalesce(',"error":' || to_json(r.error)::text, '') || '}}',
        'pending', 0, r.at, r.at
-FROM (SOURCE) AS r
+FROM (SELECT *, (extract(epoch FROM at) * 1000000)::bigint AS us FROM (SOURCE) AS source) AS r
 JOIN soniq_webhook_endpoints AS e
   ON r.event IS NOT NULL AND e.active AND (e.events IS NULL OR r.event = ANY (e.events))
 ON CONFLICT (id) DO NOTHING"""
@@ -65,8 +66,11 @@ def fan_out(source: str) -> str:
     """An INSERT writing one pending delivery per row of ``source`` per active endpoint
     subscribed to its event, with the payload built exactly as ``webhook_payload`` builds it.
     ``source`` is a query with the columns of :class:`WebhookEvent` (``event`` NULL: no
-    delivery). The id is a digest of (endpoint, job, event, attempt, time): a batch written
-    twice (a retry after an unanswered commit) adds nothing."""
+    delivery). The id is a UUIDv7 of the event's time whose random part is a digest of
+    (endpoint, job, event, attempt, time): time-ordered, so inserts stay at the right edge of
+    the primary key, and the same for the same event, so a batch written twice (a retry after
+    an unanswered commit, or a heartbeat and a finish both writing ``job.started``) adds
+    nothing."""
     return _FAN_OUT.replace("SOURCE", source)
 
 
