@@ -339,6 +339,10 @@ async def test_postgres_writes_a_batch_once(backend_name: str, app: Soniq) -> No
     batch = [WebhookEvent("job.started", str(uuid.uuid4()), "ok", "default", 1, None, utc_now())]
     assert await store.add_events(batch) == 1
     assert await store.add_events(batch) == 0
+    [row] = await store.list_deliveries(endpoint_id=None, status=None, limit=10)
+    stored = uuid.UUID(row.id)  # a UUIDv7 of the event's time: inserts stay time-ordered
+    assert stored.version == 7 and stored.variant == uuid.RFC_4122
+    assert stored.int >> 80 == int(batch[0].at.timestamp() * 1000)
     again = [batch[0]._replace(at=batch[0].at + timedelta(seconds=1))]  # a replayed job's event
     assert await store.add_events(again) == 1
 
