@@ -342,7 +342,8 @@ async def test_postgres_writes_a_batch_once(backend_name: str, app: Soniq) -> No
     [row] = await store.list_deliveries(endpoint_id=None, status=None, limit=10)
     stored = uuid.UUID(row.id)  # a UUIDv7 of the event's time: inserts stay time-ordered
     assert stored.version == 7 and stored.variant == uuid.RFC_4122
-    assert stored.int >> 80 == int(batch[0].at.timestamp() * 1000)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert stored.int >> 80 == (batch[0].at - epoch) // timedelta(milliseconds=1)
     again = [batch[0]._replace(at=batch[0].at + timedelta(seconds=1))]  # a replayed job's event
     assert await store.add_events(again) == 1
 
