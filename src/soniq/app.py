@@ -39,7 +39,16 @@ from soniq.registry import (
     validate_list_filters,
     validate_name,
 )
-from soniq.runtime import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service, Worker
+from soniq.runtime import (
+    EventDispatcher,
+    Hooks,
+    JobEvent,
+    JsonCodec,
+    PayloadCodec,
+    Service,
+    Worker,
+    cancel_job,
+)
 from soniq.serialization import utc_now
 from soniq.settings import SoniqSettings, load_settings
 from soniq.types import DatabaseInfo, JobRecord, JobStatus, JobStream, NewJob, QueueStats
@@ -528,7 +537,7 @@ class Soniq:
         if not is_uuid(job_id):
             return False
         await self.ensure_initialized()
-        return await self._backend.cancel_job(job_id)
+        return await cancel_job(self._backend, self.events, job_id)
 
     async def delete_job(self, job_id: str) -> bool:
         """Delete a job in any state; True when it existed."""

@@ -36,7 +36,7 @@ from soniq.errors import (
 )
 from soniq.ids import is_uuid
 from soniq.registry import job_kwargs, validate_list_filters
-from soniq.runtime import JobEvent
+from soniq.runtime import JobEvent, cancel_job
 from soniq.serialization import utc_now
 from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
 
@@ -252,7 +252,7 @@ class SyncSoniq:
             return False
 
         async def cancel(backend: StorageBackend) -> bool:
-            return await backend.cancel_job(job_id)
+            return await cancel_job(backend, self._app.events, job_id)
 
         return bool(self._call(cancel))
 

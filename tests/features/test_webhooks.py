@@ -398,6 +398,29 @@ async def test_a_delivery_whose_endpoint_vanished_is_finished_as_failed(
     assert receiver.requests == []
 
 
+async def test_cancelling_a_waiting_job_is_delivered(app: Soniq, receiver: Receiver) -> None:
+    """``cancel_job`` ends a waiting job itself, with no worker involved: its job.cancelled is
+    delivered too (on PostgreSQL the cancel statement writes it, from any process)."""
+    await app.webhooks.register(receiver.url, allow_private=True, events=["job.cancelled"])
+    service = service_for(app)
+    await service.reload()
+
+    @app.job(name="ok")
+    async def ok() -> None:
+        return None
+
+    job_id = await app.enqueue("ok")
+    kept = await app.enqueue("ok")
+    assert await app.cancel_job(job_id) is True
+    assert await app.cancel_job(job_id) is False  # already final: nothing more
+    await drain(service)
+    [(_, body)] = receiver.requests
+    payload = json.loads(body)
+    assert payload["type"] == "job.cancelled"
+    assert (payload["data"]["job_id"], payload["data"]["attempt"]) == (job_id, 0)
+    assert kept != job_id
+
+
 async def test_event_filter(app: Soniq, receiver: Receiver) -> None:
     await app.webhooks.register(receiver.url, allow_private=True, events=["job.done"])
     service = service_for(app)

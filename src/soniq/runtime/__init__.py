@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from soniq.runtime.executor import current_job
-from soniq.runtime.seams import EventDispatcher, Hooks, JobEvent, JsonCodec, PayloadCodec, Service
+from soniq.runtime.seams import (
+    EventDispatcher,
+    Hooks,
+    JobEvent,
+    JsonCodec,
+    PayloadCodec,
+    Service,
+    cancel_job,
+)
 from soniq.runtime.worker import Worker
 
 __all__ = [
@@ -14,5 +22,6 @@ __all__ = [
     "PayloadCodec",
     "Service",
     "Worker",
+    "cancel_job",
     "current_job",
 ]

@@ -16,13 +16,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, get_args, runtime_checkable
 
-from soniq.serialization import dumps, loads
+from soniq.serialization import dumps, loads, utc_now
 
 if TYPE_CHECKING:
     from datetime import datetime
 
     from anyio.abc import TaskStatus
 
+    from soniq.backends.base import StorageBackend
     from soniq.types import JobContext
 
 __all__ = [
@@ -109,6 +110,18 @@ class EventDispatcher:
                 callback(event)
             except Exception:
                 logger.exception("event subscriber %r failed on %s", callback, event.kind)
+
+
+async def cancel_job(backend: StorageBackend, events: EventDispatcher, job_id: str) -> bool:
+    """``cancel_job`` for the app and its sync facade: a waiting job that ends here is reported
+    as a ``cancelled`` event (a running one's comes from its worker when it stops)."""
+    cancelled = await backend.cancel_job(job_id)
+    if cancelled and events.wants("cancelled"):
+        record = await backend.get_job(job_id)
+        if record is not None and record["status"] == "cancelled":
+            events.emit(JobEvent("cancelled", job_id, record["job_name"], record["queue"],
+                                 record["attempts"], utc_now()))
+    return cancelled
 
 
 class PayloadCodec(Protocol):

@@ -281,21 +281,27 @@ ORDER BY queue COLLATE "C"
 
 #: $1 id. A waiting job is cancelled (releasing its dedup key); a running one gets a cancel
 #: request and its worker a NOTIFY on CANCEL_CHANNEL. Returns a row when either applied.
-CANCEL_JOB = f"""
-WITH changed AS (
-    UPDATE soniq_jobs
-    SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
-        finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
-        updated_at = CASE WHEN status = 'queued' THEN now() ELSE updated_at END,
-        cancel_requested = cancel_requested OR status = 'processing',
-        dedup_key = NULL
-    WHERE id = $1::uuid AND status IN ('queued', 'processing')
-    RETURNING id, status
+CANCEL_JOB = (
+    "WITH changed AS (\n"
+    "    UPDATE soniq_jobs\n"
+    "    SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,\n"
+    "        finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,\n"
+    "        updated_at = CASE WHEN status = 'queued' THEN now() ELSE updated_at END,\n"
+    "        cancel_requested = cancel_requested OR status = 'processing',\n"
+    "        dedup_key = NULL\n"
+    "    WHERE id = $1::uuid AND status IN ('queued', 'processing')\n"
+    "    RETURNING id, status, job_name, queue, attempts, finished_at\n"
+    "),\n"
+    # A waiting job's job.cancelled delivery, whichever process cancels it (nothing without
+    # webhook endpoints); a running job's comes with its outcome.
+    "hooks AS (" + fan_out(
+        "SELECT 'job.cancelled' AS event, id::text AS job_id, job_name, queue, "
+        "attempts AS attempt, NULL::text AS error, finished_at AS at "
+        "FROM changed WHERE status = 'cancelled'") + ")\n"
+    "SELECT id,\n"
+    f"       CASE WHEN status = 'processing' THEN pg_notify('{CANCEL_CHANNEL}', id::text) END"
+    " AS woken\nFROM changed"
 )
-SELECT id,
-       CASE WHEN status = 'processing' THEN pg_notify('{CANCEL_CHANNEL}', id::text) END AS woken
-FROM changed
-"""
 
 #: $1 id. Any state.
 DELETE_JOB = "DELETE FROM soniq_jobs WHERE id = $1::uuid RETURNING id"
