@@ -40,7 +40,9 @@ from soniq.features.webhooks import (
     sign,
     verify_signature,
 )
+from soniq.runtime.cleanup import Cleanup
 from soniq.serialization import utc_now
+from soniq.types import WorkerInfo
 from tests.helpers import on_connection, running_worker, wait_for, wait_for_status
 
 pytestmark = pytest.mark.anyio
@@ -419,6 +421,35 @@ async def test_cancelling_a_waiting_job_is_delivered(app: Soniq, receiver: Recei
     assert payload["type"] == "job.cancelled"
     assert (payload["data"]["job_id"], payload["data"]["attempt"]) == (job_id, 0)
     assert kept != job_id
+
+
+async def test_jobs_rescued_from_a_silent_worker_are_delivered(
+        app: Soniq, receiver: Receiver) -> None:
+    """The cleanup's rescue reports what it decided like a worker would: job.failed for a job
+    queued again, then job.dead_letter when its attempts are spent (PostgreSQL: the rescue
+    statement writes them)."""
+    await app.webhooks.register(receiver.url, allow_private=True,
+                                events=["job.failed", "job.dead_letter"])
+    service = service_for(app)
+    await service.reload()
+
+    @app.job(name="poison", retries=1)
+    async def poison() -> None: ...
+
+    job_id = await app.enqueue(poison)
+    for n in range(2):
+        dead = WorkerInfo(f"00000000-0000-7000-8000-00000000000{n}", "h", n, None, 1)
+        await app.backend.register_worker(dead, now=utc_now() - timedelta(hours=1))
+        assert len(await app.backend.claim_jobs(dead.id, None, 1)) == 1
+        cleanup = Cleanup(app.backend, interval=0.001, stale_after=60.0, error_retry_delay=1.0,
+                          events=app.events)
+        await wait_for(cleanup.run_once, message="a cleanup round to lead")  # one per interval
+    await drain(service)
+    sent = sorted((json.loads(body) for _, body in receiver.requests),
+                  key=lambda p: p["data"]["attempt"])
+    assert [(p["type"], p["data"]["job_id"], p["data"]["attempt"]) for p in sent] == [
+        ("job.failed", job_id, 1), ("job.dead_letter", job_id, 2)]
+    assert all(p["data"]["error"].startswith("WorkerLost: worker 00000000-") for p in sent)
 
 
 async def test_event_filter(app: Soniq, receiver: Receiver) -> None:

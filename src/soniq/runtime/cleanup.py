@@ -13,21 +13,30 @@ from typing import TYPE_CHECKING
 import anyio
 
 from soniq.errors import DatabaseError
+from soniq.runtime.seams import JobEvent
+from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from soniq.backends.base import StorageBackend
+    from soniq.runtime.seams import EventDispatcher, EventKind
 
 __all__ = ["Cleanup"]
 
 logger = logging.getLogger("soniq.worker")
 
 
+#: A rescued job's new status -> the event a worker reports for that outcome.
+_RESCUE_EVENTS: dict[str, EventKind] = {"queued": "failed", "dead_letter": "dead_letter",
+                                        "cancelled": "cancelled"}
+
+
 class Cleanup:
     def __init__(self, backend: StorageBackend, *, interval: float, stale_after: float,
-                 error_retry_delay: float) -> None:
+                 error_retry_delay: float, events: EventDispatcher) -> None:
         self._backend = backend
+        self._events = events
         self._interval = interval
         self._stale_after = stale_after
         self._error_retry_delay = error_retry_delay
@@ -51,7 +60,24 @@ class Cleanup:
         if rescued:
             logger.warning("rescued %d job(s) from silent workers: %s", len(rescued),
                            ", ".join(rescued))
+            await self._report(rescued)
         pruned = await self._backend.prune_jobs()
         if pruned:
             logger.debug("pruned %d finished job(s) past result_ttl", pruned)
         return rescued, pruned
+
+    async def _report(self, rescued: list[str]) -> None:
+        """Each rescued job's event (failed, dead_letter or cancelled), for whoever listens."""
+        if not any(self._events.wants(kind) for kind in _RESCUE_EVENTS.values()):
+            return
+        now = utc_now()
+        for job_id in rescued:
+            record = await self._backend.get_job(job_id)
+            kind = None if record is None else _RESCUE_EVENTS.get(record["status"])
+            if record is None or kind is None or not self._events.wants(kind):
+                continue  # finished meanwhile, or already running again elsewhere
+            last = record["errors"][-1] if record["errors"] else {}
+            error = (None if kind == "cancelled"
+                     else f"{last.get('type', 'WorkerLost')}: {last.get('message', '')}")
+            self._events.emit(JobEvent(kind, job_id, record["job_name"], record["queue"],
+                                       record["attempts"], now, error=error))

@@ -93,7 +93,7 @@ class Worker:
         )
         self.cleanup = Cleanup(backend, interval=settings.cleanup_interval,
                                stale_after=settings.heartbeat_timeout,
-                               error_retry_delay=settings.error_retry_delay)
+                               error_retry_delay=settings.error_retry_delay, events=events)
         self.listener = Listener(backend, self.fetcher, self.executor,
                                  poll_interval=settings.poll_interval)
         self._scope: anyio.CancelScope | None = None

@@ -381,7 +381,7 @@ _RESCUE_REQUEUE = "(NOT j.cancel_requested AND j.attempts < j.max_attempts)"
 #: Give lost jobs back: parallel arrays $1 id, $2 lease_id, $3 error entry (JSON text); $4 now.
 #: Queued again when attempts remain (the claim already counted the lost attempt), dead-lettered
 #: on the last one, cancelled when cancel was requested.
-RESCUE_JOBS = f"""
+_RESCUE = f"""
 UPDATE soniq_jobs AS j
 SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
                   WHEN j.attempts >= j.max_attempts THEN 'dead_letter'
@@ -394,8 +394,21 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
     updated_at = $4::timestamptz
 FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS o (id, lease_id, error)
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_id = o.lease_id
-RETURNING j.id
+RETURNING j.id, j.job_name, j.queue, j.attempts, j.status, o.error
 """
+#: The rescue also writes the webhook deliveries of what it decided (nothing without
+#: endpoints): failed for a job queued again, dead_letter, or cancelled -- the events a worker
+#: reports for those outcomes.
+RESCUE_JOBS = (
+    "WITH rescued AS (" + _RESCUE + "),\nhooks AS (" + fan_out("""
+    SELECT CASE status WHEN 'queued' THEN 'job.failed' WHEN 'dead_letter' THEN 'job.dead_letter'
+                       WHEN 'cancelled' THEN 'job.cancelled' END AS event,
+           id::text AS job_id, job_name, queue, attempts AS attempt,
+           CASE WHEN status <> 'cancelled'
+                THEN (error::jsonb ->> 'type') || ': ' || (error::jsonb ->> 'message') END AS error,
+           $4::timestamptz AS at
+    FROM rescued""") + ")\nSELECT id FROM rescued"
+)
 
 #: $1 cutoff.
 REMOVE_SILENT_WORKERS = "DELETE FROM soniq_workers WHERE last_heartbeat < $1::timestamptz"
