@@ -229,7 +229,7 @@ class MemoryWebhookStore:
         self._endpoints[endpoint_id] = dataclasses.replace(old, secrets=secrets)
         return True
 
-    def record_lifecycle(self, on: bool) -> frozenset[str]:
+    def record_lifecycle(self, events: frozenset[str]) -> frozenset[str]:
         return frozenset()
 
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:

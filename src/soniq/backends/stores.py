@@ -303,12 +303,12 @@ class WebhookStore(Protocol):
         re-encryptions never undo each other)."""
         ...
 
-    def record_lifecycle(self, on: bool) -> frozenset[str]:
-        """While ``on``, have the backend write the deliveries of the jobs its workers run
-        itself, in the statements that change those jobs (PostgreSQL: ``job.started`` in the
-        claim, the outcome's event in the finish). Returns the events it writes that way,
-        which the caller must then not pass to :meth:`add_events`; empty when the backend
-        cannot (memory, SQLite)."""
+    def record_lifecycle(self, events: frozenset[str]) -> frozenset[str]:
+        """Have the backend write the deliveries of those of ``events`` it can itself, for the
+        jobs its workers run, in the statements that change those jobs (PostgreSQL:
+        ``job.started`` and the outcome's event in the finish); the rest it stops writing that
+        way. Returns the events it writes, which the caller must then not pass to
+        :meth:`add_events`; empty when the backend cannot (memory, SQLite)."""
         ...
 
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:

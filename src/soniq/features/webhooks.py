@@ -304,7 +304,7 @@ class WebhookService:
         at all for webhooks (the runtime skips kinds nobody listens to)."""
         wanted = {name for e in self._endpoints if e.active
                   for name in (EVENTS if e.events is None else e.events)}
-        self._wanted = frozenset(wanted - store.record_lifecycle(bool(wanted)))
+        self._wanted = frozenset(wanted - store.record_lifecycle(frozenset(wanted)))
         if self._wanted:
             self._events.subscribe(self._on_event, kinds=[
                 kind for kind, name in _NAMES.items() if name in self._wanted])

@@ -169,12 +169,13 @@ class PostgresWebhookStore:
         #: Whether this backend's claims and finishes write their jobs' deliveries.
         self.lifecycle = False
 
-    def record_lifecycle(self, on: bool) -> frozenset[str]:
+    def record_lifecycle(self, events: frozenset[str]) -> frozenset[str]:
         # The finish writes the attempt's events (job.started too; the heartbeat writes it
         # earlier for a job that runs longer), in the statement that changes the job: no
         # Python per event, and a delivery exists exactly when its change committed.
-        self.lifecycle = on
-        return LIFECYCLE_EVENTS if on else frozenset()
+        handled = events & LIFECYCLE_EVENTS
+        self.lifecycle = bool(handled)
+        return handled
 
     async def add_endpoint(self, endpoint: WebhookEndpoint) -> None:
         e = endpoint

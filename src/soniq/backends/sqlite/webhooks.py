@@ -125,7 +125,7 @@ class SqliteWebhookStore:
             (endpoint_id, secrets, expected))
         return bool(rows)
 
-    def record_lifecycle(self, on: bool) -> frozenset[str]:
+    def record_lifecycle(self, events: frozenset[str]) -> frozenset[str]:
         return frozenset()
 
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
