@@ -138,6 +138,7 @@ class JobStream(Sequence[NewJob]):
         self._count = count
         self._rows = rows
         self._built: list[NewJob] = []
+        self._failed: Exception | None = None
         self.queue = queue
         self.scheduled_at = scheduled_at
 
@@ -146,9 +147,15 @@ class JobStream(Sequence[NewJob]):
 
     def __iter__(self) -> Iterator[NewJob]:
         yield from self._built
-        for row in self._rows:
-            self._built.append(row)
-            yield row
+        if self._failed is not None:  # the element that failed fails every later read too
+            raise self._failed
+        try:
+            for row in self._rows:
+                self._built.append(row)
+                yield row
+        except Exception as exc:
+            self._failed = exc
+            raise
 
     @overload
     def __getitem__(self, index: int) -> NewJob: ...

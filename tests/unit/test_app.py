@@ -279,6 +279,22 @@ async def test_enqueue_many_writes_nothing_when_a_late_element_is_invalid(app: S
     assert len(await app.enqueue_many("send_email", args[:700])) == 700  # the connection is fine
 
 
+def test_a_job_stream_fails_again_where_it_failed() -> None:
+    """The rows of enqueue_many are built as read; the element that failed fails every later
+    read too, instead of the stream looking shorter."""
+    app = Soniq(backend="memory")
+    register(app)
+    stream = app._new_jobs("send_email", [{"to": "a"}, {"nope": 1}, {"to": "c"}], queue=None,
+                           priority=None, scheduled_at=None, unique=None, dedup_key=None,
+                           many=True)
+    assert len(stream) == 3
+    for _ in range(2):
+        with pytest.raises(JobArgumentsError, match=r"args_list\[1\]"):
+            list(stream)
+    with pytest.raises(JobArgumentsError, match=r"args_list\[1\]"):
+        stream[2]
+
+
 async def test_enqueue_many_stores_any_text_and_time(app: Soniq) -> None:
     """Arguments that COPY's text format must escape (backslashes, tabs, newlines, ``\\N``)
     come back as given, with the call's queue, priority and time on every row."""
