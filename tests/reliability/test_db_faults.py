@@ -74,6 +74,12 @@ async def test_restart_and_crash_of_the_server_under_load_lose_nothing(
     # No rescue during the outage (silent heartbeats are the outage, not dead workers).
     env = {**NO_POLLING, "SONIQ_HEARTBEAT_TIMEOUT": "60"}
     procs = [workers.start("--concurrency", "8", url=url, **env) for _ in range(2)]
+    # Both up before the first outage: a worker still starting when the server goes down
+    # exits at once (by design), which is not what this test is about.
+    async def both_registered() -> bool:
+        return len(await producer.backend.list_workers()) == 2
+
+    await wait_for(both_registered, timeout=60, message="both workers to register")
     committed: list[str] = []
     refused: list[SoniqError] = []
     rng = random.Random(7)
