@@ -91,6 +91,12 @@ EXPECTED_COLUMNS = {
         ("last_error", "text", False), ("created_at", TIMESTAMPTZ, True),
         ("delivered_at", TIMESTAMPTZ, False), ("lease_until", TIMESTAMPTZ, False),
     ],
+    "soniq_webhook_events": [
+        ("id", "bigint", True), ("endpoint_id", "uuid", True), ("created_at", TIMESTAMPTZ, True),
+        ("kinds", "text[]", True), ("job_ids", "text[]", True), ("job_names", "text[]", True),
+        ("queues", "text[]", True), ("attempts", "integer[]", True), ("errors", "text[]", True),
+        ("ats", "timestamp with time zone[]", True),
+    ],
     "soniq_job_logs": [
         ("id", "bigint", True), ("job_id", "uuid", True), ("job_name", "text", True),
         ("queue", "text", True), ("attempt", "integer", True), ("level", "text", True),
@@ -134,6 +140,11 @@ EXPECTED_INDEXES = {
          "(next_attempt_at, id) WHERE (status = 'pending'::text)"),
         ("soniq_webhook_deliveries_endpoint_idx", "INDEX", "soniq_webhook_deliveries",
          "(endpoint_id, created_at)"),
+        # The window of deliveries written from the event log: an endpoint's pending rows.
+        ("soniq_webhook_deliveries_pending_idx", "INDEX", "soniq_webhook_deliveries",
+         "(endpoint_id) WHERE (status = 'pending'::text)"),
+        ("soniq_webhook_events_pkey", "UNIQUE INDEX", "soniq_webhook_events", "(id)"),
+        ("soniq_webhook_events_endpoint_idx", "INDEX", "soniq_webhook_events", "(endpoint_id, id)"),
         # Retention: finished rows by when they finished (their next_attempt_at).
         ("soniq_webhook_deliveries_finished_idx", "INDEX", "soniq_webhook_deliveries",
          "(next_attempt_at) WHERE (status <> 'pending'::text)"),

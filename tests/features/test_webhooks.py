@@ -28,6 +28,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from soniq import Soniq
+from soniq.backends.postgres import webhooks as pg_webhooks
 from soniq.backends.stores import WebhookEvent, webhook_payload
 from soniq.errors import ConfigurationError, DecryptionError, ValidationError
 from soniq.features.signing import Signing
@@ -314,7 +315,8 @@ async def test_a_jobs_lifecycle_is_delivered_signed(app: Soniq, receiver: Receiv
 
 async def test_every_backend_writes_the_same_payload(app: Soniq) -> None:
     """The store builds the body (in SQL on PostgreSQL): byte for byte ``webhook_payload``, also
-    for text that JSON must escape; one row per subscribed endpoint, none for the others."""
+    for text that JSON must escape; one row per subscribed endpoint, none for the others.
+    (PostgreSQL records the events in its log and writes the rows when they are listed.)"""
     everything = await app.webhooks.register("https://example.com/a")
     only_done = await app.webhooks.register("https://example.com/b", events=["job.done"])
     store = app.backend.webhooks  # type: ignore[attr-defined]
@@ -337,15 +339,15 @@ async def test_every_backend_writes_the_same_payload(app: Soniq) -> None:
 
 
 async def test_postgres_writes_a_batch_once(backend_name: str, app: Soniq) -> None:
-    """A batch written again (a retry after a commit whose answer was lost) adds no rows: the
-    delivery id is a digest of the event and the endpoint."""
+    """A batch recorded again (a retry after a commit whose answer was lost) adds no delivery:
+    the delivery id is a digest of the event and the endpoint."""
     if backend_name != "postgres":
         pytest.skip("memory and SQLite never write a batch without knowing whether it landed")
     await app.webhooks.register("https://example.com/a")
     store = app.backend.webhooks  # type: ignore[attr-defined]
     batch = [WebhookEvent("job.started", str(uuid.uuid4()), "ok", "default", 1, None, utc_now())]
     assert await store.add_events(batch) == 1
-    assert await store.add_events(batch) == 0
+    assert await store.add_events(batch) == 1
     [row] = await store.list_deliveries(endpoint_id=None, status=None, limit=10)
     stored = uuid.UUID(row.id)  # a UUIDv7 of the event's time: inserts stay time-ordered
     assert stored.version == 7 and stored.variant == uuid.RFC_4122
@@ -353,6 +355,94 @@ async def test_postgres_writes_a_batch_once(backend_name: str, app: Soniq) -> No
     assert stored.int >> 80 == (batch[0].at - epoch) // timedelta(milliseconds=1)
     again = [batch[0]._replace(at=batch[0].at + timedelta(seconds=1))]  # a replayed job's event
     assert await store.add_events(again) == 1
+    assert len(await store.list_deliveries(endpoint_id=None, status=None, limit=10)) == 2
+
+
+async def test_postgres_turns_its_event_log_into_a_window_of_deliveries(
+        backend_name: str, database_url: str, app: Soniq,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL events wait in a log, one row per batch and endpoint, and become delivery
+    rows only while their endpoint has fewer than a window of pending ones: a receiver that takes
+    nothing holds the window, not a row per event. Each event is delivered once, in order of its
+    batch, as the window frees up; another endpoint's window is its own."""
+    if backend_name != "postgres":
+        pytest.skip("memory and SQLite write deliveries directly (no event log)")
+    monkeypatch.setattr(pg_webhooks, "WINDOW", 15)
+    monkeypatch.setattr(pg_webhooks, "TAKE", 1)
+    slow = await app.webhooks.register("https://example.com/slow")
+    other = await app.webhooks.register("https://example.com/other", events=["job.failed"])
+    store = app.backend.webhooks  # type: ignore[attr-defined]
+    job_ids = [str(uuid.uuid4()) for _ in range(50)]
+    for first in range(0, 50, 10):  # five batches of ten job.done events
+        assert await store.add_events([
+            WebhookEvent("job.done", job_id, "ok", "default", 1, None, utc_now())
+            for job_id in job_ids[first:first + 10]]) == 10
+    failed = WebhookEvent("job.failed", job_ids[0], "ok", "default", 1, "boom", utc_now())
+    assert await store.add_events([failed]) == 2
+
+    async def pending(endpoint_id: str) -> list[str]:
+        rows = await store.list_deliveries(endpoint_id=endpoint_id, status="pending", limit=100)
+        return [json.loads(d.payload)["data"]["job_id"] for d in rows]
+
+    async def log_rows() -> int:
+        return int(await on_connection(database_url, lambda conn: conn.fetchval(
+            "SELECT count(*) FROM soniq_webhook_events")))
+
+    # Each listing takes one log row per endpoint with room: 10, then 20 (>= 15): stop.
+    assert len(await pending(slow["id"])) == 10
+    assert len(await pending(slow["id"])) == 20
+    assert len(await pending(slow["id"])) == 20 and await log_rows() == 4
+    assert await pending(other["id"]) == [job_ids[0]]  # not held up by the full window
+    # The receiver takes the window: the log is turned into the rest, each event once.
+    delivered: list[str] = []
+    while True:
+        claimed = await store.claim(utc_now(), lease_until=utc_now() + timedelta(minutes=1),
+                                    limit=100)
+        if not claimed:
+            break
+        for d in claimed:
+            delivered.append(json.loads(d.payload)["data"]["job_id"])
+            assert await store.finish(d.id, lease_until=d.lease_until, status="delivered",
+                                      attempts=1, next_attempt_at=utc_now(), status_code=200,
+                                      error=None, delivered_at=utc_now())
+    assert sorted(delivered) == sorted([*job_ids, job_ids[0], job_ids[0]])  # + both job.failed
+    assert await log_rows() == 0
+
+
+async def test_postgres_drops_log_rows_no_receiver_took_within_the_retention(
+        backend_name: str, database_url: str, app: Soniq,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Log rows an endpoint never took (its window stayed full for the whole retention) are
+    deleted by the prune, with a warning counting their events; unregistering an endpoint
+    deletes its rows at once."""
+    if backend_name != "postgres":
+        pytest.skip("memory and SQLite write deliveries directly (no event log)")
+    kept = await app.webhooks.register("https://example.com/kept")
+    gone = await app.webhooks.register("https://example.com/gone")
+    store = app.backend.webhooks  # type: ignore[attr-defined]
+    events = [WebhookEvent("job.done", str(uuid.uuid4()), "ok", "default", 1, None, utc_now())
+              for _ in range(3)]
+    assert await store.add_events(events) == 6
+
+    async def log_rows() -> dict[str, int]:
+        rows = await on_connection(database_url, lambda conn: conn.fetch(
+            "SELECT endpoint_id::text AS e, sum(cardinality(kinds))::int AS n "
+            "FROM soniq_webhook_events GROUP BY endpoint_id"))
+        return {row["e"]: row["n"] for row in rows}
+
+    assert await log_rows() == {kept["id"]: 3, gone["id"]: 3}
+    assert await app.webhooks.unregister(gone["id"])
+    assert await log_rows() == {kept["id"]: 3}
+    service = service_for(app)
+    week = timedelta(seconds=app.settings.webhook_delivery_retention)
+    with caplog.at_level(logging.WARNING, logger="soniq.webhooks"):
+        assert await service.prune(now=utc_now() + week - timedelta(minutes=1)) == 0
+        assert await log_rows() == {kept["id"]: 3}
+        assert not caplog.records
+        await service.prune(now=utc_now() + week + timedelta(minutes=1))
+    assert await log_rows() == {}
+    assert ["3 webhook event(s) expired before an endpoint took them" in r.getMessage()
+            for r in caplog.records] == [True]
 
 
 async def test_postgres_writes_started_at_the_heartbeat_while_a_job_runs(
@@ -396,6 +486,7 @@ async def test_a_delivery_whose_endpoint_vanished_is_finished_as_failed(
     store = app.backend.webhooks  # type: ignore[attr-defined]
     orphan = WebhookEvent("job.done", str(uuid.uuid4()), "ok", "default", 1, None, utc_now())
     assert await store.add_events([orphan]) == 1
+    assert len(await store.list_deliveries(endpoint_id=None, status=None, limit=10)) == 1
     # The endpoint goes, its delivery stays (what the race leaves behind).
     await on_connection(database_url, lambda conn: conn.execute(
         "DELETE FROM soniq_webhook_endpoints WHERE id = $1::uuid", created["id"]))

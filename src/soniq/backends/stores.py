@@ -313,7 +313,9 @@ class WebhookStore(Protocol):
 
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
         """Write one pending delivery per event per active endpoint subscribed to it, as the
-        endpoints are stored now; how many. The payload is :func:`webhook_payload`."""
+        endpoints are stored now; how many. The payload is :func:`webhook_payload`. PostgreSQL
+        records the events in its event log instead and writes those deliveries when
+        deliveries are claimed or listed."""
         ...
 
     async def claim(self, now: datetime, *, lease_until: datetime,

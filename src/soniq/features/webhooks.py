@@ -8,10 +8,13 @@ no endpoints nothing else happens).
 
 Delivery is an outbox:
 
-1. On PostgreSQL the finish statement writes each attempt's deliveries itself (``job.started``
-   and the outcome's event; the heartbeat writes ``job.started`` earlier for a job still
-   running), in the transaction that records the outcome: no Python per event, and a delivery
-   exists exactly when its change committed (``WebhookStore.record_lifecycle``).
+1. On PostgreSQL the finish statement records each attempt's events itself (``job.started``
+   and the outcome's event; the heartbeat records ``job.started`` earlier for a job still
+   running), in the transaction that records the outcome: no Python per event, and an event
+   exists exactly when its change committed (``WebhookStore.record_lifecycle``). PostgreSQL
+   keeps events in a log, one row of arrays per statement and endpoint, and turns them into
+   deliveries when deliveries are claimed or listed, while the endpoint has fewer than a
+   window (1 000) of pending ones: a receiver that never answers costs a window of rows.
 2. The rest (``job.enqueued``; every event on SQLite and memory) come from ``app.events``: the
    service subscribes to just those kinds while endpoints want them (otherwise the runtime
    builds no events for it) and appends each, as a small tuple, to a bounded in-memory buffer
@@ -21,7 +24,7 @@ Delivery is an outbox:
    receiver that hangs delays sending, never the writing. The store fans each event out to
    the endpoints subscribed to it *as stored at that moment* (in SQL on PostgreSQL, where the
    delivery id is a digest of the event and endpoint, so a batch written twice -- a retry after
-   an unanswered commit -- adds nothing). Events still in the buffer when a worker dies are
+   an unanswered commit -- is delivered once). Events still in the buffer when a worker dies are
    lost; a worker that stops writes them first (bounded).
 3. Due deliveries are leased (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a guarded update on
    SQLite and memory), so two workers never send the same delivery at once, and POSTed with
@@ -29,7 +32,8 @@ Delivery is an outbox:
    exponential backoff from ``webhook_retry_delay`` until ``webhook_max_attempts``, then
    ``failed``. Every attempt's status code / error is kept on the row (``deliveries()``).
 4. Delivered and failed rows are deleted ``webhook_delivery_retention`` seconds after they
-   finished, in a third loop: one worker per ``cleanup_interval`` (``claim_maintenance``).
+   finished, in a third loop: one worker per ``cleanup_interval`` (``claim_maintenance``); so
+   are PostgreSQL log rows an endpoint has not taken in that time (logged as a warning).
 
 Requests follow Standard Webhooks: ``webhook-id`` (the delivery id, stable across retries, so
 receivers can de-duplicate), ``webhook-timestamp`` (unix seconds) and ``webhook-signature``: one
@@ -336,7 +340,8 @@ class WebhookService:
                         resealed)
 
     async def flush(self) -> int:
-        """Write buffered events as pending deliveries; how many deliveries."""
+        """Write buffered events as pending deliveries; how many deliveries (on PostgreSQL,
+        how many the recorded events will become)."""
         if not self._buffer:
             return 0
         batch = list(self._buffer)

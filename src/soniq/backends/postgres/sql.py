@@ -11,7 +11,7 @@ as ``str`` (asyncpg's default for json/jsonb), so no connection needs a custom c
 from __future__ import annotations
 
 from soniq.backends.base import JOB_COLUMNS
-from soniq.backends.postgres.webhooks import fan_out
+from soniq.backends.postgres.webhooks import record_events
 
 __all__ = [
     "ADOPT_CLAIMS",
@@ -246,7 +246,7 @@ COMPLETE_JOBS_HOOKED = (
     "WITH finished AS ("
     + _COMPLETE.format(returning="j.id, j.job_name, j.queue, j.attempts, j.started_at, "
                                  "o.refund_attempt, o.status AS outcome, o.error, t.now")
-    + "),\nhooks AS (" + fan_out(_FINISH_EVENTS) + ")\nSELECT id FROM finished"
+    + "),\nhooks AS (" + record_events(_FINISH_EVENTS) + ")\nSELECT id FROM finished"
 )
 
 # -- reading and managing --------------------------------------------------------------------------
@@ -294,7 +294,7 @@ CANCEL_JOB = (
     "),\n"
     # A waiting job's job.cancelled delivery, whichever process cancels it (nothing without
     # webhook endpoints); a running job's comes with its outcome.
-    "hooks AS (" + fan_out(
+    "hooks AS (" + record_events(
         "SELECT 'job.cancelled' AS event, id::text AS job_id, job_name, queue, "
         "attempts AS attempt, NULL::text AS error, finished_at AS at "
         "FROM changed WHERE status = 'cancelled'") + ")\n"
@@ -338,7 +338,7 @@ ORDER BY id
 #: HEARTBEAT writing ``job.started`` deliveries for the worker's running jobs (while webhooks
 #: are on): a job that runs longer than a heartbeat gets its event then instead of with its
 #: outcome. Every beat tries every running job; the ones already written are no-ops.
-HEARTBEAT_HOOKED = HEARTBEAT.replace("\n)\n", "\n),\nhooks AS (" + fan_out("""
+HEARTBEAT_HOOKED = HEARTBEAT.replace("\n)\n", "\n),\nhooks AS (" + record_events("""
     SELECT 'job.started' AS event, id::text AS job_id, job_name, queue, attempts AS attempt,
            NULL::text AS error, started_at AS at
     FROM soniq_jobs WHERE worker_id = $1::uuid AND status = 'processing'""") + ")\n", 1)
@@ -400,7 +400,7 @@ RETURNING j.id, j.job_name, j.queue, j.attempts, j.status, o.error
 #: endpoints): failed for a job queued again, dead_letter, or cancelled -- the events a worker
 #: reports for those outcomes.
 RESCUE_JOBS = (
-    "WITH rescued AS (" + _RESCUE + "),\nhooks AS (" + fan_out("""
+    "WITH rescued AS (" + _RESCUE + "),\nhooks AS (" + record_events("""
     SELECT CASE status WHEN 'queued' THEN 'job.failed' WHEN 'dead_letter' THEN 'job.dead_letter'
                        WHEN 'cancelled' THEN 'job.cancelled' END AS event,
            id::text AS job_id, job_name, queue, attempts AS attempt,

@@ -1,6 +1,14 @@
 """The webhook store on PostgreSQL (:class:`~soniq.backends.stores.WebhookStore`): its SQL and
 the calls that run it.
 
+Events go to a log first (``soniq_webhook_events``: one row per writing statement and subscribed
+endpoint, the events as parallel arrays), written by the statements that change jobs
+(:func:`record_events`) and by :meth:`PostgresWebhookStore.add_events`. Claiming or listing
+deliveries first turns log rows into delivery rows (:data:`EXPAND`), per endpoint, while the
+endpoint has fewer than :data:`WINDOW` pending deliveries: a busy worker writes one small row per
+finished batch instead of two delivery rows per job, and a receiver that never answers holds a
+window of rows while the rest of its events wait, compact, in the log.
+
 The claim is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)``: concurrent workers
 skip each other's rows, and the lease it writes fences :meth:`PostgresWebhookStore.finish`.
 Every driver call goes through :func:`soniq.backends._bridge.call` and driver errors through the
@@ -10,6 +18,7 @@ backend's translator.
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
@@ -22,7 +31,9 @@ if TYPE_CHECKING:
 
     from soniq.backends.postgres.errors import Translator
 
-__all__ = ["LIFECYCLE_EVENTS", "PostgresWebhookStore", "fan_out"]
+__all__ = ["LIFECYCLE_EVENTS", "PostgresWebhookStore", "record_events"]
+
+logger = logging.getLogger("soniq.webhooks")
 
 _ENDPOINT = ("id::text AS id, url, events, secrets::text AS secrets, allow_private, active, "
              "description, created_at")
@@ -37,47 +48,37 @@ VALUES ($1::uuid, $2::text, $3::text[], $4::jsonb, $5::boolean, $6::boolean, $7:
         $8::timestamptz)
 """
 
-#: The events the finish and heartbeat statements write deliveries for themselves, while
+#: The events the finish and heartbeat statements record themselves, while
 #: :meth:`PostgresWebhookStore.record_lifecycle` is on (sql.py, ``*_HOOKED``).
 LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead_letter",
                               "job.cancelled"})
 
-_FAN_OUT = """
-INSERT INTO soniq_webhook_deliveries (id, endpoint_id, event, payload, status, attempts,
-                                      next_attempt_at, created_at)
-SELECT (lpad(to_hex(r.us / 1000), 12, '0') || '7' || lpad(to_hex(r.us % 1000), 3, '0') || '8'
-        || left(md5(e.id::text || r.job_id || r.event || r.attempt::text || r.us::text), 15)
-       )::uuid, e.id,
-       r.event,
-       '{"type":' || to_json(r.event)::text
-       || ',"timestamp":"' || to_char(r.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
-       || '+00:00","data":{"job_id":' || to_json(r.job_id)::text
-       || ',"job_name":' || to_json(r.job_name)::text || ',"queue":' || to_json(r.queue)::text
-       || ',"attempt":' || r.attempt::text
-       || coalesce(',"error":' || to_json(r.error)::text, '') || '}}',
-       'pending', 0, r.at, r.at
-FROM (SELECT *, (extract(epoch FROM at) * 1000000)::bigint AS us FROM (SOURCE) AS source) AS r
+_EVERY_EVENT = ("ARRAY['job.enqueued', 'job.started', 'job.done', 'job.failed', "
+                "'job.dead_letter', 'job.cancelled']")
+
+_RECORD = f"""
+INSERT INTO soniq_webhook_events (endpoint_id, kinds, job_ids, job_names, queues, attempts,
+                                  errors, ats)
+SELECT e.id, array_agg(r.event), array_agg(r.job_id), array_agg(r.job_name), array_agg(r.queue),
+       array_agg(r.attempt), array_agg(r.error), array_agg(r.at)
+FROM (SOURCE) AS r
 JOIN soniq_webhook_endpoints AS e
-  ON r.event IS NOT NULL AND e.active AND (e.events IS NULL OR r.event = ANY (e.events))
-ON CONFLICT (id) DO NOTHING"""
+  ON r.event IS NOT NULL AND e.active AND r.event = ANY (coalesce(e.events, {_EVERY_EVENT}))
+GROUP BY e.id"""
 
 
-def fan_out(source: str) -> str:
-    """An INSERT writing one pending delivery per row of ``source`` per active endpoint
-    subscribed to its event, with the payload built exactly as ``webhook_payload`` builds it.
-    ``source`` is a query with the columns of :class:`WebhookEvent` (``event`` NULL: no
-    delivery). The id is a UUIDv7 of the event's time whose random part is a digest of
-    (endpoint, job, event, attempt, time): time-ordered, so inserts stay at the right edge of
-    the primary key, and the same for the same event, so a batch written twice (a retry after
-    an unanswered commit, or a heartbeat and a finish both writing ``job.started``) adds
-    nothing."""
-    return _FAN_OUT.replace("SOURCE", source)
+def record_events(source: str) -> str:
+    """An INSERT adding the rows of ``source`` to the event log: one row per active endpoint
+    subscribed to any of them, holding those it subscribes to. ``source`` is a query with the
+    columns of :class:`WebhookEvent` (``event`` NULL: no event). Deliveries are written from the
+    log later (:data:`EXPAND`)."""
+    return _RECORD.replace("SOURCE", source)
 
 
-#: $1..$7 are the columns of :class:`WebhookEvent` as JSON arrays (``at`` as unix seconds): a
-#: busy worker writes two events a job, and encoding seven typed arrays cost it more than the
-#: job did (JSON is encoded in C).
-INSERT_EVENTS = fan_out("""
+#: $1..$7 are the columns of :class:`WebhookEvent` as JSON arrays (``at`` as unix seconds):
+#: encoding seven typed arrays cost a busy worker more than its jobs did (JSON is encoded in C).
+#: Returns how many deliveries the recorded events will become.
+INSERT_EVENTS = "WITH recorded AS (" + record_events("""
     SELECT event, job_id, job_name, queue, attempt::integer, error, to_timestamp(at::float8) AS at
     FROM unnest(ARRAY(SELECT json_array_elements_text($1::json)),
                 ARRAY(SELECT json_array_elements_text($2::json)),
@@ -86,11 +87,63 @@ INSERT_EVENTS = fan_out("""
                 ARRAY(SELECT json_array_elements_text($5::json)),
                 ARRAY(SELECT json_array_elements_text($6::json)),
                 ARRAY(SELECT json_array_elements_text($7::json)))
-         AS u(event, job_id, job_name, queue, attempt, error, at)""")
+         AS u(event, job_id, job_name, queue, attempt, error, at)""") + """
+    RETURNING cardinality(kinds) AS events)
+SELECT coalesce(sum(events), 0)::bigint FROM recorded"""
 
-#: The endpoint and its deliveries, in one statement.
+#: Pending deliveries an endpoint may have before the log stops being turned into more for it.
+WINDOW = 1000
+#: Log rows taken per endpoint per statement (a finish records up to two events per job).
+TAKE = 20
+
+#: $1 window, $2 log rows per endpoint. For each endpoint with room in its window, its oldest
+#: log rows that no other worker is taking (SKIP LOCKED; ``= ANY (ARRAY(...))`` evaluates the
+#: locking subquery once) are deleted and become one pending
+#: delivery per event. The delivery id is a UUIDv7 of the event's time whose random part is a
+#: digest of (endpoint, job, event, attempt, time): time-ordered, so inserts stay at the right
+#: edge of the primary key, and the same for the same event, so an event recorded twice (a retry
+#: after an unanswered commit, or a heartbeat and a finish both recording ``job.started``) is
+#: delivered once. The payload is built exactly as ``webhook_payload`` builds it.
+EXPAND = """
+WITH batch AS (
+    DELETE FROM soniq_webhook_events
+    WHERE id = ANY (ARRAY(
+        SELECT v.id
+        FROM soniq_webhook_endpoints AS e CROSS JOIN LATERAL (
+            SELECT v.id FROM soniq_webhook_events AS v
+            WHERE v.endpoint_id = e.id
+            ORDER BY v.id LIMIT $2::integer
+            FOR UPDATE SKIP LOCKED) AS v
+        WHERE (SELECT count(*) FROM (SELECT FROM soniq_webhook_deliveries AS d
+                                     WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                                     LIMIT $1::integer) AS p) < $1::integer))
+    RETURNING endpoint_id, kinds, job_ids, job_names, queues, attempts, errors, ats),
+written AS (
+    INSERT INTO soniq_webhook_deliveries (id, endpoint_id, event, payload, status, attempts,
+                                          next_attempt_at, created_at)
+    SELECT (lpad(to_hex(r.us / 1000), 12, '0') || '7' || lpad(to_hex(r.us % 1000), 3, '0') || '8'
+            || left(md5(r.endpoint_id::text || r.job_id || r.event || r.attempt::text
+                        || r.us::text), 15))::uuid,
+           r.endpoint_id, r.event,
+           '{"type":' || to_json(r.event)::text
+           || ',"timestamp":"' || to_char(r.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
+           || '+00:00","data":{"job_id":' || to_json(r.job_id)::text
+           || ',"job_name":' || to_json(r.job_name)::text || ',"queue":' || to_json(r.queue)::text
+           || ',"attempt":' || r.attempt::text
+           || coalesce(',"error":' || to_json(r.error)::text, '') || '}}',
+           'pending', 0, r.at, r.at
+    FROM (SELECT b.endpoint_id, u.*, (extract(epoch FROM u.at) * 1000000)::bigint AS us
+          FROM batch AS b CROSS JOIN LATERAL unnest(b.kinds, b.job_ids, b.job_names, b.queues,
+                                                    b.attempts, b.errors, b.ats)
+               AS u(event, job_id, job_name, queue, attempt, error, at)) AS r
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1)
+SELECT count(*) FROM written"""
+
+#: The endpoint, its deliveries and its rows of the event log, in one statement.
 DELETE_ENDPOINT = """
-WITH deliveries AS (DELETE FROM soniq_webhook_deliveries WHERE endpoint_id = $1::uuid)
+WITH deliveries AS (DELETE FROM soniq_webhook_deliveries WHERE endpoint_id = $1::uuid),
+log AS (DELETE FROM soniq_webhook_events WHERE endpoint_id = $1::uuid)
 DELETE FROM soniq_webhook_endpoints WHERE id = $1::uuid RETURNING id
 """
 
@@ -125,6 +178,14 @@ WHERE id = ANY (ARRAY(
 """
 #: Rows deleted per prune statement: short transactions, few row locks held at once.
 PRUNE_BATCH = 1000
+
+#: $1 before. Deletes the log rows recorded before $1 that their endpoint has not taken (its
+#: receiver accepted nothing for the whole retention); how many events they held.
+PRUNE_EVENTS = """
+WITH expired AS (DELETE FROM soniq_webhook_events WHERE created_at < $1::timestamptz
+                 RETURNING cardinality(kinds) AS events)
+SELECT coalesce(sum(events), 0)::bigint FROM expired
+"""
 
 SET_SECRETS = """
 UPDATE soniq_webhook_endpoints SET secrets = $2::jsonb
@@ -212,19 +273,22 @@ class PostgresWebhookStore:
                               expected) is not None
 
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
+        # Recorded in the log; the deliveries are written when a worker claims or a caller
+        # lists them (EXPAND).
         if not events:
             return 0
         with self._errors:
             pool = await self._ready()
             kinds, job_ids, names, queues, attempts, errors, ats = zip(*events, strict=True)
-            status = await call(pool.execute, INSERT_EVENTS, *map(json.dumps, (
+            recorded = await call(pool.fetchval, INSERT_EVENTS, *map(json.dumps, (
                 kinds, job_ids, names, queues, attempts, errors, [at.timestamp() for at in ats])))
-        return int(status.rsplit(" ", 1)[1])
+        return recorded or 0
 
     async def claim(self, now: datetime, *, lease_until: datetime,
                     limit: int) -> builtins.list[WebhookDelivery]:
         with self._errors:
             pool = await self._ready()
+            await call(pool.fetchval, EXPAND, WINDOW, TAKE)
             rows = await call(pool.fetch, CLAIM, lease_until, now, limit)
         return sorted((_delivery(row) for row in rows), key=lambda d: (d.next_attempt_at, d.id))
 
@@ -240,6 +304,7 @@ class PostgresWebhookStore:
                               limit: int) -> builtins.list[WebhookDelivery]:
         with self._errors:
             pool = await self._ready()
+            await call(pool.fetchval, EXPAND, WINDOW, TAKE)
             rows = await call(pool.fetch, LIST_DELIVERIES, endpoint_id, status, limit)
         return [_delivery(row) for row in rows]
 
@@ -250,7 +315,12 @@ class PostgresWebhookStore:
 
 
 async def _prune(pool: Any, before: datetime) -> int:
-    """Delete finished deliveries in batches, each its own short transaction."""
+    """Delete finished deliveries in batches, each its own short transaction, and the event log
+    rows no endpoint needs any more."""
+    expired = await pool.fetchval(PRUNE_EVENTS, before)
+    if expired:
+        logger.warning("%d webhook event(s) expired before an endpoint took them (its receiver "
+                       "accepted nothing for the whole retention)", expired)
     total = 0
     while True:
         status = await pool.execute(PRUNE_DELIVERIES, before, PRUNE_BATCH)
