@@ -106,10 +106,11 @@ def _bulk(system: str, v: dict[str, Any]) -> Measure:
     return lambda target, _p: enqueue.bulk(load_system(system), target, n=v["n"], chunk=v["chunk"])
 
 
-def _burn(loop: str) -> Callable[[str, dict[str, Any]], Measure]:
+def _burn(loop: str, *, from_claiming: bool = False) -> Callable[[str, dict[str, Any]], Measure]:
     def make(system: str, v: dict[str, Any]) -> Measure:
         return lambda target, profile: process.burn_down(
-            system, target, n=v["n"], concurrency=v["c"], loop=loop, profile_to=profile)
+            system, target, n=v["n"], concurrency=v["c"], loop=loop, profile_to=profile,
+            from_claiming=from_claiming)
     return make
 
 
@@ -166,5 +167,5 @@ def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
         # Plain Soniq and each feature in the same runs, interleaved (own scenario name, so
         # these plain-Soniq runs are the baseline of this group only).
         plan += _steps("features", ["soniq", *FEATURES], [{"n": s.features_n, "c": 100}], runs,
-                       _burn("asyncio"), profiled=True)
+                       _burn("asyncio", from_claiming=True), profiled=True)
     return plan

@@ -228,6 +228,10 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
             count = g.m(left[0])
             evidence = ("" if count is None else
                         "; " + left[1].format(count=count, events=2 * g.params["n"]))
+            startup, base_startup = g.m("startup_seconds"), plain.m("startup_seconds") if plain else None
+            if startup is not None and base_startup is not None:
+                evidence += (f"; worker start-up {startup:.2f} s (plain {base_startup:.2f} s), "
+                             "outside the rate")
             row(f"10 features, {label} ({_params(g.params)})", g, target,
                 f"{rate(g.m('jobs_per_s'))} = **{_pct(ratio)}** of plain Soniq "
                 f"({rate(base_rate)}){_cpu(g)}{evidence}",
@@ -240,7 +244,8 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
 #: webhooks row has a target (the issue's); logs and encryption report their cost.
 _FEATURE_ROWS = [
     ("soniq+webhooks", "webhooks on, receiver never answers", "≥ 90% of no webhooks",
-     ("webhook_deliveries", "{count:,.0f} delivery rows written for {events:,} job events")),
+     ("webhook_events",
+      "{count:,.0f} of {events:,} job events recorded (as delivery rows or in the event log)")),
     ("soniq+logs", "job logs on, 1 INFO line a job", "(cost, reported)",
      ("log_records", "{count:,.0f} log records stored")),
     ("soniq+encrypt", "encryption on, encrypt=True jobs", "(cost, reported)",

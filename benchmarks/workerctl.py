@@ -52,6 +52,7 @@ class WorkerProcess:
         self._stdout: BufferedByteReceiveStream | None = None
         self._spy: subprocess.Popen[bytes] | None = None
         self.pid = 0
+        self.claiming_at = 0.0
 
     async def __aenter__(self) -> WorkerProcess:
         self._process = await anyio.open_process(self._command, stdin=subprocess.PIPE,
@@ -85,7 +86,9 @@ class WorkerProcess:
             await self._start_profiler(self._profile_to)
         started = time.time()
         await self._send("go")
-        await self._expect("started", within=60)
+        message = await self._expect("started", within=60)
+        #: When the worker reported it was claiming (its services started), by its own clock.
+        self.claiming_at = float(message["at"])
         return started
 
     async def stop(self, *, within: float = 90) -> dict[str, Any]:
