@@ -55,7 +55,7 @@ FULL = Sizes(
     latency_samples=500, latency_gap=0.025, mixed_seconds=30.0, trio_ns=(20_000, 100_000),
     sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
     memory_n=100_000, memory_rounds=5,
-    peer_process_n=20_000, features_n=20_000,
+    peer_process_n=20_000, features_n=100_000,
 )
 QUICK = Sizes(
     runs=1, enqueue_n=1_000, bulk_n=20_000, bulk_chunks=(1_000,),

@@ -240,12 +240,13 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+_WEBHOOK_EVENTS = ("{count:,.0f} job events recorded for {events:,} (delivery rows + event log; "
+                   "a heartbeat records a running job's job.started again, delivered once)")
 #: The ``features`` rows: system, label, target, (count metric, how to show it). Only the
 #: webhooks row has a target (the issue's); logs and encryption report their cost.
 _FEATURE_ROWS = [
     ("soniq+webhooks", "webhooks on, receiver never answers", "≥ 90% of no webhooks",
-     ("webhook_events",
-      "{count:,.0f} of {events:,} job events recorded (as delivery rows or in the event log)")),
+     ("webhook_events", _WEBHOOK_EVENTS)),
     ("soniq+logs", "job logs on, 1 INFO line a job", "(cost, reported)",
      ("log_records", "{count:,.0f} log records stored")),
     ("soniq+encrypt", "encryption on, encrypt=True jobs", "(cost, reported)",
