@@ -93,8 +93,9 @@ EXPECTED_COLUMNS = {
     ],
     "soniq_webhook_events": [
         ("id", "bigint", True), ("endpoint_id", "uuid", True), ("created_at", TIMESTAMPTZ, True),
-        ("kinds", "text[]", True), ("job_ids", "text[]", True), ("job_names", "text[]", True),
-        ("queues", "text[]", True), ("attempts", "integer[]", True), ("errors", "text[]", True),
+        ("job_ids", "uuid[]", True), ("job_names", "text[]", True), ("queues", "text[]", True),
+        ("attempts", "integer[]", True), ("started_ats", "timestamp with time zone[]", True),
+        ("kinds", "text[]", True), ("errors", "text[]", True),
         ("ats", "timestamp with time zone[]", True),
     ],
     "soniq_job_logs": [

@@ -426,7 +426,7 @@ async def test_postgres_drops_log_rows_no_receiver_took_within_the_retention(
 
     async def log_rows() -> dict[str, int]:
         rows = await on_connection(database_url, lambda conn: conn.fetch(
-            "SELECT endpoint_id::text AS e, sum(cardinality(kinds))::int AS n "
+            "SELECT endpoint_id::text AS e, sum(cardinality(job_ids))::int AS n "
             "FROM soniq_webhook_events GROUP BY endpoint_id"))
         return {row["e"]: row["n"] for row in rows}
 

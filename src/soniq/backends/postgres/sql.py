@@ -231,16 +231,13 @@ COMPLETE_JOBS = _COMPLETE.format(returning="j.id")
 #: a retry (a QUEUED outcome with an error); a snooze or a job handed back has none. Only
 #: outcomes whose lease held count, and the rows commit with the jobs' new state.
 _FINISH_EVENTS = """
-    SELECT 'job.started' AS event, id::text AS job_id, job_name, queue,
-           attempts + refund_attempt::integer AS attempt, NULL::text AS error, started_at AS at
-    FROM finished
-    UNION ALL
-    SELECT CASE outcome WHEN 'done' THEN 'job.done' WHEN 'dead_letter' THEN 'job.dead_letter'
+    SELECT id AS job_id, job_name, queue, attempts + refund_attempt::integer AS attempt,
+           started_at,
+           CASE outcome WHEN 'done' THEN 'job.done' WHEN 'dead_letter' THEN 'job.dead_letter'
                         WHEN 'cancelled' THEN 'job.cancelled'
                         WHEN 'queued' THEN CASE WHEN error IS NOT NULL THEN 'job.failed' END
-           END,
-           id::text, job_name, queue, attempts,
-           (error::jsonb ->> 'type') || ': ' || (error::jsonb ->> 'message'), now
+           END AS event,
+           (error::jsonb ->> 'type') || ': ' || (error::jsonb ->> 'message') AS error, now AS at
     FROM finished"""
 COMPLETE_JOBS_HOOKED = (
     "WITH finished AS ("
@@ -295,9 +292,9 @@ CANCEL_JOB = (
     # A waiting job's job.cancelled delivery, whichever process cancels it (nothing without
     # webhook endpoints); a running job's comes with its outcome.
     "hooks AS (" + record_events(
-        "SELECT 'job.cancelled' AS event, id::text AS job_id, job_name, queue, "
-        "attempts AS attempt, NULL::text AS error, finished_at AS at "
-        "FROM changed WHERE status = 'cancelled'") + ")\n"
+        "SELECT id AS job_id, job_name, queue, attempts AS attempt, "
+        "NULL::timestamptz AS started_at, 'job.cancelled' AS event, NULL::text AS error, "
+        "finished_at AS at FROM changed WHERE status = 'cancelled'") + ")\n"
     "SELECT id,\n"
     f"       CASE WHEN status = 'processing' THEN pg_notify('{CANCEL_CHANNEL}', id::text) END"
     " AS woken\nFROM changed"
@@ -339,7 +336,7 @@ ORDER BY id
 #: are on): a job that runs longer than a heartbeat gets its event then instead of with its
 #: outcome. Every beat tries every running job; the ones already written are no-ops.
 HEARTBEAT_HOOKED = HEARTBEAT.replace("\n)\n", "\n),\nhooks AS (" + record_events("""
-    SELECT 'job.started' AS event, id::text AS job_id, job_name, queue, attempts AS attempt,
+    SELECT id AS job_id, job_name, queue, attempts AS attempt, started_at, NULL::text AS event,
            NULL::text AS error, started_at AS at
     FROM soniq_jobs WHERE worker_id = $1::uuid AND status = 'processing'""") + ")\n", 1)
 
@@ -401,9 +398,9 @@ RETURNING j.id, j.job_name, j.queue, j.attempts, j.status, o.error
 #: reports for those outcomes.
 RESCUE_JOBS = (
     "WITH rescued AS (" + _RESCUE + "),\nhooks AS (" + record_events("""
-    SELECT CASE status WHEN 'queued' THEN 'job.failed' WHEN 'dead_letter' THEN 'job.dead_letter'
+    SELECT id AS job_id, job_name, queue, attempts AS attempt, NULL::timestamptz AS started_at,
+           CASE status WHEN 'queued' THEN 'job.failed' WHEN 'dead_letter' THEN 'job.dead_letter'
                        WHEN 'cancelled' THEN 'job.cancelled' END AS event,
-           id::text AS job_id, job_name, queue, attempts AS attempt,
            CASE WHEN status <> 'cancelled'
                 THEN (error::jsonb ->> 'type') || ': ' || (error::jsonb ->> 'message') END AS error,
            $4::timestamptz AS at

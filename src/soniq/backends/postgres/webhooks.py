@@ -57,29 +57,38 @@ _EVERY_EVENT = ("ARRAY['job.enqueued', 'job.started', 'job.done', 'job.failed', 
                 "'job.dead_letter', 'job.cancelled']")
 
 _RECORD = f"""
-INSERT INTO soniq_webhook_events (endpoint_id, kinds, job_ids, job_names, queues, attempts,
-                                  errors, ats)
-SELECT e.id, array_agg(r.event), array_agg(r.job_id), array_agg(r.job_name), array_agg(r.queue),
-       array_agg(r.attempt), array_agg(r.error), array_agg(r.at)
-FROM (SOURCE) AS r
+INSERT INTO soniq_webhook_events (endpoint_id, job_ids, job_names, queues, attempts, started_ats,
+                                  kinds, errors, ats)
+SELECT e.id, r.job_ids, r.job_names, r.queues, r.attempts, r.started_ats, r.kinds, r.errors, r.ats
+FROM (SELECT array_agg(s.job_id) AS job_ids, array_agg(s.job_name) AS job_names,
+             array_agg(s.queue) AS queues, array_agg(s.attempt) AS attempts,
+             array_agg(s.started_at) AS started_ats, array_agg(s.event) AS kinds,
+             array_agg(s.error) AS errors, array_agg(s.at) AS ats,
+             bool_or(s.started_at IS NOT NULL) AS started
+      FROM (SOURCE) AS s
+      WHERE s.event IS NOT NULL OR s.started_at IS NOT NULL
+      HAVING count(*) > 0) AS r
 JOIN soniq_webhook_endpoints AS e
-  ON r.event IS NOT NULL AND e.active AND r.event = ANY (coalesce(e.events, {_EVERY_EVENT}))
-GROUP BY e.id"""
+  ON e.active AND (e.events IS NULL OR e.events && r.kinds
+                   OR (r.started AND 'job.started' = ANY (e.events)))"""
 
 
 def record_events(source: str) -> str:
-    """An INSERT adding the rows of ``source`` to the event log: one row per active endpoint
-    subscribed to any of them, holding those it subscribes to. ``source`` is a query with the
-    columns of :class:`WebhookEvent` (``event`` NULL: no event). Deliveries are written from the
-    log later (:data:`EXPAND`)."""
+    """An INSERT adding the rows of ``source`` to the event log, as one row of arrays per active
+    endpoint subscribed to any of their events (each endpoint's events are picked out when the
+    log becomes deliveries: :data:`EXPAND`). ``source`` is a query with one row per job attempt:
+    ``job_id`` (uuid), ``job_name``, ``queue``, ``attempt``, ``started_at`` (``job.started`` at
+    that time; NULL: none), ``event`` (another event at ``at``; NULL: none), ``error``, ``at``.
+    A finish records both events of an attempt in one element."""
     return _RECORD.replace("SOURCE", source)
 
 
-#: $1..$7 are the columns of :class:`WebhookEvent` as JSON arrays (``at`` as unix seconds):
-#: encoding seven typed arrays cost a busy worker more than its jobs did (JSON is encoded in C).
-#: Returns how many deliveries the recorded events will become.
-INSERT_EVENTS = "WITH recorded AS (" + record_events("""
-    SELECT event, job_id, job_name, queue, attempt::integer, error, to_timestamp(at::float8) AS at
+#: Subscribed endpoints' deliveries per :class:`WebhookEvent`, $1..$7 its columns as JSON
+#: arrays (``at`` as unix seconds): encoding seven typed arrays cost a busy worker more than its
+#: jobs did (JSON is encoded in C).
+_EVENTS_JSON = """
+    SELECT event, job_id, job_name, queue, attempt::integer AS attempt, error,
+           to_timestamp(at::float8) AS at
     FROM unnest(ARRAY(SELECT json_array_elements_text($1::json)),
                 ARRAY(SELECT json_array_elements_text($2::json)),
                 ARRAY(SELECT json_array_elements_text($3::json)),
@@ -87,13 +96,22 @@ INSERT_EVENTS = "WITH recorded AS (" + record_events("""
                 ARRAY(SELECT json_array_elements_text($5::json)),
                 ARRAY(SELECT json_array_elements_text($6::json)),
                 ARRAY(SELECT json_array_elements_text($7::json)))
-         AS u(event, job_id, job_name, queue, attempt, error, at)""") + """
-    RETURNING cardinality(kinds) AS events)
-SELECT coalesce(sum(events), 0)::bigint FROM recorded"""
+         AS u(event, job_id, job_name, queue, attempt, error, at)"""
+
+#: Records the events of :meth:`PostgresWebhookStore.add_events` and returns how many
+#: deliveries they become.
+INSERT_EVENTS = ("WITH given AS MATERIALIZED (" + _EVENTS_JSON + """),
+recorded AS (""" + record_events("""
+    SELECT job_id::uuid AS job_id, job_name, queue, attempt,
+           CASE WHEN event = 'job.started' THEN at END AS started_at,
+           NULLIF(event, 'job.started') AS event, error, at
+    FROM given""") + """)
+SELECT count(*) FROM given AS g
+JOIN soniq_webhook_endpoints AS e ON e.active AND (e.events IS NULL OR g.event = ANY (e.events))""")
 
 #: Pending deliveries an endpoint may have before the log stops being turned into more for it.
 WINDOW = 1000
-#: Log rows taken per endpoint per statement (a finish records up to two events per job).
+#: Log rows taken per endpoint per statement (a finish records two events per job).
 TAKE = 20
 
 #: $1 window, $2 log rows per endpoint. For each endpoint with room in its window, its oldest
@@ -117,7 +135,8 @@ WITH batch AS (
         WHERE (SELECT count(*) FROM (SELECT FROM soniq_webhook_deliveries AS d
                                      WHERE d.endpoint_id = e.id AND d.status = 'pending'
                                      LIMIT $1::integer) AS p) < $1::integer))
-    RETURNING endpoint_id, kinds, job_ids, job_names, queues, attempts, errors, ats),
+    RETURNING endpoint_id, job_ids, job_names, queues, attempts, started_ats, kinds, errors,
+              ats),
 written AS (
     INSERT INTO soniq_webhook_deliveries (id, endpoint_id, event, payload, status, attempts,
                                           next_attempt_at, created_at)
@@ -132,10 +151,17 @@ written AS (
            || ',"attempt":' || r.attempt::text
            || coalesce(',"error":' || to_json(r.error)::text, '') || '}}',
            'pending', 0, r.at, r.at
-    FROM (SELECT b.endpoint_id, u.*, (extract(epoch FROM u.at) * 1000000)::bigint AS us
-          FROM batch AS b CROSS JOIN LATERAL unnest(b.kinds, b.job_ids, b.job_names, b.queues,
-                                                    b.attempts, b.errors, b.ats)
-               AS u(event, job_id, job_name, queue, attempt, error, at)) AS r
+    FROM (SELECT b.endpoint_id, u.job_id::text AS job_id, u.job_name, u.queue, u.attempt,
+                 x.event, x.error, x.at, (extract(epoch FROM x.at) * 1000000)::bigint AS us
+          FROM batch AS b
+          JOIN soniq_webhook_endpoints AS e ON e.id = b.endpoint_id
+          CROSS JOIN LATERAL unnest(b.job_ids, b.job_names, b.queues, b.attempts, b.started_ats,
+                                    b.kinds, b.errors, b.ats)
+               AS u(job_id, job_name, queue, attempt, started_at, kind, error, at)
+          CROSS JOIN LATERAL (VALUES ('job.started', NULL::text, u.started_at),
+                                     (u.kind, u.error, u.at)) AS x(event, error, at)
+          WHERE x.event IS NOT NULL AND x.at IS NOT NULL
+            AND (e.events IS NULL OR x.event = ANY (e.events))) AS r
     ON CONFLICT (id) DO NOTHING
     RETURNING 1)
 SELECT count(*) FROM written"""
@@ -183,7 +209,8 @@ PRUNE_BATCH = 1000
 #: receiver accepted nothing for the whole retention); how many events they held.
 PRUNE_EVENTS = """
 WITH expired AS (DELETE FROM soniq_webhook_events WHERE created_at < $1::timestamptz
-                 RETURNING cardinality(kinds) AS events)
+                 RETURNING cardinality(array_remove(kinds, NULL))
+                      + cardinality(array_remove(started_ats, NULL)) AS events)
 SELECT coalesce(sum(events), 0)::bigint FROM expired
 """
 
