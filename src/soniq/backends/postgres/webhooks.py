@@ -53,10 +53,7 @@ VALUES ($1::uuid, $2::text, $3::text[], $4::jsonb, $5::boolean, $6::boolean, $7:
 LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead_letter",
                               "job.cancelled"})
 
-_EVERY_EVENT = ("ARRAY['job.enqueued', 'job.started', 'job.done', 'job.failed', "
-                "'job.dead_letter', 'job.cancelled']")
-
-_RECORD = f"""
+_RECORD = """
 INSERT INTO soniq_webhook_events (endpoint_id, job_ids, job_names, queues, attempts, started_ats,
                                   kinds, errors, ats)
 SELECT e.id, r.job_ids, r.job_names, r.queues, r.attempts, r.started_ats, r.kinds, r.errors, r.ats
