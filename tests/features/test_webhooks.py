@@ -106,6 +106,13 @@ def service_for(app: Soniq, *, resolver: Resolver | None = None,
                           ssl_context=ssl_context)
 
 
+async def loaded_service(app: Soniq) -> WebhookService:
+    """:func:`service_for` with the endpoints already loaded (so it records events at once)."""
+    service = service_for(app)
+    await service.reload()
+    return service
+
+
 async def drain(service: WebhookService, *, until: int = 0, rounds: int = 200) -> None:
     """Tick until nothing is pending (or ``until`` deliveries were seen)."""
     for _ in range(rounds):
@@ -278,8 +285,7 @@ async def test_redirects_are_not_followed(app: Soniq, receiver: Receiver) -> Non
 # -- delivery -------------------------------------------------------------------------------------
 async def test_a_jobs_lifecycle_is_delivered_signed(app: Soniq, receiver: Receiver) -> None:
     created = await app.webhooks.register(receiver.url, allow_private=True)
-    service = service_for(app)
-    await service.reload()
+    service = await loaded_service(app)
 
     @app.job(name="ok")
     async def ok() -> int:
@@ -481,8 +487,7 @@ async def test_a_delivery_whose_endpoint_vanished_is_finished_as_failed(
     if backend_name != "postgres":
         pytest.skip("the other backends write the fan-out and the unregister under one lock")
     created = await app.webhooks.register(receiver.url, allow_private=True)
-    service = service_for(app)
-    await service.reload()
+    service = await loaded_service(app)
     store = app.backend.webhooks  # type: ignore[attr-defined]
     orphan = WebhookEvent("job.done", str(uuid.uuid4()), "ok", "default", 1, None, utc_now())
     assert await store.add_events([orphan]) == 1
@@ -500,8 +505,7 @@ async def test_cancelling_a_waiting_job_is_delivered(app: Soniq, receiver: Recei
     """``cancel_job`` ends a waiting job itself, with no worker involved: its job.cancelled is
     delivered too (on PostgreSQL the cancel statement writes it, from any process)."""
     await app.webhooks.register(receiver.url, allow_private=True, events=["job.cancelled"])
-    service = service_for(app)
-    await service.reload()
+    service = await loaded_service(app)
 
     @app.job(name="ok")
     async def ok() -> None:
@@ -526,8 +530,7 @@ async def test_jobs_rescued_from_a_silent_worker_are_delivered(
     statement writes them)."""
     await app.webhooks.register(receiver.url, allow_private=True,
                                 events=["job.failed", "job.dead_letter"])
-    service = service_for(app)
-    await service.reload()
+    service = await loaded_service(app)
 
     @app.job(name="poison", retries=1)
     async def poison() -> None: ...
@@ -550,8 +553,7 @@ async def test_jobs_rescued_from_a_silent_worker_are_delivered(
 
 async def test_event_filter(app: Soniq, receiver: Receiver) -> None:
     await app.webhooks.register(receiver.url, allow_private=True, events=["job.done"])
-    service = service_for(app)
-    await service.reload()
+    service = await loaded_service(app)
 
     @app.job(name="ok")
     async def ok() -> None:
@@ -569,8 +571,7 @@ async def test_rotated_secrets_both_verify(app: Soniq, receiver: Receiver) -> No
     new = await app.webhooks.rotate_secret(created["id"])
     assert new is not None and new != created["secret"]
     assert await app.webhooks.rotate_secret("00000000-0000-7000-8000-000000000000") is None
-    service = service_for(app)
-    await service.reload()
+    service = await loaded_service(app)
 
     @app.job(name="ok")
     async def ok() -> None:

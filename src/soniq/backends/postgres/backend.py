@@ -287,7 +287,7 @@ class PostgresBackend:
         return rows
 
     def _hooked(self) -> bool:
-        """Whether finishes and heartbeats write webhook deliveries (webhooks.record_lifecycle)."""
+        """Whether finishes and heartbeats record webhook events (webhooks.record_lifecycle)."""
         return self._webhooks is not None and self._webhooks.lifecycle
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],

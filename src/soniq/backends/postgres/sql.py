@@ -225,11 +225,12 @@ RETURNING {{returning}}
 """
 COMPLETE_JOBS = _COMPLETE.format(returning="j.id")
 
-#: COMPLETE_JOBS writing the attempt's webhook deliveries (while webhooks are on:
-#: postgres/webhooks.py): ``job.started`` (a no-op when the heartbeat already wrote it), then
-#: the event the executor reports for the outcome -- done, dead_letter, cancelled, or failed for
-#: a retry (a QUEUED outcome with an error); a snooze or a job handed back has none. Only
-#: outcomes whose lease held count, and the rows commit with the jobs' new state.
+#: COMPLETE_JOBS recording the attempt's webhook events in the event log (while webhooks are on:
+#: postgres/webhooks.py), one element per attempt: ``job.started`` (delivered once even when the
+#: heartbeat recorded it too) and the event the executor reports for the outcome -- done,
+#: dead_letter, cancelled, or failed for a retry (a QUEUED outcome with an error); a snooze or a
+#: job handed back has none. Only outcomes whose lease held count, and the log row commits with
+#: the jobs' new state.
 _FINISH_EVENTS = """
     SELECT id AS job_id, job_name, queue, attempts + refund_attempt::integer AS attempt,
            started_at,
@@ -289,7 +290,7 @@ CANCEL_JOB = (
     "    WHERE id = $1::uuid AND status IN ('queued', 'processing')\n"
     "    RETURNING id, status, job_name, queue, attempts, finished_at\n"
     "),\n"
-    # A waiting job's job.cancelled delivery, whichever process cancels it (nothing without
+    # A waiting job's job.cancelled event, whichever process cancels it (nothing without
     # webhook endpoints); a running job's comes with its outcome.
     "hooks AS (" + record_events(
         "SELECT id AS job_id, job_name, queue, attempts AS attempt, "
@@ -332,9 +333,9 @@ WHERE worker_id = $1::uuid AND status = 'processing' AND cancel_requested
 ORDER BY id
 """
 
-#: HEARTBEAT writing ``job.started`` deliveries for the worker's running jobs (while webhooks
-#: are on): a job that runs longer than a heartbeat gets its event then instead of with its
-#: outcome. Every beat tries every running job; the ones already written are no-ops.
+#: HEARTBEAT recording ``job.started`` for the worker's running jobs (while webhooks are on): a
+#: job that runs longer than a heartbeat gets its event then instead of with its outcome. Every
+#: beat records every running job; each event is delivered once (the delivery id is its digest).
 HEARTBEAT_HOOKED = HEARTBEAT.replace("\n)\n", "\n),\nhooks AS (" + record_events("""
     SELECT id AS job_id, job_name, queue, attempts AS attempt, started_at, NULL::text AS event,
            NULL::text AS error, started_at AS at
@@ -393,7 +394,7 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS o (id, lease_id, error)
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_id = o.lease_id
 RETURNING j.id, j.job_name, j.queue, j.attempts, j.status, o.error
 """
-#: The rescue also writes the webhook deliveries of what it decided (nothing without
+#: The rescue also records the webhook events of what it decided (nothing without
 #: endpoints): failed for a job queued again, dead_letter, or cancelled -- the events a worker
 #: reports for those outcomes.
 RESCUE_JOBS = (
