@@ -53,6 +53,7 @@ class Fetcher:
         self._stopping = False
         self._waiting: deque[ClaimedJob] = deque()  # claimed ahead, waiting for a slot
         self._executing = 0
+        self._parked: list[_Parked] = []  # runners with no job, newest last
         self._start: Callable[..., object] | None = None
         self._pace = Pace()
         executor.on_slot_freed = self.wake
@@ -71,6 +72,9 @@ class Fetcher:
         self._stopping = True
         while self._waiting:
             self._executor.give_back(self._waiting.popleft())
+        for parked in self._parked:
+            parked.handed.set()
+        self._parked.clear()
         self._wake.set()
 
     @property
@@ -151,14 +155,20 @@ class Fetcher:
         return claimed
 
     def _start_waiting(self) -> None:
+        """Hand waiting jobs to free slots: to a parked runner, else to a new one."""
         assert self._start is not None
         while self._waiting and self.free_slots > 0:
             self._executing += 1
-            self._start(self._run_job, self._waiting.popleft())
+            job = self._waiting.popleft()
+            if self._parked:
+                self._parked.pop().hand(job)
+            else:
+                self._start(self._runner, job)
 
-    async def _run_job(self, job: ClaimedJob) -> None:
-        """Run ``job``, then the next waiting ones while a slot is free: a task keeps its slot
-        while there is work instead of a new task per job (a task costs more than a job)."""
+    async def _runner(self, job: ClaimedJob) -> None:
+        """Run ``job``, then the next waiting ones; with none waiting, park until a claim hands
+        it one. Runners live as long as there is work (a task costs more than a job), at most
+        one per free slot."""
         while True:
             try:
                 await self._executor.run(job)
@@ -167,16 +177,44 @@ class Fetcher:
                 self._pace.finished += 1
                 self._wake.set()
                 self._idle.set()
-            if self._stopping or not self._waiting or self.free_slots <= 0:
-                break
-            self._executing += 1
-            job = self._waiting.popleft()
-        if not self._stopping:
-            self._start_waiting()  # a stuck thread may have given its slot back meanwhile
+            if self._stopping or self.free_slots <= 0:  # a stuck thread keeps this slot
+                return
+            if self._waiting:
+                self._executing += 1
+                job = self._waiting.popleft()
+                continue
+            parked = _Parked()
+            self._parked.append(parked)
+            try:
+                await parked.handed.wait()
+            except BaseException:  # cancelled while parked
+                if parked.job is not None:
+                    self._executing -= 1
+                    self._executor.give_back(parked.job)
+                elif parked in self._parked:
+                    self._parked.remove(parked)
+                raise
+            if parked.job is None:  # stopped
+                return
+            job = parked.job
 
     async def _wait(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
             await self._wake.wait()
+
+
+class _Parked:
+    """A runner waiting for its next job."""
+
+    __slots__ = ("handed", "job")
+
+    def __init__(self) -> None:
+        self.handed = anyio.Event()
+        self.job: ClaimedJob | None = None
+
+    def hand(self, job: ClaimedJob) -> None:
+        self.job = job
+        self.handed.set()
 
 
 class Pace:
