@@ -32,9 +32,9 @@ from soniq.features.tracing import Tracing
 from soniq.features.webhooks import Webhooks, WebhookService
 from soniq.ids import is_uuid
 from soniq.registry import (
+    JobBuilder,
     JobRegistry,
     TaskRef,
-    build_jobs,
     job_kwargs,
     validate_list_filters,
     validate_name,
@@ -176,9 +176,7 @@ class Soniq:
     def _schedule_job(self, target: Any, args: Mapping[str, Any], queue: str | None,
                       priority: int | None) -> NewJob:
         """The job a schedule enqueues, validated like ``enqueue`` (never deduplicated)."""
-        [job] = self._new_jobs(target, [args], queue=queue, priority=priority, scheduled_at=None,
-                               unique=False, dedup_key=None)
-        return job
+        return self._new_job(target, args, queue=queue, priority=priority, unique=False)
 
     @property
     def signing(self) -> Signing:
@@ -445,8 +443,8 @@ class Soniq:
         or a ``dedup_key`` returns the id of an identical job still waiting instead of adding one.
         ``connection=`` (PostgreSQL) inserts inside that connection's transaction.
         """
-        [job] = self._new_jobs(target, [job_kwargs(args, kwargs)], queue=queue, priority=priority,
-                               scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+        job = self._new_job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
+                            scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
         self._check_connection(connection)
         await self.ensure_initialized()
         with self._send_span([job]):
@@ -467,7 +465,7 @@ class Soniq:
         if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
             raise JobArgumentsError("args_list must be a list of dicts, one per job")
         stream = self._new_jobs(target, args_list, queue=queue, priority=priority,
-                                scheduled_at=scheduled_at, unique=None, dedup_key=None, many=True)
+                                scheduled_at=scheduled_at)
         if not stream:
             return []
         # Streamed only where a failure cannot hurt: never into the caller's transaction.
@@ -502,18 +500,36 @@ class Soniq:
                 f"{self._backend.name} backend cannot do; use PostgreSQL"
             )
 
-    def _new_jobs(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
-                  queue: str | None, priority: int | None, scheduled_at: When | None,
-                  unique: bool | None, dedup_key: str | None, many: bool = False) -> JobStream:
-        """Validate what the jobs share and return their rows, each element validated as its row
-        is read (``list()`` the stream to check them all); nothing is written here. ``many``
-        names the failing ``args_list`` element."""
+    def _job_builder(self, target: Target, *, queue: str | None, priority: int | None,
+                     scheduled_at: When | None, unique: bool | None, dedup_key: str | None,
+                     many: bool) -> JobBuilder:
+        """Validate what the jobs of one call share; nothing is written here."""
         if self._closed:
             raise AppClosedError("this Soniq instance is closed; create a new one")
-        return build_jobs(self._registry, self._settings, target, args_list, queue=queue,
-                          priority=priority, scheduled_at=scheduled_at, unique=unique,
-                          dedup_key=dedup_key, many=many, encode=self.codec.encode_args,
-                          keyed_digest=lambda key: self._signing_service().digest(key))
+        return JobBuilder(self._registry, self._settings, target, queue=queue, priority=priority,
+                          scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
+                          many=many, encode=self.codec.encode_args,
+                          keyed_digest=self._keyed_digest)
+
+    def _keyed_digest(self, key: str) -> str:
+        return self._signing_service().digest(key)
+
+    def _new_job(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
+                 priority: int | None = None, scheduled_at: When | None = None,
+                 unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
+        """One validated row, as ``enqueue`` writes it."""
+        return self._job_builder(target, queue=queue, priority=priority,
+                                 scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
+                                 many=False).one(args)
+
+    def _new_jobs(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
+                  queue: str | None, priority: int | None,
+                  scheduled_at: When | None) -> JobStream:
+        """The rows of ``enqueue_many``, each element validated as its row is read (``list()`` the
+        stream to check them all)."""
+        return self._job_builder(target, queue=queue, priority=priority,
+                                 scheduled_at=scheduled_at, unique=None, dedup_key=None,
+                                 many=True).stream(args_list)
 
     # -- management ---------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:

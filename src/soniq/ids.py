@@ -15,6 +15,27 @@ _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_entropy = b""  # the OS's randomness, read 4 KiB at a time (a read costs more than an id)
+_used = 0
+
+
+def _forget_entropy() -> None:
+    """A forked child must not hand out the ids its parent's leftover randomness would make."""
+    global _entropy, _used
+    _entropy, _used = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_entropy)
+
+
+def _random_bytes(count: int) -> bytes:
+    """``count`` bytes of the OS's randomness (call with ``_lock`` held)."""
+    global _entropy, _used
+    if _used + count > len(_entropy):
+        _entropy, _used = os.urandom(max(4096, count)), 0
+    chunk = _entropy[_used:_used + count]
+    _used += count
+    return chunk
 
 
 def new_id() -> str:
@@ -23,16 +44,17 @@ def new_id() -> str:
 
 
 def new_ids(count: int) -> list[str]:
-    """``count`` new UUIDv7 strings, each greater than the one before (one lock, one read of the
-    clock and of the OS's randomness for the lot: bulk enqueue makes thousands at once)."""
+    """``count`` new UUIDv7 strings, each greater than the one before (one lock and one read of
+    the clock for the lot: bulk enqueue makes thousands at once)."""
     global _last_ms, _counter
-    stamps = []
+    ids = []
     with _lock:
         ms = time.time_ns() // 1_000_000
-        for _ in range(count):
+        entropy = _random_bytes(8 * count)
+        for start in range(0, 8 * count, 8):
             if ms > _last_ms:
                 _last_ms = ms
-                _counter = int.from_bytes(os.urandom(2), "big") & 0x7FF
+                _counter = int.from_bytes(_random_bytes(2)) & 0x7FF
             else:
                 # Same millisecond (or the clock stepped back): keep order with a 12-bit counter,
                 # borrowing the next millisecond when it overflows.
@@ -40,13 +62,11 @@ def new_ids(count: int) -> list[str]:
                 if _counter > 0xFFF:
                     _last_ms += 1
                     _counter = 0
-            stamps.append((_last_ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62))
-    entropy = os.urandom(8 * count)
-    ids = []
-    for index, stamp in enumerate(stamps):
-        rand = int.from_bytes(entropy[8 * index:8 * index + 8], "big") & 0x3FFFFFFFFFFFFFFF
-        h = f"{stamp | rand:032x}"
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")  # str(UUID), no object
+            # 48 bits of milliseconds, version 7, the counter, variant 0b10, 62 random bits.
+            value = ((_last_ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62)
+                     | (int.from_bytes(entropy[start:start + 8]) & 0x3FFFFFFFFFFFFFFF))
+            h = value.to_bytes(16).hex()
+            ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")  # str(UUID), no object
     return ids
 
 

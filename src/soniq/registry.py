@@ -25,7 +25,7 @@ from soniq.errors import (
     ValidationError,
     did_you_mean,
 )
-from soniq.ids import new_ids
+from soniq.ids import new_id, new_ids
 from soniq.serialization import dumps, has_unstorable_chars, to_utc, unique_key
 from soniq.types import JobContext, JobStatus, JobStream, NewJob
 
@@ -37,7 +37,7 @@ if typing.TYPE_CHECKING:
 
 __all__ = [
     "RESERVED_ENQUEUE_OPTIONS",
-    "build_jobs",
+    "JobBuilder",
     "JobRegistry",
     "JobSpec",
     "Parameters",
@@ -318,8 +318,8 @@ class JobRegistry:
             queue = target.default_queue or (spec.queue if spec else "default")
             return spec, target.name, queue, target.args_model or (spec.args_model if spec else None)
         if isinstance(target, str):
-            name = validate_name(target, "job name")
-            spec = self.get(name)
+            spec = self._by_name.get(target)  # a registered name was checked when registered
+            name = target if spec is not None else validate_name(target, "job name")
             if spec is None and strict:
                 raise UnknownJobError(
                     f"no job named {name!r} is registered on this app"
@@ -370,60 +370,89 @@ def job_kwargs(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Mappin
     return args
 
 
-def build_jobs(registry: JobRegistry, settings: SoniqSettings, target: Callable[..., Any] | str | TaskRef,
-               args_list: Sequence[Mapping[str, Any]], *, queue: str | None, priority: int | None,
-               scheduled_at: datetime | timedelta | float | None, unique: bool | None,
-               dedup_key: str | None, many: bool, encode: Callable[[str, str], str],
-               keyed_digest: Callable[[str], str]) -> JobStream:
-    """Validate everything about an enqueue call and build its rows; nothing is written here.
-    What all rows share is checked now, each element as its row is read (a :class:`JobStream`:
-    ``list()`` it to check them all); ``many`` names the failing ``args_list`` element.
-    ``encode`` is the app's payload codec; ``keyed_digest`` hashes the dedup key of an encrypted
-    job (the plain one would be guessable)."""
-    spec, name, default_queue, model = registry.resolve(
-        target, strict=settings.enqueue_validation == "strict")
-    if priority is None:
-        priority = spec.priority if spec and spec.priority is not None else settings.priority
-    elif not isinstance(priority, int) or isinstance(priority, bool) or not -32_768 <= priority <= 32_767:
-        raise ValidationError(f"priority must be an integer from -32768 to 32767, got {priority!r}")
-    retries = spec.max_retries if spec and spec.max_retries is not None else settings.max_retries
-    if unique is None:
-        unique = spec.unique if spec else False
-    if many and unique:
-        raise ValidationError(
-            f"job {name!r} is unique; enqueue_many does not deduplicate, "
-            "so enqueue unique jobs one at a time with enqueue()"
-        )
-    if dedup_key is not None and (not isinstance(dedup_key, str) or not 0 < len(dedup_key) <= 512):
-        raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
-    if dedup_key is not None and has_unstorable_chars(dedup_key):
-        raise ValidationError(
-            f"dedup_key {dedup_key!r} contains a NUL character or a lone surrogate, which the "
-            "database cannot store; use printable text (e.g. a hash of the raw key)")
-    queue = validate_name(queue, "queue name") if queue is not None else default_queue
-    run_at = to_utc(scheduled_at)
-    by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))
+class JobBuilder:
+    """What the jobs of one enqueue call share, validated when it is made; calling it validates
+    and encodes one job's arguments into a row (nothing is written here). ``many`` names the
+    failing ``args_list`` element in errors. ``encode`` is the app's payload codec;
+    ``keyed_digest`` hashes the dedup key of an encrypted job (the plain one would be
+    guessable)."""
 
-    def rows() -> Iterator[NewJob]:
-        for index, (job_id, job_args) in enumerate(zip(new_ids(len(args_list)), args_list,
-                                                       strict=True)):
-            if many and type(job_args) is not dict and not isinstance(job_args, Mapping):
-                raise JobArgumentsError(
-                    f"args_list[{index}] must be a dict, not {type(job_args).__name__}")
-            try:
-                args_json = (spec.encode_args(job_args) if by_spec and spec is not None
-                             else encode_args(name, job_args, model=model))
-            except ValidationError as exc:
-                if many:
-                    raise type(exc)(f"args_list[{index}]: {exc.message}") from None
-                raise
-            key = dedup_key
-            if key is None and unique:
-                key = unique_key(name, args_json)
-                if spec is not None and spec.encrypt:
-                    key = f"unique:{name}:{keyed_digest(key)}"
-            yield NewJob(id=job_id, job_name=name, queue=queue, priority=priority,
-                         args=encode(name, args_json), max_attempts=retries + 1,
-                         scheduled_at=run_at, dedup_key=key)
+    __slots__ = ("_by_spec", "_dedup_key", "_encode", "_keyed_digest", "_many", "_model",
+                 "_retries", "_spec", "_unique", "name", "priority", "queue", "scheduled_at")
 
-    return JobStream(len(args_list), rows(), queue=queue, scheduled_at=run_at)
+    def __init__(self, registry: JobRegistry, settings: SoniqSettings,
+                 target: Callable[..., Any] | str | TaskRef, *, queue: str | None,
+                 priority: int | None, scheduled_at: datetime | timedelta | float | None,
+                 unique: bool | None, dedup_key: str | None, many: bool,
+                 encode: Callable[[str, str], str], keyed_digest: Callable[[str], str]) -> None:
+        spec, name, default_queue, model = registry.resolve(
+            target, strict=settings.enqueue_validation == "strict")
+        if priority is None:
+            priority = spec.priority if spec and spec.priority is not None else settings.priority
+        elif (not isinstance(priority, int) or isinstance(priority, bool)
+              or not -32_768 <= priority <= 32_767):
+            raise ValidationError(
+                f"priority must be an integer from -32768 to 32767, got {priority!r}")
+        if unique is None:
+            unique = spec.unique if spec else False
+        if many and unique:
+            raise ValidationError(
+                f"job {name!r} is unique; enqueue_many does not deduplicate, "
+                "so enqueue unique jobs one at a time with enqueue()"
+            )
+        if dedup_key is not None and (not isinstance(dedup_key, str)
+                                      or not 0 < len(dedup_key) <= 512):
+            raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
+        if dedup_key is not None and has_unstorable_chars(dedup_key):
+            raise ValidationError(
+                f"dedup_key {dedup_key!r} contains a NUL character or a lone surrogate, which the "
+                "database cannot store; use printable text (e.g. a hash of the raw key)")
+        self.name = name
+        self.queue = validate_name(queue, "queue name") if queue is not None else default_queue
+        self.priority = priority
+        self.scheduled_at = to_utc(scheduled_at)
+        self._spec = spec
+        self._model = model
+        self._by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))
+        self._retries = (spec.max_retries if spec and spec.max_retries is not None
+                         else settings.max_retries)
+        self._unique = unique
+        self._dedup_key = dedup_key
+        self._many = many
+        self._encode = encode
+        self._keyed_digest = keyed_digest
+
+    def __call__(self, job_id: str, job_args: Mapping[str, Any], index: int = 0) -> NewJob:
+        """The row of job ``job_id`` (``args_list[index]`` when ``many``)."""
+        spec, name = self._spec, self.name
+        if self._many and type(job_args) is not dict and not isinstance(job_args, Mapping):
+            raise JobArgumentsError(
+                f"args_list[{index}] must be a dict, not {type(job_args).__name__}")
+        try:
+            args_json = (spec.encode_args(job_args) if self._by_spec and spec is not None
+                         else encode_args(name, job_args, model=self._model))
+        except ValidationError as exc:
+            if self._many:
+                raise type(exc)(f"args_list[{index}]: {exc.message}") from None
+            raise
+        key = self._dedup_key
+        if key is None and self._unique:
+            key = unique_key(name, args_json)
+            if spec is not None and spec.encrypt:
+                key = f"unique:{name}:{self._keyed_digest(key)}"
+        return NewJob(id=job_id, job_name=name, queue=self.queue, priority=self.priority,
+                      args=self._encode(name, args_json), max_attempts=self._retries + 1,
+                      scheduled_at=self.scheduled_at, dedup_key=key)
+
+    def one(self, job_args: Mapping[str, Any]) -> NewJob:
+        """The row of a single job (``enqueue``)."""
+        return self(new_id(), job_args)
+
+    def stream(self, args_list: Sequence[Mapping[str, Any]]) -> JobStream:
+        """The rows of ``args_list``, each built as it is read."""
+        def rows() -> Iterator[NewJob]:
+            for index, (job_id, job_args) in enumerate(zip(new_ids(len(args_list)), args_list,
+                                                           strict=True)):
+                yield self(job_id, job_args, index)
+
+        return JobStream(len(args_list), rows(), queue=self.queue, scheduled_at=self.scheduled_at)

@@ -189,8 +189,7 @@ class SyncSoniq:
         if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
             raise JobArgumentsError("args_list must be a list of dicts, one per job")
         jobs = self._app._new_jobs(target, args_list, queue=queue, priority=priority,
-                                   scheduled_at=scheduled_at, unique=None, dedup_key=None,
-                                   many=True)
+                                   scheduled_at=scheduled_at)
         return self.insert(jobs) if jobs else []
 
     def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
@@ -205,9 +204,8 @@ class SyncSoniq:
                 unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
         """Validate one job exactly as ``enqueue`` does and build its row without writing it;
         :meth:`insert` writes it later (e.g. when the caller's transaction commits)."""
-        [job] = self._app._new_jobs(target, [args], queue=queue, priority=priority,
-                                    scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
-        return job
+        return self._app._new_job(target, args, queue=queue, priority=priority,
+                                  scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
 
     def insert(self, jobs: Sequence[NewJob]) -> list[str]:
         """Write jobs already built (and validated) by the app; used by ``enqueue`` and by

@@ -285,8 +285,7 @@ def test_a_job_stream_fails_again_where_it_failed() -> None:
     app = Soniq(backend="memory")
     register(app)
     stream = app._new_jobs("send_email", [{"to": "a"}, {"nope": 1}, {"to": "c"}], queue=None,
-                           priority=None, scheduled_at=None, unique=None, dedup_key=None,
-                           many=True)
+                           priority=None, scheduled_at=None)
     assert len(stream) == 3
     for _ in range(2):
         with pytest.raises(JobArgumentsError, match=r"args_list\[1\]"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from soniq.ids import canonical_uuid, is_uuid, new_id, new_ids
@@ -37,3 +38,21 @@ def test_canonical_uuid() -> None:
     assert canonical_uuid(value.upper()) == value
     assert canonical_uuid("nope") is None
     assert canonical_uuid(42) is None
+
+
+def test_a_forked_child_draws_fresh_randomness() -> None:
+    """Ids draw on a buffer of the OS's randomness; a forked child must not reuse what its
+    parent left in it (the same millisecond would then give both processes the same ids)."""
+    new_id()  # the parent's buffer now holds unused randomness
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its random bits, then exit without running pytest's teardown
+        os.write(write, "".join(value[-16:] for value in new_ids(20)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = "".join(value[-16:] for value in new_ids(20))
+    assert len(child) == len(parent) == 20 * 16
+    assert child != parent

@@ -54,7 +54,11 @@ class StatementPool:
         return await self._run("execute", query, args)  # type: ignore[no-any-return]
 
     async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
-        conn = await self._take()
+        conn = self._parked.pop() if self._parked else None  # the common case: no await
+        if conn is None or conn.is_closed():
+            if conn is not None:
+                await self._pool.release(conn)  # the server went away: the pool replaces it
+            conn = await self._take()
         try:
             result = await getattr(conn, method)(query, *args)
         except BaseException:
