@@ -171,7 +171,7 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
         base = ix.find("bulk", "asyncpg", n=g.params["n"], chunk=g.params["chunk"])
         base_rate = base.m("jobs_per_s") if base else None
         row(f"2 bulk, enqueue_many ({_params(g.params)})", g, "≥ 150,000 jobs/s",
-            f"**{rate(g.m('jobs_per_s'))}** (bare asyncpg unnest: {rate(base_rate)})",
+            f"**{rate(g.m('jobs_per_s'))}** (bare asyncpg COPY: {rate(base_rate)})",
             (g.m("jobs_per_s") or 0) >= BULK_TARGET)
     for g in ix.all("process"):
         c100 = g.params["c"] == 100

@@ -29,7 +29,7 @@ from soniq.backends.postgres import PostgresBackend
 from soniq.backends.postgres import backend as backend_module
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.listener import APPLICATION_NAME
-from soniq.backends.postgres.sql import CHANNEL
+from soniq.backends.postgres.sql import CHANNEL, CLAIM_ALL_QUEUES
 from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError
 from soniq.ids import new_id
 from soniq.migrations import load_migrations
@@ -438,6 +438,26 @@ async def test_worker_loops_use_their_own_pool_that_plans_every_execution(pg_url
         assert await _bridge.call(plan_cache_mode, main) == "auto"
     finally:
         await app.close()
+
+
+async def test_a_claim_commits_without_waiting_for_the_flush_and_only_itself(
+        pg_url: str, app: Soniq) -> None:
+    """The claim turns synchronous_commit off for its own transaction (sql.py, claim): inside a
+    transaction it shows, and the session is back to 'on' after it, so the finishes that follow on
+    the same connection still wait for their WAL flush."""
+    await app.enqueue("tests.send", to="a")
+
+    async def check(conn: Any) -> None:
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        async with conn.transaction():
+            assert len(await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, 10, new_id())) == 1
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        await conn.execute("UPDATE soniq_jobs SET status = 'queued', lease_id = NULL")
+        assert len(await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, 10, new_id())) == 1
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"  # autocommitted claim
+
+    await on_connection(pg_url, check)
 
 
 async def test_statement_pool_survives_cancelled_and_killed_connections(pg_url: str) -> None:

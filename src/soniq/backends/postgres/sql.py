@@ -154,6 +154,12 @@ WHERE due.run_at IS NULL OR due.run_at <= now()
 # against a Seq Scan of all of it. No statement shape survives a generic plan cached while the
 # table was small, though: pooled connections run with plan_cache_mode=force_custom_plan
 # (schema.CUSTOM_PLANS). test_claim_plan checks both.
+#
+# A claim commits without waiting for its WAL flush (set_config(..., true): this transaction
+# only), ~0.15 ms of every claim round trip here. A database crash can lose only the latest claims:
+# those jobs are queued again and run again, which at-least-once allows (the first attempt's finish
+# is fenced out by its lease). Finishes wait for the flush as usual, and flushing a finish's
+# commit flushes its job's claim before it, so a job that finished never loses its claim.
 #: The columns of a :class:`~soniq.types.ClaimedJob`, in its order.
 _CLAIMED = ("id::text, job_name, queue, priority, args, attempts, max_attempts, scheduled_at, "
             "created_at, lease_id::text")
@@ -174,6 +180,7 @@ WHERE id = ANY (ARRAY(
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ))
+  AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
 RETURNING {_CLAIMED}
 """
 
