@@ -447,7 +447,7 @@ def _check_worker_id(worker_id: str) -> None:
 
 # -- operations that run on the driver's loop ---------------------------------------------------------
 async def _insert_with_pool(pool: Any, jobs: Sequence[NewJob]) -> list[str]:
-    if isinstance(jobs, JobStream) and len(jobs) > 1:
+    if len(jobs) > 1 and isinstance(jobs, JobStream):  # (an ABC check: not for single jobs)
         async with pool.acquire() as conn:
             return await _stream(conn, jobs)
     if len(jobs) == 1 or (len(jobs) <= INSERT_CHUNK_SIZE and not _copyable(jobs)):
