@@ -367,6 +367,26 @@ async def test_many_jobs_each_run_once(app: Soniq) -> None:
     assert [s["done"] for s in await app.get_queue_stats()] == [200]
 
 
+async def test_runners_wait_for_the_next_claim_instead_of_a_task_per_job(app: Soniq) -> None:
+    """Between waves of jobs the look-ahead runs dry; the runner tasks park and take the next
+    wave's jobs, so no more tasks than slots ever run jobs, and stopping wakes the parked ones."""
+    tasks: set[int] = set()
+    done: list[int] = []
+
+    @app.job(name="where")
+    async def where(i: int) -> None:
+        tasks.add(anyio.get_current_task().id)
+        done.append(i)
+
+    async with running_worker(app, concurrency=3):
+        for wave in range(5):
+            await app.enqueue_many(where, [{"i": 10 * wave + k} for k in range(6)])
+            await wait_for(lambda wave=wave: len(done) == 6 * (wave + 1),
+                           message=f"wave {wave} to run")
+    assert sorted(done) == [10 * wave + k for wave in range(5) for k in range(6)]
+    assert 1 <= len(tasks) <= 3, tasks
+
+
 async def test_events_follow_the_job_lifecycle(app: Soniq) -> None:
     seen: list[tuple[str, int]] = []
     app.events.subscribe(lambda event: seen.append((event.kind, event.attempt)))

@@ -1,4 +1,6 @@
-"""Claims jobs in batches and runs each as a child task, never more at once than ``concurrency``.
+"""Claims jobs in batches and runs each in a child task, never more at once than ``concurrency``.
+A runner task runs job after job; with none waiting it parks until the next claim hands it one,
+so tasks are made per slot, not per job (a task costs more than a no-op job).
 
 It claims again as soon as a slot frees or a notification arrives, and otherwise every
 ``poll_interval``. To keep slots busy while a claim is on its way, it claims *ahead*: as many extra

@@ -241,7 +241,7 @@ class PostgresBackend:
         with self._errors:
             if connection is not None:
                 return await call(_insert_on, _bridge.unwrap(connection), jobs)
-            pool = self._pool or await self._ready()
+            pool = await self._ready()
             return await call(_insert_with_pool, pool, jobs)
 
     # -- claim and finish -----------------------------------------------------------------------
