@@ -61,10 +61,11 @@ async def listening(url: str) -> None:
     await wait_for(check, timeout=30, interval=0.1, message="a LISTEN session")
 
 
-async def picked_up_without_polling(app: Soniq) -> None:
-    """A job enqueued now runs within seconds although workers poll once a minute."""
+async def picked_up_without_polling(app: Soniq) -> str:
+    """A job enqueued now runs within seconds although workers poll once a minute; its id."""
     job_id = await app.enqueue("noop")
     await wait_for_status(app, job_id, "done", timeout=10)
+    return job_id
 
 
 async def test_restart_and_crash_of_the_server_under_load_lose_nothing(
@@ -139,13 +140,16 @@ async def test_half_open_listen_connection_is_detected_and_replaced(
         app: Soniq, pg_url: str, proxy: Proxy, workers: Workers, ledger: Ledger) -> None:
     proc = workers.start(url=through(proxy, pg_url), **NO_POLLING)
     await listening(pg_url)
+    # Past its first claim (which would take jobs enqueued early without any wake-up) and woken.
+    probe = await picked_up_without_polling(app)
     assert proxy.blackhole(matching=b"LISTEN") == 1
     during = [await app.enqueue("noop") for _ in range(5)]  # their wake-ups go nowhere
     await wait_for(lambda: "stopped answering" in workers.output(proc), timeout=20,
                    message="the keepalive to notice the silent connection")
     # The new LISTEN connection claims what arrived meanwhile, then wake-ups flow again.
-    await assert_nothing_lost(app, ledger, during, timeout=20)
-    assert "LISTEN reconnected" in workers.output(proc)
+    await assert_nothing_lost(app, ledger, [probe, *during], timeout=20)
+    await wait_for(lambda: "LISTEN reconnected" in workers.output(proc), timeout=10,
+                   message="the listener to reconnect")
     await picked_up_without_polling(app)
     await workers.stop(proc)
 
