@@ -387,6 +387,39 @@ async def test_runners_wait_for_the_next_claim_instead_of_a_task_per_job(app: So
     assert 1 <= len(tasks) <= 3, tasks
 
 
+async def test_a_runner_cancelled_as_a_claim_hands_it_a_job_gives_the_job_back(
+        app: Soniq, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's task group is cancelled from outside (not ``stop()``) while a claim is on its
+    way, and the claim then hands a job to the parked runner: the runner never starts it, and
+    the job is back in the queue with its attempt refunded, not left processing until rescue."""
+    done: list[int] = []
+
+    @app.job(name="mark")
+    async def mark(i: int) -> None:
+        done.append(i)
+
+    async with anyio.create_task_group() as tg:
+        worker = app.worker(concurrency=1)
+        await tg.start(worker.run)
+        await app.enqueue(mark, i=1)
+        await wait_for(lambda: done == [1] and len(worker.fetcher._parked) == 1,
+                       message="the runner to finish its job and park")
+        claim = app.backend.claim_jobs
+
+        async def claim_then_cancel(*args: object) -> object:
+            claimed = await claim(*args)  # type: ignore[arg-type]
+            if claimed:
+                tg.cancel_scope.cancel()  # lands before the fetcher hands the job over
+            return claimed
+
+        monkeypatch.setattr(app.backend, "claim_jobs", claim_then_cancel)
+        second = await app.enqueue(mark, i=2)
+        await anyio.sleep_forever()  # until the claim cancels the group
+    assert done == [1]
+    record = await app.get_job(second)
+    assert record is not None and (record["status"], record["attempts"]) == ("queued", 0)
+
+
 async def test_events_follow_the_job_lifecycle(app: Soniq) -> None:
     seen: list[tuple[str, int]] = []
     app.events.subscribe(lambda event: seen.append((event.kind, event.attempt)))
