@@ -51,7 +51,7 @@ class Sizes:
 
 FULL = Sizes(
     runs=3, enqueue_n=5_000, bulk_n=100_000, bulk_chunks=(1_000, 5_000),
-    process_ns=(20_000, 100_000), concurrencies=(10, 100),
+    process_ns=(2_000, 20_000, 100_000), concurrencies=(10, 100),
     latency_samples=500, latency_gap=0.025, mixed_seconds=30.0, trio_ns=(20_000, 100_000),
     sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
     memory_n=100_000, memory_rounds=5,
