@@ -25,8 +25,7 @@ import pytest
 
 from soniq import Soniq
 from soniq.backends import _bridge
-from soniq.backends.postgres import PostgresBackend
-from soniq.backends.postgres import backend as backend_module
+from soniq.backends.postgres import PostgresBackend, inserts
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.listener import APPLICATION_NAME
 from soniq.backends.postgres.sql import CHANNEL, CLAIM_ALL_QUEUES
@@ -539,7 +538,7 @@ async def test_enqueue_joins_the_callers_own_connection(app: Soniq, pg_url: str)
 
 async def test_bulk_insert_on_a_connection_is_atomic_across_chunks(
         app: Soniq, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backend_module, "INSERT_CHUNK_SIZE", 3)
+    monkeypatch.setattr(inserts, "INSERT_CHUNK_SIZE", 3)
     jobs = [new_job(i=i) for i in range(7)]
     broken = [*jobs[:5], jobs[0]]  # the repeated id fails in the second chunk
     async with own_connection(pg_url) as (raw, _):
@@ -566,7 +565,7 @@ async def test_concurrent_unique_enqueues_make_one_job(app: Soniq) -> None:
 
 async def test_batch_dedup_matches_memory_across_chunks(
         app: Soniq, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backend_module, "INSERT_CHUNK_SIZE", 2)
+    monkeypatch.setattr(inserts, "INSERT_CHUNK_SIZE", 2)
     [held] = await app.backend.insert_jobs([new_job(dedup_key="held")])
     jobs = [new_job(dedup_key="k"), new_job(), new_job(dedup_key="held"), new_job(dedup_key="k"),
             new_job(queue="other")]

@@ -3,13 +3,13 @@
 Owns the connection pool and the translation between :mod:`soniq.types` and rows. Semantics
 match :class:`~soniq.backends.memory.MemoryBackend` exactly. Neighbours: the SQL lives in
 :mod:`.sql`, migrations and the schema check in :mod:`.schema`, the LISTEN connection in
-:mod:`.listener`, error translation in :mod:`.errors`.
+:mod:`.listener`, error translation in :mod:`.errors`, writing new jobs in :mod:`.inserts`.
 
 Two rules shape the code (DESIGN.md §6):
 
 - Every driver call goes through :func:`soniq.backends._bridge.call`: a pool method
-  (``call(pool.fetch, ...)``) or a private asyncio-native coroutine (``_create_pool``,
-  ``_insert``, ``_rescue``, :func:`.schema.migrate`, ...). Under asyncio that is a direct await;
+  (``call(pool.fetch, ...)``) or an asyncio-native coroutine (``_create_pool``, ``_rescue``,
+  :mod:`.inserts`, :func:`.schema.migrate`, ...). Under asyncio that is a direct await;
   under trio a hop to the bridge loop.
 - A pool belongs to the loop that created it, so the pool is created inside ``call`` too. Code
   that runs inside ``call`` uses asyncpg only -- no AnyIO primitives, no nested ``call`` -- because
@@ -20,9 +20,8 @@ Two rules shape the code (DESIGN.md §6):
 from __future__ import annotations
 
 import logging
-import struct
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -31,7 +30,7 @@ import asyncpg
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import job_record, worker_lost_error
-from soniq.backends.postgres import listener, pooling, schema, sql
+from soniq.backends.postgres import inserts, listener, pooling, schema, sql
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
@@ -42,7 +41,7 @@ from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import canonical_uuid, is_uuid, new_id
 from soniq.serialization import dumps
-from soniq.types import ClaimedJob, JobOutcome, JobRecord, JobStream, NewJob, QueueStats
+from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -52,11 +51,8 @@ if TYPE_CHECKING:
     from soniq.settings import SoniqSettings
     from soniq.types import WorkerInfo
 
-__all__ = ["INSERT_CHUNK_SIZE", "LOOP_POOL_SIZE", "PRUNE_BATCH_SIZE", "PostgresBackend"]
+__all__ = ["LOOP_POOL_SIZE", "PRUNE_BATCH_SIZE", "PostgresBackend"]
 
-#: Rows per bulk-insert statement: large enough to amortise the round trip, small enough to keep
-#: one statement's arrays (and the server's memory for them) modest.
-INSERT_CHUNK_SIZE = 5_000
 
 logger = logging.getLogger("soniq.postgres")
 
@@ -240,9 +236,9 @@ class PostgresBackend:
             return []
         with self._errors:
             if connection is not None:
-                return await call(_insert_on, _bridge.unwrap(connection), jobs)
+                return await call(inserts.insert_on, _bridge.unwrap(connection), jobs)
             pool = await self._ready()
-            return await call(_insert_with_pool, pool, jobs)
+            return await call(inserts.insert_with_pool, pool, jobs)
 
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
@@ -446,153 +442,6 @@ def _check_worker_id(worker_id: str) -> None:
 
 
 # -- operations that run on the driver's loop ---------------------------------------------------------
-async def _insert_with_pool(pool: Any, jobs: Sequence[NewJob]) -> list[str]:
-    if len(jobs) > 1 and isinstance(jobs, JobStream):  # (an ABC check: not for single jobs)
-        async with pool.acquire() as conn:
-            return await _stream(conn, jobs)
-    if len(jobs) == 1 or (len(jobs) <= INSERT_CHUNK_SIZE and not _copyable(jobs)):
-        return await _insert(pool, jobs)  # one statement: atomic without a transaction
-    async with pool.acquire() as conn:
-        if _copyable(jobs):
-            return await _copy(conn, jobs)
-        async with conn.transaction():
-            return await _insert(conn, jobs)
-
-
-async def _insert_on(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
-    """Insert on the caller's connection, joining its transaction. Several chunks outside a
-    transaction still go in atomically, in one of our own."""
-    if _copyable(jobs):
-        return await _copy(conn, jobs)
-    if len(jobs) <= INSERT_CHUNK_SIZE or conn.is_in_transaction():
-        return await _insert(conn, jobs)
-    async with conn.transaction():
-        return await _insert(conn, jobs)
-
-
-def _copyable(jobs: Sequence[NewJob]) -> bool:
-    """Whether ``jobs`` can go in by COPY: several, none deduplicated (COPY has no ON CONFLICT),
-    and all due now or all with a time (the column is sent for every row or for none)."""
-    if len(jobs) < 2 or any(job.dedup_key is not None for job in jobs):
-        return False
-    timed = [job.scheduled_at is not None for job in jobs]
-    return all(timed) or not any(timed)
-
-
-async def _copy(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
-    """Bulk insert by binary COPY (one statement, so atomic; about 1.5x the rows/s of INSERT ...
-    unnest), then one NOTIFY per due queue. Outside a transaction the NOTIFY follows the commit:
-    if the connection dies in between, the jobs are stored and workers find them at their next
-    poll instead of at once."""
-    timed = jobs[0].scheduled_at is not None
-    columns = (*sql.COPY_COLUMNS, "scheduled_at") if timed else sql.COPY_COLUMNS
-    width = len(columns)
-    records = [(j.id, j.job_name, j.queue, j.priority, "queued", j.args, j.max_attempts,
-                j.scheduled_at)[:width] for j in jobs]
-    await conn.copy_records_to_table("soniq_jobs", records=records, columns=columns)
-    due: dict[str, datetime | None] = {}  # queue -> its earliest run_at (None: now)
-    for job in jobs:
-        at = due.get(job.queue, job.scheduled_at)
-        due[job.queue] = at if at is None or job.scheduled_at is None else min(at, job.scheduled_at)
-    await conn.execute(sql.NOTIFY_DUE, list(due), list(due.values()))
-    return [job.id for job in jobs]
-
-
-#: Jobs per piece of a streamed COPY: small enough that the database starts on the first piece
-#: while the next is built, large enough that the pieces cost nothing.
-STREAM_PIECE = 256
-
-#: COPY's binary format: the signature, no flags, no header extension ... and the trailer.
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_COPY_TRAILER = b"\xff\xff"
-_INT32 = struct.Struct(">i").pack
-_JSONB = struct.Struct(">ib").pack  # a jsonb field: its length, then jsonb's format version 1
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-async def _stream(conn: Any, jobs: JobStream) -> list[str]:
-    """``enqueue_many``: one binary COPY fed piece by piece as ``jobs`` is built, so the
-    database works on the first rows while Python validates and encodes the rest (about 1.2x
-    the jobs/s of building everything first at 1 000 a call, 1.5x at 5 000; binary rows cost the
-    server ~12% less than text ones). A job that fails validation raises out of the feed:
-    asyncpg aborts the COPY, and nothing is written. One NOTIFY follows when the jobs are due."""
-    timed = jobs.scheduled_at is not None
-    columns = (*sql.COPY_COLUMNS, "scheduled_at") if timed else sql.COPY_COLUMNS
-    ids: list[str] = []
-
-    async def feed() -> AsyncIterator[bytes]:
-        piece = [_COPY_HEADER]
-        head = middle = end = b""
-        cut = 32  # the first piece is small: the database starts at once
-        for job in jobs:
-            if not ids:  # what every job of the stream shares, encoded once
-                head, middle, end = _shared_fields(job, len(columns))
-            ids.append(job.id)
-            args = job.args.encode()
-            piece += (head, bytes.fromhex(job.id.replace("-", "")), middle,
-                      _JSONB(len(args) + 1, 1), args, end)
-            if len(ids) == cut:
-                yield b"".join(piece)
-                piece.clear()
-                cut += min(cut, STREAM_PIECE)
-        piece.append(_COPY_TRAILER)
-        yield b"".join(piece)
-
-    await conn.copy_to_table("soniq_jobs", source=feed(), columns=columns, format="binary")
-    await conn.execute(sql.NOTIFY_DUE, [jobs.queue], [jobs.scheduled_at])
-    return ids
-
-
-def _shared_fields(job: NewJob, width: int) -> tuple[bytes, bytes, bytes]:
-    """A stream's fields around each job's id and args, in COPY's binary format: the field
-    count and the id's length; job_name, queue, priority, status; max_attempts and, when the
-    jobs carry one, scheduled_at (microseconds since 2000-01-01 UTC)."""
-    name, queue = job.job_name.encode(), job.queue.encode()
-    middle = (_INT32(len(name)) + name + _INT32(len(queue)) + queue
-              + struct.pack(">ih", 2, job.priority) + _INT32(6) + b"queued")
-    end = struct.pack(">ii", 4, job.max_attempts)
-    if job.scheduled_at is not None:
-        end += struct.pack(">iq", 8, (job.scheduled_at - _PG_EPOCH) // timedelta(microseconds=1))
-    return struct.pack(">hi", width, 16), middle, end
-
-
-async def _insert(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
-    """``conn`` is a pool or a connection (both have ``fetchval``/``fetchrow``)."""
-    if len(jobs) == 1:
-        job = jobs[0]
-        if job.dedup_key is None:
-            await conn.fetchval(sql.INSERT_JOB, job.id, job.job_name, job.queue, job.priority,
-                                job.args, job.max_attempts, job.scheduled_at)
-            return [job.id]
-        job_id = await conn.fetchval(
-            sql.INSERT_UNIQUE_JOB, job.id, job.job_name, job.queue, job.priority, job.args,
-            job.max_attempts, job.scheduled_at, job.dedup_key,
-        )
-        return [str(job_id)]
-    # A key repeated within the batch resolves to the first job holding it (memory's answer);
-    # sending it twice would also make ON CONFLICT touch one row twice, which PostgreSQL refuses.
-    seen: set[str] = set()
-    unique_jobs = []
-    for job in jobs:
-        if job.dedup_key is None:
-            unique_jobs.append(job)
-        elif job.dedup_key not in seen:
-            seen.add(job.dedup_key)
-            unique_jobs.append(job)
-    holders: dict[str, str] = {}
-    for start in range(0, len(unique_jobs), INSERT_CHUNK_SIZE):
-        chunk = unique_jobs[start:start + INSERT_CHUNK_SIZE]
-        row = await conn.fetchrow(
-            sql.INSERT_JOBS,
-            [j.id for j in chunk], [j.job_name for j in chunk], [j.queue for j in chunk],
-            [j.priority for j in chunk], [j.args for j in chunk], [j.max_attempts for j in chunk],
-            [j.scheduled_at for j in chunk], [j.dedup_key for j in chunk],
-        )
-        if row["dedup_keys"]:
-            holders.update(zip(row["dedup_keys"], map(str, row["dedup_ids"]), strict=True))
-    return [job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
-
-
 async def _keep_session(conn: Any) -> None:
     """The pool's reset for Soniq's own calls: nothing. They leave no session state behind (asyncpg
     still rolls back an open transaction), and asyncpg's default reset query (``RESET ALL``,
