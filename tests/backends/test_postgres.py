@@ -26,6 +26,7 @@ import pytest
 from soniq import Soniq
 from soniq.backends import _bridge
 from soniq.backends.postgres import PostgresBackend, inserts
+from soniq.backends.postgres import backend as backend_module
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.listener import APPLICATION_NAME
 from soniq.backends.postgres.sql import CHANNEL, CLAIM_ALL_QUEUES
@@ -457,6 +458,35 @@ async def test_a_claim_commits_without_waiting_for_the_flush_and_only_itself(
         assert await conn.fetchval("SHOW synchronous_commit") == "on"  # autocommitted claim
 
     await on_connection(pg_url, check)
+
+
+async def test_jobs_of_a_lost_claim_answer_survive_a_failed_retry(
+        app: Soniq, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim whose answer was lost may have committed: the worker's next claim hands out its
+    jobs. When that next claim fails too, after finding them, they are not dropped (nothing would
+    rescue them while the worker heartbeats): the claim after it hands them out."""
+    from soniq.types import WorkerInfo
+
+    backend = app.backend
+    worker = WorkerInfo(new_id(), "h", 1, None, 1)
+    await backend.register_worker(worker)
+    job_id = await app.enqueue("tests.send", to="a")
+    real_call = backend_module.call
+
+    async def answer_lost(fn: Any, *args: Any) -> Any:
+        result = await real_call(fn, *args)
+        if args and args[0] == CLAIM_ALL_QUEUES:  # committed; then the connection drops
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+        return result
+
+    monkeypatch.setattr(backend_module, "call", answer_lost)
+    with pytest.raises(DatabaseError):
+        await backend.claim_jobs(worker.id, None, 5)  # takes the job; the answer is lost
+    with pytest.raises(DatabaseError):
+        await backend.claim_jobs(worker.id, None, 5)  # finds it, then its own claim fails
+    monkeypatch.setattr(backend_module, "call", real_call)
+    [claimed] = await backend.claim_jobs(worker.id, None, 5)
+    assert (claimed.id, claimed.attempts) == (job_id, 1)
 
 
 async def test_statement_pool_survives_cancelled_and_killed_connections(pg_url: str) -> None:

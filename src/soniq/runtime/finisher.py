@@ -103,5 +103,6 @@ class Finisher:
         lost = [job_id for job_id in refused if job_id not in self._unsure]
         if lost:
             self.lease_lost += len(lost)
-            logger.warning("lease lost: %d outcome(s) refused because the job was rescued and "
-                           "handed to another worker: %s", len(lost), ", ".join(lost))
+            logger.warning("lease lost: %d outcome(s) refused because the job's lease moved on "
+                           "(rescued for another worker, or its claim undone by a database "
+                           "crash): %s", len(lost), ", ".join(lost))

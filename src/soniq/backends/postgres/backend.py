@@ -253,30 +253,30 @@ class PostgresBackend:
             query, extra = sql.CLAIM_ONE_QUEUE, (queues[0],)
         else:
             query, extra = sql.CLAIM_SOME_QUEUES, (list(queues),)
-        with self._errors:
-            pool = await self._loops()
-            rows = await self._adopt(pool, worker_id)
-            if len(rows) < limit:
-                key = new_id()
-                try:
+        # The keys of this worker's claims whose answer was lost (they may have committed): the
+        # jobs they took are handed out now, and the keys kept until that answer arrives.
+        keys = self._unanswered.pop(worker_id, [])
+        try:
+            with self._errors:
+                pool = await self._loops()
+                rows = await self._adopt(pool, worker_id, keys)
+                if len(rows) < limit:
+                    keys.append(new_id())
                     rows += await call(pool.fetch, query, worker_id, now, limit - len(rows),
-                                       key, *extra)
-                except BaseException:
-                    # Sent but unanswered (connection lost, cancelled): it may have committed.
-                    self._unanswered.setdefault(worker_id, []).append(key)
-                    raise
+                                       keys[-1], *extra)
+        except BaseException:  # sent but unanswered (connection lost, cancelled)
+            self._unanswered[worker_id] = keys
+            raise
         claimed = [ClaimedJob(*row) for row in rows]  # RETURNING lists ClaimedJob's fields
         # RETURNING has no order; hand jobs out in claim order. Lower-case hex sorts like uuid.
         claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
         return claimed
 
-    async def _adopt(self, pool: Any, worker_id: str) -> list[Any]:
-        """The jobs of this worker's unanswered claims (committed after all), now handed out."""
-        keys = self._unanswered.get(worker_id)
+    async def _adopt(self, pool: Any, worker_id: str, keys: list[str]) -> list[Any]:
+        """The jobs of this worker's unanswered claims ``keys`` (committed after all)."""
         if not keys:
             return []
         rows: list[Any] = await call(pool.fetch, sql.ADOPT_CLAIMS, worker_id, keys)
-        del self._unanswered[worker_id]
         if rows:
             logger.warning("took up %d job(s) claimed by this worker whose claim's answer was "
                            "lost with its connection", len(rows))
