@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -184,11 +185,16 @@ def test_split_statements_respects_strings_comments_and_triggers() -> None:
 
 # -- errors and capabilities ---------------------------------------------------------------------
 async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """...and the driver thread of the connection that failed to open has ended by then: left
+    running, it would call back into an event loop that may be closed (under trio, the bridge's)."""
     path = tmp_path / "no" / "such" / "dir" / "jobs.db"
     backend = SqliteBackend(str(path))
+    before = set(threading.enumerate())
     try:
         with pytest.raises(DatabaseError, match=r"directory .*dir'? does not exist"):
             await backend.initialize()
+        assert not [thread for thread in set(threading.enumerate()) - before
+                    if "_connection_worker_thread" in thread.name]
     finally:
         await backend.close()
     assert not await anyio.Path(path.parent).exists()  # not created behind the user's back

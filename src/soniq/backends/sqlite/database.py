@@ -124,11 +124,21 @@ class SqliteDatabase:
     async def _open_connection(self, *, reader: bool) -> aiosqlite.Connection:
         # isolation_level=None: no implicit BEGIN; transactions are explicit below.
         conn = aiosqlite.connect(self.path, isolation_level=None)
-        _daemonize(conn)
+        thread = _thread_of(conn)
+        if thread is not None:
+            thread.daemon = True  # see _thread_of
         try:
             await conn
-        except aiosqlite.OperationalError as exc:
-            raise DatabaseError(_cannot_open(self.path, exc)) from exc
+        except BaseException as exc:
+            # aiosqlite stops the thread of a connection that failed to open without waiting for
+            # it, and the thread then calls back into this loop: wait, so the loop (under trio,
+            # the bridge's) is still there when it does.
+            if thread is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(thread.join)
+            if isinstance(exc, aiosqlite.OperationalError):
+                raise DatabaseError(_cannot_open(self.path, exc)) from exc
+            raise
         try:
             # busy_timeout first: switching to WAL waits for other connections too.
             await conn.execute_fetchall(f"PRAGMA busy_timeout = {self._busy_timeout_ms:d}")
@@ -246,17 +256,19 @@ class SqliteDatabase:
         return await self.write(statement, params)
 
 
-def _daemonize(conn: aiosqlite.Connection) -> None:
-    """Make the connection's driver thread a daemon before it starts.
+def _thread_of(conn: aiosqlite.Connection) -> threading.Thread | None:
+    """The connection's driver thread, not started yet.
 
     aiosqlite (>= 0.22) runs each connection on a non-daemon thread that only ``close()`` stops,
     so one connection left open (a script that never closes its app, a worker that crashed)
-    keeps the interpreter from exiting, forever. Dying with the process is safe for SQLite: an
-    interrupted transaction is rolled back on the next open, as after a crash.
+    keeps the interpreter from exiting, forever: the caller makes it a daemon. Dying with the
+    process is safe for SQLite: an interrupted transaction is rolled back on the next open, as
+    after a crash.
     """
     thread = conn if isinstance(conn, threading.Thread) else getattr(conn, "_thread", None)
     if isinstance(thread, threading.Thread) and not thread.is_alive():
-        thread.daemon = True
+        return thread
+    return None
 
 
 def _cannot_open(path: str, exc: Exception) -> str:
