@@ -25,7 +25,7 @@ from soniq.errors import (
     ValidationError,
     did_you_mean,
 )
-from soniq.ids import new_id, new_ids
+from soniq.ids import id_stream, new_id
 from soniq.serialization import dumps, has_unstorable_chars, to_utc, unique_key
 from soniq.types import JobContext, JobStatus, JobStream, NewJob
 
@@ -370,10 +370,6 @@ def job_kwargs(args: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Mappin
     return args
 
 
-#: The most ids ``enqueue_many`` makes at once (one lock and one read of the clock for them).
-_ID_PIECE = 256
-
-
 class JobBuilder:
     """What the jobs of one enqueue call share, validated when it is made; calling it validates
     and encodes one job's arguments into a row (nothing is written here). ``many`` names the
@@ -455,13 +451,8 @@ class JobBuilder:
     def stream(self, args_list: Sequence[Mapping[str, Any]]) -> JobStream:
         """The rows of ``args_list``, each built as it is read."""
         def rows() -> Iterator[NewJob]:
-            # Ids a piece at a time, small at first: the first rows are out (and being
-            # written) before the last ids exist.
-            first, piece = 0, 32
-            while first < len(args_list):
-                ids = new_ids(min(piece, len(args_list) - first))
-                for index, job_id in enumerate(ids, start=first):
-                    yield self(job_id, args_list[index], index)
-                first, piece = first + len(ids), min(2 * piece, _ID_PIECE)
+            ids = id_stream(len(args_list))  # the first rows are out before the last ids exist
+            for index, (job_id, job_args) in enumerate(zip(ids, args_list, strict=True)):
+                yield self(job_id, job_args, index)
 
         return JobStream(len(args_list), rows(), queue=self.queue, scheduled_at=self.scheduled_at)

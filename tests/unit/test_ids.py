@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from soniq.ids import canonical_uuid, is_uuid, new_id, new_ids
+from soniq.ids import canonical_uuid, id_stream, is_uuid, new_id, new_ids
 
 
 def test_ids_are_increasing_uuid7_strings_across_counter_overflow() -> None:
@@ -23,6 +23,17 @@ def test_ids_are_increasing_uuid7_strings_across_counter_overflow() -> None:
 
 def test_new_ids_of_zero_is_empty() -> None:
     assert new_ids(0) == []
+    assert list(id_stream(0)) == []
+
+
+def test_id_stream_makes_exactly_count_increasing_ids_a_piece_at_a_time() -> None:
+    stream = id_stream(1_000)
+    first = next(stream)
+    between = new_id()  # made after the first piece, before the rest: they sort after it
+    rest = list(stream)
+    assert len(rest) == 999 and len(set(rest)) == 999
+    assert first < rest[0] < rest[-1] and rest == sorted(rest)
+    assert rest[30] < between < rest[31]  # the first piece held 32 ids
 
 
 def test_is_uuid() -> None:

@@ -61,8 +61,7 @@ async def _copy(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
     unnest), then one NOTIFY per due queue. Outside a transaction the NOTIFY follows the commit:
     if the connection dies in between, the jobs are stored and workers find them at their next
     poll instead of at once."""
-    timed = jobs[0].scheduled_at is not None
-    columns = (*sql.COPY_COLUMNS, "scheduled_at") if timed else sql.COPY_COLUMNS
+    columns = _copy_columns(timed=jobs[0].scheduled_at is not None)
     width = len(columns)
     records = [(j.id, j.job_name, j.queue, j.priority, "queued", j.args, j.max_attempts,
                 j.scheduled_at)[:width] for j in jobs]
@@ -73,6 +72,11 @@ async def _copy(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
         due[job.queue] = at if at is None or job.scheduled_at is None else min(at, job.scheduled_at)
     await conn.execute(sql.NOTIFY_DUE, list(due), list(due.values()))
     return [job.id for job in jobs]
+
+
+def _copy_columns(*, timed: bool) -> tuple[str, ...]:
+    """The columns a COPY fills: ``scheduled_at`` too when the jobs carry a time."""
+    return (*sql.COPY_COLUMNS, "scheduled_at") if timed else sql.COPY_COLUMNS
 
 
 #: Jobs per piece of a streamed COPY: small enough that the database starts on the first piece
@@ -93,8 +97,7 @@ async def _stream(conn: Any, jobs: JobStream) -> list[str]:
     the jobs/s of building everything first at 1 000 a call, 1.5x at 5 000; binary rows cost the
     server ~12% less than text ones). A job that fails validation raises out of the feed:
     asyncpg aborts the COPY, and nothing is written. One NOTIFY follows when the jobs are due."""
-    timed = jobs.scheduled_at is not None
-    columns = (*sql.COPY_COLUMNS, "scheduled_at") if timed else sql.COPY_COLUMNS
+    columns = _copy_columns(timed=jobs.scheduled_at is not None)
     ids: list[str] = []
 
     async def feed() -> AsyncIterator[bytes]:
