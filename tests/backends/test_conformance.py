@@ -191,6 +191,21 @@ async def test_complete_done_is_fenced_by_lease(storage: StorageBackend) -> None
     assert abs(record["expires_at"] - expires) < timedelta(milliseconds=2)
 
 
+async def test_a_stale_outcome_in_the_batch_does_not_hide_the_current_one(
+        storage: StorageBackend) -> None:
+    """One batch can hold two outcomes of one job with different leases: a database crash undid
+    the claim of the first run (claims commit without waiting for the flush), and the same worker
+    claimed and ran the job again before the first outcome could be written. The stale one is
+    refused; the current one must still land (not be dropped as a repeat of the job)."""
+    await storage.insert_jobs([job()])
+    [c] = await storage.claim_jobs(WORKER, None, 1)
+    stale = JobOutcome(c.id, str(uuid.uuid4()), JobStatus.DONE, result="1")
+    current = JobOutcome(c.id, c.lease_id, JobStatus.DONE, result="2")
+    assert await storage.complete_jobs([stale, current, current]) == [c.id]
+    record = await storage.get_job(c.id)
+    assert record is not None and (record["status"], record["result"]) == ("done", 2)
+
+
 async def test_retry_snooze_and_zombie_fence(storage: StorageBackend) -> None:
     await storage.insert_jobs([job()])
     [first] = await storage.claim_jobs(WORKER, None, 1)

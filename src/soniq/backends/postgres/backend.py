@@ -288,13 +288,15 @@ class PostgresBackend:
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
                             *, now: datetime | None = None) -> list[str]:
-        # The first outcome per job wins, as on memory (its write drops the lease the rest need);
-        # malformed ids can hold no lease.
-        batch: dict[str, JobOutcome] = {}
+        # A repeated (job, lease) keeps its first outcome, as applying them in order would (its
+        # write drops the lease the rest need). One job can come with two leases -- a crash undid
+        # the claim of an earlier run -- and then only the current lease can match: the row is
+        # still updated once. Malformed ids can hold no lease.
+        batch: dict[tuple[str, str], JobOutcome] = {}
         for outcome in outcomes:
-            key = canonical_uuid(outcome.job_id)
-            if key is not None and canonical_uuid(outcome.lease_id) is not None:
-                batch.setdefault(key, outcome)
+            job_id, lease_id = canonical_uuid(outcome.job_id), canonical_uuid(outcome.lease_id)
+            if job_id is not None and lease_id is not None:
+                batch.setdefault((job_id, lease_id), outcome)
         if not batch:
             return []
         items = list(batch.values())
@@ -302,12 +304,15 @@ class PostgresBackend:
             pool = await self._loops()
             rows = await call(
                 pool.fetch, sql.COMPLETE_JOBS_HOOKED if self._hooked() else sql.COMPLETE_JOBS,
-                list(batch), [o.lease_id for o in items], [o.status.value for o in items],
-                [o.result for o in items], [o.error for o in items], [o.run_at for o in items],
+                [job_id for job_id, _ in batch], [lease_id for _, lease_id in batch],
+                [o.status.value for o in items], [o.result for o in items],
+                [o.error for o in items], [o.run_at for o in items],
                 [o.refund_attempt for o in items], [o.expires_at for o in items], now,
             )
         accepted = {str(row["id"]) for row in rows}
-        return [outcome.job_id for key, outcome in batch.items() if key in accepted]
+        # In input order, each job once.
+        return list(dict.fromkeys(outcome.job_id for (job_id, _), outcome in batch.items()
+                                  if job_id in accepted))
 
     # -- reading and managing -------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:

@@ -207,7 +207,7 @@ _REQUEUE = "(o.status = 'queued' AND NOT j.cancel_requested)"
 #: Write a batch of outcomes in one statement, each fenced by status and lease. Parallel arrays:
 #: $1 id, $2 lease_id, $3 status, $4 result (JSON text), $5 error (JSON text of one entry),
 #: $6 run_at, $7 refund_attempt, $8 expires_at; $9 now (NULL: the database clock).
-#: Returns the ids whose lease still held. Ids must not repeat within one call.
+#: Returns the ids whose lease still held. (id, lease) pairs must not repeat within one call.
 _COMPLETE = f"""
 UPDATE soniq_jobs AS j
 SET status = CASE WHEN {_REQUEUE} THEN 'queued'
