@@ -15,6 +15,7 @@ Each class's docstring says what went wrong and how to fix it. The tree::
     ├── AppClosedError             the Soniq instance was closed
     ├── DecryptionError            a token was tampered with or made with a key not in SONIQ_SECRET_KEYS
     └── DatabaseError              the database failed or cannot be reached
+        ├── DataRejectedError      the database refused a value it can never store (retrying cannot help)
         ├── SchemaMissingError     PostgreSQL has no Soniq schema: run ``soniq setup``
         └── MigrationError         a migration failed to apply
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AppClosedError",
     "ConfigurationError",
+    "DataRejectedError",
     "DatabaseError",
     "DecryptionError",
     "DuplicateJobError",
@@ -106,6 +108,12 @@ class DecryptionError(SoniqError):
 
 class DatabaseError(SoniqError):
     """The database failed or could not be reached; the message carries the driver's reason."""
+
+
+class DataRejectedError(DatabaseError):
+    """The database refused a value it can never store: too large for it, or a character its
+    encoding cannot represent (PostgreSQL SQLSTATE classes 22, 23 and 54; SQLite's data and
+    constraint errors). Sending the same statement again fails again; nothing of it was written."""
 
 
 class SchemaMissingError(DatabaseError):

@@ -23,7 +23,8 @@ from typing import Any
 from soniq.errors import SerializationError, ValidationError
 
 __all__ = [
-    "dumps", "has_unstorable_chars", "loads", "storable_text", "to_utc", "unique_key", "utc_now",
+    "ascii_text", "capped_text", "dumps", "has_unstorable_chars", "loads", "longer_than",
+    "storable_text", "to_utc", "unique_key", "utc_now",
 ]
 
 # A JSON-escaped NUL (\u0000) not itself escaped, and any surrogate code point left in the text.
@@ -33,6 +34,7 @@ _JSONB_UNSAFE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000|[\ud800-\udfff]")
 _RESPELL = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"|(-?\d++(?:\.\d++)?+e\+\d++|-0\.0(?!\d))')
 # Characters no backend can store in text: NUL (PostgreSQL) and lone surrogates (not UTF-8).
 _UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
+_NON_ASCII = re.compile("[^\x00-\x7f]")
 
 
 def _respell(match: re.Match[str]) -> str:
@@ -87,6 +89,39 @@ def storable_text(text: str) -> str:
     if _UNSTORABLE_CHAR.search(text) is None:
         return text
     return _UNSTORABLE_CHAR.sub(lambda match: f"\\u{ord(match[0]):04x}", text)
+
+
+def ascii_text(text: str) -> str:
+    """``text`` with each non-ASCII character written as a ``\\uXXXX`` (``\\UXXXXXXXX``) escape,
+    for messages a database whose encoding is not UTF-8 must store whatever they contain."""
+    if text.isascii():
+        return text
+    return _NON_ASCII.sub(lambda match: f"\\u{ord(match[0]):04x}" if ord(match[0]) < 0x10000
+                          else f"\\U{ord(match[0]):08x}", text)
+
+
+def longer_than(text: str, limit: int) -> bool:
+    """True when ``text`` takes more than ``limit`` bytes as UTF-8; O(1) unless ``text`` holds
+    non-ASCII characters and is within a factor of 4 of the limit."""
+    size = len(text)
+    if size > limit:
+        return True
+    if size * 4 <= limit or text.isascii():  # isascii() is O(1) on CPython's str
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def capped_text(text: str, limit: int) -> str:
+    """``text``, or its start and end with the middle cut so that it takes at most ``limit``
+    bytes as UTF-8 (``limit`` of 256 or more)."""
+    if not longer_than(text, limit):
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    keep = (limit - 64) // 2  # 64 bytes left for the marker
+    marker = f" [... {len(data) - 2 * keep} bytes cut ...] "
+    head = data[:keep].decode("utf-8", "ignore")
+    tail = data[len(data) - keep:].decode("utf-8", "ignore")
+    return head + marker + tail
 
 
 def loads(text: str | bytes | None) -> Any:

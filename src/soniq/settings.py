@@ -48,6 +48,14 @@ class SoniqSettings(BaseSettings):
         description="queues for your code to read (comma-separated in env); not a worker filter",
     )
     result_ttl: int = Field(300, ge=0, description="seconds a finished job's row and result are kept")
+    max_result_bytes: int = Field(
+        16 * 2**20, ge=1, le=256 * 2**20,
+        description="largest result a job may return, in bytes of JSON (after encryption, if "
+                    "any); a larger one fails the attempt ('result could not be stored')")
+    max_error_bytes: int = Field(
+        64 * 2**10, ge=256, le=16 * 2**20,
+        description="bytes of an error's message, and of its traceback, stored per failed "
+                    "attempt; the middle of a longer text is cut")
     job_timeout: float | None = Field(300.0, ge=0,
                                       description="seconds a job may run; 0 or None disables")
     pool_min_size: int = Field(5, ge=0, le=1_000)

@@ -192,6 +192,8 @@ class JobOutcome(NamedTuple):
       gives the attempt back (snooze, shutdown).
     - ``DEAD_LETTER`` / ``CANCELLED``: final.
     ``error`` (JSON text of one ``errors`` entry) is appended to the job's ``errors`` when given.
+    ``job`` is never written: the worker sets it on ``DONE`` to the attempt's claimed job, so that
+    a result the database refuses can still become a failed attempt of that job.
     """
 
     job_id: str
@@ -202,6 +204,7 @@ class JobOutcome(NamedTuple):
     run_at: datetime | None = None
     refund_attempt: bool = False
     expires_at: datetime | None = None
+    job: ClaimedJob | None = None
 
 
 @dataclass(frozen=True, slots=True)

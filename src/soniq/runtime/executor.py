@@ -4,10 +4,13 @@ For each attempt: decode the arguments, inject :class:`~soniq.types.JobContext` 
 hooks and middleware around the function under a per-job cancel scope, and turn what happened
 into a :class:`~soniq.types.JobOutcome` for the finisher:
 
-- returned a value → ``done`` (result stored as JSON, kept ``result_ttl`` seconds);
+- returned a value → ``done`` (result stored as JSON, kept ``result_ttl`` seconds); a result
+  over ``max_result_bytes``, or one the database refuses (:meth:`Executor.unstorable`), fails
+  the attempt instead;
 - returned :class:`~soniq.types.Snooze` → ``queued`` later, attempt given back;
 - raised, or ran past its timeout → ``queued`` after the retry delay, or ``dead_letter`` on the
-  last attempt (error type, message and traceback appended to ``errors``);
+  last attempt (error type, message and traceback, each cut to ``max_error_bytes``, appended to
+  ``errors``);
 - cancelled through ``cancel_job`` → ``cancelled``;
 - interrupted by shutdown (outer cancellation) → ``queued`` at once, attempt given back; the
   cancellation is re-raised, never swallowed.
@@ -32,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from soniq.errors import JobArgumentsError
+from soniq.errors import JobArgumentsError, SerializationError
 from soniq.runtime.retry import retry_delay
 from soniq.runtime.seams import JobEvent, call_hook
-from soniq.serialization import dumps, storable_text
+from soniq.serialization import ascii_text, capped_text, dumps, loads, longer_than, storable_text
 from soniq.types import JobContext, JobOutcome, JobStatus, Snooze
 
 if TYPE_CHECKING:
@@ -185,6 +188,11 @@ class Executor:
                 return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True,
                                   run_at=self._now() + timedelta(seconds=seconds))
             encoded = self._codec.encode_result(job.job_name, result)
+            if longer_than(encoded, self._settings.max_result_bytes):  # O(1) for most results
+                raise SerializationError(
+                    f"result could not be stored: its JSON takes more than max_result_bytes "
+                    f"({self._settings.max_result_bytes:,} bytes); return less (keep large data "
+                    "elsewhere and return a reference to it), or raise max_result_bytes")
         except Exception as exc:
             await self._on_error(ctx, exc)
             return self._failed(job, spec, type(exc).__name__, _text_of(exc),
@@ -194,7 +202,7 @@ class Executor:
         if self._events.wants("done"):
             self._emit("done", job, duration=anyio.current_time() - started)
         return JobOutcome(job.id, job.lease_id, JobStatus.DONE, result=encoded,
-                          expires_at=self._expiry())
+                          expires_at=self._expiry(), job=job)
 
     def _expiry(self) -> datetime:
         return self._now() + timedelta(seconds=self._settings.result_ttl)
@@ -258,13 +266,35 @@ class Executor:
                        ctx.job_id, ctx.job_name)
         self.on_slot_freed()
 
+    def unstorable(self, outcome: JobOutcome, reason: str) -> JobOutcome | None:
+        """What to write instead of ``outcome`` once the database refused it alone for its data
+        (:class:`~soniq.errors.DataRejectedError`, message ``reason``): for a finished job, a
+        failed attempt ("result could not be stored: ..."), retried or dead-lettered like any
+        failure; for a failure, the same outcome with its error text escaped to ASCII (for a
+        database whose encoding cannot hold it) and capped. None: nothing can be made of it."""
+        job = outcome.job
+        if outcome.status is JobStatus.DONE and job is not None:
+            return self._failed(job, self._registry.get(job.job_name), "ResultNotStored",
+                                f"result could not be stored: {ascii_text(reason)}", None,
+                                final=False)
+        if outcome.error is None:
+            return None
+        entry = loads(outcome.error)
+        for key in ("type", "message", "traceback"):
+            if isinstance(entry.get(key), str):
+                entry[key] = capped_text(ascii_text(entry[key]), self._settings.max_error_bytes)
+        return outcome._replace(error=dumps(entry))
+
     def _failed(self, job: ClaimedJob, spec: JobSpec | None, error_type: str, message: str,
                 tb: str | None, *, final: bool) -> JobOutcome:
         now = self._now()
-        # Exception text may hold anything; a NUL or lone surrogate must not make it unstorable.
-        error_type, message = storable_text(error_type), storable_text(message)
+        # Exception text may hold anything; a NUL or lone surrogate must not make it unstorable,
+        # nor may its size.
+        limit = self._settings.max_error_bytes
+        error_type = capped_text(storable_text(error_type), limit)
+        message = capped_text(storable_text(message), limit)
         error = dumps({"attempt": job.attempts, "type": error_type, "message": message,
-                       "traceback": None if tb is None else storable_text(tb),
+                       "traceback": None if tb is None else capped_text(storable_text(tb), limit),
                        "at": now.isoformat()})
         if final or spec is None or job.attempts >= job.max_attempts:
             logger.error("job %s (%s) dead-lettered after attempt %d/%d: %s: %s", job.id,

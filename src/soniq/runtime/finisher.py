@@ -3,6 +3,13 @@ statement (DESIGN.md §4). Outcomes the database refuses because the lease moved
 rescued and re-run elsewhere) are logged, never retried. On a database error the batch stays
 buffered and is written once the database is back; the buffer is flushed on shutdown.
 
+An outcome the database can never store (:class:`~soniq.errors.DataRejectedError`: a result too
+large, a character the database's encoding lacks) must not hold up the others: a refused batch is
+split in halves until the outcome is alone, and ``on_unstorable`` (the executor's) says what to
+write instead -- a failed attempt for a result, an ASCII-escaped error text for a failure. An
+outcome nothing can be made of is dropped (logged, counted in ``dropped``); its job stays
+``processing`` until this worker stops and it is rescued.
+
 A write in flight is never abandoned half-way by cancellation (shutdown): it finishes (bounded),
 so its outcome is known. A write that failed may still have committed (the connection dropped
 after the commit); when its retry is refused, that is the reason, not a rescue, and it is logged
@@ -15,9 +22,11 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from soniq.errors import DatabaseError
+from soniq.errors import DatabaseError, DataRejectedError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anyio.abc import TaskStatus
 
     from soniq.backends.base import StorageBackend
@@ -45,6 +54,10 @@ class Finisher:
         self._lock = anyio.Lock()
         self._unsure: set[str] = set()  # jobs whose outcome's write failed, perhaps after commit
         self.lease_lost = 0  # outcomes refused by the lease fence
+        self.dropped = 0  # outcomes the database refused with nothing to write instead
+        #: What to write instead of an outcome the database refused alone for its data (given
+        #: the outcome and the reason); None drops it. The worker sets the executor's.
+        self.on_unstorable: Callable[[JobOutcome, str], JobOutcome | None] = lambda o, r: None
 
     def put(self, outcome: JobOutcome) -> None:
         """Queue an outcome (no I/O; safe to call while being cancelled)."""
@@ -76,23 +89,59 @@ class Finisher:
         async with self._lock:
             self._pending = anyio.Event()
             while self._buffer:
-                batch = self._buffer[: self._batch_size]
-                try:
-                    with anyio.CancelScope(shield=True) as write:
-                        write.deadline = anyio.current_time() + WRITE_BOUND
-                        accepted = await self._backend.complete_jobs(batch)
-                    if write.cancelled_caught:
-                        raise DatabaseError(f"writing {len(batch)} job outcome(s) took longer "
-                                            f"than {WRITE_BOUND:g}s")
-                except BaseException:
-                    self._unsure.update(o.job_id for o in batch)
-                    self._pending.set()
-                    raise
-                del self._buffer[: len(batch)]
-                if len(accepted) < len(batch):
-                    self._refused(batch, set(accepted))
-                if self._unsure:
-                    self._unsure.difference_update(o.job_id for o in batch)
+                await self._write_head(min(len(self._buffer), self._batch_size))
+
+    async def _write_head(self, count: int) -> None:
+        """Write the first ``count`` buffered outcomes and take them out of the buffer. A batch
+        refused for its data is written in halves (each taken out once written), so the written
+        outcomes are always the buffer's head; an outcome refused alone is replaced."""
+        batch = self._buffer[:count]
+        try:
+            accepted = await self._write(batch)
+        except DataRejectedError as exc:
+            if count > 1:
+                await self._write_head(count // 2)
+                await self._write_head(count - count // 2)
+                return
+            accepted = await self._write_instead(batch[0], exc)
+        del self._buffer[:count]
+        if len(accepted) < count:
+            self._refused(batch, set(accepted))
+        if self._unsure:
+            self._unsure.difference_update(o.job_id for o in batch)
+
+    async def _write(self, batch: list[JobOutcome]) -> list[str]:
+        try:
+            with anyio.CancelScope(shield=True) as write:
+                write.deadline = anyio.current_time() + WRITE_BOUND
+                accepted = await self._backend.complete_jobs(batch)
+            if write.cancelled_caught:
+                raise DatabaseError(f"writing {len(batch)} job outcome(s) took longer "
+                                    f"than {WRITE_BOUND:g}s")
+        except DataRejectedError:
+            raise  # the statement failed: nothing of it was written
+        except BaseException:
+            self._unsure.update(o.job_id for o in batch)
+            self._pending.set()
+            raise
+        return accepted
+
+    async def _write_instead(self, outcome: JobOutcome, exc: DataRejectedError) -> list[str]:
+        """Write what ``on_unstorable`` makes of an outcome refused alone; the ids accepted (the
+        job's own when the outcome is dropped: it is settled, not refused by the fence)."""
+        instead = self.on_unstorable(outcome, exc.message)
+        if instead is not None:
+            logger.warning("the outcome of job %s could not be stored (%s); writing %s instead",
+                           outcome.job_id, exc.message, instead.status.value)
+            try:
+                return await self._write([instead])
+            except DataRejectedError as again:
+                exc = again
+        self.dropped += 1
+        logger.error("the outcome of job %s could not be stored and is dropped (%s); the job "
+                     "stays processing until this worker stops and it is rescued",
+                     outcome.job_id, exc.message)
+        return [outcome.job_id]
 
     def _refused(self, batch: list[JobOutcome], accepted: set[str]) -> None:
         refused = [o.job_id for o in batch if o.job_id not in accepted]

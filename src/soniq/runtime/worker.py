@@ -79,6 +79,7 @@ class Worker:
             worker_id=self.id, put_outcome=self.finisher.put, clock=clock,
             thread_limiter=anyio.CapacityLimiter(self.concurrency),
         )
+        self.finisher.on_unstorable = self.executor.unstorable
         self.fetcher = Fetcher(
             backend, self.executor, worker_id=self.id, queues=self.queues,
             concurrency=self.concurrency, poll_interval=settings.poll_interval,

@@ -13,7 +13,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
 
-from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError, SoniqError
+from soniq.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DataRejectedError,
+    SchemaMissingError,
+    SoniqError,
+)
 from soniq.settings import SECRET_URL_PARAMS, redact_url
 
 if TYPE_CHECKING:
@@ -33,6 +39,11 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
 )
+
+# SQLSTATE classes of a value the server can never store: data exception (too long, not
+# representable in the database's encoding, bad syntax), integrity constraint violation, program
+# limit exceeded (a jsonb over 256 MB). The same statement fails the same way every time.
+_REJECTED_CLASSES = ("22", "23", "54")
 
 
 def _secrets(url: str) -> list[str]:
@@ -78,6 +89,10 @@ def translate(exc: BaseException, url: str, *, connecting: bool = False) -> Soni
         connecting and isinstance(exc, ValueError)
     ):
         return ConfigurationError(f"invalid PostgreSQL database_url {where}: {reason}")
+    if isinstance(exc, asyncpg.exceptions.DataError) or (  # DataError: asyncpg refused a value
+        isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in _REJECTED_CLASSES
+    ):
+        return DataRejectedError(f"PostgreSQL refused a value at {where}: {reason}")
     # InternalClientError: a connection the server dropped while it sat idle (its protocol is
     # still consuming the server's error); the pool replaces it after this one failure.
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -29,7 +30,7 @@ import anyio
 
 from soniq.backends._bridge import call
 from soniq.backends.sqlite import sql
-from soniq.errors import DatabaseError, MigrationError
+from soniq.errors import DatabaseError, DataRejectedError, MigrationError
 from soniq.migrations import Migration, load_migrations
 from soniq.serialization import utc_now
 
@@ -74,6 +75,9 @@ class SqliteDatabase:
     async def _on_owner_loop(self, thunk: Callable[[], Awaitable[T]]) -> T:
         try:
             return await thunk()
+        except (sqlite3.DataError, sqlite3.IntegrityError) as exc:
+            # A string or blob too big, a constraint: the same statement fails the same way again.
+            raise DataRejectedError(f"SQLite refused a value in {self.path!r}: {exc}") from exc
         except aiosqlite.Error as exc:
             raise DatabaseError(f"SQLite error on {self.path!r}: {exc}") from exc
 
