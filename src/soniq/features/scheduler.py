@@ -178,7 +178,7 @@ class Scheduler:
         store = await self._store()
         now = self.clock()
         record = await store.upsert(definition, next_run_at=timing.next_after(now), now=now)
-        return self._public(record)
+        return _public(record, job_known=self.knows(record.job_name))
 
     def define(self, name: str, *, cron: object = None, every: object = None,
                target: Any = None, args: Mapping[str, Any] | None = None,
@@ -236,7 +236,7 @@ class Scheduler:
             return None
         store = await self._store()
         record = await store.get(name)
-        return None if record is None else self._public(record)
+        return None if record is None else _public(record, job_known=self.knows(record.job_name))
 
     def knows(self, job_name: str) -> bool:
         """Whether this app's scheduler can enqueue ``job_name`` (fires its schedules)."""
@@ -254,25 +254,28 @@ class Scheduler:
     async def list(self) -> builtins.list[dict[str, Any]]:
         """Every schedule, by name (see :meth:`get` for the keys)."""
         store = await self._store()
-        return [self._public(record) for record in await store.list()]
+        names = self._job_names()
+        return [_public(record, job_known=names is None or record.job_name in names)
+                for record in await store.list()]
 
-    def _public(self, record: ScheduleRecord) -> dict[str, Any]:
-        return {
-            "name": record.name,
-            "job_name": record.job_name,
-            "cron": record.cron,
-            "every": record.every_seconds,
-            "timezone": record.timezone,
-            "queue": record.queue,
-            "priority": record.priority,
-            "args": loads(record.args),
-            "paused": record.paused,
-            "next_run_at": record.next_run_at,
-            "last_run_at": record.last_run_at,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-            "job_known": self.knows(record.job_name),
-        }
+
+def _public(record: ScheduleRecord, *, job_known: bool) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "job_name": record.job_name,
+        "cron": record.cron,
+        "every": record.every_seconds,
+        "timezone": record.timezone,
+        "queue": record.queue,
+        "priority": record.priority,
+        "args": loads(record.args),
+        "paused": record.paused,
+        "next_run_at": record.next_run_at,
+        "last_run_at": record.last_run_at,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "job_known": job_known,
+    }
 
 
 def _is_name(name: object) -> bool:
