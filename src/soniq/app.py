@@ -159,7 +159,7 @@ class Soniq:
             settings = self._settings
             self._scheduler = Scheduler(
                 self._backend, build_job=self._schedule_job, ready=self.ensure_initialized,
-                wake=self._wake_local, interval=settings.scheduler_interval,
+                job_names=self._schedulable_jobs, wake=self._wake_local, interval=settings.scheduler_interval,
                 misfire=settings.scheduler_misfire, grace=settings.scheduler_misfire_grace,
                 error_retry_delay=settings.error_retry_delay)
         return self._scheduler
@@ -177,6 +177,13 @@ class Soniq:
                       priority: int | None) -> NewJob:
         """The job a schedule enqueues, validated like ``enqueue`` (never deduplicated)."""
         return self._new_job(target, args, queue=queue, priority=priority, unique=False)
+
+    def _schedulable_jobs(self) -> frozenset[str] | None:
+        """The job names a schedule of this app can enqueue: the registered ones, or any name
+        (None) with ``enqueue_validation='none'``."""
+        if self._settings.enqueue_validation == "none":
+            return None
+        return frozenset(spec.name for spec in self._registry)
 
     @property
     def signing(self) -> Signing:

@@ -66,6 +66,11 @@ class SoniqSettings(BaseSettings):
     heartbeat_interval: float = Field(5.0, gt=0, le=3_600)
     heartbeat_timeout: float = Field(300.0, gt=0, le=86_400)
     cleanup_interval: float = Field(300.0, gt=0, le=86_400)
+    maintenance_statement_timeout: float = Field(
+        60.0, ge=0, le=86_400,
+        description="PostgreSQL: seconds each housekeeping statement may run (ANALYZE when a worker "
+                    "starts, the rescue, pruning, rollups), set per transaction (SET LOCAL: safe "
+                    "with PgBouncer) over the role's or database's statement_timeout; 0 for none")
     error_retry_delay: float = Field(5.0, gt=0, le=3_600)
     shutdown_timeout: float = Field(30.0, ge=0, le=86_400,
                                     description="seconds running jobs get to finish on shutdown")

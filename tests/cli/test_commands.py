@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,34 @@ def test_schedules_commands(url: str, cli: InProcess) -> None:
     assert ok("schedules", "remove", "nightly", env=env).strip() == "removed schedule nightly"
     assert in_db(url, lambda app: app.scheduler.get("nightly")) is None
     assert "no schedule named 'nightly'" in cli("schedules", "remove", "nightly", code=1)[1]
+
+
+def test_schedules_list_marks_jobs_the_app_does_not_register(
+        url: str, cli: InProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #26, finding 6: given the app, ``schedules list`` marks the schedules its workers
+    leave alone (their job is not registered there); without an app nothing is checked."""
+    module = f"service_{tmp_path.name.replace('-', '_')}"  # a fresh import: it reads this URL
+    (tmp_path / f"{module}.py").write_text(
+        "from soniq import Soniq\n\napp = Soniq()\n\n\n@app.job(name='cli.add')\n"
+        "async def add(a: int, b: int) -> int:\n    return a + b\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    async def add(app: Soniq) -> None:
+        await app.scheduler.add("nightly", cron="0 3 * * *", target="cli.add",
+                                args={"a": 1, "b": 1})
+        await app.scheduler.add("invoices", every=60, target="billing.invoice")
+
+    in_db(url, add)
+    listed = cli.json("schedules", "list", f"{module}:app", SONIQ_DATABASE_URL=url)
+    assert {s["name"]: s["job_known"] for s in listed} == {"invoices": False, "nightly": True}
+    monkeypatch.delitem(sys.modules, module)  # the command closed that app: import a new one
+    rows = {line.split()[0]: line for line in
+            cli("schedules", "list", f"{module}:app", SONIQ_DATABASE_URL=url)[0].splitlines()}
+    assert "billing.invoice (unknown job)" in rows["invoices"]
+    assert "unknown job" not in rows["nightly"]
+    unchecked = cli.json("schedules", "list", SONIQ_DATABASE_URL=url)
+    assert [s["job_known"] for s in unchecked] == [None, None]
+    assert "unknown job" not in cli("schedules", "list", SONIQ_DATABASE_URL=url)[0]
 
 
 def test_status_and_migrate_status(url: str, cli: InProcess) -> None:

@@ -4,6 +4,7 @@ waits for a cron minute, except the end-to-end worker tests (``every=1``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,13 @@ from soniq.errors import (
     UnknownJobError,
     ValidationError,
 )
-from soniq.features.scheduler import Scheduler, SchedulerService, Timing, run_scheduler
+from soniq.features.scheduler import (
+    DUE_BATCH,
+    Scheduler,
+    SchedulerService,
+    Timing,
+    run_scheduler,
+)
 from tests.helpers import running_worker, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -387,10 +394,51 @@ async def test_a_job_this_worker_does_not_know_is_left_for_others(caplog: pytest
     consumer = Soniq(backend=shared)  # registers nothing
     first = (await producer.scheduler.add("report", every=10))["next_run_at"]
     assert await consumer.scheduler.service().run_once(now=first) == []
-    assert "cannot enqueue job 'report'" in caplog.text
+    assert "'report' (job 'report')" in caplog.text and "not registered" in caplog.text
     assert len(await producer.scheduler.service().run_once(now=first)) == 1
     await producer.close()
     await consumer.close()
+
+
+async def test_schedules_of_unknown_jobs_do_not_starve_the_others(
+        app: Soniq, backend_name: str, database_url: str | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue #26, finding 6: a full due batch of schedules whose job this app does not register
+    (another service's, on the same database) sorts before the one it knows. The tick still
+    fires that one, leaves the others exactly as they were, and names them in one warning per
+    scheduler; the service that knows their job still fires them."""
+    caplog.set_level(logging.WARNING, logger="soniq.scheduler")
+    register(app)
+    service = fixed(app)
+    other = (Soniq(backend=app.backend, enqueue_validation="none") if backend_name == "memory"
+             else Soniq(database_url=database_url, enqueue_validation="none"))
+    try:
+        other.scheduler.clock = lambda: NOW - timedelta(minutes=1)
+        for n in range(DUE_BATCH):
+            await other.scheduler.add(f"billing.{n:03}", every=30, target="billing.invoice")
+        theirs = [s for s in await other.scheduler.list() if s["name"].startswith("billing.")]
+        first = (await app.scheduler.add("report", every=30))["next_run_at"]
+        assert all(s["next_run_at"] < first for s in theirs)  # all due first, a full batch
+
+        [job_id] = await service.run_once(now=first)
+        job = await app.get_job(job_id)
+        assert job is not None and job["job_name"] == "report"
+        assert len(await service.run_once(now=first + timedelta(seconds=30))) == 1
+        after = [s for s in await other.scheduler.list() if s["name"].startswith("billing.")]
+        assert after == theirs  # not fired, advanced, paused or deleted by this app
+        warnings = [r.getMessage() for r in caplog.records if "not registered" in r.getMessage()]
+        assert len(warnings) == 1, warnings  # once per scheduler, not once per tick
+        assert warnings[0].startswith(f"{DUE_BATCH} schedule(s)")
+        assert "'billing.000' (job 'billing.invoice')" in warnings[0]
+        assert f"and {DUE_BATCH - 20} more" in warnings[0]
+        assert (await app.scheduler.get("billing.000"))["job_known"] is False  # type: ignore[index]
+        assert (await app.scheduler.get("report"))["job_known"] is True  # type: ignore[index]
+
+        fired = await other.scheduler.service().run_once(now=first + timedelta(seconds=30))
+        assert len(fired) == DUE_BATCH  # the service that can enqueue them still fires them
+        assert len(await jobs_named(app, "billing.invoice")) == DUE_BATCH
+    finally:
+        await other.close()
 
 
 # -- end to end -----------------------------------------------------------------------------------

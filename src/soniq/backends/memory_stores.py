@@ -29,7 +29,7 @@ from soniq.types import JobRecord, JobStatus, NewJob
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Sequence
 
 __all__ = ["MemoryDashboardStore", "MemoryDeadLetterStore", "MemoryLogStore", "MemoryScheduleStore",
            "MemoryWebhookStore"]
@@ -165,8 +165,10 @@ class MemoryScheduleStore:
         self._schedules[name] = dataclasses.replace(old, paused=paused, updated_at=now)
         return True
 
-    async def due(self, now: datetime, *, limit: int) -> builtins.list[ScheduleRecord]:
-        due = [r for r in self._schedules.values() if not r.paused and r.next_run_at <= now]
+    async def due(self, now: datetime, *, limit: int,
+                  job_names: Collection[str] | None) -> builtins.list[ScheduleRecord]:
+        due = [r for r in self._schedules.values() if not r.paused and r.next_run_at <= now
+               and (job_names is None or r.job_name in job_names)]
         due.sort(key=lambda r: (r.next_run_at, r.name))
         return due[:limit]
 

@@ -18,7 +18,7 @@ from soniq.ids import new_id
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Collection, Iterable, Sequence
 
     from soniq.types import JobRecord, NewJob
 
@@ -183,8 +183,11 @@ class ScheduleStore(Protocol):
         """True when the schedule exists (whatever its previous state)."""
         ...
 
-    async def due(self, now: datetime, *, limit: int) -> builtins.list[ScheduleRecord]:
-        """Schedules not paused with ``next_run_at <= now``, earliest first."""
+    async def due(self, now: datetime, *, limit: int,
+                  job_names: Collection[str] | None) -> builtins.list[ScheduleRecord]:
+        """Schedules not paused with ``next_run_at <= now``, earliest first; only those whose
+        ``job_name`` is in ``job_names`` unless it is None (the caller can enqueue any name), so
+        schedules of jobs the caller cannot enqueue never crowd the ``limit``."""
         ...
 
     async def advance(self, name: str, *, expected: datetime, next_run_at: datetime,

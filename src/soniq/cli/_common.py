@@ -31,6 +31,7 @@ __all__ = [
     "Loop",
     "Target",
     "UsageError",
+    "app_spec",
     "configure_logging",
     "event_loop",
     "import_attribute",
@@ -87,10 +88,15 @@ def open_app(target: Target | None = None, *, app_path: str | None = None,
     plain ``Soniq`` on ``--database-url`` / ``SONIQ_DATABASE_URL`` with ``overrides``."""
     target = target or Target()
     url = target.database_url or GLOBALS.database_url
-    spec = app_path or target.app or GLOBALS.app or os.environ.get("SONIQ_APP") or None
+    spec = app_spec(target, app_path)
     if spec is not None or require_app:
         return load_app(spec, url)
     return Soniq(database_url=url, **overrides)
+
+
+def app_spec(target: Target, app_path: str | None = None) -> str | None:
+    """The user's app named for this command (APP, ``--app``, ``SONIQ_APP``), or None."""
+    return app_path or target.app or GLOBALS.app or os.environ.get("SONIQ_APP") or None
 
 
 def run(soniq: Soniq, fn: Callable[[], Awaitable[T]]) -> T:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter
 
-from soniq.cli._common import Target, open_app, run
+from soniq.cli._common import AppPath, Target, app_spec, open_app, run
 from soniq.cli._output import print_json, print_line, print_table
 
 __all__ = ["app"]
@@ -17,22 +17,32 @@ Name = Annotated[str, Parameter(name="NAME")]
 
 
 @app.command(name="list")
-def list_schedules(*, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
-    """List every schedule, by name.
+def list_schedules(app_path: AppPath = None, /, *, json: bool = False,
+                   target: Target = Target()) -> int:  # noqa: B008
+    """List every schedule, by name. Given your app, schedules whose job it does not register
+    are marked "unknown job": its workers leave them to workers that register the job (another
+    service's schedule, or a renamed job).
 
     Parameters
     ----------
+    app_path
+        Your Soniq instance as module:attribute (optional; default: SONIQ_APP). Without it,
+        schedules are not checked against registered jobs (``job_known`` is null).
     json
         Print the schedules as JSON.
     """
-    soniq = open_app(target)
-    schedules = run(soniq, soniq.scheduler.list)
+    checked = app_spec(target, app_path) is not None
+    soniq = open_app(target, app_path=app_path)
+    schedules = [{**s, "job_known": s["job_known"] if checked else None}
+                 for s in run(soniq, soniq.scheduler.list)]
     if json:
         print_json(schedules)
         return 0
     rows = [{**s, "when": s["cron"] or f"every {s['every']:g}s",
-             "state": "paused" if s["paused"] else "active"} for s in schedules]
-    print_table(rows, [("name", "name"), ("job_name", "job"), ("when", "when"),
+             "state": "paused" if s["paused"] else "active",
+             "job": s["job_name"] if s["job_known"] is not False
+             else f"{s['job_name']} (unknown job)"} for s in schedules]
+    print_table(rows, [("name", "name"), ("job", "job"), ("when", "when"),
                        ("timezone", "timezone"), ("state", "state"),
                        ("next_run_at", "next run (UTC)"), ("last_run_at", "last run (UTC)")],
                 empty="no schedules")

@@ -7,7 +7,12 @@ the next tick. Firing is one transaction per fire time -- compare-and-swap on th
 ``next_run_at``, a row in ``soniq_schedule_fires`` (unique per schedule and fire time) and the job
 -- so any number of workers enqueue each fire time exactly once.
 
-Timing:
+A scheduler fires only the schedules whose job its app can enqueue (registered there, or any name
+with ``enqueue_validation='none'``): the due query filters by those job names, so schedules of
+another service sharing the database, or of a renamed job, never hold back the others. They are
+left untouched for workers that know the job, and named once in a warning per scheduler.
+
+Timing (:mod:`soniq.features.schedule_timing`):
 
 - ``every=`` fire times sit on a fixed grid (``first + k * every``), so they never drift with the
   tick; the first one is ``every`` after the schedule is added.
@@ -32,14 +37,10 @@ to storage when a worker's scheduler starts (or on ``await app.scheduler.sync()`
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-from croniter import croniter
 
 from soniq.backends.stores import ScheduleDefinition, ScheduleRecord, ScheduleStore
 from soniq.errors import (
@@ -48,12 +49,13 @@ from soniq.errors import (
     UnsupportedOperationError,
     ValidationError,
 )
+from soniq.features.schedule_timing import Misfire, Timing
 from soniq.registry import validate_name
 from soniq.serialization import dumps, loads, utc_now
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Collection, Mapping
 
     from anyio.abc import TaskStatus
 
@@ -66,134 +68,18 @@ logger = logging.getLogger("soniq.scheduler")
 
 #: Due schedules handled per tick (the rest wait for the next tick).
 DUE_BATCH = 100
-#: Cron candidates examined before giving up on an expression that never matches.
-_MAX_CRON_STEPS = 1000
-_MICROSECOND = timedelta(microseconds=1)
-#: The longest ``every=`` accepted (ten years, in seconds): fire-time arithmetic stays in range.
-_MAX_EVERY = 315_576_000.0
-
-Misfire = Literal["skip", "catch_up_once"]
+#: How often a scheduler looks for schedules whose job it cannot enqueue, to warn about new ones.
+UNKNOWN_CHECK_INTERVAL = timedelta(minutes=10)
+#: Schedules named in that warning (the rest are counted; ``soniq schedules list`` shows all).
+_NAMED = 20
 
 
 async def _nothing() -> None:
     """The default ``ready``: a backend used directly is already initialised by its owner."""
 
 
-# -- timing -------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """When a schedule fires: exactly one of ``cron`` / ``every`` (seconds), and the timezone
-    the cron expression is read in. Build it with :meth:`parse`, which validates."""
-
-    cron: str | None
-    every: float | None
-    timezone: str
-
-    @classmethod
-    def parse(cls, cron: object = None, every: object = None, timezone: object = "UTC") -> Timing:
-        if (cron is None) == (every is None):
-            raise ValidationError(
-                "a schedule needs exactly one of cron='...' or every=<seconds or timedelta>"
-                + (" (got both)" if cron is not None else "")
-            )
-        if not isinstance(timezone, str) or not timezone:
-            raise ValidationError(f"timezone must be an IANA name such as 'Europe/Berlin', "
-                                  f"got {timezone!r}")
-        _zone(timezone)
-        if cron is not None:
-            expression = " ".join(str(cron).split())
-            fields = len(expression.split())
-            if (fields != 5 and not expression.startswith("@")) or not croniter.is_valid(expression):
-                raise ValidationError(
-                    f"invalid cron expression {expression!r}: use five fields "
-                    "'minute hour day-of-month month day-of-week', e.g. '*/15 * * * *'"
-                )
-            timing = cls(expression, None, timezone)
-            timing.next_after(utc_now())  # an expression that never matches fails here
-            return timing
-        if isinstance(every, timedelta):
-            seconds = every.total_seconds()
-        elif isinstance(every, int | float) and not isinstance(every, bool):
-            seconds = float(every)
-        else:
-            raise ValidationError(f"every must be a number of seconds or a timedelta, "
-                                  f"not {type(every).__name__}")
-        if not math.isfinite(seconds) or seconds < 1:
-            raise ValidationError(f"every must be at least 1 second, got {every!r}")
-        if seconds > _MAX_EVERY:
-            raise ValidationError(f"every must be at most {_MAX_EVERY:g} seconds (ten years), "
-                                  f"got {every!r}; use a cron expression for rare schedules")
-        return cls(None, seconds, timezone)
-
-    def next_after(self, after: datetime, *, anchor: datetime | None = None) -> datetime:
-        """The first fire time strictly after ``after`` (aware UTC). ``every`` schedules stay on
-        the grid of ``anchor`` when given (a fire time of the schedule)."""
-        if self.every is not None:
-            step = timedelta(seconds=self.every)
-            if anchor is None:
-                return after + step
-            if after < anchor:
-                return anchor
-            steps = (after - anchor) // step + 1  # exact: timedeltas divide in microseconds
-            return anchor + step * steps
-        assert self.cron is not None
-        return _cron_next(self.cron, _zone(self.timezone), after)
-
-    def plan(self, next_run_at: datetime, now: datetime, *, misfire: Misfire,
-             grace: timedelta) -> tuple[datetime | None, datetime]:
-        """For a schedule due at ``next_run_at <= now``: (the fire time to enqueue, or None to
-        skip), and the next fire time after ``now``."""
-        window = now - grace
-        if self.every is not None:  # on the grid: no need to walk it
-            step = timedelta(seconds=self.every)
-            latest_on_grid = next_run_at + step * ((now - next_run_at) // step)
-            upcoming_on_grid = latest_on_grid + step
-            if misfire == "catch_up_once":
-                return next_run_at, upcoming_on_grid
-            return (latest_on_grid if latest_on_grid >= window else None), upcoming_on_grid
-        first = (next_run_at if next_run_at >= window
-                 else self.next_after(window - _MICROSECOND, anchor=next_run_at))
-        latest: datetime | None = None
-        upcoming = first
-        while upcoming <= now:
-            latest = upcoming
-            upcoming = self.next_after(upcoming, anchor=next_run_at)
-        if misfire == "catch_up_once":
-            return next_run_at, upcoming
-        return latest, upcoming
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(
-            f"unknown timezone {name!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'"
-        ) from None
-
-
-def _cron_next(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
-    """The next instant after ``after`` whose wall-clock time in ``zone`` matches; wall times
-    that do not exist are skipped, repeated ones count once (their first occurrence)."""
-    wall = after.astimezone(zone).replace(tzinfo=None)
-    try:
-        candidates = croniter(expression, wall)
-        for _ in range(_MAX_CRON_STEPS):
-            candidate = candidates.get_next(datetime)
-            instant = _wall_to_utc(candidate, zone)
-            if instant is not None and instant > after:
-                return instant
-    except (ValueError, KeyError, OverflowError) as exc:
-        raise ValidationError(f"cron expression {expression!r} has no next time: {exc}") from None
-    raise ValidationError(f"cron expression {expression!r} never matches a real time")
-
-
-def _wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime | None:
-    """The first instant showing ``wall`` in ``zone``; None when the clock skips it."""
-    instant = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-    if instant.astimezone(zone).replace(tzinfo=None) != wall:
-        return None
-    return instant
+def _any_job() -> None:
+    """The default ``job_names``: ``build_job`` decides alone which jobs it can enqueue."""
 
 
 # -- the public API -------------------------------------------------------------------------------
@@ -206,6 +92,9 @@ class Scheduler:
         build_job: ``(target, args, queue, priority) -> NewJob``, the app's enqueue validation
             (registration, arguments, queue, priority); nothing is written by it.
         ready: awaited before every storage call (the app passes ``ensure_initialized``).
+        job_names: the job names ``build_job`` can enqueue, or None for any name (the app passes
+            its registered jobs, or None with ``enqueue_validation='none'``). Schedules of other
+            jobs (another service's, a renamed job) are never fired, changed or deleted here.
         wake: called with the queues that got jobs, to wake in-process workers at once.
         interval, misfire, grace: the ``scheduler_*`` settings.
         clock: what "now" is (tests set ``scheduler.clock`` to a fixed time).
@@ -216,6 +105,7 @@ class Scheduler:
     def __init__(self, backend: StorageBackend, *,
                  build_job: Callable[[Any, Mapping[str, Any], str | None, int | None], NewJob],
                  ready: Callable[[], Awaitable[None]] = _nothing,
+                 job_names: Callable[[], Collection[str] | None] = _any_job,
                  wake: Callable[[set[str]], None] | None = None,
                  interval: float = 1.0, misfire: Misfire = "skip", grace: float = 60.0,
                  error_retry_delay: float = 5.0,
@@ -223,6 +113,7 @@ class Scheduler:
         self._backend = backend
         self._build_job = build_job
         self._ready = ready
+        self._job_names = job_names
         self._wake = wake
         self.interval = interval
         self.misfire: Misfire = misfire
@@ -287,7 +178,7 @@ class Scheduler:
         store = await self._store()
         now = self.clock()
         record = await store.upsert(definition, next_run_at=timing.next_after(now), now=now)
-        return _public(record)
+        return _public(record, job_known=self.knows(record.job_name))
 
     def define(self, name: str, *, cron: object = None, every: object = None,
                target: Any = None, args: Mapping[str, Any] | None = None,
@@ -338,12 +229,19 @@ class Scheduler:
 
     async def get(self, name: str) -> dict[str, Any] | None:
         """The schedule as a dict (``name, job_name, cron, every, timezone, queue, priority,
-        args, paused, next_run_at, last_run_at, created_at, updated_at``), or None."""
+        args, paused, next_run_at, last_run_at, created_at, updated_at, job_known``), or None.
+        ``job_known`` is False when this app cannot enqueue the job (it is not registered here):
+        this app's scheduler leaves the schedule to workers that register it."""
         if not _is_name(name):
             return None
         store = await self._store()
         record = await store.get(name)
-        return None if record is None else _public(record)
+        return None if record is None else _public(record, job_known=self.knows(record.job_name))
+
+    def knows(self, job_name: str) -> bool:
+        """Whether this app's scheduler can enqueue ``job_name`` (fires its schedules)."""
+        names = self._job_names()
+        return names is None or job_name in names
 
     def service(self) -> SchedulerService:
         """A new loop that fires due schedules (what every worker runs)."""
@@ -356,18 +254,12 @@ class Scheduler:
     async def list(self) -> builtins.list[dict[str, Any]]:
         """Every schedule, by name (see :meth:`get` for the keys)."""
         store = await self._store()
-        return [_public(record) for record in await store.list()]
+        names = self._job_names()
+        return [_public(record, job_known=names is None or record.job_name in names)
+                for record in await store.list()]
 
 
-def _is_name(name: object) -> bool:
-    try:
-        validate_name(name, "schedule name")
-    except ValidationError:
-        return False
-    return True
-
-
-def _public(record: ScheduleRecord) -> dict[str, Any]:
+def _public(record: ScheduleRecord, *, job_known: bool) -> dict[str, Any]:
     return {
         "name": record.name,
         "job_name": record.job_name,
@@ -382,7 +274,16 @@ def _public(record: ScheduleRecord) -> dict[str, Any]:
         "last_run_at": record.last_run_at,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
+        "job_known": job_known,
     }
+
+
+def _is_name(name: object) -> bool:
+    try:
+        validate_name(name, "schedule name")
+    except ValidationError:
+        return False
+    return True
 
 
 # -- firing ---------------------------------------------------------------------------------------
@@ -396,6 +297,7 @@ class SchedulerService:
         self._scheduler = scheduler
         self._synced_definitions = -1
         self._warned: set[str] = set()  # schedules whose job this process cannot build
+        self._next_unknown_check: datetime | None = None
 
     def __repr__(self) -> str:
         return f"<SchedulerService interval={self._scheduler.interval:g}s>"
@@ -428,9 +330,13 @@ class SchedulerService:
             await scheduler.sync(now=now)
             self._synced_definitions = len(scheduler.definitions)
         store = await scheduler._store()
+        job_names = scheduler._job_names()
+        if self._next_unknown_check is None or now >= self._next_unknown_check:
+            await self._warn_unknown(store, job_names)
+            self._next_unknown_check = now + UNKNOWN_CHECK_INTERVAL
         fired: list[str] = []
         woken: set[str] = set()
-        for record in await store.due(now, limit=DUE_BATCH):
+        for record in await store.due(now, limit=DUE_BATCH, job_names=job_names):
             outcome = await self._fire(store, record, now)
             if outcome is not None:
                 fired.append(outcome[0])
@@ -438,6 +344,24 @@ class SchedulerService:
         if woken and scheduler._wake is not None:
             scheduler._wake(woken)
         return fired
+
+    async def _warn_unknown(self, store: ScheduleStore, job_names: Collection[str] | None) -> None:
+        """Warn once per schedule whose job this app cannot enqueue (another service's, or a
+        renamed job). The due query leaves them out, so they never hold back the others, and
+        they are neither fired nor changed here."""
+        if job_names is None:
+            return
+        unknown = [record for record in await store.list()
+                   if record.job_name not in job_names and record.name not in self._warned]
+        if not unknown:
+            return
+        self._warned.update(record.name for record in unknown)
+        named = ", ".join(f"{r.name!r} (job {r.job_name!r})" for r in unknown[:_NAMED])
+        more = f" and {len(unknown) - _NAMED} more" if len(unknown) > _NAMED else ""
+        logger.warning(
+            "%d schedule(s) name a job that is not registered on this app (another service's, "
+            "or a renamed job): this scheduler leaves them to workers that register it: %s%s "
+            "(see: soniq schedules list)", len(unknown), named, more)
 
     async def _fire(self, store: ScheduleStore, record: ScheduleRecord,
                     now: datetime) -> tuple[str, str] | None:

@@ -3,13 +3,14 @@
 Owns the connection pool and the translation between :mod:`soniq.types` and rows. Semantics
 match :class:`~soniq.backends.memory.MemoryBackend` exactly. Neighbours: the SQL lives in
 :mod:`.sql`, migrations and the schema check in :mod:`.schema`, the LISTEN connection in
-:mod:`.listener`, error translation in :mod:`.errors`, writing new jobs in :mod:`.inserts`.
+:mod:`.listener`, error translation in :mod:`.errors`, writing new jobs in :mod:`.inserts`,
+housekeeping (analyze, rescue, prune; under their own ``statement_timeout``) in :mod:`.maintenance`.
 
 Two rules shape the code (DESIGN.md §6):
 
 - Every driver call goes through :func:`soniq.backends._bridge.call`: a pool method
-  (``call(pool.fetch, ...)``) or an asyncio-native coroutine (``_create_pool``, ``_rescue``,
-  :mod:`.inserts`, :func:`.schema.migrate`, ...). Under asyncio that is a direct await;
+  (``call(pool.fetch, ...)``) or an asyncio-native coroutine (``_create_pool``,
+  :mod:`.inserts`, :mod:`.maintenance`, :func:`.schema.migrate`, ...). Under asyncio that is a direct await;
   under trio a hop to the bridge loop.
 - A pool belongs to the loop that created it, so the pool is created inside ``call`` too. Code
   that runs inside ``call`` uses asyncpg only -- no AnyIO primitives, no nested ``call`` -- because
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,8 +29,8 @@ import asyncpg
 
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
-from soniq.backends.base import job_record, worker_lost_error
-from soniq.backends.postgres import inserts, listener, pooling, schema, sql
+from soniq.backends.base import job_record
+from soniq.backends.postgres import inserts, listener, maintenance, pooling, schema, sql
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
@@ -40,27 +40,24 @@ from soniq.backends.postgres.schedules import PostgresScheduleStore
 from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import canonical_uuid, is_uuid, new_id
-from soniq.serialization import dumps
 from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
+    from datetime import datetime
 
     from anyio.abc import TaskStatus
 
     from soniq.settings import SoniqSettings
     from soniq.types import WorkerInfo
 
-__all__ = ["LOOP_POOL_SIZE", "PRUNE_BATCH_SIZE", "PostgresBackend"]
+__all__ = ["LOOP_POOL_SIZE", "PostgresBackend"]
 
 
 logger = logging.getLogger("soniq.postgres")
 
 #: Connections of the worker loops' pool: a claim, a finish and a heartbeat at the same time.
 LOOP_POOL_SIZE = 3
-
-#: Rows deleted per prune statement: short transactions, few row locks held at once.
-PRUNE_BATCH_SIZE = 5_000
 
 # Seconds close() waits for borrowed connections to come back before terminating the pool.
 _CLOSE_TIMEOUT = 10.0
@@ -82,6 +79,8 @@ class PostgresBackend:
         self._loop_pool: Any = None  # the worker loops' own (see _loops)
         self._open_lock: anyio.Lock | None = None
         self._errors = Translator(url)
+        self._maintenance_timeout = maintenance.timeout_setting(
+            settings.maintenance_statement_timeout)
         # PgBouncer transaction pooling (no statement cache) cannot hold a LISTEN session:
         # workers poll instead (DESIGN.md §4).
         self.supports_listen = settings.statement_cache_size > 0
@@ -120,14 +119,16 @@ class PostgresBackend:
     def webhooks(self) -> PostgresWebhookStore:
         """Webhook endpoints and deliveries in this database (see :mod:`soniq.backends.stores`)."""
         if self._webhooks is None:
-            self._webhooks = PostgresWebhookStore(self._ready, self._errors)
+            self._webhooks = PostgresWebhookStore(self._ready, self._errors,
+                                                  self._maintenance_timeout)
         return self._webhooks
 
     @property
     def dashboard(self) -> PostgresDashboardStore:
         """The dashboard's reads and rollups (see :mod:`soniq.backends.stores`)."""
         if self._dashboard is None:
-            self._dashboard = PostgresDashboardStore(self._ready, self._errors)
+            self._dashboard = PostgresDashboardStore(self._ready, self._errors,
+                                                    self._maintenance_timeout)
         return self._dashboard
 
     @property
@@ -368,8 +369,12 @@ class PostgresBackend:
             # Before the first claim: a backlog loaded since the last statistics (autovacuum off,
             # or not round yet) would make every claim sort the whole backlog (sql.py).
             if await call(pool.fetchval, sql.STATISTICS_STALE):
-                await call(pool.execute, sql.ANALYZE_JOBS)
-                logger.info("analyzed soniq_jobs: its statistics were missing or stale")
+                failed = await call(maintenance.analyze, pool, self._maintenance_timeout)
+                if failed is None:
+                    logger.info("analyzed soniq_jobs: its statistics were missing or stale")
+                else:
+                    logger.warning("could not analyze soniq_jobs (%s); starting anyway: claims "
+                                   "may be slow until autovacuum analyzes it", failed)
 
     async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
         _check_worker_id(worker_id)
@@ -400,12 +405,13 @@ class PostgresBackend:
     async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
         with self._errors:
             pool = await self._loops()
-            return await call(_rescue, pool, stale_after, now)
+            return await call(maintenance.rescue, pool, stale_after, now,
+                              self._maintenance_timeout)
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:
         with self._errors:
             pool = await self._loops()
-            return await call(_prune, pool, now)
+            return await call(maintenance.prune, pool, now, self._maintenance_timeout)
 
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:
@@ -466,33 +472,3 @@ async def _give_back(pool: Any, conn: Any) -> None:
 
 async def _terminate(pool: Any) -> None:
     pool.terminate()
-
-
-async def _rescue(pool: Any, stale_after: float, now: datetime | None) -> list[str]:
-    """Give back the jobs of silent or vanished workers, in one transaction. The ``WorkerLost``
-    entries are built by :func:`~soniq.backends.base.worker_lost_error`, the one place their
-    shape is decided; the write is still fenced by lease."""
-    async with pool.acquire() as conn, conn.transaction():
-        clock: datetime = await conn.fetchval(sql.CLOCK, now)
-        cutoff = clock - timedelta(seconds=stale_after)
-        lost = await conn.fetch(sql.LOST_JOBS, cutoff)
-        rescued: list[str] = []
-        if lost:
-            errors = [dumps(worker_lost_error(row["worker_id"], row["attempts"], clock))
-                      for row in lost]
-            rows = await conn.fetch(sql.RESCUE_JOBS, [row["id"] for row in lost],
-                                    [row["lease_id"] for row in lost], errors, clock)
-            rescued = sorted(str(row["id"]) for row in rows)
-        await conn.execute(sql.REMOVE_SILENT_WORKERS, cutoff)
-        return rescued
-
-
-async def _prune(pool: Any, now: datetime | None) -> int:
-    """Delete expired finished jobs in batches, each its own short transaction."""
-    total = 0
-    while True:
-        status = await pool.execute(sql.PRUNE_JOBS, now, PRUNE_BATCH_SIZE)
-        deleted = int(status.rpartition(" ")[2])
-        total += deleted
-        if deleted < PRUNE_BATCH_SIZE:
-            return total

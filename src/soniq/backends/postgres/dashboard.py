@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
 from soniq.backends.base import JOB_COLUMNS, job_record
+from soniq.backends.postgres.maintenance import maintenance
 from soniq.backends.stores import StatsBucket, StorageHealth
 from soniq.ids import is_uuid
 
@@ -66,11 +67,14 @@ def like_pattern(text: str) -> str:
 
 
 class PostgresDashboardStore:
-    """The dashboard's reads in PostgreSQL (reached as ``PostgresBackend.dashboard``)."""
+    """The dashboard's reads in PostgreSQL (reached as ``PostgresBackend.dashboard``); the
+    rollup runs under ``maintenance_timeout`` (see :mod:`.maintenance`)."""
 
-    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator,
+                 maintenance_timeout: str) -> None:
         self._ready = ready
         self._errors = errors
+        self._maintenance_timeout = maintenance_timeout
 
     async def search_jobs(self, *, queue: str | None, status: str | None, job_name: str | None,
                           since: datetime | None, until: datetime | None, before: str | None,
@@ -98,8 +102,7 @@ class PostgresDashboardStore:
     async def rollup(self, *, since: datetime, keep_after: datetime) -> None:
         with self._errors:
             pool = await self._ready()
-            await call(pool.execute, ROLLUP, since)
-            await call(pool.execute, PRUNE_STATS, keep_after)
+            await call(_rollup, pool, since, keep_after, self._maintenance_timeout)
 
     async def stats(self, *, since: datetime) -> list[StatsBucket]:
         with self._errors:
@@ -115,3 +118,10 @@ class PostgresDashboardStore:
             row = await call(pool.fetchrow, HEALTH)
         return StorageHealth(schema_version=row["version"], jobs_table_bytes=row["size"],
                              jobs_rows=row["estimate"], dead_tuples=row["dead"])
+
+
+async def _rollup(pool: Any, since: datetime, keep_after: datetime, statement_timeout: str) -> None:
+    """Runs on the driver's loop: the rollup and the pruning of old buckets, in one transaction."""
+    async with maintenance(pool, statement_timeout) as conn:
+        await conn.execute(ROLLUP, since)
+        await conn.execute(PRUNE_STATS, keep_after)

@@ -18,7 +18,7 @@ from soniq.backends.stores import FIRE_RETENTION, ScheduleRecord
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Collection, Mapping
     from datetime import datetime
 
     from soniq.backends.postgres.errors import Translator
@@ -78,7 +78,9 @@ SET_PAUSED = (
     "WHERE name = $1::text RETURNING name"
 )
 
+#: $1 now, $2 limit, $3 the job names to consider (NULL: every job).
 DUE = (f"{SELECT} WHERE NOT paused AND next_run_at <= $1::timestamptz "
+       "AND ($3::text[] IS NULL OR job_name = ANY ($3::text[])) "
        "ORDER BY next_run_at, name LIMIT $2::integer")
 
 
@@ -135,10 +137,12 @@ class PostgresScheduleStore:
             pool = await self._ready()
             return await call(pool.fetchval, SET_PAUSED, name, paused, now) is not None
 
-    async def due(self, now: datetime, *, limit: int) -> builtins.list[ScheduleRecord]:
+    async def due(self, now: datetime, *, limit: int,
+                  job_names: Collection[str] | None) -> builtins.list[ScheduleRecord]:
+        names = None if job_names is None else sorted(job_names)
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, DUE, now, limit)
+            rows = await call(pool.fetch, DUE, now, limit, names)
         return [_record(row) for row in rows]
 
     async def advance(self, name: str, *, expected: datetime, next_run_at: datetime,

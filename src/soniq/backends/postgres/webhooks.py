@@ -22,6 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
+from soniq.backends.postgres.maintenance import maintenance, prune_in_batches
 from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 if TYPE_CHECKING:
@@ -245,12 +246,15 @@ class PostgresWebhookStore:
     """Webhook endpoints and deliveries in PostgreSQL (``PostgresBackend.webhooks``).
 
     ``ready`` returns the backend's pool (opening it on first use); ``errors`` is the backend's
-    driver-error translator.
+    driver-error translator; pruning runs under ``maintenance_timeout`` (see
+    :mod:`.maintenance`).
     """
 
-    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator,
+                 maintenance_timeout: str) -> None:
         self._ready = ready
         self._errors = errors
+        self._maintenance_timeout = maintenance_timeout
         #: Whether this backend's claims and finishes write their jobs' deliveries.
         self.lifecycle = False
 
@@ -335,20 +339,15 @@ class PostgresWebhookStore:
     async def prune_deliveries(self, *, before: datetime) -> int:
         with self._errors:
             pool = await self._ready()
-            return await call(_prune, pool, before)
+            return await call(_prune, pool, before, self._maintenance_timeout)
 
 
-async def _prune(pool: Any, before: datetime) -> int:
+async def _prune(pool: Any, before: datetime, statement_timeout: str) -> int:
     """Delete finished deliveries in batches, each its own short transaction, and the event log
     rows no endpoint needs any more."""
-    expired = await pool.fetchval(PRUNE_EVENTS, before)
+    async with maintenance(pool, statement_timeout) as conn:
+        expired = await conn.fetchval(PRUNE_EVENTS, before)
     if expired:
         logger.warning("%d webhook event(s) expired before an endpoint took them (its receiver "
                        "accepted nothing for the whole retention)", expired)
-    total = 0
-    while True:
-        status = await pool.execute(PRUNE_DELIVERIES, before, PRUNE_BATCH)
-        deleted = int(status.rpartition(" ")[2])
-        total += deleted
-        if deleted < PRUNE_BATCH:
-            return total
+    return await prune_in_batches(pool, statement_timeout, PRUNE_DELIVERIES, before, PRUNE_BATCH)

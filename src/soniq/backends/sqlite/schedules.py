@@ -8,6 +8,7 @@ commit together, or nothing does. Every call goes through :meth:`SqliteDatabase.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.sqlite import sql
@@ -15,7 +16,7 @@ from soniq.backends.stores import FIRE_RETENTION, ScheduleRecord
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
     from datetime import datetime
 
     from soniq.backends.sqlite.database import SqliteDatabase
@@ -54,6 +55,12 @@ INSERT_FIRE = (
     "INSERT INTO soniq_schedule_fires (schedule_name, fire_at, job_id, fired_at) "
     "VALUES (?, ?, ?, ?) ON CONFLICT (schedule_name, fire_at) DO NOTHING RETURNING job_id"
 )
+
+
+#: ?1 now, ?2 limit, ?3 the job names to consider as a JSON array (NULL: every job).
+DUE = (f"{SELECT} WHERE paused = 0 AND next_run_at <= ?1 "
+       "AND (?3 IS NULL OR job_name IN (SELECT value FROM json_each(?3))) "
+       "ORDER BY next_run_at, name LIMIT ?2")
 
 
 class _AlreadyFired(Exception):
@@ -112,11 +119,10 @@ class SqliteScheduleStore:
             (1 if paused else 0, sql.to_db(now), name))
         return bool(rows)
 
-    async def due(self, now: datetime, *, limit: int) -> builtins.list[ScheduleRecord]:
-        rows = await self._db.run(
-            self._db.read,
-            f"{SELECT} WHERE paused = 0 AND next_run_at <= ? ORDER BY next_run_at, name LIMIT ?",
-            (sql.to_db(now), limit))
+    async def due(self, now: datetime, *, limit: int,
+                  job_names: Collection[str] | None) -> builtins.list[ScheduleRecord]:
+        names = None if job_names is None else json.dumps(sorted(job_names))
+        rows = await self._db.run(self._db.read, DUE, (sql.to_db(now), limit, names))
         return [_record(row) for row in rows]
 
     async def advance(self, name: str, *, expected: datetime, next_run_at: datetime,
