@@ -36,6 +36,7 @@ from soniq.errors import JobArgumentsError
 from soniq.runtime.retry import retry_delay
 from soniq.runtime.seams import JobEvent, call_hook
 from soniq.serialization import dumps, storable_text
+from soniq.settings import LONGEST_DELAY
 from soniq.types import JobContext, JobOutcome, JobStatus, Snooze
 
 if TYPE_CHECKING:
@@ -60,6 +61,14 @@ class _Running:
     job: ClaimedJob
     scope: anyio.CancelScope
     cancel_requested: bool = False
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or a group holding) the event loop's cancellation exception."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(cancelled) is not None
+    return isinstance(exc, cancelled)
 
 
 def _text_of(exc: BaseException) -> str:
@@ -123,8 +132,15 @@ class Executor:
             return
         try:
             outcome = await self._attempt(job, entry)
-        except anyio.get_cancelled_exc_class():
-            # Shutdown, not failure: the job goes back without using an attempt.
+        except Exception as exc:  # a bug, or a value out of range: the job must still end
+            logger.exception("job %s (%s): the worker could not build the outcome of its attempt",
+                             job.id, job.job_name)
+            outcome = self._failed(job, None, type(exc).__name__,
+                                   f"the worker could not record this attempt: {_text_of(exc)}",
+                                   "".join(traceback.format_exception(exc)), final=True)
+        except BaseException:
+            # The runtime's cancellation (shutdown), perhaps in a group; _attempt lets nothing
+            # else out. Not a failure: the job goes back without using an attempt.
             self._put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True))
             raise
         finally:
@@ -174,18 +190,26 @@ class Executor:
         try:
             with entry.scope:
                 result = await self._invoke(spec, kwargs, ctx)
-            if entry.scope.cancelled_caught:
+            # cancel_called, not cancelled_caught: a job that caught the cancellation and
+            # returned anyway still timed out (or was cancelled), whatever it returned.
+            if entry.scope.cancel_called:
+                if not entry.scope.cancelled_caught:
+                    logger.warning("job %s (%s) ignores cancellation: it went on after being "
+                                   "cancelled (it must let CancelledError propagate); its return "
+                                   "value is discarded", job.id, job.job_name)
                 if entry.cancel_requested:
                     self._emit("cancelled", job)
                     return JobOutcome(job.id, job.lease_id, JobStatus.CANCELLED,
                                       expires_at=self._expiry())
                 raise TimeoutError(f"job exceeded its timeout of {timeout:g}s")
             if isinstance(result, Snooze):
-                seconds = max(0.0, float(result.seconds))
+                seconds = min(max(0.0, float(result.seconds)), LONGEST_DELAY)  # NaN -> 0
                 return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True,
                                   run_at=self._now() + timedelta(seconds=seconds))
             encoded = self._codec.encode_result(job.job_name, result)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the job failed too
+            if _is_cancellation(exc):  # the runtime's own: never swallowed
+                raise
             await self._on_error(ctx, exc)
             return self._failed(job, spec, type(exc).__name__, _text_of(exc),
                                 "".join(traceback.format_exception(exc)), final=False)
@@ -199,7 +223,7 @@ class Executor:
     def _expiry(self) -> datetime:
         return self._now() + timedelta(seconds=self._settings.result_ttl)
 
-    async def _on_error(self, ctx: JobContext, exc: Exception) -> None:
+    async def _on_error(self, ctx: JobContext, exc: BaseException) -> None:
         for hook in self._hooks.on_error:
             try:
                 await call_hook(hook, ctx, exc)
