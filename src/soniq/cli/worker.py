@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from typing import Annotated
+import sys
+from typing import Annotated, NoReturn
 
 import anyio
 from cyclopts import Parameter
@@ -16,6 +18,18 @@ from soniq.settings import redact_url
 logger = logging.getLogger("soniq.worker")
 
 _FORCED_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+#: After the second signal: how long running jobs get to end (they normally do at once), then how
+#: long writing the give-back of those that ignore cancellation may take before the process ends.
+FORCED_STOP_GRACE = 3.0
+FORCED_STOP_WRITE_BOUND = 5.0
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without waiting for job threads or tasks that will not end."""
+    logging.shutdown()  # flush the log handlers
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def worker(
@@ -34,7 +48,9 @@ def worker(
     The first SIGTERM or SIGINT stops claiming and lets running jobs finish within
     shutdown_timeout (SONIQ_SHUTDOWN_TIMEOUT); jobs still running then go back to the queue
     without using an attempt, and the worker exits 0. A second signal stops at once: running
-    jobs go back to the queue and the exit code is 130 (SIGINT) or 143 (SIGTERM).
+    jobs go back to the queue and the exit code is 130 (SIGINT) or 143 (SIGTERM), within a few
+    seconds even when a job ignores cancellation. The process never waits for the thread of a
+    sync job that cannot be stopped.
 
     Parameters
     ----------
@@ -92,6 +108,15 @@ def worker(
                                            "to the queue", signal.Signals(signum).name)
                             exit_code = _FORCED_EXIT.get(signal.Signals(signum), 1)
                             runner.cancel()
+                            # Cancelled here when the worker ends, which it does at once unless
+                            # a job ignores cancellation (then nothing else would end it).
+                            await anyio.sleep(FORCED_STOP_GRACE)
+                            ids = await runner.abandon(FORCED_STOP_WRITE_BOUND)
+                            logger.error("worker %s: %d job(s) ignore cancellation and still run "
+                                         "%gs after the second signal; exiting without them (given "
+                                         "back to the queue): %s", runner.id, len(ids),
+                                         FORCED_STOP_GRACE, ", ".join(ids))
+                            _exit_now(exit_code)
 
                 tg.start_soon(watch)
                 try:
@@ -107,4 +132,8 @@ def worker(
 
     anyio.run(main, backend=backend_name)
     logger.info("worker %s stopped after %d job attempt(s)", runner.id, runner.processed)
+    if runner.executor.stuck:  # the interpreter would wait for those threads at exit, forever
+        logger.warning("worker %s: %d job thread(s) that could not be stopped are still running; "
+                       "exiting without them", runner.id, runner.executor.stuck)
+        _exit_now(exit_code)
     return exit_code
