@@ -94,19 +94,27 @@ async def test_base_exceptions_fail_their_job_and_a_stuck_thread_does_not_hold_t
     assert await producer.backend.list_workers() == []
 
 
-async def test_a_second_signal_ends_the_process_even_if_a_job_ignores_cancellation(
-        producer: Soniq, workers: Workers) -> None:
-    """SIGINT twice (on trio; the other test is on asyncio): the job that ignores cancellation
-    would keep the worker's task group open forever; the process exits 130 within seconds, both
-    running jobs given back."""
+@pytest.mark.parametrize(("loop", "signals", "code"), [
+    ("trio", [signal.SIGINT, signal.SIGINT], 130),  # stop now
+    ("asyncio", [signal.SIGTERM], 0),  # drain for shutdown_timeout (1 s), then stop
+], ids=["SIGINT-twice-trio", "SIGTERM-once-asyncio"])
+async def test_the_process_ends_within_seconds_even_if_a_job_ignores_cancellation(
+        producer: Soniq, workers: Workers, loop: str, signals: list[signal.Signals],
+        code: int) -> None:
+    """The job that ignores cancellation would keep the worker's task group open forever; the
+    process exits within seconds of being told to stop, both running jobs given back."""
     stubborn = await producer.enqueue("ignores_cancellation")
     polite = await producer.enqueue("naps", seconds=3600)
-    proc = workers.start("--loop", "trio", app=HOSTILE)
+    proc = workers.start("--loop", loop, app=HOSTILE, SONIQ_SHUTDOWN_TIMEOUT="1")
     await settled(producer, workers, proc, {stubborn: "processing", polite: "processing"})
-    assert await second_signal(workers, proc, signal.SIGINT) == 130
+    if len(signals) == 2:
+        assert await second_signal(workers, proc, signals[0]) == code
+    else:
+        proc.send_signal(signals[0])
+        assert await workers.exit_code(proc, timeout=EXIT_DEADLINE) == code
     for job_id in (stubborn, polite):  # both given back, attempt refunded
         record = await producer.get_job(job_id)
         assert record is not None and (record["status"], record["attempts"]) == ("queued", 0)
-    assert f"ignore cancellation and still run 3s after the second signal; exiting without " \
-           f"them (given back to the queue): {stubborn}" in workers.output(proc)
+    assert ("1 job(s) ignore cancellation, still running 3s after being cancelled; exiting "
+            f"without them (given back to the queue): {stubborn}") in workers.output(proc)
     assert await producer.backend.list_workers() == []

@@ -106,8 +106,8 @@ async def test_a_job_that_swallows_cancellation_still_times_out_or_ends_cancelle
             records = [await wait_for_status(app, job_id, "dead_letter", "done", "cancelled")
                        for job_id in (once, always, cancel_me)]
     assert [r["status"] for r in records] == ["dead_letter", "dead_letter", "cancelled"]
-    assert [r["last_error"] for r in records[:2]] == ["TimeoutError: job exceeded its timeout "
-                                                      "of 0.2s"] * 2
+    timed_out = "TimeoutError: job exceeded its timeout of 0.2s"
+    assert [r["last_error"] for r in records[:2]] == [timed_out, timed_out]
     assert [r["result"] for r in records] == [None, None, None]
     assert spins[0] > 1  # the cancellation was delivered again and again, and ignored
     ignoring = {r.args[1] for r in caplog.records if "ignores cancellation" in r.getMessage()}

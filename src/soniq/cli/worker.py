@@ -18,8 +18,9 @@ from soniq.settings import redact_url
 logger = logging.getLogger("soniq.worker")
 
 _FORCED_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-#: After the second signal: how long running jobs get to end (they normally do at once), then how
-#: long writing the give-back of those that ignore cancellation may take before the process ends.
+#: How long cancelled jobs get to end (they normally do at once: after the second signal, or the
+#: first one's shutdown_timeout), then how long writing the give-back of those that ignore their
+#: cancellation may take before the process ends without them.
 FORCED_STOP_GRACE = 3.0
 FORCED_STOP_WRITE_BOUND = 5.0
 
@@ -48,9 +49,10 @@ def worker(
     The first SIGTERM or SIGINT stops claiming and lets running jobs finish within
     shutdown_timeout (SONIQ_SHUTDOWN_TIMEOUT); jobs still running then go back to the queue
     without using an attempt, and the worker exits 0. A second signal stops at once: running
-    jobs go back to the queue and the exit code is 130 (SIGINT) or 143 (SIGTERM), within a few
-    seconds even when a job ignores cancellation. The process never waits for the thread of a
-    sync job that cannot be stopped.
+    jobs go back to the queue and the exit code is 130 (SIGINT) or 143 (SIGTERM). Either way a
+    job that ignores its cancellation gets 3 more seconds, then is given back all the same and
+    the process ends without it; nor does it wait for the thread of a sync job that cannot be
+    stopped.
 
     Parameters
     ----------
@@ -93,6 +95,18 @@ def worker(
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
+                async def give_up(after: float) -> None:
+                    """Cancelled when the worker ends, as it does in time unless a job ignores
+                    its cancellation (nothing else would end the process then)."""
+                    await anyio.sleep(after)
+                    ids = await runner.abandon(FORCED_STOP_WRITE_BOUND)
+                    if ids:
+                        logger.error("worker %s: %d job(s) ignore cancellation, still running "
+                                     "%gs after being cancelled; exiting without them (given back "
+                                     "to the queue): %s", runner.id, len(ids), FORCED_STOP_GRACE,
+                                     ", ".join(ids))
+                    _exit_now(exit_code)
+
                 async def watch() -> None:
                     nonlocal exit_code
                     count = 0
@@ -103,20 +117,14 @@ def worker(
                                         "again to stop now", signal.Signals(signum).name,
                                         soniq.settings.shutdown_timeout)
                             runner.stop()
+                            tg.start_soon(give_up,
+                                          soniq.settings.shutdown_timeout + FORCED_STOP_GRACE)
                         else:
                             logger.warning("received %s again: stopping now; running jobs go back "
                                            "to the queue", signal.Signals(signum).name)
                             exit_code = _FORCED_EXIT.get(signal.Signals(signum), 1)
                             runner.cancel()
-                            # Cancelled here when the worker ends, which it does at once unless
-                            # a job ignores cancellation (then nothing else would end it).
-                            await anyio.sleep(FORCED_STOP_GRACE)
-                            ids = await runner.abandon(FORCED_STOP_WRITE_BOUND)
-                            logger.error("worker %s: %d job(s) ignore cancellation and still run "
-                                         "%gs after the second signal; exiting without them (given "
-                                         "back to the queue): %s", runner.id, len(ids),
-                                         FORCED_STOP_GRACE, ", ".join(ids))
-                            _exit_now(exit_code)
+                            tg.start_soon(give_up, FORCED_STOP_GRACE)
 
                 tg.start_soon(watch)
                 try:

@@ -6,11 +6,14 @@ into a :class:`~soniq.types.JobOutcome` for the finisher:
 
 - returned a value → ``done`` (result stored as JSON, kept ``result_ttl`` seconds);
 - returned :class:`~soniq.types.Snooze` → ``queued`` later, attempt given back;
-- raised, or ran past its timeout → ``queued`` after the retry delay, or ``dead_letter`` on the
-  last attempt (error type, message and traceback appended to ``errors``);
-- cancelled through ``cancel_job`` → ``cancelled``;
+- raised anything (``SystemExit`` and ``KeyboardInterrupt`` too), or ran past its timeout (even if
+  it caught the cancellation and returned) → ``queued`` after the retry delay, or ``dead_letter``
+  on the last attempt (error type, message and traceback appended to ``errors``);
+- cancelled through ``cancel_job`` → ``cancelled`` (also if it caught the cancellation);
 - interrupted by shutdown (outer cancellation) → ``queued`` at once, attempt given back; the
-  cancellation is re-raised, never swallowed.
+  cancellation is re-raised, never swallowed;
+- the outcome itself could not be built (a bug, a date out of range) → ``dead_letter`` with that
+  error, never left ``processing``.
 
 Timeout: the job's ``timeout``, else the ``job_timeout`` setting; 0 disables. A sync function runs
 in a worker thread; a thread cannot be killed, so on timeout the attempt is failed at once but the
