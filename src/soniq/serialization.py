@@ -159,12 +159,13 @@ def to_utc(when: datetime | timedelta | float | int | None, *, now: datetime | N
             )
         return when.astimezone(UTC)
     base = now or utc_now()
-    if isinstance(when, timedelta):
-        return base + when
-    if isinstance(when, int | float):
-        if when != when or when in (float("inf"), float("-inf")):
-            raise ValidationError(f"{what} must be a finite number of seconds, got {when!r}")
-        return base + timedelta(seconds=when)
+    if isinstance(when, int | float) and (when != when or when in (float("inf"), float("-inf"))):
+        raise ValidationError(f"{what} must be a finite number of seconds, got {when!r}")
+    if isinstance(when, timedelta | int | float):
+        try:
+            return base + (when if isinstance(when, timedelta) else timedelta(seconds=when))
+        except OverflowError:
+            raise ValidationError(f"{what} is out of the range of dates: {when!r}") from None
     raise ValidationError(
         f"{what} must be a datetime, timedelta or number of seconds, not {type(when).__name__}"
     )

@@ -17,12 +17,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from soniq.errors import ConfigurationError, UnknownSettingError, did_you_mean
 
-__all__ = ["DEFAULT_DATABASE_URL", "SECRET_URL_PARAMS", "SoniqSettings", "load_settings", "redact_url"]
+__all__ = ["DEFAULT_DATABASE_URL", "LONGEST_DELAY", "SECRET_URL_PARAMS", "SoniqSettings",
+           "load_settings", "redact_url"]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost/soniq"
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SECRET_URL_PARAMS = frozenset({"password", "passfile", "sslpassword"})
+#: Ten years in seconds: the longest ``result_ttl``, and the cap on retry delays and snoozes
+#: (a later date could overflow ``datetime`` and crash the worker that computes it).
+LONGEST_DELAY = 10 * 365 * 86_400
 
 
 class SoniqSettings(BaseSettings):
@@ -47,7 +51,9 @@ class SoniqSettings(BaseSettings):
         default_factory=lambda: ["default"],
         description="queues for your code to read (comma-separated in env); not a worker filter",
     )
-    result_ttl: int = Field(300, ge=0, description="seconds a finished job's row and result are kept")
+    result_ttl: int = Field(300, ge=0, le=LONGEST_DELAY,
+                            description="seconds a finished job's row and result are kept (at most "
+                                        "315360000, ten years)")
     max_result_bytes: int = Field(
         16 * 2**20, ge=1, le=256 * 2**20,
         description="largest result a job may return, in bytes of JSON (after encryption, if "

@@ -32,14 +32,16 @@ class Workers:
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str, url: str | None = None, **env: str) -> subprocess.Popen[bytes]:
-        """``soniq worker tests.apps.chaos:app *args``, on ``url`` or the default database."""
+    def start(self, *args: str, url: str | None = None, app: str = "tests.apps.chaos:app",
+              **env: str) -> subprocess.Popen[bytes]:
+        """``soniq worker APP *args`` (the chaos app by default), on ``url`` or the default
+        database."""
         if url is not None:
             env["SONIQ_DATABASE_URL"] = url
         log = self.logs / f"worker-{len(self.procs)}.log"
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
-                [sys.executable, "-m", "soniq", "worker", "tests.apps.chaos:app", *args],
+                [sys.executable, "-m", "soniq", "worker", app, *args],
                 cwd=ROOT, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
             )
         self.procs.append(proc)

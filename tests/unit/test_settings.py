@@ -115,6 +115,14 @@ def test_out_of_range_values_name_the_field(overrides: dict[str, object], needle
         load_settings(overrides)
 
 
+def test_result_ttl_is_at_most_ten_years() -> None:
+    """A longer one made every successful job crash the worker (a date past datetime's range)."""
+    assert load_settings({"result_ttl": 315_360_000}).result_ttl == 315_360_000
+    with pytest.raises(ConfigurationError,
+                       match=r"result_ttl: .* less than or equal to 315360000 \(got 315360001\)"):
+        load_settings({"result_ttl": 315_360_001})
+
+
 def test_short_intervals_are_allowed_for_tests() -> None:
     settings = load_settings({"heartbeat_interval": 0.01, "heartbeat_timeout": 0.05,
                               "poll_interval": 0.01, "cleanup_interval": 0.02})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from typing import Annotated
+import sys
+from typing import Annotated, NoReturn
 
 import anyio
 from cyclopts import Parameter
@@ -16,6 +18,19 @@ from soniq.settings import redact_url
 logger = logging.getLogger("soniq.worker")
 
 _FORCED_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+#: How long cancelled jobs get to end (they normally do at once: after the second signal, or the
+#: first one's shutdown_timeout), then how long writing the give-back of those that ignore their
+#: cancellation may take before the process ends without them.
+FORCED_STOP_GRACE = 3.0
+FORCED_STOP_WRITE_BOUND = 5.0
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without waiting for job threads or tasks that will not end."""
+    logging.shutdown()  # flush the log handlers
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def worker(
@@ -34,7 +49,10 @@ def worker(
     The first SIGTERM or SIGINT stops claiming and lets running jobs finish within
     shutdown_timeout (SONIQ_SHUTDOWN_TIMEOUT); jobs still running then go back to the queue
     without using an attempt, and the worker exits 0. A second signal stops at once: running
-    jobs go back to the queue and the exit code is 130 (SIGINT) or 143 (SIGTERM).
+    jobs go back to the queue and the exit code is 130 (SIGINT) or 143 (SIGTERM). Either way a
+    job that ignores its cancellation gets 3 more seconds, then is given back all the same and
+    the process ends without it; nor does it wait for the thread of a sync job that cannot be
+    stopped.
 
     Parameters
     ----------
@@ -77,6 +95,18 @@ def worker(
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
+                async def give_up(after: float) -> None:
+                    """Cancelled when the worker ends, as it does in time unless a job ignores
+                    its cancellation (nothing else would end the process then)."""
+                    await anyio.sleep(after)
+                    ids = await runner.abandon(FORCED_STOP_WRITE_BOUND)
+                    if ids:
+                        logger.error("worker %s: %d job(s) ignore cancellation, still running "
+                                     "%gs after being cancelled; exiting without them (given back "
+                                     "to the queue): %s", runner.id, len(ids), FORCED_STOP_GRACE,
+                                     ", ".join(ids))
+                    _exit_now(exit_code)
+
                 async def watch() -> None:
                     nonlocal exit_code
                     count = 0
@@ -87,11 +117,14 @@ def worker(
                                         "again to stop now", signal.Signals(signum).name,
                                         soniq.settings.shutdown_timeout)
                             runner.stop()
+                            tg.start_soon(give_up,
+                                          soniq.settings.shutdown_timeout + FORCED_STOP_GRACE)
                         else:
                             logger.warning("received %s again: stopping now; running jobs go back "
                                            "to the queue", signal.Signals(signum).name)
                             exit_code = _FORCED_EXIT.get(signal.Signals(signum), 1)
                             runner.cancel()
+                            tg.start_soon(give_up, FORCED_STOP_GRACE)
 
                 tg.start_soon(watch)
                 try:
@@ -107,4 +140,8 @@ def worker(
 
     anyio.run(main, backend=backend_name)
     logger.info("worker %s stopped after %d job attempt(s)", runner.id, runner.processed)
+    if runner.executor.stuck:  # the interpreter would wait for those threads at exit, forever
+        logger.warning("worker %s: %d job thread(s) that could not be stopped are still running; "
+                       "exiting without them", runner.id, runner.executor.stuck)
+        _exit_now(exit_code)
     return exit_code

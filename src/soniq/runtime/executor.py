@@ -8,12 +8,15 @@ into a :class:`~soniq.types.JobOutcome` for the finisher:
   over ``max_result_bytes``, or one the database refuses (:meth:`Executor.unstorable`), fails
   the attempt instead;
 - returned :class:`~soniq.types.Snooze` → ``queued`` later, attempt given back;
-- raised, or ran past its timeout → ``queued`` after the retry delay, or ``dead_letter`` on the
-  last attempt (error type, message and traceback, each cut to ``max_error_bytes``, appended to
-  ``errors``);
-- cancelled through ``cancel_job`` → ``cancelled``;
+- raised anything (``SystemExit`` and ``KeyboardInterrupt`` too), or ran past its timeout (even if
+  it caught the cancellation and returned) → ``queued`` after the retry delay, or ``dead_letter``
+  on the last attempt (error type, message and traceback, each cut to ``max_error_bytes``,
+  appended to ``errors``);
+- cancelled through ``cancel_job`` → ``cancelled`` (also if it caught the cancellation);
 - interrupted by shutdown (outer cancellation) → ``queued`` at once, attempt given back; the
-  cancellation is re-raised, never swallowed.
+  cancellation is re-raised, never swallowed;
+- the outcome itself could not be built (a bug, a date out of range) → ``dead_letter`` with that
+  error, never left ``processing``.
 
 Timeout: the job's ``timeout``, else the ``job_timeout`` setting; 0 disables. A sync function runs
 in a worker thread; a thread cannot be killed, so on timeout the attempt is failed at once but the
@@ -39,6 +42,7 @@ from soniq.errors import JobArgumentsError, SerializationError
 from soniq.runtime.retry import retry_delay
 from soniq.runtime.seams import JobEvent, call_hook
 from soniq.serialization import ascii_text, capped_text, dumps, loads, longer_than, storable_text
+from soniq.settings import LONGEST_DELAY
 from soniq.types import JobContext, JobOutcome, JobStatus, Snooze
 
 if TYPE_CHECKING:
@@ -63,6 +67,14 @@ class _Running:
     job: ClaimedJob
     scope: anyio.CancelScope
     cancel_requested: bool = False
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or a group holding) the event loop's cancellation exception."""
+    cancelled = anyio.get_cancelled_exc_class()
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(cancelled) is not None
+    return isinstance(exc, cancelled)
 
 
 def _text_of(exc: BaseException) -> str:
@@ -126,8 +138,15 @@ class Executor:
             return
         try:
             outcome = await self._attempt(job, entry)
-        except anyio.get_cancelled_exc_class():
-            # Shutdown, not failure: the job goes back without using an attempt.
+        except Exception as exc:  # a bug, or a value out of range: the job must still end
+            logger.exception("job %s (%s): the worker could not build the outcome of its attempt",
+                             job.id, job.job_name)
+            outcome = self._failed(job, None, type(exc).__name__,
+                                   f"the worker could not record this attempt: {_text_of(exc)}",
+                                   "".join(traceback.format_exception(exc)), final=True)
+        except BaseException:
+            # The runtime's cancellation (shutdown), perhaps in a group; _attempt lets nothing
+            # else out. Not a failure: the job goes back without using an attempt.
             self._put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True))
             raise
         finally:
@@ -177,14 +196,20 @@ class Executor:
         try:
             with entry.scope:
                 result = await self._invoke(spec, kwargs, ctx)
-            if entry.scope.cancelled_caught:
+            # cancel_called, not cancelled_caught: a job that caught the cancellation and
+            # returned anyway still timed out (or was cancelled), whatever it returned.
+            if entry.scope.cancel_called:
+                if not entry.scope.cancelled_caught:
+                    logger.warning("job %s (%s) ignores cancellation: it went on after being "
+                                   "cancelled (it must let CancelledError propagate); its return "
+                                   "value is discarded", job.id, job.job_name)
                 if entry.cancel_requested:
                     self._emit("cancelled", job)
                     return JobOutcome(job.id, job.lease_id, JobStatus.CANCELLED,
                                       expires_at=self._expiry())
                 raise TimeoutError(f"job exceeded its timeout of {timeout:g}s")
             if isinstance(result, Snooze):
-                seconds = max(0.0, float(result.seconds))
+                seconds = min(max(0.0, float(result.seconds)), LONGEST_DELAY)  # NaN -> 0
                 return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True,
                                   run_at=self._now() + timedelta(seconds=seconds))
             encoded = self._codec.encode_result(job.job_name, result)
@@ -193,7 +218,9 @@ class Executor:
                     f"result could not be stored: its JSON takes more than max_result_bytes "
                     f"({self._settings.max_result_bytes:,} bytes); return less (keep large data "
                     "elsewhere and return a reference to it), or raise max_result_bytes")
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the job failed too
+            if _is_cancellation(exc):  # the runtime's own: never swallowed
+                raise
             await self._on_error(ctx, exc)
             return self._failed(job, spec, type(exc).__name__, _text_of(exc),
                                 "".join(traceback.format_exception(exc)), final=False)
@@ -207,7 +234,7 @@ class Executor:
     def _expiry(self) -> datetime:
         return self._now() + timedelta(seconds=self._settings.result_ttl)
 
-    async def _on_error(self, ctx: JobContext, exc: Exception) -> None:
+    async def _on_error(self, ctx: JobContext, exc: BaseException) -> None:
         for hook in self._hooks.on_error:
             try:
                 await call_hook(hook, ctx, exc)

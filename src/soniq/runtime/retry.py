@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from soniq.settings import LONGEST_DELAY
+
 __all__ = ["retry_delay"]
 
 
@@ -15,7 +17,8 @@ def retry_delay(attempt: int, *, delay: float | tuple[float, ...], backoff: bool
       (``delay * 2 ** (attempt - 1)``, at least 1 s as the base when ``delay`` is 0) and gets
       ±10 % jitter so that a burst of failures does not retry in lockstep.
     - ``delay`` a tuple: the entry for this retry, the last one reused after the end; no jitter.
-    - ``max_delay`` caps the result.
+    - ``max_delay`` caps the result, and so does ``LONGEST_DELAY`` (ten years): a date past
+      ``datetime``'s range would fail the worker computing it.
     """
     if isinstance(delay, tuple):
         seconds = delay[min(attempt, len(delay)) - 1]
@@ -26,4 +29,4 @@ def retry_delay(attempt: int, *, delay: float | tuple[float, ...], backoff: bool
         seconds = delay
     if max_delay is not None:
         seconds = min(seconds, max_delay)
-    return max(0.0, seconds)
+    return min(max(0.0, seconds), LONGEST_DELAY)

@@ -14,8 +14,10 @@
 ``stop()`` stops claiming and lets running jobs finish within ``shutdown_timeout`` (then gives them
 back without using an attempt). Cancelling the task that runs the worker (a second signal, or the
 embedding application's own cancellation) gives running jobs back at once. Either way the buffered
-outcomes are written and the worker row removed, shielded and bounded. Embedded use installs no
-signal handlers: signals belong to the CLI.
+outcomes are written and the worker row removed, shielded and bounded. A job that ignores
+cancellation keeps the worker's task group open; ``abandon()`` gives such jobs back and writes the
+final state so that the process can end without them (the CLI does so a few seconds after the
+second signal). Embedded use installs no signal handlers: signals belong to the CLI.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from soniq.runtime.finisher import Finisher
 from soniq.runtime.heartbeat import Heartbeat
 from soniq.runtime.listener import Listener
 from soniq.serialization import utc_now
-from soniq.types import WorkerInfo
+from soniq.types import JobOutcome, JobStatus, WorkerInfo
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -116,6 +118,19 @@ class Worker:
         self.fetcher.stop()
         if self._scope is not None:
             self._scope.cancel()
+
+    async def abandon(self, bound: float) -> list[str]:
+        """Last resort after :meth:`cancel`, for jobs that do not end (they ignore cancellation):
+        give them back without using an attempt and write the final state, shielded, within
+        ``bound`` seconds. Their tasks keep running: the caller ends the process. Returns the
+        ids of the jobs given back."""
+        jobs = [entry.job for entry in self.executor.running.values()]
+        for job in jobs:  # left in `running`: their tasks are still alive
+            self.finisher.put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED,
+                                         refund_attempt=True))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
+            await self._final_writes()
+        return [job.id for job in jobs]
 
     def wake(self, queue: str) -> None:
         """A job was enqueued in this process: claim now instead of at the next poll."""
