@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from soniq.backends.base import job_record, no_connections, refuse_connection, worker_lost_error
-from soniq.backends.memory_stores import (
+from soniq.backends.memory.stores import (
     MemoryDashboardStore,
     MemoryDeadLetterStore,
     MemoryLogStore,
