@@ -592,7 +592,7 @@ class Soniq:
         """
         if self._closed:
             raise AppClosedError("this Soniq instance is closed; create a new one")
-        probe = getattr(self._backend, "probe", None)
+        probe = self._backend.probe
         if probe is None:
             raise UnsupportedOperationError(
                 f"the {self._backend.name} backend has nothing to probe; use sqlite or postgres")

@@ -28,12 +28,19 @@ from soniq.migrations import load_migrations
 from soniq.serialization import loads
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
     from datetime import datetime
 
     from anyio.abc import TaskStatus
 
+    from soniq.backends.stores import (
+        DashboardStore,
+        DeadLetterStore,
+        LogStore,
+        ScheduleStore,
+        WebhookStore,
+    )
     from soniq.types import (
         ClaimedJob,
         DatabaseInfo,
@@ -69,6 +76,25 @@ class StorageBackend(Protocol):
     #: ``insert_jobs`` takes a :class:`~soniq.types.JobStream` as it is built: it writes the
     #: first jobs while later ones are validated, and nothing if one of them fails.
     streams_inserts: bool
+
+    # Optional capabilities (DESIGN.md §2): a store of soniq.backends.stores, or None where the
+    # backend lacks it. Callers read them here and check for None; they never probe. Read-only,
+    # so an adapter may declare its own store class (or None) and mypy still checks it fits.
+    @property
+    def dead_letters(self) -> DeadLetterStore | None: ...
+    @property
+    def schedules(self) -> ScheduleStore | None: ...
+    @property
+    def webhooks(self) -> WebhookStore | None: ...
+    @property
+    def logs(self) -> LogStore | None: ...
+    @property
+    def dashboard(self) -> DashboardStore | None: ...
+    @property
+    def probe(self) -> Callable[[], Awaitable[dict[str, Any]]] | None:
+        """Facts for :func:`database_info` (``soniq doctor``, ``migrate-status``), read without
+        the schema check; None where there is no database to probe (memory)."""
+        ...
 
     async def initialize(self) -> None:
         """Open connections (idempotent). Embedded backends create their schema here; PostgreSQL

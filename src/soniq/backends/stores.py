@@ -1,8 +1,9 @@
 """Store protocols of the optional features: the small persistence surface each feature needs,
 implemented per backend next to that backend's SQL (DESIGN.md §2).
 
-A backend offers a store as a property (``backend.dead_letters``); features reach it through the
-protocol only, so they never see a driver. The rules of :mod:`soniq.backends.base` hold here too:
+A backend offers each store as an attribute that :class:`~soniq.backends.base.StorageBackend`
+declares (``backend.dead_letters``), None where it lacks the feature; features reach it through
+the protocol only, so they never see a driver. The rules of :mod:`soniq.backends.base` hold here too:
 timestamps are aware UTC datetimes, malformed ids are "not found", every state change is guarded
 by the row's current status, and losing that race is "not applied", never an error.
 """

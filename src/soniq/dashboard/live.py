@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
-from soniq.backends.stores import DashboardStore
 from soniq.errors import SoniqError
 from soniq.serialization import utc_now
 
@@ -115,8 +114,8 @@ class LiveHub:
     async def rollup(self, *, force: bool = False) -> bool:
         """Recount recent minutes if this process leads this round (or ``force``)."""
         backend = self._soniq.backend
-        store = getattr(backend, "dashboard", None)
-        if not isinstance(store, DashboardStore):
+        store = backend.dashboard
+        if store is None:
             return False
         if not force and not await backend.claim_maintenance(
                 "dashboard_rollup", max(self.rollup_interval * 0.9, 0.1)):

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 
-from soniq.backends.stores import DashboardStore, LogStore, ScheduleStore, WebhookStore
+from soniq.backends.stores import DashboardStore
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import is_uuid
 from soniq.registry import validate_name
@@ -147,8 +147,8 @@ class DashboardService:
     # -- stores -------------------------------------------------------------------------------
     @property
     def store(self) -> DashboardStore:
-        store = getattr(self.soniq.backend, "dashboard", None)
-        if not isinstance(store, DashboardStore):
+        store = self.soniq.backend.dashboard
+        if store is None:
             raise UnsupportedOperationError(
                 f"the {self.soniq.backend.name} backend has no dashboard store "
                 "(backend.dashboard); use the memory, sqlite or postgres backend")
@@ -192,8 +192,8 @@ class DashboardService:
         if record is None:
             raise NotFoundException(f"no job with id {job_id!r}")
         logs: list[dict[str, Any]] = []
-        store = getattr(self.soniq.backend, "logs", None)
-        if isinstance(store, LogStore):
+        store = self.soniq.backend.logs
+        if store is not None:
             logs = [{"at": r.created_at, "level": r.level, "logger": r.logger,
                      "attempt": r.attempt, "message": r.message, "exception": r.exception}
                     for r in await store.for_job(record["id"])]
@@ -231,7 +231,7 @@ class DashboardService:
 
     # -- schedules ----------------------------------------------------------------------------
     async def schedules(self) -> list[dict[str, Any]]:
-        if not isinstance(getattr(self.soniq.backend, "schedules", None), ScheduleStore):
+        if self.soniq.backend.schedules is None:
             return []
         return await self.soniq.scheduler.list()
 
@@ -246,7 +246,7 @@ class DashboardService:
     # -- webhooks -----------------------------------------------------------------------------
     async def webhooks(self, *, endpoint: str | None = None, status: str | None = None,
                        limit: int | None = None) -> dict[str, Any]:
-        if not isinstance(getattr(self.soniq.backend, "webhooks", None), WebhookStore):
+        if self.soniq.backend.webhooks is None:
             return {"endpoints": [], "deliveries": []}
         endpoints = await self.soniq.webhooks.list()
         deliveries = await self.soniq.webhooks.deliveries(

@@ -18,7 +18,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from soniq.backends.stores import DeadLetterStore
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import is_uuid
 from soniq.registry import validate_name
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
     from soniq.backends.base import StorageBackend
+    from soniq.backends.stores import DeadLetterStore
     from soniq.types import JobRecord
 
 __all__ = ["DeadLetter"]
@@ -64,8 +64,8 @@ class DeadLetter:
         return f"<DeadLetter backend={self._backend.name}>"
 
     async def _store(self) -> DeadLetterStore:
-        store = getattr(self._backend, "dead_letters", None)
-        if not isinstance(store, DeadLetterStore):
+        store = self._backend.dead_letters
+        if store is None:
             raise UnsupportedOperationError(
                 f"the {self._backend.name} backend has no dead-letter store (backend.dead_letters);"
                 " use the memory, sqlite or postgres backend, or implement DeadLetterStore"

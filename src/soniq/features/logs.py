@@ -254,8 +254,8 @@ class JobLogs:
     # -- writing ------------------------------------------------------------------------------
     @property
     def store(self) -> LogStore:
-        store = getattr(self._backend, "logs", None)
-        if not isinstance(store, LogStore):
+        store = self._backend.logs
+        if store is None:
             raise UnsupportedOperationError(
                 f"the {self._backend.name} backend does not store job logs; use the memory, "
                 "SQLite or PostgreSQL backend")

@@ -129,11 +129,11 @@ class Scheduler:
     @property
     def supported(self) -> bool:
         """Whether the backend offers a schedule store (``backend.schedules``)."""
-        return isinstance(getattr(self._backend, "schedules", None), ScheduleStore)
+        return self._backend.schedules is not None
 
     async def _store(self) -> ScheduleStore:
-        store = getattr(self._backend, "schedules", None)
-        if not isinstance(store, ScheduleStore):
+        store = self._backend.schedules
+        if store is None:
             raise UnsupportedOperationError(
                 f"the {self._backend.name} backend has no schedule store (backend.schedules); "
                 "use the memory, sqlite or postgres backend, or implement ScheduleStore"

@@ -121,8 +121,8 @@ _ROTATE_ATTEMPTS = 5
 
 # -- the facade ------------------------------------------------------------------------------
 def _store(backend: StorageBackend) -> WebhookStore:
-    store = getattr(backend, "webhooks", None)
-    if not isinstance(store, WebhookStore):
+    store = backend.webhooks
+    if store is None:
         raise UnsupportedOperationError(f"the {backend.name} backend does not store webhooks")
     return store
 
@@ -498,7 +498,7 @@ class WebhookService:
                            delivered_at=delivered)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        if getattr(self._backend, "webhooks", None) is None:
+        if self._backend.webhooks is None:
             task_status.started()
             return
         # Endpoints are known before the worker claims its first job, so its first jobs' events

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from soniq.backends.base import job_record, no_connections, refuse_connection, worker_lost_error
+from soniq.backends.base import (
+    StorageBackend,
+    job_record,
+    no_connections,
+    refuse_connection,
+    worker_lost_error,
+)
 from soniq.backends.memory.stores import (
     MemoryDashboardStore,
     MemoryDeadLetterStore,
@@ -51,6 +57,8 @@ class MemoryBackend:
     supports_listen = True  # in-process: listeners are called straight from the writing call
     supports_transactions = False
     streams_inserts = False
+    #: No database to probe (``app.database_info()`` raises).
+    probe = None
 
     def __init__(self) -> None:
         self._jobs: dict[str, dict[str, Any]] = {}
@@ -59,46 +67,12 @@ class MemoryBackend:
         self._workers: dict[str, dict[str, Any]] = {}
         self._maintenance: dict[str, datetime] = {}
         self._listeners: list[Callable[[str, str], None]] = []
-        self._dead_letters: MemoryDeadLetterStore | None = None
-        self._schedules: MemoryScheduleStore | None = None
-        self._webhooks: MemoryWebhookStore | None = None
-        self._logs: MemoryLogStore | None = None
-        self._dashboard: MemoryDashboardStore | None = None
-
-    @property
-    def dead_letters(self) -> MemoryDeadLetterStore:
-        """The dead-letter store over this backend's rows (see :mod:`soniq.backends.stores`)."""
-        if self._dead_letters is None:
-            self._dead_letters = MemoryDeadLetterStore(self._jobs, self._notify)
-        return self._dead_letters
-
-    @property
-    def schedules(self) -> MemoryScheduleStore:
-        """The recurring-job schedules of this backend (see :mod:`soniq.backends.stores`)."""
-        if self._schedules is None:
-            self._schedules = MemoryScheduleStore(self.insert_jobs)
-        return self._schedules
-
-    @property
-    def logs(self) -> MemoryLogStore:
-        """The job logs of this backend (see :mod:`soniq.backends.stores`)."""
-        if self._logs is None:
-            self._logs = MemoryLogStore(self._jobs)
-        return self._logs
-
-    @property
-    def dashboard(self) -> MemoryDashboardStore:
-        """The dashboard's reads and rollups (see :mod:`soniq.backends.stores`)."""
-        if self._dashboard is None:
-            self._dashboard = MemoryDashboardStore(self._jobs)
-        return self._dashboard
-
-    @property
-    def webhooks(self) -> MemoryWebhookStore:
-        """Webhook endpoints and deliveries of this backend (see :mod:`soniq.backends.stores`)."""
-        if self._webhooks is None:
-            self._webhooks = MemoryWebhookStore()
-        return self._webhooks
+        # The feature stores (soniq.backends.stores) over these rows.
+        self.dead_letters = MemoryDeadLetterStore(self._jobs, self._notify)
+        self.schedules = MemoryScheduleStore(self.insert_jobs)
+        self.webhooks = MemoryWebhookStore()
+        self.logs = MemoryLogStore(self._jobs)
+        self.dashboard = MemoryDashboardStore(self._jobs)
 
     async def initialize(self) -> None:
         return None
@@ -334,3 +308,6 @@ class MemoryBackend:
         finally:
             self._listeners.remove(on_notify)
 
+
+# mypy checks the adapter against the seam, capabilities included.
+_: type[StorageBackend] = MemoryBackend

@@ -29,7 +29,7 @@ import asyncpg
 
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
-from soniq.backends.base import job_record
+from soniq.backends.base import StorageBackend, job_record
 from soniq.backends.postgres import inserts, listener, maintenance, pooling, schema, sql
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
@@ -84,11 +84,13 @@ class PostgresBackend:
         # PgBouncer transaction pooling (no statement cache) cannot hold a LISTEN session:
         # workers poll instead (DESIGN.md §4).
         self.supports_listen = settings.statement_cache_size > 0
-        self._dead_letters: PostgresDeadLetterStore | None = None
-        self._schedules: PostgresScheduleStore | None = None
-        self._webhooks: PostgresWebhookStore | None = None
-        self._logs: PostgresLogStore | None = None
-        self._dashboard: PostgresDashboardStore | None = None
+        # The feature stores (soniq.backends.stores) in this database.
+        self.dead_letters = PostgresDeadLetterStore(self._ready, self._errors)
+        self.schedules = PostgresScheduleStore(self._ready, self._errors)
+        self.webhooks = PostgresWebhookStore(self._ready, self._errors, self._maintenance_timeout)
+        self.logs = PostgresLogStore(self._ready, self._errors)
+        self.dashboard = PostgresDashboardStore(self._ready, self._errors,
+                                                self._maintenance_timeout)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
 
@@ -100,43 +102,6 @@ class PostgresBackend:
     def redacted_url(self) -> str:
         """The database URL with its password replaced by ``***`` (safe to log)."""
         return redact_url(self._url)
-
-    @property
-    def dead_letters(self) -> PostgresDeadLetterStore:
-        """The dead-letter store on this database (see :mod:`soniq.backends.stores`)."""
-        if self._dead_letters is None:
-            self._dead_letters = PostgresDeadLetterStore(self._ready, self._errors)
-        return self._dead_letters
-
-    @property
-    def schedules(self) -> PostgresScheduleStore:
-        """The recurring-job schedules in this database (see :mod:`soniq.backends.stores`)."""
-        if self._schedules is None:
-            self._schedules = PostgresScheduleStore(self._ready, self._errors)
-        return self._schedules
-
-    @property
-    def webhooks(self) -> PostgresWebhookStore:
-        """Webhook endpoints and deliveries in this database (see :mod:`soniq.backends.stores`)."""
-        if self._webhooks is None:
-            self._webhooks = PostgresWebhookStore(self._ready, self._errors,
-                                                  self._maintenance_timeout)
-        return self._webhooks
-
-    @property
-    def dashboard(self) -> PostgresDashboardStore:
-        """The dashboard's reads and rollups (see :mod:`soniq.backends.stores`)."""
-        if self._dashboard is None:
-            self._dashboard = PostgresDashboardStore(self._ready, self._errors,
-                                                    self._maintenance_timeout)
-        return self._dashboard
-
-    @property
-    def logs(self) -> PostgresLogStore:
-        """The job logs in this database (see :mod:`soniq.backends.stores`)."""
-        if self._logs is None:
-            self._logs = PostgresLogStore(self._ready, self._errors)
-        return self._logs
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def initialize(self) -> None:
@@ -285,7 +250,7 @@ class PostgresBackend:
 
     def _hooked(self) -> bool:
         """Whether finishes and heartbeats record webhook events (webhooks.record_lifecycle)."""
-        return self._webhooks is not None and self._webhooks.lifecycle
+        return self.webhooks.lifecycle
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
                             *, now: datetime | None = None) -> list[str]:
@@ -472,3 +437,7 @@ async def _give_back(pool: Any, conn: Any) -> None:
 
 async def _terminate(pool: Any) -> None:
     pool.terminate()
+
+
+# mypy checks the adapter against the seam, capabilities included.
+_: type[StorageBackend] = PostgresBackend

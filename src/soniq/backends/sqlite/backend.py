@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from soniq.backends.base import (
+    StorageBackend,
     no_connections,
     refuse_connection,
     worker_lost_error,
@@ -67,11 +68,12 @@ class SqliteBackend:
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         self._db = SqliteDatabase(path, busy_timeout=busy_timeout)
-        self._dead_letters: SqliteDeadLetterStore | None = None
-        self._schedules: SqliteScheduleStore | None = None
-        self._webhooks: SqliteWebhookStore | None = None
-        self._logs: SqliteLogStore | None = None
-        self._dashboard: SqliteDashboardStore | None = None
+        # The feature stores (soniq.backends.stores) in this file.
+        self.dead_letters = SqliteDeadLetterStore(self._db)
+        self.schedules = SqliteScheduleStore(self._db)
+        self.webhooks = SqliteWebhookStore(self._db)
+        self.logs = SqliteLogStore(self._db)
+        self.dashboard = SqliteDashboardStore(self._db)
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -79,41 +81,6 @@ class SqliteBackend:
     @property
     def path(self) -> str:
         return self._db.path
-
-    @property
-    def dead_letters(self) -> SqliteDeadLetterStore:
-        """The dead-letter store on this file (see :mod:`soniq.backends.stores`)."""
-        if self._dead_letters is None:
-            self._dead_letters = SqliteDeadLetterStore(self._db)
-        return self._dead_letters
-
-    @property
-    def schedules(self) -> SqliteScheduleStore:
-        """The recurring-job schedules in this file (see :mod:`soniq.backends.stores`)."""
-        if self._schedules is None:
-            self._schedules = SqliteScheduleStore(self._db)
-        return self._schedules
-
-    @property
-    def webhooks(self) -> SqliteWebhookStore:
-        """Webhook endpoints and deliveries in this file (see :mod:`soniq.backends.stores`)."""
-        if self._webhooks is None:
-            self._webhooks = SqliteWebhookStore(self._db)
-        return self._webhooks
-
-    @property
-    def dashboard(self) -> SqliteDashboardStore:
-        """The dashboard's reads and rollups (see :mod:`soniq.backends.stores`)."""
-        if self._dashboard is None:
-            self._dashboard = SqliteDashboardStore(self._db)
-        return self._dashboard
-
-    @property
-    def logs(self) -> SqliteLogStore:
-        """The job logs in this file (see :mod:`soniq.backends.stores`)."""
-        if self._logs is None:
-            self._logs = SqliteLogStore(self._db)
-        return self._logs
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def initialize(self) -> None:
@@ -340,3 +307,7 @@ def _claimed(row: Sequence[Any]) -> ClaimedJob:
     values["scheduled_at"] = sql.from_db(values["scheduled_at"])
     values["created_at"] = sql.from_db(values["created_at"])
     return ClaimedJob(**values)
+
+
+# mypy checks the adapter against the seam, capabilities included.
+_: type[StorageBackend] = SqliteBackend
