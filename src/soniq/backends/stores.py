@@ -135,17 +135,9 @@ class ScheduleDefinition:
 
 
 @dataclass(frozen=True, slots=True)
-class ScheduleRecord:
-    """A stored schedule: its definition plus its state."""
+class ScheduleRecord(ScheduleDefinition):
+    """A stored schedule: its definition (the inherited fields) plus its state."""
 
-    name: str
-    job_name: str
-    cron: str | None
-    every_seconds: float | None
-    timezone: str
-    queue: str | None
-    priority: int | None
-    args: str
     paused: bool
     next_run_at: datetime
     last_run_at: datetime | None

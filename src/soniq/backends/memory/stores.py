@@ -132,7 +132,8 @@ class MemoryScheduleStore:
     async def upsert(self, definition: ScheduleDefinition, *, next_run_at: datetime,
                      now: datetime) -> ScheduleRecord:
         old = self._schedules.get(definition.name)
-        fields = {f.name: getattr(definition, f.name) for f in dataclasses.fields(definition)}
+        fields = {f.name: getattr(definition, f.name)
+                  for f in dataclasses.fields(ScheduleDefinition)}
         if old is None:
             record = ScheduleRecord(**fields, paused=False, next_run_at=next_run_at,
                                     last_run_at=None, created_at=now, updated_at=now)
