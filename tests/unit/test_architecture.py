@@ -1,0 +1,133 @@
+"""The storage seam's shape (DESIGN.md §2): optional capabilities are declared on
+``StorageBackend`` and asked for there, never probed; every adapter offers what it declares."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+from soniq.backends.base import StorageBackend
+from soniq.backends.memory import MemoryBackend
+from soniq.backends.postgres import PostgresBackend
+from soniq.backends.sqlite import SqliteBackend
+from soniq.backends.stores import (
+    DashboardStore,
+    DeadLetterStore,
+    LogStore,
+    ScheduleStore,
+    WebhookStore,
+)
+from soniq.settings import load_settings
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "soniq"
+#: The layers above the seam: they reach storage through ``StorageBackend`` only.
+CALLERS = sorted([*(SRC / "features").rglob("*.py"), *(SRC / "dashboard").rglob("*.py"),
+                  SRC / "app.py", SRC / "sync.py"])
+
+#: The store protocol of each optional store (``probe`` is the other capability).
+STORES: dict[str, type] = {
+    "dead_letters": DeadLetterStore, "schedules": ScheduleStore, "webhooks": WebhookStore,
+    "logs": LogStore, "dashboard": DashboardStore,
+}
+#: What each adapter offers: every store on all three; a probe where there is a database.
+HAS_PROBE = {"memory": False, "sqlite": True, "postgres": True}
+
+
+def _probes(path: Path) -> list[str]:
+    """``getattr``/``hasattr`` on something named like a backend or a store, and ``isinstance``
+    against a store protocol: the capability sniffing the seam replaces."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
+            continue
+        name, first = node.func.id, ast.unparse(node.args[0]).lower()
+        sniffs = (name in ("getattr", "hasattr") and ("backend" in first or "store" in first)
+                  or name == "isinstance" and len(node.args) == 2
+                  and ast.unparse(node.args[1]).endswith(("Store", "Backend")))
+        if sniffs:
+            where = path.relative_to(SRC) if path.is_relative_to(SRC) else path.name
+            found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_callers_ask_the_seam_instead_of_probing() -> None:
+    assert len(CALLERS) > 10  # the glob found the packages
+    found = [hit for path in CALLERS for hit in _probes(path)]
+    assert found == [], "read the capability declared on StorageBackend instead:\n" + "\n".join(
+        found)
+
+
+def test_the_probe_scan_catches_sniffing(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text('store = getattr(self._backend, "logs", None)\n'
+                      "ok = isinstance(store, LogStore)\n"
+                      'name = getattr(job, "name", None)\n')
+    assert [hit.split(": ", 1)[1] for hit in _probes(sample)] == [
+        "getattr(self._backend, 'logs', None)", "isinstance(store, LogStore)"]
+
+
+def test_every_capability_of_the_protocol_is_covered() -> None:
+    declared = {name for name, member in inspect.getmembers(StorageBackend)
+                if isinstance(member, property)}
+    assert declared == {*STORES, "probe"}
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StorageBackend:
+    """Each adapter, constructed only (construction does no I/O)."""
+    if request.param == "memory":
+        return MemoryBackend()
+    if request.param == "sqlite":
+        return SqliteBackend(str(tmp_path / "unused.db"))
+    url = "postgresql://nobody@127.0.0.1:1/unused"
+    return PostgresBackend(url, load_settings({"database_url": url}))
+
+
+def test_adapter_offers_its_declared_capabilities(backend: StorageBackend) -> None:
+    assert isinstance(backend, StorageBackend)
+    for name, protocol in STORES.items():
+        store = getattr(backend, name)  # the test itself may look everywhere
+        assert isinstance(store, protocol), (backend.name, name)
+        assert store is getattr(backend, name), "one store per backend, not one per access"
+        for method, spec in inspect.getmembers(protocol, inspect.isfunction):
+            if method.startswith("_"):
+                continue
+            assert (inspect.iscoroutinefunction(getattr(store, method))
+                    == inspect.iscoroutinefunction(spec)), (backend.name, name, method)
+    if HAS_PROBE[backend.name]:
+        assert backend.probe is not None and inspect.iscoroutinefunction(backend.probe)
+    else:
+        assert backend.probe is None
+
+
+class _Bare(MemoryBackend):
+    """A backend without any optional capability (what a third-party adapter may declare)."""
+
+    probe = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead_letters = self.schedules = self.webhooks = self.logs = None  # type: ignore[assignment]
+        self.dashboard = None  # type: ignore[assignment]
+
+
+@pytest.mark.anyio
+async def test_a_missing_capability_is_a_clear_error() -> None:
+    from soniq import Soniq
+    from soniq.errors import UnsupportedOperationError
+
+    async with Soniq(backend=_Bare()) as app:
+        with pytest.raises(UnsupportedOperationError, match=r"no dead-letter store"):
+            await app.dead_letter.list_jobs()
+        assert app.scheduler.supported is False
+        with pytest.raises(UnsupportedOperationError, match=r"no schedule store"):
+            await app.scheduler.list()
+        with pytest.raises(UnsupportedOperationError, match=r"does not store webhooks"):
+            await app.webhooks.list()
+        with pytest.raises(UnsupportedOperationError, match=r"does not store job logs"):
+            await app.logs.search_logs()
+        with pytest.raises(UnsupportedOperationError, match=r"nothing to probe"):
+            await app.database_info()
