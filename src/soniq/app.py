@@ -376,8 +376,6 @@ class Soniq:
 
         ``queues=None`` takes every queue; ``concurrency=None`` uses the setting.
         """
-        if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
-            raise ValidationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
         if queues is not None:
             if isinstance(queues, str):
                 queues = [queues]

@@ -10,7 +10,7 @@ import anyio
 import pydantic
 import pytest
 
-from soniq import JobContext, Soniq, TaskRef
+from soniq import JobContext, Soniq, TaskRef, Worker
 from soniq.errors import (
     AppClosedError,
     ConfigurationError,
@@ -122,6 +122,18 @@ async def test_close_twice_and_use_after_close(app: Soniq) -> None:
         await app.enqueue("send_email", to="x@y.z")
     with pytest.raises(AppClosedError):
         await app.get_queue_stats()
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 1.5, "4"])
+def test_a_bad_concurrency_is_one_validation_error(concurrency: object) -> None:
+    """``app.worker()`` and the runtime's ``Worker`` refuse it alike (ValidationError is also
+    a ValueError)."""
+    app = Soniq(backend="memory")
+    with pytest.raises(ValidationError, match=r"concurrency must be an integer >= 1"):
+        app.worker(concurrency=concurrency)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"concurrency must be an integer >= 1"):
+        Worker(backend=app.backend, registry=app.registry, settings=app.settings, hooks=app.hooks,
+               events=app.events, codec=app.codec, concurrency=concurrency)  # type: ignore[arg-type]
 
 
 async def test_async_context_manager_closes(tmp_path: Path) -> None:
