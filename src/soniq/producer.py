@@ -99,8 +99,8 @@ class Producer:
         """Write ``jobs`` with the app's backend (in ``connection``'s transaction if given) and
         return their ids. A :class:`JobStream` is streamed only where a failure cannot hurt:
         never into the caller's transaction."""
-        if isinstance(jobs, JobStream) and (connection is not None
-                                            or not self._backend.streams_inserts):
+        if type(jobs) is JobStream and (connection is not None  # not isinstance: an ABC check
+                                        or not self._backend.streams_inserts):
             jobs = list(jobs)  # every element validated before anything is written
         if connection is not None and not self._backend.supports_transactions:
             raise UnsupportedOperationError(
