@@ -9,21 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 
 from soniq.backends import StorageBackend, resolve_backend
 from soniq.backends.base import database_info
-from soniq.errors import (
-    AppClosedError,
-    ConfigurationError,
-    JobArgumentsError,
-    UnsupportedOperationError,
-    ValidationError,
-)
+from soniq.embedding import AppWorker, running
+from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.features.dead_letter import DeadLetter
 from soniq.features.logs import JobLogs
 from soniq.features.metrics import Metrics
@@ -31,47 +24,26 @@ from soniq.features.scheduler import Scheduler, SchedulerService, Timing
 from soniq.features.tracing import Tracing
 from soniq.features.webhooks import Webhooks, WebhookService
 from soniq.ids import is_uuid
-from soniq.registry import (
-    JobBuilder,
-    JobRegistry,
-    TaskRef,
-    job_kwargs,
-    validate_list_filters,
-    validate_name,
-)
-from soniq.runtime import (
-    EventDispatcher,
-    Hooks,
-    JobEvent,
-    JsonCodec,
-    PayloadCodec,
-    Service,
-    Worker,
-    cancel_job,
-)
-from soniq.serialization import utc_now
+from soniq.lifecycle import Lifecycle, State
+from soniq.producer import Producer, Target, When
+from soniq.registry import JobRegistry, job_kwargs, validate_list_filters, validate_name
+from soniq.runtime import EventDispatcher, Hooks, PayloadCodec, Service, Worker, cancel_job
 from soniq.settings import SoniqSettings, load_settings
-from soniq.types import DatabaseInfo, JobRecord, JobStatus, JobStream, NewJob, QueueStats
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+    from datetime import timedelta
     from types import TracebackType
 
-    from soniq.features.signing import EncryptingCodec, Signing
-
-if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager, AbstractContextManager
-
-    from anyio.abc import TaskStatus
-
+    from soniq.features.signing import Signing
     from soniq.sync import SyncSoniq
+    from soniq.types import DatabaseInfo, JobRecord, NewJob, QueueStats
 
 __all__ = ["Soniq"]
 
 logger = logging.getLogger("soniq")
 
 F = TypeVar("F", bound=Callable[..., Any])
-When = datetime | timedelta | float | int
-Target = Callable[..., Any] | str | TaskRef
 
 class Soniq:
     """Background jobs stored in your database.
@@ -97,17 +69,15 @@ class Soniq:
         self._settings.apply_logging()
         self._backend = resolve_backend(backend, self._settings.database_url, self._settings)
         self._registry = JobRegistry()
-        self._init_lock = anyio.Lock()
-        self._initialized = False
-        self._closed = False
+        self._lifecycle = Lifecycle(self._backend.initialize)
         self.hooks = Hooks()
         #: Job lifecycle events; features (webhooks, logs, metrics) subscribe here.
         self.events = EventDispatcher()
-        #: How arguments and results are stored; encryption replaces it.
-        self.codec: PayloadCodec = JsonCodec()
+        #: The one enqueue path (also used by ``app.sync`` and ``soniq.contrib``).
+        self.producer = Producer(self._registry, self._settings, self._backend, self.events,
+                                 self._lifecycle)
         #: Loops every worker of this app runs in its task group (scheduler, webhook delivery).
         self.services: list[Service] = []
-        self._local_workers: set[Worker] = set()
         self._dead_letter: DeadLetter | None = None
         self._scheduler: Scheduler | None = None
         # Every worker fires the stored schedules (one small query per tick when there are none).
@@ -116,11 +86,8 @@ class Soniq:
         #: Sends job events to registered webhook endpoints (idle without endpoints).
         self.webhook_service = WebhookService(self._backend, self.events, self._settings)
         self.services.append(self.webhook_service)
-        self._signing: Signing | None = None
-        self._encrypting: EncryptingCodec | None = None
         self._logs: JobLogs | None = None
         self._metrics: Metrics | None = None
-        self._tracing: Tracing | None = None
         self._sync: SyncSoniq | None = None
         if self._settings.capture_job_logs:
             self.logs  # noqa: B018 -- installs log capture
@@ -148,7 +115,7 @@ class Soniq:
         export). Touching it opens nothing; each call initialises the app first."""
         if self._dead_letter is None:
             self._dead_letter = DeadLetter(self._backend, ready=self.ensure_initialized,
-                                           wake=self._wake_local)
+                                           wake=self.producer.wake)
         return self._dead_letter
 
     @property
@@ -159,7 +126,7 @@ class Soniq:
             settings = self._settings
             self._scheduler = Scheduler(
                 self._backend, build_job=self._schedule_job, ready=self.ensure_initialized,
-                job_names=self._schedulable_jobs, wake=self._wake_local, interval=settings.scheduler_interval,
+                job_names=self._schedulable_jobs, wake=self.producer.wake, interval=settings.scheduler_interval,
                 misfire=settings.scheduler_misfire, grace=settings.scheduler_misfire_grace,
                 error_retry_delay=settings.error_retry_delay)
         return self._scheduler
@@ -173,10 +140,15 @@ class Soniq:
                                       settings=self._settings)
         return self._webhooks
 
+    @property
+    def codec(self) -> PayloadCodec:
+        """How arguments and results are stored; encryption replaces it."""
+        return self.producer.codec
+
     def _schedule_job(self, target: Any, args: Mapping[str, Any], queue: str | None,
                       priority: int | None) -> NewJob:
         """The job a schedule enqueues, validated like ``enqueue`` (never deduplicated)."""
-        return self._new_job(target, args, queue=queue, priority=priority, unique=False)
+        return self.producer.job(target, args, queue=queue, priority=priority, unique=False)
 
     def _schedulable_jobs(self) -> frozenset[str] | None:
         """The job names a schedule of this app can enqueue: the registered ones, or any name
@@ -192,23 +164,8 @@ class Soniq:
         Raises:
             ConfigurationError: no secret keys are configured.
         """
-        self._enable_encryption()
-        return self._signing_service()
-
-    def _signing_service(self) -> Signing:
-        if self._signing is None:
-            from soniq.features.signing import Signing  # cryptography loads only when used
-
-            self._signing = Signing(self._settings.secret_keys)
-        return self._signing
-
-    def _enable_encryption(self) -> None:
-        """Swap in the encrypting codec (a pass-through for jobs without ``encrypt=True``)."""
-        if self._encrypting is None:
-            from soniq.features.signing import EncryptingCodec
-
-            self._encrypting = EncryptingCodec(self._registry, self._signing_service, self.codec)
-            self.codec = self._encrypting
+        self.producer.encrypt()
+        return self.producer.signing()
 
     @property
     def logs(self) -> JobLogs:
@@ -231,15 +188,10 @@ class Soniq:
         """OpenTelemetry spans (producer ``send``, consumer ``process``) for this app's enqueues
         and its workers' attempts, from the moment it is first touched; needs
         ``opentelemetry-api`` (see :mod:`soniq.features.tracing`)."""
-        if self._tracing is None:
-            self._tracing = Tracing()
-            self.hooks.middleware.insert(1 if self._logs is not None else 0, self._tracing.process)
-        return self._tracing
-
-    def _send_span(self, jobs: Sequence[NewJob]) -> AbstractContextManager[Any]:
-        if self._tracing is None:
-            return nullcontext()
-        return self._tracing.send(jobs[0].queue, jobs[0].job_name, [job.id for job in jobs])
+        if self.producer.tracing is None:
+            tracing = self.producer.tracing = Tracing()
+            self.hooks.middleware.insert(1 if self._logs is not None else 0, tracing.process)
+        return self.producer.tracing
 
     @property
     def metrics(self) -> Metrics:
@@ -252,32 +204,25 @@ class Soniq:
 
     @property
     def is_initialized(self) -> bool:
-        return self._initialized
+        return self._lifecycle.state is State.OPEN
 
     @property
     def is_closed(self) -> bool:
-        return self._closed
+        return self._lifecycle.state is State.CLOSED
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def ensure_initialized(self) -> None:
         """Open the backend's connections if not yet open (every async method does this itself)."""
-        if self._closed:
-            raise AppClosedError("this Soniq instance is closed; create a new one")
-        if self._initialized:
-            return
-        async with self._init_lock:
-            if not self._initialized:
-                await self._backend.initialize()
-                self._initialized = True
+        if self._lifecycle.state is not State.OPEN:
+            await self._lifecycle.open()
 
     async def close(self) -> None:
         """Release connections. Calling it again does nothing."""
-        if self._closed:
+        if self.is_closed:
             return
         if self._logs is not None:
             await self._logs.close()  # uninstall capture, write what is buffered
-        self._closed = True
-        self._initialized = False
+        self._lifecycle.state = State.CLOSED
         if self._sync is not None:  # its own loop and pool: stop them off this loop
             await anyio.to_thread.run_sync(self._sync.close)
         with anyio.CancelScope(shield=True):
@@ -294,8 +239,7 @@ class Soniq:
     async def setup(self) -> list[str]:
         """Create the database if missing and apply pending migrations (what ``soniq setup``
         runs in a deploy step). Returns the names of the migrations applied."""
-        if self._closed:
-            raise AppClosedError("this Soniq instance is closed; create a new one")
+        self._lifecycle.check()
         return await self._backend.migrate()
 
     # -- registration -------------------------------------------------------------------------
@@ -317,7 +261,7 @@ class Soniq:
 
         def decorate(fn: F) -> F:
             if self._registry.register(fn, **options).encrypt:
-                self._enable_encryption()
+                self.producer.encrypt()
             return fn
 
         return decorate(func) if func is not None else decorate
@@ -376,16 +320,14 @@ class Soniq:
 
         ``queues=None`` takes every queue; ``concurrency=None`` uses the setting.
         """
-        if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
-            raise ValidationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
         if queues is not None:
             if isinstance(queues, str):
                 queues = [queues]
             queues = [validate_name(q, "queue name") for q in queues]
-        return _AppWorker(self, backend=self._backend, registry=self._registry,
-                          settings=self._settings, hooks=self.hooks, events=self.events,
-                          codec=self.codec, services=self.services, concurrency=concurrency,
-                          queues=queues, run_once=run_once)
+        return AppWorker(self.producer, self.ensure_initialized, backend=self._backend,
+                         registry=self._registry, settings=self._settings, hooks=self.hooks,
+                         events=self.events, services=self.services, concurrency=concurrency,
+                         queues=queues, run_once=run_once)
 
     async def run_worker(self, concurrency: int | None = None, run_once: bool = False,
                          queues: Sequence[str] | None = None) -> int:
@@ -405,8 +347,6 @@ class Soniq:
         The block starts once the worker can claim. Leaving it normally stops claiming and lets
         running jobs finish (``shutdown_timeout``); an error or cancellation gives them back.
         """
-        from soniq.embedding import running
-
         return running(self.worker(concurrency=concurrency, queues=queues))
 
     @property
@@ -420,21 +360,6 @@ class Soniq:
                 if self._sync is None:
                     self._sync = SyncSoniq(self)
         return self._sync
-
-    def _check_pool(self) -> None:
-        if self._backend.supports_transactions:
-            needed = _WORKER_CONNECTIONS + self._settings.pool_headroom
-            if self._settings.pool_max_size < needed:
-                raise ConfigurationError(
-                    f"pool_max_size={self._settings.pool_max_size} is too small for a worker: it "
-                    f"uses {_WORKER_CONNECTIONS} connections plus pool_headroom="
-                    f"{self._settings.pool_headroom}; set pool_max_size >= {needed}"
-                )
-
-    def _wake_local(self, queues: set[str]) -> None:
-        for worker in self._local_workers:
-            for queue in queues:
-                worker.wake(queue)
 
     # -- enqueue ------------------------------------------------------------------------------
     async def enqueue(self, target: Target, *, args: Mapping[str, Any] | None = None,
@@ -450,13 +375,9 @@ class Soniq:
         or a ``dedup_key`` returns the id of an identical job still waiting instead of adding one.
         ``connection=`` (PostgreSQL) inserts inside that connection's transaction.
         """
-        job = self._new_job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
-                            scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
-        self._check_connection(connection)
-        await self.ensure_initialized()
-        with self._send_span([job]):
-            [job_id] = await self._backend.insert_jobs([job], connection=connection)
-        self._after_insert([job], connection)
+        job = self.producer.job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
+                                scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+        [job_id] = await self.producer.insert([job], connection)
         return job_id
 
     async def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
@@ -469,29 +390,9 @@ class Soniq:
         invalid one aborts it); joining ``connection``'s transaction, or on the other backends,
         every element is validated first. Unique jobs are refused here (use ``enqueue``).
         """
-        if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
-            raise JobArgumentsError("args_list must be a list of dicts, one per job")
-        stream = self._new_jobs(target, args_list, queue=queue, priority=priority,
-                                scheduled_at=scheduled_at)
-        if not stream:
-            return []
-        # Streamed only where a failure cannot hurt: never into the caller's transaction.
-        jobs: Sequence[NewJob] = (stream if connection is None and self._backend.streams_inserts
-                                  else list(stream))
-        self._check_connection(connection)
-        await self.ensure_initialized()
-        with self._send_span(jobs):
-            ids = await self._backend.insert_jobs(jobs, connection=connection)
-        self._after_insert(jobs, connection)
-        return ids
-
-    def _after_insert(self, jobs: Sequence[NewJob], connection: Any) -> None:
-        if self._local_workers and connection is None:
-            self._wake_local({job.queue for job in jobs})
-        if self.events.wants("enqueued"):
-            now = utc_now()
-            for job in jobs:
-                self.events.emit(JobEvent("enqueued", job.id, job.job_name, job.queue, 0, now))
+        jobs = self.producer.jobs(target, args_list, queue=queue, priority=priority,
+                                  scheduled_at=scheduled_at)
+        return await self.producer.insert(jobs, connection) if jobs else []
 
     async def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
                        **kwargs: Any) -> str:
@@ -499,44 +400,6 @@ class Soniq:
         if run_at is None:
             raise ValidationError("schedule() needs run_at; use enqueue() to run as soon as possible")
         return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
-
-    def _check_connection(self, connection: Any) -> None:
-        if connection is not None and not self._backend.supports_transactions:
-            raise UnsupportedOperationError(
-                f"enqueue(connection=...) joins your database transaction, which the "
-                f"{self._backend.name} backend cannot do; use PostgreSQL"
-            )
-
-    def _job_builder(self, target: Target, *, queue: str | None, priority: int | None,
-                     scheduled_at: When | None, unique: bool | None, dedup_key: str | None,
-                     many: bool) -> JobBuilder:
-        """Validate what the jobs of one call share; nothing is written here."""
-        if self._closed:
-            raise AppClosedError("this Soniq instance is closed; create a new one")
-        return JobBuilder(self._registry, self._settings, target, queue=queue, priority=priority,
-                          scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
-                          many=many, encode=self.codec.encode_args,
-                          keyed_digest=self._keyed_digest)
-
-    def _keyed_digest(self, key: str) -> str:
-        return self._signing_service().digest(key)
-
-    def _new_job(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
-                 priority: int | None = None, scheduled_at: When | None = None,
-                 unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
-        """One validated row, as ``enqueue`` writes it."""
-        return self._job_builder(target, queue=queue, priority=priority,
-                                 scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
-                                 many=False).one(args)
-
-    def _new_jobs(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
-                  queue: str | None, priority: int | None,
-                  scheduled_at: When | None) -> JobStream:
-        """The rows of ``enqueue_many``, each element validated as its row is read (``list()`` the
-        stream to check them all)."""
-        return self._job_builder(target, queue=queue, priority=priority,
-                                 scheduled_at=scheduled_at, unique=None, dedup_key=None,
-                                 many=True).stream(args_list)
 
     # -- management ---------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -548,12 +411,7 @@ class Soniq:
 
     async def get_result(self, job_id: str) -> Any:
         """What a ``done`` job returned; None otherwise (or after ``result_ttl``)."""
-        record = await self.get_job(job_id)
-        if record is None or record["status"] != JobStatus.DONE:
-            return None
-        if self._encrypting is not None:
-            return self._encrypting.decode_result(record["job_name"], record["result"])
-        return record["result"]
+        return self.producer.result(await self.get_job(job_id))
 
     async def cancel_job(self, job_id: str) -> bool:
         """Cancel a job that has not started; True when it was cancelled."""
@@ -590,8 +448,7 @@ class Soniq:
             DatabaseError: the database cannot be reached.
             UnsupportedOperationError: the backend cannot be probed (memory).
         """
-        if self._closed:
-            raise AppClosedError("this Soniq instance is closed; create a new one")
+        self._lifecycle.check()
         probe = self._backend.probe
         if probe is None:
             raise UnsupportedOperationError(
@@ -599,35 +456,5 @@ class Soniq:
         return database_info(self._backend.name, await probe())
 
 
-#: Connections of the main pool a worker's services hold at once (scheduler, webhook delivery, log
-#: writes). On PostgreSQL claims, finishes and heartbeats use a small pool of their own, and LISTEN
-#: a dedicated connection.
-_WORKER_CONNECTIONS = 3
-
 #: Guards the lazy creation of ``app.sync`` (it may first be touched from several threads).
 _SYNC_LOCK = threading.Lock()
-
-
-class _AppWorker(Worker):
-    """A worker that checks the pool and lets its app's enqueues wake it in-process."""
-
-    def __init__(self, app: Soniq, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._app = app
-        self._codec = kwargs.get("codec")
-
-    async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._app._check_pool()
-        if any(spec.encrypt for spec in self._app.registry):
-            self._app._signing_service()  # no keys: refuse to start rather than dead-letter jobs
-            if self._codec is not self._app.codec:  # it would store encrypted jobs' results plainly
-                raise ConfigurationError(
-                    "an encrypt=True job was registered after this worker was created; register "
-                    "every job before calling app.worker()"
-                )
-        await self._app.ensure_initialized()
-        self._app._local_workers.add(self)
-        try:
-            await super().run(task_status=task_status)
-        finally:
-            self._app._local_workers.discard(self)

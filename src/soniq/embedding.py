@@ -1,4 +1,6 @@
-"""Embedding a worker in an application's own event loop: ``async with app.running_worker():``.
+"""The app's workers: :class:`AppWorker` (what ``app.worker()`` returns) and embedding one in an
+application's own event loop: ``async with app.running_worker():``.
+
 
 The worker runs as a task in a task group that lives exactly as long as the ``async with`` body:
 the block is entered once the worker can claim (``task_status.started``), and leaving it normally
@@ -11,16 +13,64 @@ handlers, and never calls ``asyncio.create_task`` (DESIGN.md §5).
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from soniq.errors import ConfigurationError
+from soniq.runtime import Worker
+
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from soniq.runtime import Worker
+    from anyio.abc import TaskStatus
 
-__all__ = ["running"]
+    from soniq.producer import Producer
+    from soniq.registry import JobRegistry
+    from soniq.settings import SoniqSettings
+
+__all__ = ["AppWorker", "running"]
+
+#: Connections of the main pool a worker's services hold at once (scheduler, webhook delivery, log
+#: writes). On PostgreSQL claims, finishes and heartbeats use a small pool of their own, and LISTEN
+#: a dedicated connection.
+WORKER_CONNECTIONS = 3
+
+
+class AppWorker(Worker):
+    """A worker of an app: checks the pool and the encryption keys before it starts, and is one of
+    the producer's ``workers`` while it runs, so this process's enqueues wake it at once."""
+
+    def __init__(self, producer: Producer, ready: Callable[[], Awaitable[None]], *,
+                 registry: JobRegistry, settings: SoniqSettings, **kwargs: Any) -> None:
+        super().__init__(registry=registry, settings=settings, codec=producer.codec, **kwargs)
+        self._producer = producer
+        self._ready = ready
+        self._codec = producer.codec
+        self._registry = registry
+        self._settings = settings
+
+    async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+        settings, needed = self._settings, WORKER_CONNECTIONS + self._settings.pool_headroom
+        if self._backend.supports_transactions and settings.pool_max_size < needed:
+            raise ConfigurationError(
+                f"pool_max_size={settings.pool_max_size} is too small for a worker: it uses "
+                f"{WORKER_CONNECTIONS} connections plus pool_headroom={settings.pool_headroom}; "
+                f"set pool_max_size >= {needed}"
+            )
+        if any(spec.encrypt for spec in self._registry):
+            self._producer.signing()  # no keys: refuse to start rather than dead-letter jobs
+            if self._codec is not self._producer.codec:  # it would store encrypted results plainly
+                raise ConfigurationError(
+                    "an encrypt=True job was registered after this worker was created; register "
+                    "every job before calling app.worker()"
+                )
+        await self._ready()
+        self._producer.workers.add(self)
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            self._producer.workers.discard(self)
 
 
 @asynccontextmanager

@@ -7,8 +7,9 @@ a pool belongs to the loop that created it (DESIGN.md §6), so the facade never 
 the app uses on its own loop. Calls are safe from any number of threads; the portal serialises
 nothing but the hop onto its loop, and the pool serves calls concurrently.
 
-Validation, job options, encryption and lifecycle events are the app's own: the facade builds
-each job with the same code as ``app.enqueue`` and only does the storage round trip itself.
+Validation, job options, encryption, the producer tracing span and the lifecycle events are the
+app's own: the facade goes through the app's :class:`~soniq.producer.Producer` like
+``app.enqueue`` and only does the storage round trip itself.
 
 The memory backend is one in-process store, so there the facade shares the app's backend; don't
 run a worker for the same memory app on another event loop while sync callers enqueue.
@@ -20,7 +21,6 @@ import atexit
 import logging
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,24 +28,19 @@ import sniffio
 from anyio.from_thread import BlockingPortal
 
 from soniq.backends import resolve_backend
-from soniq.errors import (
-    AppClosedError,
-    JobArgumentsError,
-    UnsupportedOperationError,
-    ValidationError,
-)
+from soniq.errors import AppClosedError, UnsupportedOperationError, ValidationError
 from soniq.ids import is_uuid
 from soniq.registry import job_kwargs, validate_list_filters
-from soniq.runtime import JobEvent, cancel_job
-from soniq.serialization import utc_now
-from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
+from soniq.runtime import cancel_job
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from types import TracebackType
 
-    from soniq.app import Soniq, Target, When
+    from soniq.app import Soniq
     from soniq.backends.base import StorageBackend
+    from soniq.producer import Target, When
+    from soniq.types import JobRecord, NewJob, QueueStats
 
 __all__ = ["SyncSoniq"]
 
@@ -69,6 +64,7 @@ class SyncSoniq:
 
     def __init__(self, app: Soniq) -> None:
         self._app = app
+        self._producer = app.producer
         self._lock = threading.Lock()
         self._portal: BlockingPortal | None = None
         self._thread: threading.Thread | None = None
@@ -177,20 +173,18 @@ class SyncSoniq:
                 dedup_key: str | None = None, **kwargs: Any) -> str:
         """``app.enqueue`` for sync code (no ``connection=``: there is no sync transaction to
         join). Returns the job id."""
-        job = self.prepare(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
-                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+        job = self._producer.job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
+                                 scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
         [job_id] = self.insert([job])
-        return str(job_id)
+        return job_id
 
     def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
                      queue: str | None = None, priority: int | None = None,
                      scheduled_at: When | None = None) -> list[str]:
         """``app.enqueue_many`` for sync code: one job per element, validated before writing."""
-        if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
-            raise JobArgumentsError("args_list must be a list of dicts, one per job")
-        jobs = self._app._new_jobs(target, args_list, queue=queue, priority=priority,
+        jobs = self._producer.jobs(target, args_list, queue=queue, priority=priority,
                                    scheduled_at=scheduled_at)
-        return self.insert(jobs) if jobs else []
+        return self.insert(list(jobs)) if jobs else []
 
     def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
                  **kwargs: Any) -> str:
@@ -204,23 +198,21 @@ class SyncSoniq:
                 unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
         """Validate one job exactly as ``enqueue`` does and build its row without writing it;
         :meth:`insert` writes it later (e.g. when the caller's transaction commits)."""
-        return self._app._new_job(target, args, queue=queue, priority=priority,
+        return self._producer.job(target, args, queue=queue, priority=priority,
                                   scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
 
     def insert(self, jobs: Sequence[NewJob]) -> list[str]:
         """Write jobs already built (and validated) by the app; used by ``enqueue`` and by
         integrations that prepare a job first and write it later (e.g. on transaction commit)."""
 
-        async def insert(backend: StorageBackend) -> list[str]:
-            return await backend.insert_jobs(list(jobs))
+        async def insert(backend: StorageBackend, rows: Sequence[NewJob]) -> list[str]:
+            return await backend.insert_jobs(rows)
 
-        ids: list[str] = self._call(insert)
-        events = self._app.events
-        if events.wants("enqueued"):  # subscribers buffer under a lock or the GIL: safe from this thread
-            now = utc_now()
-            for job in jobs:
-                events.emit(JobEvent("enqueued", job.id, job.job_name, job.queue, 0, now))
-        return ids
+        def write(rows: Sequence[NewJob]) -> list[str]:
+            ids: list[str] = self._call(insert, rows)
+            return ids
+
+        return self._producer.insert_blocking(jobs, write)
 
     # -- management -----------------------------------------------------------------------------
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -236,13 +228,7 @@ class SyncSoniq:
 
     def get_result(self, job_id: str) -> Any:
         """What a ``done`` job returned; None otherwise (or after ``result_ttl``)."""
-        record = self.get_job(job_id)
-        if record is None or record["status"] != JobStatus.DONE:
-            return None
-        encrypting = self._app._encrypting
-        if encrypting is not None:
-            return encrypting.decode_result(record["job_name"], record["result"])
-        return record["result"]
+        return self._producer.result(self.get_job(job_id))
 
     def cancel_job(self, job_id: str) -> bool:
         """Cancel a job that has not started; True when it was cancelled."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -13,6 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from soniq import Soniq
 from soniq.errors import ConfigurationError
+from soniq.runtime import JobEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -58,6 +60,41 @@ async def test_spans_for_send_and_process(app: Soniq, exporter: InMemorySpanExpo
     assert failed.status.status_code is StatusCode.ERROR
     assert [e.name for e in failed.events] == ["exception"]
     assert "no luck" in str(failed.events[0].attributes)
+
+
+async def test_sync_enqueue_sends_the_same_span_and_events(
+        app: Soniq, exporter: InMemorySpanExporter) -> None:
+    """``app.sync`` goes through the app's producer: the same ``send`` span (a child of the
+    calling thread's current span) and the same ``enqueued`` events as ``await app.enqueue``."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app.tracing.use(provider)
+    events: list[JobEvent] = []
+    app.events.subscribe(events.append, kinds=["enqueued"])
+
+    @app.job(name="ok", queue="mail")
+    def ok(n: int) -> int:
+        return n
+
+    async_ids = [await app.enqueue(ok, n=1), *await app.enqueue_many(ok, [{"n": 2}, {"n": 3}])]
+
+    def from_a_view() -> list[str]:
+        with provider.get_tracer("view").start_as_current_span("view"):
+            return [app.sync.enqueue(ok, n=1), *app.sync.enqueue_many(ok, [{"n": 2}, {"n": 3}])]
+
+    sync_ids = await anyio.to_thread.run_sync(from_a_view)
+
+    spans = exporter.get_finished_spans()
+    sends = [s for s in spans if s.kind is SpanKind.PRODUCER]
+    shapes = [(s.name, {k: v for k, v in (s.attributes or {}).items()
+                        if k != "messaging.message.id"}) for s in sends]
+    assert len(sends) == 4 and shapes[2:] == shapes[:2]
+    assert [(s.attributes or {}).get("messaging.message.id") for s in sends] == [
+        async_ids[0], None, sync_ids[0], None]
+    [view] = [s for s in spans if s.name == "view"]
+    assert {s.parent.span_id for s in sends[2:] if s.parent} == {view.context.span_id}
+    assert [(e.kind, e.job_id, e.job_name, e.queue, e.attempt) for e in events] == [
+        ("enqueued", job_id, "ok", "mail", 0) for job_id in async_ids + sync_ids]
 
 
 def test_tracing_is_off_until_touched() -> None:

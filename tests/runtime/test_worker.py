@@ -237,8 +237,8 @@ async def test_graceful_stop_gives_unfinished_jobs_back_without_an_attempt(
     async with anyio.create_task_group() as tg:
         worker = await tg.start(app.worker(concurrency=2).run)
         await started.wait()
-        await wait_for(lambda: len(app._local_workers) == 1)
-        for w in app._local_workers:
+        await wait_for(lambda: len(app.producer.workers) == 1)
+        for w in app.producer.workers:
             assert w.id == worker
             w.stop()
     assert (await app.get_job(fast_id) or {})["status"] == "done"

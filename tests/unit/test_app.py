@@ -10,7 +10,7 @@ import anyio
 import pydantic
 import pytest
 
-from soniq import JobContext, Soniq, TaskRef
+from soniq import JobContext, Soniq, TaskRef, Worker
 from soniq.errors import (
     AppClosedError,
     ConfigurationError,
@@ -122,6 +122,55 @@ async def test_close_twice_and_use_after_close(app: Soniq) -> None:
         await app.enqueue("send_email", to="x@y.z")
     with pytest.raises(AppClosedError):
         await app.get_queue_stats()
+
+
+async def test_every_call_on_a_closed_app_is_refused_alike(tmp_path: Path) -> None:
+    """One lifecycle guard: each public call on a closed app raises the same error, before I/O."""
+    app = Soniq(database_url=str(tmp_path / "closed.db"))
+    register(app)
+    await app.close()
+    calls = [app.ensure_initialized, app.setup, app.database_info, app.get_queue_stats,
+             lambda: app.enqueue("send_email", to="a"),
+             lambda: app.enqueue_many("send_email", [{"to": "a"}])]
+    for call in calls:
+        with pytest.raises(AppClosedError, match=r"^this Soniq instance is closed; create a new one$"):
+            await call()
+    assert app.is_closed and not app.is_initialized
+    assert not (tmp_path / "closed.db").exists()
+
+
+async def test_closing_while_opening_stays_closed() -> None:
+    from soniq.backends.memory import MemoryBackend
+
+    backend, gate = MemoryBackend(), anyio.Event()
+    initialize = backend.initialize
+
+    async def slow_initialize() -> None:
+        await gate.wait()
+        await initialize()
+
+    backend.initialize = slow_initialize  # type: ignore[method-assign]
+    app = Soniq(backend=backend)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(app.ensure_initialized)
+        await anyio.wait_all_tasks_blocked()
+        await app.close()
+        gate.set()
+    assert app.is_closed and not app.is_initialized
+    with pytest.raises(AppClosedError):
+        await app.get_queue_stats()
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 1.5, "4"])
+def test_a_bad_concurrency_is_one_validation_error(concurrency: object) -> None:
+    """``app.worker()`` and the runtime's ``Worker`` refuse it alike (ValidationError is also
+    a ValueError)."""
+    app = Soniq(backend="memory")
+    with pytest.raises(ValidationError, match=r"concurrency must be an integer >= 1"):
+        app.worker(concurrency=concurrency)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"concurrency must be an integer >= 1"):
+        Worker(backend=app.backend, registry=app.registry, settings=app.settings, hooks=app.hooks,
+               events=app.events, codec=app.codec, concurrency=concurrency)  # type: ignore[arg-type]
 
 
 async def test_async_context_manager_closes(tmp_path: Path) -> None:
@@ -284,8 +333,8 @@ def test_a_job_stream_fails_again_where_it_failed() -> None:
     read too, instead of the stream looking shorter."""
     app = Soniq(backend="memory")
     register(app)
-    stream = app._new_jobs("send_email", [{"to": "a"}, {"nope": 1}, {"to": "c"}], queue=None,
-                           priority=None, scheduled_at=None)
+    stream = app.producer.jobs("send_email", [{"to": "a"}, {"nope": 1}, {"to": "c"}], queue=None,
+                               priority=None, scheduled_at=None)
     assert len(stream) == 3
     for _ in range(2):
         with pytest.raises(JobArgumentsError, match=r"args_list\[1\]"):

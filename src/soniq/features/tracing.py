@@ -3,7 +3,8 @@
 
 ``app.tracing`` turns them on for that app the first time it is touched:
 
-- a **producer** span ``send <queue>`` around every ``enqueue`` / ``enqueue_many``;
+- a **producer** span ``send <queue>`` around every ``enqueue`` / ``enqueue_many`` (``app.sync``
+  included: a child of the calling thread's current span);
 - a **consumer** span ``process <queue>`` around every attempt a worker of this app runs (a
   middleware, outermost after log capture), ended with an error status when the job raises.
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from soniq.errors import ValidationError
 from soniq.ids import new_id
 from soniq.runtime.cleanup import Cleanup
 from soniq.runtime.executor import Executor
@@ -68,9 +69,11 @@ class Worker:
                  concurrency: int | None = None, queues: Sequence[str] | None = None,
                  run_once: bool = False, clock: Callable[[], datetime] = utc_now) -> None:
         self.id = new_id()
-        self.concurrency = concurrency if concurrency is not None else settings.concurrency
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if concurrency is None:
+            concurrency = settings.concurrency
+        elif not isinstance(concurrency, int) or concurrency < 1:
+            raise ValidationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        self.concurrency = concurrency
         self.queues = tuple(queues) if queues is not None else None
         self.run_once = run_once
         self._backend = backend
