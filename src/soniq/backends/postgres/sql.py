@@ -27,7 +27,6 @@ __all__ = [
     "COMPLETE_JOBS",
     "COMPLETE_JOBS_HOOKED",
     "COPY_COLUMNS",
-    "CREATE_MIGRATIONS_TABLE",
     "DATABASE_EXISTS",
     "DELETE_JOB",
     "GET_JOB",
@@ -452,15 +451,6 @@ RETURNING task
 # -- schema ----------------------------------------------------------------------------------------
 #: Versions applied; fails with undefined_table when Soniq was never set up.
 SCHEMA_VERSIONS = "SELECT version FROM soniq_migrations"
-
-#: Created by migrate() itself (a migration cannot record itself in a table it has yet to create).
-CREATE_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS soniq_migrations (
-    version     integer     PRIMARY KEY,
-    name        text        NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-)
-"""
 
 #: $1 version, $2 name.
 RECORD_MIGRATION = "INSERT INTO soniq_migrations (version, name) VALUES ($1::integer, $2::text)"
