@@ -32,7 +32,7 @@ from soniq.backends.postgres.listener import APPLICATION_NAME
 from soniq.backends.postgres.sql import CHANNEL, CLAIM_ALL_QUEUES
 from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError
 from soniq.ids import new_id
-from soniq.migrations import load_migrations
+from soniq.migrations import load_migrations, migration_script
 from soniq.serialization import dumps, utc_now
 from soniq.settings import load_settings
 from soniq.types import NewJob
@@ -303,6 +303,24 @@ async def test_migrate_twice_changes_nothing(pg_url: str) -> None:
     assert await schema_of(pg_url) == before
     rows = await fetch(pg_url, "SELECT version, name FROM soniq_migrations ORDER BY version")
     assert [tuple(row) for row in rows] == [(m.version, m.name) for m in ALL_MIGRATIONS]
+
+
+async def test_the_printed_script_builds_what_setup_builds(
+        pg_url: str, pg_server: str, fresh_database: tuple[str, str]) -> None:
+    """``soniq migrations sql`` applied by hand: the same schema and migration rows as setup;
+    without the newest row, that one migration is reported pending."""
+    name, url = fresh_database
+    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
+    await on_connection(url, lambda conn: conn.execute(migration_script("postgres")))
+    assert await schema_of(url) == await schema_of(pg_url)
+    rows = await fetch(url, "SELECT version, name FROM soniq_migrations ORDER BY version")
+    assert [tuple(row) for row in rows] == [(m.version, m.name) for m in ALL_MIGRATIONS]
+    async with Soniq(database_url=url, pool_min_size=1) as app:  # opening checks the schema
+        await fetch(url, "DELETE FROM soniq_migrations WHERE version = $1",
+                    ALL_MIGRATIONS[-1].version)
+        info = await app.database_info()
+    assert info["applied_migrations"] == ALL_LABELS[:-1]
+    assert info["pending_migrations"] == [ALL_LABELS[-1]]
 
 
 async def test_migrate_creates_a_missing_database(pg_server: str,

@@ -24,7 +24,7 @@ from soniq.backends.sqlite import database as database_module
 from soniq.backends.sqlite.sql import from_db, split_statements, to_db
 from soniq.errors import DatabaseError, MigrationError, UnsupportedOperationError
 from soniq.ids import new_id
-from soniq.migrations import Migration, load_migrations
+from soniq.migrations import Migration, load_migrations, migration_script
 from soniq.serialization import dumps
 from soniq.types import JobOutcome, JobStatus, NewJob, WorkerInfo
 
@@ -111,6 +111,33 @@ async def test_migrate_reports_what_it_applied(sqlite_url: str) -> None:
         assert await second.migrate() == []
     finally:
         await second.close()
+
+
+async def test_the_printed_script_builds_what_migrate_builds(sqlite_url: str,
+                                                             tmp_path: Path) -> None:
+    """``soniq migrations sql --backend sqlite`` applied by hand: the same schema and migration
+    rows as the adapter's own migrations."""
+    backend = SqliteBackend(sqlite_url)
+    try:
+        await backend.migrate()
+    finally:
+        await backend.close()
+    by_hand = str(tmp_path / "by_hand.db")
+    with sqlite3.connect(by_hand) as conn:
+        conn.executescript(migration_script("sqlite"))
+    conn.close()
+
+    def contents(path: str) -> tuple[list[tuple[str, ...]], list[tuple[int, str]]]:
+        with sqlite3.connect(path) as conn:
+            schema = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
+                                  "ORDER BY type, name").fetchall()
+            applied = conn.execute("SELECT version, name FROM soniq_migrations "
+                                   "ORDER BY version").fetchall()
+        conn.close()
+        return schema, applied
+
+    assert contents(by_hand) == contents(sqlite_url)
+    assert contents(by_hand)[1] == [(m.version, m.name) for m in load_migrations("sqlite")]
 
 
 async def test_reopening_keeps_jobs(sqlite_url: str) -> None:

@@ -1,5 +1,5 @@
 """The recurring-job scheduler (``app.scheduler``, ``@app.periodic``) on every backend, under
-asyncio and trio. Time is injected (``scheduler.clock``, ``service.run_once(now=...)``): nothing
+asyncio and trio. Time is injected (``scheduler.clock``, ``service.tick(now=...)``): nothing
 waits for a cron minute, except the end-to-end worker tests (``every=1``)."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ async def test_add_get_list_remove(app: Soniq) -> None:
     assert await app.scheduler.remove("nightly") is True
     assert await app.scheduler.remove("nightly") is False
     assert [s["name"] for s in await app.scheduler.list()] == ["report"]
-    assert await service.run_once(now=NOW) == []
+    assert await service.tick(now=NOW) == []
 
 
 async def test_add_replaces_and_keeps_state(app: Soniq) -> None:
@@ -103,7 +103,7 @@ async def test_add_replaces_and_keeps_state(app: Soniq) -> None:
     service = fixed(app)
     first = await app.scheduler.add("report", every=30, args={"n": 1})
     fire_at = first["next_run_at"]
-    assert len(await service.run_once(now=fire_at)) == 1
+    assert len(await service.tick(now=fire_at)) == 1
     await app.scheduler.pause("report")
     app.scheduler.clock = lambda: NOW + timedelta(hours=1)
     same_timing = await app.scheduler.add("report", every=30, args={"n": 2})
@@ -122,9 +122,9 @@ async def test_pause_and_resume(app: Soniq) -> None:
     added = await app.scheduler.add("report", every=10)
     assert await app.scheduler.pause("report") is True
     assert (await app.scheduler.get("report") or {})["paused"] is True
-    assert await service.run_once(now=added["next_run_at"]) == []
+    assert await service.tick(now=added["next_run_at"]) == []
     assert await app.scheduler.resume("report") is True
-    assert len(await service.run_once(now=added["next_run_at"])) == 1
+    assert len(await service.tick(now=added["next_run_at"])) == 1
     assert await app.scheduler.pause("missing") is False
     assert await app.scheduler.resume("missing") is False
 
@@ -181,16 +181,16 @@ async def test_every_fires_on_a_fixed_grid(app: Soniq) -> None:
     register(app)
     service = fixed(app)
     first = (await app.scheduler.add("report", every=10, args={"n": 3}))["next_run_at"]
-    assert await service.run_once(now=first - timedelta(microseconds=1)) == []
-    [job_id] = await service.run_once(now=first + timedelta(seconds=0.7))  # a late tick
+    assert await service.tick(now=first - timedelta(microseconds=1)) == []
+    [job_id] = await service.tick(now=first + timedelta(seconds=0.7))  # a late tick
     job = await app.get_job(job_id)
     assert job is not None and job["job_name"] == "report" and job["args"] == {"n": 3}
     assert job["queue"] == "default" and job["priority"] == app.settings.priority
     state = await app.scheduler.get("report")
     assert state is not None and state["last_run_at"] == first
     assert state["next_run_at"] == first + timedelta(seconds=10)  # no drift from the late tick
-    assert await service.run_once(now=first + timedelta(seconds=0.7)) == []
-    assert len(await service.run_once(now=first + timedelta(seconds=10))) == 1
+    assert await service.tick(now=first + timedelta(seconds=0.7)) == []
+    assert len(await service.tick(now=first + timedelta(seconds=10))) == 1
     assert len(await jobs_named(app, "report")) == 2
 
 
@@ -200,7 +200,7 @@ async def test_cron_fires_with_next_and_last_time(app: Soniq) -> None:
     added = await app.scheduler.add("other", cron="*/5 * * * *", queue="fast", priority=1)
     due = datetime(2026, 1, 5, 12, 5, tzinfo=UTC)
     assert added["next_run_at"] == due
-    [job_id] = await service.run_once(now=due + timedelta(seconds=1))
+    [job_id] = await service.tick(now=due + timedelta(seconds=1))
     job = await app.get_job(job_id)
     assert job is not None and (job["queue"], job["priority"]) == ("fast", 1)
     state = await app.scheduler.get("other")
@@ -212,7 +212,7 @@ async def test_job_defaults_apply_when_the_schedule_sets_none(app: Soniq) -> Non
     register(app)
     service = fixed(app)
     added = await app.scheduler.add("other", cron="* * * * *")
-    [job_id] = await service.run_once(now=added["next_run_at"])
+    [job_id] = await service.tick(now=added["next_run_at"])
     job = await app.get_job(job_id)
     assert job is not None and (job["queue"], job["priority"]) == ("slow", 5)
 
@@ -243,7 +243,7 @@ async def test_many_schedulers_fire_each_time_exactly_once(app: Soniq, backend_n
         fired: list[str] = []
 
         async def tick(service: SchedulerService, now: datetime) -> None:
-            fired.extend(await service.run_once(now=now))
+            fired.extend(await service.tick(now=now))
 
         for minute in range(4):
             now = first + timedelta(minutes=minute, seconds=1)
@@ -266,14 +266,14 @@ async def test_a_pause_elsewhere_is_seen_on_the_next_tick(app: Soniq, backend_na
     register(app)
     service = fixed(app)
     first = (await app.scheduler.add("report", every=60))["next_run_at"]
-    assert len(await service.run_once(now=first)) == 1
+    assert len(await service.tick(now=first)) == 1
     async with sharing(app, backend_name, database_url, 1) as [other]:
         assert await other.scheduler.pause("report") is True
-        assert await service.run_once(now=first + timedelta(minutes=1)) == []
+        assert await service.tick(now=first + timedelta(minutes=1)) == []
         assert await other.scheduler.resume("report") is True
-        assert len(await service.run_once(now=first + timedelta(minutes=1))) == 1
+        assert len(await service.tick(now=first + timedelta(minutes=1))) == 1
         assert await other.scheduler.remove("report") is True
-        assert await service.run_once(now=first + timedelta(minutes=2)) == []
+        assert await service.tick(now=first + timedelta(minutes=2)) == []
     assert len(await jobs_named(app, "report")) == 2
 
 
@@ -283,13 +283,13 @@ async def test_misfire_skip_waits_for_the_next_future_time(app: Soniq) -> None:
     first = (await app.scheduler.add("report", every=3600))["next_run_at"]
     back = first + timedelta(hours=3, minutes=10)  # three times missed, none within the grace
     assert app.scheduler.misfire == "skip"
-    assert await service.run_once(now=back) == []
+    assert await service.tick(now=back) == []
     state = await app.scheduler.get("report")
     assert state is not None and state["last_run_at"] is None
     assert state["next_run_at"] == first + timedelta(hours=4)
     assert await jobs_named(app, "report") == []
     # Late by less than the grace period: that time still fires (once), the older ones do not.
-    assert len(await service.run_once(now=first + timedelta(hours=4, seconds=30))) == 1
+    assert len(await service.tick(now=first + timedelta(hours=4, seconds=30))) == 1
 
 
 async def test_misfire_catch_up_once_fires_one_job(app: Soniq) -> None:
@@ -298,8 +298,8 @@ async def test_misfire_catch_up_once_fires_one_job(app: Soniq) -> None:
     app.scheduler.misfire = "catch_up_once"
     first = (await app.scheduler.add("report", every=3600))["next_run_at"]
     back = first + timedelta(hours=3, minutes=10)
-    assert len(await service.run_once(now=back)) == 1
-    assert await service.run_once(now=back) == []
+    assert len(await service.tick(now=back)) == 1
+    assert await service.tick(now=back) == []
     state = await app.scheduler.get("report")
     assert state is not None and state["last_run_at"] == first
     assert state["next_run_at"] == first + timedelta(hours=4)
@@ -348,10 +348,10 @@ async def test_dst_spring_forward_fires_on_the_real_days(app: Soniq) -> None:
     service = fixed(app, utc(2026, 3, 27, 12, 0))
     added = await app.scheduler.add("report", cron="30 2 * * *", timezone=BERLIN)
     assert added["next_run_at"] == utc(2026, 3, 28, 1, 30)
-    assert len(await service.run_once(now=utc(2026, 3, 28, 1, 30, 1))) == 1
+    assert len(await service.tick(now=utc(2026, 3, 28, 1, 30, 1))) == 1
     state = await app.scheduler.get("report")
     assert state is not None and state["next_run_at"] == utc(2026, 3, 30, 0, 30)
-    assert await service.run_once(now=utc(2026, 3, 29, 1, 30)) == []  # the day without 02:30
+    assert await service.tick(now=utc(2026, 3, 29, 1, 30)) == []  # the day without 02:30
 
 
 async def test_periodic_definitions_are_synced(app: Soniq) -> None:
@@ -369,7 +369,7 @@ async def test_periodic_definitions_are_synced(app: Soniq) -> None:
     assert app.scheduler.definitions == ["morning", "tick"]
     assert await app.scheduler.list() == []  # nothing is written before a scheduler starts
     service = fixed(app)
-    assert await service.run_once(now=NOW) == []  # the first tick syncs
+    assert await service.tick(now=NOW) == []  # the first tick syncs
     stored = {s["name"]: s for s in await app.scheduler.list()}
     assert set(stored) == {"morning", "tick"}
     assert stored["tick"]["args"] == {"n": 4} and stored["tick"]["next_run_at"] == NOW + timedelta(seconds=30)
@@ -382,7 +382,7 @@ async def test_periodic_definitions_are_synced(app: Soniq) -> None:
     assert again is not None and again["paused"] is True
     assert again["next_run_at"] == NOW + timedelta(seconds=30)
     await app.scheduler.resume("tick")
-    [job_id] = await service.run_once(now=NOW + timedelta(seconds=30))
+    [job_id] = await service.tick(now=NOW + timedelta(seconds=30))
     job = await app.get_job(job_id)
     assert job is not None and job["queue"] == "beats" and job["max_attempts"] == 1
 
@@ -393,9 +393,9 @@ async def test_a_job_this_worker_does_not_know_is_left_for_others(caplog: pytest
     register(producer)
     consumer = Soniq(backend=shared)  # registers nothing
     first = (await producer.scheduler.add("report", every=10))["next_run_at"]
-    assert await consumer.scheduler.service().run_once(now=first) == []
+    assert await consumer.scheduler.service().tick(now=first) == []
     assert "'report' (job 'report')" in caplog.text and "not registered" in caplog.text
-    assert len(await producer.scheduler.service().run_once(now=first)) == 1
+    assert len(await producer.scheduler.service().tick(now=first)) == 1
     await producer.close()
     await consumer.close()
 
@@ -420,10 +420,10 @@ async def test_schedules_of_unknown_jobs_do_not_starve_the_others(
         first = (await app.scheduler.add("report", every=30))["next_run_at"]
         assert all(s["next_run_at"] < first for s in theirs)  # all due first, a full batch
 
-        [job_id] = await service.run_once(now=first)
+        [job_id] = await service.tick(now=first)
         job = await app.get_job(job_id)
         assert job is not None and job["job_name"] == "report"
-        assert len(await service.run_once(now=first + timedelta(seconds=30))) == 1
+        assert len(await service.tick(now=first + timedelta(seconds=30))) == 1
         after = [s for s in await other.scheduler.list() if s["name"].startswith("billing.")]
         assert after == theirs  # not fired, advanced, paused or deleted by this app
         warnings = [r.getMessage() for r in caplog.records if "not registered" in r.getMessage()]
@@ -434,7 +434,7 @@ async def test_schedules_of_unknown_jobs_do_not_starve_the_others(
         assert (await app.scheduler.get("billing.000"))["job_known"] is False  # type: ignore[index]
         assert (await app.scheduler.get("report"))["job_known"] is True  # type: ignore[index]
 
-        fired = await other.scheduler.service().run_once(now=first + timedelta(seconds=30))
+        fired = await other.scheduler.service().tick(now=first + timedelta(seconds=30))
         assert len(fired) == DUE_BATCH  # the service that can enqueue them still fires them
         assert len(await jobs_named(app, "billing.invoice")) == DUE_BATCH
     finally:

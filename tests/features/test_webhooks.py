@@ -1,7 +1,7 @@
 """Webhooks (``app.webhooks``, :class:`WebhookService`) on every backend, under asyncio and trio.
 
 A real HTTP server on 127.0.0.1 (a thread) receives the deliveries, so endpoints use
-``allow_private=True``; the service is driven with ``run_once()`` instead of waiting for ticks.
+``allow_private=True``; the service is driven with ``tick()`` instead of waiting for ticks.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ async def loaded_service(app: Soniq) -> WebhookService:
 async def drain(service: WebhookService, *, until: int = 0, rounds: int = 200) -> None:
     """Tick until nothing is pending (or ``until`` deliveries were seen)."""
     for _ in range(rounds):
-        await service.run_once()
+        await service.tick()
         pending = await service_pending(service)
         if not pending:
             return
@@ -150,25 +150,25 @@ async def test_register_list_get_unregister(app: Soniq) -> None:
 async def test_the_service_listens_to_events_only_while_endpoints_exist(
         backend_name: str, app: Soniq) -> None:
     service = service_for(app)
-    await service.run_once()
+    await service.tick()
     assert not app.events.active  # no endpoint: the job path builds no events at all
     created = await app.webhooks.register("https://example.com/hook", events=["job.done"],
                                           secret="s" * 32)
-    await service.run_once()
+    await service.tick()
     # PostgreSQL's finish statement writes job.done itself: no event is built for it.
     assert app.events.wants("done") is (backend_name != "postgres")
     assert not app.events.wants("started") and not app.events.wants("enqueued")
     store = app.backend.webhooks  # type: ignore[attr-defined]
     assert getattr(store, "lifecycle", False) is (backend_name == "postgres")
     enqueued = await app.webhooks.register("https://example.com/hook", events=["job.enqueued"])
-    await service.run_once()
+    await service.tick()
     assert app.events.wants("enqueued")
     assert await app.webhooks.unregister(created["id"]) is True
-    await service.run_once()
+    await service.tick()
     # Only job.enqueued is wanted: the finish statements stop writing deliveries.
     assert app.events.wants("enqueued") and not getattr(store, "lifecycle", False)
     assert await app.webhooks.unregister(enqueued["id"]) is True
-    await service.run_once()
+    await service.tick()
     assert not app.events.active
 
 
@@ -542,7 +542,7 @@ async def test_jobs_rescued_from_a_silent_worker_are_delivered(
         assert len(await app.backend.claim_jobs(dead.id, None, 1)) == 1
         cleanup = Cleanup(app.backend, interval=0.001, stale_after=60.0, error_retry_delay=1.0,
                           events=app.events)
-        await wait_for(cleanup.run_once, message="a cleanup round to lead")  # one per interval
+        await wait_for(cleanup.tick, message="a cleanup round to lead")  # one per interval
     await drain(service)
     sent = sorted((json.loads(body) for _, body in receiver.requests),
                   key=lambda p: p["data"]["attempt"])
@@ -611,7 +611,7 @@ async def test_a_failing_receiver_is_retried_then_failed(app: Soniq, receiver: R
         return None
 
     await app.enqueue("ok")
-    await service.run_once()
+    await service.tick()
     [first] = await app.webhooks.deliveries()
     assert first["status"] == "pending" and first["attempts"] == 1
     assert first["last_status_code"] == 500 and first["last_error"] == "HTTP 500"
@@ -638,7 +638,7 @@ async def test_two_services_never_send_a_delivery_twice(app: Soniq, receiver: Re
     await first.flush()
     async with anyio.create_task_group() as tg:
         for service in (first, second, first, second):
-            tg.start_soon(service.run_once)
+            tg.start_soon(service.tick)
     await drain(first)
     ids = [h["webhook-id"] for h, _ in receiver.requests]
     assert len(ids) == 40 == len(set(ids))
@@ -693,14 +693,14 @@ async def test_full_buffer_drops_and_counts(app: Soniq, receiver: Receiver) -> N
 
 async def test_idle_without_endpoints(app: Soniq) -> None:
     service = service_for(app)
-    assert await service.run_once() == 0
+    assert await service.tick() == 0
 
     @app.job(name="ok")
     async def ok() -> None:
         return None
 
     await app.enqueue("ok")
-    assert await service.run_once() == 0 and await app.webhooks.deliveries() == []
+    assert await service.tick() == 0 and await app.webhooks.deliveries() == []
 
 
 async def test_every_worker_runs_the_service(backend_name: str, database_url: str | None,

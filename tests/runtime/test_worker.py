@@ -277,9 +277,9 @@ async def test_result_ttl_pruning(backend_name: str, database_url: str | None) -
     worker = app.worker(run_once=True)
     await worker.run()
     assert (await app.get_job(job_id) or {})["status"] == "done"
-    assert await worker.cleanup.run_once() == ([], 1)
+    assert await worker.cleanup.tick() == ([], 1)
     assert await app.get_job(job_id) is None
-    assert await worker.cleanup.run_once() is None  # another round within the interval: skipped
+    assert await worker.cleanup.tick() is None  # another round within the interval: skipped
     await app.close()
 
 

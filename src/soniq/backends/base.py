@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
 from soniq.errors import UnsupportedOperationError
-from soniq.migrations import load_migrations
+from soniq.migrations import pending_migrations
 from soniq.serialization import loads
 
 if TYPE_CHECKING:
@@ -282,7 +282,7 @@ def database_info(backend: str, facts: Mapping[str, Any]) -> DatabaseInfo:
         "backend": backend,
         "server_version": facts.get("server_version"),
         "applied_migrations": applied,
-        "pending_migrations": [m.label for m in load_migrations(backend) if m.label not in applied],
+        "pending_migrations": pending_migrations(backend, applied),
         "round_trip": facts.get("round_trip"),
         "clock_skew": facts.get("clock_skew"),
         "transaction_pooling": facts.get("transaction_pooling"),

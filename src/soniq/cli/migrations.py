@@ -9,7 +9,7 @@ from cyclopts import App
 
 from soniq.cli._common import AppPath, Target, open_app, run
 from soniq.cli._output import print_fields, print_json, print_line
-from soniq.migrations import load_migrations
+from soniq.migrations import migration_script
 from soniq.settings import redact_url
 
 __all__ = ["app", "migrate_status", "migration_sql"]
@@ -57,25 +57,10 @@ def migration_sql(*, backend: Literal["postgres", "sqlite"] = "postgres",
     from_version
         Start at this migration number (to upgrade a database that has the earlier ones).
     """
-    if backend == "postgres":
-        from soniq.backends.postgres import sql as pg
-
-        table, record = pg.CREATE_MIGRATIONS_TABLE.strip(), "{version}, '{name}'"
-    else:
-        from soniq.backends.sqlite import sql as lite
-
-        table, record = lite.MIGRATIONS_TABLE.strip(), "{version}, '{name}', datetime('now')"
-    migrations = [m for m in load_migrations(backend) if m.version >= from_version]
-    if not migrations:
-        print_line(f"error: no {backend} migrations from version {from_version}", err=True)
+    try:
+        script = migration_script(backend, from_version=from_version)
+    except ValueError as exc:
+        print_line(f"error: {exc}", err=True)
         return 1
-    columns = "version, name" if backend == "postgres" else "version, name, applied_at"
-    print(f"-- Soniq schema for {backend}: migrations "
-          f"{migrations[0].label} to {migrations[-1].label}")
-    print(f"{table};")
-    for migration in migrations:
-        values = record.format(version=migration.version, name=migration.name)
-        conflict = " ON CONFLICT (version) DO NOTHING" if backend == "postgres" else ""
-        print(f"\n-- soniq migration {migration.label}\nBEGIN;\n{migration.sql.strip()}\n"
-              f"INSERT INTO soniq_migrations ({columns}) VALUES ({values}){conflict};\nCOMMIT;")
+    print(script)
     return 0

@@ -289,7 +289,7 @@ def _is_name(name: object) -> bool:
 # -- firing ---------------------------------------------------------------------------------------
 class SchedulerService:
     """The loop every worker runs (a runtime ``Service``): each ``scheduler_interval`` it fires
-    the due schedules. :meth:`run_once` is one tick, with an injectable ``now``."""
+    the due schedules. :meth:`tick` is one turn of the loop, with an injectable ``now``."""
 
     name = "scheduler"
 
@@ -313,7 +313,7 @@ class SchedulerService:
             await anyio.sleep_forever()
         while True:
             try:
-                await self.run_once()
+                await self.tick()
             except DatabaseError as exc:
                 logger.warning("scheduler tick failed (%s); retrying in %gs", exc,
                                self._scheduler.error_retry_delay)
@@ -321,7 +321,7 @@ class SchedulerService:
                 continue
             await anyio.sleep(self._scheduler.interval)
 
-    async def run_once(self, *, now: datetime | None = None) -> builtins.list[str]:
+    async def tick(self, *, now: datetime | None = None) -> builtins.list[str]:
         """One tick: sync ``@periodic`` definitions (first tick only), then fire every due
         schedule. Returns the ids of the jobs this call enqueued."""
         scheduler = self._scheduler

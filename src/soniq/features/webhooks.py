@@ -270,7 +270,7 @@ class WebhookService:
     """Turns job events into delivery rows, sends due deliveries and prunes finished ones (one
     per worker task group).
 
-    ``run_once()`` is one tick: reload endpoints when stale, write the buffer, send due
+    ``tick()`` is one turn of the loop: reload endpoints when stale, write the buffer, send due
     deliveries; ``prune(now=...)`` is the retention step. Tests drive them directly. ``resolver``
     replaces the system DNS resolver (:data:`~soniq.features.webhook_security.Resolver`) and
     ``ssl_context`` the default certificate verification (a private CA, say).
@@ -352,7 +352,7 @@ class WebhookService:
             self._buffer.extendleft(reversed(batch))  # written on the next tick
             raise
 
-    async def run_once(self) -> int:
+    async def tick(self) -> int:
         """One tick; returns how many deliveries were attempted."""
         await self._record()
         return await self._deliver()

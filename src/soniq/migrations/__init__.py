@@ -2,7 +2,10 @@
 
 PostgreSQL's are applied only by ``soniq setup`` / ``app.setup()``; SQLite applies its own on first
 use (an embedded database has a single owner). Each file runs in one transaction together with the
-row that records it in ``soniq_migrations``.
+row that records it in ``soniq_migrations``. This module owns that SQL: the files, the
+``soniq_migrations`` table (:data:`MIGRATIONS_TABLE`), the script ``soniq migrations sql`` prints
+for teams that apply migrations with their own tool (:func:`migration_script`) and what a database
+still lacks (:func:`pending_migrations`).
 """
 
 from __future__ import annotations
@@ -10,10 +13,36 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
-__all__ = ["Migration", "load_migrations"]
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+__all__ = ["MIGRATIONS_TABLE", "Migration", "load_migrations", "migration_script",
+           "pending_migrations"]
 
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+
+#: The table of applied migrations, per backend; created before the first migration runs (a
+#: migration cannot record itself in a table it has yet to create).
+MIGRATIONS_TABLE = {
+    "postgres": """CREATE TABLE IF NOT EXISTS soniq_migrations (
+    version     integer     PRIMARY KEY,
+    name        text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)""",
+    "sqlite": "CREATE TABLE IF NOT EXISTS soniq_migrations ("
+              "version INTEGER PRIMARY KEY NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+}
+
+#: The row that records a migration, as literal SQL for the printed script (names are
+#: ``[a-z0-9_]+``, so quoting them is safe); the adapters record theirs with bind parameters.
+_RECORD = {
+    "postgres": "INSERT INTO soniq_migrations (version, name) VALUES ({version}, '{name}') "
+                "ON CONFLICT (version) DO NOTHING",
+    "sqlite": "INSERT INTO soniq_migrations (version, name, applied_at) "
+              "VALUES ({version}, '{name}', datetime('now'))",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +69,26 @@ def load_migrations(backend: str) -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"duplicate migration versions for {backend}: {versions}")
     return found
+
+
+def pending_migrations(backend: str, applied: Collection[str]) -> list[str]:
+    """The labels of the shipped migrations missing from ``applied`` (labels as in
+    :attr:`Migration.label`), in version order: what ``soniq migrate-status`` reports."""
+    return [m.label for m in load_migrations(backend) if m.label not in applied]
+
+
+def migration_script(backend: str, *, from_version: int = 1) -> str:
+    """The SQL ``soniq migrations sql`` prints: the ``soniq_migrations`` table, then each migration
+    from ``from_version`` on in its own transaction with the row that records it, so workers and
+    ``soniq setup`` see the database as set up. Raises ``ValueError`` when there is none."""
+    migrations = [m for m in load_migrations(backend) if m.version >= from_version]
+    if not migrations:
+        raise ValueError(f"no {backend} migrations from version {from_version}")
+    first, last = migrations[0].label, migrations[-1].label
+    parts = [f"-- Soniq schema for {backend}: migrations {first} to {last}",
+             f"{MIGRATIONS_TABLE[backend]};"]
+    for migration in migrations:
+        record = _RECORD[backend].format(version=migration.version, name=migration.name)
+        parts.append(f"\n-- soniq migration {migration.label}\nBEGIN;\n{migration.sql.strip()}\n"
+                     f"{record};\nCOMMIT;")
+    return "\n".join(parts)

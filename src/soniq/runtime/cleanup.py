@@ -45,14 +45,14 @@ class Cleanup:
         task_status.started()
         while True:
             try:
-                await self.run_once()
+                await self.tick()
             except DatabaseError as exc:
                 logger.warning("cleanup failed, retrying in %gs: %s", self._error_retry_delay, exc)
                 await anyio.sleep(self._error_retry_delay)
                 continue
             await anyio.sleep(self._interval)
 
-    async def run_once(self) -> tuple[list[str], int] | None:
+    async def tick(self) -> tuple[list[str], int] | None:
         """Rescue and prune if this worker leads this round: (rescued ids, pruned count)."""
         if not await self._backend.claim_maintenance("cleanup", self._interval):
             return None

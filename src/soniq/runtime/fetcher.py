@@ -112,12 +112,12 @@ class Fetcher:
                         await self._wait(math.inf)
                     continue
                 self._wake = anyio.Event()
-                claimed = await self.run_once(room)
+                claimed = await self.tick(room)
                 if claimed is None:
                     continue
                 if self._run_once and not claimed and not self._executor.running:
                     await self._flush()  # retries due now count as "due": look once more
-                    if not await self.run_once(self._room()):
+                    if not await self.tick(self._room()):
                         break
                     continue
                 if len(claimed) < room:
@@ -134,7 +134,7 @@ class Fetcher:
                                len(self._executor.running))
             jobs.cancel_scope.cancel()
 
-    async def run_once(self, limit: int) -> list[ClaimedJob] | None:
+    async def tick(self, limit: int) -> list[ClaimedJob] | None:
         """Claim up to ``limit`` jobs and start them (or queue them for the next free slot); None
         after a database error (logged). Needs :meth:`run`'s task group."""
         started = anyio.current_time()

@@ -73,9 +73,9 @@ class Finisher:
         while True:
             await self._pending.wait()
             await anyio.sleep(self._interval)  # let a batch gather
-            await self.run_once()
+            await self.tick()
 
-    async def run_once(self) -> None:
+    async def tick(self) -> None:
         """Write what is buffered; on a database error keep it and wait before trying again."""
         try:
             await self.flush()

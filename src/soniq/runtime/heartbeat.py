@@ -36,9 +36,9 @@ class Heartbeat:
         task_status.started()
         while True:
             await anyio.sleep(self._interval)
-            await self.run_once()
+            await self.tick()
 
-    async def run_once(self) -> None:
+    async def tick(self) -> None:
         try:
             cancels = await self._backend.heartbeat(self._worker.id)
         except DatabaseError as exc:

@@ -38,6 +38,7 @@ from soniq.backends.postgres.logs import PostgresLogStore
 from soniq.backends.postgres.pool import StatementPool
 from soniq.backends.postgres.schedules import PostgresScheduleStore
 from soniq.backends.postgres.webhooks import PostgresWebhookStore
+from soniq.backends.postgres.where import where
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import canonical_uuid, is_uuid, new_id
 from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
@@ -291,11 +292,11 @@ class PostgresBackend:
 
     async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
                         limit: int = 100, offset: int = 0) -> list[JobRecord]:
-        query = sql.LIST_JOBS[(queue is not None, status is not None)]
-        filters = [value for value in (queue, status) if value is not None]
+        clause, params = where(("queue = {}::text", queue), ("status = {}::text", status), first=3)
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, query, limit, offset, *filters)
+            rows = await call(pool.fetch, sql.LIST_JOBS.format(where=clause), limit, offset,
+                              *params)
         return [job_record(row) for row in rows]
 
     async def cancel_job(self, job_id: str) -> bool:

@@ -1,8 +1,8 @@
 """The dashboard's store on PostgreSQL (:class:`~soniq.backends.stores.DashboardStore`): filtered
 job listing, per-minute rollups of finished jobs (``soniq_stats_minute``) and table facts.
 
-Values are bind parameters; the only text joined into SQL is the fixed filter fragments below,
-numbered from the filters given. Every driver call goes through
+Filters are built by :func:`~soniq.backends.postgres.where.where` (values are bind parameters).
+Every driver call goes through
 :func:`soniq.backends._bridge.call` and driver errors through the backend's translator.
 """
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from soniq.backends._bridge import call
 from soniq.backends.base import JOB_COLUMNS, job_record
 from soniq.backends.postgres.maintenance import maintenance
+from soniq.backends.postgres.where import where
 from soniq.backends.stores import StatsBucket, StorageHealth
 from soniq.ids import is_uuid
 
@@ -81,22 +82,15 @@ class PostgresDashboardStore:
                           limit: int) -> list[JobRecord]:
         if before is not None and not is_uuid(before):
             return []
-        clauses: list[str] = []
-        params: list[Any] = [limit]
-        for fragment, value in (("queue = ${n}::text", queue), ("status = ${n}::text", status),
-                                ("job_name ILIKE ${n}::text",
-                                 like_pattern(job_name) if job_name else None),
-                                ("created_at >= ${n}::timestamptz", since),
-                                ("created_at < ${n}::timestamptz", until),
-                                ("id < ${n}::uuid", before)):
-            if value is not None:
-                params.append(value)
-                clauses.append(fragment.format(n=len(params)))
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT {_COLUMNS} FROM soniq_jobs{where} ORDER BY id DESC LIMIT $1::integer"
+        clause, params = where(
+            ("queue = {}::text", queue), ("status = {}::text", status),
+            ("job_name ILIKE {}::text", like_pattern(job_name) if job_name else None),
+            ("created_at >= {}::timestamptz", since), ("created_at < {}::timestamptz", until),
+            ("id < {}::uuid", before), first=2)
+        query = f"SELECT {_COLUMNS} FROM soniq_jobs{clause} ORDER BY id DESC LIMIT $1::integer"
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, query, *params)
+            rows = await call(pool.fetch, query, limit, *params)
         return [job_record(row) for row in rows]
 
     async def rollup(self, *, since: datetime, keep_after: datetime) -> None:

@@ -2,9 +2,9 @@
 and the calls that run it.
 
 Dead-lettered jobs are rows of ``soniq_jobs`` with ``status = 'dead_letter'``; every statement
-that changes or removes one repeats that guard, so losing a race is "not applied". Values are
-bind parameters; the only text joined into SQL is the fixed fragments below, with parameter
-numbers counted from the filters given. Every driver call goes through
+that changes or removes one repeats that guard, so losing a race is "not applied". Filters are
+built by :func:`~soniq.backends.postgres.where.where` (values are bind parameters). Every driver
+call goes through
 :func:`soniq.backends._bridge.call` and driver errors through the backend's translator.
 """
 
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from soniq.backends._bridge import call
 from soniq.backends.base import JOB_COLUMNS, job_record
 from soniq.backends.postgres.sql import CHANNEL
+from soniq.backends.postgres.where import where
 from soniq.ids import is_uuid
 
 if TYPE_CHECKING:
@@ -60,14 +61,8 @@ DELETE_DEAD = f"DELETE FROM soniq_jobs WHERE id = $1::uuid AND {_DEAD} RETURNING
 def _where(queue: str | None, job_name: str | None, since: datetime | None,
            first: int) -> tuple[str, list[Any]]:
     """The WHERE clause (dead-lettered, plus the given filters, numbered from ``$first``)."""
-    clauses: list[str] = [_DEAD]
-    params: list[Any] = []
-    for fragment, value in (("queue = ${n}::text", queue), ("job_name = ${n}::text", job_name),
-                            ("finished_at >= ${n}::timestamptz", since)):
-        if value is not None:
-            clauses.append(fragment.format(n=first + len(params)))
-            params.append(value)
-    return " WHERE " + " AND ".join(clauses), params
+    return where(("queue = {}::text", queue), ("job_name = {}::text", job_name),
+                 ("finished_at >= {}::timestamptz", since), always=(_DEAD,), first=first)
 
 
 def _replay_matching_sql(where: str) -> str:

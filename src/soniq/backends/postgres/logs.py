@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
+from soniq.backends.postgres.where import where
 from soniq.backends.stores import JobLogRecord
 
 if TYPE_CHECKING:
@@ -80,19 +81,11 @@ class PostgresLogStore:
 
     async def search(self, query: str | None, *, job_id: str | None, min_levelno: int | None,
                      since: datetime | None, limit: int) -> builtins.list[JobLogRecord]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for fragment, value in (("strpos(lower(message), lower(${n}::text)) > 0", query or None),
-                                ("job_id = ${n}::uuid", job_id),
-                                ("levelno >= ${n}::integer", min_levelno),
-                                ("created_at >= ${n}::timestamptz", since)):
-            if value is not None:
-                params.append(value)
-                clauses.append(fragment.format(n=len(params)))
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(limit)
-        statement = f"{SELECT}{where} ORDER BY id DESC LIMIT ${len(params)}::bigint"
+        clause, params = where(("strpos(lower(message), lower({}::text)) > 0", query or None),
+                               ("job_id = {}::uuid", job_id), ("levelno >= {}::integer", min_levelno),
+                               ("created_at >= {}::timestamptz", since), first=2)
+        statement = f"{SELECT}{clause} ORDER BY id DESC LIMIT $1::bigint"
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, statement, *params)
+            rows = await call(pool.fetch, statement, limit, *params)
         return [_record(row) for row in rows]

@@ -22,7 +22,7 @@ import asyncpg
 from soniq.backends.postgres import sql
 from soniq.backends.postgres.errors import SETUP_HINT, redact_url, translate
 from soniq.errors import ConfigurationError, MigrationError, SchemaMissingError
-from soniq.migrations import Migration, load_migrations
+from soniq.migrations import MIGRATIONS_TABLE, Migration, load_migrations
 
 __all__ = ["CUSTOM_PLANS", "SERVER_SETTINGS", "check_schema", "connect", "migrate",
            "plan_every_execution", "shipped_migrations"]
@@ -122,7 +122,7 @@ async def migrate(url: str) -> list[str]:
 
 
 async def _apply_pending(conn: Any, url: str) -> list[str]:
-    await conn.execute(sql.CREATE_MIGRATIONS_TABLE)
+    await conn.execute(MIGRATIONS_TABLE["postgres"])
     applied = {row["version"] for row in await conn.fetch(sql.SCHEMA_VERSIONS)}
     done = []
     for migration in shipped_migrations():

@@ -27,7 +27,6 @@ __all__ = [
     "COMPLETE_JOBS",
     "COMPLETE_JOBS_HOOKED",
     "COPY_COLUMNS",
-    "CREATE_MIGRATIONS_TABLE",
     "DATABASE_EXISTS",
     "DELETE_JOB",
     "GET_JOB",
@@ -258,16 +257,9 @@ COMPLETE_JOBS_HOOKED = (
 #: $1 id.
 GET_JOB = f"SELECT {_COLUMNS} FROM soniq_jobs WHERE id = $1::uuid"
 
-# Newest first: ids are UUIDv7, so id order is creation order. One statement per filter shape
-# (not "$1 IS NULL OR ..."), so a cached generic plan can still use a partial index on status.
-_LIST = f"SELECT {_COLUMNS} FROM soniq_jobs{{where}} ORDER BY id DESC LIMIT $1 OFFSET $2"
-#: Keyed by (queue given, status given); parameters: $1 limit, $2 offset, then queue, status.
-LIST_JOBS = {
-    (False, False): _LIST.format(where=""),
-    (True, False): _LIST.format(where=" WHERE queue = $3::text"),
-    (False, True): _LIST.format(where=" WHERE status = $3::text"),
-    (True, True): _LIST.format(where=" WHERE queue = $3::text AND status = $4::text"),
-}
+# Newest first: ids are UUIDv7, so id order is creation order.
+#: $1 limit, $2 offset, then the filters (built by :func:`.where.where`).
+LIST_JOBS = f"SELECT {_COLUMNS} FROM soniq_jobs{{where}} ORDER BY id DESC LIMIT $1 OFFSET $2"
 
 #: Counts per queue; COLLATE "C" sorts like Python's str (and the memory backend), whatever the
 #: database's collation.
@@ -452,15 +444,6 @@ RETURNING task
 # -- schema ----------------------------------------------------------------------------------------
 #: Versions applied; fails with undefined_table when Soniq was never set up.
 SCHEMA_VERSIONS = "SELECT version FROM soniq_migrations"
-
-#: Created by migrate() itself (a migration cannot record itself in a table it has yet to create).
-CREATE_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS soniq_migrations (
-    version     integer     PRIMARY KEY,
-    name        text        NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-)
-"""
 
 #: $1 version, $2 name.
 RECORD_MIGRATION = "INSERT INTO soniq_migrations (version, name) VALUES ($1::integer, $2::text)"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
 from soniq.backends.postgres.maintenance import maintenance, prune_in_batches
+from soniq.backends.postgres.where import where
 from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 if TYPE_CHECKING:
@@ -218,11 +219,9 @@ WHERE id = $1::uuid AND ($3::jsonb IS NULL OR secrets = $3::jsonb)
 RETURNING id
 """
 
-LIST_DELIVERIES = f"""
-SELECT {_DELIVERY} FROM soniq_webhook_deliveries AS d
-WHERE ($1::uuid IS NULL OR d.endpoint_id = $1::uuid) AND ($2::text IS NULL OR d.status = $2::text)
-ORDER BY d.created_at DESC, d.id DESC LIMIT $3::integer
-"""
+#: $1 limit; the filters after it (see list_deliveries).
+LIST_DELIVERIES = (f"SELECT {_DELIVERY} FROM soniq_webhook_deliveries AS d{{where}} "
+                   "ORDER BY d.created_at DESC, d.id DESC LIMIT $1::integer")
 
 
 def _endpoint(row: Mapping[str, Any]) -> WebhookEndpoint:
@@ -330,10 +329,12 @@ class PostgresWebhookStore:
 
     async def list_deliveries(self, *, endpoint_id: str | None, status: str | None,
                               limit: int) -> builtins.list[WebhookDelivery]:
+        clause, params = where(("d.endpoint_id = {}::uuid", endpoint_id),
+                               ("d.status = {}::text", status), first=2)
         with self._errors:
             pool = await self._ready()
             await call(pool.fetchval, EXPAND, WINDOW, TAKE)
-            rows = await call(pool.fetch, LIST_DELIVERIES, endpoint_id, status, limit)
+            rows = await call(pool.fetch, LIST_DELIVERIES.format(where=clause), limit, *params)
         return [_delivery(row) for row in rows]
 
     async def prune_deliveries(self, *, before: datetime) -> int:

@@ -33,6 +33,7 @@ from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
 from soniq.backends.sqlite.logs import SqliteLogStore
 from soniq.backends.sqlite.schedules import SqliteScheduleStore
 from soniq.backends.sqlite.webhooks import SqliteWebhookStore
+from soniq.backends.sqlite.where import where
 from soniq.errors import UnsupportedOperationError
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
@@ -141,12 +142,7 @@ class SqliteBackend:
 
     async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
                         limit: int = 100, offset: int = 0) -> list[JobRecord]:
-        where, params = [], []
-        for column, value in (("queue", queue), ("status", status)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where(("queue = ?", queue), ("status = ?", status))
         rows = await self._db.run(
             self._db.read, f"{sql.JOB_SELECT}{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*params, limit, offset))

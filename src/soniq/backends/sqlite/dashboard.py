@@ -1,16 +1,17 @@
 """The dashboard's store on SQLite (:class:`~soniq.backends.stores.DashboardStore`): filtered job
 listing, per-minute rollups of finished jobs (``soniq_stats_minute``) and storage facts.
 
-Values are bind parameters; the only text joined into SQL is the fixed filter fragments below.
+Filters are built by :func:`~soniq.backends.sqlite.where.where` (values are bind parameters).
 Timestamps are the fixed-width UTC text of migration 1, so a minute's bucket is the first 16
 characters of ``finished_at`` and text comparison is time order.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from soniq.backends.sqlite import sql
+from soniq.backends.sqlite.where import where
 from soniq.backends.stores import StatsBucket, StorageHealth
 
 if TYPE_CHECKING:
@@ -62,20 +63,12 @@ class SqliteDashboardStore:
     async def search_jobs(self, *, queue: str | None, status: str | None, job_name: str | None,
                           since: datetime | None, until: datetime | None, before: str | None,
                           limit: int) -> list[JobRecord]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for fragment, value in (("queue = ?", queue), ("status = ?", status),
-                                ("job_name LIKE ? ESCAPE '\\'",
-                                 like_pattern(job_name) if job_name else None),
-                                ("created_at >= ?", since and sql.to_db(since)),
-                                ("created_at < ?", until and sql.to_db(until)),
-                                ("id < ?", before)):
-            if value is not None:
-                clauses.append(fragment)
-                params.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        clause, params = where(
+            ("queue = ?", queue), ("status = ?", status),
+            ("job_name LIKE ? ESCAPE '\\'", like_pattern(job_name) if job_name else None),
+            ("created_at >= ?", since), ("created_at < ?", until), ("id < ?", before))
         rows = await self._db.run(self._db.read,
-                                  f"{sql.JOB_SELECT}{where} ORDER BY id DESC LIMIT ?",
+                                  f"{sql.JOB_SELECT}{clause} ORDER BY id DESC LIMIT ?",
                                   (*params, limit))
         return [sql.job_row(row) for row in rows]
 

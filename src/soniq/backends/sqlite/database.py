@@ -31,7 +31,7 @@ import anyio
 from soniq.backends._bridge import call
 from soniq.backends.sqlite import sql
 from soniq.errors import DatabaseError, DataRejectedError, MigrationError
-from soniq.migrations import Migration, load_migrations
+from soniq.migrations import MIGRATIONS_TABLE, Migration, load_migrations
 from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class SqliteDatabase:
         """Apply one migration and record it, in one transaction; False when another connection
         applied it first."""
         async with self.transaction() as conn:
-            await conn.execute_fetchall(sql.MIGRATIONS_TABLE)
+            await conn.execute_fetchall(MIGRATIONS_TABLE["sqlite"])
             found = await conn.execute_fetchall(
                 "SELECT 1 FROM soniq_migrations WHERE version = ?", (migration.version,))
             if list(found):

@@ -3,8 +3,8 @@ the calls that run it.
 
 Dead-lettered jobs are rows of ``soniq_jobs`` with ``status = 'dead_letter'``; every statement
 that changes or removes one repeats that guard, so a job replayed or deleted by someone else in
-the meantime is "not applied". Values are bind parameters; the only text joined into SQL is the
-fixed filter fragments below. Every call goes through :meth:`SqliteDatabase.run` (the bridge).
+the meantime is "not applied". Filters are built by
+:func:`~soniq.backends.sqlite.where.where` (values are bind parameters). Every call goes through :meth:`SqliteDatabase.run` (the bridge).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.sqlite import sql
+from soniq.backends.sqlite.where import where
 from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
@@ -43,18 +44,8 @@ DELETE_DEAD = f"DELETE FROM soniq_jobs WHERE id = ? AND {_DEAD} RETURNING id"
 def _where(queue: str | None, job_name: str | None,
            since: datetime | None) -> tuple[str, list[Any]]:
     """The WHERE clause (dead-lettered, plus the given filters) and its parameters."""
-    clauses: list[str] = [_DEAD]
-    params: list[Any] = []
-    if queue is not None:
-        clauses.append("queue = ?")
-        params.append(queue)
-    if job_name is not None:
-        clauses.append("job_name = ?")
-        params.append(job_name)
-    if since is not None:
-        clauses.append("finished_at >= ?")
-        params.append(sql.to_db(since))
-    return " WHERE " + " AND ".join(clauses), params
+    return where(("queue = ?", queue), ("job_name = ?", job_name), ("finished_at >= ?", since),
+                 always=(_DEAD,))
 
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.sqlite import sql
+from soniq.backends.sqlite.where import where
 from soniq.backends.stores import JobLogRecord
 
 if TYPE_CHECKING:
@@ -69,21 +70,9 @@ class SqliteLogStore:
 
     async def search(self, query: str | None, *, job_id: str | None, min_levelno: int | None,
                      since: datetime | None, limit: int) -> builtins.list[JobLogRecord]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if query:
-            clauses.append("instr(lower(message), lower(?)) > 0")
-            params.append(query)
-        if job_id is not None:
-            clauses.append("job_id = ?")
-            params.append(job_id)
-        if min_levelno is not None:
-            clauses.append("levelno >= ?")
-            params.append(min_levelno)
-        if since is not None:
-            clauses.append("created_at >= ?")
-            params.append(sql.to_db(since))
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self._db.run(self._db.read, f"{SELECT}{where} ORDER BY id DESC LIMIT ?",
+        clause, params = where(("instr(lower(message), lower(?)) > 0", query or None),
+                               ("job_id = ?", job_id), ("levelno >= ?", min_levelno),
+                               ("created_at >= ?", since))
+        rows = await self._db.run(self._db.read, f"{SELECT}{clause} ORDER BY id DESC LIMIT ?",
                                   (*params, limit))
         return [_record(row) for row in rows]

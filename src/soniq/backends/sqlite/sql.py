@@ -37,7 +37,6 @@ __all__ = [
     "JOB_SELECT",
     "LIST_WORKERS",
     "LOST_JOBS",
-    "MIGRATIONS_TABLE",
     "PRUNE",
     "QUEUE_STATS",
     "REGISTER_WORKER",
@@ -314,11 +313,6 @@ ON CONFLICT (task) DO UPDATE SET last_run_at = excluded.last_run_at
 WHERE soniq_maintenance.last_run_at <= ?
 RETURNING task
 """
-
-MIGRATIONS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS soniq_migrations ("
-    "version INTEGER PRIMARY KEY NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-)
 
 
 def job_row(row: Sequence[Any]) -> JobRecord:

@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.sqlite import sql
+from soniq.backends.sqlite.where import where
 from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent, fan_out
 
 if TYPE_CHECKING:
@@ -161,11 +162,10 @@ class SqliteWebhookStore:
 
     async def list_deliveries(self, *, endpoint_id: str | None, status: str | None,
                               limit: int) -> builtins.list[WebhookDelivery]:
+        clause, params = where(("endpoint_id = ?", endpoint_id), ("status = ?", status))
         rows = await self._db.run(
-            self._db.read,
-            f"SELECT {_DELIVERY} FROM soniq_webhook_deliveries "
-            "WHERE (?1 IS NULL OR endpoint_id = ?1) AND (?2 IS NULL OR status = ?2) "
-            "ORDER BY created_at DESC, id DESC LIMIT ?3", (endpoint_id, status, limit))
+            self._db.read, f"SELECT {_DELIVERY} FROM soniq_webhook_deliveries{clause} "
+                           "ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
         return [_delivery(row) for row in rows]
 
     async def prune_deliveries(self, *, before: datetime) -> int:
