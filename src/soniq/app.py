@@ -51,7 +51,15 @@ from soniq.runtime import (
 )
 from soniq.serialization import utc_now
 from soniq.settings import SoniqSettings, load_settings
-from soniq.types import DatabaseInfo, JobRecord, JobStatus, JobStream, NewJob, QueueStats
+from soniq.types import (
+    CancelOutcome,
+    DatabaseInfo,
+    JobRecord,
+    JobStatus,
+    JobStream,
+    NewJob,
+    QueueStats,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -549,9 +557,17 @@ class Soniq:
         return record["result"]
 
     async def cancel_job(self, job_id: str) -> bool:
-        """Cancel a job that has not started; True when it was cancelled."""
+        """Cancel a job that has not started; True when it was cancelled. A running job gets a
+        cancel request instead (False: it is not cancelled yet, and may still finish first);
+        :meth:`request_cancel` tells the two apart."""
+        return await self.request_cancel(job_id) == "cancelled"
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome | None:
+        """``"cancelled"``: the job was waiting and is now cancelled. ``"requested"``: it is
+        running; its worker cancels it (at once on PostgreSQL, else at its next heartbeat) and
+        it ends ``cancelled``, unless it finishes first. None: no such job, or already final."""
         if not is_uuid(job_id):
-            return False
+            return None
         await self.ensure_initialized()
         return await cancel_job(self._backend, self.events, job_id)
 

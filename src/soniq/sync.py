@@ -38,7 +38,7 @@ from soniq.ids import is_uuid
 from soniq.registry import job_kwargs, validate_list_filters
 from soniq.runtime import JobEvent, cancel_job
 from soniq.serialization import utc_now
-from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
+from soniq.types import CancelOutcome, JobRecord, JobStatus, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -245,14 +245,20 @@ class SyncSoniq:
         return record["result"]
 
     def cancel_job(self, job_id: str) -> bool:
-        """Cancel a job that has not started; True when it was cancelled."""
-        if not is_uuid(job_id):
-            return False
+        """Cancel a job that has not started; True when it was cancelled (a running job gets a
+        cancel request: False, see :meth:`request_cancel`)."""
+        return self.request_cancel(job_id) == "cancelled"
 
-        async def cancel(backend: StorageBackend) -> bool:
+    def request_cancel(self, job_id: str) -> CancelOutcome | None:
+        """Like :meth:`Soniq.request_cancel`: ``"cancelled"``, ``"requested"`` or None."""
+        if not is_uuid(job_id):
+            return None
+
+        async def cancel(backend: StorageBackend) -> CancelOutcome | None:
             return await cancel_job(backend, self._app.events, job_id)
 
-        return bool(self._call(cancel))
+        outcome: CancelOutcome | None = self._call(cancel)
+        return outcome
 
     def delete_job(self, job_id: str) -> bool:
         """Delete a job in any state; True when it existed."""

@@ -41,7 +41,7 @@ from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import canonical_uuid, is_uuid, new_id
 from soniq.serialization import dumps
-from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
+from soniq.types import CancelOutcome, ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -127,7 +127,7 @@ class PostgresBackend:
     def dashboard(self) -> PostgresDashboardStore:
         """The dashboard's reads and rollups (see :mod:`soniq.backends.stores`)."""
         if self._dashboard is None:
-            self._dashboard = PostgresDashboardStore(self._ready, self._errors)
+            self._dashboard = PostgresDashboardStore(self._ready, self._errors, self.queue_stats)
         return self._dashboard
 
     @property
@@ -332,12 +332,13 @@ class PostgresBackend:
             rows = await call(pool.fetch, query, limit, offset, *filters)
         return [job_record(row) for row in rows]
 
-    async def cancel_job(self, job_id: str) -> bool:
+    async def cancel_job(self, job_id: str) -> CancelOutcome | None:
         if not is_uuid(job_id):
-            return False
+            return None
         with self._errors:
             pool = await self._ready()
-            return await call(pool.fetchval, sql.CANCEL_JOB, job_id) is not None
+            status = await call(pool.fetchval, sql.CANCEL_JOB, job_id)
+        return None if status is None else "cancelled" if status == "cancelled" else "requested"
 
     async def delete_job(self, job_id: str) -> bool:
         if not is_uuid(job_id):

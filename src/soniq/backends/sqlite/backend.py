@@ -34,7 +34,15 @@ from soniq.backends.sqlite.schedules import SqliteScheduleStore
 from soniq.backends.sqlite.webhooks import SqliteWebhookStore
 from soniq.errors import UnsupportedOperationError
 from soniq.serialization import dumps, loads, utc_now
-from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
+from soniq.types import (
+    CancelOutcome,
+    ClaimedJob,
+    JobOutcome,
+    JobRecord,
+    NewJob,
+    QueueStats,
+    WorkerInfo,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -105,7 +113,7 @@ class SqliteBackend:
     def dashboard(self) -> SqliteDashboardStore:
         """The dashboard's reads and rollups (see :mod:`soniq.backends.stores`)."""
         if self._dashboard is None:
-            self._dashboard = SqliteDashboardStore(self._db)
+            self._dashboard = SqliteDashboardStore(self._db, self.queue_stats)
         return self._dashboard
 
     @property
@@ -185,11 +193,12 @@ class SqliteBackend:
             (*params, limit, offset))
         return [sql.job_row(row) for row in rows]
 
-    async def cancel_job(self, job_id: str) -> bool:
+    async def cancel_job(self, job_id: str) -> CancelOutcome | None:
         if not isinstance(job_id, str):
-            return False
+            return None
         now = sql.to_db(utc_now())
-        return bool(await self._db.run(self._db.write, sql.CANCEL, (now, now, job_id)))
+        rows = await self._db.run(self._db.write, sql.CANCEL, (now, now, job_id))
+        return None if not rows else "cancelled" if rows[0][0] == "cancelled" else "requested"
 
     async def delete_job(self, job_id: str) -> bool:
         if not isinstance(job_id, str):
