@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from soniq.features.signing import Signing
     from soniq.sync import SyncSoniq
-    from soniq.types import DatabaseInfo, JobRecord, NewJob, QueueStats
+    from soniq.types import CancelOutcome, DatabaseInfo, JobRecord, NewJob, QueueStats
 
 __all__ = ["Soniq"]
 
@@ -414,9 +414,17 @@ class Soniq:
         return self.producer.result(await self.get_job(job_id))
 
     async def cancel_job(self, job_id: str) -> bool:
-        """Cancel a job that has not started; True when it was cancelled."""
+        """Cancel a job that has not started; True when it was cancelled. A running job gets a
+        cancel request instead (False: it is not cancelled yet, and may still finish first);
+        :meth:`request_cancel` tells the two apart."""
+        return await self.request_cancel(job_id) == "cancelled"
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome | None:
+        """``"cancelled"``: the job was waiting and is now cancelled. ``"requested"``: it is
+        running; its worker cancels it (at once on PostgreSQL, else at its next heartbeat) and
+        it ends ``cancelled``, unless it finishes first. None: no such job, or already final."""
         if not is_uuid(job_id):
-            return False
+            return None
         await self.ensure_initialized()
         return await cancel_job(self._backend, self.events, job_id)
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from soniq.app import Soniq
     from soniq.backends.base import StorageBackend
     from soniq.producer import Target, When
-    from soniq.types import JobRecord, NewJob, QueueStats
+    from soniq.types import CancelOutcome, JobRecord, NewJob, QueueStats
 
 __all__ = ["SyncSoniq"]
 
@@ -231,14 +231,20 @@ class SyncSoniq:
         return self._producer.result(self.get_job(job_id))
 
     def cancel_job(self, job_id: str) -> bool:
-        """Cancel a job that has not started; True when it was cancelled."""
-        if not is_uuid(job_id):
-            return False
+        """Cancel a job that has not started; True when it was cancelled (a running job gets a
+        cancel request: False, see :meth:`request_cancel`)."""
+        return self.request_cancel(job_id) == "cancelled"
 
-        async def cancel(backend: StorageBackend) -> bool:
+    def request_cancel(self, job_id: str) -> CancelOutcome | None:
+        """Like :meth:`Soniq.request_cancel`: ``"cancelled"``, ``"requested"`` or None."""
+        if not is_uuid(job_id):
+            return None
+
+        async def cancel(backend: StorageBackend) -> CancelOutcome | None:
             return await cancel_job(backend, self._app.events, job_id)
 
-        return bool(self._call(cancel))
+        outcome: CancelOutcome | None = self._call(cancel)
+        return outcome
 
     def delete_job(self, job_id: str) -> bool:
         """Delete a job in any state; True when it existed."""

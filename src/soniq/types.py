@@ -7,13 +7,14 @@ import enum
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
 
 if TYPE_CHECKING:
     from datetime import datetime
 
 __all__ = [
     "FINAL_STATUSES",
+    "CancelOutcome",
     "ClaimedJob",
     "DatabaseInfo",
     "JobContext",
@@ -39,6 +40,10 @@ class JobStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.DEAD_LETTER, JobStatus.CANCELLED})
+
+#: What a cancel did: ``cancelled`` (the job was waiting and is now cancelled) or ``requested``
+#: (it is running; its worker cancels it unless the job finishes first).
+CancelOutcome: TypeAlias = Literal["cancelled", "requested"]
 
 
 class JobRecord(TypedDict):

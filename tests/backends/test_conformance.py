@@ -57,11 +57,11 @@ async def test_insert_and_get_round_trip(storage: StorageBackend) -> None:
 async def test_missing_and_malformed_ids(storage: StorageBackend) -> None:
     missing = str(uuid.uuid4())
     assert await storage.get_job(missing) is None
-    assert await storage.cancel_job(missing) is False
+    assert await storage.cancel_job(missing) is None
     assert await storage.delete_job(missing) is False
     for bad in ("not-a-uuid", "'; DROP TABLE soniq_jobs; --", ""):
         assert await storage.get_job(bad) is None
-        assert await storage.cancel_job(bad) is False
+        assert await storage.cancel_job(bad) is None
         assert await storage.delete_job(bad) is False
 
 
@@ -117,7 +117,7 @@ async def test_dedup_key_held_while_queued(storage: StorageBackend) -> None:
     assert accepted == [claimed.id]
     assert await storage.insert_jobs([job(dedup_key="k1")]) == [third.id]
     # Cancelling releases it too.
-    assert await storage.cancel_job(third.id)
+    assert await storage.cancel_job(third.id) == "cancelled"
     fourth = job(dedup_key="k1")
     assert await storage.insert_jobs([fourth]) == [fourth.id]
 
@@ -256,14 +256,14 @@ async def test_cancel_waiting_and_running_jobs(storage: StorageBackend) -> None:
     await storage.register_worker(WorkerInfo(WORKER, "host", 1, None, 2))
     [claimed] = await storage.claim_jobs(WORKER, None, 1)
     assert claimed.id == running.id
-    assert await storage.cancel_job(waiting.id) is True
-    assert await storage.cancel_job(waiting.id) is False
+    assert await storage.cancel_job(waiting.id) == "cancelled"
+    assert await storage.cancel_job(waiting.id) is None
     record = await storage.get_job(waiting.id)
     assert record is not None and record["status"] == "cancelled" and record["finished_at"]
     assert await storage.claim_jobs(WORKER, None, 5) == []
     # A running job gets a cancel request: its worker sees it at the next heartbeat.
     assert await storage.heartbeat(WORKER) == []
-    assert await storage.cancel_job(running.id) is True
+    assert await storage.cancel_job(running.id) == "requested"
     assert (await storage.get_job(running.id) or {})["status"] == "processing"
     assert await storage.heartbeat(WORKER) == [running.id]
     # A cancelled job that would go back to the queue ends cancelled instead.

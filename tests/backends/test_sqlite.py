@@ -346,7 +346,7 @@ async def test_two_backends_share_workers_cancels_and_maintenance(sqlite_url: st
         await first.register_worker(WorkerInfo(WORKER, "host", 1, ("default",), 2))
         [claimed] = await first.claim_jobs(WORKER, ["default"], 1)
         assert [w["queues"] for w in await second.list_workers()] == [["default"]]
-        assert await second.cancel_job(claimed.id) is True  # a request: it is running
+        assert await second.cancel_job(claimed.id) == "requested"  # it is running
         assert await first.heartbeat(WORKER) == [claimed.id]
         results: list[bool] = []
 

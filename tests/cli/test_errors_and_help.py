@@ -152,3 +152,10 @@ def test_rich_tables_on_a_terminal_plain_when_piped_and_no_color(sqlite_url: str
     assert "┃" in plain and not colour.search(plain)
     piped = ok("doctor", "--database-url", sqlite_url)
     assert "│" not in piped and "\x1b[" not in piped and piped.startswith("result ")
+
+
+def test_enqueue_with_deeply_nested_args_is_one_line_not_a_traceback(tmp_path: object) -> None:
+    deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
+    line = fails(2, "enqueue", "tests.any", "--args", deep, "--database-url",
+                 f"{tmp_path}/jobs.db")
+    assert "--args is nested too deeply" in line

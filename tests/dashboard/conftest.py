@@ -91,13 +91,17 @@ def _make_app(database_url: str | None, backend_name: str) -> Soniq:
 
 @pytest.fixture
 def serve(backend_name: str, database_url: str | None) -> Iterator[Callable[..., Dashboard]]:
-    """``serve(host="127.0.0.1", root_path="", **options)`` starts a dashboard; stopped after."""
+    """``serve(host="127.0.0.1", root_path="", prepare=None, **options)`` starts a dashboard
+    (``prepare(app)`` runs first, e.g. to instrument the backend); stopped after."""
     stack: list[tuple[BlockingPortal, uvicorn.Server, Any, Soniq, Any]] = []
 
-    def start(host: str = "127.0.0.1", root_path: str = "", **options: Any) -> Dashboard:
+    def start(host: str = "127.0.0.1", root_path: str = "",
+              prepare: Callable[[Soniq], None] | None = None, **options: Any) -> Dashboard:
         cm = start_blocking_portal("asyncio")
         portal = cm.__enter__()
         app = _make_app(database_url, backend_name)
+        if prepare is not None:
+            prepare(app)
         options.setdefault("api_key", "")
         options.setdefault("poll_interval", 0.2)
         options.setdefault("rollup_interval", 0.5)

@@ -148,8 +148,10 @@ def test_writes_change_jobs_and_are_audited(dashboard: Dashboard) -> None:
     ids = _seed(dashboard)
     later = ids["queued"][0]
     with dashboard.client() as http:
-        assert http.post(f"/api/jobs/{later}/cancel").json() == {"cancelled": True}
-        assert http.post(f"/api/jobs/{later}/cancel").json() == {"cancelled": False}
+        assert http.post(f"/api/jobs/{later}/cancel").json() == {"cancelled": True,
+                                                                  "cancel_requested": False}
+        assert http.post(f"/api/jobs/{later}/cancel").json() == {"cancelled": False,
+                                                                  "cancel_requested": False}
         assert http.post(f"/api/jobs/{ids['failed'][0]}/retry").json() == {"retried": True}
         assert http.post(f"/api/jobs/{ids['ok'][0]}/retry").json() == {"retried": False}
         assert http.delete(f"/api/jobs/{ids['ok'][1]}").json() == {"deleted": True}
@@ -322,7 +324,8 @@ def test_mounted_in_a_users_litestar_app(backend_name: str) -> None:
     from soniq.dashboard import create_dashboard_app
 
     soniq = Soniq(backend="memory")
-    dashboard = create_dashboard_app(soniq, root_path="/jobs-ui", api_key="")
+    dashboard = create_dashboard_app(soniq, root_path="/jobs-ui", api_key="",
+                                     allowed_hosts=["testserver.local"])
 
     @asgi("/jobs-ui", is_mount=True, copy_scope=True)
     async def mounted(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]

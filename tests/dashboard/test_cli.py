@@ -63,3 +63,24 @@ def test_soniq_dashboard_says_when_the_database_is_not_set_up(pg_server: str,
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_soniq_dashboard_answers_only_allowed_host_names(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIQ_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "soniq", "dashboard", "--database-url", str(tmp_path / "jobs.db"),
+         "--port", str(port), "--allowed-host", "dash.example.com",
+         "--allowed-host", "ops.example.com"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}/api/queues"
+    try:
+        assert _wait_ready(url, process).status_code == 200
+        for host in ("dash.example.com", f"ops.example.com:{port}", f"localhost:{port}"):
+            assert httpx.get(url, headers={"Host": host}, timeout=5).status_code == 200, host
+        evil = httpx.get(url, headers={"Host": f"evil.example:{port}"}, timeout=5)
+        assert evil.status_code == 400 and "evil.example" in evil.json()["detail"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 0

@@ -94,15 +94,81 @@ def test_from_a_real_non_loopback_address(serve: object) -> None:
     address = _outbound_address()
     if address is None:
         pytest.fail("this machine has no non-loopback IPv4 address to test from")
-    dashboard: Dashboard = serve(host="0.0.0.0", api_key=KEY)  # type: ignore[operator]
+    dashboard: Dashboard = serve(host="0.0.0.0", api_key=KEY,  # type: ignore[operator]
+                                 allowed_hosts=[address])
     job_id = _dead_job(dashboard)
     port = dashboard.url.rsplit(":", 1)[1]
     with dashboard.client(base_url=f"http://{address}:{port}") as http:
         url = f"/api/dead-letter/{job_id}/replay"
+        # The address is served because it is allowed; a name that resolves to it is not.
+        assert http.get("/api/queues", headers={"Host": f"evil.example:{port}"}).status_code == 400
         assert http.post(url).status_code == 401
         assert http.post(url, headers={"X-Soniq-Key": "nope"}).status_code == 401
         assert http.post(url, headers={"X-Soniq-Key": KEY}).json() == {"replayed": 1}
         assert http.get("/api/audit").json()[0]["client"] == address
+
+
+@memory_only
+def test_dns_rebinding_another_host_name_is_refused_before_routing(dashboard: Dashboard) -> None:
+    """A page on evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example and
+    its own origin, so Origin and Sec-Fetch-Site look same-origin and the peer is loopback. The
+    Host check refuses it, reads and writes alike, before any route (or a 404) is reached."""
+    job_id = _dead_job(dashboard)
+    port = dashboard.url.rsplit(":", 1)[1]
+    evil = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}",
+            "Sec-Fetch-Site": "same-origin"}
+    with dashboard.client() as http:
+        refused = http.post(f"/api/jobs/{job_id}/retry", headers=evil)
+        assert refused.status_code == 400, refused.text
+        assert "evil.example" in refused.json()["detail"]
+        assert "--allowed-host" in refused.json()["detail"]
+        assert refused.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        for path in (f"/api/jobs/{job_id}", "/api/queues", "/api/audit", "/", "/jobs",
+                     "/static/soniq.js", "/nowhere", "/api/events"):
+            assert http.get(path, headers=evil).status_code == 400, path
+        for host in ("evil.example", "localhost.evil.example", "127.0.0.1.nip.io", "0x7f.1"):
+            assert http.get("/api/queues", headers={"Host": host}).status_code == 400, host
+        assert http.get(f"/api/jobs/{job_id}").json()["job"]["status"] == "dead_letter"
+        assert http.get("/api/audit").json() == []  # refused before the write guard ran
+        # Loopback names are served: localhost, loopback addresses, any port, any case.
+        for host in (f"localhost:{port}", f"LOCALHOST:{port}", f"127.0.0.1:{port}",
+                     f"[::1]:{port}", "127.0.0.1", "localhost."):
+            assert http.get("/api/queues", headers={"Host": host}).status_code == 200, host
+        own = {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}",
+               "Sec-Fetch-Site": "same-origin"}
+        assert http.post(f"/api/jobs/{job_id}/retry", headers=own).json() == {"retried": True}
+
+
+@memory_only
+def test_an_allowed_host_is_served(serve: object) -> None:
+    dashboard: Dashboard = serve(allowed_hosts=["Dash.Example.com"])  # type: ignore[operator]
+    job_id = _dead_job(dashboard)
+    port = dashboard.url.rsplit(":", 1)[1]
+    named = {"Host": f"dash.example.com:{port}", "Origin": f"http://dash.example.com:{port}"}
+    with dashboard.client() as http:
+        assert http.get("/jobs", headers={"Host": "dash.example.com"}).status_code == 200
+        assert http.post(f"/api/jobs/{job_id}/retry", headers=named).json() == {"retried": True}
+        assert http.get("/", headers={"Host": "other.example.com"}).status_code == 400
+
+
+def test_allowed_hosts_must_be_host_names() -> None:
+    from soniq import Soniq
+    from soniq.dashboard import create_dashboard_app
+    from soniq.errors import ConfigurationError
+
+    for bad in ("http://dash.example.com", "dash.example.com/x", "a b", ""):
+        with pytest.raises(ConfigurationError, match="not a host name"):
+            create_dashboard_app(Soniq(backend="memory"), allowed_hosts=[bad])
+
+
+def test_cli_refuses_a_malformed_allowed_host(tmp_path: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "soniq", "dashboard", "--allowed-host", "https://x.example/",
+         "--database-url", f"{tmp_path}/x.db"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "--allowed-host" in result.stderr and "not a host name" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @memory_only

@@ -52,9 +52,12 @@ async def test_search_filters_and_cursor(storage: StorageBackend) -> None:
 
     async def search(**filters: object) -> list[str]:
         options: dict[str, object] = {"queue": None, "status": None, "job_name": None,
-                                      "since": None, "until": None, "before": None, "limit": 50}
+                                      "since": None, "until": None, "before": None, "limit": 50,
+                                      "scan_limit": 1000}
         options.update(filters)
-        return [r["id"] for r in await store.search_jobs(**options)]  # type: ignore[arg-type]
+        found = await store.search_jobs(**options)  # type: ignore[arg-type]
+        assert found.scanned_to is None  # every job is within the scan limit
+        return [r["id"] for r in found.jobs]
 
     assert await search() == ids[::-1]
     assert await search(queue="reports") == [ids[2]]
@@ -73,6 +76,53 @@ async def test_search_filters_and_cursor(storage: StorageBackend) -> None:
     assert await search(until=far) == ids[::-1]
     assert await search(since=datetime(2000, 1, 1, tzinfo=UTC), until=datetime(2000, 1, 2,
                                                                                tzinfo=UTC)) == []
+
+
+async def test_search_reads_at_most_scan_limit_jobs_and_says_where_it_stopped(
+        storage: StorageBackend) -> None:
+    """A filter that matches rarely (or never) examines ``scan_limit`` jobs, not the table;
+    following ``scanned_to`` finds the older matches, and no match is skipped or repeated."""
+    store = _store(storage)
+    jobs = [_job("needle.old")] + [_job(f"hay.{i}") for i in range(6)] + [_job("needle.new")]
+    await storage.insert_jobs(jobs)
+    ids = [job.id for job in jobs]
+    options: dict[str, object] = {"queue": None, "status": None, "since": None, "until": None,
+                                  "limit": 10, "scan_limit": 3}
+    first = await store.search_jobs(job_name="needle", before=None, **options)  # type: ignore[arg-type]
+    assert [r["id"] for r in first.jobs] == [ids[7]]
+    assert first.scanned_to == ids[5]  # the 3rd newest: examined, no match past it yet
+    found, cursor = [r["id"] for r in first.jobs], first.scanned_to
+    pages = 1
+    while cursor is not None:
+        page = await store.search_jobs(job_name="needle", before=cursor, **options)  # type: ignore[arg-type]
+        found += [r["id"] for r in page.jobs]
+        cursor = page.scanned_to
+        pages += 1
+    assert found == [ids[7], ids[0]]
+    assert pages == 3  # 8 jobs, 3 per scan
+    none = await store.search_jobs(job_name="zzzz", before=None, **options)  # type: ignore[arg-type]
+    assert none.jobs == [] and none.scanned_to == ids[5]
+    # A page that fills within the scan limit needs no scan cursor.
+    full = await store.search_jobs(job_name=None, before=None, **{**options, "limit": 2})  # type: ignore[arg-type]
+    assert [r["id"] for r in full.jobs] == [ids[7], ids[6]] and full.scanned_to is None
+
+
+async def test_queue_counts_exact_or_estimated(storage: StorageBackend) -> None:
+    store = _store(storage)
+    await _finish(storage, [JobStatus.DONE, JobStatus.DEAD_LETTER, JobStatus.CANCELLED], T0)
+    await storage.insert_jobs([_job("a"), _job("b", "other")])
+    exact = await store.queue_counts(exact_up_to=1_000)
+    assert not exact.estimated
+    assert exact.queues == await storage.queue_stats()
+    if storage.name != "postgres":
+        return
+    # Past the threshold (by the planner's row estimate), PostgreSQL estimates done and
+    # cancelled from a sample (here all of the small table) and counts the rest exactly.
+    async with storage.acquire() as conn:  # type: ignore[attr-defined]
+        await conn.execute("ANALYZE soniq_jobs")
+    estimated = await store.queue_counts(exact_up_to=1)
+    assert estimated.estimated
+    assert estimated.queues == exact.queues
 
 
 async def test_rollup_counts_minutes_once_and_keeps_counts_of_pruned_rows(

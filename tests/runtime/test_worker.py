@@ -210,7 +210,8 @@ async def test_cancel_a_running_job(app: Soniq) -> None:
     job_id = await app.enqueue(long)
     async with running_worker(app):
         await started.wait()
-        assert await app.cancel_job(job_id) is True
+        assert await app.cancel_job(job_id) is False  # running: a request, not cancelled yet
+        assert await app.request_cancel(job_id) == "requested"
         record = await wait_for_status(app, job_id, "cancelled")
     assert record["attempts"] == 1 and record["errors"] == []
 
@@ -463,7 +464,7 @@ async def test_look_ahead_waits_for_a_slot_goes_back_on_stop_and_honours_cancel(
             record = await wait_for_status(app, job_id, "processing")
             assert record["attempts"] == 1
         await wait_for(lambda: ran == ["hold"], message="the first job to start")
-        assert await app.cancel_job(cancelled_id) is True
+        assert await app.request_cancel(cancelled_id) == "requested"
         await wait_for(lambda: worker.executor.running[cancelled_id].cancel_requested,
                        message="the cancel request to reach the worker")
         worker.stop()

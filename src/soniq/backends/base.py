@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         WebhookStore,
     )
     from soniq.types import (
+        CancelOutcome,
         ClaimedJob,
         DatabaseInfo,
         JobOutcome,
@@ -130,9 +131,10 @@ class StorageBackend(Protocol):
         """Newest first (by id, which is time-ordered)."""
         ...
 
-    async def cancel_job(self, job_id: str) -> bool:
-        """``queued`` -> ``cancelled``; a ``processing`` job gets a cancel request that its worker
-        acts on (PostgreSQL also notifies ``soniq_cancel`` with the id). True when either applied."""
+    async def cancel_job(self, job_id: str) -> CancelOutcome | None:
+        """``queued`` -> ``cancelled`` (returns ``"cancelled"``); a ``processing`` job gets a
+        cancel request that its worker acts on (PostgreSQL also notifies ``soniq_cancel`` with the
+        id; returns ``"requested"``). None when neither applied."""
         ...
 
     async def delete_job(self, job_id: str) -> bool:

@@ -21,14 +21,14 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import Collection, Iterable, Sequence
 
-    from soniq.types import JobRecord, NewJob
+    from soniq.types import JobRecord, NewJob, QueueStats
 
 __all__ = [
     "FIRE_RETENTION", "DeadLetterStore", "ScheduleDefinition", "ScheduleRecord", "ScheduleStore",
     "WebhookDelivery", "WebhookEndpoint", "WebhookEvent", "WebhookStore", "fan_out",
     "webhook_payload",
     "JobLogRecord", "LogStore",
-    "DashboardStore", "StatsBucket", "StorageHealth",
+    "DashboardStore", "JobSearch", "QueueCounts", "StatsBucket", "StorageHealth",
 ]
 
 #: Fire rows older than this (counted back from the schedule's newest fire) are deleted when it
@@ -360,6 +360,26 @@ class StorageHealth:
     dead_tuples: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class JobSearch:
+    """One page of a bounded job search. ``scanned_to`` is set when the search stopped at its
+    scan limit before the page filled: the id of the oldest job examined (older matches may
+    exist; search on with ``before=scanned_to``)."""
+
+    jobs: builtins.list[JobRecord]
+    scanned_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """Per-queue counts for the dashboard. When ``estimated``, ``queued``, ``processing`` and
+    ``dead_letter`` are still exact but ``done``, ``cancelled`` (and so ``total``) are estimated
+    from a sample of the table."""
+
+    queues: builtins.list[QueueStats]
+    estimated: bool = False
+
+
 @runtime_checkable
 class DashboardStore(Protocol):
     """The reads the dashboard needs beyond :class:`~soniq.backends.base.StorageBackend`, and the
@@ -374,10 +394,17 @@ class DashboardStore(Protocol):
 
     async def search_jobs(self, *, queue: str | None, status: str | None, job_name: str | None,
                           since: datetime | None, until: datetime | None, before: str | None,
-                          limit: int) -> builtins.list[JobRecord]:
+                          limit: int, scan_limit: int) -> JobSearch:
         """Jobs newest first (by id) with exact ``queue``/``status``, ``job_name`` containing the
         text (case-insensitive), ``since <= created_at < until``, and ``id < before`` (the
-        cursor: the last id of the previous page)."""
+        cursor: the last id of the previous page). Only the newest ``scan_limit`` jobs before
+        ``before`` are examined (a bounded read whatever the filters); see
+        :attr:`JobSearch.scanned_to`."""
+        ...
+
+    async def queue_counts(self, *, exact_up_to: int) -> QueueCounts:
+        """Counts per queue (sorted like ``queue_stats``): exact while the jobs table holds at
+        most about ``exact_up_to`` rows, estimated above (see :class:`QueueCounts`)."""
         ...
 
     async def rollup(self, *, since: datetime, keep_after: datetime) -> None:

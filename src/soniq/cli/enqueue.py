@@ -67,6 +67,8 @@ def _parse_args(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise UsageError(f"--args is not valid JSON ({exc}); pass an object such as "
                          "'{\"user_id\": 1}'") from None
+    except RecursionError:
+        raise UsageError("--args is nested too deeply to read; pass a flatter JSON object") from None
     if not isinstance(value, dict):
         raise UsageError(f"--args must be a JSON object of keyword arguments such as "
                          f"'{{\"user_id\": 1}}', got a {type(value).__name__}")

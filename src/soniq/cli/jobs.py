@@ -161,7 +161,9 @@ def apply_each(soniq: Soniq, job_ids: list[str], action: Callable[[str], Awaitab
 
 @app.command
 def cancel(job_ids: JobIds, /, *, target: Target = Target()) -> int:  # noqa: B008
-    """Cancel jobs that have not finished (a running job is cancelled by its worker).
+    """Cancel jobs that have not finished. A waiting job is cancelled at once ("cancelled
+    <id>"); a running one gets a cancel request its worker honours unless the job finishes
+    first ("cancel requested <id>").
 
     Parameters
     ----------
@@ -170,10 +172,17 @@ def cancel(job_ids: JobIds, /, *, target: Target = Target()) -> int:  # noqa: B0
     """
     soniq = open_app(target)
 
-    async def one(job_id: str) -> str | None:
-        return None if await soniq.cancel_job(job_id) else "no such job, or already finished"
+    async def each() -> list[tuple[str, str | None]]:
+        return [(job_id, await soniq.request_cancel(job_id)) for job_id in job_ids]
 
-    return apply_each(soniq, job_ids, one, "cancelled")
+    failed = 0
+    for job_id, outcome in run(soniq, each):
+        if outcome is None:
+            failed += 1
+            print_line(f"error: {job_id}: no such job, or already finished", err=True)
+        else:
+            print_line(f"{'cancelled' if outcome == 'cancelled' else 'cancel requested'} {job_id}")
+    return 1 if failed else 0
 
 
 @app.command

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from litestar import Request, Router, delete, get, post
+import anyio.to_thread
+from litestar import Request, Response, Router, delete, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from soniq.dashboard.security import client_address, write_guard
-from soniq.dashboard.service import MAX_PAGE, Dash, JobFilter
+from soniq.dashboard.service import MAX_PAGE, Dash, JobFilter, parse_limit
 from soniq.errors import ValidationError
 from soniq.ids import is_uuid
 
@@ -66,9 +67,11 @@ async def overview(dash: Dash) -> dict[str, Any]:
     return await dash.overview()
 
 
-@get("/queues", summary="Job counts per queue and status")
+@get("/queues", summary="Job counts per queue and status; 'estimated' rows have estimated "
+     "done, cancelled and total counts (a large PostgreSQL table)")
 async def queues(dash: Dash) -> list[dict[str, Any]]:
-    return [dict(q) for q in await dash.soniq.get_queue_stats()]
+    counts = await dash.hub.counts()
+    return [{**q, "estimated": counts["estimated"]} for q in counts["queues"]]
 
 
 @get("/jobs", summary="Jobs newest first; cursor pagination with before=<next_cursor>")
@@ -80,9 +83,30 @@ async def list_jobs(dash: Dash, queue: FromQuery[str | None] = None, status: Fro
     return await dash.jobs(flt)
 
 
-@get("/jobs/{job_id:str}", summary="One job with its errors, logs and timings")
+@get("/jobs/{job_id:str}", summary="One job with its errors, logs and timings; arguments or a "
+     "result over 64 KiB are null in 'job' (see 'shown' and /args, /result)")
 async def job_detail(dash: Dash, job_id: FromPath[str]) -> dict[str, Any]:
     return await dash.job(job_id)
+
+
+async def _raw(dash: Dash, job_id: str, name: Literal["args", "result"]) -> Response[bytes]:
+    record = await dash.record(job_id)
+    body = await anyio.to_thread.run_sync(_encode, record[name])
+    return Response(body, media_type="application/json")
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, default=str, ensure_ascii=False).encode()
+
+
+@get("/jobs/{job_id:str}/args", summary="A job's arguments, in full, as JSON")
+async def job_args(dash: Dash, job_id: FromPath[str]) -> Response[bytes]:
+    return await _raw(dash, job_id, "args")
+
+
+@get("/jobs/{job_id:str}/result", summary="A job's result, in full, as JSON")
+async def job_result(dash: Dash, job_id: FromPath[str]) -> Response[bytes]:
+    return await _raw(dash, job_id, "result")
 
 
 @get("/dead-letter", summary="Dead-lettered jobs, newest first")
@@ -114,7 +138,7 @@ async def health(dash: Dash) -> dict[str, Any]:
 
 @get("/audit", summary="Dashboard writes, newest first")
 async def audit(dash: Dash, limit: FromQuery[int | None] = None) -> list[dict[str, Any]]:
-    return [e.as_dict() for e in dash.audit.entries()[:limit or MAX_PAGE]]
+    return [e.as_dict() for e in dash.audit.entries()[:parse_limit(limit, MAX_PAGE)]]
 
 
 @get("/events", summary="Server-sent events: 'change' with the queue counts whenever they change")
@@ -149,9 +173,9 @@ async def retry_job(request: Request[Any, Any, Any], dash: Dash,
       summary="Cancel a queued job, or ask a running job's worker to cancel it")
 async def cancel_job(request: Request[Any, Any, Any], dash: Dash,
                      job_id: FromPath[str]) -> dict[str, Any]:
-    ok = await dash.soniq.cancel_job(job_id)
-    _record(request, dash, "job.cancel", [job_id], ok)
-    return {"cancelled": ok}
+    outcome = await dash.soniq.request_cancel(job_id)
+    _record(request, dash, "job.cancel", [job_id], outcome is not None, detail=outcome)
+    return {"cancelled": outcome == "cancelled", "cancel_requested": outcome == "requested"}
 
 
 @delete("/jobs/{job_id:str}", status_code=200, opt={"action": "job.delete"}, guards=[write_guard],
@@ -254,7 +278,7 @@ async def run_schedule(request: Request[Any, Any, Any], dash: Dash,
 
 
 api_router = Router(path="/api", route_handlers=[
-    overview, queues, list_jobs, job_detail, dead_letter, workers, schedules, webhooks, health,
+    overview, queues, list_jobs, job_detail, job_args, job_result, dead_letter, workers, schedules, webhooks, health,
     audit, events, retry_job, cancel_job, delete_job, replay_one, delete_one, replay_bulk,
     delete_bulk, replay_matching, pause_schedule, resume_schedule, run_schedule,
 ], tags=["soniq"])

@@ -1,10 +1,13 @@
 """Live updates and chart rollups: one background loop per dashboard process, shared by every
 browser.
 
-- **Change feed.** Every ``interval`` seconds (sooner when PostgreSQL NOTIFY says a queue got
-  work) the hub reads the per-queue counts once and, when they differ from the last read, bumps
+- **Change feed.** While at least one event stream is open, every ``interval`` seconds (sooner
+  when PostgreSQL NOTIFY says a queue got work, but at most once per :data:`MIN_GAP`) the hub
+  reads the per-queue counts once and, when they differ from the last read, bumps
   :attr:`LiveHub.version`. Each server-sent-event stream waits on that version, so a hundred open
-  tabs cost one query per tick, not a hundred.
+  tabs cost one query per tick, not a hundred, and no open tab costs none. On a large
+  PostgreSQL table the counts are partly estimated (``estimated`` in the snapshot; see
+  :class:`~soniq.backends.stores.QueueCounts`).
 - **Rollups.** Every ``rollup_interval`` seconds one dashboard process sharing the database (a
   ``claim_maintenance`` leader) recounts recent minutes of finished jobs into
   ``soniq_stats_minute``; the charts read only that table.
@@ -40,15 +43,23 @@ ROLLUP_WINDOW = timedelta(minutes=4)
 STATS_RETENTION = timedelta(days=2)
 #: A comment is sent on an idle stream this often, so proxies keep it open.
 KEEPALIVE = 15.0
+#: The least time between two reads of the counts, however many notifications arrive.
+MIN_GAP = 0.5
 
 
 class LiveHub:
     """The dashboard's background loop and the fan-out point of its event streams."""
 
     def __init__(self, soniq: Soniq, *, interval: float = 2.0, rollup_interval: float = 30.0,
-                 listen: bool = True) -> None:
+                 listen: bool = True, exact_counts_up_to: int = 200_000) -> None:
         self._soniq = soniq
         self.interval = interval
+        self.exact_counts_up_to = exact_counts_up_to
+        #: Reads of the counts so far (each one query, or a few when estimating).
+        self.refreshes = 0
+        self._refreshed_at: float | None = None
+        self._refreshing = anyio.Lock()
+        self._watched = anyio.Event()  # set while clients > 0
         self.rollup_interval = rollup_interval
         self._listen = listen
         self.version = 0
@@ -66,7 +77,6 @@ class LiveHub:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self._soniq.ensure_initialized()
         async with anyio.create_task_group() as tg:
-            await self.refresh()
             tg.start_soon(self._poll_loop)
             tg.start_soon(self._rollup_loop)
             if self._listen and self._soniq.backend.supports_listen:
@@ -83,8 +93,15 @@ class LiveHub:
 
     async def refresh(self) -> bool:
         """Read the counts once; True (and a new version) when they changed."""
-        stats = await self._soniq.get_queue_stats()
-        snapshot = {"queues": stats}
+        store = self._soniq.backend.dashboard
+        if store is not None:
+            counts = await store.queue_counts(exact_up_to=self.exact_counts_up_to)
+            queues, estimated = counts.queues, counts.estimated
+        else:
+            queues, estimated = await self._soniq.get_queue_stats(), False
+        self.refreshes += 1
+        self._refreshed_at = anyio.current_time()
+        snapshot = {"queues": queues, "estimated": estimated}
         if snapshot == self.snapshot:
             return False
         self.snapshot = snapshot
@@ -93,15 +110,30 @@ class LiveHub:
         changed.set()
         return True
 
+    async def counts(self) -> dict[str, Any]:
+        """The latest snapshot (``queues`` and ``estimated``), read again when older than
+        ``interval`` (so page loads share the feed's reads)."""
+        async with self._refreshing:
+            at = self._refreshed_at
+            if at is None or anyio.current_time() - at >= self.interval:
+                await self.refresh()
+        return self.snapshot
+
     async def _poll_loop(self) -> None:
         while True:
+            if self.clients == 0:  # nobody watches: no reads at all until someone does
+                await self._watched.wait()
             with anyio.move_on_after(self.interval):
                 await self._wake.wait()
             self._wake = anyio.Event()
+            if self.clients == 0:
+                continue
             try:
-                await self.refresh()
+                async with self._refreshing:
+                    await self.refresh()
             except SoniqError as exc:
                 logger.warning("dashboard could not read queue counts: %s", exc)
+            await anyio.sleep(MIN_GAP)
 
     async def _rollup_loop(self) -> None:
         while True:
@@ -153,7 +185,12 @@ class LiveHub:
         """Yield the snapshot now and at each change; None after :data:`KEEPALIVE` idle seconds.
         Ends when the hub stops."""
         self.clients += 1
+        self._watched.set()
         try:
+            try:
+                await self.counts()
+            except SoniqError as exc:
+                logger.warning("dashboard could not read queue counts: %s", exc)
             seen = self.version
             yield self.snapshot
             while not self._stopped:
@@ -169,6 +206,8 @@ class LiveHub:
                     yield None
         finally:
             self.clients -= 1
+            if self.clients == 0:
+                self._watched = anyio.Event()
 
 
 class _Listening:

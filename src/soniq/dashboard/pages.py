@@ -7,7 +7,6 @@ numbers computed here, and the pages run no inline script: one stylesheet, one s
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -32,10 +31,6 @@ def _timestamp(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
-
-
 def _seconds(value: Any) -> str:
     if value is None:
         return ""
@@ -58,7 +53,7 @@ def template_environment() -> Environment:
     """The Jinja environment of the packaged templates; autoescape is always on."""
     env = Environment(loader=PackageLoader("soniq.dashboard", "templates"), autoescape=True,
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ts=_timestamp, pretty=_pretty, seconds=_seconds, size=_size)
+    env.filters.update(ts=_timestamp, seconds=_seconds, size=_size)
     return env
 
 
@@ -105,7 +100,7 @@ async def jobs_page(request: Request[Any, Any, Any], dash: Dash,
     data = await dash.jobs(flt)
     next_query = flt.query(before=data["next_cursor"]) if data["next_cursor"] else None
     first_query = flt.query(before=None) if flt.before else None
-    queues = [q["queue"] for q in await dash.soniq.get_queue_stats()]
+    queues = [q["queue"] for q in (await dash.hub.counts())["queues"]]
     return _page(request, dash, "jobs.html", "jobs", data=data, flt=flt, queues=queues,
                  next_query=next_query, first_query=first_query)
 

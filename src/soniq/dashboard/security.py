@@ -19,26 +19,35 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
+import re
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.response.base import ASGIResponse
 
 from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
-    from litestar.types import Message, Scope
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
     "AuditEntry",
     "AuditLog",
+    "HostCheck",
     "WriteAccess",
+    "allowed_host_names",
+    "host_name",
     "is_loopback_host",
     "security_headers",
     "write_guard",
@@ -56,6 +65,8 @@ CONTENT_SECURITY_POLICY = (
 _PROXY_HEADERS = ("forwarded", "x-real-ip")
 _SAFE_SITES = frozenset({"same-origin", "none"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: An allowed-host entry: a name or address, an IPv6 address in brackets or bare, a port.
+_HOST_ENTRY = re.compile(r"[A-Za-z0-9._-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?|[0-9A-Fa-f:.]+")
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -71,6 +82,78 @@ def is_loopback_host(host: str | None) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+def host_name(value: str | None) -> str | None:
+    """The host of a ``Host`` header or an allowed-host entry, without its port, lower case and
+    without a trailing dot; an IP address in its canonical spelling (``[::1]`` and ``::1`` are
+    ``::1``). None when empty or malformed."""
+    text = (value or "").strip().lower()
+    if text.startswith("["):
+        inner, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        text = inner
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    text = text.rstrip(".")
+    if not text:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None if ":" in text else text
+
+
+def allowed_host_names(configured: Iterable[str] = ()) -> frozenset[str] | None:
+    """The host names a dashboard answers to: ``localhost``, ``127.0.0.1``, ``::1`` and
+    ``configured`` (names or addresses, a port is ignored); None (any host) when ``configured``
+    holds ``*``. Other loopback addresses are always allowed too (see :meth:`HostCheck.allows`).
+    Raises ValueError for an entry that is not a host name."""
+    names = {"localhost", "127.0.0.1", "::1"}
+    for entry in configured:
+        if entry.strip() == "*":
+            return None
+        name = host_name(entry)
+        if name is None or not _HOST_ENTRY.fullmatch(entry.strip()):
+            raise ValueError(f"not a host name: {entry!r} (give a name such as "
+                             "dash.example.com or an address, without scheme or path)")
+        names.add(name)
+    return frozenset(names)
+
+
+class HostCheck:
+    """ASGI wrapper that answers 400 to any HTTP request whose ``Host`` is not allowed, before
+    routing (so no handler, page or static file is reached). ``allowed`` None: no check."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str] | None) -> None:
+        self._app = app
+        self.allowed = allowed
+
+    def allows(self, header: str | None) -> bool:
+        if self.allowed is None:
+            return True
+        name = host_name(header)
+        return name is not None and (name in self.allowed or is_loopback_host(name))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in (ScopeType.HTTP, ScopeType.WEBSOCKET):
+            await self._app(scope, receive, send)
+            return
+        header = next((value.decode("latin-1") for name, value in scope["headers"]
+                       if name == b"host"), None)
+        if self.allows(header):
+            await self._app(scope, receive, send)
+        elif scope["type"] == ScopeType.WEBSOCKET:
+            await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+        else:
+            detail = (f"host {header!r} is not served here; allow it with soniq dashboard "
+                      "--allowed-host NAME (allowed_hosts=[...] in create_dashboard_app)"
+                      if header else "a Host header is required")
+            response = ASGIResponse(
+                body=json.dumps({"status_code": 400, "detail": detail}).encode(),
+                status_code=400, media_type="application/json")
+            await response(scope, receive, send)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Serve it with any ASGI server (``soniq dashboard`` uses uvicorn), or mount it in your own
 Litestar app under a path::
 
-    dashboard = create_dashboard_app(app, root_path="/jobs")
+    dashboard = create_dashboard_app(app, root_path="/jobs", allowed_hosts=["jobs.example.com"])
 
     @asgi("/jobs", is_mount=True, copy_scope=True)
     async def jobs_dashboard(scope, receive, send):
@@ -39,12 +39,24 @@ from soniq import __version__
 from soniq.dashboard.api import api_router
 from soniq.dashboard.live import LiveHub
 from soniq.dashboard.pages import NAV, page_router, template_environment
-from soniq.dashboard.security import AuditLog, WriteAccess, security_headers
-from soniq.dashboard.service import DashboardService
-from soniq.errors import DatabaseError, SoniqError, UnsupportedOperationError, ValidationError
+from soniq.dashboard.security import (
+    AuditLog,
+    HostCheck,
+    WriteAccess,
+    allowed_host_names,
+    security_headers,
+)
+from soniq.dashboard.service import EXACT_COUNTS_UP_TO, SEARCH_SCAN_LIMIT, DashboardService
+from soniq.errors import (
+    ConfigurationError,
+    DatabaseError,
+    SoniqError,
+    UnsupportedOperationError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterable
 
     from soniq.app import Soniq
 
@@ -57,25 +69,43 @@ _STATIC = Path(__file__).parent / "static"
 
 
 def create_dashboard_app(app: Soniq, *, api_key: str | None = None, root_path: str = "",
-                         poll_interval: float = 2.0, rollup_interval: float = 30.0,
-                         close_app: bool = False, debug: bool = False) -> Litestar:
+                         allowed_hosts: Iterable[str] = (), poll_interval: float = 2.0,
+                         rollup_interval: float = 30.0, close_app: bool = False,
+                         search_scan_limit: int = SEARCH_SCAN_LIMIT,
+                         exact_counts_up_to: int = EXACT_COUNTS_UP_TO,
+                         debug: bool = False) -> Litestar:
     """The dashboard of ``app`` as a Litestar application.
 
     Args:
         app: the Soniq instance whose storage the dashboard shows.
         api_key: the key writes need from non-loopback callers; default
             ``SONIQ_DASHBOARD_API_KEY``. Without one, only loopback callers can write.
+        allowed_hosts: the host names (or addresses) clients reach the dashboard by, besides
+            ``localhost`` and loopback addresses, which are always served; a request whose
+            ``Host`` is anything else gets a 400 before routing (DNS rebinding defence).
+            ``["*"]`` turns the check off: only when something in front checks the host.
         root_path: the path the dashboard is mounted under, for its links (a server's ASGI
             ``root_path``, e.g. uvicorn ``--root-path``, is used when this is empty).
-        poll_interval: seconds between reads of the queue counts that feed live updates.
+        poll_interval: seconds between reads of the queue counts that feed live updates (made
+            only while a browser listens).
         rollup_interval: seconds between rollups of finished jobs for the charts.
         close_app: close ``app`` when the dashboard shuts down (what ``soniq dashboard`` does).
+        search_scan_limit: the most jobs one job-list page examines (newest first); a page that
+            does not fill within them says so and continues past them.
+        exact_counts_up_to: PostgreSQL queue counts are exact up to about this many rows in the
+            jobs table, and partly estimated above (flagged ``estimated``).
     """
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    try:
+        hosts = allowed_host_names(allowed_hosts)
+    except ValueError as exc:
+        raise ConfigurationError(f"allowed_hosts: {exc}") from None
     access = WriteAccess(key)
     audit = AuditLog()
-    hub = LiveHub(app, interval=poll_interval, rollup_interval=rollup_interval)
-    service = DashboardService(app, access=access, audit=audit, hub=hub)
+    hub = LiveHub(app, interval=poll_interval, rollup_interval=rollup_interval,
+                  exact_counts_up_to=exact_counts_up_to)
+    service = DashboardService(app, access=access, audit=audit, hub=hub,
+                               search_scan_limit=search_scan_limit)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -93,7 +123,7 @@ def create_dashboard_app(app: Soniq, *, api_key: str | None = None, root_path: s
     def provide_service() -> DashboardService:
         return service
 
-    return Litestar(
+    web = Litestar(
         route_handlers=[
             api_router, page_router,
             create_static_files_router(path="/static", directories=[_STATIC],
@@ -112,6 +142,11 @@ def create_dashboard_app(app: Soniq, *, api_key: str | None = None, root_path: s
         logging_config=None,  # the host application owns logging (and job-log capture hooks root)
         debug=debug,
     )
+    # Outside the router, so a refused host reaches no route (Litestar's own allowed-hosts
+    # middleware runs per route and compares the port too). Inside Litestar's send wrapper, so
+    # the refusal carries the security headers.
+    web.asgi_handler = HostCheck(web.asgi_handler, hosts)
+    return web
 
 
 def _soniq_error(request: Request[Any, Any, Any], exc: SoniqError) -> Response[Any]:

@@ -7,12 +7,14 @@ returns plain data. Bad input raises :class:`~soniq.errors.ValidationError` (a 4
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import urlencode
 
+import anyio.to_thread
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 
@@ -30,11 +32,21 @@ if TYPE_CHECKING:
     from soniq.dashboard.security import AuditLog, WriteAccess
     from soniq.types import JobRecord
 
-__all__ = ["MAX_PAGE", "Dash", "DashboardService", "JobFilter"]
+__all__ = ["MAX_PAGE", "Dash", "DashboardService", "JobFilter", "parse_limit"]
 
 #: The largest page any list returns.
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
+#: The most jobs one job search examines (newest first from its cursor), whatever the filters;
+#: when a page does not fill within them, its next cursor continues past them.
+SEARCH_SCAN_LIMIT = 50_000
+#: Above about this many rows (the planner's estimate) PostgreSQL counts are estimated.
+EXACT_COUNTS_UP_TO = 200_000
+#: The most of a job's arguments or result a page or the job API shows; the rest is served by
+#: ``/api/jobs/{id}/args`` and ``/api/jobs/{id}/result``.
+SHOWN_BYTES = 64 * 1024
+#: The deepest offset a list accepts (deeper ones make the database walk that many rows).
+MAX_OFFSET = 100_000
 STATUSES = tuple(status.value for status in JobStatus)
 _RELATIVE = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -47,16 +59,19 @@ def parse_time(value: str | None, label: str, *, now: datetime | None = None) ->
         return None
     value = value.strip()
     relative = _RELATIVE.fullmatch(value)
-    if relative:
-        seconds = int(relative[1]) * _UNITS[relative[2]]
-        return (now or utc_now()) - timedelta(seconds=seconds)
     try:
+        if relative:
+            seconds = int(relative[1]) * _UNITS[relative[2]]
+            return (now or utc_now()) - timedelta(seconds=seconds)
         parsed = datetime.fromisoformat(value)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise ValidationError(
             f"{label} must be an ISO 8601 time or a span like 15m, 24h, 7d; got {value!r}"
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise ValidationError(
+            f"{label} is out of range (years 1 to 9999 in UTC); got {value!r}") from None
 
 
 def parse_limit(value: int | None, default: int = DEFAULT_PAGE) -> int:
@@ -64,6 +79,15 @@ def parse_limit(value: int | None, default: int = DEFAULT_PAGE) -> int:
         return default
     if not 1 <= value <= MAX_PAGE:
         raise ValidationError(f"limit must be from 1 to {MAX_PAGE}, got {value}")
+    return value
+
+
+def parse_offset(value: int | None) -> int:
+    if value is None:
+        return 0
+    if not 0 <= value <= MAX_OFFSET:
+        raise ValidationError(f"offset must be from 0 to {MAX_OFFSET}, got {value}; "
+                              "narrow the list with the queue or name filter")
     return value
 
 
@@ -137,12 +161,13 @@ def _series(buckets: list[StatsBucket], *, start: datetime, step: timedelta,
 class DashboardService:
     """One dashboard's view of one ``Soniq`` app."""
 
-    def __init__(self, soniq: Soniq, *, access: WriteAccess, audit: AuditLog,
-                 hub: LiveHub) -> None:
+    def __init__(self, soniq: Soniq, *, access: WriteAccess, audit: AuditLog, hub: LiveHub,
+                 search_scan_limit: int = SEARCH_SCAN_LIMIT) -> None:
         self.soniq = soniq
         self.access = access
         self.audit = audit
         self.hub = hub
+        self.search_scan_limit = search_scan_limit
 
     # -- stores -------------------------------------------------------------------------------
     @property
@@ -156,7 +181,8 @@ class DashboardService:
 
     # -- overview -----------------------------------------------------------------------------
     async def overview(self) -> dict[str, Any]:
-        queues = await self.soniq.get_queue_stats()
+        counts = await self.hub.counts()
+        queues = counts["queues"]
         rows = [cast("dict[str, int]", q) for q in queues]
         totals = {key: sum(row[key] for row in rows) for key in ("total", *STATUSES)}
         now = utc_now()
@@ -167,6 +193,7 @@ class DashboardService:
         workers = await self.workers()
         return {
             "queues": queues,
+            "estimated": counts["estimated"],
             "totals": totals,
             "workers_alive": sum(1 for w in workers if w["alive"]),
             "charts": {
@@ -178,35 +205,51 @@ class DashboardService:
 
     # -- jobs ---------------------------------------------------------------------------------
     async def jobs(self, flt: JobFilter) -> dict[str, Any]:
+        """A page of jobs. ``scan_stopped``: the page did not fill within the newest
+        ``scan_limit`` jobs examined; ``next_cursor`` then searches on past them."""
         await self.soniq.ensure_initialized()
-        rows = await self.store.search_jobs(
+        found = await self.store.search_jobs(
             queue=flt.queue, status=flt.status, job_name=flt.name, since=flt.parsed["since"],
-            until=flt.parsed["until"], before=flt.before, limit=flt.limit + 1)
-        more = len(rows) > flt.limit
-        rows = rows[:flt.limit]
-        return {"jobs": rows, "next_cursor": rows[-1]["id"] if more and rows else None,
+            until=flt.parsed["until"], before=flt.before, limit=flt.limit + 1,
+            scan_limit=self.search_scan_limit)
+        more = len(found.jobs) > flt.limit
+        rows = found.jobs[:flt.limit]
+        stopped = not more and found.scanned_to is not None
+        return {"jobs": rows,
+                "next_cursor": rows[-1]["id"] if more else found.scanned_to if stopped else None,
+                "scan_limit": self.search_scan_limit, "scan_stopped": stopped,
                 "filters": flt.as_dict()}
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        record = await self.soniq.get_job(job_id)
-        if record is None:
-            raise NotFoundException(f"no job with id {job_id!r}")
+        """The job with its logs; its arguments and result as :func:`shown_json` pieces, and
+        left out of ``job`` (None) when over :data:`SHOWN_BYTES`."""
+        record = await self.record(job_id)
+        job: dict[str, Any] = dict(record)
+        shown = {name: await anyio.to_thread.run_sync(shown_json, job[name])
+                 for name in ("args", "result")}
+        for name, piece in shown.items():
+            if piece["truncated"]:
+                job[name] = None
         logs: list[dict[str, Any]] = []
         store = self.soniq.backend.logs
         if store is not None:
             logs = [{"at": r.created_at, "level": r.level, "logger": r.logger,
                      "attempt": r.attempt, "message": r.message, "exception": r.exception}
                     for r in await store.for_job(record["id"])]
-        return {"job": record, "logs": logs, "timings": _timings(record)}
+        return {"job": job, "shown": shown, "logs": logs, "timings": _timings(record)}
+
+    async def record(self, job_id: str) -> JobRecord:
+        record = await self.soniq.get_job(job_id)
+        if record is None:
+            raise NotFoundException(f"no job with id {job_id!r}")
+        return record
 
     # -- dead letter --------------------------------------------------------------------------
     async def dead_letter(self, *, queue: str | None, name: str | None, limit: int | None,
                           offset: int | None) -> dict[str, Any]:
         queue, name = _blank(queue), _blank(name)
         size = parse_limit(limit)
-        start = offset or 0
-        if start < 0:
-            raise ValidationError(f"offset must be >= 0, got {start}")
+        start = parse_offset(offset)
         dlq = self.soniq.dead_letter
         jobs = await dlq.list_jobs(queue=queue, job_name=name, limit=size, offset=start)
         count = await dlq.count(queue=queue, job_name=name)
@@ -269,6 +312,19 @@ class DashboardService:
             "rolled_up_at": self.hub.rolled_up_at,
             "writes": "api key or loopback" if self.access.has_key else "loopback only",
         }
+
+
+def shown_json(value: Any, limit: int = SHOWN_BYTES) -> dict[str, Any]:
+    """``value`` for display: ``text`` (pretty JSON, or its first ``limit`` bytes of compact
+    JSON when larger), ``bytes`` (the size of its compact JSON) and ``truncated``. Run it in a
+    worker thread: a large value takes a while."""
+    compact = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+    size = len(compact.encode())
+    if size <= limit:
+        text = json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+        return {"text": text, "bytes": size, "truncated": False}
+    text = compact.encode()[:limit].decode(errors="ignore")
+    return {"text": text, "bytes": size, "truncated": True}
 
 
 def _timings(record: JobRecord) -> dict[str, float | None]:

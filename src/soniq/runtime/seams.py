@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from soniq.backends.base import StorageBackend
-    from soniq.types import JobContext
+    from soniq.types import CancelOutcome, JobContext
 
 __all__ = [
     "EventDispatcher",
@@ -112,16 +112,17 @@ class EventDispatcher:
                 logger.exception("event subscriber %r failed on %s", callback, event.kind)
 
 
-async def cancel_job(backend: StorageBackend, events: EventDispatcher, job_id: str) -> bool:
-    """``cancel_job`` for the app and its sync facade: a waiting job that ends here is reported
-    as a ``cancelled`` event (a running one's comes from its worker when it stops)."""
-    cancelled = await backend.cancel_job(job_id)
-    if cancelled and events.wants("cancelled"):
+async def cancel_job(backend: StorageBackend, events: EventDispatcher,
+                     job_id: str) -> CancelOutcome | None:
+    """``request_cancel`` for the app and its sync facade: a waiting job that ends here is
+    reported as a ``cancelled`` event (a running one's comes from its worker when it stops)."""
+    outcome = await backend.cancel_job(job_id)
+    if outcome == "cancelled" and events.wants("cancelled"):
         record = await backend.get_job(job_id)
         if record is not None and record["status"] == "cancelled":
             events.emit(JobEvent("cancelled", job_id, record["job_name"], record["queue"],
                                  record["attempts"], utc_now()))
-    return cancelled
+    return outcome
 
 
 class PayloadCodec(Protocol):

@@ -30,6 +30,7 @@ from soniq.backends.memory.stores import (
 )
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import (
+    CancelOutcome,
     ClaimedJob,
     JobOutcome,
     JobRecord,
@@ -72,7 +73,7 @@ class MemoryBackend:
         self.schedules = MemoryScheduleStore(self.insert_jobs)
         self.webhooks = MemoryWebhookStore()
         self.logs = MemoryLogStore(self._jobs)
-        self.dashboard = MemoryDashboardStore(self._jobs)
+        self.dashboard = MemoryDashboardStore(self._jobs, self.queue_stats)
 
     async def initialize(self) -> None:
         return None
@@ -137,18 +138,18 @@ class MemoryBackend:
         rows.sort(key=lambda row: row["id"], reverse=True)
         return [job_record(row) for row in rows[offset:offset + limit]]
 
-    async def cancel_job(self, job_id: str) -> bool:
+    async def cancel_job(self, job_id: str) -> CancelOutcome | None:
         row = self._jobs.get(job_id) if isinstance(job_id, str) else None
         if row is not None and row["status"] == JobStatus.PROCESSING:
             row["cancel_requested"] = True
             self._notify("soniq_cancel", job_id)
-            return True
+            return "requested"
         if row is None or row["status"] != JobStatus.QUEUED:
-            return False
+            return None
         now = utc_now()
         self._set_status(row, JobStatus.CANCELLED.value, now)
         row["finished_at"] = now
-        return True
+        return "cancelled"
 
     async def delete_job(self, job_id: str) -> bool:
         row = self._jobs.pop(job_id, None) if isinstance(job_id, str) else None

@@ -15,6 +15,8 @@ from soniq.backends.base import job_record
 from soniq.backends.stores import (
     FIRE_RETENTION,
     JobLogRecord,
+    JobSearch,
+    QueueCounts,
     ScheduleDefinition,
     ScheduleRecord,
     StatsBucket,
@@ -25,7 +27,7 @@ from soniq.backends.stores import (
     fan_out,
 )
 from soniq.serialization import utc_now
-from soniq.types import JobRecord, JobStatus, NewJob
+from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
 
 if TYPE_CHECKING:
     import builtins
@@ -326,25 +328,33 @@ _FINAL = ("done", "dead_letter", "cancelled")
 class MemoryDashboardStore:
     """The dashboard's reads and per-minute rollups over the memory backend's ``rows``."""
 
-    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, rows: dict[str, dict[str, Any]],
+                 queue_stats: Callable[[], Awaitable[builtins.list[QueueStats]]]) -> None:
         self._rows = rows
+        self._queue_stats = queue_stats
         self._buckets: dict[tuple[datetime, str], dict[str, int]] = {}
 
     async def search_jobs(self, *, queue: str | None, status: str | None, job_name: str | None,
                           since: datetime | None, until: datetime | None, before: str | None,
-                          limit: int) -> builtins.list[JobRecord]:
+                          limit: int, scan_limit: int) -> JobSearch:
         needle = job_name.lower() if job_name else None
+        recent = sorted((row for row in self._rows.values()
+                         if before is None or row["id"] < before),
+                        key=lambda row: row["id"], reverse=True)[:scan_limit]
         rows = [
-            row for row in self._rows.values()
+            row for row in recent
             if (queue is None or row["queue"] == queue)
             and (status is None or row["status"] == status)
             and (needle is None or needle in row["job_name"].lower())
             and (since is None or row["created_at"] >= since)
             and (until is None or row["created_at"] < until)
-            and (before is None or row["id"] < before)
-        ]
-        rows.sort(key=lambda row: row["id"], reverse=True)
-        return [job_record(row) for row in rows[:limit]]
+        ][:limit]
+        stopped = len(rows) < limit and len(recent) == scan_limit
+        return JobSearch([job_record(row) for row in rows],
+                         scanned_to=recent[-1]["id"] if stopped else None)
+
+    async def queue_counts(self, *, exact_up_to: int) -> QueueCounts:
+        return QueueCounts(await self._queue_stats())
 
     async def rollup(self, *, since: datetime, keep_after: datetime) -> None:
         counts: dict[tuple[datetime, str], dict[str, int]] = {}

@@ -41,7 +41,7 @@ from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.backends.postgres.where import where
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.ids import canonical_uuid, is_uuid, new_id
-from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
+from soniq.types import CancelOutcome, ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -91,7 +91,7 @@ class PostgresBackend:
         self.webhooks = PostgresWebhookStore(self._ready, self._errors, self._maintenance_timeout)
         self.logs = PostgresLogStore(self._ready, self._errors)
         self.dashboard = PostgresDashboardStore(self._ready, self._errors,
-                                                self._maintenance_timeout)
+                                                self._maintenance_timeout, self.queue_stats)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
 
@@ -299,12 +299,13 @@ class PostgresBackend:
                               *params)
         return [job_record(row) for row in rows]
 
-    async def cancel_job(self, job_id: str) -> bool:
+    async def cancel_job(self, job_id: str) -> CancelOutcome | None:
         if not is_uuid(job_id):
-            return False
+            return None
         with self._errors:
             pool = await self._ready()
-            return await call(pool.fetchval, sql.CANCEL_JOB, job_id) is not None
+            status = await call(pool.fetchval, sql.CANCEL_JOB, job_id)
+        return None if status is None else "cancelled" if status == "cancelled" else "requested"
 
     async def delete_job(self, job_id: str) -> bool:
         if not is_uuid(job_id):

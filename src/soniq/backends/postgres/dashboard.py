@@ -14,7 +14,7 @@ from soniq.backends._bridge import call
 from soniq.backends.base import JOB_COLUMNS, job_record
 from soniq.backends.postgres.maintenance import maintenance
 from soniq.backends.postgres.where import where
-from soniq.backends.stores import StatsBucket, StorageHealth
+from soniq.backends.stores import JobSearch, QueueCounts, StatsBucket, StorageHealth
 from soniq.ids import is_uuid
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from soniq.backends.postgres.errors import Translator
-    from soniq.types import JobRecord
+    from soniq.types import QueueStats
 
 __all__ = ["PostgresDashboardStore"]
 
@@ -61,6 +61,42 @@ SELECT (SELECT max(version) FROM soniq_migrations) AS version,
 """
 
 
+#: $1 offset (scan_limit - 1), $2 the cursor: the oldest id a bounded search examined, when
+#: there are that many. Keyed by whether a cursor is given.
+SCANNED_TO = {
+    False: "SELECT id FROM soniq_jobs ORDER BY id DESC OFFSET $1::integer LIMIT 1",
+    True: "SELECT id FROM soniq_jobs WHERE id < $2::uuid ORDER BY id DESC OFFSET $1::integer "
+          "LIMIT 1",
+}
+
+#: The planner's row count of soniq_jobs (-1 before its first ANALYZE).
+ROW_ESTIMATE = "SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass('soniq_jobs')"
+
+#: Rows read to estimate done and cancelled counts on a large table.
+SAMPLE_ROWS = 20_000
+
+#: $1 percent of pages to sample. Queued, processing and dead-lettered jobs are counted exactly
+#: through their partial indexes (their number is the backlog, the running jobs and the
+#: dead-letter queue, not the history); done and cancelled ones from a block sample, scaled up.
+ESTIMATED_COUNTS = """
+SELECT queue, status, count(*)::float8 AS n FROM soniq_jobs WHERE status = 'queued'
+GROUP BY queue, status
+UNION ALL
+SELECT queue, status, count(*)::float8 FROM soniq_jobs WHERE status = 'processing'
+GROUP BY queue, status
+UNION ALL
+SELECT queue, status, count(*)::float8 FROM soniq_jobs WHERE status = 'dead_letter'
+GROUP BY queue, status
+UNION ALL
+SELECT queue, status, count(*) * 100.0::float8 / $1::float8
+FROM soniq_jobs TABLESAMPLE SYSTEM ($1::float8)
+WHERE status IN ('done', 'cancelled')
+GROUP BY queue, status
+"""
+
+_STATUSES = ("queued", "processing", "done", "dead_letter", "cancelled")
+
+
 def like_pattern(text: str) -> str:
     """``%text%`` with LIKE's wildcards in ``text`` escaped (the default escape ``\\``)."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -72,26 +108,57 @@ class PostgresDashboardStore:
     rollup runs under ``maintenance_timeout`` (see :mod:`.maintenance`)."""
 
     def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator,
-                 maintenance_timeout: str) -> None:
+                 maintenance_timeout: str,
+                 queue_stats: Callable[[], Awaitable[list[QueueStats]]]) -> None:
         self._ready = ready
         self._errors = errors
         self._maintenance_timeout = maintenance_timeout
+        self._queue_stats = queue_stats
 
     async def search_jobs(self, *, queue: str | None, status: str | None, job_name: str | None,
                           since: datetime | None, until: datetime | None, before: str | None,
-                          limit: int) -> list[JobRecord]:
+                          limit: int, scan_limit: int) -> JobSearch:
         if before is not None and not is_uuid(before):
-            return []
+            return JobSearch([])
+        window: list[Any] = [] if before is None else [before]
+        cursor = "" if before is None else " WHERE id < $3::uuid"
         clause, params = where(
             ("queue = {}::text", queue), ("status = {}::text", status),
             ("job_name ILIKE {}::text", like_pattern(job_name) if job_name else None),
             ("created_at >= {}::timestamptz", since), ("created_at < {}::timestamptz", until),
-            ("id < {}::uuid", before), first=2)
-        query = f"SELECT {_COLUMNS} FROM soniq_jobs{clause} ORDER BY id DESC LIMIT $1::integer"
+            first=3 + len(window))
+        # The filters read only the newest scan_limit jobs (before the cursor), walked newest
+        # first down the primary key: the inner LIMIT is read lazily, so a page that fills early
+        # stops early, and one that does not stops after scan_limit rows, never a full scan.
+        query = (f"SELECT {_COLUMNS} FROM (SELECT * FROM soniq_jobs{cursor} ORDER BY id DESC "
+                 f"LIMIT $2::integer) AS recent{clause} ORDER BY id DESC LIMIT $1::integer")
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, query, limit, *params)
-        return [job_record(row) for row in rows]
+            rows = await call(pool.fetch, query, limit, scan_limit, *window, *params)
+            scanned_to = None
+            if len(rows) < limit:  # the page did not fill: did the scan stop at its limit?
+                last = await call(pool.fetchval, SCANNED_TO[before is not None], scan_limit - 1,
+                                  *window)
+                scanned_to = None if last is None else str(last)
+        return JobSearch([job_record(row) for row in rows], scanned_to=scanned_to)
+
+    async def queue_counts(self, *, exact_up_to: int) -> QueueCounts:
+        with self._errors:
+            pool = await self._ready()
+            estimate = await call(pool.fetchval, ROW_ESTIMATE)
+            if estimate is None or estimate < 0 or estimate <= exact_up_to:
+                return QueueCounts(await self._queue_stats())
+            percent = min(100.0, 100.0 * SAMPLE_ROWS / estimate)
+            rows = await call(pool.fetch, ESTIMATED_COUNTS, percent)
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            per_queue = counts.setdefault(row["queue"], dict.fromkeys(_STATUSES, 0))
+            per_queue[row["status"]] = round(row["n"])
+        return QueueCounts([
+            {"queue": queue, "total": sum(c.values()), "queued": c["queued"],
+             "processing": c["processing"], "done": c["done"], "dead_letter": c["dead_letter"],
+             "cancelled": c["cancelled"]}
+            for queue, c in sorted(counts.items())], estimated=True)
 
     async def rollup(self, *, since: datetime, keep_after: datetime) -> None:
         with self._errors:

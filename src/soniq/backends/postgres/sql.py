@@ -277,7 +277,8 @@ ORDER BY queue COLLATE "C"
 """
 
 #: $1 id. A waiting job is cancelled (releasing its dedup key); a running one gets a cancel
-#: request and its worker a NOTIFY on CANCEL_CHANNEL. Returns a row when either applied.
+#: request and its worker a NOTIFY on CANCEL_CHANNEL. Returns the new status (cancelled, or
+#: processing for a request) when either applied.
 CANCEL_JOB = (
     "WITH changed AS (\n"
     "    UPDATE soniq_jobs\n"
@@ -295,7 +296,7 @@ CANCEL_JOB = (
         "SELECT id AS job_id, job_name, queue, attempts AS attempt, "
         "NULL::timestamptz AS started_at, 'job.cancelled' AS event, NULL::text AS error, "
         "finished_at AS at FROM changed WHERE status = 'cancelled'") + ")\n"
-    "SELECT id,\n"
+    "SELECT status,\n"
     f"       CASE WHEN status = 'processing' THEN pg_notify('{CANCEL_CHANNEL}', id::text) END"
     " AS woken\nFROM changed"
 )

@@ -36,7 +36,15 @@ from soniq.backends.sqlite.webhooks import SqliteWebhookStore
 from soniq.backends.sqlite.where import where
 from soniq.errors import UnsupportedOperationError
 from soniq.serialization import dumps, loads, utc_now
-from soniq.types import ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats, WorkerInfo
+from soniq.types import (
+    CancelOutcome,
+    ClaimedJob,
+    JobOutcome,
+    JobRecord,
+    NewJob,
+    QueueStats,
+    WorkerInfo,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -74,7 +82,7 @@ class SqliteBackend:
         self.schedules = SqliteScheduleStore(self._db)
         self.webhooks = SqliteWebhookStore(self._db)
         self.logs = SqliteLogStore(self._db)
-        self.dashboard = SqliteDashboardStore(self._db)
+        self.dashboard = SqliteDashboardStore(self._db, self.queue_stats)
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -148,11 +156,12 @@ class SqliteBackend:
             (*params, limit, offset))
         return [sql.job_row(row) for row in rows]
 
-    async def cancel_job(self, job_id: str) -> bool:
+    async def cancel_job(self, job_id: str) -> CancelOutcome | None:
         if not isinstance(job_id, str):
-            return False
+            return None
         now = sql.to_db(utc_now())
-        return bool(await self._db.run(self._db.write, sql.CANCEL, (now, now, job_id)))
+        rows = await self._db.run(self._db.write, sql.CANCEL, (now, now, job_id))
+        return None if not rows else "cancelled" if rows[0][0] == "cancelled" else "requested"
 
     async def delete_job(self, job_id: str) -> bool:
         if not isinstance(job_id, str):

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 
 from soniq.backends.sqlite import sql
 from soniq.backends.sqlite.where import where
-from soniq.backends.stores import StatsBucket, StorageHealth
+from soniq.backends.stores import JobSearch, QueueCounts, StatsBucket, StorageHealth
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from datetime import datetime
 
     from soniq.backends.sqlite.database import SqliteDatabase
-    from soniq.types import JobRecord
+    from soniq.types import QueueStats
 
 __all__ = ["SqliteDashboardStore"]
 
@@ -57,20 +58,37 @@ def like_pattern(text: str) -> str:
 class SqliteDashboardStore:
     """The dashboard's reads in one SQLite file (reached as ``SqliteBackend.dashboard``)."""
 
-    def __init__(self, db: SqliteDatabase) -> None:
+    def __init__(self, db: SqliteDatabase,
+                 queue_stats: Callable[[], Awaitable[list[QueueStats]]]) -> None:
         self._db = db
+        self._queue_stats = queue_stats
 
     async def search_jobs(self, *, queue: str | None, status: str | None, job_name: str | None,
                           since: datetime | None, until: datetime | None, before: str | None,
-                          limit: int) -> list[JobRecord]:
+                          limit: int, scan_limit: int) -> JobSearch:
         clause, params = where(
             ("queue = ?", queue), ("status = ?", status),
             ("job_name LIKE ? ESCAPE '\\'", like_pattern(job_name) if job_name else None),
-            ("created_at >= ?", since), ("created_at < ?", until), ("id < ?", before))
-        rows = await self._db.run(self._db.read,
-                                  f"{sql.JOB_SELECT}{clause} ORDER BY id DESC LIMIT ?",
-                                  (*params, limit))
-        return [sql.job_row(row) for row in rows]
+            ("created_at >= ?", since), ("created_at < ?", until))
+        # The filters read only the newest scan_limit jobs (before the cursor), newest first.
+        cursor = " WHERE id < ?" if before else ""
+        window = (before,) if before else ()
+        rows = await self._db.run(
+            self._db.read,
+            f"SELECT * FROM ({sql.JOB_SELECT}{cursor} ORDER BY id DESC LIMIT ?){clause} "
+            "ORDER BY id DESC LIMIT ?", (*window, scan_limit, *params, limit))
+        scanned_to = None
+        if len(rows) < limit:  # the page did not fill: did the scan stop at its limit?
+            last = await self._db.run(
+                self._db.read,
+                f"SELECT id FROM soniq_jobs{cursor} ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (*window, scan_limit - 1))
+            scanned_to = last[0][0] if last else None
+        return JobSearch([sql.job_row(row) for row in rows], scanned_to=scanned_to)
+
+    async def queue_counts(self, *, exact_up_to: int) -> QueueCounts:
+        """Exact always: the (queue, status) index makes the count a covering index scan."""
+        return QueueCounts(await self._queue_stats())
 
     async def rollup(self, *, since: datetime, keep_after: datetime) -> None:
         await self._db.run(self._db.write, ROLLUP, (sql.to_db(since),))

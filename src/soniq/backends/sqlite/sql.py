@@ -220,7 +220,7 @@ UPDATE soniq_jobs SET
     cancel_requested = cancel_requested OR status = 'processing',
     dedup_key = NULL
 WHERE id = ? AND status IN ('queued', 'processing')
-RETURNING id
+RETURNING status
 """
 
 DELETE = "DELETE FROM soniq_jobs WHERE id = ? RETURNING id"
