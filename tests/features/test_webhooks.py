@@ -246,15 +246,13 @@ async def test_a_name_resolving_to_a_private_address_is_refused_after_dns(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from soniq.features import webhooks
-
     async def fake_getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
         answers = {"evil.example": "127.0.0.1", "meta.example": "169.254.169.254",
                    "v6.example": "::1", "public.example": "93.184.216.34"}
         family = socket.AF_INET6 if ":" in answers[host] else socket.AF_INET
         return [(family, socket.SOCK_STREAM, 6, "", (answers[host], port))]
 
-    monkeypatch.setattr(webhooks.anyio, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(anyio, "getaddrinfo", fake_getaddrinfo)
     for host in ("evil.example", "meta.example", "v6.example"):
         check_target(f"http://{host}/", allow_private=False)  # a name passes registration
         with pytest.raises(ValidationError, match="non-public"):
