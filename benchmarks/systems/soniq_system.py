@@ -209,7 +209,8 @@ _RECORDED_EVENTS = ("SELECT (SELECT count(*) FROM soniq_webhook_deliveries)"
                     " + (SELECT coalesce(sum(cardinality(array_remove(kinds, NULL))"
                     " + cardinality(array_remove(started_ats, NULL))), 0)"
                     " FROM soniq_webhook_events)"
-                    " + (SELECT coalesce(sum(cardinality(kinds)), 0) FROM soniq_events)")
+                    " + (SELECT coalesce(sum(cardinality(array_remove(kinds, NULL))"
+                    " + cardinality(array_remove(started_ats, NULL))), 0) FROM soniq_events)")
 #: The ``features`` variants (registered in :mod:`benchmarks.systems`).
 WEBHOOKS: Any = SoniqSystem(
     name="soniq+webhooks", settings={"webhook_allow_private": True}, silent_webhook=True,

@@ -102,7 +102,8 @@ EXPECTED_COLUMNS = {
     "soniq_events": [
         ("id", "bigint", True), ("created_at", TIMESTAMPTZ, True), ("kinds", "text[]", True),
         ("job_ids", "uuid[]", True), ("attempts", "integer[]", True),
-        ("ats", "timestamp with time zone[]", True), ("payloads", "json[]", True),
+        ("ats", "timestamp with time zone[]", True),
+        ("started_ats", "timestamp with time zone[]", True), ("payloads", "json[]", True),
     ],
     "soniq_job_logs": [
         ("id", "bigint", True), ("job_id", "uuid", True), ("job_name", "text", True),

@@ -248,14 +248,13 @@ def _error_text(entry: str) -> str:
 _FINISHED = ("j.id, j.job_name, j.queue, j.attempts + o.refund_attempt::integer AS attempt, "
              "j.started_at, o.status AS outcome, o.error, t.now")
 _FINISH_EVENTS = f"""
-    SELECT e.kind, f.id AS job_id, f.attempt, e.at, f.job_name, f.queue, e.error
-    FROM finished AS f CROSS JOIN LATERAL (VALUES
-        ('job.started', NULL::text, f.started_at),
-        (CASE f.outcome WHEN 'done' THEN 'job.done' WHEN 'dead_letter' THEN 'job.dead_letter'
+    SELECT CASE outcome WHEN 'done' THEN 'job.done' WHEN 'dead_letter' THEN 'job.dead_letter'
                         WHEN 'cancelled' THEN 'job.cancelled'
-                        WHEN 'queued' THEN CASE WHEN f.error IS NOT NULL THEN 'job.failed' END
-         END,
-         {_error_text('f.error')}, f.now)) AS e (kind, error, at)"""
+                        WHEN 'queued' THEN CASE WHEN error IS NOT NULL THEN 'job.failed' END
+           END AS kind,
+           id AS job_id, attempt, now AS at, started_at, job_name, queue,
+           {_error_text('error')} AS error
+    FROM finished"""
 
 # -- reading and managing --------------------------------------------------------------------------
 #: $1 id.
@@ -293,7 +292,7 @@ _CANCEL = """
     RETURNING id, status, job_name, queue, attempts, finished_at"""
 _CANCEL_EVENTS = """
     SELECT 'job.cancelled' AS kind, id AS job_id, attempts AS attempt, finished_at AS at,
-           job_name, queue, NULL::text AS error
+           NULL::timestamptz AS started_at, job_name, queue, NULL::text AS error
     FROM changed WHERE status = 'cancelled'"""
 
 #: $1 id. Any state.
@@ -330,7 +329,7 @@ ORDER BY id
 #: its event then instead of with its outcome. Every beat records every running job; each event
 #: is delivered once (a reader de-duplicates: the webhook delivery id is its digest).
 _BEAT_EVENTS = """
-    SELECT 'job.started' AS kind, id AS job_id, attempts AS attempt, started_at AS at,
+    SELECT NULL::text AS kind, id AS job_id, attempts AS attempt, started_at AS at, started_at,
            job_name, queue, NULL::text AS error
     FROM soniq_jobs WHERE worker_id = $1::uuid AND status = 'processing'"""
 
@@ -392,7 +391,8 @@ RETURNING j.id, j.job_name, j.queue, j.attempts, j.status, o.error
 _RESCUE_EVENTS = f"""
     SELECT CASE status WHEN 'queued' THEN 'job.failed' WHEN 'dead_letter' THEN 'job.dead_letter'
                        WHEN 'cancelled' THEN 'job.cancelled' END AS kind,
-           id AS job_id, attempts AS attempt, $4::timestamptz AS at, job_name, queue,
+           id AS job_id, attempts AS attempt, $4::timestamptz AS at,
+           NULL::timestamptz AS started_at, job_name, queue,
            CASE WHEN status <> 'cancelled' THEN {_error_text('error')} END AS error
     FROM rescued"""
 

@@ -103,13 +103,14 @@ written AS (
     INSERT INTO soniq_webhook_events (endpoint_id, job_ids, job_names, queues, attempts,
                                       started_ats, kinds, errors, ats)
     SELECT e.id, array_agg(v.job_id), array_agg(v.payload ->> 'job_name'),
-           array_agg(v.payload ->> 'queue'), array_agg(v.attempt), array_agg(NULL::timestamptz),
+           array_agg(v.payload ->> 'queue'), array_agg(v.attempt), array_agg(v.started_at),
            array_agg(v.kind), array_agg(v.payload ->> 'error'), array_agg(v.at)
     FROM events AS v
     JOIN soniq_webhook_endpoints AS e
       ON e.active AND e.created_at <= v.logged_at
-         AND (e.events IS NULL OR v.kind = ANY (e.events))
-    WHERE v.job_id IS NOT NULL AND v.kind = ANY ($2::text[])
+         AND (e.events IS NULL OR v.kind = ANY (e.events)
+              OR (v.started_at IS NOT NULL AND 'job.started' = ANY (e.events)))
+    WHERE v.job_id IS NOT NULL AND (v.kind IS NULL OR v.kind = ANY ($2::text[]))
     GROUP BY e.id, v.log_id
     ORDER BY v.log_id)
 SELECT count(*) FROM taken"""

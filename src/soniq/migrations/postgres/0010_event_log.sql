@@ -12,5 +12,8 @@ CREATE TABLE soniq_events (
     job_ids    uuid[]        NOT NULL,  -- the job it happened to (NULL: not about a job)
     attempts   integer[]     NOT NULL,  -- the attempt (NULL: not about an attempt)
     ats        timestamptz[] NOT NULL,  -- when it happened
+    -- The attempt's job.started, recorded in the same element (NULL: not): a finish records an
+    -- attempt's start and outcome in one element.
+    started_ats timestamptz[] NOT NULL,
     payloads   json[]        NOT NULL   -- the rest, one JSON object per event
 ) WITH (toast_tuple_target = 8160);  -- a statement's row stays inline, uncompressed, when it fits
