@@ -25,16 +25,17 @@ import pytest
 
 from soniq import Soniq
 from soniq.backends import _bridge
-from soniq.backends.postgres import PostgresBackend, inserts
+from soniq.backends.postgres import PostgresBackend, inserts, sql
 from soniq.backends.postgres import backend as backend_module
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.listener import APPLICATION_NAME
 from soniq.backends.postgres.sql import CHANNEL, CLAIM_ALL_QUEUES
 from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError
 from soniq.ids import new_id
-from soniq.migrations import load_migrations, migration_script
+from soniq.migrations import MIGRATIONS_TABLE, load_migrations, migration_script
 from soniq.serialization import dumps, utc_now
 from soniq.settings import load_settings
+from soniq.testing import drain
 from soniq.types import NewJob
 from tests.helpers import on_connection
 
@@ -98,6 +99,12 @@ EXPECTED_COLUMNS = {
         ("kinds", "text[]", True), ("errors", "text[]", True),
         ("ats", "timestamp with time zone[]", True),
     ],
+    "soniq_events": [
+        ("id", "bigint", True), ("created_at", TIMESTAMPTZ, True), ("kinds", "text[]", True),
+        ("job_ids", "uuid[]", True), ("attempts", "integer[]", True),
+        ("ats", "timestamp with time zone[]", True),
+        ("started_ats", "timestamp with time zone[]", True), ("payloads", "json[]", True),
+    ],
     "soniq_job_logs": [
         ("id", "bigint", True), ("job_id", "uuid", True), ("job_name", "text", True),
         ("queue", "text", True), ("attempt", "integer", True), ("level", "text", True),
@@ -149,6 +156,7 @@ EXPECTED_INDEXES = {
         # Retention: finished rows by when they finished (their next_attempt_at).
         ("soniq_webhook_deliveries_finished_idx", "INDEX", "soniq_webhook_deliveries",
          "(next_attempt_at) WHERE (status <> 'pending'::text)"),
+        ("soniq_events_pkey", "UNIQUE INDEX", "soniq_events", "(id)"),
         ("soniq_job_logs_pkey", "UNIQUE INDEX", "soniq_job_logs", "(id)"),
         ("soniq_job_logs_job_idx", "INDEX", "soniq_job_logs", "(job_id, id)"),
         ("soniq_job_logs_created_at_idx", "INDEX", "soniq_job_logs", "(created_at)"),
@@ -321,6 +329,65 @@ async def test_the_printed_script_builds_what_setup_builds(
         info = await app.database_info()
     assert info["applied_migrations"] == ALL_LABELS[:-1]
     assert info["pending_migrations"] == [ALL_LABELS[-1]]
+
+
+async def test_the_event_log_migration_upgrades_a_database_in_use(
+        pg_url: str, pg_server: str, fresh_database: tuple[str, str]) -> None:
+    """Migration 10 (the event log, ``soniq_events``) on a database at version 9 with jobs and
+    webhook events in it: nothing is lost, the webhooks' pending log rows still become
+    deliveries, and a finish then records its events in the new log for the webhook store."""
+    name, url = fresh_database
+    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
+    endpoint, logged_job = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def at_version_9(conn: Any) -> None:
+        await conn.execute(MIGRATIONS_TABLE["postgres"])
+        for migration in ALL_MIGRATIONS:
+            if migration.version < 10:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+        await conn.execute(
+            "INSERT INTO soniq_webhook_endpoints (id, url, secrets, allow_private, active,"
+            " created_at) VALUES ($1::uuid, 'https://example.com/hook', '[]', true, true,"
+            " now() - interval '1 minute')", endpoint)
+        # A finish's row at version 9: job.started and job.done of one attempt.
+        await conn.execute(
+            "INSERT INTO soniq_webhook_events (endpoint_id, job_ids, job_names, queues, attempts,"
+            " started_ats, kinds, errors, ats) VALUES ($1::uuid, ARRAY[$2::uuid], '{old}',"
+            " '{default}', '{1}', ARRAY[now()], '{job.done}', '{NULL}', ARRAY[now()])",
+            endpoint, logged_job)
+        await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args,"
+                           " max_attempts) VALUES ($1::uuid, 'ok', 'default', 100, 'queued',"
+                           " '{}', 3)", new_id())
+
+    await on_connection(url, at_version_9)
+    with pytest.raises(SchemaMissingError, match="0010_event_log"):
+        async with Soniq(database_url=url, pool_min_size=1):
+            pass
+    backend = backend_for(url)
+    try:
+        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS if m.version >= 10]
+    finally:
+        await backend.close()
+    assert await schema_of(url) == await schema_of(pg_url)
+
+    async with Soniq(database_url=url, pool_min_size=1) as app:
+        @app.job(name="ok")
+        async def ok() -> None:
+            return None
+
+        store = app.backend.webhooks  # type: ignore[attr-defined]
+        deliveries = await store.list_deliveries(endpoint_id=endpoint, status=None, limit=10)
+        assert sorted((d.event, json.loads(d.payload)["data"]["job_id"]) for d in deliveries) == [
+            ("job.done", logged_job), ("job.started", logged_job)]
+        assert store.record_lifecycle(frozenset({"job.done"})) == {"job.done"}
+        assert len(await drain(app)) == 1
+        assert len(await fetch(url, "SELECT * FROM soniq_events")) == 1
+        deliveries = await store.list_deliveries(endpoint_id=endpoint, status=None, limit=10)
+        assert sorted(json.loads(d.payload)["data"]["job_name"] for d in deliveries) == [
+            "ok", "ok", "old", "old"]
+        assert await fetch(url, "SELECT * FROM soniq_events") == []
 
 
 async def test_migrate_creates_a_missing_database(pg_server: str,

@@ -131,3 +131,57 @@ async def test_a_missing_capability_is_a_clear_error() -> None:
             await app.logs.search_logs()
         with pytest.raises(UnsupportedOperationError, match=r"nothing to probe"):
             await app.database_info()
+
+
+# -- module size and SQL assembly -------------------------------------------------------------------
+#: The longest a module in src/ may be.
+MAX_LINES = 500
+#: The modules holding PostgreSQL's core statements and the event log they write.
+CORE_SQL = [SRC / "backends" / "postgres" / "sql.py", SRC / "backends" / "postgres" / "events.py"]
+#: Modules whose SQL must be written out in full, never edited into shape (other modules there
+#: call ``.replace`` on values: LIKE patterns, passwords, ids).
+SQL_MODULES = [*CORE_SQL, SRC / "backends" / "postgres" / "webhooks.py"]
+
+
+def test_no_module_is_over_500_lines() -> None:
+    lengths = {path.relative_to(SRC): len(path.read_text(encoding="utf-8").splitlines())
+               for path in SRC.rglob("*.py")}
+    assert len(lengths) > 50  # the glob found the package
+    assert {path: n for path, n in lengths.items() if n > MAX_LINES} == {}
+
+
+def _replace_calls(path: Path) -> list[str]:
+    """``<anything>.replace(...)`` calls: SQL assembled by editing another statement's text."""
+    return [f"{path.name}:{node.lineno}: {ast.unparse(node)[:80]}"
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "replace"]
+
+
+def test_no_sql_is_made_by_string_replacement(tmp_path: Path) -> None:
+    assert [hit for path in SQL_MODULES for hit in _replace_calls(path)] == []
+    sample = tmp_path / "sample.py"
+    sample.write_text('HOOKED = PLAIN.replace("\\n)\\n", "),\\nhooks AS (...)")\n')
+    assert [hit.split(": ", 1)[1] for hit in _replace_calls(sample)] == [
+        "PLAIN.replace('\\n)\\n', '),\\nhooks AS (...)')"]
+
+
+def test_the_core_statements_know_no_feature() -> None:
+    """PostgreSQL's core SQL imports no feature store, names no feature's table, and records
+    events only in the generic event log -- only in the variant that records them."""
+    from soniq.backends.postgres import events, sql
+
+    for path in CORE_SQL:
+        imported = {node.module for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                    if isinstance(node, ast.ImportFrom)}
+        assert imported <= {"__future__", "dataclasses", "soniq.backends.base",
+                            "soniq.backends.postgres.events"}, path.name
+    texts = [value for module in (sql, events) for value in vars(module).values()
+             if isinstance(value, str)]
+    plain, logged = sql.statements(events=False), sql.statements(events=True)
+    for statements in (plain, logged):
+        texts += [getattr(statements, field) for field in statements.__dataclass_fields__]
+    assert not [text for text in texts if "soniq_webhook" in text or "soniq_schedule" in text]
+    for field in plain.__dataclass_fields__:
+        assert "soniq_events" not in getattr(plain, field), field
+        assert getattr(logged, field).count("INSERT INTO soniq_events") == 1, field

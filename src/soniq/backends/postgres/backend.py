@@ -34,6 +34,7 @@ from soniq.backends.postgres import inserts, listener, maintenance, pooling, sch
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
+from soniq.backends.postgres.events import EventLog
 from soniq.backends.postgres.logs import PostgresLogStore
 from soniq.backends.postgres.pool import StatementPool
 from soniq.backends.postgres.schedules import PostgresScheduleStore
@@ -85,10 +86,17 @@ class PostgresBackend:
         # PgBouncer transaction pooling (no statement cache) cannot hold a LISTEN session:
         # workers poll instead (DESIGN.md §4).
         self.supports_listen = settings.statement_cache_size > 0
+        #: The event log (see :mod:`.events`): the statements that change jobs record their
+        #: events while a reader is registered here. Both variants of those statements are
+        #: written once; each call picks one by reading ``events.recording``.
+        self.events = EventLog()
+        self._plain = sql.statements(events=False)
+        self._logged = sql.statements(events=True)
         # The feature stores (soniq.backends.stores) in this database.
         self.dead_letters = PostgresDeadLetterStore(self._ready, self._errors)
         self.schedules = PostgresScheduleStore(self._ready, self._errors)
-        self.webhooks = PostgresWebhookStore(self._ready, self._errors, self._maintenance_timeout)
+        self.webhooks = PostgresWebhookStore(self._ready, self._errors, self._maintenance_timeout,
+                                             self.events)
         self.logs = PostgresLogStore(self._ready, self._errors)
         self.dashboard = PostgresDashboardStore(self._ready, self._errors,
                                                 self._maintenance_timeout, self.queue_stats)
@@ -249,9 +257,9 @@ class PostgresBackend:
                            "lost with its connection", len(rows))
         return rows
 
-    def _hooked(self) -> bool:
-        """Whether finishes and heartbeats record webhook events (webhooks.record_lifecycle)."""
-        return self.webhooks.lifecycle
+    def _sql(self) -> sql.Statements:
+        """The statements that change jobs: recording their events while the log has a reader."""
+        return self._logged if self.events.recording else self._plain
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
                             *, now: datetime | None = None) -> list[str]:
@@ -270,7 +278,7 @@ class PostgresBackend:
         with self._errors:
             pool = await self._loops()
             rows = await call(
-                pool.fetch, sql.COMPLETE_JOBS_HOOKED if self._hooked() else sql.COMPLETE_JOBS,
+                pool.fetch, self._sql().complete_jobs,
                 [job_id for job_id, _ in batch], [lease_id for _, lease_id in batch],
                 [o.status.value for o in items], [o.result for o in items],
                 [o.error for o in items], [o.run_at for o in items],
@@ -304,7 +312,7 @@ class PostgresBackend:
             return None
         with self._errors:
             pool = await self._ready()
-            status = await call(pool.fetchval, sql.CANCEL_JOB, job_id)
+            status = await call(pool.fetchval, self._sql().cancel_job, job_id)
         return None if status is None else "cancelled" if status == "cancelled" else "requested"
 
     async def delete_job(self, job_id: str) -> bool:
@@ -347,8 +355,7 @@ class PostgresBackend:
         _check_worker_id(worker_id)
         with self._errors:
             pool = await self._loops()
-            rows = await call(pool.fetch, sql.HEARTBEAT_HOOKED if self._hooked() else sql.HEARTBEAT,
-                              worker_id, now)
+            rows = await call(pool.fetch, self._sql().heartbeat, worker_id, now)
         return [str(row["id"]) for row in rows]
 
     async def unregister_worker(self, worker_id: str) -> None:
@@ -372,8 +379,8 @@ class PostgresBackend:
     async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
         with self._errors:
             pool = await self._loops()
-            return await call(maintenance.rescue, pool, stale_after, now,
-                              self._maintenance_timeout)
+            return await call(maintenance.rescue, pool, self._sql().rescue_jobs, stale_after,
+                              now, self._maintenance_timeout)
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:
         with self._errors:

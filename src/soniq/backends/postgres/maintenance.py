@@ -63,8 +63,10 @@ async def analyze(pool: Any, statement_timeout: str) -> str | None:
     return None
 
 
-async def rescue(pool: Any, stale_after: float, now: datetime | None, statement_timeout: str) -> list[str]:
-    """Give back the jobs of silent or vanished workers, in one transaction. The ``WorkerLost``
+async def rescue(pool: Any, statement: str, stale_after: float, now: datetime | None,
+                 statement_timeout: str) -> list[str]:
+    """Give back the jobs of silent or vanished workers, in one transaction, with ``statement``
+    (a variant of ``Statements.rescue_jobs``). The ``WorkerLost``
     entries are built by :func:`~soniq.backends.base.worker_lost_error`, the one place their
     shape is decided; the write is still fenced by lease."""
     async with maintenance(pool, statement_timeout) as conn:
@@ -75,7 +77,7 @@ async def rescue(pool: Any, stale_after: float, now: datetime | None, statement_
         if lost:
             errors = [dumps(worker_lost_error(row["worker_id"], row["attempts"], clock))
                       for row in lost]
-            rows = await conn.fetch(sql.RESCUE_JOBS, [row["id"] for row in lost],
+            rows = await conn.fetch(statement, [row["id"] for row in lost],
                                     [row["lease_id"] for row in lost], errors, clock)
             rescued = sorted(str(row["id"]) for row in rows)
         await conn.execute(sql.REMOVE_SILENT_WORKERS, cutoff)

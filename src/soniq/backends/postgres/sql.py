@@ -6,32 +6,34 @@ what is measured is exactly what runs.
 
 JSON columns travel as text: parameters are ``$n::jsonb`` fed with ``str`` and results come back
 as ``str`` (asyncpg's default for json/jsonb), so no connection needs a custom codec.
+
+The statements that change jobs and may record their events in the event log (:mod:`.events`)
+come in two variants, written out by :func:`statements` from whole fragments; a backend builds
+both once and picks one per call by reading ``EventLog.recording``. No statement is made by
+editing another one's text.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from soniq.backends.base import JOB_COLUMNS
-from soniq.backends.postgres.webhooks import record_events
+from soniq.backends.postgres.events import job_events
 
 __all__ = [
     "ADOPT_CLAIMS",
     "ANALYZE_JOBS",
     "CANCEL_CHANNEL",
-    "CANCEL_JOB",
     "CHANNEL",
     "CLAIM_ALL_QUEUES",
     "CLAIM_MAINTENANCE",
     "CLAIM_ONE_QUEUE",
     "CLAIM_SOME_QUEUES",
     "CLOCK",
-    "COMPLETE_JOBS",
-    "COMPLETE_JOBS_HOOKED",
     "COPY_COLUMNS",
     "DATABASE_EXISTS",
     "DELETE_JOB",
     "GET_JOB",
-    "HEARTBEAT",
-    "HEARTBEAT_HOOKED",
     "INSERT_JOB",
     "INSERT_JOBS",
     "INSERT_UNIQUE_JOB",
@@ -47,10 +49,11 @@ __all__ = [
     "RECORD_MIGRATION",
     "REGISTER_WORKER",
     "REMOVE_SILENT_WORKERS",
-    "RESCUE_JOBS",
     "SCHEMA_VERSIONS",
     "STATISTICS_STALE",
     "UNREGISTER_WORKER",
+    "Statements",
+    "statements",
 ]
 
 #: The NOTIFY channel that wakes workers; the payload is the queue name.
@@ -206,8 +209,10 @@ _REQUEUE = "(o.status = 'queued' AND NOT j.cancel_requested)"
 #: Write a batch of outcomes in one statement, each fenced by status and lease. Parallel arrays:
 #: $1 id, $2 lease_id, $3 status, $4 result (JSON text), $5 error (JSON text of one entry),
 #: $6 run_at, $7 refund_attempt, $8 expires_at; $9 now (NULL: the database clock).
-#: Returns the ids whose lease still held. (id, lease) pairs must not repeat within one call.
-_COMPLETE = f"""
+#: Returns ``returning`` for the rows whose lease still held. (id, lease) pairs must not repeat
+#: within one call.
+def _complete(returning: str) -> str:
+    return f"""
 UPDATE soniq_jobs AS j
 SET status = CASE WHEN {_REQUEUE} THEN 'queued'
                   WHEN o.status = 'queued' THEN 'cancelled'
@@ -227,31 +232,29 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::time
         AS o (id, lease_id, status, result, error, run_at, refund_attempt, expires_at),
      (SELECT COALESCE($9::timestamptz, now()) AS now) AS t
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_id = o.lease_id
-RETURNING {{returning}}
+RETURNING {returning}
 """
-COMPLETE_JOBS = _COMPLETE.format(returning="j.id")
 
-#: COMPLETE_JOBS recording the attempt's webhook events in the event log (while webhooks are on:
-#: postgres/webhooks.py), one element per attempt: ``job.started`` (delivered once even when the
-#: heartbeat recorded it too) and the event the executor reports for the outcome -- done,
-#: dead_letter, cancelled, or failed for a retry (a QUEUED outcome with an error); a snooze or a
-#: job handed back has none. Only outcomes whose lease held count, and the log row commits with
-#: the jobs' new state.
-_FINISH_EVENTS = """
-    SELECT id AS job_id, job_name, queue, attempts + refund_attempt::integer AS attempt,
-           started_at,
-           CASE outcome WHEN 'done' THEN 'job.done' WHEN 'dead_letter' THEN 'job.dead_letter'
+
+def _error_text(entry: str) -> str:
+    """An error entry (JSON text: the finish's $5, the rescue's $3) as an event's ``error``."""
+    return f"({entry}::jsonb ->> 'type') || ': ' || ({entry}::jsonb ->> 'message')"
+
+
+#: A finished attempt's events: ``job.started`` (delivered once even when the heartbeat
+#: recorded it too) and the event the executor reports for the outcome -- done, dead_letter,
+#: cancelled, or failed for a retry (a QUEUED outcome with an error); a snooze or a job handed
+#: back has none. Only outcomes whose lease held count.
+_FINISHED = ("j.id, j.job_name, j.queue, j.attempts + o.refund_attempt::integer AS attempt, "
+             "j.started_at, o.status AS outcome, o.error, t.now")
+_FINISH_EVENTS = f"""
+    SELECT CASE outcome WHEN 'done' THEN 'job.done' WHEN 'dead_letter' THEN 'job.dead_letter'
                         WHEN 'cancelled' THEN 'job.cancelled'
                         WHEN 'queued' THEN CASE WHEN error IS NOT NULL THEN 'job.failed' END
-           END AS event,
-           (error::jsonb ->> 'type') || ': ' || (error::jsonb ->> 'message') AS error, now AS at
+           END AS kind,
+           id AS job_id, attempt, now AS at, started_at, job_name, queue,
+           {_error_text('error')} AS error
     FROM finished"""
-COMPLETE_JOBS_HOOKED = (
-    "WITH finished AS ("
-    + _COMPLETE.format(returning="j.id, j.job_name, j.queue, j.attempts, j.started_at, "
-                                 "o.refund_attempt, o.status AS outcome, o.error, t.now")
-    + "),\nhooks AS (" + record_events(_FINISH_EVENTS) + ")\nSELECT id FROM finished"
-)
 
 # -- reading and managing --------------------------------------------------------------------------
 #: $1 id.
@@ -277,29 +280,20 @@ ORDER BY queue COLLATE "C"
 """
 
 #: $1 id. A waiting job is cancelled (releasing its dedup key); a running one gets a cancel
-#: request and its worker a NOTIFY on CANCEL_CHANNEL. Returns the new status (cancelled, or
-#: processing for a request) when either applied.
-CANCEL_JOB = (
-    "WITH changed AS (\n"
-    "    UPDATE soniq_jobs\n"
-    "    SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,\n"
-    "        finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,\n"
-    "        updated_at = CASE WHEN status = 'queued' THEN now() ELSE updated_at END,\n"
-    "        cancel_requested = cancel_requested OR status = 'processing',\n"
-    "        dedup_key = NULL\n"
-    "    WHERE id = $1::uuid AND status IN ('queued', 'processing')\n"
-    "    RETURNING id, status, job_name, queue, attempts, finished_at\n"
-    "),\n"
-    # A waiting job's job.cancelled event, whichever process cancels it (nothing without
-    # webhook endpoints); a running job's comes with its outcome.
-    "hooks AS (" + record_events(
-        "SELECT id AS job_id, job_name, queue, attempts AS attempt, "
-        "NULL::timestamptz AS started_at, 'job.cancelled' AS event, NULL::text AS error, "
-        "finished_at AS at FROM changed WHERE status = 'cancelled'") + ")\n"
-    "SELECT status,\n"
-    f"       CASE WHEN status = 'processing' THEN pg_notify('{CANCEL_CHANNEL}', id::text) END"
-    " AS woken\nFROM changed"
-)
+#: request (its job.cancelled comes with its outcome).
+_CANCEL = """
+    UPDATE soniq_jobs
+    SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+        finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+        updated_at = CASE WHEN status = 'queued' THEN now() ELSE updated_at END,
+        cancel_requested = cancel_requested OR status = 'processing',
+        dedup_key = NULL
+    WHERE id = $1::uuid AND status IN ('queued', 'processing')
+    RETURNING id, status, job_name, queue, attempts, finished_at"""
+_CANCEL_EVENTS = """
+    SELECT 'job.cancelled' AS kind, id AS job_id, attempts AS attempt, finished_at AS at,
+           NULL::timestamptz AS started_at, job_name, queue, NULL::text AS error
+    FROM changed WHERE status = 'cancelled'"""
 
 #: $1 id. Any state.
 DELETE_JOB = "DELETE FROM soniq_jobs WHERE id = $1::uuid RETURNING id"
@@ -317,29 +311,27 @@ SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
     last_heartbeat = EXCLUDED.last_heartbeat
 """
 
-#: $1 worker id, $2 now. Refreshes the heartbeat (re-creating a row the cleanup removed) and
-#: returns the worker's running jobs that have a cancel request. Only last_heartbeat changes,
-#: and it is not indexed: the update stays heap-only.
-HEARTBEAT = """
-WITH beat AS (
+#: $1 worker id, $2 now. Refreshes the heartbeat (re-creating a row the cleanup removed); the
+#: statement returns the worker's running jobs that have a cancel request. Only last_heartbeat
+#: changes, and it is not indexed: the update stays heap-only.
+_BEAT = """
     INSERT INTO soniq_workers AS w
         (id, hostname, pid, queues, concurrency, started_at, last_heartbeat)
     VALUES ($1::uuid, '', 0, NULL, 0,
             COALESCE($2::timestamptz, now()), COALESCE($2::timestamptz, now()))
-    ON CONFLICT (id) DO UPDATE SET last_heartbeat = EXCLUDED.last_heartbeat
-)
+    ON CONFLICT (id) DO UPDATE SET last_heartbeat = EXCLUDED.last_heartbeat"""
+_CANCEL_REQUESTED = """
 SELECT id FROM soniq_jobs
 WHERE worker_id = $1::uuid AND status = 'processing' AND cancel_requested
 ORDER BY id
 """
-
-#: HEARTBEAT recording ``job.started`` for the worker's running jobs (while webhooks are on): a
-#: job that runs longer than a heartbeat gets its event then instead of with its outcome. Every
-#: beat records every running job; each event is delivered once (the delivery id is its digest).
-HEARTBEAT_HOOKED = HEARTBEAT.replace("\n)\n", "\n),\nhooks AS (" + record_events("""
-    SELECT id AS job_id, job_name, queue, attempts AS attempt, started_at, NULL::text AS event,
-           NULL::text AS error, started_at AS at
-    FROM soniq_jobs WHERE worker_id = $1::uuid AND status = 'processing'""") + ")\n", 1)
+#: ``job.started`` for the worker's running jobs: a job that runs longer than a heartbeat gets
+#: its event then instead of with its outcome. Every beat records every running job; each event
+#: is delivered once (a reader de-duplicates: the webhook delivery id is its digest).
+_BEAT_EVENTS = """
+    SELECT NULL::text AS kind, id AS job_id, attempts AS attempt, started_at AS at, started_at,
+           job_name, queue, NULL::text AS error
+    FROM soniq_jobs WHERE worker_id = $1::uuid AND status = 'processing'"""
 
 #: True when soniq_jobs changed a lot since its statistics were gathered, or never had any: the
 #: threshold of autovacuum's own analyze (1 000 rows + 10% of the table). Without statistics the
@@ -394,19 +386,15 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS o (id, lease_id, error)
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_id = o.lease_id
 RETURNING j.id, j.job_name, j.queue, j.attempts, j.status, o.error
 """
-#: The rescue also records the webhook events of what it decided (nothing without
-#: endpoints): failed for a job queued again, dead_letter, or cancelled -- the events a worker
-#: reports for those outcomes.
-RESCUE_JOBS = (
-    "WITH rescued AS (" + _RESCUE + "),\nhooks AS (" + record_events("""
-    SELECT id AS job_id, job_name, queue, attempts AS attempt, NULL::timestamptz AS started_at,
-           CASE status WHEN 'queued' THEN 'job.failed' WHEN 'dead_letter' THEN 'job.dead_letter'
-                       WHEN 'cancelled' THEN 'job.cancelled' END AS event,
-           CASE WHEN status <> 'cancelled'
-                THEN (error::jsonb ->> 'type') || ': ' || (error::jsonb ->> 'message') END AS error,
-           $4::timestamptz AS at
-    FROM rescued""") + ")\nSELECT id FROM rescued"
-)
+#: The events of what the rescue decided -- the events a worker reports for those outcomes:
+#: failed for a job queued again, dead_letter, or cancelled.
+_RESCUE_EVENTS = f"""
+    SELECT CASE status WHEN 'queued' THEN 'job.failed' WHEN 'dead_letter' THEN 'job.dead_letter'
+                       WHEN 'cancelled' THEN 'job.cancelled' END AS kind,
+           id AS job_id, attempts AS attempt, $4::timestamptz AS at,
+           NULL::timestamptz AS started_at, job_name, queue,
+           CASE WHEN status <> 'cancelled' THEN {_error_text('error')} END AS error
+    FROM rescued"""
 
 #: $1 cutoff.
 REMOVE_SILENT_WORKERS = "DELETE FROM soniq_workers WHERE last_heartbeat < $1::timestamptz"
@@ -460,3 +448,38 @@ MIGRATION_LOCK = "SELECT pg_advisory_xact_lock($1::bigint)"
 
 #: $1 database name (asked on the maintenance database before CREATE DATABASE).
 DATABASE_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text)"
+
+
+# -- the statements that may record events ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """The statements that change jobs, recording their events in the event log or not."""
+
+    #: Parameters as :func:`_complete`; returns ``id`` per job whose lease held.
+    complete_jobs: str
+    #: $1 worker id, $2 now (NULL: the database clock); returns the ids of the worker's running
+    #: jobs with a cancel request.
+    heartbeat: str
+    #: $1 id; returns the new ``status`` (cancelled, or processing: a request) and ``woken`` when
+    #: the cancel applied; a running job's worker gets a NOTIFY on CANCEL_CHANNEL.
+    cancel_job: str
+    #: Parameters as :data:`_RESCUE`; returns ``id`` per job given back.
+    rescue_jobs: str
+
+
+def statements(*, events: bool) -> Statements:
+    """The statements, recording their events in the event log when ``events`` (see
+    :mod:`.events`): the same text on every call, so each is prepared once per connection."""
+
+    def log(source: str) -> str:
+        return job_events(source) if events else ""
+
+    return Statements(
+        complete_jobs=(f"WITH finished AS ({_complete(_FINISHED)}){log(_FINISH_EVENTS)}\n"
+                       "SELECT id FROM finished") if events else _complete("j.id"),
+        heartbeat=f"WITH beat AS ({_BEAT}){log(_BEAT_EVENTS)}\n{_CANCEL_REQUESTED}",
+        cancel_job=(f"WITH changed AS ({_CANCEL}){log(_CANCEL_EVENTS)}\n"
+                    f"SELECT status, CASE WHEN status = 'processing' "
+                    f"THEN pg_notify('{CANCEL_CHANNEL}', id::text) END AS woken\nFROM changed"),
+        rescue_jobs=f"WITH rescued AS ({_RESCUE}){log(_RESCUE_EVENTS)}\nSELECT id FROM rescued",
+    )

@@ -1,13 +1,16 @@
 """The webhook store on PostgreSQL (:class:`~soniq.backends.stores.WebhookStore`): its SQL and
 the calls that run it.
 
-Events go to a log first (``soniq_webhook_events``: one row per writing statement and subscribed
-endpoint, the events as parallel arrays), written by the statements that change jobs
-(:func:`record_events`) and by :meth:`PostgresWebhookStore.add_events`. Claiming or listing
-deliveries first turns log rows into delivery rows (:data:`EXPAND`), per endpoint, while the
-endpoint has fewer than :data:`WINDOW` pending deliveries: a busy worker writes one small row per
-finished batch instead of two delivery rows per job, and a receiver that never answers holds a
-window of rows while the rest of its events wait, compact, in the log.
+Events wait in a log of the webhooks' own first (``soniq_webhook_events``: one row per batch of
+events and subscribed endpoint, the events as parallel arrays). The lifecycle events come from the
+backend's event log (:mod:`.events`), which the statements that change jobs write while this
+store reads it (:meth:`PostgresWebhookStore.record_lifecycle`); claiming or listing deliveries
+first takes those rows and fans each out to the endpoints subscribed to its events
+(:data:`INGEST`). :meth:`PostgresWebhookStore.add_events` writes the other events straight
+into the webhooks' log. Then the log rows become delivery rows (:data:`EXPAND`), per endpoint,
+while the endpoint has fewer than :data:`WINDOW` pending deliveries: a busy worker writes one
+small row per finished batch instead of two delivery rows per job, and a receiver that never
+answers holds a window of rows while the rest of its events wait, compact, in the log.
 
 The claim is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)``: concurrent workers
 skip each other's rows, and the lease it writes fences :meth:`PostgresWebhookStore.finish`.
@@ -22,6 +25,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
+from soniq.backends.postgres import events as log
 from soniq.backends.postgres.maintenance import maintenance, prune_in_batches
 from soniq.backends.postgres.where import where
 from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -32,8 +36,9 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from soniq.backends.postgres.errors import Translator
+    from soniq.backends.postgres.events import EventLog
 
-__all__ = ["LIFECYCLE_EVENTS", "PostgresWebhookStore", "record_events"]
+__all__ = ["PostgresWebhookStore"]
 
 logger = logging.getLogger("soniq.webhooks")
 
@@ -50,38 +55,6 @@ VALUES ($1::uuid, $2::text, $3::text[], $4::jsonb, $5::boolean, $6::boolean, $7:
         $8::timestamptz)
 """
 
-#: The events the finish and heartbeat statements record themselves, while
-#: :meth:`PostgresWebhookStore.record_lifecycle` is on (sql.py, ``*_HOOKED``).
-LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead_letter",
-                              "job.cancelled"})
-
-_RECORD = """
-INSERT INTO soniq_webhook_events (endpoint_id, job_ids, job_names, queues, attempts, started_ats,
-                                  kinds, errors, ats)
-SELECT e.id, r.job_ids, r.job_names, r.queues, r.attempts, r.started_ats, r.kinds, r.errors, r.ats
-FROM (SELECT array_agg(s.job_id) AS job_ids, array_agg(s.job_name) AS job_names,
-             array_agg(s.queue) AS queues, array_agg(s.attempt) AS attempts,
-             array_agg(s.started_at) AS started_ats, array_agg(s.event) AS kinds,
-             array_agg(s.error) AS errors, array_agg(s.at) AS ats,
-             bool_or(s.started_at IS NOT NULL) AS started
-      FROM (SOURCE) AS s
-      WHERE s.event IS NOT NULL OR s.started_at IS NOT NULL
-      HAVING count(*) > 0) AS r
-JOIN soniq_webhook_endpoints AS e
-  ON e.active AND (e.events IS NULL OR e.events && r.kinds
-                   OR (r.started AND 'job.started' = ANY (e.events)))"""
-
-
-def record_events(source: str) -> str:
-    """An INSERT adding the rows of ``source`` to the event log, as one row of arrays per active
-    endpoint subscribed to any of their events (each endpoint's events are picked out when the
-    log becomes deliveries: :data:`EXPAND`). ``source`` is a query with one row per job attempt:
-    ``job_id`` (uuid), ``job_name``, ``queue``, ``attempt``, ``started_at`` (``job.started`` at
-    that time; NULL: none), ``event`` (another event at ``at``; NULL: none), ``error``, ``at``.
-    A finish records both events of an attempt in one element."""
-    return _RECORD.replace("SOURCE", source)
-
-
 #: Subscribed endpoints' deliveries per :class:`WebhookEvent`, $1..$7 its columns as JSON
 #: arrays (``at`` as unix seconds): encoding seven typed arrays cost a busy worker more than its
 #: jobs did (JSON is encoded in C).
@@ -97,16 +70,50 @@ _EVENTS_JSON = """
                 ARRAY(SELECT json_array_elements_text($7::json)))
          AS u(event, job_id, job_name, queue, attempt, error, at)"""
 
-#: Records the events of :meth:`PostgresWebhookStore.add_events` and returns how many
-#: deliveries they become.
-INSERT_EVENTS = ("WITH given AS MATERIALIZED (" + _EVENTS_JSON + """),
-recorded AS (""" + record_events("""
-    SELECT job_id::uuid AS job_id, job_name, queue, attempt,
-           CASE WHEN event = 'job.started' THEN at END AS started_at,
-           NULLIF(event, 'job.started') AS event, error, at
-    FROM given""") + """)
+#: Records the events of :meth:`PostgresWebhookStore.add_events` in the log, as one row per
+#: active endpoint subscribed to any of them (each endpoint's events are picked out by
+#: :data:`EXPAND`), and returns how many deliveries they become.
+INSERT_EVENTS = f"""
+WITH given AS MATERIALIZED ({_EVENTS_JSON}),
+recorded AS (
+    INSERT INTO soniq_webhook_events (endpoint_id, job_ids, job_names, queues, attempts,
+                                      started_ats, kinds, errors, ats)
+    SELECT e.id, r.job_ids, r.job_names, r.queues, r.attempts, r.started_ats, r.kinds, r.errors,
+           r.ats
+    FROM (SELECT array_agg(job_id::uuid) AS job_ids, array_agg(job_name) AS job_names,
+                 array_agg(queue) AS queues, array_agg(attempt) AS attempts,
+                 array_agg(NULL::timestamptz) AS started_ats, array_agg(event) AS kinds,
+                 array_agg(error) AS errors, array_agg(at) AS ats
+          FROM given HAVING count(*) > 0) AS r
+    JOIN soniq_webhook_endpoints AS e ON e.active AND (e.events IS NULL OR e.events && r.kinds))
 SELECT count(*) FROM given AS g
-JOIN soniq_webhook_endpoints AS e ON e.active AND (e.events IS NULL OR g.event = ANY (e.events))""")
+JOIN soniq_webhook_endpoints AS e ON e.active AND (e.events IS NULL OR g.event = ANY (e.events))"""
+
+#: Rows of the backend's event log taken per :data:`INGEST` statement.
+INGEST_BATCH = 100
+
+#: $1 event log rows, $2 the event kinds webhooks deliver. Takes the oldest rows of the backend's
+#: event log (:data:`.events.TAKE`) and writes each as one row of the webhooks' log per active
+#: endpoint subscribed to any of its job events -- endpoints as stored now, registered before
+#: the row was logged (both clocks: the endpoint's time is the registering process's). Returns
+#: how many event log rows it took.
+INGEST = f"""
+WITH {log.TAKE},
+written AS (
+    INSERT INTO soniq_webhook_events (endpoint_id, job_ids, job_names, queues, attempts,
+                                      started_ats, kinds, errors, ats)
+    SELECT e.id, array_agg(v.job_id), array_agg(v.payload ->> 'job_name'),
+           array_agg(v.payload ->> 'queue'), array_agg(v.attempt), array_agg(v.started_at),
+           array_agg(v.kind), array_agg(v.payload ->> 'error'), array_agg(v.at)
+    FROM events AS v
+    JOIN soniq_webhook_endpoints AS e
+      ON e.active AND e.created_at <= v.logged_at
+         AND (e.events IS NULL OR v.kind = ANY (e.events)
+              OR (v.started_at IS NOT NULL AND 'job.started' = ANY (e.events)))
+    WHERE v.job_id IS NOT NULL AND (v.kind IS NULL OR v.kind = ANY ($2::text[]))
+    GROUP BY e.id, v.log_id
+    ORDER BY v.log_id)
+SELECT count(*) FROM taken"""
 
 #: Pending deliveries an endpoint may have before the log stops being turned into more for it.
 WINDOW = 1000
@@ -250,19 +257,19 @@ class PostgresWebhookStore:
     """
 
     def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator,
-                 maintenance_timeout: str) -> None:
+                 maintenance_timeout: str, events: EventLog) -> None:
         self._ready = ready
         self._errors = errors
         self._maintenance_timeout = maintenance_timeout
-        #: Whether this backend's claims and finishes write their jobs' deliveries.
-        self.lifecycle = False
+        self._events = events
 
     def record_lifecycle(self, events: frozenset[str]) -> frozenset[str]:
-        # The finish writes the attempt's events (job.started too; the heartbeat writes it
-        # earlier for a job that runs longer), in the statement that changes the job: no
-        # Python per event, and a delivery exists exactly when its change committed.
-        handled = events & LIFECYCLE_EVENTS
-        self.lifecycle = bool(handled)
+        # The backend's event log has the lifecycle events (the finish records an attempt's
+        # job.started and outcome, the heartbeat job.started earlier for a job that runs
+        # longer), written by the statement that changes the job: no Python per event, and an
+        # event exists exactly when its change committed. This store reads it while wanted.
+        handled = events & log.LIFECYCLE_EVENTS
+        self._events.read("webhooks", on=bool(handled))
         return handled
 
     async def add_endpoint(self, endpoint: WebhookEndpoint) -> None:
@@ -315,7 +322,7 @@ class PostgresWebhookStore:
                     limit: int) -> builtins.list[WebhookDelivery]:
         with self._errors:
             pool = await self._ready()
-            await call(pool.fetchval, EXPAND, WINDOW, TAKE)
+            await call(_expand, pool)
             rows = await call(pool.fetch, CLAIM, lease_until, now, limit)
         return sorted((_delivery(row) for row in rows), key=lambda d: (d.next_attempt_at, d.id))
 
@@ -333,7 +340,7 @@ class PostgresWebhookStore:
                                ("d.status = {}::text", status), first=2)
         with self._errors:
             pool = await self._ready()
-            await call(pool.fetchval, EXPAND, WINDOW, TAKE)
+            await call(_expand, pool)
             rows = await call(pool.fetch, LIST_DELIVERIES.format(where=clause), limit, *params)
         return [_delivery(row) for row in rows]
 
@@ -343,10 +350,19 @@ class PostgresWebhookStore:
             return await call(_prune, pool, before, self._maintenance_timeout)
 
 
+async def _expand(pool: Any) -> None:
+    """Take the backend's event log into the webhooks' log, then turn that into deliveries."""
+    kinds = sorted(log.LIFECYCLE_EVENTS)
+    while await pool.fetchval(INGEST, INGEST_BATCH, kinds) == INGEST_BATCH:
+        pass
+    await pool.fetchval(EXPAND, WINDOW, TAKE)
+
+
 async def _prune(pool: Any, before: datetime, statement_timeout: str) -> int:
-    """Delete finished deliveries in batches, each its own short transaction, and the event log
-    rows no endpoint needs any more."""
+    """Delete finished deliveries in batches, each its own short transaction, and the log rows
+    no endpoint needs any more (the backend's event log rows too: this store reads it)."""
     async with maintenance(pool, statement_timeout) as conn:
+        await conn.execute(log.EXPIRE, before)
         expired = await conn.fetchval(PRUNE_EVENTS, before)
     if expired:
         logger.warning("%d webhook event(s) expired before an endpoint took them (its receiver "
