@@ -63,7 +63,6 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
 import anyio.to_thread
-import httpx
 
 from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookStore
 from soniq.errors import (
@@ -98,6 +97,7 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Awaitable, Callable
 
+    import httpx
     from anyio.abc import TaskStatus
 
     from soniq.backends.base import StorageBackend
@@ -398,6 +398,8 @@ class WebhookService:
 
     def _ssl(self) -> ssl.SSLContext:
         if self._ssl_context is None:
+            import httpx  # loads only in a worker that has webhook endpoints to send to
+
             # httpx's default (certifi's CAs), built once rather than per client.
             self._ssl_context = httpx.create_ssl_context(trust_env=False)
         return self._ssl_context
@@ -405,11 +407,15 @@ class WebhookService:
     def _prepare_http(self) -> None:
         """Build what the first send would otherwise build on the event loop: the certificate
         store, and the transport module httpx imports for its first client (~0.15 s here)."""
+        import httpx
+
         httpx.AsyncHTTPTransport(verify=self._ssl())
 
     def _client(self) -> httpx.AsyncClient:
         """A client for one send: a connection is never reused for another endpoint's request
         (connections are keyed by the pinned address, which several hosts may share)."""
+        import httpx
+
         return httpx.AsyncClient(timeout=self._settings.webhook_timeout, follow_redirects=False,
                                  trust_env=False, verify=self._ssl())
 
@@ -433,6 +439,8 @@ class WebhookService:
     async def _attempt(self, delivery: WebhookDelivery,
                        endpoint: WebhookEndpoint) -> tuple[int | None, str | None]:
         """One POST: (status code, error or None). Every failure is an error string here."""
+        import httpx
+
         timeout = self._settings.webhook_timeout
         try:
             secrets = active_secrets(open_secrets(endpoint.secrets, self._cipher()), utc_now())
