@@ -103,6 +103,9 @@ if pytest is not None:
     @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
     def test_page_runs(page: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         env = {k: v for k, v in os.environ.items() if k != "SONIQ_DATABASE_URL"}
+        # As a reader would run them, but a worker on SQLite (no LISTEN) polls every 0.1 s rather
+        # than 5 s, so a retried or scheduled job is not waited for (test_examples.FAST_POLL).
+        env["SONIQ_POLL_INTERVAL"] = "0.1"
         if needs_postgres(page):
             request.applymarker(pytest.mark.postgres)
             env["SONIQ_DATABASE_URL"] = request.getfixturevalue("pg_url")

@@ -13,16 +13,15 @@ from typing import Any
 import pytest
 
 from soniq import Soniq
-from tests.cli.cli import clean_env, fails, in_db, ok, ok_json, soniq
-from tests.cli.conftest import InProcess
+from tests.cli.cli import clean_env, fails, in_db, ok
+from tests.cli.conftest import Commands, InProcess
 
 APP = "tests.cli.jobs_app"
 
 
-def test_enqueue_list_show_cancel_delete(url: str, cli: InProcess) -> None:
-    env = clean_env(SONIQ_DATABASE_URL=url)
-    added = ok("enqueue", f"{APP}:add", "--args", '{"a": 1, "b": 2}', "--priority", "5",
-               env=env).strip()
+def test_enqueue_list_show_cancel_delete(url: str, cli: InProcess, commands: Commands) -> None:
+    added = commands.ok("enqueue", f"{APP}:add", "--args", '{"a": 1, "b": 2}',
+                        "--priority", "5").strip()
     record = in_db(url, lambda app: app.get_job(added))
     assert record is not None
     assert (record["job_name"], record["queue"], record["priority"], record["args"]) == \
@@ -34,21 +33,21 @@ def test_enqueue_list_show_cancel_delete(url: str, cli: InProcess) -> None:
     assert scheduled["scheduled_at"] > datetime.now(UTC) + timedelta(minutes=119)
     by_name = cli("--database-url", url, "enqueue", "cli.unknown-to-this-process")[0].strip()
 
-    listed = ok_json("jobs", "list", env=env)
+    listed = commands.ok_json("jobs", "list")
     assert {job["id"] for job in listed} == {added, later, by_name}
     assert [j["id"] for j in cli.json("jobs", "list", "--queue", "math")] == [added]
     table = cli("jobs", "list", "--status", "queued", "--limit", "10")[0]
     assert table.splitlines()[0].split()[:4] == ["id", "job", "queue", "status"]
     assert added in table and "cli.add" in table and "0/4" in table
 
-    shown = ok("jobs", "show", added, env=env)
+    shown = commands.ok("jobs", "show", added)
     assert re.search(r"^attempts +0 of 4$", shown, re.M) and "math" in shown
     assert cli.json("jobs", "show", added)["args"] == {"a": 1, "b": 2}
 
-    assert ok("jobs", "cancel", later, env=env).strip() == f"cancelled {later}"
+    assert commands.ok("jobs", "cancel", later).strip() == f"cancelled {later}"
     assert in_db(url, lambda app: app.get_job(later))["status"] == "cancelled"  # type: ignore[index]
     assert "already finished" in cli("jobs", "cancel", later, code=1)[1]
-    assert ok("jobs", "delete", by_name, env=env).strip() == f"deleted {by_name}"
+    assert commands.ok("jobs", "delete", by_name).strip() == f"deleted {by_name}"
     assert in_db(url, lambda app: app.get_job(by_name)) is None
     assert "no job with id" in cli("jobs", "show", by_name, code=1)[1]
     assert "no such job" in cli("jobs", "delete", by_name, code=1)[1]
@@ -69,36 +68,36 @@ def _dead_letters(url: str, count: int) -> list[str]:
     return in_db(url, make)
 
 
-def test_dead_letter_commands_and_retry(url: str, tmp_path: Path, cli: InProcess) -> None:
-    env = clean_env(SONIQ_DATABASE_URL=url)
+def test_dead_letter_commands_and_retry(url: str, tmp_path: Path, cli: InProcess,
+                                        commands: Commands) -> None:
     first, second, third = _dead_letters(url, 3)
-    listed = ok_json("dead-letter", "list", env=env)
+    listed = commands.ok_json("dead-letter", "list")
     assert {job["id"] for job in listed} == {first, second, third}
     assert "RuntimeError: boom" in cli("dead-letter", "list", "--job-name", "cli.fail",
                                        SONIQ_DATABASE_URL=url)[0]
 
     export = tmp_path / "dead.jsonl"
-    done = soniq("dead-letter", "export", "--output", str(export), env=env)
-    assert done.returncode == 0 and "exported 3" in done.stderr
+    code, _, err = commands.run("dead-letter", "export", "--output", str(export))
+    assert code == 0 and "exported 3" in err
     rows = [json.loads(line) for line in export.read_text().splitlines()]
     assert {row["id"] for row in rows} == {first, second, third}
     assert rows[0]["errors"][0]["type"] == "RuntimeError"
     assert len(cli("dead-letter", "export", "--limit", "2")[0].splitlines()) == 2
 
-    inspected = ok("inspect", first, env=env)
+    inspected = commands.ok("inspect", first)
     assert "dead_letter" in inspected and "attempt 1 failed" in inspected
     assert "Traceback" in inspected and "RuntimeError: boom" in inspected
     details = cli.json("inspect", first)
     assert details["errors"][0]["traceback"] and details["logs"] == []
 
-    assert ok("jobs", "retry", first, env=env).strip() == f"queued again {first}"
-    assert ok("dead-letter", "replay", second, env=env).strip() == f"queued again {second}"
+    assert commands.ok("jobs", "retry", first).strip() == f"queued again {first}"
+    assert commands.ok("dead-letter", "replay", second).strip() == f"queued again {second}"
     statuses = in_db(url, lambda app: _statuses(app, first, second, third))
     assert statuses == ["queued", "queued", "dead_letter"]
     assert "only dead-lettered jobs can be retried" in cli("jobs", "retry", first, code=1)[1]
     assert "not a dead-lettered job" in cli("dead-letter", "delete", first, code=1)[1]
 
-    assert ok("dead-letter", "delete", third, env=env).strip() == f"deleted {third}"
+    assert commands.ok("dead-letter", "delete", third).strip() == f"deleted {third}"
     assert in_db(url, lambda app: app.get_job(third)) is None
     assert "--older-than" in cli("dead-letter", "purge", code=2)[1]
     assert "not both" in cli("dead-letter", "replay", "--all", first, code=2)[1]
@@ -106,7 +105,7 @@ def test_dead_letter_commands_and_retry(url: str, tmp_path: Path, cli: InProcess
     in_db(url, lambda app: app.run_worker(run_once=True))  # cli.fail is unknown here: dead again
     assert cli("dead-letter", "replay", "--all", "--limit", "1")[0].startswith("queued 1 ")
     assert cli("dead-letter", "purge", "--older-than", "1d")[0].startswith("deleted 0 ")
-    assert ok("dead-letter", "purge", "--all", env=env).startswith("deleted 1 ")
+    assert commands.ok("dead-letter", "purge", "--all").startswith("deleted 1 ")
     assert cli.json("dead-letter", "list") == []
 
 
@@ -114,19 +113,18 @@ async def _statuses(app: Soniq, *ids: str) -> list[str | None]:
     return [(record or {}).get("status") for record in [await app.get_job(i) for i in ids]]
 
 
-def test_schedules_commands(url: str, cli: InProcess) -> None:
-    env = clean_env(SONIQ_DATABASE_URL=url)
+def test_schedules_commands(url: str, cli: InProcess, commands: Commands) -> None:
     in_db(url, lambda app: app.scheduler.add("nightly", cron="0 3 * * *", target="cli.add",
                                              args={"a": 1, "b": 1}))
-    [schedule] = ok_json("schedules", "list", env=env)
+    [schedule] = commands.ok_json("schedules", "list")
     assert (schedule["name"], schedule["cron"], schedule["paused"]) == ("nightly", "0 3 * * *", False)
     assert "0 3 * * *" in cli("schedules", "list", SONIQ_DATABASE_URL=url)[0]
 
-    assert ok("schedules", "pause", "nightly", env=env).strip() == "paused schedule nightly"
+    assert commands.ok("schedules", "pause", "nightly").strip() == "paused schedule nightly"
     assert in_db(url, lambda app: app.scheduler.get("nightly"))["paused"] is True  # type: ignore[index]
     assert cli("schedules", "resume", "nightly")[0].strip() == "resumed schedule nightly"
     assert in_db(url, lambda app: app.scheduler.get("nightly"))["paused"] is False  # type: ignore[index]
-    assert ok("schedules", "remove", "nightly", env=env).strip() == "removed schedule nightly"
+    assert commands.ok("schedules", "remove", "nightly").strip() == "removed schedule nightly"
     assert in_db(url, lambda app: app.scheduler.get("nightly")) is None
     assert "no schedule named 'nightly'" in cli("schedules", "remove", "nightly", code=1)[1]
 
@@ -159,23 +157,22 @@ def test_schedules_list_marks_jobs_the_app_does_not_register(
     assert "unknown job" not in cli("schedules", "list", SONIQ_DATABASE_URL=url)[0]
 
 
-def test_status_and_migrate_status(url: str, cli: InProcess) -> None:
-    env = clean_env(SONIQ_DATABASE_URL=url)
+def test_status_and_migrate_status(url: str, cli: InProcess, commands: Commands) -> None:
 
     async def fill(app: Soniq) -> None:
         await app.enqueue_many("cli.add", [{"a": i, "b": i} for i in range(3)], queue="math")
         await app.enqueue("cli.add", a=0, b=0, queue="other")
 
     in_db(url, fill)
-    status: dict[str, Any] = ok_json("status", env=env)
+    status: dict[str, Any] = commands.ok_json("status")
     assert [(q["queue"], q["queued"], q["total"]) for q in status["queues"]] == \
         [("math", 3, 3), ("other", 1, 1)]
     assert status["schema"]["pending"] == [] and status["schema"]["version"].startswith("00")
     assert status["workers"] == []
-    text = ok("status", f"{APP}:app", env=env)
+    text = commands.ok("status", f"{APP}:app")
     assert "up to date" in text and "Queues" in text and "math" in text
 
-    migrations = ok_json("migrate-status", env=env)
+    migrations = commands.ok_json("migrate-status")
     assert migrations["pending"] == [] and migrations["applied"][0] == "0001_initial"
     assert "pending   none" in cli("migrate-status", SONIQ_DATABASE_URL=url)[0]
 
@@ -183,7 +180,8 @@ def test_status_and_migrate_status(url: str, cli: InProcess) -> None:
 def test_enqueue_usage_errors(sqlite_url: str, cli: InProcess) -> None:
     env = clean_env(SONIQ_DATABASE_URL=sqlite_url)
     assert "--args is not valid JSON" in fails(2, "enqueue", f"{APP}:add", "--args", "{a: 1}", env=env)
-    assert "'b'" in fails(2, "enqueue", f"{APP}:add", "--args", '{"a": 1}', env=env)
+    assert "'b'" in cli.fails(2, "enqueue", f"{APP}:add", "--args", '{"a": 1}',
+                                SONIQ_DATABASE_URL=sqlite_url)
     assert "must be a JSON object" in cli("enqueue", "x", "--args", "[1]", code=2)[1]
     assert "not registered" in cli("enqueue", f"{APP}:not_a_job", code=2)[1]
     assert "has no attribute" in cli("enqueue", f"{APP}:nope", code=2)[1]
@@ -200,7 +198,7 @@ def test_migrations_sql_applied_by_hand_counts_as_set_up(fresh_database: tuple[s
     assert "CREATE TABLE soniq_jobs" in script
     assert "INSERT INTO soniq_migrations (version, name) VALUES (1, 'initial')" in script
     url = fresh_database[1]
-    ok("setup", "--database-url", url)  # creates the database; then start again from nothing
+    cli("setup", "--database-url", url)  # creates the database; then start again from nothing
 
     async def apply() -> None:
         conn = await asyncpg.connect(url)
@@ -213,7 +211,7 @@ def test_migrations_sql_applied_by_hand_counts_as_set_up(fresh_database: tuple[s
     import anyio
 
     anyio.run(apply)
-    assert ok_json("migrate-status", "--database-url", url)["pending"] == []
+    assert cli.json("migrate-status", "--database-url", url)["pending"] == []
     assert "up to date" in cli("setup", "--database-url", url)[0]
     later = cli("migrations", "sql", "--from-version", "2")[0]
     assert "0001_initial" not in later and "0002_" in later

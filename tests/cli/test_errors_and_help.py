@@ -54,12 +54,15 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_mistakes_are_one_line_with_the_right_exit_code(cli: InProcess) -> None:
+    # Real processes for a usage error (2), a runtime failure (1) and cyclopts' own error; the
+    # other mistakes in-process (the same one-line, no-traceback and exit-code checks).
     assert "cannot tell the storage backend" in fails(
         2, "jobs", "list", "--database-url", "mysql://root:hunter2@db/x")
     unreachable = fails(1, "status", "--database-url", "postgresql://u:hunter2@127.0.0.1:1/x")
     assert "cannot connect" in unreachable and "hunter2" not in unreachable
-    assert "cannot import module 'no.such.module'" in fails(2, "status", "no.such.module:app")
-    assert "not a Soniq instance" in fails(2, "--app", "tests.cli.jobs_app:add", "jobs", "list")
+    assert "cannot import module 'no.such.module'" in cli.fails(2, "status", "no.such.module:app")
+    assert "not a Soniq instance" in cli.fails(2, "--app", "tests.cli.jobs_app:add", "jobs",
+                                               "list")
     typo = soniq("jbos")
     assert typo.returncode == 2 and 'Did you mean "jobs"' in typo.stdout + typo.stderr
     assert "looks like a database URL" in cli("status", "postgresql://u:hunter2@h/db", code=2)[1]
@@ -76,7 +79,7 @@ def test_missing_schema_names_soniq_setup(fresh_database: tuple[str, str]) -> No
     assert ok_json("--database-url", url, "jobs", "list") == []
 
 
-def test_global_options(sqlite_url: str) -> None:
+def test_global_options(sqlite_url: str, cli: InProcess) -> None:
     job_id = ok("--database-url", sqlite_url, "--app", "tests.cli.jobs_app:app", "--loop", "trio",
                 "enqueue", "tests.cli.jobs_app:add", "--args", '{"a": 2, "b": 3}').strip()
     done = soniq("--log-format", "json", "worker", "tests.cli.jobs_app:app", "--run-once",
@@ -84,8 +87,8 @@ def test_global_options(sqlite_url: str) -> None:
     assert done.returncode == 0, done.stderr
     logs = [json.loads(line) for line in done.stderr.splitlines()]
     assert logs and {"time", "level", "logger", "message"} <= set(logs[0])
-    env = clean_env(SONIQ_DATABASE_URL=sqlite_url, SONIQ_LOOP="trio")
-    [job] = ok_json("jobs", "list", env=env)
+    # Global options from the environment (read the same way in-process).
+    [job] = cli.json("jobs", "list", SONIQ_DATABASE_URL=sqlite_url, SONIQ_LOOP="trio")
     assert (job["id"], job["status"], job["result"]) == (job_id, "done", 5)
     assert soniq("--version").stdout.strip()
 
@@ -144,13 +147,14 @@ def _on_a_terminal(*args: str, **env: str) -> str:
     return b"".join(chunks).decode()
 
 
-def test_rich_tables_on_a_terminal_plain_when_piped_and_no_color(sqlite_url: str) -> None:
+def test_rich_tables_on_a_terminal_plain_when_piped_and_no_color(sqlite_url: str,
+                                                                 cli: InProcess) -> None:
     colour = re.compile(r"\x1b\[(?:\d+;)*3\d")
     rich = _on_a_terminal("doctor", "--database-url", sqlite_url)
     assert "┃" in rich and "│" in rich and colour.search(rich)
     plain = _on_a_terminal("doctor", "--database-url", sqlite_url, NO_COLOR="1")
     assert "┃" in plain and not colour.search(plain)
-    piped = ok("doctor", "--database-url", sqlite_url)
+    piped = cli("doctor", "--database-url", sqlite_url)[0]  # captured: not a terminal either
     assert "│" not in piped and "\x1b[" not in piped and piped.startswith("result ")
 
 

@@ -1,4 +1,5 @@
-"""``soniq setup`` and the CLI's error handling, as real subprocesses."""
+"""``soniq setup`` and the CLI's error handling, as real subprocesses (and in-process where the
+same mistake already has a real-process run in test_errors_and_help.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 
 from soniq.migrations import load_migrations
+from tests.cli.conftest import InProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,26 +73,20 @@ def test_setup_on_sqlite(tmp_path: Path) -> None:
     assert "up to date" in soniq("setup", "--database-url", str(path)).stdout
 
 
-def test_unreachable_database_is_one_clear_line() -> None:
-    done = soniq("setup", "--database-url", "postgresql://nobody:pw@127.0.0.1:1/x")
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and ":pw@" not in done.stderr
+def test_unreachable_database_is_one_clear_line(cli: InProcess) -> None:
+    line = cli.fails(1, "setup", "--database-url", "postgresql://nobody:pw@127.0.0.1:1/x")
+    assert line.startswith("error: ") and ":pw@" not in line
 
 
-def test_usage_errors_exit_2() -> None:
-    typo = soniq("stup")
-    assert typo.returncode == 2 and "setup" in typo.stdout + typo.stderr
-    bad_app = soniq("worker", "no.such.module:app")
-    assert bad_app.returncode == 2 and "no.such.module" in bad_app.stderr
-    assert "Traceback" not in bad_app.stderr
-    not_app = soniq("worker", "tests.apps.chaos:record")
-    assert not_app.returncode == 2 and "not a Soniq instance" in not_app.stderr
+def test_usage_errors_exit_2(cli: InProcess) -> None:
+    assert "setup" in "".join(cli("stup", code=2))
+    assert "no.such.module" in cli.fails(2, "worker", "no.such.module:app")
+    assert "not a Soniq instance" in cli.fails(2, "worker", "tests.apps.chaos:record")
 
 
-def test_help_lists_env_vars_and_exit_codes() -> None:
-    top = soniq("--help")
+def test_help_lists_env_vars_and_exit_codes(cli: InProcess) -> None:
+    top = soniq("--help")  # the real entry point; --version runs as one in test_global_options
     assert top.returncode == 0 and "Exit codes" in top.stdout and "worker" in top.stdout
-    worker = soniq("worker", "--help")
-    assert "SONIQ_APP" in worker.stdout and "130" in worker.stdout and "143" in worker.stdout
-    assert soniq("--version").stdout.strip()
+    worker = cli("worker", "--help")[0]
+    assert "SONIQ_APP" in worker and "130" in worker and "143" in worker
+    assert cli("--version")[0].strip()

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from soniq.cli import main
 from soniq.dashboard.security import CONTENT_SECURITY_POLICY, is_loopback_host
 from tests.dashboard.conftest import Dashboard
 
@@ -219,13 +220,20 @@ def test_loopback_rules() -> None:
         assert not is_loopback_host(host), host
 
 
-def test_cli_refuses_a_public_bind_without_a_key(tmp_path: object) -> None:
+def test_cli_refuses_a_public_bind_without_a_key(tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SONIQ_DASHBOARD_API_KEY"}
+    monkeypatch.delenv("SONIQ_DASHBOARD_API_KEY", raising=False)
     for host in ("0.0.0.0", "192.0.2.2", "::"):
-        result = subprocess.run(
-            [sys.executable, "-m", "soniq", "dashboard", "--host", host,
-             "--database-url", f"{tmp_path}/x.db"],
-            capture_output=True, text=True, timeout=60, env=env, check=False)
-        assert result.returncode == 2, result.stderr
-        assert "without an API key" in result.stderr
-        assert "SONIQ_DASHBOARD_API_KEY" in result.stderr
+        args = ["dashboard", "--host", host, "--database-url", f"{tmp_path}/x.db"]
+        if host == "0.0.0.0":  # the real entry point once, the other addresses in-process
+            result = subprocess.run([sys.executable, "-m", "soniq", *args], capture_output=True,
+                                    text=True, timeout=60, env=env, check=False)
+            code, stderr = result.returncode, result.stderr
+        else:
+            with pytest.raises(SystemExit) as exit_info:
+                main(args)
+            code, stderr = exit_info.value.code, capsys.readouterr().err
+        assert code == 2, stderr
+        assert "without an API key" in stderr
+        assert "SONIQ_DASHBOARD_API_KEY" in stderr

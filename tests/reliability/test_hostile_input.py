@@ -21,7 +21,7 @@ import math
 import re
 import sqlite3
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -185,6 +185,18 @@ def test_the_oracle_can_tell_the_difference() -> None:
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Both event loops (this folder's conftest pins asyncio for its subprocess tests)."""
     return str(request.param)
+
+
+@pytest.fixture
+async def app(database_url: str | None, backend_name: str) -> AsyncIterator[Soniq]:
+    """A Soniq on each backend with short intervals, as in tests/conftest.py: this folder's
+    conftest ``app`` (a producer on PostgreSQL only, polling every 5 s) is not what this module
+    is about, and shadowed the root fixture, so every test here ran on PostgreSQL only (its
+    "memory" and "sqlite" variants included) and waited up to 5 s for a retry's poll."""
+    async with Soniq(database_url=database_url,
+                     backend=backend_name if database_url is None else None,
+                     poll_interval=0.05, heartbeat_interval=0.1, heartbeat_timeout=2.0) as soniq:
+        yield soniq
 
 
 @contextmanager

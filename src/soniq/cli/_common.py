@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 import anyio
 from cyclopts import Parameter
 
-from soniq.app import Soniq
 from soniq.errors import ConfigurationError
-from soniq.settings import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from soniq.app import Soniq
+
+# soniq.app (and with it pydantic-settings) is imported inside the functions that use it, so that
+# ``soniq --help`` and a command's ``--help`` stay quick.
 
 __all__ = [
     "GLOBALS",
@@ -91,6 +94,8 @@ def open_app(target: Target | None = None, *, app_path: str | None = None,
     spec = app_spec(target, app_path)
     if spec is not None or require_app:
         return load_app(spec, url)
+    from soniq.app import Soniq
+
     return Soniq(database_url=url, **overrides)
 
 
@@ -180,6 +185,8 @@ def parse_when(text: str, option: str, *, past: bool) -> datetime:
 def load_app(spec: str | None, database_url: str | None) -> Soniq:
     """Import the user's Soniq instance from ``module:attribute`` (or ``SONIQ_APP``), or from the
     modules in ``SONIQ_JOBS_MODULES`` when they define exactly one instance."""
+    from soniq.app import Soniq
+
     if database_url is not None:
         os.environ["SONIQ_DATABASE_URL"] = database_url  # module-level Soniq() reads it
     if os.getcwd() not in sys.path:
@@ -219,6 +226,8 @@ def import_module(module: str) -> object:
 def import_attribute(spec: str, what: str) -> tuple[object, object]:
     """``(module, value)`` for ``module:attribute`` (dots allowed in the attribute)."""
     if "://" in spec or spec.lower().endswith((".db", ".sqlite", ".sqlite3")):
+        from soniq.settings import redact_url
+
         raise UsageError(f"{what} must be module:attribute, but {redact_url(spec)!r} looks like a "
                          "database URL: pass it with --database-url")
     module_name, sep, attribute = spec.partition(":")
@@ -236,6 +245,8 @@ def import_attribute(spec: str, what: str) -> tuple[object, object]:
 
 
 def _import_attribute(spec: str) -> Soniq:
+    from soniq.app import Soniq
+
     _, value = import_attribute(spec, "APP")
     if not isinstance(value, Soniq):
         raise UsageError(f"{spec} is a {type(value).__name__}, not a Soniq instance")

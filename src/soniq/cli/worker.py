@@ -13,7 +13,6 @@ from cyclopts import Parameter
 
 from soniq import __version__
 from soniq.cli._common import GLOBALS, Loop, configure_logging, event_loop, load_app
-from soniq.settings import redact_url
 
 logger = logging.getLogger("soniq.worker")
 
@@ -72,6 +71,8 @@ def worker(
     loop
         The event loop to run on (default: the global --loop, SONIQ_LOOP, else asyncio).
     """
+    from soniq.settings import redact_url  # here: ``soniq worker --help`` stays quick
+
     soniq = load_app(app_path or app or GLOBALS.app, database_url or GLOBALS.database_url)
     backend_name = event_loop(loop)
     configure_logging(soniq.settings.log_level if not soniq.settings.debug else "DEBUG")

@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from soniq.errors import ValidationError
 from soniq.serialization import utc_now
 
@@ -55,6 +53,8 @@ class Timing:
                                   f"got {timezone!r}")
         _zone(timezone)
         if cron is not None:
+            from croniter import croniter  # loads only when a cron schedule is made or read
+
             expression = " ".join(str(cron).split())
             fields = len(expression.split())
             if (fields != 5 and not expression.startswith("@")) or not croniter.is_valid(expression):
@@ -129,6 +129,8 @@ def _zone(name: str) -> ZoneInfo:
 def _cron_next(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
     """The next instant after ``after`` whose wall-clock time in ``zone`` matches; wall times
     that do not exist are skipped, repeated ones count once (their first occurrence)."""
+    from croniter import croniter
+
     wall = after.astimezone(zone).replace(tzinfo=None)
     try:
         candidates = croniter(expression, wall)

@@ -34,12 +34,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
-import httpx
 
 from soniq.errors import ConfigurationError, DecryptionError, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    import httpx
 
     from soniq.backends.stores import WebhookEndpoint, WebhookStore
     from soniq.features.signing import Signing
@@ -234,6 +235,8 @@ def _split(url: str) -> tuple[httpx.URL, str, int]:
     parser that sends the request, so the checked host is the host connected to."""
     if not isinstance(url, str):
         raise ValidationError("a webhook url must be a string")
+    import httpx  # here, not at the top: ``import soniq`` does not load httpx
+
     try:
         parsed = httpx.URL(url)
         host = parsed.raw_host.decode("ascii")
@@ -308,6 +311,8 @@ async def post_pinned(client: httpx.AsyncClient, url: str, addresses: Sequence[A
     header is the URL's, and for https the name is used for SNI and certificate verification
     (httpx's ``sni_hostname`` extension). Use a client of its own (a pooled connection is keyed
     by the address, so it must not be shared with another host's requests)."""
+    import httpx
+
     parsed, host, _ = _split(url)
     pinned_headers = {**headers, "host": parsed.netloc.decode("ascii")}
     extensions: dict[str, Any] = {}

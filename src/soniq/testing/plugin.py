@@ -30,11 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from soniq.app import Soniq
 from soniq.testing import testing_mode
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from soniq.app import Soniq
+
+# soniq.app is imported by the fixture that uses it: this plugin loads in every pytest run of a
+# project that has Soniq installed, and its startup should not pay for the library.
 
 __all__ = ["soniq_app", "soniq_app_options", "soniq_database_url"]
 
@@ -100,6 +104,8 @@ def soniq_app_options(request: pytest.FixtureRequest) -> dict[str, Any]:
 @pytest.fixture
 async def soniq_app(soniq_app_options: dict[str, Any], anyio_backend: Any) -> AsyncIterator[Soniq]:
     """A fresh Soniq for this test (see the module docstring for the ``soniq`` marker)."""
+    from soniq.app import Soniq
+
     app = Soniq(**soniq_app_options["kwargs"])
     try:
         if soniq_app_options["postgres"]:
