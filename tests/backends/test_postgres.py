@@ -105,6 +105,7 @@ EXPECTED_COLUMNS = {
         ("ats", "timestamp with time zone[]", True),
         ("started_ats", "timestamp with time zone[]", True), ("payloads", "json[]", True),
     ],
+    "soniq_event_readers": [("name", "text", True), ("since", TIMESTAMPTZ, True)],
     "soniq_job_logs": [
         ("id", "bigint", True), ("job_id", "uuid", True), ("job_name", "text", True),
         ("queue", "text", True), ("attempt", "integer", True), ("level", "text", True),
@@ -157,6 +158,7 @@ EXPECTED_INDEXES = {
         ("soniq_webhook_deliveries_finished_idx", "INDEX", "soniq_webhook_deliveries",
          "(next_attempt_at) WHERE (status <> 'pending'::text)"),
         ("soniq_events_pkey", "UNIQUE INDEX", "soniq_events", "(id)"),
+        ("soniq_event_readers_pkey", "UNIQUE INDEX", "soniq_event_readers", "(name)"),
         ("soniq_job_logs_pkey", "UNIQUE INDEX", "soniq_job_logs", "(id)"),
         ("soniq_job_logs_job_idx", "INDEX", "soniq_job_logs", "(job_id, id)"),
         ("soniq_job_logs_created_at_idx", "INDEX", "soniq_job_logs", "(created_at)"),
@@ -371,6 +373,9 @@ async def test_the_event_log_migration_upgrades_a_database_in_use(
     finally:
         await backend.close()
     assert await schema_of(url) == await schema_of(pg_url)
+    # An endpoint existed: the webhook store reads the log (cancel and rescue record for it).
+    assert [r["name"] for r in await fetch(url, "SELECT name FROM soniq_event_readers")] == [
+        "webhooks"]
 
     async with Soniq(database_url=url, pool_min_size=1) as app:
         @app.job(name="ok")

@@ -550,6 +550,40 @@ async def test_jobs_rescued_from_a_silent_worker_are_delivered(
     assert all(p["data"]["error"].startswith("WorkerLost: worker 00000000-") for p in sent)
 
 
+async def test_postgres_a_cancel_or_rescue_by_a_process_that_reads_nothing_is_delivered(
+        pg_url: str, receiver: Receiver) -> None:
+    """A cancel from a process that runs no webhook service (the dashboard, a script), or a
+    rescue by a worker whose service has not loaded the endpoints yet, still records its event
+    while an endpoint exists (the database names the webhook store as the log's reader), and the
+    last endpoint's removal stops it."""
+    async with Soniq(database_url=pg_url) as app, Soniq(database_url=pg_url,
+                                                      enqueue_validation="none") as other:
+        endpoint = await app.webhooks.register(
+            receiver.url, allow_private=True,
+            events=["job.cancelled", "job.failed", "job.dead_letter"])
+        assert not other.backend.events.recording  # type: ignore[attr-defined]
+        waiting = await other.enqueue("ok", args={})
+        assert await other.cancel_job(waiting) is True
+        running = await other.enqueue("ok", args={})
+        dead = WorkerInfo("00000000-0000-7000-8000-000000000001", "h", 1, None, 1)
+        await other.backend.register_worker(dead, now=utc_now() - timedelta(hours=1))
+        assert len(await other.backend.claim_jobs(dead.id, None, 1)) == 1
+        assert await other.backend.rescue_jobs(60.0) == [running]
+        await drain(await loaded_service(app))
+        sent = sorted((json.loads(body) for _, body in receiver.requests),
+                      key=lambda p: p["type"])
+        assert [(p["type"], p["data"]["job_id"]) for p in sent] == [
+            ("job.cancelled", waiting), ("job.failed", running)]
+
+        await app.webhooks.unregister(endpoint["id"])
+        gone = await other.enqueue("ok", args={})
+        assert await other.cancel_job(gone) is True
+        assert await on_connection(pg_url, lambda c: c.fetchval(
+            "SELECT count(*) FROM soniq_events")) == 0
+        assert await on_connection(pg_url, lambda c: c.fetchval(
+            "SELECT count(*) FROM soniq_event_readers")) == 0
+
+
 async def test_event_filter(app: Soniq, receiver: Receiver) -> None:
     await app.webhooks.register(receiver.url, allow_private=True, events=["job.done"])
     service = await loaded_service(app)

@@ -182,6 +182,11 @@ def test_the_core_statements_know_no_feature() -> None:
     for statements in (plain, logged):
         texts += [getattr(statements, field) for field in statements.__dataclass_fields__]
     assert not [text for text in texts if "soniq_webhook" in text or "soniq_schedule" in text]
-    for field in plain.__dataclass_fields__:
+    for field in ("complete_jobs", "heartbeat"):  # hot: record only while this process reads
         assert "soniq_events" not in getattr(plain, field), field
         assert getattr(logged, field).count("INSERT INTO soniq_events") == 1, field
+    for field in ("cancel_job", "rescue_jobs"):  # rare: record while the database names a reader
+        for statements in (plain, logged):
+            text = getattr(statements, field)
+            assert text.count("INSERT INTO soniq_events") == 1, field
+            assert "EXISTS (SELECT 1 FROM soniq_event_readers)" in text, field

@@ -17,16 +17,26 @@ arrays with one element per event:
 
 One row per statement rather than one per event: a finished batch of jobs costs one insert.
 
-The core statements that change jobs (finish, heartbeat, cancel, rescue: :mod:`.sql`) record
-their events only while :attr:`EventLog.recording` says someone reads them: a feature that
-needs lifecycle events turns it on with :meth:`EventLog.read`, and takes the rows with
-:data:`TAKE` (deleting them: one reader today, the webhook store; a second reader would need
-its own rows). Nothing here knows the readers; the readers know only this module's SQL.
+Who reads the log is known twice, for two kinds of statement:
+
+- the hot ones, finish and heartbeat (:mod:`.sql`), record only while :attr:`EventLog.recording`
+  says a reader in *this process* reads (an attribute read per call; a feature turns it on with
+  :meth:`EventLog.read`);
+- the rare ones, cancel and rescue, record whichever process runs them (a cancel from the
+  dashboard, a rescue before the worker's reader has started) while the *database* names a
+  reader in ``soniq_event_readers``: a reader adds its row with :func:`reader_added` while it
+  has something to read for (the webhook store: while an endpoint exists) and removes it with
+  :func:`reader_removed`.
+
+Readers take the rows with :data:`TAKE` (deleting them: one reader today, the webhook store; a
+second reader would need its own rows). Nothing here knows the readers; the readers know only
+this module's SQL.
 """
 
 from __future__ import annotations
 
-__all__ = ["EXPIRE", "LIFECYCLE_EVENTS", "TAKE", "EventLog", "job_events"]
+__all__ = ["EXPIRE", "LIFECYCLE_EVENTS", "TAKE", "EventLog", "job_events", "reader_added",
+           "reader_removed"]
 
 #: The event kinds the statements that change jobs record.
 LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead_letter",
@@ -36,20 +46,38 @@ LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead
 _JOB_PAYLOAD = "json_build_object('job_name', job_name, 'queue', queue, 'error', error)"
 
 
+#: The condition under which a statement run by any process records: the database names a reader.
+_READ = "EXISTS (SELECT 1 FROM soniq_event_readers)"
 
-def job_events(source: str) -> str:
+
+def job_events(source: str, *, if_read: bool = False) -> str:
     """The CTE (to follow another CTE: it starts with a comma) recording the job events of the
     query ``source`` as one log row (none when it has no event): its columns ``kind`` (NULL: no
     event but the start), ``job_id``, ``attempt``, ``at``, ``started_at`` (the attempt's
-    ``job.started`` too; NULL: not), ``job_name``, ``queue``, ``error``."""
+    ``job.started`` too; NULL: not), ``job_name``, ``queue``, ``error``. ``if_read``: only
+    while ``soniq_event_readers`` names a reader."""
     return f""",
 logged AS (
     INSERT INTO soniq_events (kinds, job_ids, attempts, ats, started_ats, payloads)
     SELECT array_agg(kind), array_agg(job_id), array_agg(attempt), array_agg(at),
            array_agg(started_at), array_agg({_JOB_PAYLOAD})
     FROM ({source}) AS s
-    WHERE kind IS NOT NULL OR started_at IS NOT NULL
+    WHERE (kind IS NOT NULL OR started_at IS NOT NULL){f" AND {_READ}" if if_read else ""}
     HAVING count(*) > 0)"""
+
+
+def reader_added(reader: str) -> str:
+    """A CTE (``name AS (...)``, to join another statement's ``WITH``) naming ``reader`` (a
+    name from code) in ``soniq_event_readers``."""
+    return (f"reader AS (INSERT INTO soniq_event_readers (name) VALUES ('{reader}') "
+            "ON CONFLICT (name) DO NOTHING)")
+
+
+def reader_removed(reader: str, *, unless: str) -> str:
+    """A CTE removing ``reader`` from ``soniq_event_readers`` unless the condition ``unless``
+    (SQL from code: the reader still has something to read for) holds."""
+    return (f"reader AS (DELETE FROM soniq_event_readers WHERE name = '{reader}' "
+            f"AND NOT ({unless}))")
 
 #: CTEs for a reader's statement (after ``WITH``). $1 how many log rows: the oldest rows no
 #: other transaction is taking (SKIP LOCKED; ``= ANY (ARRAY(...))`` evaluates the locking

@@ -478,8 +478,12 @@ def statements(*, events: bool) -> Statements:
         complete_jobs=(f"WITH finished AS ({_complete(_FINISHED)}){log(_FINISH_EVENTS)}\n"
                        "SELECT id FROM finished") if events else _complete("j.id"),
         heartbeat=f"WITH beat AS ({_BEAT}){log(_BEAT_EVENTS)}\n{_CANCEL_REQUESTED}",
-        cancel_job=(f"WITH changed AS ({_CANCEL}){log(_CANCEL_EVENTS)}\n"
+        # Rare, and run by processes that may read nothing (a cancel from the dashboard, a
+        # rescue before the worker's reader started): they record while the database names a
+        # reader, whichever process runs them.
+        cancel_job=(f"WITH changed AS ({_CANCEL}){job_events(_CANCEL_EVENTS, if_read=True)}\n"
                     f"SELECT status, CASE WHEN status = 'processing' "
                     f"THEN pg_notify('{CANCEL_CHANNEL}', id::text) END AS woken\nFROM changed"),
-        rescue_jobs=f"WITH rescued AS ({_RESCUE}){log(_RESCUE_EVENTS)}\nSELECT id FROM rescued",
+        rescue_jobs=(f"WITH rescued AS ({_RESCUE}){job_events(_RESCUE_EVENTS, if_read=True)}\n"
+                     "SELECT id FROM rescued"),
     )

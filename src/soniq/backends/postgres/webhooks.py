@@ -42,13 +42,19 @@ __all__ = ["PostgresWebhookStore"]
 
 logger = logging.getLogger("soniq.webhooks")
 
+#: This store's name among the event log's readers.
+READER = "webhooks"
+
 _ENDPOINT = ("id::text AS id, url, events, secrets::text AS secrets, allow_private, active, "
              "description, created_at")
 _DELIVERY = ("d.id::text AS id, d.endpoint_id::text AS endpoint_id, d.event, "
              "d.payload, d.status, d.attempts, d.next_attempt_at, "
              "d.last_status_code, d.last_error, d.created_at, d.delivered_at, d.lease_until")
 
-INSERT_ENDPOINT = """
+#: The endpoint, and the store's name among the event log's readers (cancel and rescue record
+#: their events from any process while an endpoint exists).
+INSERT_ENDPOINT = f"""
+WITH {log.reader_added(READER)}
 INSERT INTO soniq_webhook_endpoints (id, url, events, secrets, allow_private, active, description,
                                      created_at)
 VALUES ($1::uuid, $2::text, $3::text[], $4::jsonb, $5::boolean, $6::boolean, $7::text,
@@ -172,10 +178,13 @@ written AS (
     RETURNING 1)
 SELECT count(*) FROM written"""
 
-#: The endpoint, its deliveries and its rows of the event log, in one statement.
-DELETE_ENDPOINT = """
+#: The endpoint, its deliveries and its rows of the event log, in one statement; the store
+#: leaves the event log's readers with the last endpoint.
+DELETE_ENDPOINT = f"""
 WITH deliveries AS (DELETE FROM soniq_webhook_deliveries WHERE endpoint_id = $1::uuid),
-log AS (DELETE FROM soniq_webhook_events WHERE endpoint_id = $1::uuid)
+log AS (DELETE FROM soniq_webhook_events WHERE endpoint_id = $1::uuid),
+{log.reader_removed(READER, unless="EXISTS (SELECT 1 FROM soniq_webhook_endpoints "
+                                    "WHERE id <> $1::uuid)")}
 DELETE FROM soniq_webhook_endpoints WHERE id = $1::uuid RETURNING id
 """
 
@@ -269,7 +278,7 @@ class PostgresWebhookStore:
         # longer), written by the statement that changes the job: no Python per event, and an
         # event exists exactly when its change committed. This store reads it while wanted.
         handled = events & log.LIFECYCLE_EVENTS
-        self._events.read("webhooks", on=bool(handled))
+        self._events.read(READER, on=bool(handled))
         return handled
 
     async def add_endpoint(self, endpoint: WebhookEndpoint) -> None:

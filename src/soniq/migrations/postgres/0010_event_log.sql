@@ -17,3 +17,14 @@ CREATE TABLE soniq_events (
     started_ats timestamptz[] NOT NULL,
     payloads   json[]        NOT NULL   -- the rest, one JSON object per event
 ) WITH (toast_tuple_target = 8160);  -- a statement's row stays inline, uncompressed, when it fits
+
+-- Who reads the log, for the statements that record events whichever process runs them (cancel,
+-- rescue: rare, and the cancel may come from a process that reads nothing, e.g. the dashboard):
+-- they record while a row is here. A reader adds its row when it has something to read for (the
+-- webhook store: while an endpoint exists) and removes it when it has not.
+CREATE TABLE soniq_event_readers (
+    name  text        PRIMARY KEY,
+    since timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO soniq_event_readers (name)
+SELECT 'webhooks' WHERE EXISTS (SELECT 1 FROM soniq_webhook_endpoints);
