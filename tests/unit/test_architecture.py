@@ -190,3 +190,23 @@ def test_the_core_statements_know_no_feature() -> None:
             text = getattr(statements, field)
             assert text.count("INSERT INTO soniq_events") == 1, field
             assert "EXISTS (SELECT 1 FROM soniq_event_readers)" in text, field
+
+
+def test_architecture_md_names_only_paths_that_exist() -> None:
+    """ARCHITECTURE.md describes the code as it is: every module path it names (``src/...``,
+    ``tests/...``) exists, and every class or function it names on a module path is defined
+    there; a name that moved makes this fail until the document follows."""
+    import re
+
+    root = SRC.parents[1]
+    text = (root / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    paths = set(re.findall(r"(?:src|tests)/[\w/.]+\w", text))
+    assert len(paths) > 30  # the document names its modules by path
+    assert sorted(p for p in paths if not (root / p).exists()) == []
+    # "`Class.method` (`src/soniq/x.py`)": the class and its method are defined in that module.
+    named = re.findall(r"`([A-Z]\w*)(?:\.(\w+))?` \(`(src/soniq/[\w/]+\.py)`", text)
+    assert len(named) >= 8
+    for cls, method, path in named:
+        source = (root / path).read_text(encoding="utf-8")
+        for name in filter(None, (cls, method)):
+            assert re.search(rf"^\s*(?:async def|def|class) {name}\b", source, re.M), (name, path)
