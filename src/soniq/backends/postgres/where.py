@@ -24,6 +24,6 @@ def where(*filters: tuple[str, Any], always: tuple[str, ...] = (),
     params: list[Any] = []
     for condition, value in filters:
         if value is not None:
-            conditions.append(condition.replace("{}", f"${first + len(params)}"))
+            conditions.append(condition.format(f"${first + len(params)}"))  # its one {} slot
             params.append(value)
     return (f" WHERE {' AND '.join(conditions)}" if conditions else ""), params
