@@ -37,7 +37,7 @@ from soniq.serialization import dumps, utc_now
 from soniq.settings import load_settings
 from soniq.testing import drain
 from soniq.types import NewJob
-from tests.helpers import on_connection
+from tests.helpers import on_connection, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -607,6 +607,37 @@ async def test_statement_pool_survives_cancelled_and_killed_connections(pg_url: 
         assert failures < 3
     finally:
         await app.close()
+
+
+async def test_statement_pool_drops_a_parked_connection_lost_while_parked(pg_url: str) -> None:
+    """A parked connection whose server session ends (a restart, a crash, a cut link) is released
+    to the asyncpg pool by asyncpg itself, which detaches the proxy still parked here: the next
+    statement must take another connection, not call the detached one (issue #19 item 5:
+    ``InterfaceError: cannot call Connection.is_closed(): connection has been released back to
+    the pool``)."""
+    app = Soniq(database_url=pg_url, pool_min_size=1, pool_max_size=2)
+    try:
+        pool = await app.backend._ready()  # type: ignore[attr-defined]
+        pid = await _bridge.call(pool.fetchval, "SELECT pg_backend_pid()")
+        [parked] = pool._parked
+        lost: list[object] = []
+        await _bridge.call(_add_termination_listener, parked, lost.append)
+        killer = await _bridge.call(asyncpg.connect, pg_url)
+        try:
+            assert await _bridge.call(killer.fetchval, "SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await _bridge.call(killer.close)
+        await wait_for(lambda: lost, message="the parked connection's loss to be seen")
+        assert pool._parked == [parked]  # still parked, but asyncpg took it back
+        with anyio.fail_after(10):
+            assert await _bridge.call(pool.fetchval, "SELECT 41 + 1") == 42
+            assert await app.get_queue_stats() == []
+    finally:
+        await app.close()
+
+
+async def _add_termination_listener(conn: Any, callback: Any) -> None:
+    conn.add_termination_listener(callback)
 
 
 async def test_statement_pool_never_parks_a_connection_someone_waits_for(pg_url: str) -> None:

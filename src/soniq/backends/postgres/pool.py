@@ -11,7 +11,9 @@ while nobody is waiting for the asyncpg pool: otherwise it goes back there and w
 A statement that raises -- or is cancelled, which can leave the protocol mid-message -- returns its
 connection through ``pool.release()``, which rolls back, waits out a cancellation, or closes a
 broken connection, exactly as ``async with pool.acquire()`` would. Connections from ``acquire()``
-(transactions, COPY, connections lent to user code) go back the same way.
+(transactions, COPY, connections lent to user code) go back the same way. A parked connection
+whose socket is lost is released by asyncpg itself (see :func:`_usable`); it is dropped when
+next taken (``pool.release()`` of it is a no-op).
 
 Like everything asyncpg-facing, its methods run on the driver's loop (inside ``_bridge.call``).
 """
@@ -55,7 +57,7 @@ class StatementPool:
 
     async def _run(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
         conn = self._parked.pop() if self._parked else None  # the common case: no await
-        if conn is None or conn.is_closed():
+        if conn is None or not _usable(conn):
             if conn is not None:
                 await self._pool.release(conn)  # the server went away: the pool replaces it
             conn = await self._take()
@@ -73,7 +75,7 @@ class StatementPool:
     async def _take(self) -> Any:
         while self._parked:
             conn = self._parked.pop()
-            if not conn.is_closed():
+            if _usable(conn):
                 return conn
             await self._pool.release(conn)  # the server went away meanwhile: the pool replaces it
         self._waiting += 1
@@ -92,6 +94,17 @@ class StatementPool:
     def terminate(self) -> None:
         self._parked.clear()
         self._pool.terminate()
+
+
+def _usable(conn: Any) -> bool:
+    """Whether a parked connection can run a statement. Not once it is closed -- nor once its
+    socket was lost while it sat parked (a server restart or crash, a cut link): asyncpg's
+    connection-lost callback then releases it to the asyncpg pool by itself and detaches the
+    proxy we hold, whose every method (``is_closed()`` included) raises ``InterfaceError:
+    connection has been released back to the pool``. A detached proxy has ``_con = None``, the
+    test asyncpg's own ``Pool.release()`` makes ("already released, do nothing")."""
+    con = conn._con
+    return con is not None and not con.is_closed()
 
 
 class _Checkout:
