@@ -61,6 +61,16 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def compare(session: nox.Session) -> None:
+    """Is one commit faster than another? ``nox -s compare -- OLD_REV NEW_REV --pairs 3 --only
+    process,latency [--quick] [--output]``: both checked out as git worktrees and run interleaved,
+    after A/A pairs that show the noise (benchmarks/compare.py; ``-- --help`` for the options).
+    """
+    session.install("-e", ".[trio]")
+    session.run("python", "-m", "benchmarks.compare", *session.posargs)
+
+
+@nox.session(default=False)
 def soak(session: nox.Session) -> None:
     """Opt-in soak run: ``nox -s soak`` (10 min at 100 jobs/s on one ``soniq worker``), or e.g.
     ``nox -s soak -- --minutes 1 --rate 50 --sample-every 10``; ``-- --help`` for the options.

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FULL", "GROUPS", "QUICK", "Sizes", "Step", "build_plan"]
 
+#: Connections of the claim+finish floor (bare asyncpg, systems/baseline.py) in the process group.
+FLOOR_CONNECTIONS = 4
 #: Selectable with --only; "peers" adds PgQueuer and Procrastinate to enqueue..latency.
 GROUPS = ("enqueue", "bulk", "process", "latency", "mixed", "trio", "sqlite", "memory", "features",
           "peers")
@@ -138,6 +140,8 @@ def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
             systems = ["soniq", *(peers if n == s.peer_process_n else [])]
             plan += _steps("process", systems, [{"n": n, "c": c} for c in s.concurrencies],
                            runs, _burn("asyncio"), profiled=True)
+            plan += _steps("process", ["asyncpg"], [{"n": n, "c": FLOOR_CONNECTIONS}], runs,
+                           _burn("asyncio"))
     if "latency" in groups:
         plan += _steps("latency", ["soniq", *peers], [{"samples": s.latency_samples}], runs,
                        _latency("asyncio", s.latency_gap))

@@ -175,8 +175,14 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
             (g.m("jobs_per_s") or 0) >= BULK_TARGET)
     for g in ix.all("process"):
         c100 = g.params["c"] == 100
+        floor = ix.find("process", "asyncpg", n=g.params["n"])
+        floor_rate = floor.m("jobs_per_s") if floor else None
+        of_floor = ("" if floor_rate is None else
+                    f"; {_pct(_ratio(g.m('jobs_per_s'), floor_rate))} of the claim+finish floor "
+                    f"({rate(floor_rate)}, bare asyncpg, c={floor.params['c']} connections)")
         row(f"3 process, burn-down ({_params(g.params)})", g,
-            "≥ 20,000 jobs/s" if c100 else "(none)", f"**{rate(g.m('jobs_per_s'))}**{_cpu(g)}",
+            "≥ 20,000 jobs/s" if c100 else "(none)",
+            f"**{rate(g.m('jobs_per_s'))}**{_cpu(g)}{of_floor}",
             (g.m("jobs_per_s") or 0) >= PROCESS_TARGET if c100 else None)
     for g in ix.all("latency"):
         row(f"4 latency, enqueue→start ({_params(g.params)})", g, "p50 ≤ 2.5 ms, p99 ≤ 6 ms",

@@ -1,9 +1,17 @@
-"""The ceiling for enqueue: bare asyncpg on one connection, writing Soniq's row shape into
-Soniq's own table (same schema, same indexes), one autocommitted statement per call.
+"""The ceilings: bare asyncpg on Soniq's own table (same schema, same indexes).
+
+Enqueue, on one connection, one autocommitted statement per call, Soniq's row shape:
 
 - one job per call: ``INSERT ... VALUES (...)`` (the commit is implicit);
 - many jobs per call: one binary ``COPY`` per chunk (``copy_records_to_table``), the fastest
   way asyncpg writes rows.
+
+The claim+finish floor (the ``process`` group, concurrency = connections, 4 in the plan): each
+connection loops over Soniq's own claim statement (100 jobs, ``FOR UPDATE SKIP LOCKED``, per-job
+leases from a key new per claim) returning only the ids, then one batched ``UPDATE`` to ``done``
+fenced like Soniq's finish (``status = 'processing'`` and the lease), until a claim comes back
+empty. No job is run and nothing per job happens in Python beyond collecting the ids: what
+draining the table costs PostgreSQL and the driver, below which no worker can go.
 
 No NOTIFY, no validation, no JSON encoding beyond a fixed string: what Soniq would cost if it
 did nothing but the write. With Soniq's indexes in place, the bulk ceiling is PostgreSQL's own
@@ -12,15 +20,20 @@ index maintenance (docs/guides/performance.md).
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import asyncpg
 
 from benchmarks.systems.soniq_system import SYSTEM as SONIQ
-from soniq.backends.postgres.sql import COPY_COLUMNS
+from soniq.backends.postgres.schema import CUSTOM_PLANS
+from soniq.backends.postgres.sql import CLAIM_ALL_QUEUES, COPY_COLUMNS
 from soniq.ids import new_id, new_ids
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
     from benchmarks.databases import ProbeSql, Target
 
 __all__ = ["SYSTEM"]
@@ -28,6 +41,16 @@ __all__ = ["SYSTEM"]
 _INSERT_ONE = """
 INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts, scheduled_at)
 VALUES ($1::uuid, $2::text, 'default', 100, 'queued', $3::jsonb, 4, now())
+"""
+
+#: Soniq's claim ($1 worker id, $2 now: NULL, $3 limit, $4 claim key), returning only the ids.
+_CLAIM_IDS = CLAIM_ALL_QUEUES[:CLAIM_ALL_QUEUES.rindex("RETURNING")] + "RETURNING id"
+_CLAIM_BATCH = 100
+#: $1 ids, $2 their claim's key: one fenced finish for the whole claim.
+_FINISH = """
+UPDATE soniq_jobs
+SET status = 'done', lease_id = NULL, finished_at = now(), updated_at = now()
+WHERE id = ANY($1::uuid[]) AND status = 'processing' AND lease_id = md5($2::text || id::text)::uuid
 """
 
 
@@ -48,6 +71,35 @@ class _Producer:
         await self._conn.close()
 
 
+class _Floor:
+    """The claim+finish floor: one task per connection, each draining the table."""
+
+    def __init__(self, conns: list[Any]) -> None:
+        self._conns = conns
+        self._stopped = False
+
+    async def _drain(self, conn: Any) -> None:
+        while not self._stopped:
+            key = secrets.token_hex(16)
+            ids = [row[0] for row in await conn.fetch(_CLAIM_IDS, None, None, _CLAIM_BATCH, key)]
+            if not ids:
+                return  # all jobs were there before ``go``: empty means drained (or taken)
+            await conn.execute(_FINISH, ids, key)
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            for conn in self._conns:
+                tg.start_soon(self._drain, conn)
+            task_status.started()
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    async def aclose(self) -> None:
+        for conn in self._conns:
+            await conn.close()
+
+
 class BaselineSystem:
     name = "asyncpg"
 
@@ -64,8 +116,11 @@ class BaselineSystem:
         return _Producer(await asyncpg.connect(target.url))
 
     async def open_worker(self, target: Target, concurrency: int,
-                          stamps: dict[int, float]) -> Any:
-        raise NotImplementedError("the asyncpg baseline only enqueues")
+                          stamps: dict[int, float]) -> _Floor:
+        """The claim+finish floor on ``concurrency`` connections (it runs no job bodies), planned
+        per execution like Soniq's worker connections."""
+        return _Floor([await asyncpg.connect(target.url, server_settings=CUSTOM_PLANS)
+                       for _ in range(concurrency)])
 
 
 SYSTEM: Any = BaselineSystem()
