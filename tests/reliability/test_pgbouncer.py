@@ -336,3 +336,25 @@ async def test_unreachable_listen_url_stops_the_worker(bouncer: PgBouncer, worke
     assert "Traceback" not in output and "hunter2" not in output, output[-3000:]
     [line] = [line for line in output.splitlines() if line.startswith("error:")]
     assert "/nowhere" in line, line
+
+
+@pytest.mark.anyio
+async def test_doctor_reports_the_listen_url(bouncer: PgBouncer, pg_url: str) -> None:
+    """``soniq doctor`` through PgBouncer with listen_url: passes when it names the server
+    directly (a NOTIFY sent through the pooler arrives there), fails naming it when it is the
+    pooler itself."""
+    def doctor(listen_url: str) -> Any:
+        return soniq("doctor", "--database-url", bouncer.url(), "--json",
+                     env=clean_env(SONIQ_LISTEN_URL=listen_url, **NO_CACHE))
+
+    direct, pooled = await anyio.to_thread.run_sync(lambda: (doctor(pg_url), doctor(bouncer.url())))
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    checks = {c["name"]: c for c in json.loads(direct.stdout)["checks"]}
+    assert checks["LISTEN/NOTIFY"]["verdict"] == "ok", checks
+    assert "listen_url" in checks["LISTEN/NOTIFY"]["detail"]
+    assert "LISTEN on listen_url" in checks["pooling mode"]["detail"]
+
+    assert pooled.returncode == 3, pooled.stdout + pooled.stderr
+    checks = {c["name"]: c for c in json.loads(pooled.stdout)["checks"]}
+    assert checks["LISTEN/NOTIFY"]["verdict"] == "fail", checks
+    assert "transaction pooling" in checks["LISTEN/NOTIFY"]["detail"]

@@ -414,7 +414,7 @@ class PostgresBackend:
         connections outside the pool and without the schema check."""
         from soniq.backends.postgres.probe import probe  # only the CLI's diagnostics need it
 
-        return await probe(self._url, self._errors)
+        return await probe(self._url, self._errors, listen_url=self._listen_url)
 
     async def migrate(self) -> list[str]:
         """Create the database if it does not exist, then apply pending migrations, each in its
