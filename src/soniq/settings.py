@@ -22,6 +22,8 @@ __all__ = ["DEFAULT_DATABASE_URL", "LONGEST_DELAY", "SECRET_URL_PARAMS", "SoniqS
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost/soniq"
 
+#: Settings whose values are never echoed in an error (passwords).
+_SECRET_FIELDS = ("database_url", "listen_url", "secret_keys")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SECRET_URL_PARAMS = frozenset({"password", "passfile", "sslpassword"})
 #: Ten years in seconds: the longest ``result_ttl``, and the cap on retry delays and snoozes
@@ -92,6 +94,11 @@ class SoniqSettings(BaseSettings):
     statement_cache_size: int = Field(
         100, ge=0, description="asyncpg prepared-statement cache; 0 for PgBouncer transaction pooling"
     )
+    listen_url: str | None = Field(
+        None, repr=False,
+        description="PostgreSQL: a direct (or session-pooled) URL to the same database, used only "
+                    "for the worker's LISTEN connection, while database_url goes through PgBouncer "
+                    "in transaction mode; LISTEN then stays on with statement_cache_size=0")
     scheduler_interval: float = Field(1.0, gt=0, le=3_600,
                                       description="seconds between a worker's scheduler ticks")
     scheduler_misfire: Literal["skip", "catch_up_once"] = Field(
@@ -162,6 +169,15 @@ class SoniqSettings(BaseSettings):
                                  "(Fernet.generate_key()) or a long random string")
         return value
 
+    @field_validator("listen_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip() or None  # SONIQ_LISTEN_URL= (empty) means unset
+            if value is not None and not value.startswith(("postgresql://", "postgres://")):
+                raise ValueError("must be a PostgreSQL URL (postgresql://...)")
+        return value
+
     @field_validator("job_timeout", mode="after")
     @classmethod
     def _zero_disables(cls, value: float | None) -> float | None:
@@ -229,7 +245,7 @@ def load_settings(overrides: dict[str, Any]) -> SoniqSettings:
             message = error["msg"].removeprefix("Value error, ")
             if not field:
                 problems.append(message)
-            elif field.partition(".")[0] in ("database_url", "secret_keys"):  # never echo secrets
+            elif field.partition(".")[0] in _SECRET_FIELDS:
                 problems.append(f"{field}: {message}")
             else:
                 problems.append(f"{field}: {message} (got {error.get('input')!r})")

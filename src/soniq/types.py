@@ -22,6 +22,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "JobStream",
+    "ListenUrlInfo",
     "NewJob",
     "QueueStats",
     "Snooze",
@@ -85,7 +86,8 @@ class DatabaseInfo(TypedDict):
     the same one (PgBouncer transaction/statement pooling). ``listen_works`` is True when a NOTIFY
     sent on one connection reached a LISTEN on another. ``via_proxy`` is True when the session's
     cancel key names another process than the one answering, or the server's own port differs
-    from the URL's (a pooler or proxy).
+    from the URL's (a pooler or proxy). ``listen_url`` describes the ``listen_url`` setting's
+    connection when one is set (PostgreSQL).
     None means "does not apply to this backend".
     """
 
@@ -99,6 +101,17 @@ class DatabaseInfo(TypedDict):
     listen_works: bool | None
     max_connections: int | None
     via_proxy: bool | None
+    listen_url: ListenUrlInfo | None
+
+
+class ListenUrlInfo(TypedDict):
+    """The ``listen_url`` connection as ``soniq doctor`` found it: ``error`` when it could not
+    connect; else whether it is reached through transaction pooling, and whether a NOTIFY sent
+    over ``database_url`` reached a LISTEN there (None: not tried, as it is pooled)."""
+
+    error: str | None
+    transaction_pooling: bool | None
+    listen_works: bool | None
 
 
 class QueueStats(TypedDict):

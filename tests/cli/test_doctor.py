@@ -21,7 +21,7 @@ def facts(**changes: Any) -> DatabaseInfo:
         "backend": "postgres", "server_version": "16.2", "applied_migrations": ["0001_initial"],
         "pending_migrations": [], "round_trip": 0.001, "clock_skew": 0.01,
         "transaction_pooling": False, "listen_works": True, "max_connections": 100,
-        "via_proxy": False,
+        "via_proxy": False, "listen_url": None,
     }
     info.update(changes)  # type: ignore[typeddict-item]
     return info
@@ -151,3 +151,30 @@ async def test_database_info_before_setup_and_unreachable(fresh_database: tuple[
         await Soniq(database_url=fresh_database[1]).database_info()
     with pytest.raises(DatabaseError, match="cannot connect"):
         await Soniq(database_url="postgresql://postgres@127.0.0.1:1/x").database_info()
+
+
+def test_listen_url_verdicts() -> None:
+    """With listen_url set, LISTEN/NOTIFY is judged on that connection (statement cache off, as
+    behind PgBouncer): reachable, not itself transaction-pooled, a NOTIFY from database_url
+    arriving there. Its password never shows."""
+    direct = "postgresql://app:s3cret@db:5432/app"
+    pooled_url = facts(transaction_pooling=True, via_proxy=True, listen_works=False)
+
+    def check(found: dict[str, Any] | None) -> dict[str, Check]:
+        return verdicts({**pooled_url, "listen_url": found},  # type: ignore[typeddict-item]
+                        statement_cache_size=0, listen_url=direct)
+
+    good = check({"error": None, "transaction_pooling": False, "listen_works": True})
+    assert good["LISTEN/NOTIFY"].verdict == "ok", good
+    assert "listen_url postgresql://app:***@db:5432/app" in good["LISTEN/NOTIFY"].detail
+    assert "LISTEN on listen_url" in good["pooling mode"].detail
+    down = check({"error": "could not connect", "transaction_pooling": None,
+                  "listen_works": None})["LISTEN/NOTIFY"]
+    assert down.verdict == "fail" and "unreachable" in down.detail and "could not connect" in down.detail
+    pooled = check({"error": None, "transaction_pooling": True, "listen_works": None})
+    assert pooled["LISTEN/NOTIFY"].verdict == "fail"
+    assert "transaction pooling" in pooled["LISTEN/NOTIFY"].detail
+    lost = check({"error": None, "transaction_pooling": False, "listen_works": False})
+    assert lost["LISTEN/NOTIFY"].verdict == "fail" and "same database" in lost["LISTEN/NOTIFY"].detail
+    for checks in (good, pooled, lost):
+        assert all("s3cret" not in c.detail for c in checks.values())

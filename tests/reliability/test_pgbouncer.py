@@ -20,12 +20,13 @@ import pytest
 
 from soniq import Soniq
 from soniq.backends import _bridge
+from soniq.backends.postgres.listener import APPLICATION_NAME
 from soniq.errors import ConfigurationError
 from soniq.migrations import load_migrations
 from tests.cli.cli import clean_env, soniq
 from tests.helpers import wait_for, wait_for_status
 from tests.reliability.ledger import Ledger, assert_nothing_lost
-from tests.reliability.pgbouncer import PgBouncer, database_of, running_pgbouncer
+from tests.reliability.pgbouncer import PgBouncer, database_of, free_port, running_pgbouncer
 from tests.reliability.workers import Workers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.chaos]
@@ -263,3 +264,97 @@ async def test_session_pooling_keeps_prepared_statements_and_listen(pg_url: str)
         finally:
             await sender.close()
             await worker_app.close()
+
+
+async def listener_sessions(pg_url: str) -> int:
+    """The server's LISTEN sessions (``soniq listener``) on the test's database, asked directly:
+    PgBouncer's own server connections carry no such application_name."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = $1", APPLICATION_NAME)
+        return count
+    finally:
+        await conn.close()
+
+
+@pytest.mark.anyio
+async def test_listen_url_wakes_a_worker_whose_claims_go_through_transaction_pooling(
+        bouncer: PgBouncer, workers: Workers, ledger: Ledger, pg_url: str) -> None:
+    """``database_url`` through PgBouncer in transaction mode (statement cache off), ``listen_url``
+    straight to the server: the worker LISTENs on the direct connection, and a job enqueued
+    through the pooler by another process (its NOTIFY delivered at commit) starts long before
+    the 30 s poll interval could have elapsed: only the notification can have woken it."""
+    poll = 30.0
+    app = producer(bouncer.url(), statement_cache_size=0)
+    try:
+        proc = workers.start(url=bouncer.url(), SONIQ_POLL_INTERVAL=str(poll),
+                             SONIQ_LISTEN_URL=pg_url, **NO_CACHE)
+        await wait_for(app.backend.list_workers, timeout=20, message="the worker to register")
+        await wait_for(lambda: listener_sessions(pg_url), timeout=10,
+                       message="the LISTEN session on the server")
+        first_line = workers.output(proc).splitlines()[0]
+        assert f"127.0.0.1:{bouncer.port}/" in first_line  # claims go through PgBouncer
+        assert "LISTEN/NOTIFY on listen_url" in first_line, first_line
+        # Each job after the first is enqueued once the worker has finished the one before and
+        # idles (its claim on the freed slot comes before the finish is written).
+        ids = []
+        for _ in range(3):
+            ids.append(await app.enqueue("noop"))
+            await wait_for_status(app, ids[-1], "done", timeout=5)
+        await assert_nothing_lost(app, ledger, ids)
+        await workers.stop(proc)
+    finally:
+        await app.close()
+    output = workers.output(proc)
+    assert "LISTEN is off" not in output and "LISTEN unavailable" not in output, output[-3000:]
+    clean(output)
+
+
+@pytest.mark.anyio
+async def test_listen_url_through_transaction_pooling_is_refused(
+        bouncer: PgBouncer, workers: Workers) -> None:
+    """A ``listen_url`` that is itself the transaction pooler cannot hold a LISTEN session: the
+    worker stops at once with a one-line error naming listen_url, instead of never waking."""
+    proc = workers.start(url=bouncer.url(), SONIQ_LISTEN_URL=bouncer.url(), **NO_CACHE)
+    assert await workers.exit_code(proc) == 2
+    output = workers.output(proc)
+    assert "Traceback" not in output, output[-3000:]
+    [line] = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "listen_url" in line and "transaction pooling" in line, line
+
+
+@pytest.mark.anyio
+async def test_unreachable_listen_url_stops_the_worker(bouncer: PgBouncer, workers: Workers) -> None:
+    """A ``listen_url`` nobody answers on is a configuration to fix, not a reason to poll
+    quietly: one line naming it, exit code 1."""
+    dead = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/nowhere"
+    proc = workers.start(url=bouncer.url(), SONIQ_LISTEN_URL=dead, **NO_CACHE)
+    assert await workers.exit_code(proc) == 1
+    output = workers.output(proc)
+    assert "Traceback" not in output and "hunter2" not in output, output[-3000:]
+    [line] = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "/nowhere" in line, line
+
+
+@pytest.mark.anyio
+async def test_doctor_reports_the_listen_url(bouncer: PgBouncer, pg_url: str) -> None:
+    """``soniq doctor`` through PgBouncer with listen_url: passes when it names the server
+    directly (a NOTIFY sent through the pooler arrives there), fails naming it when it is the
+    pooler itself."""
+    def doctor(listen_url: str) -> Any:
+        return soniq("doctor", "--database-url", bouncer.url(), "--json",
+                     env=clean_env(SONIQ_LISTEN_URL=listen_url, **NO_CACHE))
+
+    direct, pooled = await anyio.to_thread.run_sync(lambda: (doctor(pg_url), doctor(bouncer.url())))
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    checks = {c["name"]: c for c in json.loads(direct.stdout)["checks"]}
+    assert checks["LISTEN/NOTIFY"]["verdict"] == "ok", checks
+    assert "listen_url" in checks["LISTEN/NOTIFY"]["detail"]
+    assert "LISTEN on listen_url" in checks["pooling mode"]["detail"]
+
+    assert pooled.returncode == 3, pooled.stdout + pooled.stderr
+    checks = {c["name"]: c for c in json.loads(pooled.stdout)["checks"]}
+    assert checks["LISTEN/NOTIFY"]["verdict"] == "fail", checks
+    assert "transaction pooling" in checks["LISTEN/NOTIFY"]["detail"]

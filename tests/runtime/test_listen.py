@@ -16,8 +16,13 @@ from tests.helpers import running_worker, wait_for, wait_for_status
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
-async def test_notify_wakes_an_idle_worker_and_survives_a_killed_listener(pg_url: str) -> None:
-    worker_app = Soniq(database_url=pg_url, poll_interval=30)
+@pytest.mark.parametrize("listen_url", [False, True], ids=["database_url", "listen_url"])
+async def test_notify_wakes_an_idle_worker_and_survives_a_killed_listener(
+        pg_url: str, listen_url: bool) -> None:
+    """With ``listen_url`` (here the same server, with the statement cache off as behind
+    PgBouncer), the LISTEN connection is the listen_url's and heals the same way."""
+    settings = {"listen_url": pg_url, "statement_cache_size": 0} if listen_url else {}
+    worker_app = Soniq(database_url=pg_url, poll_interval=30, **settings)
     producer = Soniq(database_url=pg_url, poll_interval=30)
 
     @worker_app.job(name="ping")
@@ -48,4 +53,10 @@ async def test_notify_wakes_an_idle_worker_and_survives_a_killed_listener(pg_url
 def test_listen_is_off_behind_pgbouncer_transaction_pooling(pg_url: str) -> None:
     app = Soniq(database_url=pg_url, statement_cache_size=0)
     assert app.backend.supports_listen is False
+    anyio.run(app.close)
+
+
+def test_listen_url_turns_listen_on_in_the_transaction_pooling_mode(pg_url: str) -> None:
+    app = Soniq(database_url=pg_url, statement_cache_size=0, listen_url=pg_url)
+    assert app.backend.supports_listen is True
     anyio.run(app.close)

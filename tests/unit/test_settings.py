@@ -156,3 +156,24 @@ def test_unsafe_settings_are_reported_for_production_only() -> None:
     problems = load_settings(risky).unsafe()
     assert len(problems) == 3 and "debug" in problems[0] and "job_timeout" in problems[1]
     assert load_settings({**risky, "environment": "development"}).unsafe() == []
+
+
+def test_listen_url_is_a_postgres_url_kept_out_of_reprs_and_errors(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SoniqSettings().listen_url is None
+    monkeypatch.setenv("SONIQ_LISTEN_URL", "postgresql://app:s3cret@db:5432/app")
+    settings = SoniqSettings()
+    assert settings.listen_url == "postgresql://app:s3cret@db:5432/app"
+    assert "s3cret" not in repr(settings)
+    monkeypatch.setenv("SONIQ_LISTEN_URL", " ")  # an empty variable means unset
+    assert SoniqSettings().listen_url is None
+    with pytest.raises(ConfigurationError, match="listen_url: must be a PostgreSQL URL") as exc:
+        load_settings({"listen_url": "mysql://app:s3cret@db/app"})
+    assert "s3cret" not in exc.value.message
+
+
+@pytest.mark.parametrize("url", ["memory://", "jobs.db"])
+def test_listen_url_is_refused_off_postgres(url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="listen_url .*PostgreSQL setting"):
+        Soniq(database_url=str(tmp_path / url) if url.endswith(".db") else url,
+              listen_url="postgresql://postgres@localhost/soniq")

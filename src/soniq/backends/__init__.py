@@ -49,6 +49,17 @@ def resolve_backend(backend: StorageBackend | str | None, url: str,
                     settings: SoniqSettings) -> StorageBackend:
     """The backend for ``Soniq(backend=..., database_url=...)``: an instance as given, a name
     (``"postgres"``, ``"sqlite"``, ``"memory"``), or, with None, detected from the URL."""
+    chosen = _resolve(backend, url, settings)
+    if settings.listen_url is not None and chosen.name != "postgres":
+        raise ConfigurationError(
+            f"listen_url (SONIQ_LISTEN_URL) is a PostgreSQL setting, but the storage backend is "
+            f"{chosen.name}, which has no LISTEN connection; unset it"
+        )
+    return chosen
+
+
+def _resolve(backend: StorageBackend | str | None, url: str,
+             settings: SoniqSettings) -> StorageBackend:
     if backend is None:
         if url.startswith(("postgresql://", "postgres://")):
             return _make_backend("postgres", url, settings)

@@ -291,4 +291,5 @@ def database_info(backend: str, facts: Mapping[str, Any]) -> DatabaseInfo:
         "listen_works": facts.get("listen_works"),
         "max_connections": facts.get("max_connections"),
         "via_proxy": facts.get("via_proxy"),
+        "listen_url": facts.get("listen_url"),
     }

@@ -124,9 +124,10 @@ def _pgbouncer(settings: SoniqSettings, info: DatabaseInfo) -> Check:
                      "transaction pooling (PgBouncer or similar) with prepared statements on: set "
                      "SONIQ_STATEMENT_CACHE_SIZE=0 (workers then poll instead of LISTEN)")
     if pooled:
+        listen = ("LISTEN on listen_url" if settings.listen_url is not None
+                  else f"LISTEN off: workers poll every {settings.poll_interval:g}s")
         return Check("pooling mode", "ok",
-                     "transaction pooling (PgBouncer or similar); statement cache off, LISTEN off: "
-                     f"workers poll every {settings.poll_interval:g}s")
+                     f"transaction pooling (PgBouncer or similar); statement cache off, {listen}")
     if proxy:
         return Check("pooling mode", "ok", "through a proxy or pooler in session mode"
                      + ("; statement cache off" if cache == 0 else ""))
@@ -139,6 +140,8 @@ def _pgbouncer(settings: SoniqSettings, info: DatabaseInfo) -> Check:
 
 
 def _listen(settings: SoniqSettings, info: DatabaseInfo) -> Check:
+    if settings.listen_url is not None:
+        return _listen_url(settings.listen_url, info)
     if settings.statement_cache_size == 0:
         return Check("LISTEN/NOTIFY", "skip", "off (statement_cache_size=0): workers poll every "
                                               f"{settings.poll_interval:g}s")
@@ -148,6 +151,27 @@ def _listen(settings: SoniqSettings, info: DatabaseInfo) -> Check:
                  "a notification never arrived (a pooler in transaction mode, or a proxy that "
                  "drops it); workers fall back to polling every "
                  f"{settings.poll_interval:g}s. Connect directly or use session pooling")
+
+
+def _listen_url(listen_url: str, info: DatabaseInfo) -> Check:
+    """LISTEN on the ``listen_url`` connection (PgBouncer for everything else)."""
+    where = f"listen_url {redact_url(listen_url)}"
+    found = info["listen_url"]
+    if found is None:
+        return Check("LISTEN/NOTIFY", "skip", f"{where} was not probed")
+    if found["error"] is not None:
+        return Check("LISTEN/NOTIFY", "fail", f"{where} is unreachable ({found['error']}): "
+                                              "workers will not start")
+    if found["transaction_pooling"]:
+        return Check("LISTEN/NOTIFY", "fail",
+                     f"{where} is reached through transaction pooling, where no LISTEN session can "
+                     "be held: point it at PostgreSQL directly (or at session pooling)")
+    if found["listen_works"]:
+        return Check("LISTEN/NOTIFY", "ok", f"on {where}: a notification sent over database_url "
+                                            "arrived; workers wake at once")
+    return Check("LISTEN/NOTIFY", "fail",
+                 f"a notification sent over database_url never arrived on {where}: does it name "
+                 "the same database as database_url?")
 
 
 def _clock(info: DatabaseInfo) -> Check:

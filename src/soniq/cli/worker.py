@@ -6,13 +6,16 @@ import logging
 import os
 import signal
 import sys
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import anyio
 from cyclopts import Parameter
 
 from soniq import __version__
 from soniq.cli._common import GLOBALS, Loop, configure_logging, event_loop, load_app
+
+if TYPE_CHECKING:
+    from soniq.settings import SoniqSettings
 
 logger = logging.getLogger("soniq.worker")
 
@@ -84,8 +87,7 @@ def worker(
         __version__, runner.id, soniq.settings.environment, backend.name,
         redact_url(soniq.settings.database_url),
         ",".join(queue_list) if queue_list else "all", runner.concurrency,
-        "LISTEN/NOTIFY + polling" if backend.supports_listen
-        else f"polling every {soniq.settings.poll_interval:g}s",
+        _wake_ups(backend.supports_listen, soniq.settings),
     )
     for problem in soniq.settings.unsafe():
         logger.warning("%s", problem)
@@ -146,3 +148,14 @@ def worker(
                        "exiting without them", runner.id, runner.executor.stuck)
         _exit_now(exit_code)
     return exit_code
+
+
+def _wake_ups(listen: bool, settings: SoniqSettings) -> str:
+    """How the worker learns of new jobs, for its first log line."""
+    from soniq.settings import redact_url
+
+    if not listen:
+        return f"polling every {settings.poll_interval:g}s"
+    if settings.listen_url is None:
+        return "LISTEN/NOTIFY + polling"
+    return f"LISTEN/NOTIFY on listen_url {redact_url(settings.listen_url)} + polling"

@@ -2,7 +2,9 @@
 
 A dedicated connection listens; when it drops, the loop reconnects with exponential backoff and
 claims right after every (re)connect, since notifications sent while it was away are lost. Polling
-every ``poll_interval`` keeps working underneath the whole time.
+every ``poll_interval`` keeps working underneath the whole time. A ``required`` listener (the user
+configured a ``listen_url``) raises when its first attempt fails: a wrong URL is an error to fix,
+not a reason to poll quietly; a connection lost later heals as above.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ logger = logging.getLogger("soniq.worker")
 
 class Listener:
     def __init__(self, backend: StorageBackend, fetcher: Fetcher, executor: Executor, *,
-                 poll_interval: float, max_backoff: float = 30.0) -> None:
+                 poll_interval: float, max_backoff: float = 30.0, required: bool = False) -> None:
         self._backend = backend
         self._fetcher = fetcher
         self._executor = executor
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
+        self._required = required
         self.connected = False
         self.reconnects = 0
 
@@ -45,7 +48,7 @@ class Listener:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen forever; ``started`` once listening or once the first attempt failed (then the
-        worker polls while this keeps trying)."""
+        worker polls while this keeps trying, unless ``required``: then that failure is raised)."""
         backoff = 0.1
         started = False
         while True:
@@ -63,6 +66,8 @@ class Listener:
                     self._fetcher.wake()
             except* DatabaseError as group:
                 self.connected = False
+                if self._required and not started:
+                    raise
                 logger.warning("LISTEN unavailable (%s); polling every %gs, reconnecting in %.1fs",
                                group.exceptions[0], self._poll_interval, backoff)
             if not started:

@@ -101,7 +101,8 @@ class Worker:
                                stale_after=settings.heartbeat_timeout,
                                error_retry_delay=settings.error_retry_delay, events=events)
         self.listener = Listener(backend, self.fetcher, self.executor,
-                                 poll_interval=settings.poll_interval)
+                                 poll_interval=settings.poll_interval,
+                                 required=settings.listen_url is not None)
         self._scope: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:

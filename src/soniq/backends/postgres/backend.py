@@ -84,8 +84,9 @@ class PostgresBackend:
         self._maintenance_timeout = maintenance.timeout_setting(
             settings.maintenance_statement_timeout)
         # PgBouncer transaction pooling (no statement cache) cannot hold a LISTEN session:
-        # workers poll instead (DESIGN.md §4).
-        self.supports_listen = settings.statement_cache_size > 0
+        # workers poll instead (DESIGN.md §4), unless listen_url names a direct connection.
+        self._listen_url = settings.listen_url
+        self.supports_listen = settings.statement_cache_size > 0 or self._listen_url is not None
         #: The event log (see :mod:`.events`): the statements that change jobs record their
         #: events while a reader is registered here. Both variants of those statements are
         #: written once; each call picks one by reading ``events.recording``.
@@ -400,10 +401,12 @@ class PostgresBackend:
         if not self.supports_listen:
             raise UnsupportedOperationError(
                 "LISTEN needs a session-pooled connection; with statement_cache_size=0 "
-                "(PgBouncer transaction pooling) workers poll instead"
+                "(PgBouncer transaction pooling) workers poll instead, unless listen_url is set"
             )
-        await listener.listen(self._url, on_notify, keepalive=self._settings.heartbeat_interval,
-                              errors=self._errors, task_status=task_status)
+        url = self._listen_url or self._url
+        await listener.listen(url, on_notify, keepalive=self._settings.heartbeat_interval,
+                              errors=Translator(url), task_status=task_status,
+                              refuse_pooling="listen_url" if self._listen_url else None)
 
     # -- schema ---------------------------------------------------------------------------------
     async def probe(self) -> dict[str, Any]:
@@ -411,7 +414,7 @@ class PostgresBackend:
         connections outside the pool and without the schema check."""
         from soniq.backends.postgres.probe import probe  # only the CLI's diagnostics need it
 
-        return await probe(self._url, self._errors)
+        return await probe(self._url, self._errors, listen_url=self._listen_url)
 
     async def migrate(self) -> list[str]:
         """Create the database if it does not exist, then apply pending migrations, each in its

@@ -18,10 +18,10 @@ import anyio
 
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
-from soniq.backends.postgres import sql
+from soniq.backends.postgres import pooling, sql
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.schema import close_quietly, connect
-from soniq.errors import DatabaseError
+from soniq.errors import ConfigurationError, DatabaseError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,8 +40,11 @@ APPLICATION_NAME = "soniq listener"
 
 
 async def listen(url: str, on_notify: Callable[[str, str], None], *, keepalive: float,
-                 errors: Translator, task_status: TaskStatus[None]) -> None:
-    """Listen until cancelled; ``task_status.started()`` once LISTEN is active."""
+                 errors: Translator, task_status: TaskStatus[None],
+                 refuse_pooling: str | None = None) -> None:
+    """Listen until cancelled; ``task_status.started()`` once LISTEN is active. With
+    ``refuse_pooling`` (the setting ``url`` came from), a ``url`` reached through transaction
+    pooling, where no LISTEN session can be held, raises :class:`ConfigurationError` naming it."""
     lost = anyio.Event()
     deliver, mark_lost = _handoff(on_notify, lost)
 
@@ -49,7 +52,7 @@ async def listen(url: str, on_notify: Callable[[str, str], None], *, keepalive: 
         deliver(channel, payload)
 
     with errors:
-        conn = await call(_open, url, on_message, mark_lost)
+        conn = await call(_open, url, on_message, mark_lost, refuse_pooling)
     try:
         task_status.started()
         while True:
@@ -100,10 +103,18 @@ def _handoff(on_notify: Callable[[str, str], None],
 
 
 async def _open(url: str, on_message: Callable[[Any, int, str, str], None],
-                on_lost: Callable[[], None]) -> Any:
+                on_lost: Callable[[], None], refuse_pooling: str | None) -> Any:
     """Runs on the driver's loop: connect, watch for termination, LISTEN on every channel."""
     conn = await connect(url, name=APPLICATION_NAME)
     try:
+        if refuse_pooling is not None and await pooling.transaction_pooled(
+                conn, lambda: _other_pid(url)):
+            raise ConfigurationError(
+                f"{refuse_pooling} ({redact_url(url)}) is reached through transaction pooling "
+                "(PgBouncer pool_mode = transaction, or similar), where no LISTEN session can be "
+                f"held: point {refuse_pooling} at PostgreSQL directly (or at session pooling), "
+                "or unset it to poll"
+            )
         conn.add_termination_listener(lambda _conn: on_lost())
         for channel in CHANNELS:
             await conn.add_listener(channel, on_message)
@@ -111,3 +122,12 @@ async def _open(url: str, on_message: Callable[[Any, int, str, str], None],
         await close_quietly(conn)
         raise
     return conn
+
+
+async def _other_pid(url: str) -> int:
+    """``pg_backend_pid()`` on a second connection, opened while the first stays open."""
+    conn = await connect(url, name=APPLICATION_NAME)
+    try:
+        return int(await conn.fetchval(pooling.BACKEND_PID))
+    finally:
+        await close_quietly(conn)

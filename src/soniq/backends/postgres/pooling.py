@@ -4,7 +4,8 @@ client connections -- PgBouncer with ``pool_mode = transaction`` (or ``statement
 There a session lasts one transaction: a prepared statement, a ``LISTEN``, a ``SET`` or a session
 advisory lock stays behind on whichever server connection ran it, and the client's next
 statement may run on another. Soniq supports that setup with ``statement_cache_size=0`` (no
-prepared statements; workers poll instead of LISTEN). With the cache on, the pool refuses to open
+prepared statements; workers poll instead of LISTEN, or LISTEN on a direct ``listen_url``, which
+is refused when it is itself pooled that way). With the cache on, the pool refuses to open
 there (:func:`refuse_transaction_pooling`), and ``soniq doctor`` reports the mode.
 
 PgBouncer answers no question about itself on a client connection (``SHOW pool_mode`` reaches the
@@ -24,14 +25,18 @@ server, which does not know it), so the signals are what any client can observe:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from soniq.backends.postgres.errors import redact_url
 from soniq.errors import ConfigurationError
 
-__all__ = ["BACKEND_PID", "log_listen_off", "refuse_transaction_pooling", "shares_sessions"]
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["BACKEND_PID", "log_listen_off", "refuse_transaction_pooling", "shares_sessions",
+           "transaction_pooled"]
 
 logger = logging.getLogger("soniq.postgres")
 
@@ -53,17 +58,14 @@ async def refuse_transaction_pooling(pool: Any, url: str) -> None:
     """Raise :class:`ConfigurationError` when ``pool`` (asyncpg's, with the statement cache on)
     reaches PostgreSQL through transaction pooling. Runs on the driver's loop when the pool opens;
     on a direct connection it costs one statement."""
+
+    async def other_pid() -> int:
+        async with pool.acquire() as second:
+            return int(await second.fetchval(BACKEND_PID))
+
     try:
         async with pool.acquire() as first:
-            pid = await first.fetchval(BACKEND_PID)
-            if first.get_server_pid() == pid:
-                return  # PostgreSQL itself answered the startup: no pooler in between
-            again = await first.fetchval(BACKEND_PID)
-            if pool.get_max_size() < 2:
-                pooled = again != pid
-            else:
-                async with pool.acquire() as second:
-                    pooled = shares_sessions(pid, again, await second.fetchval(BACKEND_PID))
+            pooled = await transaction_pooled(first, other_pid if pool.get_max_size() >= 2 else None)
     except _STATEMENT_LOST:
         pooled = True
     if pooled:
@@ -73,6 +75,19 @@ async def refuse_transaction_pooling(pool: Any, url: str) -> None:
             "SONIQ_STATEMENT_CACHE_SIZE=0 (statement_cache_size=0), and workers poll every "
             "poll_interval instead of LISTEN; or connect directly or through session pooling"
         )
+
+
+async def transaction_pooled(first: Any, other_pid: Callable[[], Awaitable[int]] | None) -> bool:
+    """Whether the client connection ``first`` reaches PostgreSQL through transaction pooling;
+    ``other_pid`` asks ``pg_backend_pid()`` on a second client connection while ``first`` stays
+    open (None: there is none to ask). On a direct connection it costs one statement."""
+    pid = await first.fetchval(BACKEND_PID)
+    if first.get_server_pid() == pid:
+        return False  # PostgreSQL itself answered the startup: no pooler in between
+    again = await first.fetchval(BACKEND_PID)
+    if other_pid is None:
+        return bool(again != pid)
+    return shares_sessions(pid, again, await other_pid())
 
 
 def log_listen_off(poll_interval: float) -> None:

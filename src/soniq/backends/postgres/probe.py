@@ -16,12 +16,13 @@ import anyio
 import asyncpg
 
 from soniq.backends._bridge import call
-from soniq.backends.postgres.errors import translate
-from soniq.backends.postgres.pooling import BACKEND_PID, shares_sessions
+from soniq.backends.postgres.errors import Translator, translate
+from soniq.backends.postgres.pooling import BACKEND_PID, shares_sessions, transaction_pooled
 from soniq.backends.postgres.schema import SERVER_SETTINGS, close_quietly
+from soniq.errors import DatabaseError
 
 if TYPE_CHECKING:
-    from soniq.backends.postgres.errors import Translator
+    from soniq.types import ListenUrlInfo
 
 __all__ = ["probe"]
 
@@ -37,8 +38,10 @@ _APPLIED = "SELECT version, name FROM soniq_migrations ORDER BY version"
 _NOTIFY = "SELECT pg_notify($1::text, $2::text)"
 
 
-async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0) -> dict[str, Any]:
-    """Server version, applied migrations, round trip, clock skew, pooling mode, LISTEN.
+async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0,
+                listen_url: str | None = None) -> dict[str, Any]:
+    """Server version, applied migrations, round trip, clock skew, pooling mode, LISTEN; and with
+    ``listen_url``, how that connection fares (:class:`~soniq.types.ListenUrlInfo`).
 
     Pooling is judged on two client connections held open together (see :mod:`.pooling`): a
     backend shared between them, or changing under one of them, proves transaction pooling. A
@@ -61,6 +64,8 @@ async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0) ->
                 other_pid = await call(other.fetchval, BACKEND_PID)
                 applied = await call(_applied, conn)
             listen_works = await _listen_roundtrip(other, conn, errors, listen_timeout)
+            direct = (None if listen_url is None
+                      else await _listen_url(listen_url, conn, listen_timeout))
         finally:
             with anyio.CancelScope(shield=True):
                 await call(close_quietly, other)
@@ -77,7 +82,34 @@ async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0) ->
         "max_connections": int(row["max_connections"]),
         "via_proxy": (conn.get_server_pid() != row["pid"]
                       or _url_port(url) not in (None, int(row["port"]))),
+        "listen_url": direct,
     }
+
+
+async def _listen_url(url: str, sender: Any, wait: float) -> ListenUrlInfo:
+    """Connect to ``listen_url``, tell whether it is transaction-pooled, and whether a NOTIFY
+    sent on ``sender`` (a ``database_url`` connection) reaches a LISTEN there."""
+    errors = Translator(url)
+    try:
+        with errors:
+            conn = await call(_connect, url)
+    except DatabaseError as exc:
+        return {"error": exc.message, "transaction_pooling": None, "listen_works": None}
+    try:
+        async def other_pid() -> int:  # runs on the driver's loop, inside transaction_pooled
+            other = await _connect(url)
+            try:
+                return int(await other.fetchval(BACKEND_PID))
+            finally:
+                await close_quietly(other)
+
+        with errors:
+            pooled = await call(transaction_pooled, conn, other_pid)
+        works = None if pooled else await _listen_roundtrip(conn, sender, errors, wait)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await call(close_quietly, conn)
+    return {"error": None, "transaction_pooling": pooled, "listen_works": works}
 
 
 def _url_port(url: str) -> int | None:
