@@ -25,7 +25,10 @@ __all__ = ["FULL", "GROUPS", "QUICK", "Sizes", "Step", "build_plan"]
 FLOOR_CONNECTIONS = 4
 #: Selectable with --only; "peers" adds PgQueuer and Procrastinate to enqueue..latency.
 GROUPS = ("enqueue", "bulk", "process", "latency", "mixed", "trio", "sqlite", "memory", "features",
-          "peers")
+          "embedded", "peers")
+#: The ``embedded`` group: worker concurrency, and the peers in it with their worker options.
+EMBEDDED_CONCURRENCY = 10
+EMBEDDED_PEERS: dict[str, dict[str, Any]] = {"pgqueuer": {"batch_size": 10}}
 
 Measure = Callable[["Target", "Path | None"], Awaitable[dict[str, Any]]]
 
@@ -49,6 +52,7 @@ class Sizes:
     memory_rounds: int
     peer_process_n: int  # peers join the burn-down of this size only (they are slow)
     features_n: int  # burn-down with each optional feature on (webhooks, logs, encryption)
+    embedded_n: int  # burn-down with the worker in this process
 
 
 FULL = Sizes(
@@ -57,7 +61,7 @@ FULL = Sizes(
     latency_samples=500, latency_gap=0.025, mixed_seconds=30.0, trio_ns=(20_000, 100_000),
     sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
     memory_n=100_000, memory_rounds=5,
-    peer_process_n=20_000, features_n=100_000,
+    peer_process_n=20_000, features_n=100_000, embedded_n=20_000,
 )
 QUICK = Sizes(
     runs=1, enqueue_n=1_000, bulk_n=20_000, bulk_chunks=(1_000,),
@@ -65,14 +69,14 @@ QUICK = Sizes(
     latency_samples=100, latency_gap=0.02, mixed_seconds=10.0, trio_ns=(5_000,),
     sqlite_enqueue_n=500, sqlite_bulk_n=10_000, sqlite_process_ns=(5_000,),
     memory_n=20_000, memory_rounds=2,
-    peer_process_n=5_000, features_n=5_000,
+    peer_process_n=5_000, features_n=5_000, embedded_n=2_000,
 )
 
 
 @dataclass(frozen=True)
 class Step:
-    scenario: str  # enqueue | bulk | process | latency | mixed | memory | features
-    system: str  # soniq | asyncpg | pgqueuer | procrastinate | soniq+webhooks|logs|encrypt
+    scenario: str  # enqueue | bulk | process | latency | mixed | memory | features | embedded
+    system: str  # soniq | asyncpg | asyncpg+notify | pgqueuer | procrastinate | soniq+webhooks|...
     params: tuple[tuple[str, Any], ...]
     run: int
     runs: int
@@ -123,6 +127,11 @@ def _latency(loop: str, gap: float) -> Callable[[str, dict[str, Any]], Measure]:
     return make
 
 
+def _embedded(system: str, v: dict[str, Any]) -> Measure:
+    return lambda target, _p: process.embedded(system, target, n=v["n"], concurrency=v["c"],
+                                               options=EMBEDDED_PEERS.get(system))
+
+
 def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
     """Every step of a run, in order. ``peers``: the peers that are installed and wanted."""
     s, runs = sizes, sizes.runs
@@ -143,8 +152,9 @@ def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
             plan += _steps("process", ["asyncpg"], [{"n": n, "c": FLOOR_CONNECTIONS}], runs,
                            _burn("asyncio"))
     if "latency" in groups:
-        plan += _steps("latency", ["soniq", *peers], [{"samples": s.latency_samples}], runs,
-                       _latency("asyncio", s.latency_gap))
+        # asyncpg+notify: the wake-up floor (INSERT + pg_notify, LISTEN + claim).
+        plan += _steps("latency", ["soniq", "asyncpg+notify", *peers],
+                       [{"samples": s.latency_samples}], runs, _latency("asyncio", s.latency_gap))
     if "mixed" in groups:
         plan += _steps("mixed", ["soniq"], [{"seconds": s.mixed_seconds}], runs,
                        lambda _sys, v: lambda target, _p: mixed.mixed(target, duration=v["seconds"]))
@@ -172,4 +182,8 @@ def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
         # these plain-Soniq runs are the baseline of this group only).
         plan += _steps("features", ["soniq", *FEATURES], [{"n": s.features_n, "c": 100}], runs,
                        _burn("asyncio", from_claiming=True), profiled=True)
+    if "embedded" in groups:
+        systems = ["soniq", *(p for p in peers if p in EMBEDDED_PEERS)]
+        plan += _steps("embedded", systems, [{"n": s.embedded_n, "c": EMBEDDED_CONCURRENCY}], runs,
+                       _embedded)
     return plan

@@ -16,7 +16,7 @@ from benchmarks.stats import median
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["Group", "group_records", "markdown"]
+__all__ = ["Group", "group_records", "markdown", "nearest", "times"]
 
 #: Targets from the brief (DESIGN.md §4 and the issue); checked on this run's medians.
 PROCESS_TARGET = 20_000.0  # jobs/s, PostgreSQL, concurrency 100
@@ -147,6 +147,27 @@ def _pct(ratio: float | None) -> str:
     return "?" if ratio is None else f"{ratio * 100:.0f}%"
 
 
+def times(ratio: float | None) -> str:
+    """A ratio as a multiple: ``1.83×`` (``?`` when unknown)."""
+    return "?" if ratio is None else f"{ratio:.2f}×"
+
+
+def nearest(groups: Sequence[Group], n: int) -> Group | None:
+    """The group whose ``n`` is closest to ``n`` (the smaller on a tie), among those that ran."""
+    sized = [g for g in groups if g.ok and isinstance(g.params.get("n"), int)]
+    return min(sized, key=lambda g: (abs(g.params["n"] - n), g.params["n"]), default=None)
+
+
+def _of_floor(g: Group, floor: Group | None, what: str) -> str:
+    """``; N% of <what> (rate, bare asyncpg, c=...)`` for a burn-down, or nothing."""
+    floor_rate = floor.m("jobs_per_s") if floor else None
+    if floor is None or floor_rate is None:
+        return ""
+    at_n = "" if floor.params["n"] == g.params.get("n") else f", N={floor.params['n']:,}"
+    return (f"; {_pct(_ratio(g.m('jobs_per_s'), floor_rate))} of {what} ({rate(floor_rate)}, "
+            f"bare asyncpg, c={floor.params['c']} connections{at_n})")
+
+
 def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
 
@@ -175,19 +196,22 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
             (g.m("jobs_per_s") or 0) >= BULK_TARGET)
     for g in ix.all("process"):
         c100 = g.params["c"] == 100
-        floor = ix.find("process", "asyncpg", n=g.params["n"])
-        floor_rate = floor.m("jobs_per_s") if floor else None
-        of_floor = ("" if floor_rate is None else
-                    f"; {_pct(_ratio(g.m('jobs_per_s'), floor_rate))} of the claim+finish floor "
-                    f"({rate(floor_rate)}, bare asyncpg, c={floor.params['c']} connections)")
+        of_floor = _of_floor(g, ix.find("process", "asyncpg", n=g.params["n"]),
+                             "the claim+finish floor")
         row(f"3 process, burn-down ({_params(g.params)})", g,
             "≥ 20,000 jobs/s" if c100 else "(none)",
             f"**{rate(g.m('jobs_per_s'))}**{_cpu(g)}{of_floor}",
             (g.m("jobs_per_s") or 0) >= PROCESS_TARGET if c100 else None)
     for g in ix.all("latency"):
+        floor = ix.find("latency", "asyncpg+notify", samples=g.params["samples"])
+        floor_p50 = floor.m("p50_ms") if floor else None
+        of_floor = ("" if floor is None or floor_p50 is None else
+                    f"; p50 = **{times(_ratio(g.m('p50_ms'), floor_p50))}** the wake-up floor's "
+                    f"(p50 {ms(floor_p50)}, p99 {ms(floor.m('p99_ms'))}: bare asyncpg "
+                    "INSERT + pg_notify, LISTEN + Soniq's claim)")
         row(f"4 latency, enqueue→start ({_params(g.params)})", g, "p50 ≤ 2.5 ms, p99 ≤ 6 ms",
             f"p50 **{ms(g.m('p50_ms'))}**, p99 **{ms(g.m('p99_ms'))}**, "
-            f"max {ms(g.m('max_ms'))}, missed {g.m('missed') or 0:.0f}{_split(g)}",
+            f"max {ms(g.m('max_ms'))}, missed {g.m('missed') or 0:.0f}{_split(g)}{of_floor}",
             (g.m("p50_ms") or 1e9) <= LATENCY_P50_TARGET
             and (g.m("p99_ms") or 1e9) <= LATENCY_P99_TARGET)
     for g in ix.all("mixed"):
@@ -243,6 +267,19 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
                 f"({rate(base_rate)}){_cpu(g)}{evidence}",
                 (None if ratio is None else ratio >= WEBHOOKS_RATIO_TARGET)
                 if system == "soniq+webhooks" else None)
+    for g in ix.all("embedded"):
+        own = ix.find("process", n=g.params["n"], c=g.params["c"])
+        beside = "" if own is None or own.m("jobs_per_s") is None else \
+            f"; worker in its own process (3): {rate(own.m('jobs_per_s'))}"
+        for peer in ix.groups:
+            if peer.scenario == "embedded" and not peer.system.startswith("soniq") and \
+                    peer.params == g.params and peer.m("jobs_per_s"):
+                beside += (f"; {peer.system} embedded the same way: {rate(peer.m('jobs_per_s'))}"
+                           f" (Soniq {times(_ratio(g.m('jobs_per_s'), peer.m('jobs_per_s')))})")
+        row(f"11 embedded, worker in the producer's process ({_params(g.params)})", g, "(none)",
+            f"**{rate(g.m('jobs_per_s'))}**{_cpu(g)}"
+            f"{_of_floor(g, nearest(ix.all('process', 'asyncpg'), g.params['n']), 'the claim+finish floor')}"
+            f"{beside}")
     return rows
 
 
@@ -269,6 +306,7 @@ _PEER_ROWS: list[tuple[str, str, str, bool, dict[str, Any]]] = [
     ("process, concurrency 100", "process", "jobs_per_s", True, {"c": 100}),
     ("latency p50", "latency", "p50_ms", False, {}),
     ("latency p99", "latency", "p99_ms", False, {}),
+    ("embedded, concurrency 10", "embedded", "jobs_per_s", True, {}),
 ]
 
 
@@ -309,7 +347,7 @@ def _peer_table(ix: _Index, peers: dict[str, str], unavailable: dict[str, str]) 
     lines.append("")
     lines.append("Ratios are Soniq's advantage: > 1× means Soniq is better (faster, or lower "
                  "latency). Peer settings: PgQueuer `qm.run(batch_size=min(10, c/2), "
-                 "max_concurrent_tasks=c)`; Procrastinate `run_worker_async(concurrency=c)`.")
+                 "max_concurrent_tasks=c)`, embedded `batch_size=10, max_concurrent_tasks=20` (it refuses a cap below twice the batch); Procrastinate `run_worker_async(concurrency=c)`.")
     for p, reason in unavailable.items():
         lines.append(f"¹ {p}: {reason}")
     if any(g.errors for p in names for g in ix.groups if g.system == p):

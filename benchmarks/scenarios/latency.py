@@ -26,10 +26,9 @@ __all__ = ["latency"]
 #: Where the database can say more: for each sampled job, when its INSERT began and when the
 #: claim that took it began (both transaction start times, epoch seconds), splitting latency into
 #: enqueue -> claim (commit, NOTIFY, wake-up) and claim -> start (claim round trips, dispatch).
-_TIMELINE = {
-    "soniq": "SELECT (args->>'i')::int, extract(epoch FROM created_at)::float8, "
-             "extract(epoch FROM started_at)::float8 FROM soniq_jobs WHERE job_name = 'stamp'",
-}
+_SONIQ_TIMELINE = ("SELECT (args->>'i')::int, extract(epoch FROM created_at)::float8, "
+                   "extract(epoch FROM started_at)::float8 FROM soniq_jobs WHERE job_name = 'stamp'")
+_TIMELINE = {"soniq": _SONIQ_TIMELINE, "asyncpg+notify": _SONIQ_TIMELINE}
 _WARMUP = 5
 _WARMUP_BASE = 1_000_000  # warm-up job numbers, kept out of the sample
 _CONCURRENCY = 10

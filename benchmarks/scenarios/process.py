@@ -1,4 +1,5 @@
-"""Scenarios 3, 6, 8 and 10: burn-down (N jobs pre-enqueued, one worker process), worker memory.
+"""Scenarios 3, 6, 8, 10 and 11: burn-down (N jobs pre-enqueued, one worker process, or the worker
+in this process: ``embedded``), worker memory.
 
 Burn-down clock: from the ``go`` sent to a worker that has already imported everything and opened
 its connections, to the moment the database says the last job finished (Soniq ``finished_at``,
@@ -13,6 +14,11 @@ clock starts when the worker reports that it is claiming (``started``, sent once
 are up), so it compares throughput: a feature's one-off start-up (webhooks load the HTTP stack,
 ~0.1 s here, a tenth of a 20,000-job run) is reported apart, as ``startup_seconds`` (every
 burn-down records it).
+
+The ``embedded`` group runs the same burn-down with the worker in this process, a task of this
+event loop (for Soniq ``app.worker(concurrency=c)`` in a task group, as an application embedding
+it would); the clock runs from just before the worker is started to the last finished job. The
+probe's poll (one query every 100 ms) shares the loop with it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ if TYPE_CHECKING:
     from benchmarks.databases import Target
     from benchmarks.systems import System
 
-__all__ = ["burn_down", "memory", "preload"]
+__all__ = ["burn_down", "embedded", "memory", "preload"]
 
 _LOAD_CHUNK = 1_000
 _MIB = 1024.0
@@ -99,6 +105,36 @@ async def burn_down(system_name: str, target: Target, *, n: int, concurrency: in
             # (% of all cores: worker + PostgreSQL + this process), over the poll window.
             "worker_cpu_pct": worker_cpu / (drained - go) * 100.0,
             "machine_cpu_pct": machine_busy * 100.0}
+
+
+async def embedded(system_name: str, target: Target, *, n: int, concurrency: int,
+                   options: dict[str, Any] | None = None) -> dict[str, float]:
+    """One burn-down with the worker in this process; ``options`` go to the system's
+    ``open_worker`` (PgQueuer's ``batch_size``)."""
+    system = load_system(system_name)
+    await system.install(target)
+    async with Probe(target, system.probe_sql(target)) as probe:
+        await preload(system, target, n)
+        await probe.execute("CHECKPOINT")
+        worker = await system.open_worker(target, concurrency, {}, **(options or {}))
+        try:
+            async with anyio.create_task_group() as tg:
+                cpu_before, meter, go = time.process_time(), CpuMeter(), time.time()
+                await tg.start(worker.run)
+                drained = await probe.wait_until_drained(within=drain_timeout(n))
+                cpu, machine_busy = time.process_time() - cpu_before, meter.busy()
+                done = await _wait_all_done(probe, n)
+                last = await probe.last_done()
+                worker.stop()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await worker.aclose()
+    if done != n:
+        raise RuntimeError(f"only {done} of {n} jobs reached the finished state")
+    elapsed = (last if last is not None else drained) - go
+    return {"jobs_per_s": n / elapsed, "seconds": elapsed,
+            # This whole process (worker, probe) as % of one core, and the box, over the poll.
+            "worker_cpu_pct": cpu / (drained - go) * 100.0, "machine_cpu_pct": machine_busy * 100.0}
 
 
 async def memory(target: Target, *, n: int, rounds: int, concurrency: int) -> dict[str, Any]:

@@ -30,6 +30,8 @@ __all__ = ["FEATURES", "PEERS", "Producer", "System", "WorkerHandle", "load_syst
 _SYSTEMS = {
     "soniq": ("benchmarks.systems.soniq_system", "SYSTEM", "soniq"),
     "asyncpg": ("benchmarks.systems.baseline", "SYSTEM", "asyncpg"),
+    # The wake-up floor of the latency group (INSERT + pg_notify, LISTEN + claim).
+    "asyncpg+notify": ("benchmarks.systems.baseline", "WAKE", "asyncpg"),
     "pgqueuer": ("benchmarks.systems.pgqueuer_system", "SYSTEM", "pgqueuer"),
     "procrastinate": ("benchmarks.systems.procrastinate_system", "SYSTEM", "procrastinate"),
     # Soniq with one optional feature on (the ``features`` group): instances of the same class.

@@ -13,6 +13,12 @@ fenced like Soniq's finish (``status = 'processing'`` and the lease), until a cl
 empty. No job is run and nothing per job happens in Python beyond collecting the ids: what
 draining the table costs PostgreSQL and the driver, below which no worker can go.
 
+The wake-up floor (system ``asyncpg+notify``, the ``latency`` group): the producer inserts Soniq's
+row and notifies Soniq's channel in one autocommitted statement; in the worker process a LISTEN
+callback on one connection wakes a loop that runs Soniq's claim (returning the ids and ``i``) on
+another until it comes back empty, recording ``time.time()`` for each job the moment the claim
+returned it, then finishes the claim like the floor above (outside the measured latency).
+
 No NOTIFY, no validation, no JSON encoding beyond a fixed string: what Soniq would cost if it
 did nothing but the write. With Soniq's indexes in place, the bulk ceiling is PostgreSQL's own
 index maintenance (docs/guides/performance.md).
@@ -21,6 +27,7 @@ index maintenance (docs/guides/performance.md).
 from __future__ import annotations
 
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,7 +35,7 @@ import asyncpg
 
 from benchmarks.systems.soniq_system import SYSTEM as SONIQ
 from soniq.backends.postgres.schema import CUSTOM_PLANS
-from soniq.backends.postgres.sql import CLAIM_ALL_QUEUES, COPY_COLUMNS
+from soniq.backends.postgres.sql import CHANNEL, CLAIM_ALL_QUEUES, COPY_COLUMNS
 from soniq.ids import new_id, new_ids
 
 if TYPE_CHECKING:
@@ -36,15 +43,22 @@ if TYPE_CHECKING:
 
     from benchmarks.databases import ProbeSql, Target
 
-__all__ = ["SYSTEM"]
+__all__ = ["SYSTEM", "WAKE"]
 
 _INSERT_ONE = """
 INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts, scheduled_at)
 VALUES ($1::uuid, $2::text, 'default', 100, 'queued', $3::jsonb, 4, now())
 """
 
+_INSERT_NOTIFY = f"""
+WITH job AS ({_INSERT_ONE} RETURNING queue)
+SELECT pg_notify('{CHANNEL}', queue) FROM job
+"""
+
 #: Soniq's claim ($1 worker id, $2 now: NULL, $3 limit, $4 claim key), returning only the ids.
 _CLAIM_IDS = CLAIM_ALL_QUEUES[:CLAIM_ALL_QUEUES.rindex("RETURNING")] + "RETURNING id"
+#: The same, with each job's number (the wake-up floor's ``stamp``).
+_CLAIM_NUMBERED = _CLAIM_IDS + ", (args->>'i')::int"
 _CLAIM_BATCH = 100
 #: $1 ids, $2 their claim's key: one fenced finish for the whole claim.
 _FINISH = """
@@ -55,11 +69,12 @@ WHERE id = ANY($1::uuid[]) AND status = 'processing' AND lease_id = md5($2::text
 
 
 class _Producer:
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, insert_one: str = _INSERT_ONE) -> None:
         self._conn = conn
+        self._insert_one = insert_one
 
     async def enqueue_one(self, i: int, job: str = "noop") -> None:
-        await self._conn.execute(_INSERT_ONE, new_id(), job, f'{{"i": {i}}}')
+        await self._conn.execute(self._insert_one, new_id(), job, f'{{"i": {i}}}')
 
     async def enqueue_bulk(self, first: int, count: int) -> None:
         records = [(job_id, "noop", "default", 100, "queued", f'{{"i": {i}}}', 4)
@@ -100,6 +115,49 @@ class _Floor:
             await conn.close()
 
 
+class _Wake:
+    """The wake-up floor: LISTEN on one connection, claim (and finish) on another."""
+
+    def __init__(self, listener: Any, conn: Any, batch: int, stamps: dict[int, float]) -> None:
+        self._listener, self._conn, self._batch, self._stamps = listener, conn, batch, stamps
+        self._woken = anyio.Event()
+        self._stopped = False
+
+    def _on_notify(self, *_args: object) -> None:
+        self._woken.set()
+
+    async def _claim_all(self) -> None:
+        while not self._stopped:
+            key = secrets.token_hex(16)
+            rows = await self._conn.fetch(_CLAIM_NUMBERED, None, None, self._batch, key)
+            now = time.time()
+            if not rows:
+                return
+            for _job_id, i in rows:
+                self._stamps[i] = now
+            await self._conn.execute(_FINISH, [row[0] for row in rows], key)
+
+    async def _serve(self) -> None:
+        while not self._stopped:
+            await self._woken.wait()
+            self._woken = anyio.Event()  # a NOTIFY during the claims below wakes us again
+            await self._claim_all()
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        await self._listener.add_listener(CHANNEL, self._on_notify)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._serve)
+            task_status.started()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._woken.set()
+
+    async def aclose(self) -> None:
+        for conn in (self._listener, self._conn):
+            await conn.close()
+
+
 class BaselineSystem:
     name = "asyncpg"
 
@@ -123,4 +181,21 @@ class BaselineSystem:
                        for _ in range(concurrency)])
 
 
+class WakeSystem(BaselineSystem):
+    """The wake-up floor (``asyncpg+notify``): INSERT + pg_notify, LISTEN + claim."""
+
+    name = "asyncpg+notify"
+
+    async def open_producer(self, target: Target) -> _Producer:
+        return _Producer(await asyncpg.connect(target.url), _INSERT_NOTIFY)
+
+    async def open_worker(self, target: Target, concurrency: int,  # type: ignore[override]
+                          stamps: dict[int, float]) -> _Wake:
+        """Claims up to ``concurrency`` jobs at a time, like Soniq's worker of that size."""
+        return _Wake(await asyncpg.connect(target.url),
+                     await asyncpg.connect(target.url, server_settings=CUSTOM_PLANS),
+                     concurrency, stamps)
+
+
 SYSTEM: Any = BaselineSystem()
+WAKE: Any = WakeSystem()

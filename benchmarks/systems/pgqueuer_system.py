@@ -2,7 +2,9 @@
 
 Concurrency N maps to ``qm.run(batch_size=min(10, N // 2), max_concurrent_tasks=N)``: PgQueuer
 refuses a cap below twice the batch size, so a cap of 10 means batches of 5; at a cap of 100 its
-default batch of 10 is kept. Finished jobs leave ``pgqueuer`` for ``pgqueuer_log``.
+default batch of 10 is kept. ``open_worker(..., batch_size=B)`` asks for batches of B instead
+(the ``embedded`` group: 10, its fastest setting here), the cap then being at least 2 × B.
+Finished jobs leave ``pgqueuer`` for ``pgqueuer_log``.
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ class _Producer:
 
 
 class _Worker:
-    def __init__(self, conn: Any, concurrency: int, stamps: dict[int, float]) -> None:
+    def __init__(self, conn: Any, concurrency: int, stamps: dict[int, float],
+                 batch_size: int | None = None) -> None:
         self._conn = conn
         self._concurrency = concurrency
+        self._batch = batch_size or max(1, min(10, concurrency // 2))
         self._qm = QueueManager(Queries.from_asyncpg_connection(conn))
 
         @self._qm.entrypoint("noop")
@@ -67,8 +71,8 @@ class _Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        batch = max(1, min(10, self._concurrency // 2))
-        await self._qm.run(batch_size=batch, max_concurrent_tasks=self._concurrency)
+        await self._qm.run(batch_size=self._batch,
+                           max_concurrent_tasks=max(self._concurrency, 2 * self._batch))
 
     def stop(self) -> None:
         self._qm.shutdown.set()
@@ -97,8 +101,8 @@ class PgQueuerSystem:
         return _Producer(await asyncpg.connect(target.url))
 
     async def open_worker(self, target: Target, concurrency: int,
-                          stamps: dict[int, float]) -> _Worker:
-        return _Worker(await asyncpg.connect(target.url), concurrency, stamps)
+                          stamps: dict[int, float], batch_size: int | None = None) -> _Worker:
+        return _Worker(await asyncpg.connect(target.url), concurrency, stamps, batch_size)
 
 
 SYSTEM: Any = PgQueuerSystem()
