@@ -18,6 +18,7 @@ from soniq.backends.base import database_info
 from soniq.embedding import AppWorker, running
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.features.dead_letter import DeadLetter
+from soniq.features.definitions import Definitions
 from soniq.features.logs import JobLogs
 from soniq.features.metrics import Metrics
 from soniq.features.scheduler import Scheduler, SchedulerService, Timing
@@ -79,6 +80,7 @@ class Soniq:
         #: Loops every worker of this app runs in its task group (scheduler, webhook delivery).
         self.services: list[Service] = []
         self._dead_letter: DeadLetter | None = None
+        self._definitions: Definitions | None = None
         self._scheduler: Scheduler | None = None
         # Every worker fires the stored schedules (one small query per tick when there are none).
         self.services.append(SchedulerService(self.scheduler))
@@ -117,6 +119,14 @@ class Soniq:
             self._dead_letter = DeadLetter(self._backend, ready=self.ensure_initialized,
                                            wake=self.producer.wake)
         return self._dead_letter
+
+    @property
+    def definitions(self) -> Definitions:
+        """Job definitions every worker stores at start (``list``, ``get``, ``versions``; see
+        :mod:`soniq.features.definitions`). Touching it opens nothing."""
+        if self._definitions is None:
+            self._definitions = Definitions(self._backend, ready=self.ensure_initialized)
+        return self._definitions
 
     @property
     def scheduler(self) -> Scheduler:

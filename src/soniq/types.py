@@ -254,10 +254,12 @@ class Snooze:
 
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
-    """A running worker, as registered in storage (``queues=None`` means every queue)."""
+    """A running worker, as registered in storage (``queues=None`` means every queue;
+    ``job_names``: the jobs it registered)."""
 
     id: str
     hostname: str
     pid: int
     queues: tuple[str, ...] | None
     concurrency: int
+    job_names: tuple[str, ...] = ()

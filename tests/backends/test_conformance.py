@@ -14,6 +14,8 @@ import anyio
 import pytest
 
 from soniq.backends.base import StorageBackend
+from soniq.backends.stores import JobDefinition
+from soniq.features.definitions import current
 from soniq.ids import new_id
 from soniq.serialization import dumps
 from soniq.types import JobOutcome, JobStatus, NewJob, WorkerInfo
@@ -393,3 +395,59 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.01)
+
+
+# -- job definitions (backend.definitions) ---------------------------------------------------
+def definition(name: str = "tests.job", *, queue: str = "default", priority: int = 100,
+               **options: object) -> JobDefinition:
+    return JobDefinition(name=name, queue=queue, priority=priority, max_attempts=4,
+                         timeout=30.0, encrypt=False, options=options)
+
+
+async def test_definitions_keep_first_seen_and_move_last_seen(storage: StorageBackend) -> None:
+    store = storage.definitions
+    assert store is not None
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    a, other = definition(unique=True), definition("tests.other", queue="mail", priority=-5)
+    await store.upsert([a, other], now=t0)
+    await store.upsert([a], now=t0 + timedelta(minutes=5))
+    await store.upsert([a], now=t0 + timedelta(minutes=1))  # last_seen_at never moves back
+    [stored_a, stored_other] = await store.list()
+    assert stored_a.definition == a and stored_a.digest == a.digest
+    assert (stored_a.first_seen_at, stored_a.last_seen_at) == (t0, t0 + timedelta(minutes=5))
+    assert stored_other.definition == other and stored_other.last_seen_at == t0
+    assert dict(stored_a.definition.options) == {"unique": True}
+    assert await store.list("tests.other") == [stored_other]
+    assert await store.list("tests.none") == []
+    await store.upsert([])  # nothing to write
+
+
+async def test_a_deploy_is_resolved_by_first_seen(storage: StorageBackend) -> None:
+    """Worker v1 stores definition A, worker v2 (the deploy) stores B: B is current. v1 restarts
+    later and re-stores A: B stays current, and A's row only records that it was seen again."""
+    store = storage.definitions
+    assert store is not None
+    a, b = definition(queue="old"), definition(queue="new")
+    assert a.digest != b.digest
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    await store.upsert([a], now=t0)
+    assert current(await store.list())["tests.job"].definition == a
+    await store.upsert([b], now=t0 + timedelta(minutes=1))
+    assert current(await store.list())["tests.job"].definition == b
+    await store.upsert([a], now=t0 + timedelta(minutes=2))  # v1 restarts
+    versions = await store.list("tests.job")
+    assert current(versions)["tests.job"].definition == b
+    assert [(v.definition.queue, v.first_seen_at, v.last_seen_at) for v in versions] == [
+        ("old", t0, t0 + timedelta(minutes=2)),
+        ("new", t0 + timedelta(minutes=1), t0 + timedelta(minutes=1))]
+
+
+async def test_worker_rows_list_job_names_also_when_re_created(storage: StorageBackend) -> None:
+    worker = WorkerInfo(WORKER, "host", 1, None, 2, job_names=("a.job", "b.job"))
+    await storage.register_worker(worker)
+    assert [w["job_names"] for w in await storage.list_workers()] == [["a.job", "b.job"]]
+    await storage.heartbeat(WORKER, job_names=worker.job_names)
+    assert [w["job_names"] for w in await storage.list_workers()] == [["a.job", "b.job"]]
+    await storage.unregister_worker(WORKER)  # as the cleanup does to a silent worker
+    await storage.heartbeat(WORKER, job_names=worker.job_names)
+    assert [w["job_names"] for w in await storage.list_workers()] == [["a.job", "b.job"]]

@@ -64,7 +64,14 @@ EXPECTED_COLUMNS = {
         ("id", "uuid", True), ("hostname", "text", True), ("pid", "integer", True),
         ("queues", "text[]", False), ("concurrency", "integer", True),
         ("started_at", TIMESTAMPTZ, True), ("last_heartbeat", TIMESTAMPTZ, True),
-        ("metadata", "jsonb", True),
+        ("metadata", "jsonb", True), ("job_names", "text[]", True),
+    ],
+    "soniq_job_definitions": [
+        ("name", "text", True), ("digest", "text", True), ("queue", "text", True),
+        ("priority", "integer", True), ("max_attempts", "integer", True),
+        ("timeout", "double precision", False), ("encrypt", "boolean", True),
+        ("options", "jsonb", True), ("first_seen_at", TIMESTAMPTZ, True),
+        ("last_seen_at", TIMESTAMPTZ, True),
     ],
     "soniq_maintenance": [("task", "text", True), ("last_run_at", TIMESTAMPTZ, True)],
     "soniq_schedules": [
@@ -163,6 +170,7 @@ EXPECTED_INDEXES = {
         ("soniq_job_logs_job_idx", "INDEX", "soniq_job_logs", "(job_id, id)"),
         ("soniq_job_logs_created_at_idx", "INDEX", "soniq_job_logs", "(created_at)"),
         ("soniq_stats_minute_pkey", "UNIQUE INDEX", "soniq_stats_minute", "(bucket, queue)"),
+        ("soniq_job_definitions_pkey", "UNIQUE INDEX", "soniq_job_definitions", "(name, digest)"),
         ("soniq_migrations_pkey", "UNIQUE INDEX", "soniq_migrations", "(version)"),
     ]
 }
@@ -864,3 +872,48 @@ def test_redact_url() -> None:
     assert redact_url("postgresql://db/app") == "postgresql://db/app"
     assert PASSWORD not in redact_url(f"postgresql://db/app?user=bob&password={PASSWORD}")
     assert PASSWORD not in redact_url(f"postgresql://bob:{PASSWORD}@[::1]:5432/app?sslmode=require")
+
+
+async def test_the_job_definitions_migration_upgrades_a_database_in_use(
+        pg_url: str, pg_server: str, fresh_database: tuple[str, str]) -> None:
+    """Migration 11 (``soniq_job_definitions``, ``soniq_workers.job_names``) on a database at
+    version 10 with a job and a worker row in it: nothing is lost, the old worker row lists no
+    job names, and a worker then stores its definition and its names."""
+    name, url = fresh_database
+    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
+    worker, job_id = new_id(), new_id()
+
+    async def at_version_10(conn: Any) -> None:
+        await conn.execute(MIGRATIONS_TABLE["postgres"])
+        for migration in ALL_MIGRATIONS:
+            if migration.version < 11:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+        await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args,"
+                           " max_attempts) VALUES ($1::uuid, 'ok', 'default', 100, 'queued',"
+                           " '{}', 3)", job_id)
+        await conn.execute("INSERT INTO soniq_workers (id, hostname, pid, concurrency)"
+                           " VALUES ($1::uuid, 'old-host', 7, 2)", worker)
+
+    await on_connection(url, at_version_10)
+    with pytest.raises(SchemaMissingError, match="0011_job_definitions"):
+        async with Soniq(database_url=url, pool_min_size=1):
+            pass
+    backend = backend_for(url)
+    try:
+        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS if m.version >= 11]
+        assert [(w["hostname"], w["job_names"]) for w in await backend.list_workers()] == [
+            ("old-host", [])]
+    finally:
+        await backend.close()
+    assert await schema_of(url) == await schema_of(pg_url)
+
+    async with Soniq(database_url=url, pool_min_size=1) as app:
+        @app.job(name="ok")
+        async def ok() -> None:
+            return None
+
+        assert [r["id"] for r in await drain(app)] == [job_id]
+        stored = await app.definitions.get("ok")
+        assert stored is not None and stored.definition.max_attempts == 4

@@ -26,6 +26,7 @@ from soniq.errors import DatabaseError, MigrationError, UnsupportedOperationErro
 from soniq.ids import new_id
 from soniq.migrations import Migration, load_migrations, migration_script
 from soniq.serialization import dumps
+from soniq.testing import drain
 from soniq.types import JobOutcome, JobStatus, NewJob, WorkerInfo
 
 pytestmark = pytest.mark.anyio
@@ -69,7 +70,7 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
     assert schema["table"] == {
         "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
-        "soniq_webhook_deliveries", "soniq_stats_minute"}
+        "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
@@ -92,7 +93,7 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
     assert [unique for _, _, unique, *_ in fire_indexes] == [1]  # UNIQUE (schedule_name, fire_at)
     assert abs(from_db(applied_at) - datetime.now(UTC)) < timedelta(minutes=1)
     assert worker_columns == {"id", "hostname", "pid", "queues", "concurrency", "started_at",
-                              "last_heartbeat", "metadata"}
+                              "last_heartbeat", "metadata", "job_names"}
 
 
 async def test_migrate_reports_what_it_applied(sqlite_url: str) -> None:
@@ -480,3 +481,45 @@ async def test_facade_uses_sqlite_urls(tmp_path: Path) -> None:
     finally:
         await app.close()
     assert await anyio.Path(tmp_path / "facade.db").exists()
+
+
+async def test_the_job_definitions_migration_upgrades_a_file_in_use(sqlite_url: str) -> None:
+    """Migration 7 (``soniq_job_definitions``, ``soniq_workers.job_names``) on a file at version
+    6 with a job and a worker row in it: both kept, the old worker lists no job names, and a
+    worker then stores its definition."""
+    older = [m for m in load_migrations("sqlite") if m.version < 7]
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS soniq_migrations (version INTEGER PRIMARY KEY "
+                     "NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+        for migration in older:
+            if conn.execute("SELECT 1 FROM soniq_migrations WHERE version = ?",
+                            (migration.version,)).fetchone() is None:
+                conn.executescript(migration.sql)
+                conn.execute("INSERT INTO soniq_migrations VALUES (?, ?, '2024-01-01')",
+                             (migration.version, migration.name))
+        new = job(text="kept")
+        conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, "
+                     "attempts, max_attempts, scheduled_at, created_at, updated_at, errors) "
+                     "VALUES (?, 'ok', 'default', 100, 'queued', '{}', 0, 3, "
+                     "'2024-01-01T00:00:00.000000Z', '2024-01-01T00:00:00.000000Z', "
+                     "'2024-01-01T00:00:00.000000Z', '[]')", (new.id,))
+        conn.execute("INSERT INTO soniq_workers (id, hostname, pid, concurrency, started_at, "
+                     "last_heartbeat) VALUES (?, 'old-host', 7, 2, "
+                     "'2024-01-01T00:00:00.000000Z', '2024-01-01T00:00:00.000000Z')", (WORKER,))
+    conn.close()
+    backend = SqliteBackend(sqlite_url)
+    try:
+        assert await backend.migrate() == [m.label for m in load_migrations("sqlite")
+                                           if m.version >= 7]
+        assert [(w["hostname"], w["job_names"]) for w in await backend.list_workers()] == [
+            ("old-host", [])]
+    finally:
+        await backend.close()
+    async with Soniq(database_url=sqlite_url) as app:
+        @app.job(name="ok")
+        async def ok() -> None:
+            return None
+
+        assert [r["id"] for r in await drain(app)] == [new.id]
+        stored = await app.definitions.get("ok")
+        assert stored is not None and stored.definition.max_attempts == 4

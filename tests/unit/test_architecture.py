@@ -16,6 +16,7 @@ from soniq.backends.sqlite import SqliteBackend
 from soniq.backends.stores import (
     DashboardStore,
     DeadLetterStore,
+    DefinitionStore,
     LogStore,
     ScheduleStore,
     WebhookStore,
@@ -30,7 +31,7 @@ CALLERS = sorted([*(SRC / "features").rglob("*.py"), *(SRC / "dashboard").rglob(
 #: The store protocol of each optional store (``probe`` is the other capability).
 STORES: dict[str, type] = {
     "dead_letters": DeadLetterStore, "schedules": ScheduleStore, "webhooks": WebhookStore,
-    "logs": LogStore, "dashboard": DashboardStore,
+    "logs": LogStore, "dashboard": DashboardStore, "definitions": DefinitionStore,
 }
 #: What each adapter offers: every store on all three; a probe where there is a database.
 HAS_PROBE = {"memory": False, "sqlite": True, "postgres": True}

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from soniq.backends.stores import (
         DashboardStore,
         DeadLetterStore,
+        DefinitionStore,
         LogStore,
         ScheduleStore,
         WebhookStore,
@@ -91,6 +92,8 @@ class StorageBackend(Protocol):
     def logs(self) -> LogStore | None: ...
     @property
     def dashboard(self) -> DashboardStore | None: ...
+    @property
+    def definitions(self) -> DefinitionStore | None: ...
     @property
     def probe(self) -> Callable[[], Awaitable[dict[str, Any]]] | None:
         """Facts for :func:`database_info` (``soniq doctor``, ``migrate-status``), read without
@@ -160,16 +163,17 @@ class StorageBackend(Protocol):
         """Record a worker (upsert) with a fresh heartbeat."""
         ...
 
-    async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
-        """Refresh the worker's heartbeat (re-creating its row if it was removed); return the ids
-        of its ``processing`` jobs that have a cancel request."""
+    async def heartbeat(self, worker_id: str, *, now: datetime | None = None,
+                        job_names: Sequence[str] = ()) -> list[str]:
+        """Refresh the worker's heartbeat (re-creating its row, with ``job_names``, if it was
+        removed); return the ids of its ``processing`` jobs that have a cancel request."""
         ...
 
     async def unregister_worker(self, worker_id: str) -> None: ...
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """Registered workers: ``id, hostname, pid, queues, concurrency, started_at,
-        last_heartbeat``."""
+        last_heartbeat, job_names`` (a list)."""
         ...
 
     async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:

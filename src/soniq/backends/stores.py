@@ -10,16 +10,17 @@ by the row's current status, and losing that race is "not applied", never an err
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from soniq.ids import new_id
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Collection, Iterable, Sequence
+    from collections.abc import Collection, Iterable, Mapping, Sequence
 
     from soniq.types import JobRecord, NewJob, QueueStats
 
@@ -29,6 +30,7 @@ __all__ = [
     "webhook_payload",
     "JobLogRecord", "LogStore",
     "DashboardStore", "JobSearch", "QueueCounts", "StatsBucket", "StorageHealth",
+    "DefinitionStore", "JobDefinition", "StoredDefinition",
 ]
 
 #: Fire rows older than this (counted back from the schedule's newest fire) are deleted when it
@@ -417,3 +419,54 @@ class DashboardStore(Protocol):
         ...
 
     async def health(self) -> StorageHealth: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefinition:
+    """What a worker registered for a job name, with the app's defaults filled in (``timeout``
+    None: no timeout). ``options`` holds what later rules need (limits, uniqueness), JSON-able."""
+
+    name: str
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout: float | None
+    encrypt: bool
+    options: Mapping[str, Any]
+
+    @property
+    def digest(self) -> str:
+        """Identifies this definition of the name: equal for equal definitions."""
+        body = [self.queue, self.priority, self.max_attempts, self.timeout, self.encrypt,
+                self.options]
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDefinition:
+    """One stored version of a name's definition: ``first_seen_at`` is when any worker first
+    wrote it (never moved), ``last_seen_at`` the latest worker start that wrote it."""
+
+    definition: JobDefinition
+    digest: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+@runtime_checkable
+class DefinitionStore(Protocol):
+    """Job definitions written by workers (``soniq_job_definitions``): one row per name and
+    digest, so every version seen stays, and which one is current is decided by the reader."""
+
+    async def upsert(self, definitions: Sequence[JobDefinition], *,
+                     now: datetime | None = None) -> None:
+        """Insert each definition not yet stored (``first_seen_at = last_seen_at = now``); of one
+        already stored only ``last_seen_at`` moves (forward). ``now=None``: the store's clock."""
+        ...
+
+    async def list(self, name: str | None = None) -> builtins.list[StoredDefinition]:
+        """Every stored version (of ``name`` only, unless None), by name then ``first_seen_at``.
+        A row that is not a definition (written by hand) is skipped with a warning naming it."""
+        ...
+

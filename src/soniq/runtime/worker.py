@@ -35,7 +35,7 @@ from soniq.runtime.cleanup import Cleanup
 from soniq.runtime.executor import Executor
 from soniq.runtime.fetcher import Fetcher
 from soniq.runtime.finisher import Finisher
-from soniq.runtime.heartbeat import Heartbeat
+from soniq.runtime.heartbeat import Heartbeat, job_definitions
 from soniq.runtime.listener import Listener
 from soniq.serialization import utc_now
 from soniq.types import JobOutcome, JobStatus, WorkerInfo
@@ -96,6 +96,7 @@ class Worker:
             backend, self.executor,
             WorkerInfo(self.id, socket.gethostname(), os.getpid(), self.queues, self.concurrency),
             interval=settings.heartbeat_interval,
+            definitions=lambda: job_definitions(registry, settings),
         )
         self.cleanup = Cleanup(backend, interval=settings.cleanup_interval,
                                stale_after=settings.heartbeat_timeout,

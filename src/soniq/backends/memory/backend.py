@@ -24,6 +24,7 @@ from soniq.backends.base import (
 from soniq.backends.memory.stores import (
     MemoryDashboardStore,
     MemoryDeadLetterStore,
+    MemoryDefinitionStore,
     MemoryLogStore,
     MemoryScheduleStore,
     MemoryWebhookStore,
@@ -74,6 +75,7 @@ class MemoryBackend:
         self.webhooks = MemoryWebhookStore()
         self.logs = MemoryLogStore(self._jobs)
         self.dashboard = MemoryDashboardStore(self._jobs, self.queue_stats)
+        self.definitions = MemoryDefinitionStore()
 
     async def initialize(self) -> None:
         return None
@@ -230,13 +232,15 @@ class MemoryBackend:
             "id": worker.id, "hostname": worker.hostname, "pid": worker.pid,
             "queues": list(worker.queues) if worker.queues is not None else None,
             "concurrency": worker.concurrency, "started_at": now, "last_heartbeat": now,
+            "job_names": list(worker.job_names),
         }
 
-    async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
+    async def heartbeat(self, worker_id: str, *, now: datetime | None = None,
+                        job_names: Sequence[str] = ()) -> list[str]:
         now = now or utc_now()
         worker = self._workers.setdefault(worker_id, {
             "id": worker_id, "hostname": "", "pid": 0, "queues": None, "concurrency": 0,
-            "started_at": now, "last_heartbeat": now,
+            "started_at": now, "last_heartbeat": now, "job_names": list(job_names),
         })
         worker["last_heartbeat"] = now
         return [
@@ -249,7 +253,8 @@ class MemoryBackend:
         self._workers.pop(worker_id, None)
 
     async def list_workers(self) -> list[dict[str, Any]]:
-        return [dict(worker) for worker in sorted(self._workers.values(), key=lambda w: w["id"])]
+        return [dict(worker, job_names=list(worker["job_names"]))
+                for worker in sorted(self._workers.values(), key=lambda w: w["id"])]
 
     async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
         now = now or utc_now()

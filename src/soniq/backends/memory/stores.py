@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.base import job_record
+from soniq.backends.definitions import stored_definition
 from soniq.backends.stores import (
     FIRE_RETENTION,
+    JobDefinition,
     JobLogRecord,
     JobSearch,
     QueueCounts,
@@ -21,6 +23,7 @@ from soniq.backends.stores import (
     ScheduleRecord,
     StatsBucket,
     StorageHealth,
+    StoredDefinition,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import Awaitable, Callable, Collection, Sequence
 
-__all__ = ["MemoryDashboardStore", "MemoryDeadLetterStore", "MemoryLogStore", "MemoryScheduleStore",
-           "MemoryWebhookStore"]
+__all__ = ["MemoryDashboardStore", "MemoryDeadLetterStore", "MemoryDefinitionStore",
+           "MemoryLogStore", "MemoryScheduleStore", "MemoryWebhookStore"]
 
 _DEAD = JobStatus.DEAD_LETTER.value
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -381,3 +384,30 @@ class MemoryDashboardStore:
     async def health(self) -> StorageHealth:
         return StorageHealth(schema_version=None, jobs_table_bytes=None,
                              jobs_rows=len(self._rows), dead_tuples=None)
+
+
+class MemoryDefinitionStore:
+    """Job definitions as rows keyed by ``(name, digest)``, read back through the same checks as
+    the SQL stores' rows."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def upsert(self, definitions: Sequence[JobDefinition], *,
+                     now: datetime | None = None) -> None:
+        now = now or utc_now()
+        for d in definitions:
+            row = self.rows.get((d.name, d.digest))
+            if row is not None:
+                row["last_seen_at"] = max(row["last_seen_at"], now)
+                continue
+            self.rows[(d.name, d.digest)] = {
+                "name": d.name, "digest": d.digest, "queue": d.queue, "priority": d.priority,
+                "max_attempts": d.max_attempts, "timeout": d.timeout, "encrypt": d.encrypt,
+                "options": dict(d.options), "first_seen_at": now, "last_seen_at": now}
+
+    async def list(self, name: str | None = None) -> builtins.list[StoredDefinition]:
+        rows = [row for key, row in self.rows.items() if name is None or key[0] == name]
+        rows.sort(key=lambda r: (str(r.get("name")), str(r.get("first_seen_at")),
+                                 str(r.get("digest"))))
+        return [d for d in map(stored_definition, rows) if d is not None]

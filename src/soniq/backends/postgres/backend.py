@@ -33,6 +33,7 @@ from soniq.backends.base import StorageBackend, job_record
 from soniq.backends.postgres import inserts, listener, maintenance, pooling, schema, sql
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
+from soniq.backends.postgres.definitions import PostgresDefinitionStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
 from soniq.backends.postgres.events import EventLog
 from soniq.backends.postgres.logs import PostgresLogStore
@@ -96,6 +97,7 @@ class PostgresBackend:
         # The feature stores (soniq.backends.stores) in this database.
         self.dead_letters = PostgresDeadLetterStore(self._ready, self._errors)
         self.schedules = PostgresScheduleStore(self._ready, self._errors)
+        self.definitions = PostgresDefinitionStore(self._ready, self._errors)
         self.webhooks = PostgresWebhookStore(self._ready, self._errors, self._maintenance_timeout,
                                              self.events)
         self.logs = PostgresLogStore(self._ready, self._errors)
@@ -341,7 +343,7 @@ class PostgresBackend:
         with self._errors:
             pool = await self._loops()
             await call(pool.execute, sql.REGISTER_WORKER, worker.id, worker.hostname, worker.pid,
-                       queues, worker.concurrency, now)
+                       queues, worker.concurrency, now, list(worker.job_names))
             # Before the first claim: a backlog loaded since the last statistics (autovacuum off,
             # or not round yet) would make every claim sort the whole backlog (sql.py).
             if await call(pool.fetchval, sql.STATISTICS_STALE):
@@ -352,11 +354,12 @@ class PostgresBackend:
                     logger.warning("could not analyze soniq_jobs (%s); starting anyway: claims "
                                    "may be slow until autovacuum analyzes it", failed)
 
-    async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
+    async def heartbeat(self, worker_id: str, *, now: datetime | None = None,
+                        job_names: Sequence[str] = ()) -> list[str]:
         _check_worker_id(worker_id)
         with self._errors:
             pool = await self._loops()
-            rows = await call(pool.fetch, self._sql().heartbeat, worker_id, now)
+            rows = await call(pool.fetch, self._sql().heartbeat, worker_id, now, list(job_names))
         return [str(row["id"]) for row in rows]
 
     async def unregister_worker(self, worker_id: str) -> None:
@@ -373,7 +376,8 @@ class PostgresBackend:
         return [
             {"id": str(row["id"]), "hostname": row["hostname"], "pid": row["pid"],
              "queues": row["queues"], "concurrency": row["concurrency"],
-             "started_at": row["started_at"], "last_heartbeat": row["last_heartbeat"]}
+             "started_at": row["started_at"], "last_heartbeat": row["last_heartbeat"],
+             "job_names": list(row["job_names"] or ())}
             for row in rows
         ]
 

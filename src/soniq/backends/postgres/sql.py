@@ -299,26 +299,28 @@ _CANCEL_EVENTS = """
 DELETE_JOB = "DELETE FROM soniq_jobs WHERE id = $1::uuid RETURNING id"
 
 # -- workers and maintenance -----------------------------------------------------------------------
-#: $1 id, $2 hostname, $3 pid, $4 queues (NULL: all), $5 concurrency, $6 now (NULL: db clock).
+#: $1 id, $2 hostname, $3 pid, $4 queues (NULL: all), $5 concurrency, $6 now (NULL: db clock),
+#: $7 the job names it registered.
 REGISTER_WORKER = """
 INSERT INTO soniq_workers AS w
-    (id, hostname, pid, queues, concurrency, started_at, last_heartbeat)
+    (id, hostname, pid, queues, concurrency, started_at, last_heartbeat, job_names)
 VALUES ($1::uuid, $2::text, $3::integer, $4::text[], $5::integer,
-        COALESCE($6::timestamptz, now()), COALESCE($6::timestamptz, now()))
+        COALESCE($6::timestamptz, now()), COALESCE($6::timestamptz, now()), $7::text[])
 ON CONFLICT (id) DO UPDATE
 SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
     concurrency = EXCLUDED.concurrency, started_at = EXCLUDED.started_at,
-    last_heartbeat = EXCLUDED.last_heartbeat
+    last_heartbeat = EXCLUDED.last_heartbeat, job_names = EXCLUDED.job_names
 """
 
-#: $1 worker id, $2 now. Refreshes the heartbeat (re-creating a row the cleanup removed); the
-#: statement returns the worker's running jobs that have a cancel request. Only last_heartbeat
-#: changes, and it is not indexed: the update stays heap-only.
+#: $1 worker id, $2 now, $3 its job names (written only when the row is re-created). Refreshes
+#: the heartbeat (re-creating a row the cleanup removed); the statement returns the worker's
+#: running jobs that have a cancel request. Only last_heartbeat changes, and it is not indexed:
+#: the update stays heap-only.
 _BEAT = """
     INSERT INTO soniq_workers AS w
-        (id, hostname, pid, queues, concurrency, started_at, last_heartbeat)
+        (id, hostname, pid, queues, concurrency, started_at, last_heartbeat, job_names)
     VALUES ($1::uuid, '', 0, NULL, 0,
-            COALESCE($2::timestamptz, now()), COALESCE($2::timestamptz, now()))
+            COALESCE($2::timestamptz, now()), COALESCE($2::timestamptz, now()), $3::text[])
     ON CONFLICT (id) DO UPDATE SET last_heartbeat = EXCLUDED.last_heartbeat"""
 _CANCEL_REQUESTED = """
 SELECT id FROM soniq_jobs
@@ -349,7 +351,7 @@ ANALYZE_JOBS = "ANALYZE soniq_jobs"
 UNREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = $1::uuid"
 
 LIST_WORKERS = """
-SELECT id, hostname, pid, queues, concurrency, started_at, last_heartbeat
+SELECT id, hostname, pid, queues, concurrency, started_at, last_heartbeat, job_names
 FROM soniq_workers ORDER BY id
 """
 
@@ -457,8 +459,8 @@ class Statements:
 
     #: Parameters as :func:`_complete`; returns ``id`` per job whose lease held.
     complete_jobs: str
-    #: $1 worker id, $2 now (NULL: the database clock); returns the ids of the worker's running
-    #: jobs with a cancel request.
+    #: $1 worker id, $2 now (NULL: the database clock), $3 job names (a re-created row's);
+    #: returns the ids of the worker's running jobs with a cancel request.
     heartbeat: str
     #: $1 id; returns the new ``status`` (cancelled, or processing: a request) and ``woken`` when
     #: the cancel applied; a running job's worker gets a NOTIFY on CANCEL_CHANNEL.

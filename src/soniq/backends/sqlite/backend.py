@@ -30,6 +30,7 @@ from soniq.backends.sqlite import sql
 from soniq.backends.sqlite.dashboard import SqliteDashboardStore
 from soniq.backends.sqlite.database import SqliteDatabase
 from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
+from soniq.backends.sqlite.definitions import SqliteDefinitionStore
 from soniq.backends.sqlite.logs import SqliteLogStore
 from soniq.backends.sqlite.schedules import SqliteScheduleStore
 from soniq.backends.sqlite.webhooks import SqliteWebhookStore
@@ -83,6 +84,7 @@ class SqliteBackend:
         self.webhooks = SqliteWebhookStore(self._db)
         self.logs = SqliteLogStore(self._db)
         self.dashboard = SqliteDashboardStore(self._db, self.queue_stats)
+        self.definitions = SqliteDefinitionStore(self._db)
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -214,13 +216,15 @@ class SqliteBackend:
         queues = None if worker.queues is None else dumps(list(worker.queues), what="queues")
         await self._db.run(self._db.write, sql.REGISTER_WORKER, (
             worker.id, worker.hostname, worker.pid, queues, worker.concurrency,
-            sql.to_db(now or utc_now())))
+            sql.to_db(now or utc_now()), dumps(list(worker.job_names), what="job names")))
 
-    async def heartbeat(self, worker_id: str, *, now: datetime | None = None) -> list[str]:
-        return await self._db.run(self._heartbeat, worker_id, sql.to_db(now or utc_now()))
+    async def heartbeat(self, worker_id: str, *, now: datetime | None = None,
+                        job_names: Sequence[str] = ()) -> list[str]:
+        return await self._db.run(self._heartbeat, worker_id, sql.to_db(now or utc_now()),
+                                  dumps(list(job_names), what="job names"))
 
-    async def _heartbeat(self, worker_id: str, now: str) -> list[str]:
-        await self._db.write(sql.HEARTBEAT, (worker_id, now))
+    async def _heartbeat(self, worker_id: str, now: str, job_names: str) -> list[str]:
+        await self._db.write(sql.HEARTBEAT, (worker_id, now, job_names))
         return [job_id for (job_id,) in await self._db.read(sql.CANCEL_REQUESTS, (worker_id,))]
 
     async def unregister_worker(self, worker_id: str) -> None:
@@ -231,8 +235,9 @@ class SqliteBackend:
         return [
             {"id": worker_id, "hostname": hostname, "pid": pid, "queues": loads(queues),
              "concurrency": concurrency, "started_at": sql.from_db(started_at),
-             "last_heartbeat": sql.from_db(last_heartbeat)}
-            for worker_id, hostname, pid, queues, concurrency, started_at, last_heartbeat in rows
+             "last_heartbeat": sql.from_db(last_heartbeat), "job_names": _names(job_names)}
+            for (worker_id, hostname, pid, queues, concurrency, started_at, last_heartbeat,
+                 job_names) in rows
         ]
 
     async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
@@ -312,6 +317,16 @@ def _claimed(row: Sequence[Any]) -> ClaimedJob:
     values["scheduled_at"] = sql.from_db(values["scheduled_at"])
     values["created_at"] = sql.from_db(values["created_at"])
     return ClaimedJob(**values)
+
+
+def _names(text: str) -> list[str]:
+    """A worker row's ``job_names`` (JSON text); a value written by hand that is not a list of
+    names reads as none."""
+    try:
+        names = loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 # mypy checks the adapter against the seam, capabilities included.

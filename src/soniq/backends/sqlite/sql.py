@@ -226,20 +226,22 @@ RETURNING status
 DELETE = "DELETE FROM soniq_jobs WHERE id = ? RETURNING id"
 
 # -- workers and maintenance -----------------------------------------------------------------------
-#: id, hostname, pid, queues (JSON text or NULL: all), concurrency, now.
+#: id, hostname, pid, queues (JSON text or NULL: all), concurrency, now, job names (JSON text).
 REGISTER_WORKER = """
-INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency, started_at, last_heartbeat)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency, started_at, last_heartbeat,
+                           job_names)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)
 ON CONFLICT (id) DO UPDATE
 SET hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
     concurrency = excluded.concurrency, started_at = excluded.started_at,
-    last_heartbeat = excluded.last_heartbeat
+    last_heartbeat = excluded.last_heartbeat, job_names = excluded.job_names
 """
 
-#: id, now. Refreshes the heartbeat, re-creating a row the cleanup removed.
+#: id, now, job names (JSON text). Refreshes the heartbeat, re-creating a row the cleanup removed.
 HEARTBEAT = """
-INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency, started_at, last_heartbeat)
-VALUES (?1, '', 0, NULL, 0, ?2, ?2)
+INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency, started_at, last_heartbeat,
+                           job_names)
+VALUES (?1, '', 0, NULL, 0, ?2, ?2, ?3)
 ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat
 """
 
@@ -252,7 +254,7 @@ CANCEL_REQUESTS = (
 UNREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = ?"
 
 LIST_WORKERS = (
-    "SELECT id, hostname, pid, queues, concurrency, started_at, last_heartbeat "
+    "SELECT id, hostname, pid, queues, concurrency, started_at, last_heartbeat, job_names "
     "FROM soniq_workers ORDER BY id"
 )
 

@@ -1,0 +1,80 @@
+"""The job definition store on PostgreSQL (:class:`~soniq.backends.stores.DefinitionStore`): its
+SQL and the calls that run it. One statement writes a worker's whole set (arrays unnested); every
+driver call goes through :func:`soniq.backends._bridge.call` and driver errors through the
+backend's translator."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from soniq.backends._bridge import call
+from soniq.backends.definitions import stored_definition
+from soniq.serialization import dumps
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Awaitable, Callable, Sequence
+    from datetime import datetime
+
+    from soniq.backends.postgres.errors import Translator
+    from soniq.backends.stores import JobDefinition, StoredDefinition
+
+__all__ = ["PostgresDefinitionStore"]
+
+#: $1..$8 the definitions' columns as parallel arrays, $9 now (NULL: the database clock).
+#: first_seen_at is written on insert only.
+UPSERT = """
+INSERT INTO soniq_job_definitions AS d
+    (name, digest, queue, priority, max_attempts, timeout, encrypt, options, first_seen_at,
+     last_seen_at)
+SELECT name, digest, queue, priority, max_attempts, timeout, encrypt, options::jsonb,
+       COALESCE($9::timestamptz, now()), COALESCE($9::timestamptz, now())
+FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::integer[],
+            $6::double precision[], $7::boolean[], $8::text[])
+     AS u(name, digest, queue, priority, max_attempts, timeout, encrypt, options)
+ON CONFLICT (name, digest) DO UPDATE
+SET last_seen_at = GREATEST(d.last_seen_at, EXCLUDED.last_seen_at)
+"""
+
+#: $1 name (NULL: every name).
+SELECT = """
+SELECT name, digest, queue, priority, max_attempts, timeout, encrypt, options::text AS options,
+       first_seen_at, last_seen_at
+FROM soniq_job_definitions
+WHERE $1::text IS NULL OR name = $1::text
+ORDER BY name, first_seen_at, digest
+"""
+
+
+class PostgresDefinitionStore:
+    """Job definitions in PostgreSQL (reached as ``PostgresBackend.definitions``).
+
+    ``ready`` returns the backend's pool (opening it on first use); ``errors`` is the backend's
+    driver-error translator.
+    """
+
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+        self._ready = ready
+        self._errors = errors
+
+    async def upsert(self, definitions: Sequence[JobDefinition], *,
+                     now: datetime | None = None) -> None:
+        if not definitions:
+            return
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        for d in definitions:
+            for column, value in zip(columns, (
+                    d.name, d.digest, d.queue, d.priority, d.max_attempts, d.timeout, d.encrypt,
+                    dumps(dict(d.options), what="job options")), strict=True):
+                column.append(value)
+        params: list[Any] = [*columns, now]
+        with self._errors:
+            pool = await self._ready()
+            await call(pool.execute, UPSERT, *params)
+
+    async def list(self, name: str | None = None) -> builtins.list[StoredDefinition]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, SELECT, name)
+        found = (stored_definition(dict(row)) for row in rows)
+        return [d for d in found if d is not None]
