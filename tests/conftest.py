@@ -27,6 +27,12 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ("memory", "sqlite", "postgres")
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one test worker more than there are CPUs. Many tests wait on subprocesses,
+    servers and the database rather than compute, so a spare worker keeps the CPUs busy."""
+    return (os.cpu_count() or 1) + 1
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

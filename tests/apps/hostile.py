@@ -47,8 +47,14 @@ def blocks_in_thread() -> None:
         time.sleep(0.5)
 
 
+#: Printed once the job runs (a claimed job is ``processing`` before its code starts: a signal
+#: then would cancel it before it could ignore anything).
+IGNORING = "ignores_cancellation: running, ignoring cancellation from now on"
+
+
 @app.job(name="ignores_cancellation")
 async def ignores_cancellation() -> None:
+    print(IGNORING, file=sys.stderr, flush=True)
     while True:
         try:
             await anyio.sleep(0.1)

@@ -107,6 +107,8 @@ async def test_the_process_ends_within_seconds_even_if_a_job_ignores_cancellatio
     polite = await producer.enqueue("naps", seconds=3600)
     proc = workers.start("--loop", loop, app=HOSTILE, SONIQ_SHUTDOWN_TIMEOUT="1")
     await settled(producer, workers, proc, {stubborn: "processing", polite: "processing"})
+    await wait_for(lambda: hostile.IGNORING in workers.output(proc), timeout=10,
+                   message="the stubborn job to run")
     if len(signals) == 2:
         assert await second_signal(workers, proc, signals[0]) == code
     else:

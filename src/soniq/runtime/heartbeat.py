@@ -60,6 +60,14 @@ class Heartbeat:
         self._worker = worker
         self._interval = interval
         self._definitions = definitions
+        self._lock = anyio.Lock()  # a beat in flight finishes before stop() returns
+        self._stopped = False
+
+    async def stop(self) -> None:
+        """Beat no more (the worker is about to remove its row while this loop's task may
+        still run: a later beat would re-create the row)."""
+        async with self._lock:
+            self._stopped = True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Register the worker (so it exists before anything is claimed) and its job
@@ -81,11 +89,14 @@ class Heartbeat:
             await self.tick()
 
     async def tick(self) -> None:
-        try:
-            cancels = await self._backend.heartbeat(self._worker.id,
-                                                    job_names=self._worker.job_names)
-        except DatabaseError as exc:
-            logger.warning("heartbeat failed (will retry in %gs): %s", self._interval, exc)
-            return
+        async with self._lock:
+            if self._stopped:
+                return
+            try:
+                cancels = await self._backend.heartbeat(self._worker.id,
+                                                        job_names=self._worker.job_names)
+            except DatabaseError as exc:
+                logger.warning("heartbeat failed (will retry in %gs): %s", self._interval, exc)
+                return
         for job_id in cancels:
             self._executor.request_cancel(job_id)

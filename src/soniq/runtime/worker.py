@@ -134,6 +134,7 @@ class Worker:
             self.finisher.put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED,
                                          refund_attempt=True))
         with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
+            await self.heartbeat.stop()  # its task is alive too: it must not re-create the row
             await self._final_writes()
         return [job.id for job in jobs]
 
