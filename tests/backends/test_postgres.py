@@ -341,6 +341,17 @@ async def test_the_printed_script_builds_what_setup_builds(
     assert info["pending_migrations"] == [ALL_LABELS[-1]]
 
 
+async def migrate_to(conn: Any, version: int) -> None:
+    """Apply the shipped migrations up to ``version`` as ``setup`` would: a database as it was
+    then, for an upgrade test to put data in."""
+    await conn.execute(MIGRATIONS_TABLE["postgres"])
+    for migration in ALL_MIGRATIONS:
+        if migration.version <= version:
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+
+
 async def test_the_event_log_migration_upgrades_a_database_in_use(
         pg_url: str, pg_server: str, fresh_database: tuple[str, str]) -> None:
     """Migration 10 (the event log, ``soniq_events``) on a database at version 9 with jobs and
@@ -351,12 +362,7 @@ async def test_the_event_log_migration_upgrades_a_database_in_use(
     endpoint, logged_job = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def at_version_9(conn: Any) -> None:
-        await conn.execute(MIGRATIONS_TABLE["postgres"])
-        for migration in ALL_MIGRATIONS:
-            if migration.version < 10:
-                async with conn.transaction():
-                    await conn.execute(migration.sql)
-                    await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+        await migrate_to(conn, 9)
         await conn.execute(
             "INSERT INTO soniq_webhook_endpoints (id, url, secrets, allow_private, active,"
             " created_at) VALUES ($1::uuid, 'https://example.com/hook', '[]', true, true,"
@@ -884,12 +890,7 @@ async def test_the_job_definitions_migration_upgrades_a_database_in_use(
     worker, job_id = new_id(), new_id()
 
     async def at_version_10(conn: Any) -> None:
-        await conn.execute(MIGRATIONS_TABLE["postgres"])
-        for migration in ALL_MIGRATIONS:
-            if migration.version < 11:
-                async with conn.transaction():
-                    await conn.execute(migration.sql)
-                    await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+        await migrate_to(conn, 10)
         await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args,"
                            " max_attempts) VALUES ($1::uuid, 'ok', 'default', 100, 'queued',"
                            " '{}', 3)", job_id)
