@@ -61,6 +61,10 @@ async def resize(image: str) -> str:
     return f"{image} resized"
 
 
+async def statuses(endpoint_id: str) -> list[str]:
+    return [d["status"] for d in await app.webhooks.deliveries(endpoint_id)]
+
+
 async def main() -> None:
     async with app:
         secret = "whsec_" + "example-secret-please-generate-your-own"  # or let register() make one
@@ -70,8 +74,8 @@ async def main() -> None:
                                                allow_private=True)
         async with app.running_worker():
             job_id = await app.enqueue(resize, image="cat.png")
-            with anyio.fail_after(10):
-                while not RECEIVED:
+            with anyio.fail_after(10):  # the receiver answers before the delivery is recorded
+                while not RECEIVED or await statuses(endpoint["id"]) != ["delivered"]:
                     await anyio.sleep(0.05)
         server.shutdown()
         event = RECEIVED[0]
@@ -79,7 +83,7 @@ async def main() -> None:
         forged = receive(secret, {"webhook-id": "x", "webhook-timestamp": "0",
                                   "webhook-signature": "v1,AAAA"}, b"{}")
         print("forged request answered", forged)
-        print([d["status"] for d in await app.webhooks.deliveries(endpoint["id"])])
+        print(await statuses(endpoint["id"]))
 
 
 if __name__ == "__main__":
