@@ -265,7 +265,10 @@ class Soniq:
         ``max_retries``), ``retry_delay`` (seconds, or a list per retry), ``retry_backoff``,
         ``retry_max_delay``, ``timeout`` (None inherits ``job_timeout``, 0 disables),
         ``unique``, ``validate`` (alias ``args_model``, a pydantic model for the arguments),
-        ``encrypt`` (store arguments and result encrypted with ``SONIQ_SECRET_KEYS``).
+        ``encrypt`` (store arguments and result encrypted with ``SONIQ_SECRET_KEYS``),
+        ``concurrency_limit`` (at most N running attempts across all workers; per value of the
+        argument named by ``concurrency_key`` when given) and ``ordered`` (with a
+        ``concurrency_key``: one at a time per key, in enqueue order; see docs/flow-control.md).
         The function is returned unchanged, so it can still be called directly.
         """
 

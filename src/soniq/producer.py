@@ -17,10 +17,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from soniq.errors import JobArgumentsError, UnsupportedOperationError
+from soniq.features.definitions import StoredLimits
 from soniq.lifecycle import State
+from soniq.limits import limit_key
 from soniq.registry import JobBuilder, TaskRef
 from soniq.runtime import JobEvent, JsonCodec
-from soniq.serialization import utc_now
+from soniq.serialization import loads, utc_now
 from soniq.types import JobStatus, JobStream
 
 if TYPE_CHECKING:
@@ -61,6 +63,8 @@ class Producer:
         #: This app's workers running on its event loop: an enqueue wakes them at once.
         self.workers: set[Worker] = set()
         self._encrypting: EncryptingCodec | None = None
+        #: The limits of job names this app does not register, from their stored definitions.
+        self._limits = StoredLimits(backend)
         self._signing: Signing | None = None
 
     # -- rows -----------------------------------------------------------------------------------
@@ -99,6 +103,9 @@ class Producer:
         """Write ``jobs`` with the app's backend (in ``connection``'s transaction if given) and
         return their ids. A :class:`JobStream` is streamed only where a failure cannot hurt:
         never into the caller's transaction."""
+        if jobs and (self._registry.get(jobs[0].job_name if type(jobs) is not JobStream
+                               else jobs.job_name) is None):
+            jobs = await self._limited_by_definition(jobs)
         if type(jobs) is JobStream and (connection is not None  # not isinstance: an ABC check
                                         or not self._backend.streams_inserts):
             jobs = list(jobs)  # every element validated before anything is written
@@ -115,6 +122,24 @@ class Producer:
             self.wake({job.queue for job in jobs})
         self._inserted(jobs)
         return ids
+
+    async def _limited_by_definition(self, jobs: Sequence[NewJob]) -> Sequence[NewJob]:
+        """Jobs of a name this app does not register, with their concurrency key filled in
+        when the name's stored definition (first-seen rule) has a limit. A job whose arguments
+        lack the key goes in without one: the worker that claims it dead-letters it."""
+        limit, key = await self._limits.get(
+            jobs[0].job_name if type(jobs) is not JobStream else jobs.job_name)
+        if limit is None:
+            return jobs
+        filled = []
+        for job in jobs:
+            try:
+                filled.append(job._replace(
+                    concurrency_key=limit_key(job.job_name, key, loads(job.args)),
+                    concurrency_limit=limit))
+            except JobArgumentsError:
+                filled.append(job)
+        return filled
 
     def insert_blocking(self, jobs: Sequence[NewJob],
                         write: Callable[[Sequence[NewJob]], list[str]]) -> list[str]:

@@ -26,7 +26,8 @@ from soniq.errors import (
     did_you_mean,
 )
 from soniq.ids import id_stream, new_id
-from soniq.serialization import dumps, has_unstorable_chars, to_utc, unique_key
+from soniq.limits import check_limits, limit_key
+from soniq.serialization import dumps, has_unstorable_chars, loads, to_utc, unique_key
 from soniq.types import JobContext, JobStatus, JobStream, NewJob
 
 if typing.TYPE_CHECKING:
@@ -57,6 +58,7 @@ RESERVED_ENQUEUE_OPTIONS = frozenset(
 _JOB_OPTIONS = (
     "name", "queue", "priority", "retries", "max_retries", "retry_delay", "retry_backoff",
     "retry_max_delay", "timeout", "unique", "validate", "args_model", "encrypt",
+    "concurrency_limit", "concurrency_key", "ordered",
 )
 
 
@@ -121,10 +123,29 @@ class JobSpec:
     context_param: str | None = None
     #: How enqueue checks keyword arguments against ``func`` (built once, at registration).
     parameters: Parameters | None = None
+    #: At most this many running attempts (per value of ``concurrency_key`` when set).
+    concurrency_limit: int | None = None
+    #: The argument whose value groups jobs for ``concurrency_limit``.
+    concurrency_key: str | None = None
+    #: Jobs with the same key start in enqueue order, one at a time.
+    ordered: bool = False
 
     def encode_args(self, kwargs: Mapping[str, Any]) -> str:
         """Check ``kwargs`` against the model or signature and return them as JSON text."""
         return encode_args(self.name, kwargs, model=self.args_model, parameters=self.parameters)
+
+    def limit_key(self, args: Mapping[str, Any]) -> str | None:
+        """The stored ``concurrency_key`` of a job with ``args`` (decoded arguments): None when
+        the job is not limited, ``''`` for a limit without key, else the key argument's value as
+        canonical JSON (its signature default when absent).
+
+        Raises:
+            JobArgumentsError: the key argument is missing and has no default.
+        """
+        if self.concurrency_limit is None:
+            return None
+        return limit_key(self.name, self.concurrency_key, args,
+                         None if self.parameters is None else self.parameters.signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +302,10 @@ class JobRegistry:
                 f"job {name!r} has parameter(s) {', '.join(clashes)} that clash with enqueue's own "
                 f"options ({', '.join(sorted(RESERVED_ENQUEUE_OPTIONS))}); rename them"
             )
+        parameters = Parameters.of(func, context_param)
+        limit, limit_by, ordered = check_limits(
+            name, options, fields=set(model.model_fields) if model else parameters.names,
+            any_name=model is None and parameters.any_keyword)
         spec = JobSpec(
             name=name,
             func=func,
@@ -296,7 +321,10 @@ class JobRegistry:
             args_model=model,
             is_async=inspect.iscoroutinefunction(func),
             context_param=context_param,
-            parameters=Parameters.of(func, context_param),
+            parameters=parameters,
+            concurrency_limit=limit,
+            concurrency_key=limit_by,
+            ordered=ordered,
         )
         existing = self._by_name.get(name)
         if existing is not None and existing.func is not func:
@@ -428,9 +456,13 @@ class JobBuilder:
         if self._many and type(job_args) is not dict and not isinstance(job_args, Mapping):
             raise JobArgumentsError(
                 f"args_list[{index}] must be a dict, not {type(job_args).__name__}")
+        limit = spec.concurrency_limit if spec is not None else None
         try:
             args_json = (spec.encode_args(job_args) if self._by_spec and spec is not None
                          else encode_args(name, job_args, model=self._model))
+            limit_key = (None if spec is None or limit is None
+                         else spec.limit_key(job_args if self._model is None
+                                             else loads(args_json)))
         except ValidationError as exc:
             if self._many:
                 raise type(exc)(f"args_list[{index}]: {exc.message}") from None
@@ -442,7 +474,7 @@ class JobBuilder:
                 key = f"unique:{name}:{self._keyed_digest(key)}"
         # Positional: a named tuple built from keywords costs twice as much (bulk builds many).
         return NewJob(job_id, name, self.queue, self.priority, self._encode(name, args_json),
-                      self._max_attempts, self.scheduled_at, key)
+                      self._max_attempts, self.scheduled_at, key, limit_key, limit)
 
     def one(self, job_args: Mapping[str, Any]) -> NewJob:
         """The row of a single job (``enqueue``)."""
@@ -455,4 +487,5 @@ class JobBuilder:
             for index, (job_id, job_args) in enumerate(zip(ids, args_list, strict=True)):
                 yield self(job_id, job_args, index)
 
-        return JobStream(len(args_list), rows(), queue=self.queue, scheduled_at=self.scheduled_at)
+        return JobStream(len(args_list), rows(), queue=self.queue, scheduled_at=self.scheduled_at,
+                         job_name=self.name)

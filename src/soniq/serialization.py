@@ -23,7 +23,7 @@ from typing import Any
 from soniq.errors import SerializationError, ValidationError
 
 __all__ = [
-    "ascii_text", "capped_text", "dumps", "has_unstorable_chars", "loads", "longer_than",
+    "ascii_text", "canonical_json", "capped_text", "dumps", "has_unstorable_chars", "loads", "longer_than",
     "storable_text", "to_utc", "unique_key", "utc_now",
 ]
 
@@ -129,6 +129,11 @@ def loads(text: str | bytes | None) -> Any:
     if text is None:
         return None
     return json.loads(text)
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON text (sorted keys, no spaces): equal values, equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def unique_key(job_name: str, args_json: str) -> str:

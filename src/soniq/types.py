@@ -132,6 +132,11 @@ class NewJob(NamedTuple):
 
     ``dedup_key`` is set for ``unique=True`` (derived from name and arguments) or an explicit
     ``dedup_key``: while a queued job holds the key, inserting another returns the existing id.
+
+    ``concurrency_key`` is set for a job with a concurrency limit (``concurrency_limit``, the
+    limit the producer knows): the key argument's value as canonical JSON, or ``''`` for a limit
+    on the job name alone. The insert takes one of the key's slots, or parks the job until a
+    slot is handed over (see ARCHITECTURE.md, "Concurrency limits").
     """
 
     id: str
@@ -142,6 +147,8 @@ class NewJob(NamedTuple):
     max_attempts: int
     scheduled_at: datetime | None = None
     dedup_key: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
 
 class JobStream(Sequence[NewJob]):
@@ -152,13 +159,14 @@ class JobStream(Sequence[NewJob]):
     nothing (PostgreSQL: it aborts the one COPY statement)."""
 
     def __init__(self, count: int, rows: Iterator[NewJob], *, queue: str,
-                 scheduled_at: datetime | None) -> None:
+                 scheduled_at: datetime | None, job_name: str = "") -> None:
         self._count = count
         self._rows = rows
         self._built: list[NewJob] = []
         self._failed: Exception | None = None
         self.queue = queue
         self.scheduled_at = scheduled_at
+        self.job_name = job_name
 
     def __len__(self) -> int:
         return self._count
@@ -200,6 +208,8 @@ class ClaimedJob(NamedTuple):
     scheduled_at: datetime
     created_at: datetime
     lease_id: str
+    #: The job's stored concurrency key (None: not limited when it was enqueued).
+    concurrency_key: str | None = None
 
 
 class JobOutcome(NamedTuple):

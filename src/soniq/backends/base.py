@@ -8,8 +8,13 @@ and PostgreSQL alike. The rules every adapter keeps:
   works for transactional enqueue.
 - ``insert_jobs`` honours ``dedup_key`` with a database constraint: while a ``queued`` job holds a
   key, inserting the same key returns the existing id (concurrent inserts too).
-- ``claim_jobs`` takes due ``queued`` jobs in ``priority, scheduled_at, id`` order, marks them
-  ``processing`` with a fresh ``lease_id`` and ``attempts + 1``.
+- ``claim_jobs`` takes due ``queued`` jobs that are not parked (``hold``) in ``priority,
+  scheduled_at, id`` order, marks them ``processing`` with a fresh ``lease_id`` and
+  ``attempts + 1``.
+- Concurrency limits: a job inserted with a ``concurrency_key`` takes one of its key's slots or
+  is parked; a slot is handed to the key's oldest parked job when its holder leaves queued /
+  processing for good (finished, cancelled, deleted; only outcomes whose lease held), else
+  freed. A retry, snooze or give-back keeps the slot; ``reconcile_slots`` is the safety net.
 - Every later write about a claimed job is fenced by ``status = 'processing' AND lease_id``;
   losing that race is a normal "not applied", never an error.
 - Timestamps cross the seam as timezone-aware UTC datetimes. ``now=None`` means the database's
@@ -181,6 +186,21 @@ class StorageBackend(Protocol):
         row): ``queued`` again with a ``WorkerLost`` error appended and the attempt kept, or
         ``dead_letter`` when it was the last attempt, or ``cancelled`` when cancel was requested.
         Remove the silent workers' rows. Return the rescued ids."""
+        ...
+
+    async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
+                       *, now: datetime | None = None) -> bool:
+        """Give a claimed job that was enqueued without its concurrency key (by a producer that
+        knew nothing of the limit) back to the queue with ``concurrency_key`` set, its attempt
+        refunded, through the slot path: it takes a slot if fewer than ``limit`` are taken, else
+        it is parked. Fenced by lease; False when not applied."""
+        ...
+
+    async def reconcile_slots(self, limits: Mapping[str, int]) -> int:
+        """The safety net of concurrency limits, for job names in ``limits`` (name -> limit):
+        for each key with parked jobs, recount its active jobs from the jobs table and unpark up
+        to the limit in id order (a raised limit, a slot lost by a crash, a replayed job).
+        Returns how many jobs were unparked."""
         ...
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:

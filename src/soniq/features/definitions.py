@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from soniq.errors import UnsupportedOperationError
+import anyio
+
+from soniq.errors import DatabaseError, UnsupportedOperationError
 from soniq.registry import validate_name
 
 if TYPE_CHECKING:
@@ -29,7 +31,10 @@ if TYPE_CHECKING:
     from soniq.backends.base import StorageBackend
     from soniq.backends.stores import DefinitionStore, StoredDefinition
 
-__all__ = ["Definitions", "current"]
+__all__ = ["LIMITS_TTL", "Definitions", "StoredLimits", "current"]
+
+#: Seconds a producer keeps the limits it read from a job name's stored definition.
+LIMITS_TTL = 30.0
 
 
 def current(versions: Iterable[StoredDefinition]) -> dict[str, StoredDefinition]:
@@ -43,6 +48,38 @@ def current(versions: Iterable[StoredDefinition]) -> dict[str, StoredDefinition]
                             > (best.first_seen_at, best.digest)):
             found[name] = version
     return found
+
+
+class StoredLimits:
+    """The concurrency limit of job names a producer does not register, read from their current
+    stored definitions (``options``: ``concurrency_limit``, ``concurrency_key``) and kept
+    :data:`LIMITS_TTL` seconds per name. A backend without definitions, or one that cannot be
+    read, gives no limit: the worker that claims such a job gives it its key."""
+
+    def __init__(self, backend: StorageBackend) -> None:
+        self._backend = backend
+        self._cache: dict[str, tuple[float, int | None, str | None]] = {}
+
+    async def get(self, name: str) -> tuple[int | None, str | None]:
+        """(limit, key argument) of job ``name``; (None, None) when it is not limited."""
+        now = anyio.current_time()
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        store = self._backend.definitions
+        limit = key = None
+        if store is not None:
+            try:
+                found = current(await store.list(name)).get(name)
+            except DatabaseError:
+                found = None
+            options = {} if found is None else found.definition.options
+            raw_limit, raw_key = options.get("concurrency_limit"), options.get("concurrency_key")
+            if isinstance(raw_limit, int) and not isinstance(raw_limit, bool) and raw_limit >= 1:
+                limit = raw_limit
+                key = raw_key if isinstance(raw_key, str) else None
+        self._cache[name] = (now + LIMITS_TTL, limit, key)
+        return limit, key
 
 
 class Definitions:

@@ -2,7 +2,9 @@
 
 Each round, one worker (whichever claims the round in storage) re-queues the jobs of workers silent
 for ``heartbeat_timeout`` — the attempt stays used, so a job that kills its worker every time ends
-in the dead-letter state instead of looping — and deletes finished jobs past ``result_ttl``.
+in the dead-letter state instead of looping — deletes finished jobs past ``result_ttl``, and
+reconciles the concurrency slots of the limited jobs it knows (``reconcile_slots``: a raised
+limit, a replayed job, a slot a crash lost).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from soniq.runtime.seams import JobEvent
 from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from anyio.abc import TaskStatus
 
     from soniq.backends.base import StorageBackend
@@ -34,8 +38,10 @@ _RESCUE_EVENTS: dict[str, EventKind] = {"queued": "failed", "dead_letter": "dead
 
 class Cleanup:
     def __init__(self, backend: StorageBackend, *, interval: float, stale_after: float,
-                 error_retry_delay: float, events: EventDispatcher) -> None:
+                 error_retry_delay: float, events: EventDispatcher,
+                 limits: Callable[[], Mapping[str, int]] = dict) -> None:
         self._backend = backend
+        self._limits = limits
         self._events = events
         self._interval = interval
         self._stale_after = stale_after
@@ -64,6 +70,11 @@ class Cleanup:
         pruned = await self._backend.prune_jobs()
         if pruned:
             logger.debug("pruned %d finished job(s) past result_ttl", pruned)
+        limits = self._limits()
+        if limits:
+            unparked = await self._backend.reconcile_slots(limits)
+            if unparked:
+                logger.info("reconciled concurrency slots: %d parked job(s) may run", unparked)
         return rescued, pruned
 
     async def _report(self, rescued: list[str]) -> None:

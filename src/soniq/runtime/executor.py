@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from soniq.errors import JobArgumentsError, SerializationError
+from soniq.errors import DatabaseError, JobArgumentsError, SerializationError
 from soniq.runtime.retry import retry_delay
 from soniq.runtime.seams import JobEvent, call_hook
 from soniq.serialization import ascii_text, capped_text, dumps, loads, longer_than, storable_text
@@ -92,7 +92,8 @@ class Executor:
     def __init__(self, *, registry: JobRegistry, settings: SoniqSettings, hooks: Hooks,
                  events: EventDispatcher, codec: PayloadCodec, worker_id: str,
                  put_outcome: Callable[[JobOutcome], None], clock: Callable[[], datetime],
-                 thread_limiter: anyio.CapacityLimiter) -> None:
+                 thread_limiter: anyio.CapacityLimiter,
+                 park: Callable[[ClaimedJob, str, int], Awaitable[bool]] | None = None) -> None:
         self._registry = registry
         self._settings = settings
         self._hooks = hooks
@@ -102,6 +103,7 @@ class Executor:
         self._put = put_outcome
         self._now = clock
         self._limiter = thread_limiter
+        self._park = park
         self.running: dict[str, _Running] = {}
         self._loggers: dict[str, logging.Logger] = {}
         self.stuck = 0
@@ -138,6 +140,8 @@ class Executor:
             return
         try:
             outcome = await self._attempt(job, entry)
+            if outcome is None:  # given back parked (a limited job enqueued without its key)
+                return
         except Exception as exc:  # a bug, or a value out of range: the job must still end
             logger.exception("job %s (%s): the worker could not build the outcome of its attempt",
                              job.id, job.job_name)
@@ -160,7 +164,7 @@ class Executor:
             self._events.emit(JobEvent(kind, job.id, job.job_name, job.queue, job.attempts,
                                        self._now(), duration, error, scheduled_at))
 
-    async def _attempt(self, job: ClaimedJob, entry: _Running) -> JobOutcome:
+    async def _attempt(self, job: ClaimedJob, entry: _Running) -> JobOutcome | None:
         spec = self._registry.get(job.job_name)
         if spec is None:
             return self._failed(job, None, "UnknownJob",
@@ -177,6 +181,9 @@ class Executor:
             except JobArgumentsError as exc:
                 return self._failed(job, spec, "CorruptArguments",
                                     f"stored arguments do not fit: {exc.message}", None, final=True)
+        if (spec.concurrency_limit is not None and job.concurrency_key is None
+                and self._park is not None):
+            return await self._unkeyed(job, spec, kwargs)
         job_logger = self._loggers.get(job.job_name)
         if job_logger is None:  # logging.getLogger takes a global lock: once per job name
             job_logger = self._loggers[job.job_name] = logging.getLogger(f"soniq.jobs.{job.job_name}")
@@ -230,6 +237,27 @@ class Executor:
             self._emit("done", job, duration=anyio.current_time() - started)
         return JobOutcome(job.id, job.lease_id, JobStatus.DONE, result=encoded,
                           expires_at=self._expiry(), job=job)
+
+    async def _unkeyed(self, job: ClaimedJob, spec: JobSpec,
+                       kwargs: dict[str, Any]) -> JobOutcome | None:
+        """A limited job enqueued without its concurrency key (by a producer that did not know
+        the limit): dead-lettered when its arguments lack the key, else given back parked with
+        its key (its attempt refunded), so it runs within the limit. None: given back."""
+        try:
+            key = spec.limit_key(kwargs)
+        except JobArgumentsError as exc:
+            return self._failed(job, spec, "MissingConcurrencyKey", str(exc), None, final=True)
+        assert self._park is not None and spec.concurrency_limit is not None
+        try:
+            parked = await self._park(job, key, spec.concurrency_limit)
+        except DatabaseError as exc:  # back unchanged; the next claim tries again
+            logger.warning("job %s (%s): could not give it back with its concurrency key: %s",
+                           job.id, job.job_name, exc)
+            return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True)
+        if parked:
+            logger.info("job %s (%s) was enqueued without its concurrency key; given back "
+                        "with key %s", job.id, job.job_name, key)
+        return None
 
     def _expiry(self) -> datetime:
         return self._now() + timedelta(seconds=self._settings.result_ttl)

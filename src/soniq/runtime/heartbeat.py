@@ -13,6 +13,7 @@ import anyio
 
 from soniq.backends.stores import JobDefinition
 from soniq.errors import DatabaseError
+from soniq.limits import limit_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ def job_definition(spec: JobSpec, settings: SoniqSettings) -> JobDefinition:
         "unique": spec.unique, "retry_backoff": spec.retry_backoff,
         "retry_delay": list(delay) if isinstance(delay, tuple) else delay,
         "retry_max_delay": spec.retry_max_delay,
+        **limit_options(spec.concurrency_limit, spec.concurrency_key, spec.ordered),
     }
     return JobDefinition(
         name=spec.name, queue=spec.queue,

@@ -83,6 +83,7 @@ class Worker:
             registry=registry, settings=settings, hooks=hooks, events=events, codec=codec,
             worker_id=self.id, put_outcome=self.finisher.put, clock=clock,
             thread_limiter=anyio.CapacityLimiter(self.concurrency),
+            park=lambda job, key, limit: backend.park_job(job.id, job.lease_id, key, limit),
         )
         self.finisher.on_unstorable = self.executor.unstorable
         self.fetcher = Fetcher(
@@ -100,7 +101,10 @@ class Worker:
         )
         self.cleanup = Cleanup(backend, interval=settings.cleanup_interval,
                                stale_after=settings.heartbeat_timeout,
-                               error_retry_delay=settings.error_retry_delay, events=events)
+                               error_retry_delay=settings.error_retry_delay, events=events,
+                               limits=lambda: {spec.name: spec.concurrency_limit
+                                               for spec in registry
+                                               if spec.concurrency_limit is not None})
         self.listener = Listener(backend, self.fetcher, self.executor,
                                  poll_interval=settings.poll_interval,
                                  required=settings.listen_url is not None)

@@ -21,6 +21,7 @@ from soniq.backends.base import (
     refuse_connection,
     worker_lost_error,
 )
+from soniq.backends.memory.slots import Slots
 from soniq.backends.memory.stores import (
     MemoryDashboardStore,
     MemoryDeadLetterStore,
@@ -42,7 +43,7 @@ from soniq.types import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime
 
     from anyio.abc import TaskStatus
@@ -69,8 +70,9 @@ class MemoryBackend:
         self._workers: dict[str, dict[str, Any]] = {}
         self._maintenance: dict[str, datetime] = {}
         self._listeners: list[Callable[[str, str], None]] = []
+        self._slots = Slots(self._jobs)
         # The feature stores (soniq.backends.stores) over these rows.
-        self.dead_letters = MemoryDeadLetterStore(self._jobs, self._notify)
+        self.dead_letters = MemoryDeadLetterStore(self._jobs, self._notify, self._slots.park)
         self.schedules = MemoryScheduleStore(self.insert_jobs)
         self.webhooks = MemoryWebhookStore()
         self.logs = MemoryLogStore(self._jobs)
@@ -105,8 +107,10 @@ class MemoryBackend:
                 "scheduled_at": job.scheduled_at or now, "created_at": now, "updated_at": now,
                 "started_at": None, "finished_at": None, "expires_at": None, "errors": "[]",
                 "worker_id": None, "lease_id": None, "dedup_key": job.dedup_key,
-                "cancel_requested": False,
+                "cancel_requested": False, "concurrency_key": job.concurrency_key, "hold": None,
             }
+            if job.concurrency_key is not None:
+                self._slots.admit(self._jobs[job.id], job.concurrency_limit)
             if job.dedup_key is not None:
                 self._dedup[job.dedup_key] = job.id
             ids.append(job.id)
@@ -149,6 +153,7 @@ class MemoryBackend:
         if row is None or row["status"] != JobStatus.QUEUED:
             return None
         now = utc_now()
+        self._slots.release(row)
         self._set_status(row, JobStatus.CANCELLED.value, now)
         row["finished_at"] = now
         return "cancelled"
@@ -157,6 +162,8 @@ class MemoryBackend:
         row = self._jobs.pop(job_id, None) if isinstance(job_id, str) else None
         if row is None:
             return False
+        if row["status"] in (JobStatus.QUEUED, JobStatus.PROCESSING):
+            self._slots.release(row)
         if row["status"] == JobStatus.QUEUED and row["dedup_key"] is not None:
             self._dedup.pop(row["dedup_key"], None)
         return True
@@ -179,8 +186,8 @@ class MemoryBackend:
         wanted = None if queues is None else set(queues)
         due = sorted(
             (row for row in self._jobs.values()
-             if row["status"] == JobStatus.QUEUED and row["scheduled_at"] <= now
-             and (wanted is None or row["queue"] in wanted)),
+             if row["status"] == JobStatus.QUEUED and row["hold"] is None
+             and row["scheduled_at"] <= now and (wanted is None or row["queue"] in wanted)),
             key=lambda row: (row["priority"], row["scheduled_at"], row["id"]),
         )[:limit]
         claimed = []
@@ -195,6 +202,7 @@ class MemoryBackend:
                 priority=row["priority"], args=row["args"], attempts=row["attempts"],
                 max_attempts=row["max_attempts"], scheduled_at=row["scheduled_at"],
                 created_at=row["created_at"], lease_id=row["lease_id"],
+                concurrency_key=row["concurrency_key"],
             ))
         return claimed
 
@@ -222,6 +230,7 @@ class MemoryBackend:
                 row["result"] = outcome.result
                 row["finished_at"] = now
                 row["expires_at"] = outcome.expires_at
+                self._slots.release(row)
             self._set_status(row, status.value, now)
             accepted.append(outcome.job_id)
         return accepted
@@ -279,11 +288,35 @@ class MemoryBackend:
                 row["worker_id"] = None
             if status != JobStatus.QUEUED:
                 row["finished_at"] = now
+                self._slots.release(row)
             self._set_status(row, status.value, now)
             rescued.append(row["id"])
         for wid in stale:
             del self._workers[wid]
         return rescued
+
+    async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
+                       *, now: datetime | None = None) -> bool:
+        row = self._jobs.get(job_id)
+        if (row is None or row["status"] != JobStatus.PROCESSING or row["lease_id"] != lease_id
+                or row["concurrency_key"] is not None):
+            return False
+        now = now or utc_now()
+        row.update(attempts=row["attempts"] - 1, lease_id=None, worker_id=None, scheduled_at=now,
+                   concurrency_key=concurrency_key)
+        self._set_status(row, JobStatus.QUEUED.value, now)
+        self._slots.admit(row, limit)
+        if row["hold"] is None:
+            self._notify("soniq_jobs", row["queue"])
+        return True
+
+    async def reconcile_slots(self, limits: Mapping[str, int]) -> int:
+        unparked = self._slots.reconcile(limits)
+        if unparked:
+            for queue in {row["queue"] for row in self._jobs.values()
+                          if row["status"] == JobStatus.QUEUED}:
+                self._notify("soniq_jobs", queue)
+        return unparked
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:
         now = now or utc_now()

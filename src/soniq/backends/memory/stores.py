@@ -47,10 +47,11 @@ class MemoryDeadLetterStore:
     """The dead-letter queue over the memory backend's ``rows`` (id -> row dict); ``notify`` is
     the backend's in-process NOTIFY."""
 
-    def __init__(self, rows: dict[str, dict[str, Any]],
-                 notify: Callable[[str, str], None]) -> None:
+    def __init__(self, rows: dict[str, dict[str, Any]], notify: Callable[[str, str], None],
+                 park: Callable[[dict[str, Any]], None]) -> None:
         self._rows = rows
         self._notify = notify
+        self._park = park
 
     def _matching(self, queue: str | None, job_name: str | None,
                   since: datetime | None) -> list[dict[str, Any]]:
@@ -117,12 +118,14 @@ class MemoryDeadLetterStore:
             del self._rows[job_id]
         return len(doomed)
 
-    @staticmethod
-    def _requeue(row: dict[str, Any], now: datetime) -> None:
-        # A dead-lettered row holds no dedup key (it released it when first claimed).
+    def _requeue(self, row: dict[str, Any], now: datetime) -> None:
+        # A dead-lettered row holds no dedup key (it released it when first claimed). A limited
+        # one comes back parked: a hand-over or the reconciliation gives it a slot.
         row.update(status=JobStatus.QUEUED.value, attempts=0, scheduled_at=now, updated_at=now,
                    started_at=None, finished_at=None, expires_at=None, result=None,
                    worker_id=None, lease_id=None, cancel_requested=False)
+        if row["concurrency_key"] is not None:
+            self._park(row)
 
 
 class MemoryScheduleStore:
