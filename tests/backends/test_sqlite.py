@@ -70,13 +70,15 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
     assert schema["table"] == {
         "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
-        "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions"}
+        "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions",
+        "soniq_slots"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
         "soniq_jobs_dead_letter", "soniq_webhook_deliveries_due",
         "soniq_webhook_deliveries_finished",
-        "soniq_job_logs_job", "soniq_job_logs_created_at",
+        "soniq_job_logs_job", "soniq_job_logs_created_at", "soniq_jobs_parked",
+        "soniq_jobs_slot_holders",
     } <= schema["index"]
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -523,3 +525,38 @@ async def test_the_job_definitions_migration_upgrades_a_file_in_use(sqlite_url: 
         assert [r["id"] for r in await drain(app)] == [new.id]
         stored = await app.definitions.get("ok")
         assert stored is not None and stored.definition.max_attempts == 4
+
+
+async def test_the_concurrency_limits_migration_upgrades_a_file_in_use(sqlite_url: str) -> None:
+    """Migration 9 (``soniq_slots``, ``concurrency_key`` and ``hold``, claim indexes on
+    claimable rows only) on a file at the previous version with queued jobs in it: they stay
+    claimable, unlimited, and limited jobs work afterwards."""
+    older = [m for m in load_migrations("sqlite") if m.version < 9]
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS soniq_migrations (version INTEGER PRIMARY KEY "
+                     "NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+        for migration in older:
+            conn.executescript(migration.sql)
+            conn.execute("INSERT INTO soniq_migrations VALUES (?, ?, '2024-01-01')",
+                         (migration.version, migration.name))
+        kept = [job(text=str(i)) for i in range(3)]
+        for new in kept:
+            conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, "
+                         "attempts, max_attempts, scheduled_at, created_at, updated_at, errors) "
+                         "VALUES (?, 'ok', 'default', 100, 'queued', '{}', 0, 3, "
+                         "'2024-01-01T00:00:00.000000Z', '2024-01-01T00:00:00.000000Z', "
+                         "'2024-01-01T00:00:00.000000Z', '[]')", (new.id,))
+    conn.close()
+    backend = SqliteBackend(sqlite_url)
+    try:
+        assert await backend.migrate() == [m.label for m in load_migrations("sqlite")
+                                           if m.version >= 9]
+        claimed = await backend.claim_jobs(WORKER, None, 10)
+        assert sorted(c.id for c in claimed) == sorted(j.id for j in kept)
+        assert {c.concurrency_key for c in claimed} == {None}
+        limited = [job(text="x")._replace(concurrency_key="k", concurrency_limit=1)
+                   for _ in range(2)]
+        await backend.insert_jobs(limited)
+        assert [c.id for c in await backend.claim_jobs(WORKER, None, 10)] == [limited[0].id]
+    finally:
+        await backend.close()

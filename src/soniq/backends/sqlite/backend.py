@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from soniq.backends.base import (
     refuse_connection,
     worker_lost_error,
 )
-from soniq.backends.sqlite import sql
+from soniq.backends.sqlite import slots, sql
 from soniq.backends.sqlite.dashboard import SqliteDashboardStore
 from soniq.backends.sqlite.database import SqliteDatabase
 from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
@@ -48,7 +49,7 @@ from soniq.types import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import datetime
 
     from anyio.abc import TaskStatus
@@ -124,16 +125,17 @@ class SqliteBackend:
 
     async def _insert_jobs(self, jobs: Sequence[NewJob]) -> list[str]:
         now = sql.to_db(utc_now())
-        rows = [
-            (job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
-             now if job.scheduled_at is None else sql.to_db(job.scheduled_at), now, now,
-             job.dedup_key)
-            for job in jobs
-        ]
+        limited = [job for job in jobs if job.concurrency_key is not None]
         keys = list(dict.fromkeys(job.dedup_key for job in jobs if job.dedup_key is not None))
         holders: dict[str, str] = {}
         async with self._db.transaction() as conn:
-            await conn.executemany(sql.INSERT_JOB, rows)
+            holds = await slots.admit(conn, limited) if limited else {}
+            await conn.executemany(sql.INSERT_JOB, [
+                (job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
+                 now if job.scheduled_at is None else sql.to_db(job.scheduled_at), now, now,
+                 job.dedup_key, job.concurrency_key, holds.get(job.id))
+                for job in jobs
+            ])
             # Who holds each key now: the row just inserted, or the queued job that had it.
             for start in range(0, len(keys), _LOOKUP_CHUNK):
                 chunk = keys[start:start + _LOOKUP_CHUNK]
@@ -141,6 +143,12 @@ class SqliteBackend:
                     "SELECT dedup_key, id FROM soniq_jobs "
                     f"WHERE dedup_key IN ({sql.placeholders(len(chunk))})", chunk)
                 holders.update((key, job_id) for key, job_id in found)
+            # A limited job that lost its dedup key to a queued one was not inserted: the slot
+            # counted for it goes to the next in line.
+            await slots.hand_over(conn, Counter(
+                (job.job_name, job.concurrency_key) for job in limited
+                if job.dedup_key is not None and holds[job.id] is None
+                and holders[job.dedup_key] != job.id and job.concurrency_key is not None))
         return [job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
 
     # -- reading and managing -----------------------------------------------------------------
@@ -162,13 +170,13 @@ class SqliteBackend:
         if not isinstance(job_id, str):
             return None
         now = sql.to_db(utc_now())
-        rows = await self._db.run(self._db.write, sql.CANCEL, (now, now, job_id))
+        rows = await self._db.run(self._changing_slots, sql.CANCEL, (now, now, job_id))
         return None if not rows else "cancelled" if rows[0][0] == "cancelled" else "requested"
 
     async def delete_job(self, job_id: str) -> bool:
         if not isinstance(job_id, str):
             return False
-        return bool(await self._db.run(self._db.write, sql.DELETE, (job_id,)))
+        return bool(await self._db.run(self._changing_slots, sql.DELETE, (job_id,)))
 
     async def queue_stats(self) -> list[QueueStats]:
         rows = await self._db.run(self._db.read, sql.QUEUE_STATS, ())
@@ -199,17 +207,48 @@ class SqliteBackend:
         if not payload:
             return []
         params = {"now": sql.to_db(now or utc_now()), "outcomes": json.dumps(payload)}
-        rows = await self._db.run(self._in_transaction, sql.COMPLETE, params)
-        accepted = {job_id for (job_id,) in rows}
+        rows = await self._db.run(self._changing_slots, sql.COMPLETE, params)
+        accepted = {row[0] for row in rows}
         # In input order, each id once (the UPDATE touches a row at most once).
         return list(dict.fromkeys(entry["id"] for entry in payload if entry["id"] in accepted))
 
     async def _in_transaction(self, statement: str,
                               params: Sequence[Any] | dict[str, Any]) -> list[Any]:
-        """One statement inside ``BEGIN IMMEDIATE`` (the claim and the finish: the write lock
-        is taken before the statement reads, so its reads are never stale)."""
+        """One statement inside ``BEGIN IMMEDIATE`` (the claim: the write lock is taken before
+        the statement reads, so its reads are never stale)."""
         async with self._db.transaction() as conn:
             return list(await conn.execute_fetchall(statement, params))
+
+    async def _changing_slots(self, statement: str,
+                              params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        """A statement that may end jobs holding concurrency slots (its rows end with the slot
+        columns, :func:`.slots.released`), and the hand-over of those slots, in one transaction."""
+        async with self._db.transaction() as conn:
+            rows = list(await conn.execute_fetchall(statement, params))
+            freed = slots.released(row[-4:] for row in rows)
+            if freed:
+                await slots.hand_over(conn, freed)
+            return rows
+
+    async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
+                       *, now: datetime | None = None) -> bool:
+        return await self._db.run(self._park_job, job_id, lease_id, concurrency_key, limit,
+                                  sql.to_db(now or utc_now()))
+
+    async def _park_job(self, job_id: str, lease_id: str, key: str, limit: int,
+                        now: str) -> bool:
+        async with self._db.transaction() as conn:
+            rows = list(await conn.execute_fetchall(sql.PARK, (job_id, lease_id, key, now)))
+            if rows and await slots.take_slot(conn, rows[0][0], key, limit):
+                await conn.execute("UPDATE soniq_jobs SET hold = NULL WHERE id = ?", (job_id,))
+        return bool(rows)
+
+    async def reconcile_slots(self, limits: Mapping[str, int]) -> int:
+        return await self._db.run(self._reconcile_slots, dict(limits))
+
+    async def _reconcile_slots(self, limits: Mapping[str, int]) -> int:
+        async with self._db.transaction() as conn:
+            return await slots.reconcile(conn, limits)
 
     # -- workers and maintenance --------------------------------------------------------------
     async def register_worker(self, worker: WorkerInfo, *, now: datetime | None = None) -> None:
@@ -253,9 +292,12 @@ class SqliteBackend:
             ]
             rescued: list[str] = []
             if lost:
-                rows = await conn.execute_fetchall(
-                    sql.RESCUE, {"now": sql.to_db(now), "lost": json.dumps(lost)})
-                rescued = sorted(job_id for (job_id,) in rows)
+                rows = list(await conn.execute_fetchall(
+                    sql.RESCUE, {"now": sql.to_db(now), "lost": json.dumps(lost)}))
+                rescued = sorted(row[0] for row in rows)
+                freed = slots.released(row[-4:] for row in rows)
+                if freed:
+                    await slots.hand_over(conn, freed)
             await conn.execute_fetchall(sql.REMOVE_SILENT_WORKERS, (cutoff,))
         return rescued
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from soniq.backends.sqlite import sql
+from soniq.backends.sqlite import slots, sql
 from soniq.backends.stores import FIRE_RETENTION, ScheduleRecord
 
 if TYPE_CHECKING:
@@ -147,10 +147,11 @@ class SqliteScheduleStore:
                 inserted = await conn.execute_fetchall(INSERT_FIRE, (name, at, job.id, stamp))
                 if not list(inserted):
                     raise _AlreadyFired
+                holds = await slots.admit(conn, [job]) if job.concurrency_key is not None else {}
                 await conn.execute_fetchall(sql.INSERT_JOB, (
                     job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
                     stamp if job.scheduled_at is None else sql.to_db(job.scheduled_at),
-                    stamp, stamp, None))
+                    stamp, stamp, None, job.concurrency_key, holds.get(job.id)))
                 await conn.execute_fetchall(
                     "DELETE FROM soniq_schedule_fires WHERE schedule_name = ? AND fire_at < ?",
                     (name, sql.to_db(fire_at - FIRE_RETENTION)))

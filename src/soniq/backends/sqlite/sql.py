@@ -37,6 +37,7 @@ __all__ = [
     "JOB_SELECT",
     "LIST_WORKERS",
     "LOST_JOBS",
+    "PARK",
     "PRUNE",
     "QUEUE_STATS",
     "REGISTER_WORKER",
@@ -113,8 +114,8 @@ JOB_SELECT = f"SELECT {_COLUMNS} FROM soniq_jobs"
 
 INSERT_JOB = (
     "INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, attempts, "
-    "max_attempts, scheduled_at, created_at, updated_at, errors, dedup_key) "
-    "VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, '[]', ?) "
+    "max_attempts, scheduled_at, created_at, updated_at, errors, dedup_key, concurrency_key, "
+    "hold) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, '[]', ?, ?, ?) "
     # A queued job already holds this key: keep it; the caller looks its id up afterwards.
     "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
 )
@@ -128,15 +129,15 @@ _NEW_LEASE = (
 
 CLAIMED_COLUMNS = (
     "id", "job_name", "queue", "priority", "args", "attempts", "max_attempts", "scheduled_at",
-    "created_at", "lease_id",
+    "created_at", "lease_id", "concurrency_key",
 )
 
 
 def claim_sql(queue_count: int | None) -> str:
     """The claim: one UPDATE over the due rows, in claim order, returning what the worker needs.
 
-    ``status = 'queued'`` is written literally (not bound) so the planner can use the partial
-    indexes. One queue reads its own prefix of ``soniq_jobs_queue_claim``. Several queues are
+    ``status = 'queued' AND hold IS NULL`` is written literally (not bound) so the planner can
+    use the partial indexes (parked jobs are not in them). One queue reads its own prefix of ``soniq_jobs_queue_claim``. Several queues are
     filtered as ``+queue``: the unary plus keeps the planner off ``(queue, status)``, which would
     sort those queues' whole backlog on every claim (13-22 ms per claim of 250 at 100 000 queued
     rows, against about 2 ms walking ``soniq_jobs_claim`` in order).
@@ -152,7 +153,8 @@ def claim_sql(queue_count: int | None) -> str:
         f"UPDATE soniq_jobs SET status = 'processing', attempts = attempts + 1, "
         f"lease_id = {_NEW_LEASE}, worker_id = ?, started_at = ?, updated_at = ?, "
         f"dedup_key = NULL "
-        f"WHERE id IN (SELECT id FROM soniq_jobs WHERE status = 'queued' AND scheduled_at <= ?"
+        f"WHERE id IN (SELECT id FROM soniq_jobs WHERE status = 'queued' AND hold IS NULL "
+        f"AND scheduled_at <= ?"
         f"{queue_filter} ORDER BY priority, scheduled_at, id LIMIT ?) "
         f"RETURNING {', '.join(CLAIMED_COLUMNS)}"
     )
@@ -165,6 +167,10 @@ _ERRORS = (
     "CASE WHEN json_valid(soniq_jobs.errors) AND json_type(soniq_jobs.errors) = 'array' "
     "THEN soniq_jobs.errors ELSE json_array(CAST(soniq_jobs.errors AS TEXT)) END"
 )
+
+#: What a changed row tells the slot hand-over (:func:`.slots.released`).
+_SLOT_COLUMNS = ("soniq_jobs.job_name, soniq_jobs.concurrency_key, soniq_jobs.hold, "
+                 "soniq_jobs.status")
 
 # A QUEUED outcome (retry, snooze, shutdown) for a job with a cancel request ends it cancelled.
 _REQUEUE = "(o.status = 'queued' AND NOT soniq_jobs.cancel_requested)"
@@ -201,7 +207,7 @@ FROM (
 ) AS o
 WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'processing'
   AND soniq_jobs.lease_id = o.lease_id
-RETURNING soniq_jobs.id
+RETURNING soniq_jobs.id, {_SLOT_COLUMNS}
 """
 
 QUEUE_STATS = (
@@ -220,10 +226,25 @@ UPDATE soniq_jobs SET
     cancel_requested = cancel_requested OR status = 'processing',
     dedup_key = NULL
 WHERE id = ? AND status IN ('queued', 'processing')
-RETURNING status
+RETURNING status, job_name, concurrency_key, hold, status
 """
 
-DELETE = "DELETE FROM soniq_jobs WHERE id = ? RETURNING id"
+#: id. Returns the row's slot columns (its status before the delete as "deleted" when it held a
+#: slot: queued or processing).
+DELETE = """
+DELETE FROM soniq_jobs WHERE id = ?
+RETURNING job_name, concurrency_key, hold,
+          CASE WHEN status IN ('queued', 'processing') THEN 'deleted' ELSE status END
+"""
+
+#: id, lease_id, concurrency key, now. A claimed job enqueued without its key, back to the
+#: queue parked with the key and its attempt refunded (then it may take a slot at once).
+PARK = """
+UPDATE soniq_jobs SET status = 'queued', attempts = attempts - 1, lease_id = NULL,
+    worker_id = NULL, scheduled_at = ?4, updated_at = ?4, concurrency_key = ?3, hold = 'slot'
+WHERE id = ?1 AND status = 'processing' AND lease_id = ?2 AND concurrency_key IS NULL
+RETURNING job_name
+"""
 
 # -- workers and maintenance -----------------------------------------------------------------------
 #: id, hostname, pid, queues (JSON text or NULL: all), concurrency, now, job names (JSON text).
@@ -290,7 +311,7 @@ FROM (
     FROM json_each(:lost)
 ) AS o
 WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'processing'
-RETURNING soniq_jobs.id
+RETURNING soniq_jobs.id, {_SLOT_COLUMNS}
 """
 
 #: cutoff.
