@@ -488,4 +488,6 @@ class JobBuilder:
                 yield self(job_id, job_args, index)
 
         return JobStream(len(args_list), rows(), queue=self.queue, scheduled_at=self.scheduled_at,
-                         job_name=self.name)
+                         job_name=self.name,
+                         limited=self._spec is not None
+                         and self._spec.concurrency_limit is not None)

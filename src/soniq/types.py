@@ -159,7 +159,8 @@ class JobStream(Sequence[NewJob]):
     nothing (PostgreSQL: it aborts the one COPY statement)."""
 
     def __init__(self, count: int, rows: Iterator[NewJob], *, queue: str,
-                 scheduled_at: datetime | None, job_name: str = "") -> None:
+                 scheduled_at: datetime | None, job_name: str = "",
+                 limited: bool = False) -> None:
         self._count = count
         self._rows = rows
         self._built: list[NewJob] = []
@@ -167,6 +168,8 @@ class JobStream(Sequence[NewJob]):
         self.queue = queue
         self.scheduled_at = scheduled_at
         self.job_name = job_name
+        #: Its jobs carry a concurrency key (they take slots).
+        self.limited = limited
 
     def __len__(self) -> int:
         return self._count

@@ -58,8 +58,10 @@ EXPECTED_COLUMNS = {
         ("started_at", TIMESTAMPTZ, False), ("finished_at", TIMESTAMPTZ, False),
         ("expires_at", TIMESTAMPTZ, False), ("errors", "jsonb", True), ("worker_id", "uuid", False),
         ("lease_id", "uuid", False), ("dedup_key", "text", False),
-        ("cancel_requested", "boolean", True),
+        ("cancel_requested", "boolean", True), ("concurrency_key", "text", False),
+        ("hold", "text", False),
     ],
+    "soniq_slots": [("job_name", "text", True), ("key", "text", True), ("active", "integer", True)],
     "soniq_workers": [
         ("id", "uuid", True), ("hostname", "text", True), ("pid", "integer", True),
         ("queues", "text[]", False), ("concurrency", "integer", True),
@@ -127,7 +129,7 @@ EXPECTED_COLUMNS = {
         ("version", "integer", True), ("name", "text", True), ("applied_at", TIMESTAMPTZ, True),
     ],
 }
-QUEUED = "WHERE (status = 'queued'::text)"
+QUEUED = "WHERE ((status = 'queued'::text) AND (hold IS NULL))"
 EXPECTED_INDEXES = {
     name: f"CREATE {kind} {name} ON public.{table} USING btree {definition}"
     for name, kind, table, definition in [
@@ -135,6 +137,13 @@ EXPECTED_INDEXES = {
         ("soniq_jobs_claim_idx", "INDEX", "soniq_jobs", f"(priority, scheduled_at, id) {QUEUED}"),
         ("soniq_jobs_queue_claim_idx", "INDEX", "soniq_jobs",
          f"(queue, priority, scheduled_at, id) {QUEUED}"),
+        # Concurrency limits: a key's oldest parked job; a key's slot holders (the recount).
+        ("soniq_jobs_parked_idx", "INDEX", "soniq_jobs", ("(job_name, concurrency_key, id) "
+         "WHERE ((status = 'queued'::text) AND (hold = 'slot'::text))")),
+        ("soniq_jobs_slot_holders_idx", "INDEX", "soniq_jobs", ("(job_name, concurrency_key) "
+         "WHERE ((concurrency_key IS NOT NULL) AND (hold IS NULL) AND (status = ANY "
+         "(ARRAY['queued'::text, 'processing'::text])))")),
+        ("soniq_slots_pkey", "UNIQUE INDEX", "soniq_slots", "(job_name, key)"),
         ("soniq_jobs_dedup_key_idx", "UNIQUE INDEX", "soniq_jobs",
          "(dedup_key) WHERE (dedup_key IS NOT NULL)"),
         ("soniq_jobs_expires_at_idx", "INDEX", "soniq_jobs",
@@ -180,6 +189,7 @@ EXPECTED_CHECKS = {
         "'dead_letter'::text, 'cancelled'::text])))",
     "soniq_jobs_dedup_key_queued_check":
         "CHECK (((dedup_key IS NULL) OR (status = 'queued'::text)))",
+    "soniq_jobs_hold_check": "CHECK ((hold = 'slot'::text))",
     "soniq_schedules_timing_check": "CHECK (((cron IS NULL) <> (every_seconds IS NULL)))",
     "soniq_webhook_deliveries_status_check":
         "CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))",

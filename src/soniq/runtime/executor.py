@@ -244,7 +244,7 @@ class Executor:
         the limit): dead-lettered when its arguments lack the key, else given back parked with
         its key (its attempt refunded), so it runs within the limit. None: given back."""
         try:
-            key = spec.limit_key(kwargs)
+            key = spec.limit_key(kwargs) or ""  # a str: the job is limited
         except JobArgumentsError as exc:
             return self._failed(job, spec, "MissingConcurrencyKey", str(exc), None, final=True)
         assert self._park is not None and spec.concurrency_limit is not None

@@ -30,7 +30,15 @@ import asyncpg
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import StorageBackend, job_record
-from soniq.backends.postgres import inserts, listener, maintenance, pooling, schema, sql
+from soniq.backends.postgres import (
+    inserts,
+    listener,
+    maintenance,
+    pooling,
+    schema,
+    slots,
+    sql,
+)
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.definitions import PostgresDefinitionStore
@@ -46,7 +54,7 @@ from soniq.ids import canonical_uuid, is_uuid, new_id
 from soniq.types import CancelOutcome, ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from datetime import datetime
 
     from anyio.abc import TaskStatus
@@ -105,6 +113,8 @@ class PostgresBackend:
                                                 self._maintenance_timeout, self.queue_stats)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
+        # Leases of claimed jobs that hold a concurrency slot, until their outcome is written.
+        self._limited: set[str] = set()
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -246,6 +256,7 @@ class PostgresBackend:
             self._unanswered[worker_id] = keys
             raise
         claimed = [ClaimedJob(*row) for row in rows]  # RETURNING lists ClaimedJob's fields
+        self._limited.update(job.lease_id for job in claimed if job.concurrency_key is not None)
         # RETURNING has no order; hand jobs out in claim order. Lower-case hex sorts like uuid.
         claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
         return claimed
@@ -278,15 +289,22 @@ class PostgresBackend:
         if not batch:
             return []
         items = list(batch.values())
+        # Jobs this backend claimed with a concurrency key: their finish and the hand-over of
+        # their slots go in one transaction; any other batch stays one statement.
+        limited = False
+        for _, lease_id in batch:
+            if lease_id in self._limited:
+                self._limited.discard(lease_id)
+                limited = True
         with self._errors:
             pool = await self._loops()
             rows = await call(
-                pool.fetch, self._sql().complete_jobs,
+                slots.changing, pool, self._sql().complete_jobs,
                 [job_id for job_id, _ in batch], [lease_id for _, lease_id in batch],
                 [o.status.value for o in items], [o.result for o in items],
                 [o.error for o in items], [o.run_at for o in items],
                 [o.refund_attempt for o in items], [o.expires_at for o in items], now,
-            )
+                atomic=limited)
         accepted = {str(row["id"]) for row in rows}
         # In input order, each job once.
         return list(dict.fromkeys(outcome.job_id for (job_id, _), outcome in batch.items()
@@ -315,7 +333,8 @@ class PostgresBackend:
             return None
         with self._errors:
             pool = await self._ready()
-            status = await call(pool.fetchval, self._sql().cancel_job, job_id)
+            rows = await call(slots.changing, pool, self._sql().cancel_job, job_id, atomic=True)
+        status = rows[0]["status"] if rows else None
         return None if status is None else "cancelled" if status == "cancelled" else "requested"
 
     async def delete_job(self, job_id: str) -> bool:
@@ -323,7 +342,7 @@ class PostgresBackend:
             return False
         with self._errors:
             pool = await self._ready()
-            return await call(pool.fetchval, sql.DELETE_JOB, job_id) is not None
+            return bool(await call(slots.changing, pool, sql.DELETE_JOB, job_id, atomic=True))
 
     async def queue_stats(self) -> list[QueueStats]:
         with self._errors:
@@ -386,6 +405,22 @@ class PostgresBackend:
             pool = await self._loops()
             return await call(maintenance.rescue, pool, self._sql().rescue_jobs, stale_after,
                               now, self._maintenance_timeout)
+
+    async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
+                       *, now: datetime | None = None) -> bool:
+        if not (is_uuid(job_id) and is_uuid(lease_id)):
+            return False
+        with self._errors:
+            pool = await self._loops()
+            return await call(slots.park_with_pool, pool, job_id, lease_id, concurrency_key,
+                              limit, now)
+
+    async def reconcile_slots(self, limits: Mapping[str, int]) -> int:
+        if not limits:
+            return 0
+        with self._errors:
+            pool = await self._loops()
+            return await call(slots.reconcile, pool, dict(limits))
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:
         with self._errors:

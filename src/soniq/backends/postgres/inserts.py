@@ -9,7 +9,7 @@ import struct
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from soniq.backends.postgres import sql
+from soniq.backends.postgres import slots, sql
 from soniq.types import JobStream, NewJob
 
 if TYPE_CHECKING:
@@ -24,6 +24,12 @@ INSERT_CHUNK_SIZE = 5_000
 
 async def insert_with_pool(pool: Any, jobs: Sequence[NewJob]) -> list[str]:
     """Insert on the pool's connections (``enqueue``/``enqueue_many`` without ``connection=``)."""
+    if _limited(jobs):
+        if len(jobs) == 1 and jobs[0].dedup_key is None:
+            await slots.insert_limited(pool, jobs)  # one statement
+            return [jobs[0].id]
+        async with pool.acquire() as conn, conn.transaction():
+            return await _insert_limited(conn, jobs)
     if len(jobs) > 1 and isinstance(jobs, JobStream):  # (an ABC check: not for single jobs)
         async with pool.acquire() as conn:
             return await _stream(conn, jobs)
@@ -39,12 +45,38 @@ async def insert_with_pool(pool: Any, jobs: Sequence[NewJob]) -> list[str]:
 async def insert_on(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
     """Insert on the caller's connection, joining its transaction. Several chunks outside a
     transaction still go in atomically, in one of our own."""
+    if _limited(jobs):
+        if conn.is_in_transaction():
+            return await _insert_limited(conn, jobs)
+        async with conn.transaction():
+            return await _insert_limited(conn, jobs)
     if _copyable(jobs):
         return await _copy(conn, jobs)
     if len(jobs) <= INSERT_CHUNK_SIZE or conn.is_in_transaction():
         return await _insert(conn, jobs)
     async with conn.transaction():
         return await _insert(conn, jobs)
+
+
+def _limited(jobs: Sequence[NewJob]) -> bool:
+    """Whether ``jobs`` take concurrency slots (then they go in through :mod:`.slots`). The
+    jobs of a stream share their options: it says so without being read."""
+    if isinstance(jobs, JobStream):
+        return jobs.limited
+    return any(job.concurrency_key is not None for job in jobs)
+
+
+async def _insert_limited(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+    """Limited jobs (unlimited ones among them go in as usual) in the caller's transaction, a
+    chunk per statement."""
+    free = [job for job in jobs if job.concurrency_key is None]
+    ids = dict(zip([job.id for job in free], await _insert(conn, free), strict=True)) if free else {}
+    holders: dict[str, str] = {}
+    limited = [job for job in jobs if job.concurrency_key is not None]
+    for start in range(0, len(limited), INSERT_CHUNK_SIZE):
+        holders.update(await slots.insert_limited(conn, limited[start:start + INSERT_CHUNK_SIZE]))
+    return [ids[job.id] if job.concurrency_key is None
+            else job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
 
 
 def _copyable(jobs: Sequence[NewJob]) -> bool:

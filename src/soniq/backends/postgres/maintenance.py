@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from soniq.backends.base import worker_lost_error
-from soniq.backends.postgres import sql
+from soniq.backends.postgres import slots, sql
 from soniq.serialization import dumps
 
 if TYPE_CHECKING:
@@ -80,6 +80,9 @@ async def rescue(pool: Any, statement: str, stale_after: float, now: datetime | 
             rows = await conn.fetch(statement, [row["id"] for row in lost],
                                     [row["lease_id"] for row in lost], errors, clock)
             rescued = sorted(str(row["id"]) for row in rows)
+            freed = slots.freed(rows)
+            if freed:  # dead-lettered or cancelled slot holders: their slots go on
+                await slots.hand_over(conn, freed)
         await conn.execute(sql.REMOVE_SILENT_WORKERS, cutoff)
         return rescued
 

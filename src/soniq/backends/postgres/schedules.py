@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
-from soniq.backends.postgres import sql
+from soniq.backends.postgres import slots, sql
 from soniq.backends.stores import FIRE_RETENTION, ScheduleRecord
 
 if TYPE_CHECKING:
@@ -172,8 +172,11 @@ async def _fire(pool: Any, name: str, fire_at: datetime, job: NewJob, expected: 
                 raise _AlreadyFired
             if await conn.fetchval(INSERT_FIRE, name, fire_at, job.id, now) is None:
                 raise _AlreadyFired
-            await conn.fetchval(sql.INSERT_JOB, job.id, job.job_name, job.queue, job.priority,
-                                job.args, job.max_attempts, job.scheduled_at)
+            if job.concurrency_key is not None:
+                await slots.insert_limited(conn, [job])
+            else:
+                await conn.fetchval(sql.INSERT_JOB, job.id, job.job_name, job.queue,
+                                    job.priority, job.args, job.max_attempts, job.scheduled_at)
             await conn.execute(PRUNE_FIRES, name, fire_at - FIRE_RETENTION)
     except _AlreadyFired:
         return None

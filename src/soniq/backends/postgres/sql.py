@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from soniq.backends.base import JOB_COLUMNS
 from soniq.backends.postgres.events import job_events
 
+#: The slot a changed row freed, if any (see :func:`.slots.freed`).
+FREED = ("CASE WHEN j.concurrency_key IS NOT NULL AND j.hold IS NULL AND j.status IN "
+         "('done', 'dead_letter', 'cancelled') THEN j.job_name END AS freed, "
+         "j.concurrency_key AS freed_key")
+
 __all__ = [
-    "ADOPT_CLAIMS",
-    "ANALYZE_JOBS",
-    "CANCEL_CHANNEL",
-    "CHANNEL",
+    "ADOPT_CLAIMS", "ANALYZE_JOBS",
+    "CANCEL_CHANNEL", "CHANNEL",
     "CLAIM_ALL_QUEUES",
     "CLAIM_MAINTENANCE",
     "CLAIM_ONE_QUEUE",
@@ -32,9 +35,8 @@ __all__ = [
     "CLOCK",
     "COPY_COLUMNS",
     "DATABASE_EXISTS",
-    "DELETE_JOB",
-    "GET_JOB",
-    "INSERT_JOB",
+    "DELETE_JOB", "FREED",
+    "GET_JOB", "INSERT_JOB",
     "INSERT_JOBS",
     "INSERT_UNIQUE_JOB",
     "LIST_JOBS",
@@ -43,8 +45,7 @@ __all__ = [
     "MIGRATION_LOCK",
     "MIGRATION_LOCK_KEY",
     "NOTIFY_DUE",
-    "PING",
-    "PRUNE_JOBS",
+    "PING", "PRUNE_JOBS",
     "QUEUE_STATS",
     "RECORD_MIGRATION",
     "REGISTER_WORKER",
@@ -164,7 +165,7 @@ WHERE due.run_at IS NULL OR due.run_at <= now()
 # commit flushes its job's claim before it, so a job that finished never loses its claim.
 #: The columns of a :class:`~soniq.types.ClaimedJob`, in its order.
 _CLAIMED = ("id::text, job_name, queue, priority, args, attempts, max_attempts, scheduled_at, "
-            "created_at, lease_id::text")
+            "created_at, lease_id::text, concurrency_key")
 
 _CLAIM = """
 UPDATE soniq_jobs
@@ -177,7 +178,8 @@ SET status = 'processing',
     dedup_key = NULL
 WHERE id = ANY (ARRAY(
     SELECT id FROM soniq_jobs
-    WHERE status = 'queued' AND scheduled_at <= COALESCE($2::timestamptz, now()){queue_filter}
+    WHERE status = 'queued' AND hold IS NULL
+      AND scheduled_at <= COALESCE($2::timestamptz, now()){queue_filter}
     ORDER BY priority, scheduled_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -246,7 +248,7 @@ def _error_text(entry: str) -> str:
 #: cancelled, or failed for a retry (a QUEUED outcome with an error); a snooze or a job handed
 #: back has none. Only outcomes whose lease held count.
 _FINISHED = ("j.id, j.job_name, j.queue, j.attempts + o.refund_attempt::integer AS attempt, "
-             "j.started_at, o.status AS outcome, o.error, t.now")
+             f"j.started_at, o.status AS outcome, o.error, t.now, {FREED}")
 _FINISH_EVENTS = f"""
     SELECT CASE outcome WHEN 'done' THEN 'job.done' WHEN 'dead_letter' THEN 'job.dead_letter'
                         WHEN 'cancelled' THEN 'job.cancelled'
@@ -281,22 +283,24 @@ ORDER BY queue COLLATE "C"
 
 #: $1 id. A waiting job is cancelled (releasing its dedup key); a running one gets a cancel
 #: request (its job.cancelled comes with its outcome).
-_CANCEL = """
-    UPDATE soniq_jobs
+_CANCEL = f"""
+    UPDATE soniq_jobs AS j
     SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
         finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
         updated_at = CASE WHEN status = 'queued' THEN now() ELSE updated_at END,
         cancel_requested = cancel_requested OR status = 'processing',
         dedup_key = NULL
     WHERE id = $1::uuid AND status IN ('queued', 'processing')
-    RETURNING id, status, job_name, queue, attempts, finished_at"""
+    RETURNING id, status, job_name, queue, attempts, finished_at, {FREED}"""
 _CANCEL_EVENTS = """
     SELECT 'job.cancelled' AS kind, id AS job_id, attempts AS attempt, finished_at AS at,
            NULL::timestamptz AS started_at, job_name, queue, NULL::text AS error
     FROM changed WHERE status = 'cancelled'"""
 
-#: $1 id. Any state.
-DELETE_JOB = "DELETE FROM soniq_jobs WHERE id = $1::uuid RETURNING id"
+#: $1 id. Any state. Returns :data:`FREED`'s columns for a job that held a slot.
+DELETE_JOB = """DELETE FROM soniq_jobs WHERE id = $1::uuid RETURNING id, CASE WHEN concurrency_key
+IS NOT NULL AND hold IS NULL AND status IN ('queued', 'processing') THEN job_name END AS freed,
+concurrency_key AS freed_key"""
 
 # -- workers and maintenance -----------------------------------------------------------------------
 #: $1 id, $2 hostname, $3 pid, $4 queues (NULL: all), $5 concurrency, $6 now (NULL: db clock),
@@ -386,7 +390,7 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
     updated_at = $4::timestamptz
 FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS o (id, lease_id, error)
 WHERE j.id = o.id AND j.status = 'processing' AND j.lease_id = o.lease_id
-RETURNING j.id, j.job_name, j.queue, j.attempts, j.status, o.error
+RETURNING j.id, j.job_name, j.queue, j.attempts, j.status, o.error, {FREED}
 """
 #: The events of what the rescue decided -- the events a worker reports for those outcomes:
 #: failed for a job queued again, dead_letter, or cancelled.
@@ -478,14 +482,16 @@ def statements(*, events: bool) -> Statements:
 
     return Statements(
         complete_jobs=(f"WITH finished AS ({_complete(_FINISHED)}){log(_FINISH_EVENTS)}\n"
-                       "SELECT id FROM finished") if events else _complete("j.id"),
+                       "SELECT id, freed, freed_key FROM finished") if events
+                      else _complete(f"j.id, {FREED}"),
         heartbeat=f"WITH beat AS ({_BEAT}){log(_BEAT_EVENTS)}\n{_CANCEL_REQUESTED}",
         # Rare, and run by processes that may read nothing (a cancel from the dashboard, a
         # rescue before the worker's reader started): they record while the database names a
         # reader, whichever process runs them.
         cancel_job=(f"WITH changed AS ({_CANCEL}){job_events(_CANCEL_EVENTS, if_read=True)}\n"
                     f"SELECT status, CASE WHEN status = 'processing' "
-                    f"THEN pg_notify('{CANCEL_CHANNEL}', id::text) END AS woken\nFROM changed"),
+                    f"THEN pg_notify('{CANCEL_CHANNEL}', id::text) END AS woken, freed, freed_key"
+                    "\nFROM changed"),
         rescue_jobs=(f"WITH rescued AS ({_RESCUE}){job_events(_RESCUE_EVENTS, if_read=True)}\n"
-                     "SELECT id FROM rescued"),
+                     "SELECT id, freed, freed_key FROM rescued"),
     )

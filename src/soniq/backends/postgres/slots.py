@@ -1,0 +1,287 @@
+"""Concurrency slots on PostgreSQL: the memory backend's semantics
+(:mod:`soniq.backends.memory.slots`) under READ COMMITTED, with many writers at once.
+
+- **Taking a slot** at insert is one statement for a single job: ``INSERT INTO soniq_slots ...
+  ON CONFLICT DO UPDATE SET active = active + 1 WHERE active < limit`` then the job row, parked
+  (``hold = 'slot'``) when no slot was taken. ON CONFLICT DO UPDATE locks the slot row even when
+  its WHERE is false, so a release that runs meanwhile waits for this insert's commit.
+- **Releasing** (a slot holder finished, was cancelled, deleted or dead-lettered by the rescue)
+  takes two statements in the releasing transaction: :data:`LOCK` locks the slot rows in
+  (job_name, key) order -- waiting for inserts that hold them -- and :data:`HAND_OVER`, a new
+  statement and so a new snapshot that sees the jobs those inserts parked, gives each freed
+  slot to its key's oldest parked job, else lowers ``active``. Counting running rows in one
+  statement would not do: two concurrent claims would both see the slot free.
+- Only rows whose change the statement made (the lease fence held) free a slot, so an outcome
+  refused by the fence frees nothing.
+
+Asyncio-native coroutines that run inside :func:`soniq.backends._bridge.call` (asyncpg only).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from soniq.backends.postgres.sql import CHANNEL, FREED
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from datetime import datetime
+
+    from soniq.types import NewJob
+
+__all__ = ["FREED", "HAND_OVER", "INSERT_LIMITED_JOB", "LOCK", "freed", "hand_over",
+           "changing", "insert_limited", "park_with_pool", "reconcile"]
+
+#: One limited job without a dedup key: INSERT_JOB's $1-$7, $8 concurrency key, $9 the limit.
+#: Takes a slot or parks the job, and wakes the queue when it may run.
+INSERT_LIMITED_JOB = f"""
+WITH slot AS (
+    INSERT INTO soniq_slots AS s (job_name, key, active) VALUES ($2::text, $8::text, 1)
+    ON CONFLICT (job_name, key) DO UPDATE SET active = s.active + 1 WHERE s.active < $9::integer
+    RETURNING 1
+), inserted AS (
+    INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts,
+                            scheduled_at, concurrency_key, hold)
+    VALUES ($1::uuid, $2::text, $3::text, $4::smallint, 'queued', $5::jsonb, $6::integer,
+            COALESCE($7::timestamptz, now()), $8::text,
+            CASE WHEN EXISTS (SELECT 1 FROM slot) THEN NULL ELSE 'slot' END)
+    RETURNING id, queue, scheduled_at, hold
+)
+SELECT id, CASE WHEN hold IS NULL AND scheduled_at <= now()
+                THEN pg_notify('{CHANNEL}', queue) END AS woken
+FROM inserted
+"""
+
+#: Lock the slot rows of $1 job names / $2 keys (creating missing ones at 0), in (job_name, key)
+#: order; returns each row's ``active``.
+LOCK = """
+INSERT INTO soniq_slots AS s (job_name, key, active)
+SELECT job_name, key, 0 FROM unnest($1::text[], $2::text[]) AS f (job_name, key)
+ORDER BY job_name, key
+ON CONFLICT (job_name, key) DO UPDATE SET active = s.active
+RETURNING job_name, key, active
+"""
+
+#: After :data:`LOCK`, in the same transaction: $1 job names, $2 keys, $3 how many slots each
+#: freed. Each goes to the key's oldest parked jobs, the rest lower ``active``; the unparked
+#: jobs' queues are woken.
+HAND_OVER = f"""
+WITH freed AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[]) AS f (job_name, key, n)
+), heirs AS (
+    SELECT p.id FROM freed AS f CROSS JOIN LATERAL (
+        SELECT j.id FROM soniq_jobs AS j
+        WHERE j.job_name = f.job_name AND j.concurrency_key = f.key
+          AND j.status = 'queued' AND j.hold = 'slot'
+        ORDER BY j.id LIMIT f.n
+        FOR UPDATE
+    ) AS p
+), unparked AS (
+    UPDATE soniq_jobs AS j SET hold = NULL FROM heirs WHERE j.id = heirs.id
+    RETURNING j.job_name, j.concurrency_key, j.queue, j.scheduled_at
+), counted AS (
+    UPDATE soniq_slots AS s SET active = GREATEST(s.active - (f.n - COALESCE(u.n, 0)), 0)
+    FROM freed AS f
+    LEFT JOIN (SELECT job_name, concurrency_key, count(*)::integer AS n FROM unparked
+               GROUP BY job_name, concurrency_key) AS u
+           ON u.job_name = f.job_name AND u.concurrency_key = f.key
+    WHERE s.job_name = f.job_name AND s.key = f.key AND f.n > COALESCE(u.n, 0)
+    RETURNING 1
+)
+SELECT count(pg_notify('{CHANNEL}', due.queue))
+FROM (SELECT DISTINCT queue FROM unparked WHERE scheduled_at <= now()) AS due
+"""
+
+#: $1 job names, $2 keys, $3 the active count to write.
+_SET_ACTIVE = """
+UPDATE soniq_slots AS s SET active = w.active
+FROM unnest($1::text[], $2::text[], $3::integer[]) AS w (job_name, key, active)
+WHERE s.job_name = w.job_name AND s.key = w.key
+"""
+
+#: Many limited jobs with the holds decided (after :data:`LOCK`): INSERT_JOBS's arrays $1-$8,
+#: then $9 concurrency keys, $10 holds. Returns the rows inserted or updated (dedup hits).
+_INSERT_LIMITED_JOBS = f"""
+WITH inserted AS (
+    INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts,
+                            scheduled_at, dedup_key, concurrency_key, hold)
+    SELECT new.id, new.job_name, new.queue, new.priority, 'queued', new.args::jsonb,
+           new.max_attempts, COALESCE(new.scheduled_at, now()), new.dedup_key,
+           new.concurrency_key, new.hold
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::integer[],
+                $7::timestamptz[], $8::text[], $9::text[], $10::text[])
+        AS new (id, job_name, queue, priority, args, max_attempts, scheduled_at, dedup_key,
+                concurrency_key, hold)
+    ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL
+    DO UPDATE SET dedup_key = EXCLUDED.dedup_key
+    RETURNING id, queue, scheduled_at, dedup_key, hold
+), woken AS (
+    SELECT pg_notify('{CHANNEL}', due.queue)
+    FROM (SELECT DISTINCT queue FROM inserted WHERE scheduled_at <= now() AND hold IS NULL)
+        AS due
+)
+SELECT id::text, dedup_key, (SELECT count(*) FROM woken) AS woken FROM inserted
+"""
+
+#: $1 id, $2 lease, $3 concurrency key, $4 now (NULL: the database clock). A claimed job
+#: enqueued without its key, back to the queue parked with it, its attempt refunded.
+_PARK = """
+UPDATE soniq_jobs
+SET status = 'queued', attempts = attempts - 1, lease_id = NULL, worker_id = NULL,
+    scheduled_at = COALESCE($4::timestamptz, now()), updated_at = COALESCE($4::timestamptz, now()),
+    concurrency_key = $3::text, hold = 'slot'
+WHERE id = $1::uuid AND status = 'processing' AND lease_id = $2::uuid AND concurrency_key IS NULL
+RETURNING job_name
+"""
+
+#: $1 job name, $2 key, $3 limit. Take a slot if fewer than the limit are taken (a row if so).
+_TAKE = """
+INSERT INTO soniq_slots AS s (job_name, key, active) VALUES ($1::text, $2::text, 1)
+ON CONFLICT (job_name, key) DO UPDATE SET active = s.active + 1 WHERE s.active < $3::integer
+RETURNING 1
+"""
+
+#: $1 id. Unpark one job (its slot was just taken) and wake its queue.
+_UNPARK = f"""
+UPDATE soniq_jobs SET hold = NULL WHERE id = $1::uuid
+RETURNING pg_notify('{CHANNEL}', queue)
+"""
+
+#: $1 job names: the keys with parked jobs.
+_PARKED_KEYS = """
+SELECT DISTINCT job_name, concurrency_key FROM soniq_jobs
+WHERE status = 'queued' AND hold = 'slot' AND job_name = ANY($1::text[])
+"""
+
+#: After :data:`LOCK` of the key: $1 job name, $2 key, $3 limit. Recount the key's slot holders,
+#: unpark up to the limit in id order, write the count; returns how many were unparked.
+_RECONCILE = f"""
+WITH holders AS (
+    SELECT count(*)::integer AS n FROM soniq_jobs
+    WHERE job_name = $1::text AND concurrency_key = $2::text AND concurrency_key IS NOT NULL
+      AND hold IS NULL AND status IN ('queued', 'processing')
+), heirs AS (
+    SELECT id FROM soniq_jobs
+    WHERE job_name = $1::text AND concurrency_key = $2::text
+      AND status = 'queued' AND hold = 'slot'
+    ORDER BY id LIMIT GREATEST($3::integer - (SELECT n FROM holders), 0)
+    FOR UPDATE
+), unparked AS (
+    UPDATE soniq_jobs AS j SET hold = NULL FROM heirs WHERE j.id = heirs.id
+    RETURNING j.queue, j.scheduled_at
+), counted AS (
+    UPDATE soniq_slots
+    SET active = (SELECT n FROM holders) + (SELECT count(*) FROM unparked)
+    WHERE job_name = $1::text AND key = $2::text
+    RETURNING 1
+), woken AS (
+    SELECT pg_notify('{CHANNEL}', due.queue)
+    FROM (SELECT DISTINCT queue FROM unparked WHERE scheduled_at <= now()) AS due
+)
+SELECT (SELECT count(*) FROM unparked)::integer AS unparked,
+       (SELECT count(*) FROM woken) AS woken
+"""
+
+
+def freed(rows: Iterable[Any]) -> Counter[tuple[str, str]]:
+    """Slots freed, per (job name, key), by rows carrying :data:`FREED`'s columns: the row's
+    ``job_name`` in ``freed`` when the change freed a slot (a limited, unparked job now done,
+    dead-lettered or cancelled), its key in ``freed_key``."""
+    return Counter((row["freed"], row["freed_key"]) for row in rows if row["freed"] is not None)
+
+
+async def hand_over(conn: Any, slots: Mapping[tuple[str, str], int]) -> None:
+    """Lock the slot rows, then hand each freed slot over (inside the caller's transaction)."""
+    groups = sorted(slots)
+    names, keys = [g[0] for g in groups], [g[1] for g in groups]
+    await conn.fetch(LOCK, names, keys)
+    await conn.fetchval(HAND_OVER, names, keys, [slots[g] for g in groups])
+
+
+async def insert_limited(conn: Any, jobs: Sequence[NewJob]) -> dict[str, str]:
+    """Insert limited jobs in the caller's transaction: lock their keys' slot rows, grant each
+    key's free slots to its jobs in id order, park the rest. Returns, for the jobs with a dedup
+    key, the id now holding each key."""
+    if len(jobs) == 1 and jobs[0].dedup_key is None:
+        job = jobs[0]
+        await conn.fetchrow(INSERT_LIMITED_JOB, job.id, job.job_name, job.queue, job.priority,
+                            job.args, job.max_attempts, job.scheduled_at,
+                            job.concurrency_key, job.concurrency_limit or 1)
+        return {}
+    groups = sorted({(job.job_name, str(job.concurrency_key)) for job in jobs})
+    locked = await conn.fetch(LOCK, [g[0] for g in groups], [g[1] for g in groups])
+    active = {(row["job_name"], row["key"]): row["active"] for row in locked}
+    before = dict(active)
+    holds: dict[str, str | None] = {}
+    for job in sorted(jobs, key=lambda job: job.id):
+        group = (job.job_name, str(job.concurrency_key))
+        # An unknown limit (a replayed job) takes a slot only when none is taken.
+        if active[group] < (job.concurrency_limit or 1):
+            active[group] += 1
+            holds[job.id] = None
+        else:
+            holds[job.id] = "slot"
+    rows = await conn.fetch(
+        _INSERT_LIMITED_JOBS, [j.id for j in jobs], [j.job_name for j in jobs],
+        [j.queue for j in jobs], [j.priority for j in jobs], [j.args for j in jobs],
+        [j.max_attempts for j in jobs], [j.scheduled_at for j in jobs],
+        [j.dedup_key for j in jobs], [j.concurrency_key for j in jobs],
+        [holds[j.id] for j in jobs])
+    holders = {row["dedup_key"]: row["id"] for row in rows if row["dedup_key"] is not None}
+    # A job that lost its dedup key to a queued one was not inserted: its slot goes back.
+    for job in jobs:
+        if (job.dedup_key is not None and holders.get(job.dedup_key) != job.id
+                and holds[job.id] is None):
+            active[(job.job_name, str(job.concurrency_key))] -= 1
+    changed = [g for g in groups if active[g] != before[g]]
+    await conn.execute(_SET_ACTIVE, [g[0] for g in changed], [g[1] for g in changed],
+                       [active[g] for g in changed])
+    return holders
+
+
+async def park_with_pool(pool: Any, job_id: str, lease_id: str, key: str, limit: int,
+                         now: datetime | None) -> bool:
+    """A claimed job without its key back to the queue with it, in one transaction: it takes a
+    slot if one is free, else stays parked. False when the lease did not hold."""
+    async with pool.acquire() as conn, conn.transaction():
+        job_name = await conn.fetchval(_PARK, job_id, lease_id, key, now)
+        if job_name is None:
+            return False
+        if await conn.fetchval(_TAKE, job_name, key, limit) is not None:
+            await conn.fetchval(_UNPARK, job_id)
+        return True
+
+
+async def reconcile(pool: Any, limits: Mapping[str, int]) -> int:
+    """For each key with parked jobs whose name is in ``limits``: one transaction locks its slot
+    row, recounts its holders and unparks up to the limit. How many jobs were unparked."""
+    unparked = 0
+    for row in await pool.fetch(_PARKED_KEYS, sorted(limits)):
+        job_name, key = row["job_name"], row["concurrency_key"]
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.fetch(LOCK, [job_name], [key])
+            unparked += (await conn.fetchrow(_RECONCILE, job_name, key,
+                                             limits[job_name]))["unparked"]
+    return unparked
+
+
+async def changing(pool: Any, statement: str, *args: Any, atomic: bool) -> list[Any]:
+    """Run a statement that may end slot holders (its rows carry :data:`FREED`'s columns) and
+    hand their slots over. ``atomic``: both in one transaction (the caller knows the statement
+    may free slots). Otherwise the statement runs alone and, should it free slots after all (a
+    batch of jobs not known to be limited), the hand-over follows in a transaction of its own:
+    the slots stay taken a moment longer, never twice."""
+    if atomic:
+        async with pool.acquire() as conn, conn.transaction():
+            rows: list[Any] = await conn.fetch(statement, *args)
+            slots = freed(rows)
+            if slots:
+                await hand_over(conn, slots)
+            return rows
+    rows = await pool.fetch(statement, *args)
+    slots = freed(rows)
+    if slots:
+        async with pool.acquire() as conn, conn.transaction():
+            await hand_over(conn, slots)
+    return rows
