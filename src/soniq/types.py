@@ -18,6 +18,7 @@ __all__ = [
     "ClaimedJob",
     "DatabaseInfo",
     "JobContext",
+    "JobCoverage",
     "JobOutcome",
     "JobRecord",
     "JobStatus",
@@ -124,6 +125,17 @@ class QueueStats(TypedDict):
     done: int
     dead_letter: int
     cancelled: int
+
+
+class JobCoverage(TypedDict):
+    """One job name as ``app.definitions.coverage()`` returns it (a list sorted by name):
+    ``queue`` of its current stored definition (None when none is stored), how many live workers
+    registered it, and ``flagged`` when no live worker did (its jobs wait)."""
+
+    name: str
+    queue: str | None
+    live_workers: int
+    flagged: bool
 
 
 class NewJob(NamedTuple):
