@@ -186,7 +186,9 @@ class Producer:
     def _span(self, jobs: Sequence[NewJob]) -> AbstractContextManager[Any]:
         if self.tracing is None:
             return nullcontext()
-        return self.tracing.send(jobs[0].queue, jobs[0].job_name, [job.id for job in jobs])
+        if type(jobs) is JobStream:  # reading it here would build every job before the write
+            return self.tracing.send(jobs.queue, jobs.job_name, len(jobs))
+        return self.tracing.send(jobs[0].queue, jobs[0].job_name, len(jobs), jobs[0].id)
 
     def _inserted(self, jobs: Sequence[NewJob]) -> None:
         # Subscribers buffer under a lock or the GIL: safe from any thread.

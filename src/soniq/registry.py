@@ -482,4 +482,5 @@ class JobBuilder:
             for index, (job_id, job_args) in enumerate(zip(ids, args_list, strict=True)):
                 yield self(job_id, job_args, index)
 
-        return JobStream(len(args_list), rows(), queue=self.queue, scheduled_at=self.scheduled_at)
+        return JobStream(len(args_list), rows(), job_name=self.name, queue=self.queue,
+                         scheduled_at=self.scheduled_at)
