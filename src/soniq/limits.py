@@ -17,7 +17,7 @@ from soniq.serialization import canonical_json
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
-__all__ = ["MAX_LIMIT", "check_limits", "limit_key", "limit_options"]
+__all__ = ["MAX_LIMIT", "check_limits", "limit_key", "limit_options", "stored_limits"]
 
 #: The largest ``concurrency_limit``.
 MAX_LIMIT = 1_000_000
@@ -92,3 +92,12 @@ def limit_options(limit: int | None, key: str | None, ordered: bool) -> dict[str
     if limit is None:
         return {}
     return {"concurrency_limit": limit, "concurrency_key": key, "ordered": ordered}
+
+
+def stored_limits(options: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """(limit, key argument) from a stored definition's ``options`` (:func:`limit_options`);
+    (None, None) when it has no limit or holds something else (a row written by hand)."""
+    limit, key = options.get("concurrency_limit"), options.get("concurrency_key")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        return None, None
+    return limit, key if isinstance(key, str) else None

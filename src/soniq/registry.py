@@ -4,7 +4,6 @@ reject bad names and arguments before anything is written."""
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 
 import pydantic
 
+from soniq.arguments import Parameters, encode_args
 from soniq.errors import (
     ConfigurationError,
     DuplicateJobError,
@@ -26,8 +26,8 @@ from soniq.errors import (
     did_you_mean,
 )
 from soniq.ids import id_stream, new_id
-from soniq.limits import check_limits, limit_key
-from soniq.serialization import dumps, has_unstorable_chars, loads, to_utc, unique_key
+from soniq.limits import check_limits, limit_key, stored_limits
+from soniq.serialization import has_unstorable_chars, loads, to_utc, unique_key
 from soniq.types import JobContext, JobStatus, JobStream, NewJob
 
 if typing.TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = [
     "JobRegistry",
     "JobSpec",
     "Parameters",
+    "StoredDefaults",
     "TaskRef",
     "job_kwargs",
     "validate_list_filters",
@@ -101,6 +102,23 @@ class TaskRef:
             validate_name(self.default_queue, "queue name")
 
 
+class StoredDefaults(typing.Protocol):
+    """What an enqueue of a job name this app has not registered takes from the name's stored
+    definition (a :class:`~soniq.backends.stores.JobDefinition`): the defaults a registration
+    would give."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def encrypt(self) -> bool: ...
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """One registered job. ``None`` options fall back to the app's settings at enqueue/run time
@@ -146,72 +164,6 @@ class JobSpec:
             return None
         return limit_key(self.name, self.concurrency_key, args,
                          None if self.parameters is None else self.parameters.signature)
-
-
-@dataclass(frozen=True, slots=True)
-class Parameters:
-    """A job function's signature as enqueue sees it (the ``JobContext`` parameter left out), with
-    the name sets that settle the common case without :mod:`inspect` on every enqueue."""
-
-    signature: inspect.Signature
-    names: frozenset[str]  # accepted as keywords
-    required: frozenset[str]
-    any_keyword: bool  # has **kwargs
-    #: A positional-only parameter without a default can never be passed as a keyword: every
-    #: call goes through ``Signature.bind`` for its error message.
-    always_bind: bool
-
-    @classmethod
-    def of(cls, func: Callable[..., Any], context_param: str | None) -> Parameters:
-        signature = inspect.signature(func)
-        params = [p for p in signature.parameters.values() if p.name != context_param]
-        keyword = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        return cls(
-            signature=signature.replace(parameters=params),
-            names=frozenset(p.name for p in keyword),
-            required=frozenset(p.name for p in keyword if p.default is p.empty),
-            any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
-            always_bind=any(p.kind is p.POSITIONAL_ONLY and p.default is p.empty for p in params),
-        )
-
-    def check(self, job_name: str, kwargs: Mapping[str, Any]) -> None:
-        keys = kwargs.keys()
-        if not self.always_bind and self.required <= keys and (
-                keys <= self.names
-                or (self.any_keyword and all(type(key) is str for key in keys))):
-            return
-        try:
-            self.signature.bind(**kwargs)
-        except TypeError as exc:
-            raise JobArgumentsError(
-                f"arguments for job {job_name!r} do not match its signature {self.signature}: {exc}"
-            ) from None
-
-
-def encode_args(name: str, kwargs: Mapping[str, Any], *, model: type[pydantic.BaseModel] | None,
-                parameters: Parameters | None = None) -> str:
-    """Validate job arguments (pydantic model, else the function's signature) and encode them."""
-    if model is not None:
-        try:
-            value: Any = model.model_validate(dict(kwargs)).model_dump(mode="json")
-        except pydantic.ValidationError as exc:
-            raise JobArgumentsError(
-                f"arguments for job {name!r} do not match {model.__name__}: "
-                + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}"
-                            for e in exc.errors())
-            ) from None
-    else:
-        if parameters is not None:
-            parameters.check(name, kwargs)
-        value = kwargs if type(kwargs) is dict else dict(kwargs)
-    return dumps(value, what=_arguments_of(name))
-
-
-@functools.lru_cache(maxsize=1024)
-def _arguments_of(name: str) -> str:
-    """How ``dumps`` names a job's arguments in its errors (built once per job name: bulk
-    enqueue encodes thousands of jobs of one name)."""
-    return f"arguments of job {name!r}"
 
 
 def _context_param(func: Callable[..., Any]) -> str | None:
@@ -405,24 +357,31 @@ class JobBuilder:
     ``keyed_digest`` hashes the dedup key of an encrypted job (the plain one would be
     guessable)."""
 
-    __slots__ = ("_by_spec", "_dedup_key", "_encode", "_keyed_digest", "_many", "_model",
-                 "_max_attempts", "_spec", "_unique", "name", "priority", "queue", "scheduled_at")
+    __slots__ = ("_by_spec", "_dedup_key", "_encode", "_encrypt", "_keyed_digest", "_limit",
+                 "_limit_by", "_many", "_model", "_max_attempts", "_spec", "_unique", "name",
+                 "priority", "queue", "scheduled_at")
 
     def __init__(self, registry: JobRegistry, settings: SoniqSettings,
                  target: Callable[..., Any] | str | TaskRef, *, queue: str | None,
                  priority: int | None, scheduled_at: datetime | timedelta | float | None,
                  unique: bool | None, dedup_key: str | None, many: bool,
-                 encode: Callable[[str, str], str], keyed_digest: Callable[[str], str]) -> None:
+                 encode: Callable[[str, str], str], keyed_digest: Callable[[str], str],
+                 stored: StoredDefaults | None = None) -> None:
         spec, name, default_queue, model = registry.resolve(
             target, strict=settings.enqueue_validation == "strict")
+        if spec is not None:
+            stored = None  # a registration here wins over what workers stored
+        elif stored is not None and not (isinstance(target, TaskRef) and target.default_queue):
+            default_queue = stored.queue
         if priority is None:
-            priority = spec.priority if spec and spec.priority is not None else settings.priority
+            priority = (spec.priority if spec and spec.priority is not None
+                        else stored.priority if stored else settings.priority)
         elif (not isinstance(priority, int) or isinstance(priority, bool)
               or not -32_768 <= priority <= 32_767):
             raise ValidationError(
                 f"priority must be an integer from -32768 to 32767, got {priority!r}")
         if unique is None:
-            unique = spec.unique if spec else False
+            unique = spec.unique if spec else stored.options.get("unique") is True if stored else False
         if many and unique:
             raise ValidationError(
                 f"job {name!r} is unique; enqueue_many does not deduplicate, "
@@ -442,8 +401,14 @@ class JobBuilder:
         self._spec = spec
         self._model = model
         self._by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))
-        self._max_attempts = 1 + (spec.max_retries if spec and spec.max_retries is not None
-                                  else settings.max_retries)
+        self._max_attempts = (stored.max_attempts if stored else
+                              1 + (spec.max_retries if spec and spec.max_retries is not None
+                                   else settings.max_retries))
+        self._encrypt = spec.encrypt if spec else stored is not None and stored.encrypt
+        # The concurrency limit: registered here, else as the job's workers stored it.
+        self._limit, self._limit_by = ((spec.concurrency_limit, spec.concurrency_key) if spec
+                                       else stored_limits(stored.options) if stored
+                                       else (None, None))
         self._unique = unique
         self._dedup_key = dedup_key
         self._many = many
@@ -456,13 +421,11 @@ class JobBuilder:
         if self._many and type(job_args) is not dict and not isinstance(job_args, Mapping):
             raise JobArgumentsError(
                 f"args_list[{index}] must be a dict, not {type(job_args).__name__}")
-        limit = spec.concurrency_limit if spec is not None else None
+        limit = self._limit
         try:
             args_json = (spec.encode_args(job_args) if self._by_spec and spec is not None
                          else encode_args(name, job_args, model=self._model))
-            limit_key = (None if spec is None or limit is None
-                         else spec.limit_key(job_args if self._model is None
-                                             else loads(args_json)))
+            limit_key = None if limit is None else self._key_of(job_args, args_json)
         except ValidationError as exc:
             if self._many:
                 raise type(exc)(f"args_list[{index}]: {exc.message}") from None
@@ -470,11 +433,27 @@ class JobBuilder:
         key = self._dedup_key
         if key is None and self._unique:
             key = unique_key(name, args_json)
-            if spec is not None and spec.encrypt:
+            if self._encrypt:
                 key = f"unique:{name}:{self._keyed_digest(key)}"
         # Positional: a named tuple built from keywords costs twice as much (bulk builds many).
         return NewJob(job_id, name, self.queue, self.priority, self._encode(name, args_json),
                       self._max_attempts, self.scheduled_at, key, limit_key, limit)
+
+    def _key_of(self, job_args: Mapping[str, Any], args_json: str) -> str | None:
+        """The stored concurrency key of a limited job. Arguments that lack the key argument
+        are refused for a job registered here; for one known only by its stored definition
+        (whose signature, and so the argument's default, is not known here) the key is left
+        out, and the worker that claims the job sets it or dead-letters the job."""
+        spec = self._spec
+        try:
+            return limit_key(self.name, self._limit_by,
+                             job_args if self._model is None else loads(args_json),
+                             None if spec is None or spec.parameters is None
+                             else spec.parameters.signature)
+        except JobArgumentsError:
+            if spec is None:
+                return None
+            raise
 
     def one(self, job_args: Mapping[str, Any]) -> NewJob:
         """The row of a single job (``enqueue``)."""
@@ -487,7 +466,5 @@ class JobBuilder:
             for index, (job_id, job_args) in enumerate(zip(ids, args_list, strict=True)):
                 yield self(job_id, job_args, index)
 
-        return JobStream(len(args_list), rows(), queue=self.queue, scheduled_at=self.scheduled_at,
-                         job_name=self.name,
-                         limited=self._spec is not None
-                         and self._spec.concurrency_limit is not None)
+        return JobStream(len(args_list), rows(), job_name=self.name, queue=self.queue,
+                         scheduled_at=self.scheduled_at, limited=self._limit is not None)

@@ -73,6 +73,11 @@ class SoniqSettings(BaseSettings):
     poll_interval: float = Field(5.0, gt=0, le=3_600)
     heartbeat_interval: float = Field(5.0, gt=0, le=3_600)
     heartbeat_timeout: float = Field(300.0, gt=0, le=86_400)
+    definitions_cache_ttl: float = Field(
+        60.0, ge=0, le=86_400,
+        description="seconds a producer keeps the stored definition (queue, priority, max "
+                    "attempts) of a job name it enqueues without registering it; 0: read it at "
+                    "every enqueue")
     cleanup_interval: float = Field(300.0, gt=0, le=86_400)
     maintenance_statement_timeout: float = Field(
         60.0, ge=0, le=86_400,
