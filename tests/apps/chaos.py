@@ -62,3 +62,24 @@ async def nap(ctx: JobContext, ms: float = 5) -> None:
 async def suicide(ctx: JobContext) -> None:
     await record(ctx, "start")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.job(name="limited_nap", concurrency_limit=2, concurrency_key="key")
+async def limited_nap(ctx: JobContext, key: str, ms: float = 20) -> None:
+    """At most two running per key, across every worker."""
+    await record(ctx, "start")
+    await anyio.sleep(ms / 1000)
+    await record(ctx, "finish")
+
+
+@app.job(name="ordered_step", ordered=True, concurrency_key="key", retries=2)
+async def ordered_step(ctx: JobContext, key: str, i: int, fail_first: bool = False,
+                       kill_first: bool = False) -> None:
+    """One at a time per key, in enqueue order; the first attempt may fail or kill its worker."""
+    await record(ctx, "start")
+    await anyio.sleep(0.005)
+    if ctx.attempt == 1 and kill_first:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if ctx.attempt == 1 and fail_first:
+        raise RuntimeError(f"step {i} of {key} fails once")
+    await record(ctx, "finish")

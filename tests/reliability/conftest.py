@@ -38,7 +38,9 @@ def chaos_app(url: str) -> Soniq:
 
     soniq = Soniq(database_url=url)
     for spec in chaos.app.registry:
-        soniq.registry.register(spec.func, name=spec.name, retries=spec.max_retries)
+        soniq.registry.register(spec.func, name=spec.name, retries=spec.max_retries,
+                                concurrency_limit=spec.concurrency_limit,
+                                concurrency_key=spec.concurrency_key, ordered=spec.ordered)
     return soniq
 
 
