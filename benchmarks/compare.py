@@ -46,6 +46,7 @@ METRICS: dict[str, list[tuple[str, str, bool, int]]] = {
     "bulk": [("jobs_per_s", "jobs/s", True, 0)],
     "process": [("jobs_per_s", "jobs/s", True, 0), (CPU_METRIC, "worker CPU µs/job", False, 1)],
     "features": [("jobs_per_s", "jobs/s", True, 0), (CPU_METRIC, "worker CPU µs/job", False, 1)],
+    "limits": [("jobs_per_s", "jobs/s", True, 0), (CPU_METRIC, "worker CPU µs/job", False, 1)],
     "embedded": [("jobs_per_s", "jobs/s", True, 0), (CPU_METRIC, "process CPU µs/job", False, 1)],
     "latency": [("p50_ms", "p50 ms", False, 2), ("p99_ms", "p99 ms", False, 2)],
     "mixed": [("processed_per_s", "processed/s", True, 0)],

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.scenarios import enqueue, latency, mixed, process
-from benchmarks.systems import FEATURES, load_system
+from benchmarks.systems import FEATURES, LIMITED, load_system
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,7 +25,7 @@ __all__ = ["FULL", "GROUPS", "QUICK", "Sizes", "Step", "build_plan"]
 FLOOR_CONNECTIONS = 4
 #: Selectable with --only; "peers" adds PgQueuer and Procrastinate to enqueue..latency.
 GROUPS = ("enqueue", "bulk", "process", "latency", "mixed", "trio", "sqlite", "memory", "features",
-          "embedded", "peers")
+          "embedded", "limits", "peers")
 #: The ``embedded`` group: worker concurrency, and the peers in it with their worker options.
 EMBEDDED_CONCURRENCY = 10
 EMBEDDED_PEERS: dict[str, dict[str, Any]] = {"pgqueuer": {"batch_size": 10}}
@@ -53,6 +53,7 @@ class Sizes:
     peer_process_n: int  # peers join the burn-down of this size only (they are slow)
     features_n: int  # burn-down with each optional feature on (webhooks, logs, encryption)
     embedded_n: int  # burn-down with the worker in this process
+    limits_n: int  # burn-down of jobs limited to one running per key (1,000 keys)
 
 
 FULL = Sizes(
@@ -61,7 +62,7 @@ FULL = Sizes(
     latency_samples=500, latency_gap=0.025, mixed_seconds=30.0, trio_ns=(20_000, 100_000),
     sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
     memory_n=100_000, memory_rounds=5,
-    peer_process_n=20_000, features_n=100_000, embedded_n=20_000,
+    peer_process_n=20_000, features_n=100_000, embedded_n=20_000, limits_n=100_000,
 )
 QUICK = Sizes(
     runs=1, enqueue_n=1_000, bulk_n=20_000, bulk_chunks=(1_000,),
@@ -69,7 +70,7 @@ QUICK = Sizes(
     latency_samples=100, latency_gap=0.02, mixed_seconds=10.0, trio_ns=(5_000,),
     sqlite_enqueue_n=500, sqlite_bulk_n=10_000, sqlite_process_ns=(5_000,),
     memory_n=20_000, memory_rounds=2,
-    peer_process_n=5_000, features_n=5_000, embedded_n=2_000,
+    peer_process_n=5_000, features_n=5_000, embedded_n=2_000, limits_n=10_000,
 )
 
 
@@ -181,6 +182,11 @@ def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
         # Plain Soniq and each feature in the same runs, interleaved (own scenario name, so
         # these plain-Soniq runs are the baseline of this group only).
         plan += _steps("features", ["soniq", *FEATURES], [{"n": s.features_n, "c": 100}], runs,
+                       _burn("asyncio", from_claiming=True), profiled=True)
+    if "limits" in groups:
+        # Unlimited Soniq and the limited variants in the same runs, interleaved (own scenario
+        # name: these unlimited runs are this group's baseline).
+        plan += _steps("limits", ["soniq", *LIMITED], [{"n": s.limits_n, "c": 100}], runs,
                        _burn("asyncio", from_claiming=True), profiled=True)
     if "embedded" in groups:
         systems = ["soniq", *(p for p in peers if p in EMBEDDED_PEERS)]

@@ -27,6 +27,7 @@ LATENCY_P99_TARGET = 6.0  # ms
 TRIO_RATIO_TARGET = 0.50  # of asyncio, process at concurrency 100
 SQLITE_PROCESS_TARGET = 5_000.0  # jobs/s
 MEMORY_GROWTH_TARGET = 10.0  # % over 100 000 jobs
+LIMITS_RATIO_TARGET = 0.70  # limited (1 per key, 1,000 keys) of unlimited, process at c=100
 WEBHOOKS_RATIO_TARGET = 0.90  # of plain Soniq, process at concurrency 100, receiver never answers
 
 
@@ -267,6 +268,15 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
                 f"({rate(base_rate)}){_cpu(g)}{evidence}",
                 (None if ratio is None else ratio >= WEBHOOKS_RATIO_TARGET)
                 if system == "soniq+webhooks" else None)
+    for system, label in _LIMIT_ROWS:
+        for g in ix.all("limits", system):
+            plain = ix.find("limits", n=g.params["n"], c=g.params["c"])
+            ratio = _ratio(g.m("jobs_per_s"), plain.m("jobs_per_s") if plain else None)
+            row(f"12 limits, concurrency_limit=1 over 1,000 keys, {label} ({_params(g.params)})",
+                g, "≥ 70% of unlimited",
+                f"{rate(g.m('jobs_per_s'))} = **{_pct(ratio)}** of unlimited "
+                f"({rate(plain.m('jobs_per_s') if plain else None)}){_cpu(g)}",
+                None if ratio is None else ratio >= LIMITS_RATIO_TARGET)
     for g in ix.all("embedded"):
         own = ix.find("process", n=g.params["n"], c=g.params["c"])
         beside = "" if own is None or own.m("jobs_per_s") is None else \
@@ -283,6 +293,9 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+#: The ``limits`` rows: system, how the keys were enqueued.
+_LIMIT_ROWS = [("soniq+limit-rr", "keys round-robin"),
+               ("soniq+limit-grouped", "keys grouped (100 in a row)")]
 _WEBHOOK_EVENTS = ("{count:,.0f} job events recorded for {events:,} (delivery rows + event log; "
                    "a heartbeat records a running job's job.started again, delivered once)")
 #: The ``features`` rows: system, label, target, (count metric, how to show it). Only the

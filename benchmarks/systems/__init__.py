@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from benchmarks.databases import ProbeSql, Target
 
-__all__ = ["FEATURES", "PEERS", "Producer", "System", "WorkerHandle", "load_system",
+__all__ = ["FEATURES", "LIMITED", "PEERS", "Producer", "System", "WorkerHandle", "load_system",
            "missing_reason", "surroundings"]
 
 #: name -> (module, the module's attribute holding the system, the distribution it needs)
@@ -38,9 +38,14 @@ _SYSTEMS = {
     "soniq+webhooks": ("benchmarks.systems.soniq_system", "WEBHOOKS", "soniq"),
     "soniq+logs": ("benchmarks.systems.soniq_system", "LOGS", "soniq"),
     "soniq+encrypt": ("benchmarks.systems.soniq_system", "ENCRYPT", "soniq"),
+    # Soniq with concurrency_limit=1 per key (the ``limits`` group).
+    "soniq+limit-rr": ("benchmarks.systems.soniq_system", "LIMITED_ROUND_ROBIN", "soniq"),
+    "soniq+limit-grouped": ("benchmarks.systems.soniq_system", "LIMITED_GROUPED", "soniq"),
 }
 PEERS = ("pgqueuer", "procrastinate")
 FEATURES = ("soniq+webhooks", "soniq+logs", "soniq+encrypt")
+#: The ``limits`` group's systems: keys taken round-robin, or grouped.
+LIMITED = ("soniq+limit-rr", "soniq+limit-grouped")
 
 
 class Producer(Protocol):

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
     from benchmarks.databases import Target
 
-__all__ = ["ENCRYPT", "LOGS", "SYSTEM", "WEBHOOKS", "SoniqSystem", "make_app", "silent_receiver"]
+__all__ = ["ENCRYPT", "LIMITED_GROUPED", "LIMITED_ROUND_ROBIN", "LIMIT_KEYS", "LOGS", "SYSTEM",
+           "WEBHOOKS", "SoniqSystem", "make_app", "silent_receiver"]
 
 _PG_PROBE = ProbeSql(
     remaining="SELECT EXISTS (SELECT 1 FROM soniq_jobs WHERE status = 'queued') "
@@ -55,18 +56,28 @@ _SQLITE_PROBE = ProbeSql(
 BENCH_SECRET_KEY = base64.urlsafe_b64encode(b"soniq benchmarks: not a secret!!").decode()
 
 
+#: Concurrency-limit keys of the ``limits`` group: 1,000 of them, each job's key from its index
+#: ``i`` -- taken round-robin (neighbours differ) or grouped (100 neighbours share one).
+LIMIT_KEYS = {"round-robin": lambda i: i % 1_000, "grouped": lambda i: i // 100 % 1_000}
+
+
 def make_app(url: str, stamps: dict[int, float] | None = None, *,
              settings: Mapping[str, Any] | None = None, encrypt: bool = False,
-             log_line: bool = False) -> Soniq:
+             log_line: bool = False, limited: bool = False) -> Soniq:
     """The benchmark app: ``noop(i)`` and ``stamp(i)``, registered as they would be by a user.
 
     ``settings`` are extra :class:`~soniq.Soniq` keywords; ``encrypt`` registers both jobs with
-    ``encrypt=True``; ``log_line`` makes ``noop`` log one INFO line through ``ctx.logger``.
+    ``encrypt=True``; ``log_line`` makes ``noop`` log one INFO line through ``ctx.logger``;
+    ``limited`` registers ``noop(i, k)`` with ``concurrency_limit=1, concurrency_key="k"``.
     """
     app = Soniq(database_url=url, **(settings or {}))
     options: dict[str, Any] = {"encrypt": True} if encrypt else {}
 
-    if log_line:
+    if limited:
+        @app.job(name="noop", concurrency_limit=1, concurrency_key="k", **options)
+        async def noop_limited(i: int, k: int = 0) -> None:
+            return None
+    elif log_line:
         @app.job(name="noop", **options)
         async def noop_logging(i: int, ctx: JobContext) -> None:
             ctx.logger.info("noop %d", i)
@@ -84,17 +95,20 @@ def make_app(url: str, stamps: dict[int, float] | None = None, *,
 
 
 class _Producer:
-    def __init__(self, app: Soniq) -> None:
+    def __init__(self, app: Soniq, keys: str | None = None) -> None:
         self._app = app
         # Enqueue by function, as the README does (a job name would work too).
         self._functions = {spec.name: spec.func for spec in app.registry}
+        self._key = None if keys is None else LIMIT_KEYS[keys]
 
     async def enqueue_one(self, i: int, job: str = "noop") -> None:
         await self._app.enqueue(self._functions[job], i=i)
 
     async def enqueue_bulk(self, first: int, count: int) -> None:
-        await self._app.enqueue_many(self._functions["noop"],
-                                     [{"i": i} for i in range(first, first + count)])
+        key = self._key
+        await self._app.enqueue_many(self._functions["noop"], [
+            {"i": i} if key is None else {"i": i, "k": key(i)}
+            for i in range(first, first + count)])
 
     async def aclose(self) -> None:
         await self._app.close()
@@ -154,13 +168,16 @@ class SoniqSystem:
     silent_webhook: bool = False
     #: Extra counts the probe reads after a burn-down (PostgreSQL): proof the feature was on.
     evidence: tuple[tuple[str, str], ...] = ()
+    #: ``noop`` has ``concurrency_limit=1`` per key; the keys are taken as :data:`LIMIT_KEYS`
+    #: says (the ``limits`` group).
+    limit_keys: str | None = None
 
     def version(self) -> str:
         return str(soniq.__version__)
 
     def app(self, url: str, stamps: dict[int, float] | None = None) -> Soniq:
         return make_app(url, stamps, settings=self.settings, encrypt=self.encrypt,
-                        log_line=self.log_line)
+                        log_line=self.log_line, limited=self.limit_keys is not None)
 
     def probe_sql(self, target: Target) -> ProbeSql:
         if target.kind != "postgres":
@@ -193,7 +210,7 @@ class SoniqSystem:
     async def open_producer(self, target: Target) -> _Producer:
         app = self.app(target.url)
         await app.ensure_initialized()
-        return _Producer(app)
+        return _Producer(app, self.limit_keys)
 
     async def open_worker(self, target: Target, concurrency: int,
                           stamps: dict[int, float]) -> _Worker:
@@ -221,3 +238,6 @@ LOGS: Any = SoniqSystem(
 ENCRYPT: Any = SoniqSystem(
     name="soniq+encrypt", settings={"secret_keys": [BENCH_SECRET_KEY]}, encrypt=True,
     evidence=(("encrypted_jobs", "SELECT count(*) FROM soniq_jobs WHERE args ? '$enc'"),))
+#: The ``limits`` group: ``noop`` limited to one running job per key, 1,000 keys.
+LIMITED_ROUND_ROBIN: Any = SoniqSystem(name="soniq+limit-rr", limit_keys="round-robin")
+LIMITED_GROUPED: Any = SoniqSystem(name="soniq+limit-grouped", limit_keys="grouped")
