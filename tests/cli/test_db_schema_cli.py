@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from soniq import Soniq
-from tests.cli.cli import clean_env, fails, ok
+from tests.cli.cli import clean_env, fails, ok, ok_json
 
 pytestmark = pytest.mark.postgres
 
@@ -43,6 +43,8 @@ def test_setup_with_soniq_db_schema_creates_the_schema(fresh_database: tuple[str
     assert anyio.run(_accepted, url, "from_setup") == []
     again = ok("setup", env=clean_env(SONIQ_DATABASE_URL=url, SONIQ_DB_SCHEMA="from_setup"))
     assert "up to date" in again
+    status = ok_json("status", env=clean_env(SONIQ_DATABASE_URL=url, SONIQ_DB_SCHEMA="from_setup"))
+    assert status["db_schema"] == "from_setup" and status["schema"]["pending"] == []
     bad = fails(2, "setup", env=clean_env(SONIQ_DATABASE_URL=url, SONIQ_DB_SCHEMA="Bad-Name"))
     assert "db_schema" in bad and "'Bad-Name'" in bad
 

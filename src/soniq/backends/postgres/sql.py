@@ -133,7 +133,7 @@ VALUES ($1::uuid, $2::text, $3::text, $4::smallint, 'queued', $5::jsonb, $6::int
 RETURNING CASE WHEN scheduled_at <= now() THEN pg_notify('{n.jobs_channel}', queue) END AS woken
 """
 
-        #: One job with a dedup key ($8; other parameters as INSERT_JOB). Returns the job's id: the
+        #: One job with a dedup key ($8; other parameters as insert_job). Returns the job's id: the
         #: existing one on a dedup hit. A new job that is due wakes listeners on its queue.
         self.insert_unique_job = f"""
 WITH inserted AS (
@@ -150,7 +150,7 @@ SELECT id,
 FROM inserted
 """
 
-        #: Many jobs in one statement over parallel arrays (INSERT_UNIQUE_JOB's parameters), with
+        #: Many jobs in one statement over parallel arrays (insert_unique_job's parameters), with
         #: one NOTIFY per distinct due queue -- never one per row. Always returns one row: how many
         #: queues were woken, and for rows carrying a dedup key, the id now holding each key
         #: (callers map keys back to input positions; rows without a key keep the id they were

@@ -335,7 +335,7 @@ class PostgresWebhookStore:
 
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
         # Recorded in the log; the deliveries are written when a worker claims or a caller
-        # lists them (EXPAND).
+        # lists them (_Sql.expand).
         if not events:
             return 0
         with self._errors:
