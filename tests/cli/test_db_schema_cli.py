@@ -9,18 +9,15 @@ import pytest
 
 from soniq import Soniq
 from tests.cli.cli import clean_env, fails, ok, ok_json
+from tests.helpers import on_connection
 
 pytestmark = pytest.mark.postgres
 
 
 async def _tables(url: str) -> dict[str, set[str]]:
     """Soniq's tables per schema in the database at ``url``."""
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch("SELECT schemaname, tablename FROM pg_tables "
-                                "WHERE tablename LIKE 'soniq%'")
-    finally:
-        await conn.close()
+    rows = await on_connection(url, lambda conn: conn.fetch(
+        "SELECT schemaname, tablename FROM pg_tables WHERE tablename LIKE 'soniq%'"))
     found: dict[str, set[str]] = {}
     for row in rows:
         found.setdefault(row["schemaname"], set()).add(row["tablename"])
