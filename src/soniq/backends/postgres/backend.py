@@ -116,11 +116,6 @@ class PostgresBackend:
         return f"<PostgresBackend {where} ({state})>"
 
     @property
-    def db_schema(self) -> str | None:
-        """The schema holding Soniq's tables (the ``db_schema`` setting; None: the default)."""
-        return self._q.names.schema
-
-    @property
     def redacted_url(self) -> str:
         """The database URL with its password replaced by ``***`` (safe to log)."""
         return redact_url(self._url)
