@@ -50,12 +50,15 @@ def status(app_path: AppPath = None, /, *,
     applied = info["applied_migrations"]
     schema = {"version": applied[-1] if applied else None, "pending": info["pending_migrations"]}
     if json:
-        print_json({"database": url, "backend": info["backend"], "schema": schema,
-                    "queues": queues, "workers": workers, "jobs": jobs})
+        print_json({"database": url, "backend": info["backend"],
+                    "db_schema": soniq.settings.db_schema, "schema": schema, "queues": queues,
+                    "workers": workers, "jobs": jobs})
         return 0
     pending = info["pending_migrations"]
+    in_schema = ("" if soniq.settings.db_schema is None
+                 else f", schema {soniq.settings.db_schema}")
     print_fields([
-        ("database", f"{url} ({info['server_version'] or info['backend']})"),
+        ("database", f"{url} ({info['server_version'] or info['backend']}{in_schema})"),
         ("schema", f"{schema['version'] or 'none'}" + (
             f" ({len(pending)} pending: run soniq setup)" if pending else " (up to date)")),
         ("workers", len(workers)),

@@ -154,7 +154,9 @@ class Executor:
             self._put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True))
             raise
         finally:
-            del self.running[job.id]
+            # A job given back parked may be claimed (and admitted) again before this ends.
+            if self.running.get(job.id) is entry:
+                del self.running[job.id]
         self.completed += 1
         self._put(outcome)
 

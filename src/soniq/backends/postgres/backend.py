@@ -30,15 +30,7 @@ import asyncpg
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import StorageBackend, job_record
-from soniq.backends.postgres import (
-    inserts,
-    listener,
-    maintenance,
-    pooling,
-    schema,
-    slots,
-    sql,
-)
+from soniq.backends.postgres import inserts, listener, maintenance, pooling, schema, slots, sql
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.definitions import PostgresDefinitionStore
@@ -59,6 +51,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from soniq.backends.postgres.changes import Statements
     from soniq.settings import SoniqSettings
     from soniq.types import WorkerInfo
 
@@ -100,17 +93,19 @@ class PostgresBackend:
         #: events while a reader is registered here. Both variants of those statements are
         #: written once; each call picks one by reading ``events.recording``.
         self.events = EventLog()
-        self._plain = sql.statements(events=False)
-        self._logged = sql.statements(events=True)
-        # The feature stores (soniq.backends.stores) in this database.
-        self.dead_letters = PostgresDeadLetterStore(self._ready, self._errors)
-        self.schedules = PostgresScheduleStore(self._ready, self._errors)
-        self.definitions = PostgresDefinitionStore(self._ready, self._errors)
+        # Every statement, written once for this instance's schema (db_schema; sql.build).
+        self._q = q = sql.build(settings.db_schema)
+        self._plain, self._logged = q.plain, q.logged
+        # The feature stores (soniq.backends.stores) in this database, in the same schema.
+        n = q.names
+        self.dead_letters = PostgresDeadLetterStore(self._ready, self._errors, n)
+        self.schedules = PostgresScheduleStore(self._ready, self._errors, q)
+        self.definitions = PostgresDefinitionStore(self._ready, self._errors, n)
         self.webhooks = PostgresWebhookStore(self._ready, self._errors, self._maintenance_timeout,
-                                             self.events)
-        self.logs = PostgresLogStore(self._ready, self._errors)
+                                             self.events, n)
+        self.logs = PostgresLogStore(self._ready, self._errors, n)
         self.dashboard = PostgresDashboardStore(self._ready, self._errors,
-                                                self._maintenance_timeout, self.queue_stats)
+                                                self._maintenance_timeout, self.queue_stats, n)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
         # Leases of claimed jobs that hold a concurrency slot, until their outcome is written.
@@ -118,7 +113,9 @@ class PostgresBackend:
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
-        return f"<PostgresBackend {redact_url(self._url)} ({state})>"
+        schema = self._q.names.schema
+        where = redact_url(self._url) if schema is None else f"{redact_url(self._url)} {schema}"
+        return f"<PostgresBackend {where} ({state})>"
 
     @property
     def redacted_url(self) -> str:
@@ -183,7 +180,7 @@ class PostgresBackend:
             try:
                 if cache_size:
                     await pooling.refuse_transaction_pooling(pool, self._url)
-                await schema.check_schema(pool, self._url)
+                await schema.check_schema(pool, self._url, self._q)
             except BaseException:
                 pool.terminate()  # nothing borrowed yet; no reason to wait
                 raise
@@ -224,9 +221,9 @@ class PostgresBackend:
             return []
         with self._errors:
             if connection is not None:
-                return await call(inserts.insert_on, _bridge.unwrap(connection), jobs)
+                return await call(inserts.insert_on, _bridge.unwrap(connection), self._q, jobs)
             pool = await self._ready()
-            return await call(inserts.insert_with_pool, pool, jobs)
+            return await call(inserts.insert_with_pool, pool, self._q, jobs)
 
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
@@ -236,11 +233,11 @@ class PostgresBackend:
             return []
         extra: tuple[Any, ...]
         if queues is None:
-            query, extra = sql.CLAIM_ALL_QUEUES, ()
+            query, extra = self._q.claim_all_queues, ()
         elif len(queues) == 1:
-            query, extra = sql.CLAIM_ONE_QUEUE, (queues[0],)
+            query, extra = self._q.claim_one_queue, (queues[0],)
         else:
-            query, extra = sql.CLAIM_SOME_QUEUES, (list(queues),)
+            query, extra = self._q.claim_some_queues, (list(queues),)
         # The keys of this worker's claims whose answer was lost (they may have committed): the
         # jobs they took are handed out now, and the keys kept until that answer arrives.
         keys = self._unanswered.pop(worker_id, [])
@@ -265,13 +262,13 @@ class PostgresBackend:
         """The jobs of this worker's unanswered claims ``keys`` (committed after all)."""
         if not keys:
             return []
-        rows: list[Any] = await call(pool.fetch, sql.ADOPT_CLAIMS, worker_id, keys)
+        rows: list[Any] = await call(pool.fetch, self._q.adopt_claims, worker_id, keys)
         if rows:
             logger.warning("took up %d job(s) claimed by this worker whose claim's answer was "
                            "lost with its connection", len(rows))
         return rows
 
-    def _sql(self) -> sql.Statements:
+    def _sql(self) -> Statements:
         """The statements that change jobs: recording their events while the log has a reader."""
         return self._logged if self.events.recording else self._plain
 
@@ -291,15 +288,13 @@ class PostgresBackend:
         items = list(batch.values())
         # Jobs this backend claimed with a concurrency key: their finish and the hand-over of
         # their slots go in one transaction; any other batch stays one statement.
-        limited = False
-        for _, lease_id in batch:
-            if lease_id in self._limited:
-                self._limited.discard(lease_id)
-                limited = True
+        leases = [lease_id for _, lease_id in batch]
+        limited = not self._limited.isdisjoint(leases)
+        self._limited.difference_update(leases)
         with self._errors:
             pool = await self._loops()
             rows = await call(
-                slots.changing, pool, self._sql().complete_jobs,
+                slots.changing, pool, self._q.slots, self._sql().complete_jobs,
                 [job_id for job_id, _ in batch], [lease_id for _, lease_id in batch],
                 [o.status.value for o in items], [o.result for o in items],
                 [o.error for o in items], [o.run_at for o in items],
@@ -316,7 +311,7 @@ class PostgresBackend:
             return None
         with self._errors:
             pool = await self._ready()
-            row = await call(pool.fetchrow, sql.GET_JOB, job_id)
+            row = await call(pool.fetchrow, self._q.get_job, job_id)
         return None if row is None else job_record(row)
 
     async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
@@ -324,8 +319,8 @@ class PostgresBackend:
         clause, params = where(("queue = {}::text", queue), ("status = {}::text", status), first=3)
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, sql.LIST_JOBS.format(where=clause), limit, offset,
-                              *params)
+            rows = await call(pool.fetch, self._q.list_jobs.format(where=clause), limit,
+                              offset, *params)
         return [job_record(row) for row in rows]
 
     async def cancel_job(self, job_id: str) -> CancelOutcome | None:
@@ -333,7 +328,8 @@ class PostgresBackend:
             return None
         with self._errors:
             pool = await self._ready()
-            rows = await call(slots.changing, pool, self._sql().cancel_job, job_id, atomic=True)
+            rows = await call(slots.changing, pool, self._q.slots, self._sql().cancel_job, job_id,
+                              atomic=True)
         status = rows[0]["status"] if rows else None
         return None if status is None else "cancelled" if status == "cancelled" else "requested"
 
@@ -342,12 +338,13 @@ class PostgresBackend:
             return False
         with self._errors:
             pool = await self._ready()
-            return bool(await call(slots.changing, pool, sql.DELETE_JOB, job_id, atomic=True))
+            return bool(await call(slots.changing, pool, self._q.slots, self._q.delete_job, job_id,
+                                   atomic=True))
 
     async def queue_stats(self) -> list[QueueStats]:
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, sql.QUEUE_STATS)
+            rows = await call(pool.fetch, self._q.queue_stats)
         return [
             {"queue": row["queue"], "total": row["total"], "queued": row["queued"],
              "processing": row["processing"], "done": row["done"],
@@ -361,12 +358,13 @@ class PostgresBackend:
         queues = None if worker.queues is None else list(worker.queues)
         with self._errors:
             pool = await self._loops()
-            await call(pool.execute, sql.REGISTER_WORKER, worker.id, worker.hostname, worker.pid,
-                       queues, worker.concurrency, now, list(worker.job_names))
+            await call(pool.execute, self._q.register_worker, worker.id, worker.hostname,
+                       worker.pid, queues, worker.concurrency, now, list(worker.job_names))
             # Before the first claim: a backlog loaded since the last statistics (autovacuum off,
             # or not round yet) would make every claim sort the whole backlog (sql.py).
-            if await call(pool.fetchval, sql.STATISTICS_STALE):
-                failed = await call(maintenance.analyze, pool, self._maintenance_timeout)
+            if await call(pool.fetchval, self._q.statistics_stale):
+                failed = await call(maintenance.analyze, pool, self._q,
+                                    self._maintenance_timeout)
                 if failed is None:
                     logger.info("analyzed soniq_jobs: its statistics were missing or stale")
                 else:
@@ -386,12 +384,12 @@ class PostgresBackend:
             return
         with self._errors:
             pool = await self._loops()
-            await call(pool.execute, sql.UNREGISTER_WORKER, worker_id)
+            await call(pool.execute, self._q.unregister_worker, worker_id)
 
     async def list_workers(self) -> list[dict[str, Any]]:
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, sql.LIST_WORKERS)
+            rows = await call(pool.fetch, self._q.list_workers)
         return [
             {"id": str(row["id"]), "hostname": row["hostname"], "pid": row["pid"],
              "queues": row["queues"], "concurrency": row["concurrency"],
@@ -403,8 +401,8 @@ class PostgresBackend:
     async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
         with self._errors:
             pool = await self._loops()
-            return await call(maintenance.rescue, pool, self._sql().rescue_jobs, stale_after,
-                              now, self._maintenance_timeout)
+            return await call(maintenance.rescue, pool, self._q, self._sql().rescue_jobs,
+                              stale_after, now, self._maintenance_timeout)
 
     async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
                        *, now: datetime | None = None) -> bool:
@@ -412,26 +410,27 @@ class PostgresBackend:
             return False
         with self._errors:
             pool = await self._loops()
-            return await call(slots.park_with_pool, pool, job_id, lease_id, concurrency_key,
-                              limit, now)
+            return await call(slots.park_with_pool, pool, self._q.slots, job_id, lease_id,
+                              concurrency_key, limit, now)
 
     async def reconcile_slots(self, limits: Mapping[str, int]) -> int:
         if not limits:
             return 0
         with self._errors:
             pool = await self._loops()
-            return await call(slots.reconcile, pool, dict(limits))
+            return await call(slots.reconcile, pool, self._q.slots, dict(limits))
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:
         with self._errors:
             pool = await self._loops()
-            return await call(maintenance.prune, pool, now, self._maintenance_timeout)
+            return await call(maintenance.prune, pool, self._q, now, self._maintenance_timeout)
 
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:
         with self._errors:
             pool = await self._loops()
-            return await call(pool.fetchval, sql.CLAIM_MAINTENANCE, task, interval, now) is not None
+            return await call(pool.fetchval, self._q.claim_maintenance, task, interval,
+                              now) is not None
 
     async def listen(self, on_notify: Callable[[str, str], None],
                      *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -443,7 +442,8 @@ class PostgresBackend:
                 "(PgBouncer transaction pooling) workers poll instead, unless listen_url is set"
             )
         url = self._listen_url or self._url
-        await listener.listen(url, on_notify, keepalive=self._settings.heartbeat_interval,
+        await listener.listen(url, on_notify, channels=self._q.names.channels,
+                              keepalive=self._settings.heartbeat_interval,
                               errors=Translator(url), task_status=task_status,
                               refuse_pooling="listen_url" if self._listen_url else None)
 
@@ -453,14 +453,15 @@ class PostgresBackend:
         connections outside the pool and without the schema check."""
         from soniq.backends.postgres.probe import probe  # only the CLI's diagnostics need it
 
-        return await probe(self._url, self._errors, listen_url=self._listen_url)
+        return await probe(self._url, self._errors, self._q.names, listen_url=self._listen_url)
 
     async def migrate(self) -> list[str]:
-        """Create the database if it does not exist, then apply pending migrations, each in its
-        own transaction with its ``soniq_migrations`` row, under an advisory lock so concurrent
-        runs apply each migration exactly once. Returns the labels applied."""
+        """Create the database (and the ``db_schema``) if it does not exist, then apply pending
+        migrations, each in its own transaction with its ``soniq_migrations`` row, under an
+        advisory lock so concurrent runs apply each migration exactly once. Returns the labels
+        applied."""
         with self._errors:
-            return await call(schema.migrate, self._url)
+            return await call(schema.migrate, self._url, self._q)
 
 
 def _check_worker_id(worker_id: str) -> None:

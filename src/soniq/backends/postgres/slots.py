@@ -1,13 +1,14 @@
 """Concurrency slots on PostgreSQL: the memory backend's semantics
 (:mod:`soniq.backends.memory.slots`) under READ COMMITTED, with many writers at once.
 
-- **Taking a slot** at insert is one statement for a single job: ``INSERT INTO soniq_slots ...
-  ON CONFLICT DO UPDATE SET active = active + 1 WHERE active < limit`` then the job row, parked
-  (``hold = 'slot'``) when no slot was taken. ON CONFLICT DO UPDATE locks the slot row even when
-  its WHERE is false, so a release that runs meanwhile waits for this insert's commit.
+- **Taking a slot** at insert is one statement for a single job (``SlotSql.insert_limited_job``:
+  ``INSERT INTO soniq_slots ... ON CONFLICT DO UPDATE SET active = active + 1 WHERE active <
+  limit`` then the job row, parked -- ``hold = 'slot'`` -- when no slot was taken). ON CONFLICT
+  DO UPDATE locks the slot row even when its WHERE is false, so a release that runs meanwhile
+  waits for this insert's commit.
 - **Releasing** (a slot holder finished, was cancelled, deleted or dead-lettered by the rescue)
-  takes two statements in the releasing transaction: :data:`LOCK` locks the slot rows in
-  (job_name, key) order -- waiting for inserts that hold them -- and :data:`HAND_OVER`, a new
+  takes two statements in the releasing transaction: ``SlotSql.lock`` locks the slot rows in
+  (job_name, key) order -- waiting for inserts that hold them -- and ``SlotSql.hand_over``, a new
   statement and so a new snapshot that sees the jobs those inserts parked, gives each freed
   slot to its key's oldest parked job, else lowers ``active``. Counting running rows in one
   statement would not do: two concurrent claims would both see the slot free.
@@ -22,26 +23,40 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from soniq.backends.postgres.sql import CHANNEL, FREED
-
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from datetime import datetime
 
+    from soniq.backends.postgres.names import Names
     from soniq.types import NewJob
 
-__all__ = ["FREED", "HAND_OVER", "INSERT_LIMITED_JOB", "LOCK", "freed", "hand_over",
-           "changing", "insert_limited", "park_with_pool", "reconcile"]
+__all__ = ["FREED", "SlotSql", "changing", "freed", "hand_over", "insert_limited",
+           "park_with_pool", "reconcile"]
 
-#: One limited job without a dedup key: INSERT_JOB's $1-$7, $8 concurrency key, $9 the limit.
-#: Takes a slot or parks the job, and wakes the queue when it may run.
-INSERT_LIMITED_JOB = f"""
+#: The slot a changed job row freed, if any, as two columns the finish, cancel and rescue
+#: statements return (on the row after the change, aliased ``j``): ``freed``, the row's
+#: ``job_name`` when it was a limited, unparked job now done, dead-lettered or cancelled, else
+#: NULL; ``freed_key``, its key. See :func:`freed`.
+FREED = ("CASE WHEN j.concurrency_key IS NOT NULL AND j.hold IS NULL AND j.status IN "
+         "('done', 'dead_letter', 'cancelled') THEN j.job_name END AS freed, "
+         "j.concurrency_key AS freed_key")
+
+
+class SlotSql:
+    """The statements of the concurrency slots for one schema's :class:`~.names.Names` (built
+    once per schema with the rest: ``Sql.slots``)."""
+
+    def __init__(self, n: Names) -> None:
+        #: One limited job without a dedup key: Sql.insert_job's $1-$7, $8 concurrency key,
+        #: $9 the limit.
+        #: Takes a slot or parks the job, and wakes the queue when it may run.
+        self.insert_limited_job = f"""
 WITH slot AS (
-    INSERT INTO soniq_slots AS s (job_name, key, active) VALUES ($2::text, $8::text, 1)
+    INSERT INTO {n.slots} AS s (job_name, key, active) VALUES ($2::text, $8::text, 1)
     ON CONFLICT (job_name, key) DO UPDATE SET active = s.active + 1 WHERE s.active < $9::integer
     RETURNING 1
 ), inserted AS (
-    INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts,
+    INSERT INTO {n.jobs} (id, job_name, queue, priority, status, args, max_attempts,
                             scheduled_at, concurrency_key, hold)
     VALUES ($1::uuid, $2::text, $3::text, $4::smallint, 'queued', $5::jsonb, $6::integer,
             COALESCE($7::timestamptz, now()), $8::text,
@@ -49,39 +64,39 @@ WITH slot AS (
     RETURNING id, queue, scheduled_at, hold
 )
 SELECT id, CASE WHEN hold IS NULL AND scheduled_at <= now()
-                THEN pg_notify('{CHANNEL}', queue) END AS woken
+                THEN pg_notify('{n.jobs_channel}', queue) END AS woken
 FROM inserted
 """
 
-#: Lock the slot rows of $1 job names / $2 keys (creating missing ones at 0), in (job_name, key)
-#: order; returns each row's ``active``.
-LOCK = """
-INSERT INTO soniq_slots AS s (job_name, key, active)
+        #: Lock the slot rows of $1 job names / $2 keys (creating missing ones at 0), in
+        #: (job_name, key) order; returns each row's ``active``.
+        self.lock = f"""
+INSERT INTO {n.slots} AS s (job_name, key, active)
 SELECT job_name, key, 0 FROM unnest($1::text[], $2::text[]) AS f (job_name, key)
 ORDER BY job_name, key
 ON CONFLICT (job_name, key) DO UPDATE SET active = s.active
 RETURNING job_name, key, active
 """
 
-#: After :data:`LOCK`, in the same transaction: $1 job names, $2 keys, $3 how many slots each
-#: freed. Each goes to the key's oldest parked jobs, the rest lower ``active``; the unparked
-#: jobs' queues are woken.
-HAND_OVER = f"""
+        #: After ``lock``, in the same transaction: $1 job names, $2 keys, $3 how many slots each
+        #: freed. Each goes to the key's oldest parked jobs, the rest lower ``active``; the unparked
+        #: jobs' queues are woken.
+        self.hand_over = f"""
 WITH freed AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::integer[]) AS f (job_name, key, n)
 ), heirs AS (
     SELECT p.id FROM freed AS f CROSS JOIN LATERAL (
-        SELECT j.id FROM soniq_jobs AS j
+        SELECT j.id FROM {n.jobs} AS j
         WHERE j.job_name = f.job_name AND j.concurrency_key = f.key
           AND j.status = 'queued' AND j.hold = 'slot'
         ORDER BY j.id LIMIT f.n
         FOR UPDATE
     ) AS p
 ), unparked AS (
-    UPDATE soniq_jobs AS j SET hold = NULL FROM heirs WHERE j.id = heirs.id
+    UPDATE {n.jobs} AS j SET hold = NULL FROM heirs WHERE j.id = heirs.id
     RETURNING j.job_name, j.concurrency_key, j.queue, j.scheduled_at
 ), counted AS (
-    UPDATE soniq_slots AS s SET active = GREATEST(s.active - (f.n - COALESCE(u.n, 0)), 0)
+    UPDATE {n.slots} AS s SET active = GREATEST(s.active - (f.n - COALESCE(u.n, 0)), 0)
     FROM freed AS f
     LEFT JOIN (SELECT job_name, concurrency_key, count(*)::integer AS n FROM unparked
                GROUP BY job_name, concurrency_key) AS u
@@ -89,22 +104,23 @@ WITH freed AS (
     WHERE s.job_name = f.job_name AND s.key = f.key AND f.n > COALESCE(u.n, 0)
     RETURNING 1
 )
-SELECT count(pg_notify('{CHANNEL}', due.queue))
+SELECT count(pg_notify('{n.jobs_channel}', due.queue))
 FROM (SELECT DISTINCT queue FROM unparked WHERE scheduled_at <= now()) AS due
 """
 
-#: $1 job names, $2 keys, $3 the active count to write.
-_SET_ACTIVE = """
-UPDATE soniq_slots AS s SET active = w.active
+        #: $1 job names, $2 keys, $3 the active count to write.
+        self.set_active = f"""
+UPDATE {n.slots} AS s SET active = w.active
 FROM unnest($1::text[], $2::text[], $3::integer[]) AS w (job_name, key, active)
 WHERE s.job_name = w.job_name AND s.key = w.key
 """
 
-#: Many limited jobs with the holds decided (after :data:`LOCK`): INSERT_JOBS's arrays $1-$8,
-#: then $9 concurrency keys, $10 holds. Returns the rows inserted or updated (dedup hits).
-_INSERT_LIMITED_JOBS = f"""
+        #: Many limited jobs with the holds decided (after ``lock``): Sql.insert_jobs's arrays
+        #: $1-$8,
+        #: then $9 concurrency keys, $10 holds. Returns the rows inserted or updated (dedup hits).
+        self.insert_limited_jobs = f"""
 WITH inserted AS (
-    INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts,
+    INSERT INTO {n.jobs} (id, job_name, queue, priority, status, args, max_attempts,
                             scheduled_at, dedup_key, concurrency_key, hold)
     SELECT new.id, new.job_name, new.queue, new.priority, 'queued', new.args::jsonb,
            new.max_attempts, COALESCE(new.scheduled_at, now()), new.dedup_key,
@@ -117,17 +133,17 @@ WITH inserted AS (
     DO UPDATE SET dedup_key = EXCLUDED.dedup_key
     RETURNING id, queue, scheduled_at, dedup_key, hold
 ), woken AS (
-    SELECT pg_notify('{CHANNEL}', due.queue)
+    SELECT pg_notify('{n.jobs_channel}', due.queue)
     FROM (SELECT DISTINCT queue FROM inserted WHERE scheduled_at <= now() AND hold IS NULL)
         AS due
 )
 SELECT id::text, dedup_key, (SELECT count(*) FROM woken) AS woken FROM inserted
 """
 
-#: $1 id, $2 lease, $3 concurrency key, $4 now (NULL: the database clock). A claimed job
-#: enqueued without its key, back to the queue parked with it, its attempt refunded.
-_PARK = """
-UPDATE soniq_jobs
+        #: $1 id, $2 lease, $3 concurrency key, $4 now (NULL: the database clock). A claimed job
+        #: enqueued without its key, back to the queue parked with it, its attempt refunded.
+        self.park = f"""
+UPDATE {n.jobs}
 SET status = 'queued', attempts = attempts - 1, lease_id = NULL, worker_id = NULL,
     scheduled_at = COALESCE($4::timestamptz, now()), updated_at = COALESCE($4::timestamptz, now()),
     concurrency_key = $3::text, hold = 'slot'
@@ -135,48 +151,49 @@ WHERE id = $1::uuid AND status = 'processing' AND lease_id = $2::uuid AND concur
 RETURNING job_name
 """
 
-#: $1 job name, $2 key, $3 limit. Take a slot if fewer than the limit are taken (a row if so).
-_TAKE = """
-INSERT INTO soniq_slots AS s (job_name, key, active) VALUES ($1::text, $2::text, 1)
+        #: $1 job name, $2 key, $3 limit. Take a slot if fewer than the limit are taken (a row if
+        #: so).
+        self.take = f"""
+INSERT INTO {n.slots} AS s (job_name, key, active) VALUES ($1::text, $2::text, 1)
 ON CONFLICT (job_name, key) DO UPDATE SET active = s.active + 1 WHERE s.active < $3::integer
 RETURNING 1
 """
 
-#: $1 id. Unpark one job (its slot was just taken) and wake its queue.
-_UNPARK = f"""
-UPDATE soniq_jobs SET hold = NULL WHERE id = $1::uuid
-RETURNING pg_notify('{CHANNEL}', queue)
+        #: $1 id. Unpark one job (its slot was just taken) and wake its queue.
+        self.unpark = f"""
+UPDATE {n.jobs} SET hold = NULL WHERE id = $1::uuid
+RETURNING pg_notify('{n.jobs_channel}', queue)
 """
 
-#: $1 job names: the keys with parked jobs.
-_PARKED_KEYS = """
-SELECT DISTINCT job_name, concurrency_key FROM soniq_jobs
+        #: $1 job names: the keys with parked jobs.
+        self.parked_keys = f"""
+SELECT DISTINCT job_name, concurrency_key FROM {n.jobs}
 WHERE status = 'queued' AND hold = 'slot' AND job_name = ANY($1::text[])
 """
 
-#: After :data:`LOCK` of the key: $1 job name, $2 key, $3 limit. Recount the key's slot holders,
-#: unpark up to the limit in id order, write the count; returns how many were unparked.
-_RECONCILE = f"""
+        #: After ``lock`` of the key: $1 job name, $2 key, $3 limit. Recount the key's slot holders,
+        #: unpark up to the limit in id order, write the count; returns how many were unparked.
+        self.reconcile = f"""
 WITH holders AS (
-    SELECT count(*)::integer AS n FROM soniq_jobs
+    SELECT count(*)::integer AS n FROM {n.jobs}
     WHERE job_name = $1::text AND concurrency_key = $2::text AND concurrency_key IS NOT NULL
       AND hold IS NULL AND status IN ('queued', 'processing')
 ), heirs AS (
-    SELECT id FROM soniq_jobs
+    SELECT id FROM {n.jobs}
     WHERE job_name = $1::text AND concurrency_key = $2::text
       AND status = 'queued' AND hold = 'slot'
     ORDER BY id LIMIT GREATEST($3::integer - (SELECT n FROM holders), 0)
     FOR UPDATE
 ), unparked AS (
-    UPDATE soniq_jobs AS j SET hold = NULL FROM heirs WHERE j.id = heirs.id
+    UPDATE {n.jobs} AS j SET hold = NULL FROM heirs WHERE j.id = heirs.id
     RETURNING j.queue, j.scheduled_at
 ), counted AS (
-    UPDATE soniq_slots
+    UPDATE {n.slots}
     SET active = (SELECT n FROM holders) + (SELECT count(*) FROM unparked)
     WHERE job_name = $1::text AND key = $2::text
     RETURNING 1
 ), woken AS (
-    SELECT pg_notify('{CHANNEL}', due.queue)
+    SELECT pg_notify('{n.jobs_channel}', due.queue)
     FROM (SELECT DISTINCT queue FROM unparked WHERE scheduled_at <= now()) AS due
 )
 SELECT (SELECT count(*) FROM unparked)::integer AS unparked,
@@ -191,26 +208,26 @@ def freed(rows: Iterable[Any]) -> Counter[tuple[str, str]]:
     return Counter((row["freed"], row["freed_key"]) for row in rows if row["freed"] is not None)
 
 
-async def hand_over(conn: Any, slots: Mapping[tuple[str, str], int]) -> None:
+async def hand_over(conn: Any, s: SlotSql, slots: Mapping[tuple[str, str], int]) -> None:
     """Lock the slot rows, then hand each freed slot over (inside the caller's transaction)."""
     groups = sorted(slots)
     names, keys = [g[0] for g in groups], [g[1] for g in groups]
-    await conn.fetch(LOCK, names, keys)
-    await conn.fetchval(HAND_OVER, names, keys, [slots[g] for g in groups])
+    await conn.fetch(s.lock, names, keys)
+    await conn.fetchval(s.hand_over, names, keys, [slots[g] for g in groups])
 
 
-async def insert_limited(conn: Any, jobs: Sequence[NewJob]) -> dict[str, str]:
+async def insert_limited(conn: Any, s: SlotSql, jobs: Sequence[NewJob]) -> dict[str, str]:
     """Insert limited jobs in the caller's transaction: lock their keys' slot rows, grant each
     key's free slots to its jobs in id order, park the rest. Returns, for the jobs with a dedup
     key, the id now holding each key."""
     if len(jobs) == 1 and jobs[0].dedup_key is None:
         job = jobs[0]
-        await conn.fetchrow(INSERT_LIMITED_JOB, job.id, job.job_name, job.queue, job.priority,
+        await conn.fetchrow(s.insert_limited_job, job.id, job.job_name, job.queue, job.priority,
                             job.args, job.max_attempts, job.scheduled_at,
                             job.concurrency_key, job.concurrency_limit or 1)
         return {}
     groups = sorted({(job.job_name, str(job.concurrency_key)) for job in jobs})
-    locked = await conn.fetch(LOCK, [g[0] for g in groups], [g[1] for g in groups])
+    locked = await conn.fetch(s.lock, [g[0] for g in groups], [g[1] for g in groups])
     active = {(row["job_name"], row["key"]): row["active"] for row in locked}
     before = dict(active)
     holds: dict[str, str | None] = {}
@@ -223,7 +240,7 @@ async def insert_limited(conn: Any, jobs: Sequence[NewJob]) -> dict[str, str]:
         else:
             holds[job.id] = "slot"
     rows = await conn.fetch(
-        _INSERT_LIMITED_JOBS, [j.id for j in jobs], [j.job_name for j in jobs],
+        s.insert_limited_jobs, [j.id for j in jobs], [j.job_name for j in jobs],
         [j.queue for j in jobs], [j.priority for j in jobs], [j.args for j in jobs],
         [j.max_attempts for j in jobs], [j.scheduled_at for j in jobs],
         [j.dedup_key for j in jobs], [j.concurrency_key for j in jobs],
@@ -235,38 +252,38 @@ async def insert_limited(conn: Any, jobs: Sequence[NewJob]) -> dict[str, str]:
                 and holds[job.id] is None):
             active[(job.job_name, str(job.concurrency_key))] -= 1
     changed = [g for g in groups if active[g] != before[g]]
-    await conn.execute(_SET_ACTIVE, [g[0] for g in changed], [g[1] for g in changed],
+    await conn.execute(s.set_active, [g[0] for g in changed], [g[1] for g in changed],
                        [active[g] for g in changed])
     return holders
 
 
-async def park_with_pool(pool: Any, job_id: str, lease_id: str, key: str, limit: int,
+async def park_with_pool(pool: Any, s: SlotSql, job_id: str, lease_id: str, key: str, limit: int,
                          now: datetime | None) -> bool:
     """A claimed job without its key back to the queue with it, in one transaction: it takes a
     slot if one is free, else stays parked. False when the lease did not hold."""
     async with pool.acquire() as conn, conn.transaction():
-        job_name = await conn.fetchval(_PARK, job_id, lease_id, key, now)
+        job_name = await conn.fetchval(s.park, job_id, lease_id, key, now)
         if job_name is None:
             return False
-        if await conn.fetchval(_TAKE, job_name, key, limit) is not None:
-            await conn.fetchval(_UNPARK, job_id)
+        if await conn.fetchval(s.take, job_name, key, limit) is not None:
+            await conn.fetchval(s.unpark, job_id)
         return True
 
 
-async def reconcile(pool: Any, limits: Mapping[str, int]) -> int:
+async def reconcile(pool: Any, s: SlotSql, limits: Mapping[str, int]) -> int:
     """For each key with parked jobs whose name is in ``limits``: one transaction locks its slot
     row, recounts its holders and unparks up to the limit. How many jobs were unparked."""
     unparked = 0
-    for row in await pool.fetch(_PARKED_KEYS, sorted(limits)):
+    for row in await pool.fetch(s.parked_keys, sorted(limits)):
         job_name, key = row["job_name"], row["concurrency_key"]
         async with pool.acquire() as conn, conn.transaction():
-            await conn.fetch(LOCK, [job_name], [key])
-            unparked += (await conn.fetchrow(_RECONCILE, job_name, key,
+            await conn.fetch(s.lock, [job_name], [key])
+            unparked += (await conn.fetchrow(s.reconcile, job_name, key,
                                              limits[job_name]))["unparked"]
     return unparked
 
 
-async def changing(pool: Any, statement: str, *args: Any, atomic: bool) -> list[Any]:
+async def changing(pool: Any, s: SlotSql, statement: str, *args: Any, atomic: bool) -> list[Any]:
     """Run a statement that may end slot holders (its rows carry :data:`FREED`'s columns) and
     hand their slots over. ``atomic``: both in one transaction (the caller knows the statement
     may free slots). Otherwise the statement runs alone and, should it free slots after all (a
@@ -277,11 +294,11 @@ async def changing(pool: Any, statement: str, *args: Any, atomic: bool) -> list[
             rows: list[Any] = await conn.fetch(statement, *args)
             slots = freed(rows)
             if slots:
-                await hand_over(conn, slots)
+                await hand_over(conn, s, slots)
             return rows
     rows = await pool.fetch(statement, *args)
     slots = freed(rows)
     if slots:
         async with pool.acquire() as conn, conn.transaction():
-            await hand_over(conn, slots)
+            await hand_over(conn, s, slots)
     return rows
