@@ -150,3 +150,28 @@ async def test_the_concurrency_limits_migration_upgrades_a_database_in_use(
     finally:
         await backend.close()
     assert await schema_of(url) == await schema_of(pg_url)
+
+
+async def test_slots_live_in_the_backends_schema(pg_url: str) -> None:
+    """With ``db_schema`` the slots, parked jobs and hand-overs stay in that schema: the same key
+    in the default schema is another slot."""
+    schema = f"lim_{new_id()[-8:]}"
+    inner = PostgresBackend(pg_url, load_settings({"database_url": pg_url, "db_schema": schema,
+                                                   "pool_min_size": 1, "pool_max_size": 2}))
+    outer = backend_for(pg_url)
+    try:
+        await inner.migrate()
+        jobs = [limited("k") for _ in range(2)]
+        await inner.insert_jobs(jobs)
+        await outer.insert_jobs([limited("k")])
+        worker = new_id()
+        [first] = await inner.claim_jobs(worker, None, 10)
+        assert first.id == jobs[0].id
+        assert len(await outer.claim_jobs(worker, None, 10)) == 1  # its own slot
+        await inner.complete_jobs([JobOutcome(first.id, first.lease_id, JobStatus.DONE)])
+        assert [c.id for c in await inner.claim_jobs(worker, None, 10)] == [jobs[1].id]
+        assert await inner.reconcile_slots({NAME: 1}) == 0
+    finally:
+        await inner.close()
+        await outer.close()
+        await on_connection(pg_url, lambda conn: conn.execute(f"DROP SCHEMA {schema} CASCADE"))
