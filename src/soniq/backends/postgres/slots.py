@@ -78,6 +78,15 @@ ON CONFLICT (job_name, key) DO UPDATE SET active = s.active
 RETURNING job_name, key, active
 """
 
+        #: Lock existing slot rows ($1 job names / $2 keys) in (job_name, key) order, writing
+        #: nothing: a release's slot row exists (its job took the slot).
+        self.lock_held = f"""
+SELECT 1 FROM {n.slots}
+WHERE (job_name, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+ORDER BY job_name, key
+FOR UPDATE
+"""
+
         #: After ``lock``, in the same transaction: $1 job names, $2 keys, $3 how many slots each
         #: freed. Each goes to the key's oldest parked jobs, the rest lower ``active``; the unparked
         #: jobs' queues are woken.
@@ -212,7 +221,7 @@ async def hand_over(conn: Any, s: SlotSql, slots: Mapping[tuple[str, str], int])
     """Lock the slot rows, then hand each freed slot over (inside the caller's transaction)."""
     groups = sorted(slots)
     names, keys = [g[0] for g in groups], [g[1] for g in groups]
-    await conn.fetch(s.lock, names, keys)
+    await conn.fetch(s.lock_held, names, keys)
     await conn.fetchval(s.hand_over, names, keys, [slots[g] for g in groups])
 
 
