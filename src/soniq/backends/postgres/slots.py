@@ -79,10 +79,14 @@ RETURNING job_name, key, active
 """
 
         #: Lock existing slot rows ($1 job names / $2 keys) in (job_name, key) order, writing
-        #: nothing: a release's slot row exists (its job took the slot).
+        #: nothing: a release's slot row exists (its job took the slot). It also lets the rest
+        #: of the transaction (the hand-over) run its cached generic plan: the worker loops'
+        #: connections plan every execution (``schema.CUSTOM_PLANS``), ~2 ms for the hand-over,
+        #: whose plan is index lookups whatever the arrays hold.
         self.lock_held = f"""
 SELECT 1 FROM {n.slots}
 WHERE (job_name, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+  AND (SELECT set_config('plan_cache_mode', 'force_generic_plan', true)) IS NOT NULL
 ORDER BY job_name, key
 FOR UPDATE
 """
