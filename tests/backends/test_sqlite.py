@@ -70,7 +70,8 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
     assert schema["table"] == {
         "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
-        "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions"}
+        "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions",
+        "soniq_queues", "soniq_audit"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",

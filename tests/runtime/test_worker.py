@@ -407,8 +407,8 @@ async def test_a_runner_cancelled_as_a_claim_hands_it_a_job_gives_the_job_back(
                        message="the runner to finish its job and park")
         claim = app.backend.claim_jobs
 
-        async def claim_then_cancel(*args: object) -> object:
-            claimed = await claim(*args)  # type: ignore[arg-type]
+        async def claim_then_cancel(*args: object, **kwargs: object) -> object:
+            claimed = await claim(*args, **kwargs)  # type: ignore[arg-type]
             if claimed:
                 tg.cancel_scope.cancel()  # lands before the fetcher hands the job over
             return claimed

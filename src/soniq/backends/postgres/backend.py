@@ -31,6 +31,7 @@ from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import StorageBackend, job_record
 from soniq.backends.postgres import inserts, listener, maintenance, pooling, schema, sql
+from soniq.backends.postgres import queues as pg_queues
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.definitions import PostgresDefinitionStore
@@ -38,6 +39,7 @@ from soniq.backends.postgres.errors import Translator, redact_url, translate
 from soniq.backends.postgres.events import EventLog
 from soniq.backends.postgres.logs import PostgresLogStore
 from soniq.backends.postgres.pool import StatementPool
+from soniq.backends.postgres.queues import PostgresAuditStore, PostgresQueueStore
 from soniq.backends.postgres.schedules import PostgresScheduleStore
 from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.backends.postgres.where import where
@@ -103,6 +105,8 @@ class PostgresBackend:
         self.logs = PostgresLogStore(self._ready, self._errors)
         self.dashboard = PostgresDashboardStore(self._ready, self._errors,
                                                 self._maintenance_timeout, self.queue_stats)
+        self.queues = PostgresQueueStore(self._ready, self._errors)
+        self.audit = PostgresAuditStore(self._ready, self._errors)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
 
@@ -220,13 +224,19 @@ class PostgresBackend:
 
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
-                         *, now: datetime | None = None) -> list[ClaimedJob]:
+                         *, now: datetime | None = None,
+                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
         _check_worker_id(worker_id)
         if limit <= 0 or (queues is not None and not queues):
             return []
         extra: tuple[Any, ...]
+        # Every claim excludes the queues paused now; ``paused`` (the worker's view) only picks
+        # a shape that does not walk their backlog (.queues). One queue needs none: paused, it is
+        # a one-time filter.
         if queues is None:
-            query, extra = sql.CLAIM_ALL_QUEUES, ()
+            query, extra = (pg_queues.CLAIM_UNPAUSED if paused else sql.CLAIM_ALL_QUEUES), ()
+        elif len(queues) > 1 and paused.intersection(queues):
+            query, extra = pg_queues.CLAIM_LISTED_UNPAUSED, (list(dict.fromkeys(queues)),)
         elif len(queues) == 1:
             query, extra = sql.CLAIM_ONE_QUEUE, (queues[0],)
         else:

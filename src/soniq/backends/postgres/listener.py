@@ -18,6 +18,7 @@ import anyio
 
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
+from soniq.backends.control import QUEUE_CHANNEL
 from soniq.backends.postgres import pooling, sql
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.schema import close_quietly, connect
@@ -34,7 +35,7 @@ __all__ = ["APPLICATION_NAME", "listen"]
 
 logger = logging.getLogger("soniq.postgres")
 
-CHANNELS = (sql.CHANNEL, sql.CANCEL_CHANNEL)
+CHANNELS = (sql.CHANNEL, sql.CANCEL_CHANNEL, QUEUE_CHANNEL)
 #: How the LISTEN connection shows in pg_stat_activity.
 APPLICATION_NAME = "soniq listener"
 

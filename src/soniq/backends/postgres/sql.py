@@ -21,39 +21,13 @@ from soniq.backends.base import JOB_COLUMNS
 from soniq.backends.postgres.events import job_events
 
 __all__ = [
-    "ADOPT_CLAIMS",
-    "ANALYZE_JOBS",
-    "CANCEL_CHANNEL",
-    "CHANNEL",
-    "CLAIM_ALL_QUEUES",
-    "CLAIM_MAINTENANCE",
-    "CLAIM_ONE_QUEUE",
-    "CLAIM_SOME_QUEUES",
-    "CLOCK",
-    "COPY_COLUMNS",
-    "DATABASE_EXISTS",
-    "DELETE_JOB",
-    "GET_JOB",
-    "INSERT_JOB",
-    "INSERT_JOBS",
-    "INSERT_UNIQUE_JOB",
-    "LIST_JOBS",
-    "LIST_WORKERS",
-    "LOST_JOBS",
-    "MIGRATION_LOCK",
-    "MIGRATION_LOCK_KEY",
-    "NOTIFY_DUE",
-    "PING",
-    "PRUNE_JOBS",
-    "QUEUE_STATS",
-    "RECORD_MIGRATION",
-    "REGISTER_WORKER",
-    "REMOVE_SILENT_WORKERS",
-    "SCHEMA_VERSIONS",
-    "STATISTICS_STALE",
-    "UNREGISTER_WORKER",
-    "Statements",
-    "statements",
+    "ADOPT_CLAIMS", "ANALYZE_JOBS", "CANCEL_CHANNEL", "CHANNEL", "CLAIM_ALL_QUEUES",
+    "CLAIM_MAINTENANCE", "CLAIM_ONE_QUEUE", "CLAIM_SOME_QUEUES", "CLOCK", "COPY_COLUMNS",
+    "DATABASE_EXISTS", "DELETE_JOB", "GET_JOB", "INSERT_JOB", "INSERT_JOBS", "INSERT_UNIQUE_JOB",
+    "LIST_JOBS", "LIST_WORKERS", "LOST_JOBS", "MIGRATION_LOCK", "MIGRATION_LOCK_KEY", "NOTIFY_DUE",
+    "PAUSED_QUEUES", "PING", "PRUNE_JOBS", "QUEUE_STATS", "RECORD_MIGRATION", "REGISTER_WORKER",
+    "REMOVE_SILENT_WORKERS", "SCHEMA_VERSIONS", "STATISTICS_STALE", "UNREGISTER_WORKER",
+    "Statements", "claim", "statements",
 ]
 
 #: The NOTIFY channel that wakes workers; the payload is the queue name.
@@ -175,23 +149,36 @@ SET status = 'processing',
     started_at = COALESCE($2::timestamptz, now()),
     updated_at = COALESCE($2::timestamptz, now()),
     dedup_key = NULL
-WHERE id = ANY (ARRAY(
+WHERE id = ANY (ARRAY({candidates}))
+  AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
+RETURNING {claimed}
+"""
+
+#: The queues paused in soniq_queues: an init plan, read once per claim. A worker that knows of
+#: paused queues claims with .queues instead, which does not walk their backlog.
+PAUSED_QUEUES = "ARRAY(SELECT name FROM soniq_queues WHERE paused)"
+_WALK = """
     SELECT id FROM soniq_jobs
     WHERE status = 'queued' AND scheduled_at <= COALESCE($2::timestamptz, now()){queue_filter}
     ORDER BY priority, scheduled_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-))
-  AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
-RETURNING {_CLAIMED}
 """
 
+
+def claim(candidates: str) -> str:
+    """The claim of the ids ``candidates`` selects in claim order, locked SKIP LOCKED."""
+    return _CLAIM.format(candidates=candidates, claimed=_CLAIMED)
+
+
 #: Claim from every queue (served by soniq_jobs_claim_idx).
-CLAIM_ALL_QUEUES = _CLAIM.format(queue_filter="", _CLAIMED=_CLAIMED)
-#: Claim from the queue $5 (served by soniq_jobs_queue_claim_idx: an exact prefix, no filter).
-CLAIM_ONE_QUEUE = _CLAIM.format(queue_filter=" AND queue = $5::text", _CLAIMED=_CLAIMED)
+CLAIM_ALL_QUEUES = claim(_WALK.format(queue_filter=f" AND queue <> ALL ({PAUSED_QUEUES})"))
+#: Claim from the queue $5 (soniq_jobs_queue_claim_idx: an exact prefix; paused: a one-time filter).
+CLAIM_ONE_QUEUE = claim(_WALK.format(
+    queue_filter=f" AND queue = $5::text AND $5::text <> ALL ({PAUSED_QUEUES})"))
 #: Claim from the queues in $5 (soniq_jobs_claim_idx in order, other queues filtered out).
-CLAIM_SOME_QUEUES = _CLAIM.format(queue_filter=" AND queue = ANY($5::text[])", _CLAIMED=_CLAIMED)
+CLAIM_SOME_QUEUES = claim(_WALK.format(
+    queue_filter=f" AND queue = ANY($5::text[]) AND queue <> ALL ({PAUSED_QUEUES})"))
 
 #: The jobs of claims whose answer was lost: $1 worker id, $2 those claims' keys. (A scan: it
 #: runs only after a connection was lost mid-claim.)

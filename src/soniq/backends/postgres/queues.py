@@ -1,0 +1,174 @@
+"""Flow control on PostgreSQL: the claims that skip paused queues without walking their
+backlog, and the queue-settings and audit stores (:mod:`soniq.backends.control`).
+
+The plain claims (:mod:`.sql`) exclude paused queues themselves, but they walk
+``soniq_jobs_claim_idx`` in claim order and filter: a paused queue of a more urgent priority
+would be walked and filtered row by row on every claim. A worker whose view of the settings
+(``claim_jobs(paused=...)``) names a paused queue it serves claims with these instead:
+
+- every queue (:data:`CLAIM_UNPAUSED`): the distinct queues with queued jobs, found by a
+  recursive "loose index scan" over ``soniq_jobs_queue_claim_idx`` (one probe per queue), minus
+  the queues paused *now* (the same init plan as the plain claims: the worker's view only picks
+  the shape); then per queue, in a LATERAL, its first ``$3`` due rows from that index
+  ``FOR UPDATE SKIP LOCKED``; then the first ``$3`` of those by (priority, scheduled_at, id);
+- the queues in ``$5`` (:data:`CLAIM_LISTED_UNPAUSED`): the same LATERAL over the given list.
+
+The cost is one index probe per queue with queued jobs and up to ``$3`` rows locked per
+unpaused queue (those not taken are unlocked when the claim commits), whatever the paused
+backlog: fine for tens of queues, not for thousands. Parameters are the plain claims'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from soniq.backends._bridge import call
+from soniq.backends.control import QUEUE_CHANNEL, QUEUE_DEFAULTS, QUEUE_FIELDS, QueueSetting
+from soniq.backends.postgres import sql
+from soniq.types import AuditEntry
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Awaitable, Callable
+
+    from soniq.backends.control import QueueField, QueueValue
+    from soniq.backends.postgres.errors import Translator
+
+__all__ = ["CLAIM_LISTED_UNPAUSED", "CLAIM_UNPAUSED", "PostgresAuditStore", "PostgresQueueStore"]
+
+# One queue's first $3 due rows, in claim order, from soniq_jobs_queue_claim_idx; "wanted" is the
+# row source naming the queue.
+_PER_QUEUE = """
+    CROSS JOIN LATERAL (
+        SELECT id, priority, scheduled_at FROM soniq_jobs
+        WHERE status = 'queued' AND queue = wanted.queue
+          AND scheduled_at <= COALESCE($2::timestamptz, now())
+        ORDER BY priority, scheduled_at, id
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+"""
+
+_TOP = """
+    ORDER BY c.priority, c.scheduled_at, c.id
+    LIMIT $3
+"""
+
+#: Claim from every queue that is not paused, walking no paused backlog.
+CLAIM_UNPAUSED = sql.claim(f"""
+    WITH RECURSIVE queued (queue) AS (
+        (SELECT queue FROM soniq_jobs WHERE status = 'queued' ORDER BY queue LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.queue FROM soniq_jobs AS j
+                WHERE j.status = 'queued' AND j.queue > queued.queue
+                ORDER BY j.queue LIMIT 1)
+        FROM queued WHERE queued.queue IS NOT NULL
+    )
+    SELECT c.id FROM queued AS wanted
+    {_PER_QUEUE}
+    WHERE wanted.queue IS NOT NULL AND wanted.queue <> ALL ({sql.PAUSED_QUEUES})
+    {_TOP}
+""")
+
+#: Claim from the queues in $5 that are not paused, walking no paused backlog.
+CLAIM_LISTED_UNPAUSED = sql.claim(f"""
+    SELECT c.id FROM unnest($5::text[]) AS wanted (queue)
+    {_PER_QUEUE}
+    WHERE wanted.queue <> ALL ({sql.PAUSED_QUEUES})
+    {_TOP}
+""")
+
+# -- stores ----------------------------------------------------------------------------------------
+LIST_QUEUES = ("SELECT name, paused, concurrency_limit, rate_limit, updated_at FROM soniq_queues "
+               "ORDER BY name")
+PAUSED = "SELECT name FROM soniq_queues WHERE paused"
+_TYPES: dict[QueueField, str] = {
+    "paused": "boolean", "concurrency_limit": "integer", "rate_limit": "text"}
+#: Per field: $1 name. Its stored value, the row locked until the change commits.
+GET = {field: f"SELECT {field} FROM soniq_queues WHERE name = $1::text FOR UPDATE"
+       for field in QUEUE_FIELDS}
+#: Per field: $1 name, $2 value. Store it and tell the workers (delivered at commit).
+SET = {field: f"""
+WITH stored AS (
+    INSERT INTO soniq_queues AS q (name, {field}, updated_at)
+    VALUES ($1::text, $2::{_TYPES[field]}, now())
+    ON CONFLICT (name) DO UPDATE SET {field} = EXCLUDED.{field}, updated_at = EXCLUDED.updated_at
+    RETURNING name
+)
+SELECT pg_notify('{QUEUE_CHANNEL}', name) FROM stored
+""" for field in QUEUE_FIELDS}
+
+_AUDIT = "at, actor, client, action, targets, outcome, detail"
+#: $1 at, $2 actor, $3 client, $4 action, $5 targets, $6 outcome, $7 detail.
+RECORD = (f"INSERT INTO soniq_audit ({_AUDIT}) VALUES ($1::timestamptz, $2::text, $3::text, "
+          "$4::text, $5::text[], $6::text, $7::text)")
+#: $1 limit. Newest first.
+LIST_AUDIT = f"SELECT {_AUDIT} FROM soniq_audit ORDER BY id DESC LIMIT $1::integer"
+
+
+def _audit_params(entry: AuditEntry) -> tuple[Any, ...]:
+    return (entry.at, entry.actor, entry.client, entry.action, list(entry.targets),
+            entry.outcome, entry.detail)
+
+
+class PostgresAuditStore:
+    """The audit log in PostgreSQL (``PostgresBackend.audit``). ``ready`` returns the backend's
+    pool; ``errors`` is its driver-error translator."""
+
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+        self._ready = ready
+        self._errors = errors
+
+    async def record(self, entry: AuditEntry) -> None:
+        with self._errors:
+            pool = await self._ready()
+            await call(pool.execute, RECORD, *_audit_params(entry))
+
+    async def list(self, limit: int) -> builtins.list[AuditEntry]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, LIST_AUDIT, limit)
+        return [AuditEntry(at=row["at"], actor=row["actor"], client=row["client"],
+                           action=row["action"], targets=tuple(row["targets"]),
+                           outcome=row["outcome"], detail=row["detail"]) for row in rows]
+
+
+class PostgresQueueStore:
+    """Queue settings in PostgreSQL (``PostgresBackend.queues``)."""
+
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+        self._ready = ready
+        self._errors = errors
+
+    async def list(self) -> builtins.list[QueueSetting]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, LIST_QUEUES)
+        return [QueueSetting(**dict(row)) for row in rows]
+
+    async def paused(self) -> frozenset[str]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, PAUSED)
+        return frozenset(row["name"] for row in rows)
+
+    async def set(self, name: str, field: QueueField, value: QueueValue, *,
+                  audit: AuditEntry) -> bool:
+        with self._errors:
+            pool = await self._ready()
+            changed: bool = await call(_set, pool, name, field, value, audit)
+        return changed
+
+
+async def _set(pool: Any, name: str, field: QueueField, value: QueueValue,
+               audit: AuditEntry) -> bool:
+    """Runs on the driver's loop: the change and its audit row as one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(GET[field], name)
+        changed = (QUEUE_DEFAULTS[field] if row is None else row[0]) != value
+        if changed:
+            await conn.execute(SET[field], name, value)
+        outcome = "ok" if changed else "not_applied"
+        await conn.execute(RECORD, *_audit_params(dataclasses.replace(audit, outcome=outcome)))
+    return changed
