@@ -38,13 +38,17 @@ if TYPE_CHECKING:
 __all__ = ["CLAIM_LISTED_UNPAUSED", "CLAIM_UNPAUSED", "PostgresAuditStore", "PostgresQueueStore"]
 
 # One queue's first $3 due rows, in claim order, from soniq_jobs_queue_claim_idx; "wanted" is the
-# row source naming the queue.
+# row source naming the queue. The queue is matched as a range (>= and <=), not with =, and leads
+# the ORDER BY: with =, the queue would be a constant that the planner drops from the order, and it
+# may then walk soniq_jobs_claim_idx filtering by queue -- through every row of the more urgent
+# queues, which it cannot foresee (priority and queue correlate). As written, only
+# soniq_jobs_queue_claim_idx gives the order without a sort.
 _PER_QUEUE = """
     CROSS JOIN LATERAL (
         SELECT id, priority, scheduled_at FROM soniq_jobs
-        WHERE status = 'queued' AND queue = wanted.queue
+        WHERE status = 'queued' AND queue >= wanted.queue AND queue <= wanted.queue
           AND scheduled_at <= COALESCE($2::timestamptz, now())
-        ORDER BY priority, scheduled_at, id
+        ORDER BY queue, priority, scheduled_at, id
         LIMIT $3
         FOR UPDATE SKIP LOCKED
     ) AS c

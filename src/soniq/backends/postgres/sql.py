@@ -157,6 +157,10 @@ RETURNING {claimed}
 #: The queues paused in soniq_queues: an init plan, read once per claim. A worker that knows of
 #: paused queues claims with .queues instead, which does not walk their backlog.
 PAUSED_QUEUES = "ARRAY(SELECT name FROM soniq_queues WHERE paused)"
+# Written as containment, not "queue <> ALL (...)": the planner guesses an unknown array's "<> ALL"
+# as nearly never true with few distinct queues and then sorts a Seq Scan instead of walking the
+# index (2 ms -> 120 ms per claim at 200 000 rows); its guess for "NOT (... <@ ...)" is 99.5%.
+_UNPAUSED = f"NOT (ARRAY[queue] <@ {PAUSED_QUEUES})"
 _WALK = """
     SELECT id FROM soniq_jobs
     WHERE status = 'queued' AND scheduled_at <= COALESCE($2::timestamptz, now()){queue_filter}
@@ -172,13 +176,13 @@ def claim(candidates: str) -> str:
 
 
 #: Claim from every queue (served by soniq_jobs_claim_idx).
-CLAIM_ALL_QUEUES = claim(_WALK.format(queue_filter=f" AND queue <> ALL ({PAUSED_QUEUES})"))
+CLAIM_ALL_QUEUES = claim(_WALK.format(queue_filter=f" AND {_UNPAUSED}"))
 #: Claim from the queue $5 (soniq_jobs_queue_claim_idx: an exact prefix; paused: a one-time filter).
 CLAIM_ONE_QUEUE = claim(_WALK.format(
     queue_filter=f" AND queue = $5::text AND $5::text <> ALL ({PAUSED_QUEUES})"))
 #: Claim from the queues in $5 (soniq_jobs_claim_idx in order, other queues filtered out).
 CLAIM_SOME_QUEUES = claim(_WALK.format(
-    queue_filter=f" AND queue = ANY($5::text[]) AND queue <> ALL ({PAUSED_QUEUES})"))
+    queue_filter=f" AND queue = ANY($5::text[]) AND {_UNPAUSED}"))
 
 #: The jobs of claims whose answer was lost: $1 worker id, $2 those claims' keys. (A scan: it
 #: runs only after a connection was lost mid-claim.)
