@@ -918,3 +918,42 @@ async def test_the_job_definitions_migration_upgrades_a_database_in_use(
         assert [r["id"] for r in await drain(app)] == [job_id]
         stored = await app.definitions.get("ok")
         assert stored is not None and stored.definition.max_attempts == 4
+
+
+async def test_the_queues_migration_upgrades_a_database_in_use(
+        pg_url: str, pg_server: str, fresh_database: tuple[str, str]) -> None:
+    """Migration 12 (``soniq_queues``, ``soniq_audit``) on a database at version 11 with queued
+    jobs in two queues: nothing is lost, every queue is listed unpaused, and after a pause the
+    claim skips that queue."""
+    name, url = fresh_database
+    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
+    mail, report = new_id(), new_id()
+
+    async def at_version_11(conn: Any) -> None:
+        await migrate_to(conn, 11)
+        for job_id, queue in ((mail, "mail"), (report, "reports")):
+            await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status,"
+                               " args, max_attempts) VALUES ($1::uuid, 'ok', $2, 100, 'queued',"
+                               " '{}', 3)", job_id, queue)
+
+    await on_connection(url, at_version_11)
+    with pytest.raises(SchemaMissingError, match="0012_queues"):
+        async with Soniq(database_url=url, pool_min_size=1):
+            pass
+    backend = backend_for(url)
+    try:
+        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS if m.version >= 12]
+    finally:
+        await backend.close()
+    assert await schema_of(url) == await schema_of(pg_url)
+
+    async with Soniq(database_url=url, pool_min_size=1) as app:
+        assert [(q.name, q.paused, q.queued) for q in await app.queues.list()] == [
+            ("mail", False, 1), ("reports", False, 1)]
+        assert await app.queues.pause("reports", actor="upgrade-test") is True
+        claimed = await app.backend.claim_jobs(new_id(), None, 10)
+        assert [job.id for job in claimed] == [mail]
+        assert app.backend.audit is not None
+        [entry] = await app.backend.audit.list(10)
+        assert (entry.actor, entry.action, entry.targets) == (
+            "upgrade-test", "queue.pause", ("reports",))
