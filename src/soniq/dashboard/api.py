@@ -219,7 +219,7 @@ async def replay_bulk(request: Request[Any, Any, Any], dash: Dash,
     ids = _ids(data)
     done = [i for i in ids if await dash.soniq.dead_letter.replay(i)]
     await _record(request, dash, "dead_letter.replay_bulk", ids, len(done),
-            detail=f"{len(done)} of {len(ids)} replayed")
+                  detail=f"{len(done)} of {len(ids)} replayed")
     return {"replayed": len(done), "ids": done}
 
 
@@ -230,7 +230,7 @@ async def delete_bulk(request: Request[Any, Any, Any], dash: Dash,
     ids = _ids(data)
     done = [i for i in ids if await dash.soniq.dead_letter.delete(i)]
     await _record(request, dash, "dead_letter.delete_bulk", ids, len(done),
-            detail=f"{len(done)} of {len(ids)} deleted")
+                  detail=f"{len(done)} of {len(ids)} deleted")
     return {"deleted": len(done), "ids": done}
 
 
@@ -243,7 +243,7 @@ async def replay_matching(request: Request[Any, Any, Any], dash: Dash,
     name = data.name or None
     count = await dash.soniq.dead_letter.replay_many(queue=queue, job_name=name, limit=data.limit)
     await _record(request, dash, "dead_letter.replay_matching",
-            [f"queue={queue or '*'}", f"name={name or '*'}"], count, detail=f"{count} replayed")
+                  [f"queue={queue or '*'}", f"name={name or '*'}"], count, detail=f"{count} replayed")
     return {"replayed": count}
 
 
@@ -278,7 +278,7 @@ async def run_schedule(request: Request[Any, Any, Any], dash: Dash,
                        name: FromPath[str]) -> dict[str, Any]:
     job_id = await dash.run_schedule(name)
     await _record(request, dash, "schedule.run", [name], job_id is not None,
-            detail=None if job_id is None else f"job {job_id}")
+                  detail=None if job_id is None else f"job {job_id}")
     if job_id is None:
         raise NotFoundException(f"no schedule named {name!r}")
     return {"name": name, "job_id": job_id}
