@@ -126,6 +126,15 @@ EXPECTED_COLUMNS = {
     "soniq_migrations": [
         ("version", "integer", True), ("name", "text", True), ("applied_at", TIMESTAMPTZ, True),
     ],
+    "soniq_queues": [
+        ("name", "text", True), ("paused", "boolean", True), ("concurrency_limit", "integer", False),
+        ("rate_limit", "text", False), ("updated_at", TIMESTAMPTZ, True),
+    ],
+    "soniq_audit": [
+        ("id", "bigint", True), ("at", TIMESTAMPTZ, True), ("actor", "text", True),
+        ("client", "text", False), ("action", "text", True), ("targets", "text[]", True),
+        ("outcome", "text", True), ("detail", "text", False),
+    ],
 }
 QUEUED = "WHERE (status = 'queued'::text)"
 EXPECTED_INDEXES = {
@@ -172,6 +181,8 @@ EXPECTED_INDEXES = {
         ("soniq_stats_minute_pkey", "UNIQUE INDEX", "soniq_stats_minute", "(bucket, queue)"),
         ("soniq_job_definitions_pkey", "UNIQUE INDEX", "soniq_job_definitions", "(name, digest)"),
         ("soniq_migrations_pkey", "UNIQUE INDEX", "soniq_migrations", "(version)"),
+        ("soniq_queues_pkey", "UNIQUE INDEX", "soniq_queues", "(name)"),
+        ("soniq_audit_pkey", "UNIQUE INDEX", "soniq_audit", "(id)"),
     ]
 }
 EXPECTED_CHECKS = {
@@ -183,6 +194,8 @@ EXPECTED_CHECKS = {
     "soniq_schedules_timing_check": "CHECK (((cron IS NULL) <> (every_seconds IS NULL)))",
     "soniq_webhook_deliveries_status_check":
         "CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))",
+    "soniq_queues_concurrency_limit_check": "CHECK ((concurrency_limit > 0))",
+    "soniq_queues_rate_limit_check": "CHECK ((rate_limit ~ '^[1-9][0-9]*/[smh]$'::text))",
 }
 
 COLUMNS_SQL = """
