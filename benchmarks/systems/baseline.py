@@ -35,7 +35,7 @@ import asyncpg
 
 from benchmarks.systems.soniq_system import SYSTEM as SONIQ
 from soniq.backends.postgres.schema import CUSTOM_PLANS
-from soniq.backends.postgres.sql import CHANNEL, CLAIM_ALL_QUEUES, COPY_COLUMNS
+from soniq.backends.postgres.sql import COPY_COLUMNS, build
 from soniq.ids import new_id, new_ids
 
 if TYPE_CHECKING:
@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from benchmarks.databases import ProbeSql, Target
 
 __all__ = ["SYSTEM", "WAKE"]
+
+_SQL = build(None)  # the default schema's statements
+CHANNEL = _SQL.names.jobs_channel
+CLAIM_ALL_QUEUES = _SQL.claim_all_queues
 
 _INSERT_ONE = """
 INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts, scheduled_at)

@@ -127,7 +127,8 @@ class Soniq:
         """Job definitions every worker stores at start (``list``, ``get``, ``versions``; see
         :mod:`soniq.features.definitions`). Touching it opens nothing."""
         if self._definitions is None:
-            self._definitions = Definitions(self._backend, ready=self.ensure_initialized)
+            self._definitions = Definitions(self._backend, ready=self.ensure_initialized,
+                                            heartbeat_timeout=self._settings.heartbeat_timeout)
         return self._definitions
 
     @property
@@ -391,14 +392,19 @@ class Soniq:
         """Add one job and return its id.
 
         ``target`` is a function registered with ``@app.job()``, a registered job name, or a
-        :class:`TaskRef`. Job arguments are keywords (``**kwargs``) or ``args={...}``.
+        :class:`TaskRef`. A name not registered here takes its defaults (queue, priority, max
+        attempts) from the definition its workers stored (cached ``definitions_cache_ttl``). Job arguments are keywords (``**kwargs``) or ``args={...}``.
         ``scheduled_at`` takes an aware datetime, a timedelta or seconds from now. ``unique=True``
         or a ``dedup_key`` returns the id of an identical job still waiting instead of adding one.
         ``connection=`` (PostgreSQL) inserts inside that connection's transaction.
         """
-        job = self.producer.job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
-                                scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
-        [job_id] = await self.producer.insert([job], connection)
+        producer = self.producer
+        name = producer.unregistered(target)
+        stored = None if name is None else await producer.defaults(name)
+        job = producer.job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
+                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
+                           stored=stored)
+        [job_id] = await producer.insert([job], connection)
         return job_id
 
     async def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
@@ -411,9 +417,12 @@ class Soniq:
         invalid one aborts it); joining ``connection``'s transaction, or on the other backends,
         every element is validated first. Unique jobs are refused here (use ``enqueue``).
         """
-        jobs = self.producer.jobs(target, args_list, queue=queue, priority=priority,
-                                  scheduled_at=scheduled_at)
-        return await self.producer.insert(jobs, connection) if jobs else []
+        producer = self.producer
+        name = producer.unregistered(target)
+        stored = None if name is None else await producer.defaults(name)
+        jobs = producer.jobs(target, args_list, queue=queue, priority=priority,
+                             scheduled_at=scheduled_at, stored=stored)
+        return await producer.insert(jobs, connection) if jobs else []
 
     async def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
                        **kwargs: Any) -> str:

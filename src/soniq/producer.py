@@ -7,6 +7,14 @@ codec, which encrypts ``encrypt=True`` jobs), writes them inside the producer tr
 wakes this process's workers and emits the ``enqueued`` events; it also decodes results on the way
 back. Callers on another event loop (``app.sync``) build rows here too and hand their own write to
 :meth:`Producer.insert_blocking`, so both paths share every step but the storage round trip.
+
+A job enqueued by name (a :class:`~soniq.registry.TaskRef`, or a string with
+``enqueue_validation='none'``) that this app has not registered takes its defaults (queue,
+priority, max attempts, uniqueness, encryption) from the name's stored definition: callers ask
+:meth:`Producer.unregistered` (no I/O) and, for such a name, ``await`` :meth:`Producer.defaults`
+(cached for ``definitions_cache_ttl`` seconds, so possibly stale: see
+:mod:`soniq.features.definitions`) and pass it to :meth:`Producer.job` / :meth:`Producer.jobs`.
+Per-call options and a ``TaskRef``'s ``default_queue`` still win. A registered job reads nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +24,10 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from soniq.errors import JobArgumentsError, UnsupportedOperationError
+from soniq.errors import ConfigurationError, JobArgumentsError, UnsupportedOperationError
+from soniq.features.definitions import DefinitionCache
 from soniq.lifecycle import State
-from soniq.registry import JobBuilder, TaskRef
+from soniq.registry import JobBuilder, TaskRef, validate_name
 from soniq.runtime import JobEvent, JsonCodec
 from soniq.serialization import utc_now
 from soniq.types import JobStatus, JobStream
@@ -27,6 +36,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from soniq.backends import StorageBackend
+    from soniq.backends.stores import DefinitionStore, JobDefinition
     from soniq.features.signing import EncryptingCodec, Signing
     from soniq.features.tracing import Tracing
     from soniq.lifecycle import Lifecycle
@@ -62,34 +72,81 @@ class Producer:
         self.workers: set[Worker] = set()
         self._encrypting: EncryptingCodec | None = None
         self._signing: Signing | None = None
+        #: Stored definitions of names enqueued without a registration here (tests set its clock).
+        self.definitions = DefinitionCache(settings.definitions_cache_ttl)
 
     # -- rows -----------------------------------------------------------------------------------
+    def unregistered(self, target: Target) -> str | None:
+        """The job name whose stored definition an enqueue of ``target`` reads first: a
+        :class:`TaskRef`, or a name under ``enqueue_validation='none'``, not registered here.
+        None otherwise (no lookup; strict validation refuses an unregistered string anyway)."""
+        if isinstance(target, TaskRef):
+            name = target.name
+        elif isinstance(target, str) and self._settings.enqueue_validation == "none":
+            name = target
+        else:
+            return None
+        return None if name in self._registry else validate_name(name, "job name")
+
+    async def defaults(self, name: str, backend: StorageBackend | None = None
+                       ) -> JobDefinition | None:
+        """The stored definition of ``name`` (see :meth:`unregistered`), from the cache or read
+        with ``backend`` (an open one: ``app.sync``'s), else with the app's, opened if needed."""
+        async def store() -> DefinitionStore | None:
+            if backend is not None:
+                return backend.definitions
+            self._lifecycle.check()
+            if self._lifecycle.state is not State.OPEN:
+                await self._lifecycle.open()
+            return self._backend.definitions
+
+        return await self.definitions.get(name, store)
+
     def job(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
             priority: int | None = None, scheduled_at: When | None = None,
-            unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
-        """One validated row, as ``enqueue`` writes it (nothing is written here)."""
-        return self._builder(target, queue, priority, scheduled_at, unique, dedup_key,
+            unique: bool | None = None, dedup_key: str | None = None,
+            stored: JobDefinition | None = None) -> NewJob:
+        """One validated row, as ``enqueue`` writes it (nothing is written here); ``stored``:
+        :meth:`defaults` of an unregistered name."""
+        return self._builder(target, queue, priority, scheduled_at, unique, dedup_key, stored,
                              many=False).one(args)
 
     def jobs(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
              queue: str | None = None, priority: int | None = None,
-             scheduled_at: When | None = None) -> JobStream:
+             scheduled_at: When | None = None, stored: JobDefinition | None = None) -> JobStream:
         """The rows of ``enqueue_many``, each element validated as its row is read (``list()``
         the stream to check them all)."""
         if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
             raise JobArgumentsError("args_list must be a list of dicts, one per job")
-        return self._builder(target, queue, priority, scheduled_at, None, None,
+        return self._builder(target, queue, priority, scheduled_at, None, None, stored,
                              many=True).stream(args_list)
 
     def _builder(self, target: Target, queue: str | None, priority: int | None,
-                 scheduled_at: When | None, unique: bool | None, dedup_key: str | None, *,
-                 many: bool) -> JobBuilder:
+                 scheduled_at: When | None, unique: bool | None, dedup_key: str | None,
+                 stored: JobDefinition | None, *, many: bool) -> JobBuilder:
         """Validate what the jobs of one call share."""
         self._lifecycle.check()
+        encode: Callable[[str, str], str] = self.codec.encode_args
+        if stored is not None and stored.encrypt and stored.name not in self._registry:
+            encode = self._sealing(stored.name)
         return JobBuilder(self._registry, self._settings, target, queue=queue, priority=priority,
                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
-                          many=many, encode=self.codec.encode_args,
-                          keyed_digest=self._keyed_digest)
+                          many=many, encode=encode, keyed_digest=self._keyed_digest,
+                          stored=stored)
+
+    def _sealing(self, name: str) -> Callable[[str, str], str]:
+        """The encoder of a job not registered here that its workers registered encrypted: never
+        plaintext, so without keys this is an error."""
+        if not self._settings.secret_keys:
+            raise ConfigurationError(
+                f"job {name!r} is stored with encrypt=True by the workers that run it, and this "
+                "app has no secret keys to encrypt its arguments with; set SONIQ_SECRET_KEYS to "
+                "the workers' keys (or register the job here)")
+        self.encrypt()
+        sealer, codec = self._encrypting, self.codec
+        if sealer is None:  # encrypt() set it
+            raise AssertionError("no encrypting codec")
+        return lambda job_name, text: sealer.seal(codec.encode_args(job_name, text))
 
     def _keyed_digest(self, key: str) -> str:
         return self.signing().digest(key)
@@ -129,7 +186,9 @@ class Producer:
     def _span(self, jobs: Sequence[NewJob]) -> AbstractContextManager[Any]:
         if self.tracing is None:
             return nullcontext()
-        return self.tracing.send(jobs[0].queue, jobs[0].job_name, [job.id for job in jobs])
+        if type(jobs) is JobStream:  # reading it here would build every job before the write
+            return self.tracing.send(jobs.queue, jobs.job_name, len(jobs))
+        return self.tracing.send(jobs[0].queue, jobs[0].job_name, len(jobs), jobs[0].id)
 
     def _inserted(self, jobs: Sequence[NewJob]) -> None:
         # Subscribers buffer under a lock or the GIL: safe from any thread.
@@ -171,5 +230,8 @@ class Producer:
         if record is None or record["status"] != JobStatus.DONE:
             return None
         if self._encrypting is not None:
-            return self._encrypting.decode_result(record["job_name"], record["result"])
+            name = record["job_name"]
+            stored = self.definitions.cached(name, stale=True)[1]
+            return self._encrypting.decode_result(
+                name, record["result"], encrypted=stored is not None and stored.encrypt)
         return record["result"]

@@ -41,6 +41,7 @@ __all__ = [
     "JobRegistry",
     "JobSpec",
     "Parameters",
+    "StoredDefaults",
     "TaskRef",
     "job_kwargs",
     "validate_list_filters",
@@ -97,6 +98,23 @@ class TaskRef:
         validate_name(self.name, "job name")
         if self.default_queue is not None:
             validate_name(self.default_queue, "queue name")
+
+
+class StoredDefaults(typing.Protocol):
+    """What an enqueue of a job name this app has not registered takes from the name's stored
+    definition (a :class:`~soniq.backends.stores.JobDefinition`): the defaults a registration
+    would give."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def encrypt(self) -> bool: ...
+    @property
+    def options(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,24 +395,31 @@ class JobBuilder:
     ``keyed_digest`` hashes the dedup key of an encrypted job (the plain one would be
     guessable)."""
 
-    __slots__ = ("_by_spec", "_dedup_key", "_encode", "_keyed_digest", "_many", "_model",
-                 "_max_attempts", "_spec", "_unique", "name", "priority", "queue", "scheduled_at")
+    __slots__ = ("_by_spec", "_dedup_key", "_encode", "_encrypt", "_keyed_digest", "_many",
+                 "_model", "_max_attempts", "_spec", "_unique", "name", "priority", "queue",
+                 "scheduled_at")
 
     def __init__(self, registry: JobRegistry, settings: SoniqSettings,
                  target: Callable[..., Any] | str | TaskRef, *, queue: str | None,
                  priority: int | None, scheduled_at: datetime | timedelta | float | None,
                  unique: bool | None, dedup_key: str | None, many: bool,
-                 encode: Callable[[str, str], str], keyed_digest: Callable[[str], str]) -> None:
+                 encode: Callable[[str, str], str], keyed_digest: Callable[[str], str],
+                 stored: StoredDefaults | None = None) -> None:
         spec, name, default_queue, model = registry.resolve(
             target, strict=settings.enqueue_validation == "strict")
+        if spec is not None:
+            stored = None  # a registration here wins over what workers stored
+        elif stored is not None and not (isinstance(target, TaskRef) and target.default_queue):
+            default_queue = stored.queue
         if priority is None:
-            priority = spec.priority if spec and spec.priority is not None else settings.priority
+            priority = (spec.priority if spec and spec.priority is not None
+                        else stored.priority if stored else settings.priority)
         elif (not isinstance(priority, int) or isinstance(priority, bool)
               or not -32_768 <= priority <= 32_767):
             raise ValidationError(
                 f"priority must be an integer from -32768 to 32767, got {priority!r}")
         if unique is None:
-            unique = spec.unique if spec else False
+            unique = spec.unique if spec else stored.options.get("unique") is True if stored else False
         if many and unique:
             raise ValidationError(
                 f"job {name!r} is unique; enqueue_many does not deduplicate, "
@@ -414,8 +439,10 @@ class JobBuilder:
         self._spec = spec
         self._model = model
         self._by_spec = spec is not None and (model is None or not isinstance(target, TaskRef))
-        self._max_attempts = 1 + (spec.max_retries if spec and spec.max_retries is not None
-                                  else settings.max_retries)
+        self._max_attempts = (stored.max_attempts if stored else
+                              1 + (spec.max_retries if spec and spec.max_retries is not None
+                                   else settings.max_retries))
+        self._encrypt = spec.encrypt if spec else stored is not None and stored.encrypt
         self._unique = unique
         self._dedup_key = dedup_key
         self._many = many
@@ -438,7 +465,7 @@ class JobBuilder:
         key = self._dedup_key
         if key is None and self._unique:
             key = unique_key(name, args_json)
-            if spec is not None and spec.encrypt:
+            if self._encrypt:
                 key = f"unique:{name}:{self._keyed_digest(key)}"
         # Positional: a named tuple built from keywords costs twice as much (bulk builds many).
         return NewJob(job_id, name, self.queue, self.priority, self._encode(name, args_json),
@@ -455,4 +482,5 @@ class JobBuilder:
             for index, (job_id, job_args) in enumerate(zip(ids, args_list, strict=True)):
                 yield self(job_id, job_args, index)
 
-        return JobStream(len(args_list), rows(), queue=self.queue, scheduled_at=self.scheduled_at)
+        return JobStream(len(args_list), rows(), job_name=self.name, queue=self.queue,
+                         scheduled_at=self.scheduled_at)

@@ -8,6 +8,7 @@ adds its field here.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -17,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from soniq.errors import ConfigurationError, UnknownSettingError, did_you_mean
 
-__all__ = ["DEFAULT_DATABASE_URL", "LONGEST_DELAY", "SECRET_URL_PARAMS", "SoniqSettings",
+__all__ = ["DB_SCHEMA", "DEFAULT_DATABASE_URL", "LONGEST_DELAY", "SECRET_URL_PARAMS", "SoniqSettings",
            "load_settings", "redact_url"]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@localhost/soniq"
@@ -29,6 +30,10 @@ SECRET_URL_PARAMS = frozenset({"password", "passfile", "sslpassword"})
 #: Ten years in seconds: the longest ``result_ttl``, and the cap on retry delays and snoozes
 #: (a later date could overflow ``datetime`` and crash the worker that computes it).
 LONGEST_DELAY = 10 * 365 * 86_400
+#: A ``db_schema`` Soniq accepts: lowercase letters, digits and ``_``, starting with a letter or
+#: ``_``, at most 63 bytes (PostgreSQL's longest identifier); ``pg_*`` is PostgreSQL's own. Quoted
+#: and unquoted, such a name is the same schema.
+DB_SCHEMA = re.compile(r"(?!pg_)[a-z_][a-z0-9_]{0,62}")
 
 
 class SoniqSettings(BaseSettings):
@@ -73,6 +78,11 @@ class SoniqSettings(BaseSettings):
     poll_interval: float = Field(5.0, gt=0, le=3_600)
     heartbeat_interval: float = Field(5.0, gt=0, le=3_600)
     heartbeat_timeout: float = Field(300.0, gt=0, le=86_400)
+    definitions_cache_ttl: float = Field(
+        60.0, ge=0, le=86_400,
+        description="seconds a producer keeps the stored definition (queue, priority, max "
+                    "attempts) of a job name it enqueues without registering it; 0: read it at "
+                    "every enqueue")
     cleanup_interval: float = Field(300.0, gt=0, le=86_400)
     maintenance_statement_timeout: float = Field(
         60.0, ge=0, le=86_400,
@@ -99,6 +109,12 @@ class SoniqSettings(BaseSettings):
         description="PostgreSQL: a direct (or session-pooled) URL to the same database, used only "
                     "for the worker's LISTEN connection, while database_url goes through PgBouncer "
                     "in transaction mode; LISTEN then stays on with statement_cache_size=0")
+    db_schema: str | None = Field(
+        None,
+        description="PostgreSQL: the schema holding every table, function, sequence, lock key and "
+                    "notification channel of this instance (created by `soniq setup`); unset, "
+                    "Soniq uses the connection's default schema (public). Lowercase letters, "
+                    "digits and _; not pg_*. SQLite and memory refuse it")
     scheduler_interval: float = Field(1.0, gt=0, le=3_600,
                                       description="seconds between a worker's scheduler ticks")
     scheduler_misfire: Literal["skip", "catch_up_once"] = Field(
@@ -176,6 +192,16 @@ class SoniqSettings(BaseSettings):
             value = value.strip() or None  # SONIQ_LISTEN_URL= (empty) means unset
             if value is not None and not value.startswith(("postgresql://", "postgres://")):
                 raise ValueError("must be a PostgreSQL URL (postgresql://...)")
+        return value
+
+    @field_validator("db_schema", mode="before")
+    @classmethod
+    def _schema_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip() or None  # SONIQ_DB_SCHEMA= (empty) means unset
+            if value is not None and not DB_SCHEMA.fullmatch(value):
+                raise ValueError("must be a schema name of lowercase letters, digits and _ "
+                                 "(starting with a letter or _, at most 63 characters, not pg_*)")
         return value
 
     @field_validator("job_timeout", mode="after")

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from soniq.app import Soniq
     from soniq.backends.base import StorageBackend
+    from soniq.backends.stores import JobDefinition
     from soniq.producer import Target, When
     from soniq.types import CancelOutcome, JobRecord, NewJob, QueueInfo, QueueStats
 
@@ -176,8 +177,8 @@ class SyncSoniq:
                 dedup_key: str | None = None, **kwargs: Any) -> str:
         """``app.enqueue`` for sync code (no ``connection=``: there is no sync transaction to
         join). Returns the job id."""
-        job = self._producer.job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
-                                 scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+        job = self.prepare(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
+                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
         [job_id] = self.insert([job])
         return job_id
 
@@ -186,7 +187,7 @@ class SyncSoniq:
                      scheduled_at: When | None = None) -> list[str]:
         """``app.enqueue_many`` for sync code: one job per element, validated before writing."""
         jobs = self._producer.jobs(target, args_list, queue=queue, priority=priority,
-                                   scheduled_at=scheduled_at)
+                                   scheduled_at=scheduled_at, stored=self._defaults(target))
         return self.insert(list(jobs)) if jobs else []
 
     def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
@@ -202,7 +203,25 @@ class SyncSoniq:
         """Validate one job exactly as ``enqueue`` does and build its row without writing it;
         :meth:`insert` writes it later (e.g. when the caller's transaction commits)."""
         return self._producer.job(target, args, queue=queue, priority=priority,
-                                  scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+                                  scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
+                                  stored=self._defaults(target))
+
+    def _defaults(self, target: Target) -> JobDefinition | None:
+        """The stored definition an enqueue of an unregistered name uses (the producer's cache,
+        else one read on the facade's loop); None for a registered job, without any I/O."""
+        producer = self._producer
+        name = producer.unregistered(target)
+        if name is None:
+            return None
+        kept, stored = producer.definitions.cached(name)
+        if kept:
+            return stored
+
+        async def read(backend: StorageBackend) -> JobDefinition | None:
+            return await producer.defaults(name, backend)
+
+        read_now: JobDefinition | None = self._call(read)
+        return read_now
 
     def insert(self, jobs: Sequence[NewJob]) -> list[str]:
         """Write jobs already built (and validated) by the app; used by ``enqueue`` and by

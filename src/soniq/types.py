@@ -19,6 +19,7 @@ __all__ = [
     "ClaimedJob",
     "DatabaseInfo",
     "JobContext",
+    "JobCoverage",
     "JobOutcome",
     "JobRecord",
     "JobStatus",
@@ -166,6 +167,17 @@ class AuditEntry:
                 "targets": list(self.targets), "outcome": self.outcome, "detail": self.detail}
 
 
+class JobCoverage(TypedDict):
+    """One job name as ``app.definitions.coverage()`` returns it (a list sorted by name):
+    ``queue`` of its current stored definition (None when none is stored), how many live workers
+    registered it, and ``flagged`` when no live worker did (its jobs wait)."""
+
+    name: str
+    queue: str | None
+    live_workers: int
+    flagged: bool
+
+
 class NewJob(NamedTuple):
     """A row to insert. ``args`` is already-encoded JSON text (encoded once, at enqueue). A named
     tuple, not a frozen dataclass: bulk enqueue builds one per job, at a third of the cost.
@@ -187,16 +199,17 @@ class NewJob(NamedTuple):
 class JobStream(Sequence[NewJob]):
     """The jobs of one ``enqueue_many`` call, built (validated and encoded) as they are read, so
     a backend can send the first while the rest are still being built. Every job has the same
-    name, queue (``queue``), priority, attempts and time (``scheduled_at``), and no dedup key. Reading it twice builds nothing
+    name (``job_name``), queue (``queue``), priority, attempts and time (``scheduled_at``), and no dedup key. Reading it twice builds nothing
     twice; a job that fails validation raises where it is read, and the backend must then write
     nothing (PostgreSQL: it aborts the one COPY statement)."""
 
-    def __init__(self, count: int, rows: Iterator[NewJob], *, queue: str,
+    def __init__(self, count: int, rows: Iterator[NewJob], *, job_name: str, queue: str,
                  scheduled_at: datetime | None) -> None:
         self._count = count
         self._rows = rows
         self._built: list[NewJob] = []
         self._failed: Exception | None = None
+        self.job_name = job_name
         self.queue = queue
         self.scheduled_at = scheduled_at
 

@@ -29,7 +29,6 @@ from soniq.backends.postgres import PostgresBackend, inserts, sql
 from soniq.backends.postgres import backend as backend_module
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.listener import APPLICATION_NAME
-from soniq.backends.postgres.sql import CHANNEL, CLAIM_ALL_QUEUES
 from soniq.errors import ConfigurationError, DatabaseError, SchemaMissingError
 from soniq.ids import new_id
 from soniq.migrations import MIGRATIONS_TABLE, load_migrations, migration_script
@@ -40,6 +39,11 @@ from soniq.types import NewJob
 from tests.helpers import on_connection, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+#: The default schema's statements and wake-up channel (db_schema unset).
+DEFAULT_SQL = sql.build(None)
+CHANNEL = DEFAULT_SQL.names.jobs_channel
+CLAIM_ALL_QUEUES = DEFAULT_SQL.claim_all_queues
 
 PASSWORD = "s3cr3t-Pa55word"
 #: Every shipped migration: what a fresh database gets.
@@ -362,7 +366,7 @@ async def migrate_to(conn: Any, version: int) -> None:
         if migration.version <= version:
             async with conn.transaction():
                 await conn.execute(migration.sql)
-                await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+                await conn.execute(DEFAULT_SQL.record_migration, migration.version, migration.name)
 
 
 async def test_the_event_log_migration_upgrades_a_database_in_use(

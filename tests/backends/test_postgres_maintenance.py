@@ -71,7 +71,7 @@ async def test_a_worker_starts_and_pruning_deletes_under_a_short_statement_timeo
         url: str, locker: Soniq) -> None:
     async with Soniq(database_url=url, enqueue_validation="none") as producer:
         await producer.enqueue_many("ping", [{} for _ in range(JOBS)])
-    await wait_for(lambda: on_connection(url, lambda conn: conn.fetchval(sql.STATISTICS_STALE)),
+    await wait_for(lambda: on_connection(url, lambda conn: conn.fetchval(sql.build(None).statistics_stale)),
                    message="the inserts to reach the statistics")  # a closed session's flush
 
     app = Soniq(database_url=url, poll_interval=0.05, heartbeat_interval=0.1,

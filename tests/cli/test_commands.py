@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from soniq import Soniq
+from soniq.ids import new_id
+from soniq.testing import drain
+from soniq.types import WorkerInfo
 from tests.cli.cli import clean_env, fails, in_db, ok
 from tests.cli.conftest import Commands, InProcess
 
@@ -175,6 +178,33 @@ def test_status_and_migrate_status(url: str, cli: InProcess, commands: Commands)
     migrations = commands.ok_json("migrate-status")
     assert migrations["pending"] == [] and migrations["applied"][0] == "0001_initial"
     assert "pending   none" in cli("migrate-status", SONIQ_DATABASE_URL=url)[0]
+
+
+async def _noop() -> None:
+    return None
+
+
+def test_status_shows_live_workers_per_job_name_and_flags_the_unknown(
+        url: str, commands: Commands) -> None:
+    async def seed(app: Soniq) -> None:
+        app.job(name="cli.gone")(_noop)
+        app.job(name="cli.live")(_noop)
+        await drain(app)  # a worker stored both definitions, then stopped (its row is gone)
+        backend = app.backend
+        await backend.register_worker(WorkerInfo(new_id(), "h", 1, None, 1, ("cli.live",)))
+        await backend.register_worker(WorkerInfo(new_id(), "h", 2, None, 1, ("cli.gone",)),
+                                      now=datetime.now(UTC) - timedelta(hours=1))  # silent
+
+    in_db(url, seed)
+    jobs = commands.ok_json("status")["jobs"]
+    assert [(j["name"], j["queue"], j["live_workers"], j["flagged"]) for j in jobs] == [
+        ("cli.gone", "default", 0, True), ("cli.live", "default", 1, False)]
+    text = commands.ok("status")
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()
+            if line.startswith("cli.")}
+    assert rows == {"cli.gone": ["(no", "live", "worker)", "default", "0"],
+                    "cli.live": ["default", "1"]}
+    assert "warning: no live worker knows cli.gone" in text
 
 
 def test_enqueue_usage_errors(sqlite_url: str, cli: InProcess) -> None:

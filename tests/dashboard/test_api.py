@@ -242,6 +242,26 @@ def test_workers_show_heartbeat_and_current_jobs(dashboard: Dashboard) -> None:
         _until(lambda: http.get("/api/workers").json() == [])
 
 
+def test_job_names_count_live_workers_and_flag_the_unknown(dashboard: Dashboard) -> None:
+    with dashboard.client() as http:
+        assert http.get("/api/job-names").json() == []
+        assert "No job definitions stored yet." in http.get("/workers").text
+        worker = dashboard.app.worker()
+        dashboard.portal.start_task_soon(worker.run)
+        _until(lambda: http.get("/api/job-names").json() != [])
+        expected = [("tests.fail", "critical"), ("tests.flaky", "default"), ("tests.ok", "default")]
+        assert [(j["name"], j["queue"], j["live_workers"], j["flagged"])
+                for j in http.get("/api/job-names").json()] == [
+            (name, queue, 1, False) for name, queue in expected]
+        assert 'data-testid="flagged"' not in http.get("/workers").text
+        worker.stop()  # its row goes: nobody runs these jobs now
+        _until(lambda: all(j["flagged"] for j in http.get("/api/job-names").json()))
+        assert [(j["name"], j["live_workers"]) for j in http.get("/api/job-names").json()] == [
+            (name, 0) for name, _ in expected]
+        page = http.get("/workers").text
+        assert page.count('data-testid="flagged"') == 3 and "tests.flaky" in page
+
+
 async def _make_gate() -> object:
     import anyio
 

@@ -108,6 +108,9 @@ async def test_search_logs_filters(app: Soniq) -> None:
     assert await logs.search_logs("nothing like this") == []
     assert await logs.search_logs(since=datetime.now(UTC) + timedelta(minutes=1)) == []
     assert len(await logs.search_logs(since=timedelta(minutes=5))) == 4
+    # Beyond what datetime can represent: everything back, or nothing ahead (no OverflowError).
+    assert len(await logs.search_logs(since=timedelta.max)) == 4
+    assert await logs.search_logs(since=timedelta.min) == []
     assert await logs.search_logs(job_id="not-a-uuid") == []
     with pytest.raises(ValidationError):
         await logs.search_logs(level="LOUD")

@@ -441,6 +441,36 @@ async def test_schedules_of_unknown_jobs_do_not_starve_the_others(
         await other.close()
 
 
+async def test_schedules_this_app_cannot_build_do_not_starve_the_others(
+        app: Soniq, backend_name: str, database_url: str | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A full due batch of schedules of a job this app *does* register, but with arguments its
+    signature refuses (stored by a service that could not check them), sorts before a good one:
+    the tick reads past them, fires the good one, and leaves them as they were."""
+    caplog.set_level(logging.WARNING, logger="soniq.scheduler")
+    register(app)
+    other = (Soniq(backend=app.backend, enqueue_validation="none") if backend_name == "memory"
+             else Soniq(database_url=database_url, enqueue_validation="none"))
+    try:
+        other.scheduler.clock = lambda: NOW - timedelta(minutes=1)
+        for n in range(DUE_BATCH):
+            await other.scheduler.add(f"broken.{n:03}", every=30, target="report",
+                                      args={"no_such_argument": n})
+        broken = [s for s in await other.scheduler.list() if s["name"].startswith("broken.")]
+        first = (await app.scheduler.add("good", every=30, target="report",
+                                         args={"n": 1}))["next_run_at"]
+        assert all(s["next_run_at"] < first for s in broken)  # all due first, a full batch
+        service = fixed(app)
+        assert len(await service.tick(now=first)) == 1
+        assert len(await service.tick(now=first + timedelta(seconds=30))) == 1
+        assert [j["args"] for j in await jobs_named(app, "report")] == [{"n": 1}] * 2
+        after = [s for s in await other.scheduler.list() if s["name"].startswith("broken.")]
+        assert after == broken  # not fired, advanced, paused or deleted
+        assert "schedule 'broken.000' cannot enqueue job 'report' here" in caplog.text
+    finally:
+        await other.close()
+
+
 # -- end to end -----------------------------------------------------------------------------------
 @pytest.fixture
 async def quick_app(backend_name: str, database_url: str | None) -> AsyncIterator[Soniq]:

@@ -4,6 +4,7 @@ recorded), on every backend. The SDK's in-memory exporter collects what a real e
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -15,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from soniq import Soniq
 from soniq.errors import ConfigurationError
 from soniq.runtime import JobEvent
+from soniq.types import JobStream, NewJob
 
 pytestmark = pytest.mark.anyio
 
@@ -111,3 +113,28 @@ def test_without_the_api_installed_it_says_what_to_install(
     with pytest.raises(ConfigurationError, match=r"pip install 'soniq\[otel\]'"):
         app.tracing  # noqa: B018
     assert app.hooks.middleware == []
+
+
+def test_the_send_span_of_a_stream_builds_no_job(exporter: InMemorySpanExporter) -> None:
+    """``enqueue_many`` streams its jobs to PostgreSQL as they are built; the producer span must
+    not read the stream first (that would build, and hold, every job before the write)."""
+    app = Soniq(backend="memory")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app.tracing.use(provider)
+    read: list[int] = []
+
+    def rows() -> Iterator[NewJob]:
+        read.append(1)
+        raise AssertionError("the span read the stream")
+        yield  # pragma: no cover
+
+    stream = JobStream(3, rows(), job_name="bulk", queue="mail", scheduled_at=None)
+    with app.producer._span(stream):
+        pass
+    assert read == []
+    [span] = exporter.get_finished_spans()
+    assert span.name == "send mail"
+    assert span.attributes is not None
+    assert span.attributes["messaging.batch.message_count"] == 3
+    assert span.attributes["soniq.job.name"] == "bulk"

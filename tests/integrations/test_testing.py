@@ -144,6 +144,28 @@ async def test_the_marker_picks_postgres(soniq_app: Soniq) -> None:
     assert ran["id"] == job_id and ran["status"] == "done"
 
 
+@pytest.mark.postgres
+async def test_the_fixture_empties_the_tables_of_the_apps_db_schema(pg_url: str) -> None:
+    """With db_schema, the soniq_app fixture empties that schema's tables, not the default's."""
+    from soniq.testing.plugin import _empty_tables
+    from tests.helpers import on_connection
+
+    default = Soniq(database_url=pg_url, enqueue_validation="none")
+    app = Soniq(database_url=pg_url, db_schema="plugin_schema", enqueue_validation="none")
+    try:
+        await app.setup()
+        kept = await default.enqueue("some.job")
+        await app.enqueue("some.job")
+        await _empty_tables(app)
+        assert await app.list_jobs() == []
+        assert [job["id"] for job in await default.list_jobs()] == [kept]
+    finally:
+        await app.close()
+        await default.close()
+        await on_connection(pg_url, lambda conn: conn.execute(
+            "DROP SCHEMA IF EXISTS plugin_schema CASCADE"))
+
+
 @pytest.mark.soniq(backend="sqlite")
 def test_sync_tests_can_use_the_fixture_through_app_sync(soniq_app: Soniq) -> None:
     register(soniq_app)

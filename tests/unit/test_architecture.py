@@ -141,7 +141,8 @@ async def test_a_missing_capability_is_a_clear_error() -> None:
 #: The longest a module in src/ may be.
 MAX_LINES = 500
 #: The modules holding PostgreSQL's core statements and the event log they write.
-CORE_SQL = [SRC / "backends" / "postgres" / "sql.py", SRC / "backends" / "postgres" / "events.py"]
+CORE_SQL = [SRC / "backends" / "postgres" / name
+            for name in ("sql.py", "changes.py", "events.py", "names.py")]
 #: Modules whose SQL must be written out in full, never edited into shape (other modules there
 #: call ``.replace`` on values: LIKE patterns, passwords, ids).
 SQL_MODULES = [*CORE_SQL, SRC / "backends" / "postgres" / "webhooks.py",
@@ -174,27 +175,32 @@ def test_no_sql_is_made_by_string_replacement(tmp_path: Path) -> None:
 def test_the_core_statements_know_no_feature() -> None:
     """PostgreSQL's core SQL imports no feature store, names no feature's table, and records
     events only in the generic event log -- only in the variant that records them."""
-    from soniq.backends.postgres import events, sql
+    from soniq.backends.postgres import changes, events, sql
 
     for path in CORE_SQL:
         imported = {node.module for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                     if isinstance(node, ast.ImportFrom)}
-        assert imported <= {"__future__", "dataclasses", "soniq.backends.base",
-                            "soniq.backends.postgres.events"}, path.name
-    texts = [value for module in (sql, events) for value in vars(module).values()
-             if isinstance(value, str)]
-    plain, logged = sql.statements(events=False), sql.statements(events=True)
-    for statements in (plain, logged):
-        texts += [getattr(statements, field) for field in statements.__dataclass_fields__]
-    assert not [text for text in texts if "soniq_webhook" in text or "soniq_schedule" in text]
-    for field in ("complete_jobs", "heartbeat"):  # hot: record only while this process reads
-        assert "soniq_events" not in getattr(plain, field), field
-        assert getattr(logged, field).count("INSERT INTO soniq_events") == 1, field
-    for field in ("cancel_job", "rescue_jobs"):  # rare: record while the database names a reader
-        for statements in (plain, logged):
-            text = getattr(statements, field)
-            assert text.count("INSERT INTO soniq_events") == 1, field
-            assert "EXISTS (SELECT 1 FROM soniq_event_readers)" in text, field
+        assert imported <= {"__future__", "dataclasses", "typing", "soniq.backends.base",
+                            "soniq.backends.postgres.events", "soniq.backends.postgres.changes",
+                            "soniq.backends.postgres.names"}, path.name
+    for schema, prefix in ((None, ""), ("alpha", '"alpha".')):
+        q = sql.build(schema)
+        texts = [value for module in (sql, changes, events) for value in vars(module).values()
+                 if isinstance(value, str)]
+        texts += [value for value in vars(q).values() if isinstance(value, str)]
+        for statements in (q.plain, q.logged):
+            texts += [getattr(statements, field) for field in statements.__dataclass_fields__]
+        assert len(texts) > 30
+        assert not [text for text in texts if "soniq_webhook" in text or "soniq_schedule" in text]
+        record = f"INSERT INTO {prefix}soniq_events"
+        for field in ("complete_jobs", "heartbeat"):  # hot: record only while this process reads
+            assert "soniq_events" not in getattr(q.plain, field), field
+            assert getattr(q.logged, field).count(record) == 1, field
+        for field in ("cancel_job", "rescue_jobs"):  # rare: while the database names a reader
+            for statements in (q.plain, q.logged):
+                text = getattr(statements, field)
+                assert text.count(record) == 1, field
+                assert f"EXISTS (SELECT 1 FROM {prefix}soniq_event_readers)" in text, field
 
 
 def test_architecture_md_names_only_paths_that_exist() -> None:

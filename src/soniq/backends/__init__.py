@@ -55,6 +55,11 @@ def resolve_backend(backend: StorageBackend | str | None, url: str,
             f"listen_url (SONIQ_LISTEN_URL) is a PostgreSQL setting, but the storage backend is "
             f"{chosen.name}, which has no LISTEN connection; unset it"
         )
+    if settings.db_schema is not None and chosen.name != "postgres":
+        raise ConfigurationError(
+            f"db_schema (SONIQ_DB_SCHEMA={settings.db_schema}) is a PostgreSQL setting, but the "
+            f"storage backend is {chosen.name}, which has no schemas; unset it"
+        )
     return chosen
 
 

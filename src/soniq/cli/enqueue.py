@@ -36,7 +36,8 @@ def enqueue(job: Annotated[str, Parameter(name="JOB")], /, *, args: str = "{}",
     job
         The job function as module:function (registered with @app.job() on a Soniq instance in
         that module, or on --app), or a job name: with --app it must be registered there;
-        without, it is enqueued unchecked for whichever worker knows it.
+        without, it is enqueued unchecked for whichever worker knows it, with the queue,
+        priority and max attempts its workers stored (see soniq status).
     args
         The job's keyword arguments as a JSON object, e.g. '{"user_id": 1}'.
     queue

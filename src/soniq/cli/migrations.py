@@ -10,7 +10,7 @@ from cyclopts import App
 from soniq.cli._common import AppPath, Target, open_app, run
 from soniq.cli._output import print_fields, print_json, print_line
 from soniq.migrations import migration_script
-from soniq.settings import redact_url
+from soniq.settings import DB_SCHEMA, redact_url
 
 __all__ = ["app", "migrate_status", "migration_sql"]
 
@@ -46,7 +46,7 @@ def migrate_status(app_path: AppPath = None, /, *,
 
 @app.command(name="sql")
 def migration_sql(*, backend: Literal["postgres", "sqlite"] = "postgres",
-                  from_version: int = 1) -> int:
+                  from_version: int = 1, db_schema: str | None = None) -> int:
     """Print the DDL of Soniq's migrations, each in its own transaction that also records it in
     soniq_migrations (so workers and soniq setup see it as applied). Needs no database.
 
@@ -56,9 +56,18 @@ def migration_sql(*, backend: Literal["postgres", "sqlite"] = "postgres",
         Which database the SQL is for.
     from_version
         Start at this migration number (to upgrade a database that has the earlier ones).
+    db_schema
+        PostgreSQL: put everything in this schema (created if missing), as for an app with
+        SONIQ_DB_SCHEMA set.
     """
+    if db_schema is not None and (backend != "postgres" or not DB_SCHEMA.fullmatch(db_schema)):
+        print_line(f"error: --db-schema {db_schema!r}: " + (
+            "schemas are PostgreSQL only" if backend != "postgres" else
+            "use lowercase letters, digits and _ (starting with a letter or _, at most 63 "
+            "characters, not pg_*)"), err=True)
+        return 2
     try:
-        script = migration_script(backend, from_version=from_version)
+        script = migration_script(backend, from_version=from_version, schema=db_schema)
     except ValueError as exc:
         print_line(f"error: {exc}", err=True)
         return 1

@@ -11,7 +11,8 @@ def setup(app_path: AppPath = None, /, *, target: Target = Target()) -> int:  # 
     """Create the database if it does not exist and apply Soniq's pending migrations.
 
     Run it in your deploy pipeline before starting workers. Safe to run concurrently: migrations
-    take a lock and each is applied once. To apply the SQL with your own migration tool instead,
+    take a lock and each is applied once. With SONIQ_DB_SCHEMA set, the schema is created too
+    and everything goes in it. To apply the SQL with your own migration tool instead,
     see `soniq migrations sql`.
 
     Parameters
@@ -23,6 +24,8 @@ def setup(app_path: AppPath = None, /, *, target: Target = Target()) -> int:  # 
     soniq = open_app(target, app_path=app_path)
     applied = run(soniq, soniq.setup)
     where = redact_url(soniq.settings.database_url)
+    if soniq.settings.db_schema is not None:
+        where += f" (schema {soniq.settings.db_schema})"
     if applied:
         print_line(f"Applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
     else:

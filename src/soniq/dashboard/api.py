@@ -22,6 +22,7 @@ from soniq.dashboard.security import client_address, write_guard
 from soniq.dashboard.service import MAX_PAGE, Dash, JobFilter, parse_limit
 from soniq.errors import ValidationError
 from soniq.ids import is_uuid
+from soniq.types import JobCoverage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -124,6 +125,12 @@ async def dead_letter(dash: Dash, queue: FromQuery[str | None] = None, name: Fro
 @get("/workers", summary="Registered workers, whether alive, and their running jobs")
 async def workers(dash: Dash) -> list[dict[str, Any]]:
     return await dash.workers()
+
+
+@get("/job-names", summary="Per job name: the queue of its stored definition, how many live "
+                          "workers know it, and 'flagged' when none does (its jobs wait)")
+async def job_names(dash: Dash) -> list[JobCoverage]:
+    return await dash.job_names()
 
 
 @get("/schedules", summary="Recurring schedules with next and last fire times")
@@ -308,7 +315,8 @@ async def resume_queue(request: Request[Any, Any, Any], dash: Dash,
 
 
 api_router = Router(path="/api", route_handlers=[
-    overview, queues, queue_settings, list_jobs, job_detail, job_args, job_result, dead_letter, workers, schedules, webhooks, health,
+    overview, queues, queue_settings, list_jobs, job_detail, job_args, job_result, dead_letter,
+    workers, job_names, schedules, webhooks, health,
     audit, events, retry_job, cancel_job, delete_job, replay_one, delete_one, replay_bulk,
     delete_bulk, replay_matching, pause_schedule, resume_schedule, run_schedule,
     pause_queue, resume_queue,

@@ -129,7 +129,8 @@ async def dead_letter_page(request: Request[Any, Any, Any], dash: Dash,
 
 @get("/workers", name="workers")
 async def workers_page(request: Request[Any, Any, Any], dash: Dash) -> Template:
-    return _page(request, dash, "workers.html", "workers", workers=await dash.workers())
+    return _page(request, dash, "workers.html", "workers", workers=await dash.workers(),
+                 job_names=await dash.job_names())
 
 
 @get("/schedules", name="schedules")

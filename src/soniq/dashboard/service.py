@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from soniq.backends.stores import StatsBucket
     from soniq.dashboard.live import LiveHub
     from soniq.dashboard.security import AuditLog, WriteAccess
-    from soniq.types import JobRecord
+    from soniq.types import JobCoverage, JobRecord
 
 __all__ = ["MAX_PAGE", "Dash", "DashboardService", "JobFilter", "parse_limit"]
 
@@ -273,6 +273,10 @@ class DashboardService:
                                    "started_at": j["started_at"]}
                                   for j in by_worker.get(str(row["id"]), [])]}
                 for row in rows]
+
+    async def job_names(self) -> list[JobCoverage]:
+        """Per job name, how many live workers know it; ``flagged`` when none does."""
+        return await self.soniq.definitions.coverage()
 
     # -- queues -------------------------------------------------------------------------------
     async def queues(self) -> list[dict[str, Any]]:

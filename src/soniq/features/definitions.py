@@ -13,23 +13,37 @@ first-seen time.)
 
 Rows are read afresh on every call (no cache). A row that is not a definition (written by hand)
 is skipped with a warning naming it.
+
+:meth:`Definitions.coverage` joins the current definitions with the live workers' job names (what
+``soniq status`` and the dashboard show): a name no live worker knows is ``flagged``, since its
+jobs wait until a worker that registered it starts.
+
+Producers read the defaults (queue, priority, max attempts, uniqueness, encryption) of a job name
+they have not registered from here, through a :class:`DefinitionCache` that keeps each answer for
+``definitions_cache_ttl`` seconds (``app.producer.defaults``). It can be stale: after a deploy
+changes a job's queue, a producer may still send its jobs to the old queue for up to that TTL (and
+a name that had no definition when first asked keeps the settings' defaults as long).
 """
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from soniq.errors import UnsupportedOperationError
 from soniq.registry import validate_name
+from soniq.serialization import utc_now
 
 if TYPE_CHECKING:
     import builtins
     from collections.abc import Awaitable, Callable, Iterable
 
     from soniq.backends.base import StorageBackend
-    from soniq.backends.stores import DefinitionStore, StoredDefinition
+    from soniq.backends.stores import DefinitionStore, JobDefinition, StoredDefinition
+    from soniq.types import JobCoverage
 
-__all__ = ["Definitions", "current"]
+__all__ = ["DefinitionCache", "Definitions", "current"]
 
 
 def current(versions: Iterable[StoredDefinition]) -> dict[str, StoredDefinition]:
@@ -49,9 +63,11 @@ class Definitions:
     """Read the stored job definitions. Touching it opens nothing; each call initialises the app
     first."""
 
-    def __init__(self, backend: StorageBackend, *, ready: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, backend: StorageBackend, *, ready: Callable[[], Awaitable[None]],
+                 heartbeat_timeout: float) -> None:
         self._backend = backend
         self._ready = ready
+        self._heartbeat_timeout = heartbeat_timeout
 
     def __repr__(self) -> str:
         return f"<Definitions backend={self._backend.name}>"
@@ -83,3 +99,59 @@ class Definitions:
         validate_name(name, "job name")
         store = await self._store()
         return sorted(await store.list(name), key=lambda v: (v.first_seen_at, v.digest))
+
+    async def coverage(self, *, now: datetime | None = None) -> builtins.list[JobCoverage]:
+        """Per job name, by name: the queue of its current definition (None when no definition
+        is stored, e.g. one a live worker knows whose store write failed), how many live workers
+        registered it, and ``flagged`` when none does. A worker is live while its last heartbeat
+        is within ``heartbeat_timeout`` of ``now`` (default: this machine's clock)."""
+        await self._ready()
+        store = self._backend.definitions
+        found = current(await store.list()) if store is not None else {}
+        cutoff = (now or utc_now()) - timedelta(seconds=self._heartbeat_timeout)
+        live: dict[str, int] = {}
+        for worker in await self._backend.list_workers():
+            if worker["last_heartbeat"] >= cutoff:
+                for name in set(worker["job_names"] or ()):
+                    live[name] = live.get(name, 0) + 1
+        return [{"name": name,
+                 "queue": found[name].definition.queue if name in found else None,
+                 "live_workers": live.get(name, 0), "flagged": name not in live}
+                for name in sorted(found.keys() | live.keys())]
+
+
+class DefinitionCache:
+    """The current definition of job names a producer enqueues without registering them, each
+    kept ``ttl`` seconds (0: read on every call), a missing one too. ``clock`` gives monotonic
+    seconds (tests replace it). Stale for up to ``ttl`` by design: see the module docstring."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[str, tuple[float, JobDefinition | None]] = {}
+
+    def __repr__(self) -> str:
+        return f"<DefinitionCache ttl={self.ttl} names={len(self._entries)}>"
+
+    def cached(self, name: str, *, stale: bool = False) -> tuple[bool, JobDefinition | None]:
+        """``(kept, definition)`` of ``name`` without I/O: ``kept`` while the entry is fresh
+        (with ``stale``, as long as there is one); ``definition`` None when none is stored."""
+        entry = self._entries.get(name)
+        if entry is None or not (stale or self.clock() < entry[0]):
+            return False, None
+        return True, entry[1]
+
+    async def get(self, name: str,
+                  store: Callable[[], Awaitable[DefinitionStore | None]]) -> JobDefinition | None:
+        """The current definition of ``name``: kept, or read from the store ``store()`` gives
+        (a backend without one: None, the settings' defaults apply)."""
+        kept, found = self.cached(name)
+        if kept:
+            return found
+        definitions = await store()
+        if definitions is not None:
+            version = current(await definitions.list(name)).get(name)
+            found = None if version is None else version.definition
+        if self.ttl > 0:
+            self._entries[name] = (self.clock() + self.ttl, found)
+        return found

@@ -324,7 +324,11 @@ class JobLogs:
         min_levelno = None if level is None else level_number(level)
         cutoff = None
         if isinstance(since, timedelta):
-            cutoff = datetime.now(UTC) - since
+            try:
+                cutoff = datetime.now(UTC) - since
+            except OverflowError:  # further back than datetime reaches: everything, or nothing
+                if since < timedelta(0):
+                    return []
         elif since is not None:
             if not isinstance(since, datetime):
                 raise ValidationError("since must be an aware datetime or a timedelta")

@@ -297,6 +297,9 @@ class SchedulerService:
         self._scheduler = scheduler
         self._synced_definitions = -1
         self._warned: set[str] = set()  # schedules whose job this process cannot build
+        # Due schedules this process declined to fire (their arguments or timing fail here), by
+        # (name, next_run_at): later ticks read past them, so they never fill the due batch.
+        self._declined: set[tuple[str, datetime]] = set()
         self._next_unknown_check: datetime | None = None
 
     def __repr__(self) -> str:
@@ -336,11 +339,21 @@ class SchedulerService:
             self._next_unknown_check = now + UNKNOWN_CHECK_INTERVAL
         fired: list[str] = []
         woken: set[str] = set()
-        for record in await store.due(now, limit=DUE_BATCH, job_names=job_names):
-            outcome = await self._fire(store, record, now)
-            if outcome is not None:
-                fired.append(outcome[0])
-                woken.add(outcome[1])
+        seen: set[tuple[str, datetime]] = set()
+        while True:  # again only when this round declined some of a full batch
+            declined = len(self._declined)
+            limit = DUE_BATCH + declined
+            due = await store.due(now, limit=limit, job_names=job_names)
+            seen.update((r.name, r.next_run_at) for r in due)
+            for record in due:
+                if (record.name, record.next_run_at) not in self._declined:
+                    outcome = await self._fire(store, record, now)
+                    if outcome is not None:
+                        fired.append(outcome[0])
+                        woken.add(outcome[1])
+            if len(due) < limit or len(self._declined) == declined:
+                break
+        self._declined &= seen  # forget schedules edited, fired elsewhere or deleted
         if woken and scheduler._wake is not None:
             scheduler._wake(woken)
         return fired
@@ -372,6 +385,7 @@ class SchedulerService:
                                             grace=scheduler.grace)
         except ValidationError as exc:
             logger.error("schedule %r cannot be evaluated: %s", record.name, exc)
+            self._declined.add((record.name, record.next_run_at))
             return None
         if fire_at is None:
             await store.advance(record.name, expected=record.next_run_at, next_run_at=upcoming,
@@ -388,6 +402,7 @@ class SchedulerService:
                 self._warned.add(record.name)
                 logger.warning("schedule %r cannot enqueue job %r here: %s", record.name,
                                record.job_name, exc)
+            self._declined.add((record.name, record.next_run_at))
             return None
         job_id = await store.fire(record.name, fire_at=fire_at, job=job,
                                   expected=record.next_run_at, next_run_at=upcoming, now=now)

@@ -248,7 +248,12 @@ class EncryptingCodec:
         args_json = self.inner.encode_args(job_name, args_json)
         if not self.encrypts(job_name):
             return args_json
-        return dumps({ENVELOPE_KEY: self._signing().encrypt_now(args_json)})
+        return self.seal(args_json)
+
+    def seal(self, text: str) -> str:
+        """``text`` (stored arguments, already encoded) as the envelope an encrypted job stores;
+        the producer seals a job it has not registered whose stored definition says encrypt."""
+        return dumps({ENVELOPE_KEY: self._signing().encrypt_now(text)})
 
     def decode_args(self, job_name: str, stored: str) -> dict[str, Any]:
         value = self.inner.decode_args(job_name, stored)
@@ -268,9 +273,10 @@ class EncryptingCodec:
             return text
         return dumps({ENVELOPE_KEY: self._signing().encrypt_now(text)})
 
-    def decode_result(self, job_name: str, value: Any) -> Any:
-        """The plaintext result of a job as read back from storage (already JSON-decoded)."""
-        token = _envelope_token(value) if self.encrypts(job_name) else None
+    def decode_result(self, job_name: str, value: Any, *, encrypted: bool = False) -> Any:
+        """The plaintext result of a job as read back from storage (already JSON-decoded);
+        ``encrypted``: the job is encrypted though not registered here."""
+        token = _envelope_token(value) if encrypted or self.encrypts(job_name) else None
         if token is None:
             return value
         return loads(self._signing().decrypt_now(token))

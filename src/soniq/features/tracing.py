@@ -50,16 +50,17 @@ class Tracing:
         """Send spans to ``tracer_provider`` (None: the global one)."""
         self._tracer = self._trace.get_tracer("soniq", __version__, tracer_provider=tracer_provider)
 
-    def send(self, queue: str, job_name: str, job_ids: list[str]) -> AbstractContextManager[Any]:
-        """The producer span around writing ``job_ids``."""
+    def send(self, queue: str, job_name: str, count: int,
+             job_id: str | None = None) -> AbstractContextManager[Any]:
+        """The producer span around writing ``count`` jobs (``job_id``: the first one's id)."""
         attributes: dict[str, Any] = {
             "messaging.system": "soniq", "messaging.operation.type": "send",
             "messaging.destination.name": queue, "soniq.job.name": job_name,
         }
-        if len(job_ids) == 1:
-            attributes["messaging.message.id"] = job_ids[0]
+        if count == 1 and job_id is not None:
+            attributes["messaging.message.id"] = job_id
         else:
-            attributes["messaging.batch.message_count"] = len(job_ids)
+            attributes["messaging.batch.message_count"] = count
         span: AbstractContextManager[Any] = self._tracer.start_as_current_span(
             f"send {queue}", kind=self._trace.SpanKind.PRODUCER, attributes=attributes)
         return span

@@ -6,6 +6,12 @@ row that records it in ``soniq_migrations``. This module owns that SQL: the file
 ``soniq_migrations`` table (:data:`MIGRATIONS_TABLE`), the script ``soniq migrations sql`` prints
 for teams that apply migrations with their own tool (:func:`migration_script`) and what a database
 still lacks (:func:`pending_migrations`).
+
+PostgreSQL's migrations name their objects unqualified. In a ``db_schema`` they run after
+:func:`schema_setup`'s statements: the schema is created, and each migration's transaction starts
+with ``SET LOCAL search_path`` to it -- transaction-scoped, so nothing stays on the session (safe
+behind PgBouncer). That is the only place Soniq sets ``search_path``; its statements at run time
+name the schema in full.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection
 
 __all__ = ["MIGRATIONS_TABLE", "Migration", "load_migrations", "migration_script",
-           "pending_migrations"]
+           "pending_migrations", "schema_setup"]
 
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
@@ -77,18 +83,37 @@ def pending_migrations(backend: str, applied: Collection[str]) -> list[str]:
     return [m.label for m in load_migrations(backend) if m.label not in applied]
 
 
-def migration_script(backend: str, *, from_version: int = 1) -> str:
+def schema_setup(schema: str) -> tuple[str, str]:
+    """``(create, enter)`` for PostgreSQL's ``db_schema`` ``schema`` (a name the settings
+    validated): ``CREATE SCHEMA IF NOT EXISTS``, and the ``SET LOCAL search_path`` that starts
+    each migration's transaction so that its unqualified names are created and found there."""
+    if '"' in schema:
+        raise ValueError(f"not a schema name: {schema!r}")
+    quoted = f'"{schema}"'
+    return f"CREATE SCHEMA IF NOT EXISTS {quoted}", f"SET LOCAL search_path TO {quoted}"
+
+
+def migration_script(backend: str, *, from_version: int = 1, schema: str | None = None) -> str:
     """The SQL ``soniq migrations sql`` prints: the ``soniq_migrations`` table, then each migration
     from ``from_version`` on in its own transaction with the row that records it, so workers and
-    ``soniq setup`` see the database as set up. Raises ``ValueError`` when there is none."""
+    ``soniq setup`` see the database as set up; with ``schema`` (PostgreSQL's ``db_schema``, a
+    validated name), all of it in that schema (see :func:`schema_setup`). Raises ``ValueError``
+    when there is no migration."""
     migrations = [m for m in load_migrations(backend) if m.version >= from_version]
     if not migrations:
         raise ValueError(f"no {backend} migrations from version {from_version}")
     first, last = migrations[0].label, migrations[-1].label
-    parts = [f"-- Soniq schema for {backend}: migrations {first} to {last}",
-             f"{MIGRATIONS_TABLE[backend]};"]
+    where = "" if schema is None else f" in schema {schema}"
+    parts = [f"-- Soniq schema for {backend}{where}: migrations {first} to {last}"]
+    enter = ""
+    if schema is None:
+        parts.append(f"{MIGRATIONS_TABLE[backend]};")
+    else:
+        create, enter = schema_setup(schema)
+        enter += ";\n"
+        parts.append(f"{create};\nBEGIN;\n{enter}{MIGRATIONS_TABLE[backend]};\nCOMMIT;")
     for migration in migrations:
         record = _RECORD[backend].format(version=migration.version, name=migration.name)
-        parts.append(f"\n-- soniq migration {migration.label}\nBEGIN;\n{migration.sql.strip()}\n"
-                     f"{record};\nCOMMIT;")
+        parts.append(f"\n-- soniq migration {migration.label}\nBEGIN;\n{enter}"
+                     f"{migration.sql.strip()}\n{record};\nCOMMIT;")
     return "\n".join(parts)

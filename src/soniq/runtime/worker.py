@@ -158,6 +158,10 @@ class Worker:
                     logger.debug("worker %s started", self.id)
                     task_status.started(self.id)
                     await self.fetcher.run()
+                    # Let a beat in flight finish rather than cancel it: a cancelled statement
+                    # can still commit on the server after the row is removed, re-creating it.
+                    with anyio.move_on_after(FINAL_WRITE_TIMEOUT):
+                        await self.heartbeat.stop()
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_WRITE_TIMEOUT) as bound:

@@ -118,12 +118,20 @@ async def soniq_app(soniq_app_options: dict[str, Any], anyio_backend: Any) -> As
 
 
 async def _empty_tables(app: Soniq) -> None:
-    """Empty Soniq's PostgreSQL tables (not its migration history) so each test starts clean."""
+    """Empty Soniq's PostgreSQL tables (not its migration history) so each test starts clean:
+    in the app's ``db_schema``, or the connection's default schema."""
     await app.ensure_initialized()
     async with app.backend.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
-            "AND tablename LIKE 'soniq%' AND tablename <> 'soniq_migrations'")
+            "SELECT schemaname, tablename FROM pg_tables "
+            "WHERE schemaname = COALESCE($1::text, current_schema()) "
+            "AND tablename LIKE 'soniq%' AND tablename <> 'soniq_migrations'",
+            app.settings.db_schema)
         if rows:
-            names = ", ".join('"' + row["tablename"].replace('"', '""') + '"' for row in rows)
+            names = ", ".join(f"{_quote(row['schemaname'])}.{_quote(row['tablename'])}"
+                              for row in rows)
             await conn.execute(f"TRUNCATE {names} CASCADE")
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from soniq.backends.postgres.changes import Statements
     from soniq.settings import SoniqSettings
     from soniq.types import WorkerInfo
 
@@ -94,25 +95,30 @@ class PostgresBackend:
         #: events while a reader is registered here. Both variants of those statements are
         #: written once; each call picks one by reading ``events.recording``.
         self.events = EventLog()
-        self._plain = sql.statements(events=False)
-        self._logged = sql.statements(events=True)
-        # The feature stores (soniq.backends.stores) in this database.
-        self.dead_letters = PostgresDeadLetterStore(self._ready, self._errors)
-        self.schedules = PostgresScheduleStore(self._ready, self._errors)
-        self.definitions = PostgresDefinitionStore(self._ready, self._errors)
+        # Every statement, written once for this instance's schema (db_schema; sql.build).
+        self._q = q = sql.build(settings.db_schema)
+        self._plain, self._logged = q.plain, q.logged
+        # The feature stores (soniq.backends.stores) in this database, in the same schema.
+        n = q.names
+        self.dead_letters = PostgresDeadLetterStore(self._ready, self._errors, n)
+        self.schedules = PostgresScheduleStore(self._ready, self._errors, q)
+        self.definitions = PostgresDefinitionStore(self._ready, self._errors, n)
         self.webhooks = PostgresWebhookStore(self._ready, self._errors, self._maintenance_timeout,
-                                             self.events)
-        self.logs = PostgresLogStore(self._ready, self._errors)
+                                             self.events, n)
+        self.logs = PostgresLogStore(self._ready, self._errors, n)
         self.dashboard = PostgresDashboardStore(self._ready, self._errors,
-                                                self._maintenance_timeout, self.queue_stats)
-        self.queues = PostgresQueueStore(self._ready, self._errors)
-        self.audit = PostgresAuditStore(self._ready, self._errors)
+                                                self._maintenance_timeout, self.queue_stats, n)
+        self.queues = PostgresQueueStore(self._ready, self._errors, n)
+        self.audit = PostgresAuditStore(self._ready, self._errors, n)
+        self._queue_claims = pg_queues.claims(n)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
-        return f"<PostgresBackend {redact_url(self._url)} ({state})>"
+        schema = self._q.names.schema
+        where = redact_url(self._url) if schema is None else f"{redact_url(self._url)} {schema}"
+        return f"<PostgresBackend {where} ({state})>"
 
     @property
     def redacted_url(self) -> str:
@@ -177,7 +183,7 @@ class PostgresBackend:
             try:
                 if cache_size:
                     await pooling.refuse_transaction_pooling(pool, self._url)
-                await schema.check_schema(pool, self._url)
+                await schema.check_schema(pool, self._url, self._q)
             except BaseException:
                 pool.terminate()  # nothing borrowed yet; no reason to wait
                 raise
@@ -218,9 +224,9 @@ class PostgresBackend:
             return []
         with self._errors:
             if connection is not None:
-                return await call(inserts.insert_on, _bridge.unwrap(connection), jobs)
+                return await call(inserts.insert_on, _bridge.unwrap(connection), self._q, jobs)
             pool = await self._ready()
-            return await call(inserts.insert_with_pool, pool, jobs)
+            return await call(inserts.insert_with_pool, pool, self._q, jobs)
 
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
@@ -234,13 +240,14 @@ class PostgresBackend:
         # a shape that does not walk their backlog (.queues). One queue needs none: paused, it is
         # a one-time filter.
         if queues is None:
-            query, extra = (pg_queues.CLAIM_UNPAUSED if paused else sql.CLAIM_ALL_QUEUES), ()
+            query = self._queue_claims.unpaused if paused else self._q.claim_all_queues
+            extra = ()
         elif len(queues) > 1 and paused.intersection(queues):
-            query, extra = pg_queues.CLAIM_LISTED_UNPAUSED, (list(dict.fromkeys(queues)),)
+            query, extra = self._queue_claims.listed_unpaused, (list(dict.fromkeys(queues)),)
         elif len(queues) == 1:
-            query, extra = sql.CLAIM_ONE_QUEUE, (queues[0],)
+            query, extra = self._q.claim_one_queue, (queues[0],)
         else:
-            query, extra = sql.CLAIM_SOME_QUEUES, (list(queues),)
+            query, extra = self._q.claim_some_queues, (list(queues),)
         # The keys of this worker's claims whose answer was lost (they may have committed): the
         # jobs they took are handed out now, and the keys kept until that answer arrives.
         keys = self._unanswered.pop(worker_id, [])
@@ -264,13 +271,13 @@ class PostgresBackend:
         """The jobs of this worker's unanswered claims ``keys`` (committed after all)."""
         if not keys:
             return []
-        rows: list[Any] = await call(pool.fetch, sql.ADOPT_CLAIMS, worker_id, keys)
+        rows: list[Any] = await call(pool.fetch, self._q.adopt_claims, worker_id, keys)
         if rows:
             logger.warning("took up %d job(s) claimed by this worker whose claim's answer was "
                            "lost with its connection", len(rows))
         return rows
 
-    def _sql(self) -> sql.Statements:
+    def _sql(self) -> Statements:
         """The statements that change jobs: recording their events while the log has a reader."""
         return self._logged if self.events.recording else self._plain
 
@@ -308,7 +315,7 @@ class PostgresBackend:
             return None
         with self._errors:
             pool = await self._ready()
-            row = await call(pool.fetchrow, sql.GET_JOB, job_id)
+            row = await call(pool.fetchrow, self._q.get_job, job_id)
         return None if row is None else job_record(row)
 
     async def list_jobs(self, *, queue: str | None = None, status: str | None = None,
@@ -316,8 +323,8 @@ class PostgresBackend:
         clause, params = where(("queue = {}::text", queue), ("status = {}::text", status), first=3)
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, sql.LIST_JOBS.format(where=clause), limit, offset,
-                              *params)
+            rows = await call(pool.fetch, self._q.list_jobs.format(where=clause), limit,
+                              offset, *params)
         return [job_record(row) for row in rows]
 
     async def cancel_job(self, job_id: str) -> CancelOutcome | None:
@@ -333,12 +340,12 @@ class PostgresBackend:
             return False
         with self._errors:
             pool = await self._ready()
-            return await call(pool.fetchval, sql.DELETE_JOB, job_id) is not None
+            return await call(pool.fetchval, self._q.delete_job, job_id) is not None
 
     async def queue_stats(self) -> list[QueueStats]:
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, sql.QUEUE_STATS)
+            rows = await call(pool.fetch, self._q.queue_stats)
         return [
             {"queue": row["queue"], "total": row["total"], "queued": row["queued"],
              "processing": row["processing"], "done": row["done"],
@@ -352,12 +359,13 @@ class PostgresBackend:
         queues = None if worker.queues is None else list(worker.queues)
         with self._errors:
             pool = await self._loops()
-            await call(pool.execute, sql.REGISTER_WORKER, worker.id, worker.hostname, worker.pid,
-                       queues, worker.concurrency, now, list(worker.job_names))
+            await call(pool.execute, self._q.register_worker, worker.id, worker.hostname,
+                       worker.pid, queues, worker.concurrency, now, list(worker.job_names))
             # Before the first claim: a backlog loaded since the last statistics (autovacuum off,
             # or not round yet) would make every claim sort the whole backlog (sql.py).
-            if await call(pool.fetchval, sql.STATISTICS_STALE):
-                failed = await call(maintenance.analyze, pool, self._maintenance_timeout)
+            if await call(pool.fetchval, self._q.statistics_stale):
+                failed = await call(maintenance.analyze, pool, self._q,
+                                    self._maintenance_timeout)
                 if failed is None:
                     logger.info("analyzed soniq_jobs: its statistics were missing or stale")
                 else:
@@ -377,12 +385,12 @@ class PostgresBackend:
             return
         with self._errors:
             pool = await self._loops()
-            await call(pool.execute, sql.UNREGISTER_WORKER, worker_id)
+            await call(pool.execute, self._q.unregister_worker, worker_id)
 
     async def list_workers(self) -> list[dict[str, Any]]:
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, sql.LIST_WORKERS)
+            rows = await call(pool.fetch, self._q.list_workers)
         return [
             {"id": str(row["id"]), "hostname": row["hostname"], "pid": row["pid"],
              "queues": row["queues"], "concurrency": row["concurrency"],
@@ -394,19 +402,20 @@ class PostgresBackend:
     async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
         with self._errors:
             pool = await self._loops()
-            return await call(maintenance.rescue, pool, self._sql().rescue_jobs, stale_after,
-                              now, self._maintenance_timeout)
+            return await call(maintenance.rescue, pool, self._q, self._sql().rescue_jobs,
+                              stale_after, now, self._maintenance_timeout)
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:
         with self._errors:
             pool = await self._loops()
-            return await call(maintenance.prune, pool, now, self._maintenance_timeout)
+            return await call(maintenance.prune, pool, self._q, now, self._maintenance_timeout)
 
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:
         with self._errors:
             pool = await self._loops()
-            return await call(pool.fetchval, sql.CLAIM_MAINTENANCE, task, interval, now) is not None
+            return await call(pool.fetchval, self._q.claim_maintenance, task, interval,
+                              now) is not None
 
     async def listen(self, on_notify: Callable[[str, str], None],
                      *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -418,7 +427,8 @@ class PostgresBackend:
                 "(PgBouncer transaction pooling) workers poll instead, unless listen_url is set"
             )
         url = self._listen_url or self._url
-        await listener.listen(url, on_notify, keepalive=self._settings.heartbeat_interval,
+        await listener.listen(url, on_notify, channels=self._q.names.channels,
+                              keepalive=self._settings.heartbeat_interval,
                               errors=Translator(url), task_status=task_status,
                               refuse_pooling="listen_url" if self._listen_url else None)
 
@@ -428,14 +438,15 @@ class PostgresBackend:
         connections outside the pool and without the schema check."""
         from soniq.backends.postgres.probe import probe  # only the CLI's diagnostics need it
 
-        return await probe(self._url, self._errors, listen_url=self._listen_url)
+        return await probe(self._url, self._errors, self._q.names, listen_url=self._listen_url)
 
     async def migrate(self) -> list[str]:
-        """Create the database if it does not exist, then apply pending migrations, each in its
-        own transaction with its ``soniq_migrations`` row, under an advisory lock so concurrent
-        runs apply each migration exactly once. Returns the labels applied."""
+        """Create the database (and the ``db_schema``) if it does not exist, then apply pending
+        migrations, each in its own transaction with its ``soniq_migrations`` row, under an
+        advisory lock so concurrent runs apply each migration exactly once. Returns the labels
+        applied."""
         with self._errors:
-            return await call(schema.migrate, self._url)
+            return await call(schema.migrate, self._url, self._q)
 
 
 def _check_worker_id(worker_id: str) -> None:

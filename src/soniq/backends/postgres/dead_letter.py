@@ -10,11 +10,11 @@ call goes through
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
 from soniq.backends.base import JOB_COLUMNS, job_record
-from soniq.backends.postgres.sql import CHANNEL
 from soniq.backends.postgres.where import where
 from soniq.ids import is_uuid
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from soniq.backends.postgres.errors import Translator
+    from soniq.backends.postgres.names import Names
     from soniq.types import JobRecord
 
 __all__ = ["PostgresDeadLetterStore"]
@@ -41,21 +42,57 @@ _REQUEUE_SET = (
     "lease_id = NULL, cancel_requested = false"
 )
 
-#: $1 id.
-GET_DEAD = f"SELECT {_COLUMNS} FROM soniq_jobs WHERE id = $1::uuid AND {_DEAD}"
 
-#: $1 id. Returns the job's queue when replayed, and wakes that queue's listeners.
-REPLAY = f"""
+
+class _Sql:
+    """This store's statements for one schema (:func:`_sql`)."""
+
+    def __init__(self, n: Names) -> None:
+        self.jobs = n.jobs
+        self.channel = n.jobs_channel
+        #: $1 id.
+        self.get_dead = f"SELECT {_COLUMNS} FROM {n.jobs} WHERE id = $1::uuid AND {_DEAD}"
+        #: $1 id. Returns the job's queue when replayed, and wakes that queue's listeners.
+        self.replay = f"""
 WITH replayed AS (
-    UPDATE soniq_jobs {_REQUEUE_SET}
+    UPDATE {n.jobs} {_REQUEUE_SET}
     WHERE id = $1::uuid AND {_DEAD}
     RETURNING queue
 )
-SELECT queue, pg_notify('{CHANNEL}', queue) AS woken FROM replayed
+SELECT queue, pg_notify('{n.jobs_channel}', queue) AS woken FROM replayed
+"""
+        #: $1 id.
+        self.delete_dead = f"DELETE FROM {n.jobs} WHERE id = $1::uuid AND {_DEAD} RETURNING id"
+        #: Keyed by whether a cutoff is given.
+        self.purge = {cutoff: self._purge(cutoff) for cutoff in (False, True)}
+
+    def replay_matching(self, where: str) -> str:
+        """$1 limit (NULL: all), then the filters. One NOTIFY per distinct queue, never per row;
+        SKIP LOCKED leaves rows another transaction is changing to that transaction."""
+        return f"""
+WITH picked AS (
+    SELECT id FROM {self.jobs}{where} {_NEWEST_FIRST} LIMIT $1::bigint FOR UPDATE SKIP LOCKED
+), replayed AS (
+    UPDATE {self.jobs} AS j {_REQUEUE_SET}
+    FROM picked
+    WHERE j.id = picked.id AND j.{_DEAD}
+    RETURNING j.id, j.queue
+), woken AS (
+    SELECT pg_notify('{self.channel}', due.queue) FROM (SELECT DISTINCT queue FROM replayed) AS due
+)
+SELECT id, queue, (SELECT count(*) FROM woken) AS woken FROM replayed
 """
 
-#: $1 id.
-DELETE_DEAD = f"DELETE FROM soniq_jobs WHERE id = $1::uuid AND {_DEAD} RETURNING id"
+    def _purge(self, with_cutoff: bool) -> str:
+        """$1 batch size, $2 cutoff (when given)."""
+        older = " AND finished_at < $2::timestamptz" if with_cutoff else ""
+        return (
+            f"DELETE FROM {self.jobs} WHERE {_DEAD} AND id IN (SELECT id FROM {self.jobs} "
+            f"WHERE {_DEAD}{older} LIMIT $1::integer FOR UPDATE SKIP LOCKED)"
+        )
+
+
+_sql = functools.cache(_Sql)
 
 
 def _where(queue: str | None, job_name: str | None, since: datetime | None,
@@ -65,48 +102,23 @@ def _where(queue: str | None, job_name: str | None, since: datetime | None,
                  ("finished_at >= {}::timestamptz", since), always=(_DEAD,), first=first)
 
 
-def _replay_matching_sql(where: str) -> str:
-    """$1 limit (NULL: all), then the filters. One NOTIFY per distinct queue, never per row;
-    SKIP LOCKED leaves rows another transaction is changing to that transaction."""
-    return f"""
-WITH picked AS (
-    SELECT id FROM soniq_jobs{where} {_NEWEST_FIRST} LIMIT $1::bigint FOR UPDATE SKIP LOCKED
-), replayed AS (
-    UPDATE soniq_jobs AS j {_REQUEUE_SET}
-    FROM picked
-    WHERE j.id = picked.id AND j.{_DEAD}
-    RETURNING j.id, j.queue
-), woken AS (
-    SELECT pg_notify('{CHANNEL}', due.queue) FROM (SELECT DISTINCT queue FROM replayed) AS due
-)
-SELECT id, queue, (SELECT count(*) FROM woken) AS woken FROM replayed
-"""
-
-
-def _purge_sql(with_cutoff: bool) -> str:
-    """$1 batch size, $2 cutoff (when given)."""
-    older = " AND finished_at < $2::timestamptz" if with_cutoff else ""
-    return (
-        f"DELETE FROM soniq_jobs WHERE {_DEAD} AND id IN (SELECT id FROM soniq_jobs "
-        f"WHERE {_DEAD}{older} LIMIT $1::integer FOR UPDATE SKIP LOCKED)"
-    )
-
-
 class PostgresDeadLetterStore:
     """Dead-lettered jobs in PostgreSQL (reached as ``PostgresBackend.dead_letters``).
 
     ``ready`` returns the backend's pool (opening it on first use); ``errors`` is the backend's
-    driver-error translator.
+    driver-error translator; ``names`` says where the jobs are.
     """
 
-    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator,
+                 names: Names) -> None:
         self._ready = ready
         self._errors = errors
+        self._sql = _sql(names)
 
     async def list_dead(self, *, queue: str | None, job_name: str | None,
                         since: datetime | None, limit: int, offset: int) -> list[JobRecord]:
         where, params = _where(queue, job_name, since, first=3)
-        query = f"SELECT {_COLUMNS} FROM soniq_jobs{where} {_NEWEST_FIRST} LIMIT $1 OFFSET $2"
+        query = f"SELECT {_COLUMNS} FROM {self._sql.jobs}{where} {_NEWEST_FIRST} LIMIT $1 OFFSET $2"
         with self._errors:
             pool = await self._ready()
             rows = await call(pool.fetch, query, limit, offset, *params)
@@ -117,14 +129,15 @@ class PostgresDeadLetterStore:
             return None
         with self._errors:
             pool = await self._ready()
-            row = await call(pool.fetchrow, GET_DEAD, job_id)
+            row = await call(pool.fetchrow, self._sql.get_dead, job_id)
         return None if row is None else job_record(row)
 
     async def count_dead(self, *, queue: str | None, job_name: str | None) -> int:
         where, params = _where(queue, job_name, None, first=1)
         with self._errors:
             pool = await self._ready()
-            count = await call(pool.fetchval, f"SELECT count(*) FROM soniq_jobs{where}", *params)
+            count = await call(pool.fetchval, f"SELECT count(*) FROM {self._sql.jobs}{where}",
+                               *params)
         return int(count)
 
     async def replay(self, job_id: str) -> str | None:
@@ -132,7 +145,7 @@ class PostgresDeadLetterStore:
             return None
         with self._errors:
             pool = await self._ready()
-            row = await call(pool.fetchrow, REPLAY, job_id)
+            row = await call(pool.fetchrow, self._sql.replay, job_id)
         return None if row is None else str(row["queue"])
 
     async def replay_matching(self, *, queue: str | None, job_name: str | None,
@@ -140,7 +153,8 @@ class PostgresDeadLetterStore:
         where, params = _where(queue, job_name, since, first=2)
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, _replay_matching_sql(where), limit, *params)
+            rows = await call(pool.fetch, self._sql.replay_matching(where), limit,
+                              *params)
         return [(str(row["id"]), str(row["queue"])) for row in rows]
 
     async def delete_dead(self, job_id: str) -> bool:
@@ -148,17 +162,17 @@ class PostgresDeadLetterStore:
             return False
         with self._errors:
             pool = await self._ready()
-            return await call(pool.fetchval, DELETE_DEAD, job_id) is not None
+            return await call(pool.fetchval, self._sql.delete_dead, job_id) is not None
 
     async def purge(self, *, finished_before: datetime | None) -> int:
         with self._errors:
             pool = await self._ready()
-            return await call(_purge, pool, finished_before)
+            return await call(_purge, pool, self._sql.purge[finished_before is not None],
+                              finished_before)
 
 
-async def _purge(pool: Any, finished_before: datetime | None) -> int:
+async def _purge(pool: Any, statement: str, finished_before: datetime | None) -> int:
     """Delete in batches, each its own short transaction (runs on the driver's loop)."""
-    statement = _purge_sql(finished_before is not None)
     params = () if finished_before is None else (finished_before,)
     total = 0
     while True:

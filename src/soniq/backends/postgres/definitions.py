@@ -5,6 +5,7 @@ backend's translator."""
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
@@ -17,14 +18,20 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from soniq.backends.postgres.errors import Translator
+    from soniq.backends.postgres.names import Names
     from soniq.backends.stores import JobDefinition, StoredDefinition
 
 __all__ = ["PostgresDefinitionStore"]
 
-#: $1..$8 the definitions' columns as parallel arrays, $9 now (NULL: the database clock).
-#: first_seen_at is written on insert only.
-UPSERT = """
-INSERT INTO soniq_job_definitions AS d
+
+class _Sql:
+    """This store's statements for one schema (:func:`_sql`)."""
+
+    def __init__(self, n: Names) -> None:
+        #: $1..$8 the definitions' columns as parallel arrays, $9 now (NULL: the database
+        #: clock). first_seen_at is written on insert only.
+        self.upsert = f"""
+INSERT INTO {n.job_definitions} AS d
     (name, digest, queue, priority, max_attempts, timeout, encrypt, options, first_seen_at,
      last_seen_at)
 SELECT name, digest, queue, priority, max_attempts, timeout, encrypt, options::jsonb,
@@ -36,26 +43,31 @@ ON CONFLICT (name, digest) DO UPDATE
 SET last_seen_at = GREATEST(d.last_seen_at, EXCLUDED.last_seen_at)
 """
 
-#: $1 name (NULL: every name).
-SELECT = """
+        #: $1 name (NULL: every name).
+        self.select = f"""
 SELECT name, digest, queue, priority, max_attempts, timeout, encrypt, options::text AS options,
        first_seen_at, last_seen_at
-FROM soniq_job_definitions
+FROM {n.job_definitions}
 WHERE $1::text IS NULL OR name = $1::text
 ORDER BY name, first_seen_at, digest
 """
+
+
+_sql = functools.cache(_Sql)
 
 
 class PostgresDefinitionStore:
     """Job definitions in PostgreSQL (reached as ``PostgresBackend.definitions``).
 
     ``ready`` returns the backend's pool (opening it on first use); ``errors`` is the backend's
-    driver-error translator.
+    driver-error translator; ``names`` says where the definitions are.
     """
 
-    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator,
+                 names: Names) -> None:
         self._ready = ready
         self._errors = errors
+        self._sql = _sql(names)
 
     async def upsert(self, definitions: Sequence[JobDefinition], *,
                      now: datetime | None = None) -> None:
@@ -70,11 +82,11 @@ class PostgresDefinitionStore:
         params: list[Any] = [*columns, now]
         with self._errors:
             pool = await self._ready()
-            await call(pool.execute, UPSERT, *params)
+            await call(pool.execute, self._sql.upsert, *params)
 
     async def list(self, name: str | None = None) -> builtins.list[StoredDefinition]:
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, SELECT, name)
+            rows = await call(pool.fetch, self._sql.select, name)
         found = (stored_definition(dict(row)) for row in rows)
         return [d for d in found if d is not None]

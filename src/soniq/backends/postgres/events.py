@@ -28,15 +28,21 @@ Who reads the log is known twice, for two kinds of statement:
   has something to read for (the webhook store: while an endpoint exists) and removes it with
   :func:`reader_removed`.
 
-Readers take the rows with :data:`TAKE` (deleting them: one reader today, the webhook store; a
+Readers take the rows with :func:`take` (deleting them: one reader today, the webhook store; a
 second reader would need its own rows). Nothing here knows the readers; the readers know only
-this module's SQL.
+this module's SQL. Every function takes the instance's :class:`~.names.Names` (``n``): the log
+lives in the instance's schema.
 """
 
 from __future__ import annotations
 
-__all__ = ["EXPIRE", "LIFECYCLE_EVENTS", "TAKE", "EventLog", "job_events", "reader_added",
-           "reader_removed"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from soniq.backends.postgres.names import Names
+
+__all__ = ["LIFECYCLE_EVENTS", "EventLog", "expire", "job_events", "reader_added",
+           "reader_removed", "take"]
 
 #: The event kinds the statements that change jobs record.
 LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead_letter",
@@ -46,11 +52,7 @@ LIFECYCLE_EVENTS = frozenset({"job.started", "job.done", "job.failed", "job.dead
 _JOB_PAYLOAD = "json_build_object('job_name', job_name, 'queue', queue, 'error', error)"
 
 
-#: The condition under which a statement run by any process records: the database names a reader.
-_READ = "EXISTS (SELECT 1 FROM soniq_event_readers)"
-
-
-def job_events(source: str, *, if_read: bool = False) -> str:
+def job_events(n: Names, source: str, *, if_read: bool = False) -> str:
     """The CTE (to follow another CTE: it starts with a comma) recording the job events of the
     query ``source`` as one log row (none when it has no event): its columns ``kind`` (NULL: no
     event but the start), ``job_id``, ``attempt``, ``at``, ``started_at`` (the attempt's
@@ -58,35 +60,43 @@ def job_events(source: str, *, if_read: bool = False) -> str:
     while ``soniq_event_readers`` names a reader."""
     return f""",
 logged AS (
-    INSERT INTO soniq_events (kinds, job_ids, attempts, ats, started_ats, payloads)
+    INSERT INTO {n.events} (kinds, job_ids, attempts, ats, started_ats, payloads)
     SELECT array_agg(kind), array_agg(job_id), array_agg(attempt), array_agg(at),
            array_agg(started_at), array_agg({_JOB_PAYLOAD})
     FROM ({source}) AS s
-    WHERE (kind IS NOT NULL OR started_at IS NOT NULL){f" AND {_READ}" if if_read else ""}
+    WHERE (kind IS NOT NULL OR started_at IS NOT NULL){f" AND {_read(n)}" if if_read else ""}
     HAVING count(*) > 0)"""
 
 
-def reader_added(reader: str) -> str:
+def _read(n: Names) -> str:
+    """The condition under which a statement run by any process records: the database names a
+    reader."""
+    return f"EXISTS (SELECT 1 FROM {n.event_readers})"
+
+
+def reader_added(n: Names, reader: str) -> str:
     """A CTE (``name AS (...)``, to join another statement's ``WITH``) naming ``reader`` (a
     name from code) in ``soniq_event_readers``."""
-    return (f"reader AS (INSERT INTO soniq_event_readers (name) VALUES ('{reader}') "
+    return (f"reader AS (INSERT INTO {n.event_readers} (name) VALUES ('{reader}') "
             "ON CONFLICT (name) DO NOTHING)")
 
 
-def reader_removed(reader: str, *, unless: str) -> str:
+def reader_removed(n: Names, reader: str, *, unless: str) -> str:
     """A CTE removing ``reader`` from ``soniq_event_readers`` unless the condition ``unless``
     (SQL from code: the reader still has something to read for) holds."""
-    return (f"reader AS (DELETE FROM soniq_event_readers WHERE name = '{reader}' "
+    return (f"reader AS (DELETE FROM {n.event_readers} WHERE name = '{reader}' "
             f"AND NOT ({unless}))")
 
-#: CTEs for a reader's statement (after ``WITH``). $1 how many log rows: the oldest rows no
-#: other transaction is taking (SKIP LOCKED; ``= ANY (ARRAY(...))`` evaluates the locking
-#: subquery once) are deleted (``taken``: their ``id`` and ``created_at``), and ``events`` has
-#: one row per element: ``log_id``, ``logged_at`` (the row's ``created_at``), ``kind``,
-#: ``job_id``, ``attempt``, ``at``, ``started_at``, ``payload``.
-TAKE = """taken AS (
-    DELETE FROM soniq_events
-    WHERE id = ANY (ARRAY(SELECT id FROM soniq_events ORDER BY id LIMIT $1::integer
+
+def take(n: Names) -> str:
+    """CTEs for a reader's statement (after ``WITH``). $1 how many log rows: the oldest rows no
+    other transaction is taking (SKIP LOCKED; ``= ANY (ARRAY(...))`` evaluates the locking
+    subquery once) are deleted (``taken``: their ``id`` and ``created_at``), and ``events`` has
+    one row per element: ``log_id``, ``logged_at`` (the row's ``created_at``), ``kind``,
+    ``job_id``, ``attempt``, ``at``, ``started_at``, ``payload``."""
+    return f"""taken AS (
+    DELETE FROM {n.events}
+    WHERE id = ANY (ARRAY(SELECT id FROM {n.events} ORDER BY id LIMIT $1::integer
                           FOR UPDATE SKIP LOCKED))
     RETURNING id, created_at, kinds, job_ids, attempts, ats, started_ats, payloads),
 events AS (
@@ -97,8 +107,10 @@ events AS (
          AS u(kind, job_id, attempt, at, started_at, payload))"""
 
 
-#: $1 before: deletes the log rows recorded before $1 (a reader's retention: rows nobody took).
-EXPIRE = "DELETE FROM soniq_events WHERE created_at < $1::timestamptz"
+def expire(n: Names) -> str:
+    """$1 before: deletes the log rows recorded before $1 (a reader's retention: rows nobody
+    took)."""
+    return f"DELETE FROM {n.events} WHERE created_at < $1::timestamptz"
 
 
 class EventLog:

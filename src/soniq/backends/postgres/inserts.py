@@ -15,6 +15,8 @@ from soniq.types import JobStream, NewJob
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from soniq.backends.postgres.sql import Sql
+
 __all__ = ["INSERT_CHUNK_SIZE", "STREAM_PIECE", "insert_on", "insert_with_pool"]
 
 #: Rows per bulk-insert statement: large enough to amortise the round trip, small enough to keep
@@ -22,29 +24,30 @@ __all__ = ["INSERT_CHUNK_SIZE", "STREAM_PIECE", "insert_on", "insert_with_pool"]
 INSERT_CHUNK_SIZE = 5_000
 
 
-async def insert_with_pool(pool: Any, jobs: Sequence[NewJob]) -> list[str]:
-    """Insert on the pool's connections (``enqueue``/``enqueue_many`` without ``connection=``)."""
+async def insert_with_pool(pool: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
+    """Insert on the pool's connections (``enqueue``/``enqueue_many`` without ``connection=``),
+    with the statements ``q`` of the backend's schema."""
     if len(jobs) > 1 and isinstance(jobs, JobStream):  # (an ABC check: not for single jobs)
         async with pool.acquire() as conn:
-            return await _stream(conn, jobs)
+            return await _stream(conn, q, jobs)
     if len(jobs) == 1 or (len(jobs) <= INSERT_CHUNK_SIZE and not _copyable(jobs)):
-        return await _insert(pool, jobs)  # one statement: atomic without a transaction
+        return await _insert(pool, q, jobs)  # one statement: atomic without a transaction
     async with pool.acquire() as conn:
         if _copyable(jobs):
-            return await _copy(conn, jobs)
+            return await _copy(conn, q, jobs)
         async with conn.transaction():
-            return await _insert(conn, jobs)
+            return await _insert(conn, q, jobs)
 
 
-async def insert_on(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+async def insert_on(conn: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
     """Insert on the caller's connection, joining its transaction. Several chunks outside a
     transaction still go in atomically, in one of our own."""
     if _copyable(jobs):
-        return await _copy(conn, jobs)
+        return await _copy(conn, q, jobs)
     if len(jobs) <= INSERT_CHUNK_SIZE or conn.is_in_transaction():
-        return await _insert(conn, jobs)
+        return await _insert(conn, q, jobs)
     async with conn.transaction():
-        return await _insert(conn, jobs)
+        return await _insert(conn, q, jobs)
 
 
 def _copyable(jobs: Sequence[NewJob]) -> bool:
@@ -56,7 +59,7 @@ def _copyable(jobs: Sequence[NewJob]) -> bool:
     return all(timed) or not any(timed)
 
 
-async def _copy(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+async def _copy(conn: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
     """Bulk insert by binary COPY (one statement, so atomic; about 1.5x the rows/s of INSERT ...
     unnest), then one NOTIFY per due queue. Outside a transaction the NOTIFY follows the commit:
     if the connection dies in between, the jobs are stored and workers find them at their next
@@ -65,12 +68,13 @@ async def _copy(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
     width = len(columns)
     records = [(j.id, j.job_name, j.queue, j.priority, "queued", j.args, j.max_attempts,
                 j.scheduled_at)[:width] for j in jobs]
-    await conn.copy_records_to_table("soniq_jobs", records=records, columns=columns)
+    await conn.copy_records_to_table("soniq_jobs", records=records, columns=columns,
+                                     schema_name=q.names.schema)
     due: dict[str, datetime | None] = {}  # queue -> its earliest run_at (None: now)
     for job in jobs:
         at = due.get(job.queue, job.scheduled_at)
         due[job.queue] = at if at is None or job.scheduled_at is None else min(at, job.scheduled_at)
-    await conn.execute(sql.NOTIFY_DUE, list(due), list(due.values()))
+    await conn.execute(q.notify_due, list(due), list(due.values()))
     return [job.id for job in jobs]
 
 
@@ -91,7 +95,7 @@ _JSONB = struct.Struct(">ib").pack  # a jsonb field: its length, then jsonb's fo
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-async def _stream(conn: Any, jobs: JobStream) -> list[str]:
+async def _stream(conn: Any, q: Sql, jobs: JobStream) -> list[str]:
     """``enqueue_many``: one binary COPY fed piece by piece as ``jobs`` is built, so the
     database works on the first rows while Python validates and encodes the rest (about 1.2x
     the jobs/s of building everything first at 1 000 a call, 1.5x at 5 000; binary rows cost the
@@ -118,8 +122,9 @@ async def _stream(conn: Any, jobs: JobStream) -> list[str]:
         piece.append(_COPY_TRAILER)
         yield b"".join(piece)
 
-    await conn.copy_to_table("soniq_jobs", source=feed(), columns=columns, format="binary")
-    await conn.execute(sql.NOTIFY_DUE, [jobs.queue], [jobs.scheduled_at])
+    await conn.copy_to_table("soniq_jobs", source=feed(), columns=columns, format="binary",
+                             schema_name=q.names.schema)
+    await conn.execute(q.notify_due, [jobs.queue], [jobs.scheduled_at])
     return ids
 
 
@@ -136,16 +141,16 @@ def _shared_fields(job: NewJob, width: int) -> tuple[bytes, bytes, bytes]:
     return struct.pack(">hi", width, 16), middle, end
 
 
-async def _insert(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
+async def _insert(conn: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
     """``conn`` is a pool or a connection (both have ``fetchval``/``fetchrow``)."""
     if len(jobs) == 1:
         job = jobs[0]
         if job.dedup_key is None:
-            await conn.fetchval(sql.INSERT_JOB, job.id, job.job_name, job.queue, job.priority,
+            await conn.fetchval(q.insert_job, job.id, job.job_name, job.queue, job.priority,
                                 job.args, job.max_attempts, job.scheduled_at)
             return [job.id]
         job_id = await conn.fetchval(
-            sql.INSERT_UNIQUE_JOB, job.id, job.job_name, job.queue, job.priority, job.args,
+            q.insert_unique_job, job.id, job.job_name, job.queue, job.priority, job.args,
             job.max_attempts, job.scheduled_at, job.dedup_key,
         )
         return [str(job_id)]
@@ -163,7 +168,7 @@ async def _insert(conn: Any, jobs: Sequence[NewJob]) -> list[str]:
     for start in range(0, len(unique_jobs), INSERT_CHUNK_SIZE):
         chunk = unique_jobs[start:start + INSERT_CHUNK_SIZE]
         row = await conn.fetchrow(
-            sql.INSERT_JOBS,
+            q.insert_jobs,
             [j.id for j in chunk], [j.job_name for j in chunk], [j.queue for j in chunk],
             [j.priority for j in chunk], [j.args for j in chunk], [j.max_attempts for j in chunk],
             [j.scheduled_at for j in chunk], [j.dedup_key for j in chunk],

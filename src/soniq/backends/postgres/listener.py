@@ -18,14 +18,13 @@ import anyio
 
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
-from soniq.backends.control import QUEUE_CHANNEL
 from soniq.backends.postgres import pooling, sql
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.schema import close_quietly, connect
 from soniq.errors import ConfigurationError, DatabaseError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from anyio.abc import TaskStatus
 
@@ -35,25 +34,26 @@ __all__ = ["APPLICATION_NAME", "listen"]
 
 logger = logging.getLogger("soniq.postgres")
 
-CHANNELS = (sql.CHANNEL, sql.CANCEL_CHANNEL, QUEUE_CHANNEL)
 #: How the LISTEN connection shows in pg_stat_activity.
 APPLICATION_NAME = "soniq listener"
 
 
-async def listen(url: str, on_notify: Callable[[str, str], None], *, keepalive: float,
-                 errors: Translator, task_status: TaskStatus[None],
+async def listen(url: str, on_notify: Callable[[str, str], None], *, channels: Mapping[str, str],
+                 keepalive: float, errors: Translator, task_status: TaskStatus[None],
                  refuse_pooling: str | None = None) -> None:
-    """Listen until cancelled; ``task_status.started()`` once LISTEN is active. With
+    """Listen until cancelled; ``task_status.started()`` once LISTEN is active. ``channels``
+    maps each channel's name in the database (``Names.channels``: per schema) to the name
+    ``on_notify`` is told (``soniq_jobs``, ``soniq_cancel``). With
     ``refuse_pooling`` (the setting ``url`` came from), a ``url`` reached through transaction
     pooling, where no LISTEN session can be held, raises :class:`ConfigurationError` naming it."""
     lost = anyio.Event()
     deliver, mark_lost = _handoff(on_notify, lost)
 
     def on_message(_conn: Any, _pid: int, channel: str, payload: str) -> None:
-        deliver(channel, payload)
+        deliver(channels[channel], payload)
 
     with errors:
-        conn = await call(_open, url, on_message, mark_lost, refuse_pooling)
+        conn = await call(_open, url, list(channels), on_message, mark_lost, refuse_pooling)
     try:
         task_status.started()
         while True:
@@ -103,7 +103,7 @@ def _handoff(on_notify: Callable[[str, str], None],
     return deliver, mark_lost
 
 
-async def _open(url: str, on_message: Callable[[Any, int, str, str], None],
+async def _open(url: str, channels: list[str], on_message: Callable[[Any, int, str, str], None],
                 on_lost: Callable[[], None], refuse_pooling: str | None) -> Any:
     """Runs on the driver's loop: connect, watch for termination, LISTEN on every channel."""
     conn = await connect(url, name=APPLICATION_NAME)
@@ -117,7 +117,7 @@ async def _open(url: str, on_message: Callable[[Any, int, str, str], None],
                 "or unset it to poll"
             )
         conn.add_termination_listener(lambda _conn: on_lost())
-        for channel in CHANNELS:
+        for channel in channels:
             await conn.add_listener(channel, on_message)
     except BaseException:
         await close_quietly(conn)

@@ -10,6 +10,7 @@ driver errors through the backend's translator.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
@@ -22,23 +23,33 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from soniq.backends.postgres.errors import Translator
+    from soniq.backends.postgres.names import Names
 
 __all__ = ["PostgresLogStore"]
 
 _COLUMNS = ("job_id, job_name, queue, attempt, level, levelno, logger, message, exception, "
             "created_at")
 
-SELECT = f"SELECT id, job_id::text AS job_id, {_COLUMNS.removeprefix('job_id, ')} FROM soniq_job_logs"
 
-INSERT = f"""
-INSERT INTO soniq_job_logs ({_COLUMNS})
+
+class _Sql:
+    """This store's statements for one schema (:func:`_sql`)."""
+
+    def __init__(self, n: Names) -> None:
+        self.select = (f"SELECT id, job_id::text AS job_id, {_COLUMNS.removeprefix('job_id, ')} "
+                       f"FROM {n.job_logs}")
+        self.insert = f"""
+INSERT INTO {n.job_logs} ({_COLUMNS})
 SELECT {_COLUMNS}
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::integer[],
             $7::text[], $8::text[], $9::text[], $10::timestamptz[])
      WITH ORDINALITY AS u({_COLUMNS}, n)
-WHERE EXISTS (SELECT 1 FROM soniq_jobs AS j WHERE j.id = u.job_id)
+WHERE EXISTS (SELECT 1 FROM {n.jobs} AS j WHERE j.id = u.job_id)
 ORDER BY u.n
 """
+
+
+_sql = functools.cache(_Sql)
 
 
 def _record(row: Mapping[str, Any]) -> JobLogRecord:
@@ -52,12 +63,14 @@ class PostgresLogStore:
     """Job logs in PostgreSQL (reached as ``PostgresBackend.logs``).
 
     ``ready`` returns the backend's pool (opening it on first use); ``errors`` is the backend's
-    driver-error translator.
+    driver-error translator; ``names`` says where the logs are.
     """
 
-    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator,
+                 names: Names) -> None:
         self._ready = ready
         self._errors = errors
+        self._sql = _sql(names)
 
     async def insert_logs(self, records: Sequence[JobLogRecord]) -> int:
         if not records:
@@ -70,13 +83,14 @@ class PostgresLogStore:
                 column.append(value)
         with self._errors:
             pool = await self._ready()
-            status = await call(pool.execute, INSERT, *columns)
+            status = await call(pool.execute, self._sql.insert, *columns)
         return int(str(status).rsplit(" ", 1)[-1])
 
     async def for_job(self, job_id: str) -> builtins.list[JobLogRecord]:
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, f"{SELECT} WHERE job_id = $1::uuid ORDER BY id", job_id)
+            rows = await call(pool.fetch, f"{self._sql.select} WHERE job_id = $1::uuid ORDER BY id",
+                              job_id)
         return [_record(row) for row in rows]
 
     async def search(self, query: str | None, *, job_id: str | None, min_levelno: int | None,
@@ -84,7 +98,7 @@ class PostgresLogStore:
         clause, params = where(("strpos(lower(message), lower({}::text)) > 0", query or None),
                                ("job_id = {}::uuid", job_id), ("levelno >= {}::integer", min_levelno),
                                ("created_at >= {}::timestamptz", since), first=2)
-        statement = f"{SELECT}{clause} ORDER BY id DESC LIMIT $1::bigint"
+        statement = f"{self._sql.select}{clause} ORDER BY id DESC LIMIT $1::bigint"
         with self._errors:
             pool = await self._ready()
             rows = await call(pool.fetch, statement, limit, *params)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from datetime import datetime
 
+    from soniq.backends.postgres.sql import Sql
+
 __all__ = ["PRUNE_BATCH_SIZE", "analyze", "maintenance", "prune", "prune_in_batches", "rescue",
            "timeout_setting"]
 
@@ -52,18 +54,18 @@ async def maintenance(pool: Any, statement_timeout: str) -> AsyncIterator[Any]:
         yield conn
 
 
-async def analyze(pool: Any, statement_timeout: str) -> str | None:
+async def analyze(pool: Any, q: Sql, statement_timeout: str) -> str | None:
     """``ANALYZE soniq_jobs`` under the maintenance timeout: None when it ran, else why not (it is
     best-effort: without it claims are slower until autovacuum analyzes the table)."""
     try:
         async with maintenance(pool, statement_timeout) as conn:
-            await conn.execute(sql.ANALYZE_JOBS)
+            await conn.execute(q.analyze_jobs)
     except asyncpg.PostgresError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-async def rescue(pool: Any, statement: str, stale_after: float, now: datetime | None,
+async def rescue(pool: Any, q: Sql, statement: str, stale_after: float, now: datetime | None,
                  statement_timeout: str) -> list[str]:
     """Give back the jobs of silent or vanished workers, in one transaction, with ``statement``
     (a variant of ``Statements.rescue_jobs``). The ``WorkerLost``
@@ -72,7 +74,7 @@ async def rescue(pool: Any, statement: str, stale_after: float, now: datetime | 
     async with maintenance(pool, statement_timeout) as conn:
         clock: datetime = await conn.fetchval(sql.CLOCK, now)
         cutoff = clock - timedelta(seconds=stale_after)
-        lost = await conn.fetch(sql.LOST_JOBS, cutoff)
+        lost = await conn.fetch(q.lost_jobs, cutoff)
         rescued: list[str] = []
         if lost:
             errors = [dumps(worker_lost_error(row["worker_id"], row["attempts"], clock))
@@ -80,13 +82,13 @@ async def rescue(pool: Any, statement: str, stale_after: float, now: datetime | 
             rows = await conn.fetch(statement, [row["id"] for row in lost],
                                     [row["lease_id"] for row in lost], errors, clock)
             rescued = sorted(str(row["id"]) for row in rows)
-        await conn.execute(sql.REMOVE_SILENT_WORKERS, cutoff)
+        await conn.execute(q.remove_silent_workers, cutoff)
         return rescued
 
 
-async def prune(pool: Any, now: datetime | None, statement_timeout: str) -> int:
+async def prune(pool: Any, q: Sql, now: datetime | None, statement_timeout: str) -> int:
     """Delete expired finished jobs in batches, each its own short transaction."""
-    return await prune_in_batches(pool, statement_timeout, sql.PRUNE_JOBS, now, PRUNE_BATCH_SIZE)
+    return await prune_in_batches(pool, statement_timeout, q.prune_jobs, now, PRUNE_BATCH_SIZE)
 
 
 async def prune_in_batches(pool: Any, statement_timeout: str, statement: str, before: datetime | None,

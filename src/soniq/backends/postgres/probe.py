@@ -22,6 +22,7 @@ from soniq.backends.postgres.schema import SERVER_SETTINGS, close_quietly
 from soniq.errors import DatabaseError
 
 if TYPE_CHECKING:
+    from soniq.backends.postgres.names import Names
     from soniq.types import ListenUrlInfo
 
 __all__ = ["probe"]
@@ -34,14 +35,14 @@ SELECT clock_timestamp() AS clock, pg_backend_pid() AS pid,
 """
 #: Seconds to wait for a connection (a silent, firewalled host must not hang the doctor).
 _CONNECT_TIMEOUT = 10.0
-_APPLIED = "SELECT version, name FROM soniq_migrations ORDER BY version"
 _NOTIFY = "SELECT pg_notify($1::text, $2::text)"
 
 
-async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0,
+async def probe(url: str, errors: Translator, names: Names, *, listen_timeout: float = 2.0,
                 listen_url: str | None = None) -> dict[str, Any]:
-    """Server version, applied migrations, round trip, clock skew, pooling mode, LISTEN; and with
-    ``listen_url``, how that connection fares (:class:`~soniq.types.ListenUrlInfo`).
+    """Server version, applied migrations (in the schema of ``names``), round trip, clock
+    skew, pooling mode, LISTEN; and with ``listen_url``, how that connection fares
+    (:class:`~soniq.types.ListenUrlInfo`).
 
     Pooling is judged on two client connections held open together (see :mod:`.pooling`): a
     backend shared between them, or changing under one of them, proves transaction pooling. A
@@ -62,7 +63,7 @@ async def probe(url: str, errors: Translator, *, listen_timeout: float = 2.0,
             with errors:
                 again = await call(conn.fetchval, BACKEND_PID)
                 other_pid = await call(other.fetchval, BACKEND_PID)
-                applied = await call(_applied, conn)
+                applied = await call(_applied, conn, names)
             listen_works = await _listen_roundtrip(other, conn, errors, listen_timeout)
             direct = (None if listen_url is None
                       else await _listen_url(listen_url, conn, listen_timeout))
@@ -134,9 +135,9 @@ async def _connect(url: str) -> Any:
         raise translated from exc
 
 
-async def _applied(conn: Any) -> list[str]:
+async def _applied(conn: Any, names: Names) -> list[str]:
     try:
-        rows = await conn.fetch(_APPLIED)
+        rows = await conn.fetch(f"SELECT version, name FROM {names.migrations} ORDER BY version")
     except asyncpg.UndefinedTableError:
         return []
     return [f"{row['version']:04d}_{row['name']}" for row in rows]

@@ -10,10 +10,10 @@ is delivered at commit). Losing either guard rolls everything back. Every driver
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
-from soniq.backends.postgres import sql
 from soniq.backends.stores import FIRE_RETENTION, ScheduleRecord
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from soniq.backends.postgres.errors import Translator
+    from soniq.backends.postgres.sql import Sql
     from soniq.backends.stores import ScheduleDefinition
     from soniq.types import NewJob
 
@@ -30,11 +31,19 @@ __all__ = ["PostgresScheduleStore"]
 _COLUMNS = ("name, job_name, cron, every_seconds, timezone, queue, priority, args::text AS args, "
             "paused, next_run_at, last_run_at, created_at, updated_at")
 
-SELECT = f"SELECT {_COLUMNS} FROM soniq_schedules"
 
-#: $1..$8 definition, $9 next_run_at, $10 now. The timing unchanged keeps next_run_at.
-UPSERT = f"""
-INSERT INTO soniq_schedules AS s (name, job_name, cron, every_seconds, timezone, queue, priority,
+class _Sql:
+    """This store's statements for one schema (:func:`_sql`)."""
+
+    def __init__(self, q: Sql) -> None:
+        n = q.names
+        #: The job insert of a fire (the backend's own enqueue statement).
+        self.insert_job = q.insert_job
+        self.select = f"SELECT {_COLUMNS} FROM {n.schedules}"
+
+        #: $1..$8 definition, $9 next_run_at, $10 now. The timing unchanged keeps next_run_at.
+        self.upsert = f"""
+INSERT INTO {n.schedules} AS s (name, job_name, cron, every_seconds, timezone, queue, priority,
                                   args, paused, next_run_at, created_at, updated_at)
 VALUES ($1::text, $2::text, $3::text, $4::double precision, $5::text, $6::text, $7::smallint,
         $8::jsonb, false, $9::timestamptz, $10::timestamptz, $10::timestamptz)
@@ -49,39 +58,42 @@ ON CONFLICT (name) DO UPDATE SET
 RETURNING {_COLUMNS}
 """
 
-#: $1 next_run_at, $2 last_run_at (NULL keeps it), $3 now, $4 name, $5 expected next_run_at.
-MOVE = """
-UPDATE soniq_schedules SET next_run_at = $1::timestamptz,
+        #: $1 next_run_at, $2 last_run_at (NULL keeps it), $3 now, $4 name, $5 expected
+        #: next_run_at.
+        self.move = f"""
+UPDATE {n.schedules} SET next_run_at = $1::timestamptz,
        last_run_at = COALESCE($2::timestamptz, last_run_at), updated_at = $3::timestamptz
 WHERE name = $4::text AND next_run_at = $5::timestamptz AND NOT paused
 RETURNING name
 """
 
-INSERT_FIRE = """
-INSERT INTO soniq_schedule_fires (schedule_name, fire_at, job_id, fired_at)
+        self.insert_fire = f"""
+INSERT INTO {n.schedule_fires} (schedule_name, fire_at, job_id, fired_at)
 VALUES ($1::text, $2::timestamptz, $3::uuid, $4::timestamptz)
 ON CONFLICT (schedule_name, fire_at) DO NOTHING
 RETURNING job_id
 """
 
-PRUNE_FIRES = (
-    "DELETE FROM soniq_schedule_fires WHERE schedule_name = $1::text AND fire_at < $2::timestamptz"
-)
+        self.prune_fires = (f"DELETE FROM {n.schedule_fires} "
+                            "WHERE schedule_name = $1::text AND fire_at < $2::timestamptz")
 
-DELETE = """
-WITH fires AS (DELETE FROM soniq_schedule_fires WHERE schedule_name = $1::text)
-DELETE FROM soniq_schedules WHERE name = $1::text RETURNING name
+        self.delete = f"""
+WITH fires AS (DELETE FROM {n.schedule_fires} WHERE schedule_name = $1::text)
+DELETE FROM {n.schedules} WHERE name = $1::text RETURNING name
 """
 
-SET_PAUSED = (
-    "UPDATE soniq_schedules SET paused = $2::boolean, updated_at = $3::timestamptz "
-    "WHERE name = $1::text RETURNING name"
-)
+        self.set_paused = (
+            f"UPDATE {n.schedules} SET paused = $2::boolean, updated_at = $3::timestamptz "
+            "WHERE name = $1::text RETURNING name"
+        )
 
-#: $1 now, $2 limit, $3 the job names to consider (NULL: every job).
-DUE = (f"{SELECT} WHERE NOT paused AND next_run_at <= $1::timestamptz "
-       "AND ($3::text[] IS NULL OR job_name = ANY ($3::text[])) "
-       "ORDER BY next_run_at, name LIMIT $2::integer")
+        #: $1 now, $2 limit, $3 the job names to consider (NULL: every job).
+        self.due = (f"{self.select} WHERE NOT paused AND next_run_at <= $1::timestamptz "
+                    "AND ($3::text[] IS NULL OR job_name = ANY ($3::text[])) "
+                    "ORDER BY next_run_at, name LIMIT $2::integer")
+
+
+_sql = functools.cache(_Sql)
 
 
 def _record(row: Mapping[str, Any]) -> ScheduleRecord:
@@ -99,82 +111,86 @@ class PostgresScheduleStore:
     """Schedules in PostgreSQL (reached as ``PostgresBackend.schedules``).
 
     ``ready`` returns the backend's pool (opening it on first use); ``errors`` is the backend's
-    driver-error translator.
+    driver-error translator; ``q`` is the backend's statements (its schema, its job insert).
     """
 
-    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator) -> None:
+    def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator, q: Sql) -> None:
         self._ready = ready
         self._errors = errors
+        self._sql = _sql(q)
 
     async def upsert(self, definition: ScheduleDefinition, *, next_run_at: datetime,
                      now: datetime) -> ScheduleRecord:
         d = definition
         with self._errors:
             pool = await self._ready()
-            row = await call(pool.fetchrow, UPSERT, d.name, d.job_name, d.cron, d.every_seconds,
-                             d.timezone, d.queue, d.priority, d.args, next_run_at, now)
+            row = await call(pool.fetchrow, self._sql.upsert, d.name, d.job_name, d.cron,
+                             d.every_seconds, d.timezone, d.queue, d.priority, d.args,
+                             next_run_at, now)
         return _record(row)
 
     async def get(self, name: str) -> ScheduleRecord | None:
         with self._errors:
             pool = await self._ready()
-            row = await call(pool.fetchrow, f"{SELECT} WHERE name = $1::text", name)
+            row = await call(pool.fetchrow, f"{self._sql.select} WHERE name = $1::text", name)
         return None if row is None else _record(row)
 
     async def list(self) -> builtins.list[ScheduleRecord]:
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, f"{SELECT} ORDER BY name")
+            rows = await call(pool.fetch, f"{self._sql.select} ORDER BY name")
         return [_record(row) for row in rows]
 
     async def delete(self, name: str) -> bool:
         with self._errors:
             pool = await self._ready()
-            return await call(pool.fetchval, DELETE, name) is not None
+            return await call(pool.fetchval, self._sql.delete, name) is not None
 
     async def set_paused(self, name: str, paused: bool, *, now: datetime) -> bool:
         with self._errors:
             pool = await self._ready()
-            return await call(pool.fetchval, SET_PAUSED, name, paused, now) is not None
+            return await call(pool.fetchval, self._sql.set_paused, name, paused, now) is not None
 
     async def due(self, now: datetime, *, limit: int,
                   job_names: Collection[str] | None) -> builtins.list[ScheduleRecord]:
         names = None if job_names is None else sorted(job_names)
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, DUE, now, limit, names)
+            rows = await call(pool.fetch, self._sql.due, now, limit, names)
         return [_record(row) for row in rows]
 
     async def advance(self, name: str, *, expected: datetime, next_run_at: datetime,
                       now: datetime) -> bool:
         with self._errors:
             pool = await self._ready()
-            moved = await call(pool.fetchval, MOVE, next_run_at, None, now, name, expected)
+            moved = await call(pool.fetchval, self._sql.move, next_run_at, None, now, name,
+                               expected)
         return moved is not None
 
     async def fire(self, name: str, *, fire_at: datetime, job: NewJob, expected: datetime,
                    next_run_at: datetime, now: datetime) -> str | None:
         with self._errors:
             pool = await self._ready()
-            return await call(_fire, pool, name, fire_at, job, expected, next_run_at, now)
+            return await call(_fire, pool, self._sql, name, fire_at, job, expected, next_run_at,
+                              now)
 
 
 class _AlreadyFired(Exception):
     """Rolls the fire transaction back: another worker fired this time first."""
 
 
-async def _fire(pool: Any, name: str, fire_at: datetime, job: NewJob, expected: datetime,
+async def _fire(pool: Any, q: _Sql, name: str, fire_at: datetime, job: NewJob, expected: datetime,
                 next_run_at: datetime, now: datetime) -> str | None:
     """Runs on the driver's loop: the fire as one transaction."""
     try:
         async with pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(MOVE, next_run_at, fire_at, now, name, expected) is None:
+            if await conn.fetchval(q.move, next_run_at, fire_at, now, name, expected) is None:
                 raise _AlreadyFired
-            if await conn.fetchval(INSERT_FIRE, name, fire_at, job.id, now) is None:
+            if await conn.fetchval(q.insert_fire, name, fire_at, job.id, now) is None:
                 raise _AlreadyFired
-            await conn.fetchval(sql.INSERT_JOB, job.id, job.job_name, job.queue, job.priority,
+            await conn.fetchval(q.insert_job, job.id, job.job_name, job.queue, job.priority,
                                 job.args, job.max_attempts, job.scheduled_at)
-            await conn.execute(PRUNE_FIRES, name, fire_at - FIRE_RETENTION)
+            await conn.execute(q.prune_fires, name, fire_at - FIRE_RETENTION)
     except _AlreadyFired:
         return None
     return job.id

@@ -5,6 +5,9 @@ connection, each file in one transaction together with its ``soniq_migrations`` 
 transaction on a second connection holds an advisory lock for the whole run, so concurrent runs
 apply each file exactly once. Nothing here needs a session to outlive a transaction (no session
 lock, no cached prepared statement), so it works through PgBouncer's transaction pooling too.
+With ``db_schema`` the schema is created first, and each migration's transaction starts with
+``SET LOCAL search_path`` to it (:func:`soniq.migrations.schema_setup`): the shipped files name
+their objects unqualified, and the setting ends with the transaction.
 Everything here is an asyncio-native coroutine meant to run inside
 :func:`soniq.backends._bridge.call`.
 """
@@ -14,15 +17,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from soniq.backends.postgres import sql
 from soniq.backends.postgres.errors import SETUP_HINT, redact_url, translate
+from soniq.backends.postgres.names import quote
 from soniq.errors import ConfigurationError, MigrationError, SchemaMissingError
-from soniq.migrations import MIGRATIONS_TABLE, Migration, load_migrations
+from soniq.migrations import MIGRATIONS_TABLE, Migration, load_migrations, schema_setup
+
+if TYPE_CHECKING:
+    from soniq.backends.postgres.sql import Sql
 
 __all__ = ["CUSTOM_PLANS", "SERVER_SETTINGS", "check_schema", "connect", "migrate",
            "plan_every_execution", "shipped_migrations"]
@@ -55,17 +62,24 @@ async def plan_every_execution(conn: Any) -> None:
     await conn.execute("; ".join(f"SET {name} = {value}" for name, value in CUSTOM_PLANS.items()))
 
 
-async def check_schema(pool: Any, url: str) -> None:
-    """Raise :class:`SchemaMissingError` unless every shipped migration is applied."""
+def _where(url: str, q: Sql) -> str:
+    """The database (and the schema, when one is set) for messages."""
+    schema = q.names.schema
+    return redact_url(url) if schema is None else f"{redact_url(url)} (schema {schema})"
+
+
+async def check_schema(pool: Any, url: str, q: Sql) -> None:
+    """Raise :class:`SchemaMissingError` unless every shipped migration is applied in the schema
+    of ``q``."""
     try:
-        rows = await pool.fetch(sql.SCHEMA_VERSIONS)
+        rows = await pool.fetch(q.schema_versions)
     except asyncpg.UndefinedTableError as exc:
-        raise SchemaMissingError(f"{redact_url(url)} has no Soniq schema; {SETUP_HINT}") from exc
+        raise SchemaMissingError(f"{_where(url, q)} has no Soniq schema; {SETUP_HINT}") from exc
     applied = {row["version"] for row in rows}
     missing = [m.label for m in shipped_migrations() if m.version not in applied]
     if missing:
         raise SchemaMissingError(
-            f"the Soniq schema in {redact_url(url)} is out of date (not applied: "
+            f"the Soniq schema in {_where(url, q)} is out of date (not applied: "
             f"{', '.join(missing)}); run `soniq setup` (or `await app.setup()`) to apply them"
         )
 
@@ -95,8 +109,10 @@ async def close_quietly(conn: Any) -> None:
         conn.terminate()
 
 
-async def migrate(url: str) -> list[str]:
-    """Create the database if needed, apply pending migrations; return the labels applied."""
+async def migrate(url: str, q: Sql) -> list[str]:
+    """Create the database if needed, apply pending migrations in the schema of ``q`` (created
+    if needed); return the labels applied. The advisory lock's key is the schema's, so setups of
+    different schemas do not wait for each other."""
     conn = await _connect_creating_database(url)
     try:
         # The lock is held for the whole run by a transaction on a second connection, so that
@@ -108,8 +124,8 @@ async def migrate(url: str) -> list[str]:
             lock = holder.transaction()
             await lock.start()
             try:
-                await holder.execute(sql.MIGRATION_LOCK, sql.MIGRATION_LOCK_KEY)
-                return await _apply_pending(conn, url)
+                await holder.execute(sql.MIGRATION_LOCK, q.names.migration_lock_key)
+                return await _apply_pending(conn, url, q)
             finally:
                 # Closing the connection ends the transaction anyway; a failed rollback on a
                 # broken connection must not hide the error that broke it.
@@ -121,21 +137,33 @@ async def migrate(url: str) -> list[str]:
         await close_quietly(conn)
 
 
-async def _apply_pending(conn: Any, url: str) -> list[str]:
-    await conn.execute(MIGRATIONS_TABLE["postgres"])
-    applied = {row["version"] for row in await conn.fetch(sql.SCHEMA_VERSIONS)}
+async def _apply_pending(conn: Any, url: str, q: Sql) -> list[str]:
+    schema = q.names.schema
+    enter = None
+    if schema is not None:
+        create, enter = schema_setup(schema)
+        # Asked first: a role may use a schema made for it without being allowed to create one.
+        if not await conn.fetchval(sql.SCHEMA_EXISTS, schema):
+            await conn.execute(create)
+    async with conn.transaction():
+        if enter is not None:
+            await conn.execute(enter)
+        await conn.execute(MIGRATIONS_TABLE["postgres"])
+    applied = {row["version"] for row in await conn.fetch(q.schema_versions)}
     done = []
     for migration in shipped_migrations():
         if migration.version in applied:
             continue
         try:
             async with conn.transaction():
+                if enter is not None:
+                    await conn.execute(enter)  # SET LOCAL: this transaction only
                 await conn.execute(migration.sql)
-                await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+                await conn.execute(q.record_migration, migration.version, migration.name)
         except asyncpg.PostgresError as exc:
             reason = translate(exc, url)
             raise MigrationError(
-                f"migration {migration.label} failed on {redact_url(url)} and was rolled back: "
+                f"migration {migration.label} failed on {_where(url, q)} and was rolled back: "
                 f"{reason.message if reason else exc}"
             ) from exc
         done.append(migration.label)
@@ -154,7 +182,7 @@ async def _connect_creating_database(url: str) -> Any:
             # A concurrent migrate() may create it first: that is success too.
             with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
                 # DDL takes no bind parameters: the name is validated and quoted.
-                await admin.execute(f"CREATE DATABASE {_quote_identifier(name)}")
+                await admin.execute(f"CREATE DATABASE {quote(name)}")
     finally:
         await close_quietly(admin)
     return await connect(url)
@@ -183,6 +211,3 @@ def _database_and_maintenance_url(url: str) -> tuple[str, str]:
                               parts.fragment))
     return name, maintenance
 
-
-def _quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
