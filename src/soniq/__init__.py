@@ -13,12 +13,13 @@ if TYPE_CHECKING:
     from soniq.registry import TaskRef
     from soniq.runtime import Worker
     from soniq.settings import SoniqSettings
-    from soniq.types import JobContext, JobRecord, JobStatus, QueueStats, Snooze
+    from soniq.types import JobContext, JobRecord, JobStatus, QueueInfo, QueueStats, Snooze
 
 __all__ = [
     "JobContext",
     "JobRecord",
     "JobStatus",
+    "QueueInfo",
     "QueueStats",
     "Soniq",
     "SoniqError",
@@ -43,6 +44,7 @@ _HOMES = {
     "JobContext": "soniq.types",
     "JobRecord": "soniq.types",
     "JobStatus": "soniq.types",
+    "QueueInfo": "soniq.types",
     "QueueStats": "soniq.types",
     "Snooze": "soniq.types",
 }

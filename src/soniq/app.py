@@ -21,6 +21,7 @@ from soniq.features.dead_letter import DeadLetter
 from soniq.features.definitions import Definitions
 from soniq.features.logs import JobLogs
 from soniq.features.metrics import Metrics
+from soniq.features.queues import Queues
 from soniq.features.scheduler import Scheduler, SchedulerService, Timing
 from soniq.features.tracing import Tracing
 from soniq.features.webhooks import Webhooks, WebhookService
@@ -81,6 +82,7 @@ class Soniq:
         self.services: list[Service] = []
         self._dead_letter: DeadLetter | None = None
         self._definitions: Definitions | None = None
+        self._queues: Queues | None = None
         self._scheduler: Scheduler | None = None
         # Every worker fires the stored schedules (one small query per tick when there are none).
         self.services.append(SchedulerService(self.scheduler))
@@ -128,6 +130,14 @@ class Soniq:
             self._definitions = Definitions(self._backend, ready=self.ensure_initialized,
                                             heartbeat_timeout=self._settings.heartbeat_timeout)
         return self._definitions
+
+    @property
+    def queues(self) -> Queues:
+        """Pause, resume and limit queues, stored and audited (:mod:`soniq.features.queues`; the
+        ``queues`` setting stays ``app.settings.queues``). Touching it opens nothing."""
+        if self._queues is None:
+            self._queues = Queues(self._backend, ready=self.ensure_initialized)
+        return self._queues
 
     @property
     def scheduler(self) -> Scheduler:

@@ -29,6 +29,7 @@ from anyio.from_thread import BlockingPortal
 
 from soniq.backends import resolve_backend
 from soniq.errors import AppClosedError, UnsupportedOperationError, ValidationError
+from soniq.features.queues import Queues
 from soniq.ids import is_uuid
 from soniq.registry import job_kwargs, validate_list_filters
 from soniq.runtime import cancel_job
@@ -41,9 +42,9 @@ if TYPE_CHECKING:
     from soniq.backends.base import StorageBackend
     from soniq.backends.stores import JobDefinition
     from soniq.producer import Target, When
-    from soniq.types import CancelOutcome, JobRecord, NewJob, QueueStats
+    from soniq.types import CancelOutcome, JobRecord, NewJob, QueueInfo, QueueStats
 
-__all__ = ["SyncSoniq"]
+__all__ = ["SyncQueues", "SyncSoniq"]
 
 logger = logging.getLogger("soniq.sync")
 
@@ -74,6 +75,8 @@ class SyncSoniq:
         self._ready = False
         self._init_lock: anyio.Lock | None = None
         self._closed = False
+        #: ``app.queues`` for sync code.
+        self.queues = SyncQueues(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._portal else "idle"
@@ -294,6 +297,48 @@ class SyncSoniq:
 
         result: list[QueueStats] = self._call(stats)
         return result
+
+
+class SyncQueues:
+    """``app.queues`` for sync code (``app.sync.queues``): the same methods, blocking."""
+
+    def __init__(self, facade: SyncSoniq) -> None:
+        self._facade = facade
+
+    def _run(self, fn: Callable[[Queues], Awaitable[Any]]) -> Any:
+        async def call(backend: StorageBackend) -> Any:
+            return await fn(Queues(backend, ready=_nothing))
+
+        return self._facade._call(call)
+
+    def list(self) -> list[QueueInfo]:
+        """Every known queue (one with jobs or a stored setting), by name."""
+        found: list[QueueInfo] = self._run(lambda q: q.list())
+        return found
+
+    def pause(self, name: str, *, actor: str | None = None, client: str | None = None) -> bool:
+        """Stop every worker from claiming jobs of the queue; True when it was not paused."""
+        return bool(self._run(lambda q: q.pause(name, actor=actor, client=client)))
+
+    def resume(self, name: str, *, actor: str | None = None, client: str | None = None) -> bool:
+        """Let workers claim from the queue again; True when it was paused."""
+        return bool(self._run(lambda q: q.resume(name, actor=actor, client=client)))
+
+    def set_concurrency_limit(self, name: str, limit: int | None, *, actor: str | None = None,
+                              client: str | None = None) -> bool:
+        """Store the queue's concurrency limit (None: none); True when it changed."""
+        return bool(self._run(lambda q: q.set_concurrency_limit(name, limit, actor=actor,
+                                                                client=client)))
+
+    def set_rate_limit(self, name: str, rate: str | None, *, actor: str | None = None,
+                       client: str | None = None) -> bool:
+        """Store the queue's rate limit (``"20/s"``; None: none); True when it changed."""
+        return bool(self._run(lambda q: q.set_rate_limit(name, rate, actor=actor,
+                                                         client=client)))
+
+
+async def _nothing() -> None:
+    """The facade's backend is initialised by :meth:`SyncSoniq._on_loop`."""
 
 
 def _close_at_exit(ref: weakref.ref[SyncSoniq]) -> None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINAL_STATUSES",
+    "AuditEntry",
     "CancelOutcome",
     "ClaimedJob",
     "DatabaseInfo",
@@ -25,6 +26,7 @@ __all__ = [
     "JobStream",
     "ListenUrlInfo",
     "NewJob",
+    "QueueInfo",
     "QueueStats",
     "Snooze",
     "WorkerInfo",
@@ -125,6 +127,44 @@ class QueueStats(TypedDict):
     done: int
     dead_letter: int
     cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """One queue as ``app.queues.list()`` returns it: its stored settings (defaults when none are
+    stored) and its job counts by status (as :class:`QueueStats`; zero for a queue with a stored
+    setting but no jobs). ``rate_limit`` is ``"N/s"``, ``"N/m"`` or ``"N/h"``."""
+
+    name: str
+    paused: bool
+    concurrency_limit: int | None
+    rate_limit: str | None
+    total: int = 0
+    queued: int = 0
+    processing: int = 0
+    done: int = 0
+    dead_letter: int = 0
+    cancelled: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One recorded change (or attempted change): who (``actor``: ``api``, ``cli:user@host``,
+    the dashboard's ``api-key``/``loopback``), from where (``client``: an address, or None),
+    what (``action`` such as ``queue.pause``), on which ``targets``, and the ``outcome``:
+    ``ok``, ``not_applied``, ``denied`` or ``error``."""
+
+    at: datetime
+    actor: str
+    client: str | None
+    action: str
+    targets: tuple[str, ...]
+    outcome: str
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "actor": self.actor, "client": self.client, "action": self.action,
+                "targets": list(self.targets), "outcome": self.outcome, "detail": self.detail}
 
 
 class JobCoverage(TypedDict):

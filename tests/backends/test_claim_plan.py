@@ -1,5 +1,6 @@
 """The claim stays an ordered index walk at 100 000 queued rows, for every filter shape
-(DESIGN.md §4: a Sort or Seq Scan here costs 20-30x per claim).
+(DESIGN.md §4: a Sort or Seq Scan here costs 20-30x per claim), and a paused queue's backlog is
+not walked by the claims a worker uses while it knows of the pause.
 
 EXPLAIN ANALYZE runs the exact SQL text the backend runs (imported from ``sql.py``), so this test
 cannot drift from the code. Each shape is checked twice: with its parameters known (the custom
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +28,7 @@ import asyncpg
 import pytest
 
 from soniq.backends.postgres import PostgresBackend, sql
+from soniq.backends.postgres.queues import claims as queue_claims
 from soniq.backends.postgres.schema import CUSTOM_PLANS, SERVER_SETTINGS
 from soniq.ids import new_id
 from soniq.settings import load_settings
@@ -80,6 +83,13 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def _bad(nodes: list[dict[str, Any]]) -> list[str]:
+    """Sorts and Seq Scans, but for the init plan reading the (small) queue settings."""
+    return [n["Node Type"] for n in nodes
+            if n["Node Type"] in ("Sort", "Incremental Sort")
+            or n["Node Type"] == "Seq Scan" and n.get("Relation Name") != "soniq_queues"]
+
+
 def _literal(value: object) -> str:
     """SQL literal for the few trusted test values EXECUTE needs (it takes no bind parameters)."""
     if value is None:
@@ -93,7 +103,7 @@ def _literal(value: object) -> str:
 
 
 async def _explain(conn: asyncpg.Connection, query: str, params: tuple[object, ...],
-                   *, generic: bool) -> list[dict[str, Any]]:
+                   *, generic: bool, options: str = "ANALYZE") -> list[dict[str, Any]]:
     """The executed plan's nodes. EXPLAIN ANALYZE really claims: roll it back."""
     tx = conn.transaction()
     await tx.start()
@@ -103,10 +113,10 @@ async def _explain(conn: asyncpg.Connection, query: str, params: tuple[object, .
             await conn.execute(f"PREPARE soniq_claim AS {query}")
             args = ", ".join(_literal(p) for p in params)
             text = await conn.fetchval(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE soniq_claim({args})")
+                f"EXPLAIN ({options}, FORMAT JSON) EXECUTE soniq_claim({args})")
             await conn.execute("DEALLOCATE soniq_claim")
         else:
-            text = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *params)
+            text = await conn.fetchval(f"EXPLAIN ({options}, FORMAT JSON) {query}", *params)
     finally:
         await tx.rollback()
     return _nodes(json.loads(text)[0]["Plan"])
@@ -142,8 +152,7 @@ def test_claim_walks_an_index_for_every_filter_shape(claims: tuple[str, sql.Sql]
         label = f"{label}, {plan} plan"
         summary = [(n["Node Type"], n.get("Index Name"), n.get("Rows Removed by Filter"))
                    for n in nodes]
-        types = {n["Node Type"] for n in nodes}
-        assert not types & {"Sort", "Incremental Sort", "Seq Scan"}, (label, summary)
+        assert not _bad(nodes), (label, summary)
         removed = max(n.get("Rows Removed by Filter", 0) for n in nodes)
         assert removed <= LIMIT, (label, summary)
         assert index in {n.get("Index Name") for n in nodes}, (label, summary)
@@ -189,7 +198,8 @@ def test_claim_plan_cached_on_a_small_table_stays_an_index_lookup(
         claims: tuple[str, sql.Sql]) -> None:
     nodes = asyncio.run(_claim_after_growth(*claims))
     summary = [(n["Node Type"], n.get("Index Name")) for n in nodes]
-    assert "Seq Scan" not in {n["Node Type"] for n in nodes}, summary
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"
+                and n.get("Relation Name") != "soniq_queues"], summary
     assert "soniq_jobs_pkey" in {n.get("Index Name") for n in nodes}, summary
 
 
@@ -231,5 +241,85 @@ def test_a_worker_starting_on_an_unanalyzed_backlog_gets_an_index_walk(
         claims: tuple[str, sql.Sql]) -> None:
     nodes = asyncio.run(_claim_plan_after_worker_start(*claims))
     summary = [(n["Node Type"], n.get("Index Name")) for n in nodes]
-    assert not {n["Node Type"] for n in nodes} & {"Sort", "Incremental Sort", "Seq Scan"}, summary
+    assert not _bad(nodes), summary
     assert "soniq_jobs_claim_idx" in {n.get("Index Name") for n in nodes}, summary
+
+
+# -- a paused queue ---------------------------------------------------------------------------------
+#: (label, the statement, extra parameters, rows claimed): the claims of a worker that knows
+#: "urgent" is paused (soniq.backends.postgres.queues), and a worker of the paused queue alone.
+PAUSED_SHAPES: list[tuple[str, Callable[[sql.Sql], str], tuple[object, ...], int]] = [
+    ("every queue", lambda q: queue_claims(q.names).unpaused, (), LIMIT),
+    ("listed queues", lambda q: queue_claims(q.names).listed_unpaused, (["urgent", "normal"],),
+     LIMIT),
+    ("the paused queue alone", lambda q: q.claim_one_queue, ("urgent",), 0),
+]
+
+DUE = """
+INSERT INTO {jobs} (id, job_name, queue, priority, status, args, max_attempts, scheduled_at)
+SELECT gen_random_uuid(), 'plan.job', $2::text, $3::smallint, 'queued', '{{}}', 3,
+       now() - interval '2 hours' + g * interval '1 millisecond'
+FROM generate_series(1, $1::integer) AS g
+"""
+
+
+async def _explain_paused(url: str, q: sql.Sql) -> tuple[
+        dict[tuple[str, str], list[dict[str, Any]]], dict[str, set[str]]]:
+    """100 000 due rows in the paused queue "urgent" (priority 0, claimed first if it were not
+    paused) and 100 000 in "normal" (priority 10): each claim explained, and run (rolled back)
+    to see which queues it took."""
+    n = q.names
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(DUE.format(jobs=n.jobs), ROWS, "urgent", 0)
+            await conn.execute(DUE.format(jobs=n.jobs), ROWS, "normal", 10)
+            await conn.execute(f"INSERT INTO {n.queues} (name, paused) VALUES ('urgent', true)")
+        await conn.execute(f"ANALYZE {n.jobs}")
+        plans, taken = {}, {}
+        for label, statement, extra, _ in PAUSED_SHAPES:
+            params = (new_id(), None, LIMIT, new_id(), *extra)
+            for plan in PLANS:
+                plans[label, plan] = await _explain(conn, statement(q), params,
+                                                    generic=plan == "generic",
+                                                    options="ANALYZE, BUFFERS")
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                taken[label] = {row["queue"] for row in await conn.fetch(statement(q), *params)}
+            finally:
+                await tx.rollback()
+        return plans, taken
+    finally:
+        try:
+            await conn.execute(f"TRUNCATE {n.jobs}, {n.queues} CASCADE")
+        finally:
+            await conn.close()
+
+
+@pytest.mark.slow
+def test_a_paused_queue_backlog_is_not_walked(claims: tuple[str, sql.Sql]) -> None:
+    """Index walks only: no Sort but the final one over at most LIMIT rows per unpaused queue, no
+    Seq Scan of the jobs, rows removed by filter and buffers bounded (not proportional to the
+    paused backlog)."""
+    plans, taken = asyncio.run(_explain_paused(*claims))
+    for (label, plan), nodes in plans.items():
+        claimed = {shape[0]: shape[3] for shape in PAUSED_SHAPES}[label]
+        summary = [(n["Node Type"], n.get("Index Name"), n.get("Actual Rows"),
+                    n.get("Rows Removed by Filter")) for n in nodes]
+        where = f"{label}, {plan} plan", summary
+        assert not [n for n in nodes if n["Node Type"] == "Seq Scan"
+                    and n.get("Relation Name") != "soniq_queues"], where
+        for sort in (n for n in nodes if n["Node Type"] in ("Sort", "Incremental Sort")):
+            [below] = sort["Plans"]
+            assert below["Actual Rows"] * below["Actual Loops"] <= 2 * LIMIT, where
+        removed = max(n.get("Rows Removed by Filter", 0) for n in nodes)
+        assert removed <= LIMIT, where
+        blocks = nodes[0]["Shared Hit Blocks"] + nodes[0]["Shared Read Blocks"]
+        assert blocks < 2000, (blocks, where)
+        [update] = [n for n in nodes if n["Node Type"] == "ModifyTable"]
+        assert update["Actual Rows"] == claimed, where
+        if claimed:
+            assert "soniq_jobs_queue_claim_idx" in {n.get("Index Name") for n in nodes}, where
+    assert taken == {"every queue": {"normal"}, "listed queues": {"normal"},
+                     "the paused queue alone": set()}

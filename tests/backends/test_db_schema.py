@@ -78,12 +78,15 @@ def test_names_per_schema() -> None:
     default, public, alpha, beta = names(None), names("public"), names("alpha"), names("beta")
     assert default.jobs == "soniq_jobs" and default.schema is None
     assert public.jobs == '"public".soniq_jobs' and alpha.jobs == '"alpha".soniq_jobs'
-    assert (default.jobs_channel, default.cancel_channel) == DEFAULT_CHANNELS
+    assert (default.jobs_channel, default.cancel_channel, default.queues_channel) == (
+        DEFAULT_CHANNELS)
     # public is where the unset default lives: the two see each other's wake-ups and lock.
-    assert (public.jobs_channel, public.cancel_channel) == DEFAULT_CHANNELS
+    assert (public.jobs_channel, public.cancel_channel, public.queues_channel) == (
+        DEFAULT_CHANNELS)
     assert default.migration_lock_key == public.migration_lock_key == MIGRATION_LOCK_KEY
     assert (alpha.jobs_channel, alpha.cancel_channel) == ("alpha_soniq_jobs", "alpha_soniq_cancel")
-    assert alpha.channels == {"alpha_soniq_jobs": "soniq_jobs", "alpha_soniq_cancel": "soniq_cancel"}
+    assert alpha.channels == {"alpha_soniq_jobs": "soniq_jobs", "alpha_soniq_cancel": "soniq_cancel",
+                              "alpha_soniq_queues": "soniq_queues"}
     assert len({alpha.migration_lock_key, beta.migration_lock_key, MIGRATION_LOCK_KEY}) == 3
     assert sql.build("alpha") is sql.build("alpha"), "built once per schema"
     assert sql.build("alpha").claim_all_queues.count('"alpha".soniq_jobs') == 2
@@ -93,7 +96,7 @@ def test_a_63_byte_schema_gets_channels_within_63_bytes() -> None:
     near = "s" * 62 + "t"
     channels = [*names(LONGEST).channels, *names(near).channels]
     assert all(len(channel.encode()) <= 63 for channel in channels), channels
-    assert len(set(channels)) == 4, "hashed channels of different schemas differ"
+    assert len(set(channels)) == 6, "hashed channels of different schemas differ"
     short = "s" * 50  # 50 + len("_soniq_jobs") = 61: still the readable form
     assert names(short).jobs_channel == f"{short}_soniq_jobs"
 
@@ -210,3 +213,33 @@ async def test_an_app_in_a_schema_not_set_up_is_told_to_run_setup(pg_url: str) -
             await backend.initialize()
     finally:
         await backend.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.postgres
+async def test_a_pause_stays_in_its_schema(schemas_url: str) -> None:
+    """Pausing "default" in alpha reaches alpha's worker (its own soniq_queues channel; the
+    workers poll only every 30 s) and pauses nothing in beta; the audit rows stay apart too."""
+    alpha, beta = _app(schemas_url, "alpha"), _app(schemas_url, "beta")
+    try:
+        async with running_worker(alpha) as wa, running_worker(beta) as wb:
+            for worker in (wa, wb):
+                await wait_for(lambda w=worker: w.listener.connected, message="LISTEN")
+            assert await alpha.queues.pause("default") is True
+            await wait_for(lambda: "default" in wa.fetcher.paused, timeout=5,
+                           message="alpha's worker to hear of the pause")
+            waiting = await alpha.enqueue("ping", args={"n": 1})
+            ran = await beta.enqueue("ping", args={"n": 2})
+            await wait_for_status(beta, ran, "done", timeout=10)
+            assert wb.fetcher.paused == frozenset()
+            assert (await alpha.get_job(waiting) or {}).get("status") == "queued"
+            assert await alpha.queues.resume("default") is True
+            await wait_for_status(alpha, waiting, "done", timeout=10)
+        assert [(q.name, q.paused) for q in await beta.queues.list()] == [("default", False)]
+        assert alpha.backend.audit is not None and beta.backend.audit is not None
+        assert [e.action for e in await alpha.backend.audit.list(10)] == [
+            "queue.resume", "queue.pause"]
+        assert await beta.backend.audit.list(10) == []
+    finally:
+        for app in (alpha, beta):
+            await app.close()

@@ -132,6 +132,15 @@ EXPECTED_COLUMNS = {
     "soniq_migrations": [
         ("version", "integer", True), ("name", "text", True), ("applied_at", TIMESTAMPTZ, True),
     ],
+    "soniq_queues": [
+        ("name", "text", True), ("paused", "boolean", True), ("concurrency_limit", "integer", False),
+        ("rate_limit", "text", False), ("updated_at", TIMESTAMPTZ, True),
+    ],
+    "soniq_audit": [
+        ("id", "bigint", True), ("at", TIMESTAMPTZ, True), ("actor", "text", True),
+        ("client", "text", False), ("action", "text", True), ("targets", "text[]", True),
+        ("outcome", "text", True), ("detail", "text", False),
+    ],
 }
 QUEUED = "WHERE ((status = 'queued'::text) AND (hold IS NULL))"
 EXPECTED_INDEXES = {
@@ -185,6 +194,8 @@ EXPECTED_INDEXES = {
         ("soniq_stats_minute_pkey", "UNIQUE INDEX", "soniq_stats_minute", "(bucket, queue)"),
         ("soniq_job_definitions_pkey", "UNIQUE INDEX", "soniq_job_definitions", "(name, digest)"),
         ("soniq_migrations_pkey", "UNIQUE INDEX", "soniq_migrations", "(version)"),
+        ("soniq_queues_pkey", "UNIQUE INDEX", "soniq_queues", "(name)"),
+        ("soniq_audit_pkey", "UNIQUE INDEX", "soniq_audit", "(id)"),
     ]
 }
 EXPECTED_CHECKS = {
@@ -197,6 +208,8 @@ EXPECTED_CHECKS = {
     "soniq_schedules_timing_check": "CHECK (((cron IS NULL) <> (every_seconds IS NULL)))",
     "soniq_webhook_deliveries_status_check":
         "CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))",
+    "soniq_queues_concurrency_limit_check": "CHECK ((concurrency_limit > 0))",
+    "soniq_queues_rate_limit_check": "CHECK ((rate_limit ~ '^[1-9][0-9]*/[smh]$'::text))",
 }
 
 COLUMNS_SQL = """
@@ -932,3 +945,42 @@ async def test_the_job_definitions_migration_upgrades_a_database_in_use(
         assert [r["id"] for r in await drain(app)] == [job_id]
         stored = await app.definitions.get("ok")
         assert stored is not None and stored.definition.max_attempts == 4
+
+
+async def test_the_queues_migration_upgrades_a_database_in_use(
+        pg_url: str, pg_server: str, fresh_database: tuple[str, str]) -> None:
+    """Migration 12 (``soniq_queues``, ``soniq_audit``) on a database at version 11 with queued
+    jobs in two queues: nothing is lost, every queue is listed unpaused, and after a pause the
+    claim skips that queue."""
+    name, url = fresh_database
+    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
+    mail, report = new_id(), new_id()
+
+    async def at_version_11(conn: Any) -> None:
+        await migrate_to(conn, 11)
+        for job_id, queue in ((mail, "mail"), (report, "reports")):
+            await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status,"
+                               " args, max_attempts) VALUES ($1::uuid, 'ok', $2, 100, 'queued',"
+                               " '{}', 3)", job_id, queue)
+
+    await on_connection(url, at_version_11)
+    with pytest.raises(SchemaMissingError, match="0012_queues"):
+        async with Soniq(database_url=url, pool_min_size=1):
+            pass
+    backend = backend_for(url)
+    try:
+        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS if m.version >= 12]
+    finally:
+        await backend.close()
+    assert await schema_of(url) == await schema_of(pg_url)
+
+    async with Soniq(database_url=url, pool_min_size=1) as app:
+        assert [(q.name, q.paused, q.queued) for q in await app.queues.list()] == [
+            ("mail", False, 1), ("reports", False, 1)]
+        assert await app.queues.pause("reports", actor="upgrade-test") is True
+        claimed = await app.backend.claim_jobs(new_id(), None, 10)
+        assert [job.id for job in claimed] == [mail]
+        assert app.backend.audit is not None
+        [entry] = await app.backend.audit.list(10)
+        assert (entry.actor, entry.action, entry.targets) == (
+            "upgrade-test", "queue.pause", ("reports",))

@@ -24,8 +24,8 @@ from soniq.backends.sqlite import database as database_module
 from soniq.backends.sqlite.sql import from_db, split_statements, to_db
 from soniq.errors import DatabaseError, MigrationError, UnsupportedOperationError
 from soniq.ids import new_id
-from soniq.migrations import Migration, load_migrations, migration_script
-from soniq.serialization import dumps
+from soniq.migrations import MIGRATIONS_TABLE, Migration, load_migrations, migration_script
+from soniq.serialization import dumps, utc_now
 from soniq.testing import drain
 from soniq.types import JobOutcome, JobStatus, NewJob, WorkerInfo
 
@@ -71,7 +71,7 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
         "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
         "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions",
-        "soniq_slots"}
+        "soniq_slots", "soniq_queues", "soniq_audit"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
@@ -560,3 +560,35 @@ async def test_the_concurrency_limits_migration_upgrades_a_file_in_use(sqlite_ur
         assert [c.id for c in await backend.claim_jobs(WORKER, None, 10)] == [limited[0].id]
     finally:
         await backend.close()
+
+
+async def test_the_queues_migration_upgrades_a_file_in_use(sqlite_url: str) -> None:
+    """Migration 8 (``soniq_queues``, ``soniq_audit``) on a file at version 7 with queued jobs
+    in two queues: nothing is lost, every queue is listed unpaused, a pause is stored and the
+    claim skips that queue."""
+    mail, report = job(), job()
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute(MIGRATIONS_TABLE["sqlite"])
+        for migration in load_migrations("sqlite"):
+            if migration.version <= 7:
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO soniq_migrations VALUES (?, ?, ?)",
+                             (migration.version, migration.name, to_db(utc_now())))
+        for new, queue in ((mail, "mail"), (report, "reports")):
+            conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args,"
+                         " attempts, max_attempts, scheduled_at, created_at, updated_at, errors)"
+                         " VALUES (?, 'ok', ?, 100, 'queued', '{}', 0, 3, ?, ?, ?, '[]')",
+                         (new.id, queue, *[to_db(utc_now())] * 3))
+    async with Soniq(database_url=sqlite_url) as app:
+        assert [(q.name, q.paused, q.queued) for q in await app.queues.list()] == [
+            ("mail", False, 1), ("reports", False, 1)]
+        assert await app.queues.pause("reports") is True
+        assert [c.id for c in await app.backend.claim_jobs(WORKER, None, 10)] == [mail.id]
+    with sqlite3.connect(sqlite_url) as conn:
+        assert conn.execute("SELECT max(version) FROM soniq_migrations").fetchone() == (
+            max(m.version for m in load_migrations("sqlite")),)
+        assert conn.execute("SELECT name, paused FROM soniq_queues").fetchall() == [
+            ("reports", 1)]
+        assert conn.execute("SELECT action, targets, outcome FROM soniq_audit").fetchall() == [
+            ("queue.pause", '["reports"]', "ok")]

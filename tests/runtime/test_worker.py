@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -400,20 +401,22 @@ async def test_a_runner_cancelled_as_a_claim_hands_it_a_job_gives_the_job_back(
         done.append(i)
 
     async with anyio.create_task_group() as tg:
+        claim = app.backend.claim_jobs
+
+        async def claim_then_cancel(*args: object, **kwargs: object) -> object:
+            claimed = await claim(*args, **kwargs)  # type: ignore[arg-type]
+            # Whichever claim takes the second job (an idle worker claims every poll, so one
+            # may be on its way when it is enqueued), not just the first after it was enqueued.
+            if any(json.loads(job.args) == {"i": 2} for job in claimed):
+                tg.cancel_scope.cancel()  # lands before the fetcher hands the job over
+            return claimed
+
+        monkeypatch.setattr(app.backend, "claim_jobs", claim_then_cancel)
         worker = app.worker(concurrency=1)
         await tg.start(worker.run)
         await app.enqueue(mark, i=1)
         await wait_for(lambda: done == [1] and len(worker.fetcher._parked) == 1,
                        message="the runner to finish its job and park")
-        claim = app.backend.claim_jobs
-
-        async def claim_then_cancel(*args: object) -> object:
-            claimed = await claim(*args)  # type: ignore[arg-type]
-            if claimed:
-                tg.cancel_scope.cancel()  # lands before the fetcher hands the job over
-            return claimed
-
-        monkeypatch.setattr(app.backend, "claim_jobs", claim_then_cancel)
         second = await app.enqueue(mark, i=2)
         await anyio.sleep_forever()  # until the claim cancels the group
     assert done == [1]

@@ -14,10 +14,12 @@ from soniq.backends.memory import MemoryBackend
 from soniq.backends.postgres import PostgresBackend
 from soniq.backends.sqlite import SqliteBackend
 from soniq.backends.stores import (
+    AuditStore,
     DashboardStore,
     DeadLetterStore,
     DefinitionStore,
     LogStore,
+    QueueStore,
     ScheduleStore,
     WebhookStore,
 )
@@ -32,6 +34,7 @@ CALLERS = sorted([*(SRC / "features").rglob("*.py"), *(SRC / "dashboard").rglob(
 STORES: dict[str, type] = {
     "dead_letters": DeadLetterStore, "schedules": ScheduleStore, "webhooks": WebhookStore,
     "logs": LogStore, "dashboard": DashboardStore, "definitions": DefinitionStore,
+    "queues": QueueStore, "audit": AuditStore,
 }
 #: What each adapter offers: every store on all three; a probe where there is a database.
 HAS_PROBE = {"memory": False, "sqlite": True, "postgres": True}

@@ -40,10 +40,12 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from soniq.backends.stores import (
+        AuditStore,
         DashboardStore,
         DeadLetterStore,
         DefinitionStore,
         LogStore,
+        QueueStore,
         ScheduleStore,
         WebhookStore,
     )
@@ -100,6 +102,10 @@ class StorageBackend(Protocol):
     @property
     def definitions(self) -> DefinitionStore | None: ...
     @property
+    def queues(self) -> QueueStore | None: ...
+    @property
+    def audit(self) -> AuditStore | None: ...
+    @property
     def probe(self) -> Callable[[], Awaitable[dict[str, Any]]] | None:
         """Facts for :func:`database_info` (``soniq doctor``, ``migrate-status``), read without
         the schema check; None where there is no database to probe (memory)."""
@@ -154,8 +160,12 @@ class StorageBackend(Protocol):
         ...
 
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
-                         *, now: datetime | None = None) -> list[ClaimedJob]:
-        """Claim up to ``limit`` due jobs (all queues when ``queues`` is None)."""
+                         *, now: datetime | None = None,
+                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs (all queues when ``queues`` is None) of queues that are
+        not paused: the statement reads the stored pauses itself, so this is exact whatever the
+        caller knows. ``paused`` is the caller's (cached) view of the paused queues, a plan hint
+        only: a backend may pick a claim shape that skips them without walking their backlog."""
         ...
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
@@ -216,7 +226,8 @@ class StorageBackend(Protocol):
     async def listen(self, on_notify: Callable[[str, str], None],
                      *, task_status: TaskStatus[None]) -> None:
         """(``supports_listen`` only.) Hold a dedicated connection listening on ``soniq_jobs``
-        (payload: queue) and ``soniq_cancel`` (payload: job id); call ``on_notify(channel,
+        (payload: queue), ``soniq_cancel`` (payload: job id) and ``soniq_queues`` (a queue's
+        setting changed; payload: queue); call ``on_notify(channel,
         payload)`` in the caller's event loop; ``task_status.started()`` once listening. Returns
         never; raises :class:`~soniq.errors.DatabaseError` when the connection is lost."""
         ...

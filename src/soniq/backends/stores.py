@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from soniq.backends.control import (
+    AuditStore,
+    QueueField,
+    QueueSetting,
+    QueueStore,
+    QueueValue,
+)
 from soniq.ids import new_id
 
 if TYPE_CHECKING:
@@ -31,6 +38,7 @@ __all__ = [
     "JobLogRecord", "LogStore",
     "DashboardStore", "JobSearch", "QueueCounts", "StatsBucket", "StorageHealth",
     "DefinitionStore", "JobDefinition", "StoredDefinition",
+    "AuditStore", "QueueField", "QueueSetting", "QueueStore", "QueueValue",
 ]
 
 #: Fire rows older than this (counted back from the schedule's newest fire) are deleted when it

@@ -46,9 +46,9 @@ class ReplayMatching:
     limit: FromQuery[int | None] = None
 
 
-def _record(request: Request[Any, Any, Any], dash: Dash, action: str,
-            targets: list[str], applied: bool | int, detail: str | None = None) -> None:
-    dash.audit.record(actor=str(request.state.get("soniq_actor", "unknown")),
+async def _record(request: Request[Any, Any, Any], dash: Dash, action: str,
+                  targets: list[str], applied: bool | int, detail: str | None = None) -> None:
+    await dash.audit.record(actor=str(request.state.get("soniq_actor", "unknown")),
                       client=client_address(request), action=action, targets=targets,
                       outcome="ok" if applied else "not_applied", detail=detail)
 
@@ -73,6 +73,12 @@ async def overview(dash: Dash) -> dict[str, Any]:
 async def queues(dash: Dash) -> list[dict[str, Any]]:
     counts = await dash.hub.counts()
     return [{**q, "estimated": counts["estimated"]} for q in counts["queues"]]
+
+
+@get("/queue-settings", summary="Every known queue: paused, its limits and its job counts "
+     "('estimated' as in /queues)")
+async def queue_settings(dash: Dash) -> list[dict[str, Any]]:
+    return await dash.queues()
 
 
 @get("/jobs", summary="Jobs newest first; cursor pagination with before=<next_cursor>")
@@ -143,9 +149,10 @@ async def health(dash: Dash) -> dict[str, Any]:
     return await dash.health()
 
 
-@get("/audit", summary="Dashboard writes, newest first")
+@get("/audit", summary="Recorded changes, newest first: dashboard writes (refused ones too) "
+     "and queue changes made through the API or the CLI of any process")
 async def audit(dash: Dash, limit: FromQuery[int | None] = None) -> list[dict[str, Any]]:
-    return [e.as_dict() for e in dash.audit.entries()[:parse_limit(limit, MAX_PAGE)]]
+    return [e.as_dict() for e in await dash.audit.entries(parse_limit(limit, MAX_PAGE))]
 
 
 @get("/events", summary="Server-sent events: 'change' with the queue counts whenever they change")
@@ -172,7 +179,7 @@ async def events(dash: Dash) -> ServerSentEvent:
 async def retry_job(request: Request[Any, Any, Any], dash: Dash,
                     job_id: FromPath[str]) -> dict[str, Any]:
     ok = await dash.soniq.dead_letter.replay(job_id)
-    _record(request, dash, "job.retry", [job_id], ok)
+    await _record(request, dash, "job.retry", [job_id], ok)
     return {"retried": ok}
 
 
@@ -181,7 +188,7 @@ async def retry_job(request: Request[Any, Any, Any], dash: Dash,
 async def cancel_job(request: Request[Any, Any, Any], dash: Dash,
                      job_id: FromPath[str]) -> dict[str, Any]:
     outcome = await dash.soniq.request_cancel(job_id)
-    _record(request, dash, "job.cancel", [job_id], outcome is not None, detail=outcome)
+    await _record(request, dash, "job.cancel", [job_id], outcome is not None, detail=outcome)
     return {"cancelled": outcome == "cancelled", "cancel_requested": outcome == "requested"}
 
 
@@ -190,7 +197,7 @@ async def cancel_job(request: Request[Any, Any, Any], dash: Dash,
 async def delete_job(request: Request[Any, Any, Any], dash: Dash,
                      job_id: FromPath[str]) -> dict[str, Any]:
     ok = await dash.soniq.delete_job(job_id)
-    _record(request, dash, "job.delete", [job_id], ok)
+    await _record(request, dash, "job.delete", [job_id], ok)
     return {"deleted": ok}
 
 
@@ -199,7 +206,7 @@ async def delete_job(request: Request[Any, Any, Any], dash: Dash,
 async def replay_one(request: Request[Any, Any, Any], dash: Dash,
                      job_id: FromPath[str]) -> dict[str, Any]:
     ok = await dash.soniq.dead_letter.replay(job_id)
-    _record(request, dash, "dead_letter.replay", [job_id], ok)
+    await _record(request, dash, "dead_letter.replay", [job_id], ok)
     return {"replayed": int(ok)}
 
 
@@ -208,7 +215,7 @@ async def replay_one(request: Request[Any, Any, Any], dash: Dash,
 async def delete_one(request: Request[Any, Any, Any], dash: Dash,
                      job_id: FromPath[str]) -> dict[str, Any]:
     ok = await dash.soniq.dead_letter.delete(job_id)
-    _record(request, dash, "dead_letter.delete", [job_id], ok)
+    await _record(request, dash, "dead_letter.delete", [job_id], ok)
     return {"deleted": int(ok)}
 
 
@@ -218,8 +225,8 @@ async def replay_bulk(request: Request[Any, Any, Any], dash: Dash,
                       data: JSONBody[IdList]) -> dict[str, Any]:
     ids = _ids(data)
     done = [i for i in ids if await dash.soniq.dead_letter.replay(i)]
-    _record(request, dash, "dead_letter.replay_bulk", ids, len(done),
-            detail=f"{len(done)} of {len(ids)} replayed")
+    await _record(request, dash, "dead_letter.replay_bulk", ids, len(done),
+                  detail=f"{len(done)} of {len(ids)} replayed")
     return {"replayed": len(done), "ids": done}
 
 
@@ -229,8 +236,8 @@ async def delete_bulk(request: Request[Any, Any, Any], dash: Dash,
                       data: JSONBody[IdList]) -> dict[str, Any]:
     ids = _ids(data)
     done = [i for i in ids if await dash.soniq.dead_letter.delete(i)]
-    _record(request, dash, "dead_letter.delete_bulk", ids, len(done),
-            detail=f"{len(done)} of {len(ids)} deleted")
+    await _record(request, dash, "dead_letter.delete_bulk", ids, len(done),
+                  detail=f"{len(done)} of {len(ids)} deleted")
     return {"deleted": len(done), "ids": done}
 
 
@@ -242,8 +249,8 @@ async def replay_matching(request: Request[Any, Any, Any], dash: Dash,
     queue = data.queue or None
     name = data.name or None
     count = await dash.soniq.dead_letter.replay_many(queue=queue, job_name=name, limit=data.limit)
-    _record(request, dash, "dead_letter.replay_matching",
-            [f"queue={queue or '*'}", f"name={name or '*'}"], count, detail=f"{count} replayed")
+    await _record(request, dash, "dead_letter.replay_matching",
+                  [f"queue={queue or '*'}", f"name={name or '*'}"], count, detail=f"{count} replayed")
     return {"replayed": count}
 
 
@@ -252,7 +259,7 @@ async def _pause(request: Request[Any, Any, Any], dash: Dash, name: str,
     method = dash.soniq.scheduler.pause if paused else dash.soniq.scheduler.resume
     ok = await method(name)
     action = "schedule.pause" if paused else "schedule.resume"
-    _record(request, dash, action, [name], ok)
+    await _record(request, dash, action, [name], ok)
     if not ok:
         raise NotFoundException(f"no schedule named {name!r}")
     return {"name": name, "paused": paused}
@@ -277,16 +284,40 @@ async def resume_schedule(request: Request[Any, Any, Any], dash: Dash,
 async def run_schedule(request: Request[Any, Any, Any], dash: Dash,
                        name: FromPath[str]) -> dict[str, Any]:
     job_id = await dash.run_schedule(name)
-    _record(request, dash, "schedule.run", [name], job_id is not None,
-            detail=None if job_id is None else f"job {job_id}")
+    await _record(request, dash, "schedule.run", [name], job_id is not None,
+                  detail=None if job_id is None else f"job {job_id}")
     if job_id is None:
         raise NotFoundException(f"no schedule named {name!r}")
     return {"name": name, "job_id": job_id}
 
 
+async def _queue(request: Request[Any, Any, Any], dash: Dash, name: str,
+                 paused: bool) -> dict[str, Any]:
+    """Pause or resume; the change and its audit row are written together by ``app.queues``."""
+    method = dash.soniq.queues.pause if paused else dash.soniq.queues.resume
+    actor = str(request.state.get("soniq_actor", "unknown"))
+    changed = await method(name, actor=actor, client=client_address(request))
+    return {"name": name, "paused": paused, "changed": changed}
+
+
+@post("/queues/{name:str}/pause", status_code=200, opt={"action": "queue.pause"},
+      guards=[write_guard], summary="Stop every worker from claiming jobs of a queue")
+async def pause_queue(request: Request[Any, Any, Any], dash: Dash,
+                      name: FromPath[str]) -> dict[str, Any]:
+    return await _queue(request, dash, name, True)
+
+
+@post("/queues/{name:str}/resume", status_code=200, opt={"action": "queue.resume"},
+      guards=[write_guard], summary="Let workers claim from a paused queue again")
+async def resume_queue(request: Request[Any, Any, Any], dash: Dash,
+                       name: FromPath[str]) -> dict[str, Any]:
+    return await _queue(request, dash, name, False)
+
+
 api_router = Router(path="/api", route_handlers=[
-    overview, queues, list_jobs, job_detail, job_args, job_result, dead_letter, workers, job_names, schedules,
-    webhooks, health,
+    overview, queues, queue_settings, list_jobs, job_detail, job_args, job_result, dead_letter,
+    workers, job_names, schedules, webhooks, health,
     audit, events, retry_job, cancel_job, delete_job, replay_one, delete_one, replay_bulk,
     delete_bulk, replay_matching, pause_schedule, resume_schedule, run_schedule,
+    pause_queue, resume_queue,
 ], tags=["soniq"])

@@ -19,8 +19,8 @@ from soniq.dashboard.service import STATUSES, Dash, JobFilter
 
 __all__ = ["page_router", "template_environment"]
 
-NAV = (("overview", "/", "Overview"), ("jobs", "/jobs", "Jobs"),
-       ("dead_letter", "/dead-letter", "Dead letter"), ("workers", "/workers", "Workers"),
+NAV = (("overview", "/", "Overview"), ("queues", "/queues", "Queues"),
+       ("jobs", "/jobs", "Jobs"), ("dead_letter", "/dead-letter", "Dead letter"), ("workers", "/workers", "Workers"),
        ("schedules", "/schedules", "Schedules"), ("webhooks", "/webhooks", "Webhooks"),
        ("health", "/health", "Health"))
 
@@ -105,6 +105,13 @@ async def jobs_page(request: Request[Any, Any, Any], dash: Dash,
                  next_query=next_query, first_query=first_query)
 
 
+@get("/queues", name="queues")
+async def queues_page(request: Request[Any, Any, Any], dash: Dash) -> Template:
+    return _page(request, dash, "queues.html", "queues", queues=await dash.queues(),
+                 audit=[e for e in await dash.audit.entries(200)
+                        if e.action.startswith("queue.")][:20])
+
+
 @get("/jobs/{job_id:str}", name="job")
 async def job_page(request: Request[Any, Any, Any], dash: Dash,
                    job_id: FromPath[str]) -> Template:
@@ -141,10 +148,10 @@ async def webhooks_page(request: Request[Any, Any, Any], dash: Dash,
 @get("/health", name="health")
 async def health_page(request: Request[Any, Any, Any], dash: Dash) -> Template:
     return _page(request, dash, "health.html", "health", health=await dash.health(),
-                 audit=dash.audit.entries()[:50])
+                 audit=await dash.audit.entries(50))
 
 
 page_router = Router(path="/", route_handlers=[
-    overview_page, jobs_page, job_page, dead_letter_page, workers_page, schedules_page,
+    overview_page, queues_page, jobs_page, job_page, dead_letter_page, workers_page, schedules_page,
     webhooks_page, health_page,
 ], include_in_schema=False)

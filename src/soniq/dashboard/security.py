@@ -11,7 +11,8 @@ Writes (retry, cancel, delete, replay, pause/resume, run now) need one of:
 
 Cross-site writes are refused whatever the credentials (``Sec-Fetch-Site`` other than
 ``same-origin``/``none``, or an ``Origin`` that is not this host). Every write, allowed or
-refused, goes to the audit log. Reads are open: bind to loopback (the default) or put the
+refused, goes to the audit log (the database's ``soniq_audit``, with the changes made through
+the API and the CLI). Reads are open: bind to loopback (the default) or put the
 dashboard behind your own authentication.
 """
 
@@ -23,15 +24,16 @@ import json
 import logging
 import re
 from collections import deque
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.response.base import ASGIResponse
 
+from soniq.errors import DatabaseError
+from soniq.features.queues import log_audit
 from soniq.serialization import utc_now
+from soniq.types import AuditEntry
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+    from soniq.app import Soniq
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
@@ -156,46 +160,40 @@ class HostCheck:
             await response(scope, receive, send)
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One write attempt: who, from where, what, on which targets, and whether it was allowed
-    and applied (``outcome``: ``ok``, ``not_applied``, ``denied`` or ``error``)."""
-
-    at: datetime
-    actor: str
-    client: str | None
-    action: str
-    targets: tuple[str, ...]
-    outcome: str
-    detail: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "actor": self.actor, "client": self.client, "action": self.action,
-                "targets": list(self.targets), "outcome": self.outcome, "detail": self.detail}
-
-
 class AuditLog:
-    """Every dashboard write, kept in memory (the newest ``size``) and logged to
-    ``soniq.dashboard.audit`` at INFO (WARNING when refused)."""
+    """Every dashboard write, recorded in the database (``backend.audit``: the same table the
+    API and the CLI write their changes to, so this dashboard shows those of every process) and
+    logged to ``soniq.dashboard.audit`` at INFO (WARNING when refused). A backend without an
+    audit store keeps the newest ``size`` entries in this process instead."""
 
-    def __init__(self, size: int = 1000) -> None:
-        self._entries: deque[AuditEntry] = deque(maxlen=size)
+    def __init__(self, app: Soniq, size: int = 1000) -> None:
+        self._app = app
+        self._kept: deque[AuditEntry] = deque(maxlen=size)
 
-    def record(self, *, actor: str, client: str | None, action: str,
-               targets: tuple[str, ...] | list[str], outcome: str,
-               detail: str | None = None) -> AuditEntry:
+    async def record(self, *, actor: str, client: str | None, action: str,
+                     targets: tuple[str, ...] | list[str], outcome: str,
+                     detail: str | None = None) -> AuditEntry:
         entry = AuditEntry(at=utc_now(), actor=actor, client=client, action=action,
                            targets=tuple(targets), outcome=outcome, detail=detail)
-        self._entries.append(entry)
-        level = logging.WARNING if outcome == "denied" else logging.INFO
-        audit_logger.log(level, "dashboard %s by %s from %s on %s: %s%s", action, actor, client,
-                         ",".join(entry.targets) or "-", outcome,
-                         f" ({detail})" if detail else "")
+        log_audit(entry, audit_logger)
+        store = self._app.backend.audit
+        if store is None:
+            self._kept.append(entry)
+            return entry
+        try:
+            await self._app.ensure_initialized()
+            await store.record(entry)
+        except DatabaseError as exc:  # the answer to the write must not depend on its record
+            audit_logger.error("could not store the audit entry above: %s", exc)
         return entry
 
-    def entries(self) -> list[AuditEntry]:
-        """Newest first."""
-        return list(reversed(self._entries))
+    async def entries(self, limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` entries, newest first."""
+        store = self._app.backend.audit
+        if store is None:
+            return list(reversed(self._kept))[:limit]
+        await self._app.ensure_initialized()
+        return await store.list(limit)
 
 
 class WriteAccess:
@@ -266,7 +264,8 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None
     return None if not client else str(client[0])
 
 
-def write_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def write_guard(connection: ASGIConnection[Any, Any, Any, Any],
+                      handler: BaseRouteHandler) -> None:
     """Litestar guard of every write route: decide, remember the actor, audit refusals."""
     state = connection.app.state
     access: WriteAccess = state["soniq_access"]
@@ -274,10 +273,10 @@ def write_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRou
     try:
         actor = access.decide(connection)
     except (NotAuthorizedException, PermissionDeniedException) as exc:
-        audit.record(actor="anonymous", client=client_address(connection),
-                     action=str(handler.opt.get("action", handler.handler_name)),
-                     targets=[str(v) for v in connection.path_params.values()],
-                     outcome="denied", detail=str(exc.detail))
+        await audit.record(actor="anonymous", client=client_address(connection),
+                           action=str(handler.opt.get("action", handler.handler_name)),
+                           targets=[str(v) for v in connection.path_params.values()],
+                           outcome="denied", detail=str(exc.detail))
         raise
     connection.state["soniq_actor"] = actor
 

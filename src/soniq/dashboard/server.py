@@ -101,7 +101,7 @@ def create_dashboard_app(app: Soniq, *, api_key: str | None = None, root_path: s
     except ValueError as exc:
         raise ConfigurationError(f"allowed_hosts: {exc}") from None
     access = WriteAccess(key)
-    audit = AuditLog()
+    audit = AuditLog(app)
     hub = LiveHub(app, interval=poll_interval, rollup_interval=rollup_interval,
                   exact_counts_up_to=exact_counts_up_to)
     service = DashboardService(app, access=access, audit=audit, hub=hub,

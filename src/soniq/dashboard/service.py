@@ -7,6 +7,7 @@ returns plain data. Bad input raises :class:`~soniq.errors.ValidationError` (a 4
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from litestar.exceptions import NotFoundException
 
 from soniq.backends.stores import DashboardStore
 from soniq.errors import UnsupportedOperationError, ValidationError
+from soniq.features.queues import queue_infos
 from soniq.ids import is_uuid
 from soniq.registry import validate_name
 from soniq.serialization import utc_now
@@ -275,6 +277,17 @@ class DashboardService:
     async def job_names(self) -> list[JobCoverage]:
         """Per job name, how many live workers know it; ``flagged`` when none does."""
         return await self.soniq.definitions.coverage()
+
+    # -- queues -------------------------------------------------------------------------------
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every known queue with its settings and its counts (the live feed's, estimated on a
+        large PostgreSQL table: see ``estimated``)."""
+        counts = await self.hub.counts()
+        store = self.soniq.backend.queues
+        await self.soniq.ensure_initialized()
+        settings = [] if store is None else await store.list()
+        return [{**dataclasses.asdict(info), "estimated": counts["estimated"]}
+                for info in queue_infos(settings, counts["queues"])]
 
     # -- schedules ----------------------------------------------------------------------------
     async def schedules(self) -> list[dict[str, Any]]:

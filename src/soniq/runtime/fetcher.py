@@ -10,6 +10,13 @@ round trip; slow jobs make the look-ahead ~0, so a worker does not hoard jobs an
 start. ``stop()`` ends claiming and gives the look-ahead back at once (without using an attempt);
 running jobs then get ``shutdown_timeout`` seconds to finish before they are cancelled (and given
 back the same way).
+
+It also keeps the paused queues as it last read them (``backend.queues``): loaded before the
+first claim, again every ``poll_interval`` and as soon as :meth:`settings_changed` says a queue
+setting changed (the listener's ``soniq_queues`` notification). The claim statement excludes
+paused queues by itself, so this view never decides what is claimed; it is passed to
+``claim_jobs(paused=...)`` so that the backend can pick a claim that does not walk a paused
+queue's backlog.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ class Fetcher:
         self._parked: list[_Parked] = []  # runners with no job, newest last
         self._start: Callable[..., object] | None = None
         self._pace = Pace()
+        self.paused: frozenset[str] = frozenset()  # as last read; a plan hint for the claim
+        self._settings_read_at = -math.inf
         executor.on_slot_freed = self.wake
 
     def wake(self) -> None:
@@ -67,6 +76,24 @@ class Fetcher:
     def wake_for(self, queue: str) -> None:
         if self._queues is None or queue in self._queues:
             self._wake.set()
+
+    def settings_changed(self) -> None:
+        """A queue's setting changed: read them again before the next claim, and claim now (a
+        resumed queue has jobs to take)."""
+        self._settings_read_at = -math.inf
+        self._wake.set()
+
+    async def _read_settings(self) -> None:
+        """Reload the paused queues when a change was announced or ``poll_interval`` passed."""
+        store = self._backend.queues
+        now = anyio.current_time()
+        if store is None or now < self._settings_read_at + self._poll_interval:
+            return
+        self._settings_read_at = now
+        try:
+            self.paused = await store.paused()
+        except DatabaseError as exc:  # the claim still excludes paused queues by itself
+            logger.warning("reading the queue settings failed (keeping the last ones): %s", exc)
 
     def stop(self) -> None:
         """Stop claiming and give the look-ahead back; running jobs finish within
@@ -137,9 +164,11 @@ class Fetcher:
     async def tick(self, limit: int) -> list[ClaimedJob] | None:
         """Claim up to ``limit`` jobs and start them (or queue them for the next free slot); None
         after a database error (logged). Needs :meth:`run`'s task group."""
+        await self._read_settings()
         started = anyio.current_time()
         try:
-            claimed = await self._backend.claim_jobs(self._worker_id, self._queues, limit)
+            claimed = await self._backend.claim_jobs(self._worker_id, self._queues, limit,
+                                                     paused=self.paused)
         except DatabaseError as exc:
             logger.warning("claiming jobs failed, retrying in %gs: %s", self._error_retry_delay, exc)
             await self._wait(self._error_retry_delay)

@@ -45,6 +45,8 @@ class Listener:
             self._fetcher.wake_for(payload)
         elif channel == "soniq_cancel":
             self._executor.request_cancel(payload)
+        elif channel == "soniq_queues":  # a queue was paused, resumed or limited
+            self._fetcher.settings_changed()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen forever; ``started`` once listening or once the first attempt failed (then the

@@ -21,6 +21,7 @@ from soniq.backends.base import (
     refuse_connection,
     worker_lost_error,
 )
+from soniq.backends.memory.control import MemoryAuditStore, MemoryQueueStore
 from soniq.backends.memory.slots import Slots
 from soniq.backends.memory.stores import (
     MemoryDashboardStore,
@@ -78,6 +79,8 @@ class MemoryBackend:
         self.logs = MemoryLogStore(self._jobs)
         self.dashboard = MemoryDashboardStore(self._jobs, self.queue_stats)
         self.definitions = MemoryDefinitionStore()
+        self.audit = MemoryAuditStore()
+        self.queues = MemoryQueueStore(self.audit, self._notify)
 
     async def initialize(self) -> None:
         return None
@@ -181,13 +184,16 @@ class MemoryBackend:
         ]
 
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
-                         *, now: datetime | None = None) -> list[ClaimedJob]:
+                         *, now: datetime | None = None,
+                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
         now = now or utc_now()
         wanted = None if queues is None else set(queues)
+        stopped = self.queues.paused_now()  # the stored pauses, not the caller's view
         due = sorted(
             (row for row in self._jobs.values()
              if row["status"] == JobStatus.QUEUED and row["hold"] is None
-             and row["scheduled_at"] <= now and (wanted is None or row["queue"] in wanted)),
+             and row["scheduled_at"] <= now and (wanted is None or row["queue"] in wanted)
+             and row["queue"] not in stopped),
             key=lambda row: (row["priority"], row["scheduled_at"], row["id"]),
         )[:limit]
         claimed = []

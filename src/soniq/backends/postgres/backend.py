@@ -31,6 +31,7 @@ from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import StorageBackend, job_record
 from soniq.backends.postgres import inserts, listener, maintenance, pooling, schema, slots, sql
+from soniq.backends.postgres import queues as pg_queues
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.definitions import PostgresDefinitionStore
@@ -38,6 +39,7 @@ from soniq.backends.postgres.errors import Translator, redact_url, translate
 from soniq.backends.postgres.events import EventLog
 from soniq.backends.postgres.logs import PostgresLogStore
 from soniq.backends.postgres.pool import StatementPool
+from soniq.backends.postgres.queues import PostgresAuditStore, PostgresQueueStore
 from soniq.backends.postgres.schedules import PostgresScheduleStore
 from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.backends.postgres.where import where
@@ -106,6 +108,9 @@ class PostgresBackend:
         self.logs = PostgresLogStore(self._ready, self._errors, n)
         self.dashboard = PostgresDashboardStore(self._ready, self._errors,
                                                 self._maintenance_timeout, self.queue_stats, n)
+        self.queues = PostgresQueueStore(self._ready, self._errors, n)
+        self.audit = PostgresAuditStore(self._ready, self._errors, n)
+        self._queue_claims = pg_queues.claims(n)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
         # Leases of claimed jobs that hold a concurrency slot, until their outcome is written.
@@ -227,17 +232,12 @@ class PostgresBackend:
 
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
-                         *, now: datetime | None = None) -> list[ClaimedJob]:
+                         *, now: datetime | None = None,
+                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
         _check_worker_id(worker_id)
         if limit <= 0 or (queues is not None and not queues):
             return []
-        extra: tuple[Any, ...]
-        if queues is None:
-            query, extra = self._q.claim_all_queues, ()
-        elif len(queues) == 1:
-            query, extra = self._q.claim_one_queue, (queues[0],)
-        else:
-            query, extra = self._q.claim_some_queues, (list(queues),)
+        query, extra = self._queue_claims.pick(self._q, queues, paused)
         # The keys of this worker's claims whose answer was lost (they may have committed): the
         # jobs they took are handed out now, and the keys kept until that answer arrives.
         keys = self._unanswered.pop(worker_id, [])

@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_CHANNELS", "MIGRATION_LOCK_KEY", "Names", "names", "quote"]
 #: PostgreSQL's longest identifier (NAMEDATALEN - 1), in bytes.
 _LONGEST = 63
 #: The logical channel names the seam's ``listen`` callback reports (``StorageBackend.listen``).
-DEFAULT_CHANNELS = ("soniq_jobs", "soniq_cancel")
+DEFAULT_CHANNELS = ("soniq_jobs", "soniq_cancel", "soniq_queues")
 #: The advisory lock of ``soniq setup`` in the default schema: b"soniq-mg" read as a big-endian
 #: int64; any fixed value works, it only has to be one no other tool is likely to pick.
 MIGRATION_LOCK_KEY = int.from_bytes(b"soniq-mg", "big", signed=True)
@@ -64,17 +64,22 @@ class Names:
     stats_minute: str
     job_definitions: str
     slots: str
+    queues: str
+    audit: str
     #: The NOTIFY channel that wakes workers (payload: the queue).
     jobs_channel: str
     #: The NOTIFY channel that asks a job's worker to cancel it (payload: the job id).
     cancel_channel: str
+    #: The NOTIFY channel that says a queue's setting changed (payload: the queue).
+    queues_channel: str
     #: The key of the advisory lock that serialises ``soniq setup`` runs on this schema.
     migration_lock_key: int
 
     @property
     def channels(self) -> dict[str, str]:
         """Each channel's name in the database -> its logical name (:data:`DEFAULT_CHANNELS`)."""
-        return dict(zip((self.jobs_channel, self.cancel_channel), DEFAULT_CHANNELS, strict=True))
+        return dict(zip((self.jobs_channel, self.cancel_channel, self.queues_channel),
+                        DEFAULT_CHANNELS, strict=True))
 
 
 @functools.cache
@@ -102,8 +107,9 @@ def names(schema: str | None) -> Names:
         webhook_endpoints=table("webhook_endpoints"),
         webhook_deliveries=table("webhook_deliveries"), webhook_events=table("webhook_events"),
         stats_minute=table("stats_minute"), job_definitions=table("job_definitions"),
-        slots=table("slots"),
+        slots=table("slots"), queues=table("queues"), audit=table("audit"),
         jobs_channel=channel("soniq_jobs"), cancel_channel=channel("soniq_cancel"),
+        queues_channel=channel("soniq_queues"),
         migration_lock_key=(int.from_bytes(digest[:8], "big", signed=True) if own
                             else MIGRATION_LOCK_KEY),
     )

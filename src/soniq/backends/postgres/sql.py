@@ -24,7 +24,7 @@ from soniq.backends.postgres.names import Names, names
 from soniq.backends.postgres.slots import SlotSql
 
 __all__ = ["CLOCK", "COPY_COLUMNS", "DATABASE_EXISTS", "MIGRATION_LOCK", "PING", "SCHEMA_EXISTS",
-           "Sql", "build"]
+           "Sql", "build", "claim", "paused_queues"]
 
 _COLUMNS = ", ".join(JOB_COLUMNS)
 
@@ -90,7 +90,9 @@ SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::t
 # those jobs are queued again and run again, which at-least-once allows (the first attempt's finish
 # is fenced out by its lease). Finishes wait for the flush as usual, and flushing a finish's
 # commit flushes its job's claim before it, so a job that finished never loses its claim.
-def _claim(n: Names, queue_filter: str) -> str:
+def claim(n: Names, candidates: str) -> str:
+    """The claim of the ids ``candidates`` selects in claim order, locked ``FOR UPDATE SKIP
+    LOCKED`` (with the parameters above)."""
     return f"""
 UPDATE {n.jobs}
 SET status = 'processing',
@@ -100,16 +102,26 @@ SET status = 'processing',
     started_at = COALESCE($2::timestamptz, now()),
     updated_at = COALESCE($2::timestamptz, now()),
     dedup_key = NULL
-WHERE id = ANY (ARRAY(
+WHERE id = ANY (ARRAY({candidates}))
+  AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
+RETURNING {_CLAIMED}
+"""
+
+
+def paused_queues(n: Names) -> str:
+    """The queues paused in soniq_queues: an init plan, read once per claim. A worker that knows
+    of paused queues claims with :mod:`.queues` instead, which does not walk their backlog."""
+    return f"ARRAY(SELECT name FROM {n.queues} WHERE paused)"
+
+
+def _walk(n: Names, queue_filter: str) -> str:
+    return f"""
     SELECT id FROM {n.jobs}
     WHERE status = 'queued' AND hold IS NULL
       AND scheduled_at <= COALESCE($2::timestamptz, now()){queue_filter}
     ORDER BY priority, scheduled_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-))
-  AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
-RETURNING {_CLAIMED}
 """
 
 
@@ -188,13 +200,19 @@ WHERE due.run_at IS NULL OR due.run_at <= now()
 """
 
 
+        # Paused queues are excluded as containment, not "queue <> ALL (...)": the planner guesses
+        # an unknown array's "<> ALL" as nearly never true with few distinct queues and then sorts
+        # a Seq Scan instead of walking the index (2 ms -> 120 ms per claim at 200 000 rows); its
+        # guess for "NOT (... <@ ...)" is 99.5%.
+        unpaused = f"NOT (ARRAY[queue] <@ {paused_queues(n)})"
         #: Claim from every queue (served by soniq_jobs_claim_idx).
-        self.claim_all_queues = _claim(n, "")
+        self.claim_all_queues = claim(n, _walk(n, f" AND {unpaused}"))
         #: Claim from the queue $5 (served by soniq_jobs_queue_claim_idx: an exact prefix, no
-        #: filter).
-        self.claim_one_queue = _claim(n, " AND queue = $5::text")
+        #: filter; a paused $5 is a one-time filter, so nothing is walked).
+        self.claim_one_queue = claim(n, _walk(
+            n, f" AND queue = $5::text AND $5::text <> ALL ({paused_queues(n)})"))
         #: Claim from the queues in $5 (soniq_jobs_claim_idx in order, other queues filtered out).
-        self.claim_some_queues = _claim(n, " AND queue = ANY($5::text[])")
+        self.claim_some_queues = claim(n, _walk(n, f" AND queue = ANY($5::text[]) AND {unpaused}"))
 
         #: The jobs of claims whose answer was lost: $1 worker id, $2 those claims' keys. (A scan:
         #: it runs only after a connection was lost mid-claim.)

@@ -28,6 +28,7 @@ from soniq.backends.base import (
     worker_lost_error,
 )
 from soniq.backends.sqlite import slots, sql
+from soniq.backends.sqlite.control import SqliteAuditStore, SqliteQueueStore
 from soniq.backends.sqlite.dashboard import SqliteDashboardStore
 from soniq.backends.sqlite.database import SqliteDatabase
 from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
@@ -86,6 +87,8 @@ class SqliteBackend:
         self.logs = SqliteLogStore(self._db)
         self.dashboard = SqliteDashboardStore(self._db, self.queue_stats)
         self.definitions = SqliteDefinitionStore(self._db)
+        self.queues = SqliteQueueStore(self._db)
+        self.audit = SqliteAuditStore(self._db)
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -188,7 +191,9 @@ class SqliteBackend:
 
     # -- claim and finish ---------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
-                         *, now: datetime | None = None) -> list[ClaimedJob]:
+                         *, now: datetime | None = None,
+                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
+        # ``paused`` is not needed: the claim reads soniq_queues inside its BEGIN IMMEDIATE.
         if limit <= 0 or (queues is not None and not queues):
             return []
         at = sql.to_db(now or utc_now())

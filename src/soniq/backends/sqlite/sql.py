@@ -140,7 +140,9 @@ def claim_sql(queue_count: int | None) -> str:
     use the partial indexes (parked jobs are not in them). One queue reads its own prefix of ``soniq_jobs_queue_claim``. Several queues are
     filtered as ``+queue``: the unary plus keeps the planner off ``(queue, status)``, which would
     sort those queues' whole backlog on every claim (13-22 ms per claim of 250 at 100 000 queued
-    rows, against about 2 ms walking ``soniq_jobs_claim`` in order).
+    rows, against about 2 ms walking ``soniq_jobs_claim`` in order). Queues paused in
+    ``soniq_queues`` are skipped (a subquery evaluated once per statement, read under the same
+    write lock as the update, so a pause committed before the claim is always seen).
     Parameters: worker_id, started_at, updated_at, now, *queues, limit.
     """
     if queue_count is None:
@@ -155,7 +157,8 @@ def claim_sql(queue_count: int | None) -> str:
         f"dedup_key = NULL "
         f"WHERE id IN (SELECT id FROM soniq_jobs WHERE status = 'queued' AND hold IS NULL "
         f"AND scheduled_at <= ?"
-        f"{queue_filter} ORDER BY priority, scheduled_at, id LIMIT ?) "
+        f"{queue_filter} AND queue NOT IN (SELECT name FROM soniq_queues WHERE paused) "
+        f"ORDER BY priority, scheduled_at, id LIMIT ?) "
         f"RETURNING {', '.join(CLAIMED_COLUMNS)}"
     )
 

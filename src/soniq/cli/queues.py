@@ -1,0 +1,171 @@
+"""``soniq queues list|pause|resume|limit|rate``: queue settings stored in the database.
+
+Every change is recorded in the audit log as ``cli:<user>@<host>`` (the dashboard shows it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import socket
+from typing import TYPE_CHECKING, Annotated, Any
+
+from cyclopts import App, Parameter
+
+from soniq.cli._common import Target, UsageError, open_app, run
+from soniq.cli._output import print_json, print_line, print_table
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from soniq.features.queues import Queues
+
+__all__ = ["app"]
+
+app = App(name="queues", help="List, pause, resume and limit queues.")
+
+Name = Annotated[str, Parameter(name="NAME")]
+#: Words that clear a limit.
+_OFF = ("off", "none")
+
+
+def actor() -> str:
+    """Who the audit log records for this command: ``cli:<user>@<host>``."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no user name in the environment or the password database
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"[:200]
+
+
+@app.command(name="list")
+def list_queues(*, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+    """List every known queue (with jobs or a stored setting): paused, limits, job counts.
+
+    Parameters
+    ----------
+    json
+        Print the queues as JSON.
+    """
+    soniq = open_app(target)
+    queues = [dataclasses.asdict(q) for q in run(soniq, soniq.queues.list)]
+    if json:
+        print_json(queues)
+        return 0
+    rows = [{**q, "state": "paused" if q["paused"] else "active"} for q in queues]
+    print_table(rows, [("name", "queue"), ("state", "state"),
+                       ("concurrency_limit", "concurrency limit"), ("rate_limit", "rate limit"),
+                       ("queued", "queued"), ("processing", "processing"), ("done", "done"),
+                       ("dead_letter", "dead letter"), ("cancelled", "cancelled")],
+                empty="no queues")
+    return 0
+
+
+def _change(target: Target, json: bool, name: str, call: Callable[[Queues], Awaitable[bool]],
+            result: dict[str, Any], done: str, same: str) -> int:
+    soniq = open_app(target)
+    changed = run(soniq, lambda: call(soniq.queues))
+    if json:
+        print_json({"name": name, **result, "changed": changed})
+    else:
+        print_line(f"{done if changed else same} queue {name}")
+    return 0
+
+
+@app.command
+def pause(name: Name, /, *, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+    """Stop every worker from claiming the queue's jobs (running jobs finish; enqueueing still
+    works). A queue with no jobs yet can be paused.
+
+    Parameters
+    ----------
+    name
+        The queue's name.
+    json
+        Print the outcome as JSON.
+    """
+    return _change(target, json, name, lambda q: q.pause(name, actor=actor()),
+                   {"paused": True}, "paused", "already paused:")
+
+
+@app.command
+def resume(name: Name, /, *, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+    """Let workers claim the queue's jobs again.
+
+    Parameters
+    ----------
+    name
+        The queue's name.
+    json
+        Print the outcome as JSON.
+    """
+    return _change(target, json, name, lambda q: q.resume(name, actor=actor()),
+                   {"paused": False}, "resumed", "not paused:")
+
+
+def _cleared(value: str | None, none: bool, what: str, example: str) -> bool:
+    """True when the command clears the setting (``--none`` or ``off``/``none``)."""
+    if none and value is not None:
+        raise UsageError(f"give {what} or --none, not both")
+    if not none and value is None:
+        raise UsageError(f"give {what} (e.g. {example}), or --none (or off) to clear it")
+    return none or str(value).strip().lower() in _OFF
+
+
+def _verbs(what: str, value: object) -> tuple[str, str]:
+    """What ``_change`` prints when the setting changed, and when it already was ``value``."""
+    if value is None:
+        return f"cleared the {what} of", f"no {what} on"
+    return f"set {what} {value} on", f"{what} already {value} on"
+
+
+@app.command
+def limit(name: Name, value: Annotated[str | None, Parameter(name="N")] = None, /, *,
+          none: bool = False, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+    """Store the most jobs of the queue to run at once across all workers (stored, listed and
+    audited; workers do not enforce it yet).
+
+    Parameters
+    ----------
+    name
+        The queue's name.
+    value
+        The limit (an integer >= 1), or off to clear it.
+    none
+        Clear the limit.
+    json
+        Print the outcome as JSON.
+    """
+    count: int | None = None
+    if not _cleared(value, none, "N", "limit emails 5"):
+        try:
+            count = int(str(value))
+        except ValueError:
+            raise UsageError(f"N must be an integer >= 1 or off, got {value!r}") from None
+    return _change(target, json, name,
+                   lambda q: q.set_concurrency_limit(name, count, actor=actor()),
+                   {"concurrency_limit": count}, *_verbs("concurrency limit", count))
+
+
+@app.command
+def rate(name: Name, value: Annotated[str | None, Parameter(name="RATE")] = None, /, *,
+         none: bool = False, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+    """Store the most jobs of the queue to start per second, minute or hour (stored, listed and
+    audited; workers do not enforce it yet).
+
+    Parameters
+    ----------
+    name
+        The queue's name.
+    value
+        A rate: 20/s, 600/m or 1000/h; or off to clear it.
+    none
+        Clear the rate limit.
+    json
+        Print the outcome as JSON.
+    """
+    from soniq.features.queues import check_rate_limit  # here: soniq --help stays quick
+
+    text = None if _cleared(value, none, "RATE", "rate emails 20/s") else check_rate_limit(value)
+    return _change(target, json, name, lambda q: q.set_rate_limit(name, text, actor=actor()),
+                   {"rate_limit": text}, *_verbs("rate limit", text))
