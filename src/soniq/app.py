@@ -279,8 +279,7 @@ class Soniq:
         ``encrypt`` (store arguments and result encrypted with ``SONIQ_SECRET_KEYS``),
         ``concurrency_limit`` (at most N running attempts across all workers; per value of the
         argument named by ``concurrency_key`` when given) and ``ordered`` (with a
-        ``concurrency_key``: one at a time per key, in enqueue order; see
-        docs/tutorial/flow-control.md).
+        ``concurrency_key``: one at a time per key, in enqueue order; docs/tutorial/flow-control.md).
         The function is returned unchanged, so it can still be called directly.
         """
 

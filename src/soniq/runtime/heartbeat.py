@@ -72,12 +72,12 @@ class Heartbeat:
             self._stopped = True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Register the worker (so it exists before anything is claimed) and its job
-        definitions, then beat."""
+        """Store the job definitions, then register the worker (so it exists before anything
+        is claimed), then beat."""
         definitions = self._definitions()  # read at start: jobs registered until then count
         self._worker = dataclasses.replace(self._worker,
                                            job_names=tuple(d.name for d in definitions))
-        await self._backend.register_worker(self._worker)
+        # Definitions first: a live worker row never names a job whose definition is not stored.
         store = self._backend.definitions
         if store is not None and definitions:
             try:
@@ -85,6 +85,7 @@ class Heartbeat:
             except DatabaseError as exc:  # informative only: never keeps the worker from running
                 logger.warning("could not store the job definitions of worker %s: %s",
                                self._worker.id, exc)
+        await self._backend.register_worker(self._worker)
         task_status.started()
         while True:
             await anyio.sleep(self._interval)
