@@ -109,15 +109,19 @@ async def wait_final(app: Soniq, ids: list[str], *, timeout: float) -> dict[str,
 
 async def assert_nothing_lost(app: Soniq, ledger: Ledger, ids: list[str], *, timeout: float = 60,
                               overlap_allowed: frozenset[str] = frozenset(),
-                              refunded: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
-    """The invariants of the module docstring; returns the final records by id."""
+                              refunded: frozenset[str] = frozenset(),
+                              ambiguous: int = 0) -> dict[str, dict[str, Any]]:
+    """The invariants of the module docstring; returns the final records by id. ``ambiguous``:
+    enqueues that raised on a lost connection, each of which may have committed all the same
+    (its answer was lost, not its transaction), so up to that many unknown jobs may run."""
     records = await wait_final(app, ids, timeout=timeout)
     entries = await ledger.entries()
     by_job: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
         by_job[entry.job_id].append(entry)
     unknown = set(by_job) - set(ids)
-    assert not unknown, f"the ledger has runs of jobs nobody enqueued: {sorted(unknown)[:5]}"
+    assert len(unknown) <= ambiguous, (
+        f"the ledger has runs of jobs nobody enqueued: {sorted(unknown)[:5]}")
 
     finishes = Counter(e.lease_id for e in entries if e.event == "finish")
     twice = {lease: n for lease, n in finishes.items() if n > 1}

@@ -46,12 +46,23 @@ class Cleanup:
         self._interval = interval
         self._stale_after = stale_after
         self._error_retry_delay = error_retry_delay
+        self._lock = anyio.Lock()  # a round in flight finishes before stop() returns
+        self._stopped = False
+
+    async def stop(self) -> None:
+        """Start no more rounds, after the one in flight (cancelled, its transaction would be
+        rolled back by a pool reset that logs an error)."""
+        async with self._lock:
+            self._stopped = True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             try:
-                await self.tick()
+                async with self._lock:
+                    if self._stopped:
+                        return
+                    await self.tick()
             except DatabaseError as exc:
                 logger.warning("cleanup failed, retrying in %gs: %s", self._error_retry_delay, exc)
                 await anyio.sleep(self._error_retry_delay)

@@ -166,6 +166,7 @@ class Worker:
                     # can still commit on the server after the row is removed, re-creating it.
                     with anyio.move_on_after(FINAL_WRITE_TIMEOUT):
                         await self.heartbeat.stop()
+                        await self.cleanup.stop()  # likewise a maintenance transaction
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(FINAL_WRITE_TIMEOUT) as bound:
