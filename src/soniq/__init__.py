@@ -13,7 +13,15 @@ if TYPE_CHECKING:
     from soniq.registry import TaskRef
     from soniq.runtime import Worker
     from soniq.settings import SoniqSettings
-    from soniq.types import JobContext, JobRecord, JobStatus, QueueInfo, QueueStats, Snooze
+    from soniq.types import (
+        JobContext,
+        JobRecord,
+        JobStatus,
+        QueueInfo,
+        QueueStats,
+        RateLimited,
+        Snooze,
+    )
 
 __all__ = [
     "JobContext",
@@ -21,6 +29,7 @@ __all__ = [
     "JobStatus",
     "QueueInfo",
     "QueueStats",
+    "RateLimited",
     "Soniq",
     "SoniqError",
     "Snooze",
@@ -46,6 +55,7 @@ _HOMES = {
     "JobStatus": "soniq.types",
     "QueueInfo": "soniq.types",
     "QueueStats": "soniq.types",
+    "RateLimited": "soniq.types",
     "Snooze": "soniq.types",
 }
 

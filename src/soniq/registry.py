@@ -26,7 +26,7 @@ from soniq.errors import (
     did_you_mean,
 )
 from soniq.ids import id_stream, new_id
-from soniq.limits import check_limits, limit_key, stored_limits
+from soniq.limits import check_limits, check_rate, limit_key, stored_limits, stored_rate
 from soniq.serialization import has_unstorable_chars, loads, to_utc, unique_key
 from soniq.types import JobContext, JobStatus, JobStream, NewJob
 
@@ -34,6 +34,7 @@ if typing.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from datetime import datetime, timedelta
 
+    from soniq.limits import Rate
     from soniq.settings import SoniqSettings
 
 __all__ = [
@@ -59,7 +60,7 @@ RESERVED_ENQUEUE_OPTIONS = frozenset(
 _JOB_OPTIONS = (
     "name", "queue", "priority", "retries", "max_retries", "retry_delay", "retry_backoff",
     "retry_max_delay", "timeout", "unique", "validate", "args_model", "encrypt",
-    "concurrency_limit", "concurrency_key", "ordered",
+    "concurrency_limit", "concurrency_key", "ordered", "rate_limit", "rate_key",
 )
 
 
@@ -147,6 +148,10 @@ class JobSpec:
     concurrency_key: str | None = None
     #: Jobs with the same key start in enqueue order, one at a time.
     ordered: bool = False
+    #: Starts share a token bucket per job name (per value of ``rate_key`` when set).
+    rate_limit: Rate | None = None
+    #: The argument whose value picks the bucket for ``rate_limit``.
+    rate_key: str | None = None
 
     def encode_args(self, kwargs: Mapping[str, Any]) -> str:
         """Check ``kwargs`` against the model or signature and return them as JSON text."""
@@ -255,9 +260,10 @@ class JobRegistry:
                 f"options ({', '.join(sorted(RESERVED_ENQUEUE_OPTIONS))}); rename them"
             )
         parameters = Parameters.of(func, context_param)
-        limit, limit_by, ordered = check_limits(
-            name, options, fields=set(model.model_fields) if model else parameters.names,
-            any_name=model is None and parameters.any_keyword)
+        fields = set(model.model_fields) if model else parameters.names
+        any_name = model is None and parameters.any_keyword
+        limit, limit_by, ordered = check_limits(name, options, fields=fields, any_name=any_name)
+        rate, rate_by = check_rate(name, options, fields=fields, any_name=any_name)
         spec = JobSpec(
             name=name,
             func=func,
@@ -277,6 +283,8 @@ class JobRegistry:
             concurrency_limit=limit,
             concurrency_key=limit_by,
             ordered=ordered,
+            rate_limit=rate,
+            rate_key=rate_by,
         )
         existing = self._by_name.get(name)
         if existing is not None and existing.func is not func:
@@ -358,7 +366,8 @@ class JobBuilder:
     guessable)."""
 
     __slots__ = ("_by_spec", "_dedup_key", "_encode", "_encrypt", "_keyed_digest", "_limit",
-                 "_limit_by", "_many", "_model", "_max_attempts", "_spec", "_unique", "name",
+                 "_limit_by", "_many", "_model", "_max_attempts", "_rate_by", "_rated", "_spec",
+                 "_unique", "name",
                  "priority", "queue", "scheduled_at")
 
     def __init__(self, registry: JobRegistry, settings: SoniqSettings,
@@ -409,6 +418,9 @@ class JobBuilder:
         self._limit, self._limit_by = ((spec.concurrency_limit, spec.concurrency_key) if spec
                                        else stored_limits(stored.options) if stored
                                        else (None, None))
+        rate, self._rate_by = ((spec.rate_limit, spec.rate_key) if spec
+                               else stored_rate(stored.options) if stored else (None, None))
+        self._rated = rate is not None
         self._unique = unique
         self._dedup_key = dedup_key
         self._many = many
@@ -425,7 +437,10 @@ class JobBuilder:
         try:
             args_json = (spec.encode_args(job_args) if self._by_spec and spec is not None
                          else encode_args(name, job_args, model=self._model))
-            limit_key = None if limit is None else self._key_of(job_args, args_json)
+            limit_key = (None if limit is None else
+                         self._key_of(self._limit_by, "concurrency_key", job_args, args_json))
+            rate_key = (self._key_of(self._rate_by, "rate_key", job_args, args_json)
+                        if self._rated else None)
         except ValidationError as exc:
             if self._many:
                 raise type(exc)(f"args_list[{index}]: {exc.message}") from None
@@ -437,19 +452,21 @@ class JobBuilder:
                 key = f"unique:{name}:{self._keyed_digest(key)}"
         # Positional: a named tuple built from keywords costs twice as much (bulk builds many).
         return NewJob(job_id, name, self.queue, self.priority, self._encode(name, args_json),
-                      self._max_attempts, self.scheduled_at, key, limit_key, limit)
+                      self._max_attempts, self.scheduled_at, key, limit_key, limit, rate_key)
 
-    def _key_of(self, job_args: Mapping[str, Any], args_json: str) -> str | None:
-        """The stored concurrency key of a limited job. Arguments that lack the key argument
-        are refused for a job registered here; for one known only by its stored definition
-        (whose signature, and so the argument's default, is not known here) the key is left
-        out, and the worker that claims the job sets it or dead-letters the job."""
+    def _key_of(self, by: str | None, option: str, job_args: Mapping[str, Any],
+                args_json: str) -> str | None:
+        """The stored key (``option``: concurrency or rate) of a limited job. Arguments that
+        lack the key argument are refused for a job registered here; for one known only by its
+        stored definition (whose signature, and so the argument's default, is not known here)
+        the key is left out: the worker that claims a concurrency-limited job sets it or
+        dead-letters the job, and a rate-limited one starts outside its bucket."""
         spec = self._spec
         try:
-            return limit_key(self.name, self._limit_by,
+            return limit_key(self.name, by,
                              job_args if self._model is None else loads(args_json),
                              None if spec is None or spec.parameters is None
-                             else spec.parameters.signature)
+                             else spec.parameters.signature, option=option)
         except JobArgumentsError:
             if spec is None:
                 return None

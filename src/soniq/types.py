@@ -28,6 +28,7 @@ __all__ = [
     "NewJob",
     "QueueInfo",
     "QueueStats",
+    "RateLimited",
     "Snooze",
     "WorkerInfo",
 ]
@@ -201,6 +202,9 @@ class NewJob(NamedTuple):
     dedup_key: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    #: A rate-limited job's key (its ``rate_key`` argument's value as canonical JSON, ``''``
+    #: for a rate on the job name alone): it starts only with a token of that bucket.
+    rate_key: str | None = None
 
 
 class JobStream(Sequence[NewJob]):
@@ -287,6 +291,9 @@ class JobOutcome(NamedTuple):
     refund_attempt: bool = False
     expires_at: datetime | None = None
     job: ClaimedJob | None = None
+    #: ``RateLimited``: hold the job's rate bucket (job name and stored ``rate_key``, ``''``
+    #: without one) until then, for every worker (written only when the outcome is accepted).
+    rate_hold: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +321,19 @@ class Snooze:
 
     seconds: float
     reason: str | None = None
+
+
+class RateLimited(Exception):
+    """Raise ``RateLimited(retry_after=seconds)`` from a job (for example on an HTTP 429): like
+    a :class:`Snooze` the attempt is given back and the job runs again after ``retry_after``
+    seconds, and in addition its rate bucket (its ``rate_key`` value, or its job name) is held
+    for ``retry_after`` seconds for every worker. It is not a failure: ``on_error`` hooks do not
+    run."""
+
+    def __init__(self, retry_after: float, reason: str | None = None) -> None:
+        super().__init__(reason or f"rate limited: retry after {retry_after:g}s")
+        self.retry_after = retry_after
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

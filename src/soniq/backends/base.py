@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         ScheduleStore,
         WebhookStore,
     )
+    from soniq.limits import RateGate
     from soniq.types import (
         CancelOutcome,
         ClaimedJob,
@@ -161,17 +162,35 @@ class StorageBackend(Protocol):
 
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
                          *, now: datetime | None = None,
-                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
-        """Claim up to ``limit`` due jobs (all queues when ``queues`` is None) of queues that are
-        not paused: the statement reads the stored pauses itself, so this is exact whatever the
-        caller knows. ``paused`` is the caller's (cached) view of the paused queues, a plan hint
-        only: a backend may pick a claim shape that skips them without walking their backlog."""
+                         paused: frozenset[str] = frozenset(),
+                         limited: frozenset[str] = frozenset(),
+                         rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs (all queues when ``queues`` is None), never from a
+        paused queue, and each within the limits that govern its start:
+
+        - a queue with a stored ``concurrency_limit`` or ``rate_limit`` (``soniq_queues``) is
+          *gated*: its jobs are claimed only while the caller names it in ``limited``, and then
+          only while fewer than ``concurrency_limit`` of its jobs are ``processing`` and its
+          queue bucket has a token (one taken per start);
+        - a row stored with a ``rate_key`` is claimed only for a job name in ``rates``, with a
+          token of the bucket (job name, ``rate_key``) at the caller's :class:`RateGate` rate,
+          and not while that bucket is held (``RateLimited``). Its queue's pause applies; its
+          queue's limits govern the queue's other rows only.
+
+        The backend reads the stored settings and buckets itself, inside the claim's database
+        work, so this is exact across processes whatever the caller believes; ``paused`` and
+        ``limited`` (the caller's cached view) only say which claims to try: a backend may pick
+        a shape that skips paused queues without walking their backlog. A bucket without a
+        stored state is full; tokens refill as :meth:`soniq.limits.Rate.tokens` says."""
         ...
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
                             *, now: datetime | None = None) -> list[str]:
         """Write outcomes where the lease still holds; return the ids that were accepted.
-        A ``QUEUED`` outcome for a job with a cancel request ends ``cancelled`` instead."""
+        A ``QUEUED`` outcome for a job with a cancel request ends ``cancelled`` instead. An
+        accepted outcome with ``rate_hold`` holds its job's rate bucket (job name and the row's
+        ``rate_key``, ``''`` without one) until then, for every worker (the later of the
+        stored hold and this one)."""
         ...
 
     async def register_worker(self, worker: WorkerInfo, *, now: datetime | None = None) -> None:

@@ -45,18 +45,21 @@ class QueueSetting:
     rate_limit: str | None = None
     updated_at: datetime | None = None
 
+    @property
+    def gated(self) -> bool:
+        """Not paused, and a limit governs its starts (claimed only through the gate)."""
+        return not self.paused and (self.concurrency_limit is not None
+                                    or self.rate_limit is not None)
+
 
 @runtime_checkable
 class QueueStore(Protocol):
-    """Per-queue settings. The claim of the same backend reads the paused ones itself (in its
-    statement), so pausing is exact whatever a worker last read here."""
+    """Per-queue settings. The claim of the same backend reads them itself (in its database
+    work), so pauses and limits are exact whatever a worker last read here. A queue's rate
+    limit has a token bucket stored with its row; a change of ``rate_limit`` refills it."""
 
     async def list(self) -> builtins.list[QueueSetting]:
         """Every stored setting, by name."""
-        ...
-
-    async def paused(self) -> frozenset[str]:
-        """The names of the paused queues."""
         ...
 
     async def set(self, name: str, field: QueueField, value: QueueValue, *,

@@ -20,10 +20,10 @@ from, stays ``app.settings.queues``.)
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING
 
 from soniq.errors import UnsupportedOperationError, ValidationError
+from soniq.limits import parse_rate
 from soniq.registry import validate_name
 from soniq.serialization import utc_now
 from soniq.types import AuditEntry, QueueInfo
@@ -43,8 +43,6 @@ audit_logger = logging.getLogger("soniq.audit")
 
 #: Who a change is recorded as when the caller names no ``actor``.
 DEFAULT_ACTOR = "api"
-#: A rate limit: a positive count per second, minute or hour.
-_RATE = re.compile(r"\s*(\d{1,9})\s*/\s*([smh])\s*")
 _MAX_ACTOR = 200
 
 
@@ -62,11 +60,11 @@ def check_rate_limit(rate: object) -> str | None:
     :class:`ValidationError` naming it."""
     if rate is None:
         return None
-    match = _RATE.fullmatch(rate) if isinstance(rate, str) else None
-    if match is None or int(match[1]) < 1:
+    parsed = parse_rate(rate)
+    if parsed is None:
         raise ValidationError(f"rate limit must look like 20/s, 600/m or 1000/h (a count >= 1 "
                               f"per s, m or h) or be None, got {rate!r}")
-    return f"{int(match[1])}/{match[2]}"
+    return str(parsed)
 
 
 def _check_actor(value: object, what: str) -> str:

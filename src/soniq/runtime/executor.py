@@ -43,7 +43,7 @@ from soniq.runtime.retry import retry_delay
 from soniq.runtime.seams import JobEvent, call_hook
 from soniq.serialization import ascii_text, capped_text, dumps, loads, longer_than, storable_text
 from soniq.settings import LONGEST_DELAY
-from soniq.types import JobContext, JobOutcome, JobStatus, Snooze
+from soniq.types import JobContext, JobOutcome, JobStatus, RateLimited, Snooze
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -218,15 +218,17 @@ class Executor:
                                       expires_at=self._expiry())
                 raise TimeoutError(f"job exceeded its timeout of {timeout:g}s")
             if isinstance(result, Snooze):
-                seconds = min(max(0.0, float(result.seconds)), LONGEST_DELAY)  # NaN -> 0
-                return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True,
-                                  run_at=self._now() + timedelta(seconds=seconds))
+                return self._later(job, result.seconds)
             encoded = self._codec.encode_result(job.job_name, result)
             if longer_than(encoded, self._settings.max_result_bytes):  # O(1) for most results
                 raise SerializationError(
                     f"result could not be stored: its JSON takes more than max_result_bytes "
                     f"({self._settings.max_result_bytes:,} bytes); return less (keep large data "
                     "elsewhere and return a reference to it), or raise max_result_bytes")
+        except RateLimited as exc:  # not a failure: no on_error hooks
+            logger.info("job %s (%s) is rate limited: its bucket is held for %gs", job.id,
+                        job.job_name, exc.retry_after)
+            return self._later(job, exc.retry_after, hold=True)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the job failed too
             if _is_cancellation(exc):  # the runtime's own: never swallowed
                 raise
@@ -260,6 +262,17 @@ class Executor:
             logger.info("job %s (%s) was enqueued without its concurrency key; given back "
                         "with key %s", job.id, job.job_name, key)
         return None
+
+    def _later(self, job: ClaimedJob, seconds: float, *, hold: bool = False) -> JobOutcome:
+        """Back in the queue after ``seconds`` with the attempt given back (``Snooze``); with
+        ``hold`` its rate bucket is held as long (``RateLimited``)."""
+        try:
+            seconds = min(max(0.0, float(seconds)), LONGEST_DELAY)  # NaN -> 0
+        except (TypeError, ValueError):
+            seconds = 0.0
+        at = self._now() + timedelta(seconds=seconds)
+        return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True,
+                          run_at=at, rate_hold=at if hold else None)
 
     def _expiry(self) -> datetime:
         return self._now() + timedelta(seconds=self._settings.result_ttl)

@@ -11,12 +11,13 @@ start. ``stop()`` ends claiming and gives the look-ahead back at once (without u
 running jobs then get ``shutdown_timeout`` seconds to finish before they are cancelled (and given
 back the same way).
 
-It also keeps the paused queues as it last read them (``backend.queues``): loaded before the
+It also keeps the queue settings as it last read them (``backend.queues``): loaded before the
 first claim, again every ``poll_interval`` and as soon as :meth:`settings_changed` says a queue
-setting changed (the listener's ``soniq_queues`` notification). The claim statement excludes
-paused queues by itself, so this view never decides what is claimed; it is passed to
-``claim_jobs(paused=...)`` so that the backend can pick a claim that does not walk a paused
-queue's backlog.
+setting changed (the listener's ``soniq_queues`` notification). The claim excludes paused queues
+and enforces limits by itself, so this view never decides what is claimed; it is passed to
+``claim_jobs(paused=..., limited=...)`` so that the backend can pick a claim that does not walk
+a paused queue's backlog and knows which gated queues to try. The rate-limited jobs this worker
+registered go along as ``rates``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from soniq.backends.base import StorageBackend
+    from soniq.limits import RateGate
     from soniq.runtime.executor import Executor
     from soniq.types import ClaimedJob
 
@@ -46,7 +48,7 @@ class Fetcher:
     def __init__(self, backend: StorageBackend, executor: Executor, *, worker_id: str,
                  queues: Sequence[str] | None, concurrency: int, poll_interval: float,
                  shutdown_timeout: float, error_retry_delay: float, run_once: bool,
-                 flush: Callable[[], Awaitable[None]]) -> None:
+                 flush: Callable[[], Awaitable[None]], rates: Sequence[RateGate] = ()) -> None:
         self._backend = backend
         self._executor = executor
         self._worker_id = worker_id
@@ -65,7 +67,10 @@ class Fetcher:
         self._parked: list[_Parked] = []  # runners with no job, newest last
         self._start: Callable[..., object] | None = None
         self._pace = Pace()
-        self.paused: frozenset[str] = frozenset()  # as last read; a plan hint for the claim
+        # As last read; which claims to try (the claim itself reads the stored settings).
+        self.paused: frozenset[str] = frozenset()
+        self.limited: frozenset[str] = frozenset()
+        self._rates = tuple(rates)
         self._settings_read_at = -math.inf
         executor.on_slot_freed = self.wake
 
@@ -84,16 +89,19 @@ class Fetcher:
         self._wake.set()
 
     async def _read_settings(self) -> None:
-        """Reload the paused queues when a change was announced or ``poll_interval`` passed."""
+        """Reload the queue settings when a change was announced or ``poll_interval`` passed."""
         store = self._backend.queues
         now = anyio.current_time()
         if store is None or now < self._settings_read_at + self._poll_interval:
             return
         self._settings_read_at = now
         try:
-            self.paused = await store.paused()
-        except DatabaseError as exc:  # the claim still excludes paused queues by itself
+            settings = await store.list()
+        except DatabaseError as exc:  # the claim still reads the settings by itself
             logger.warning("reading the queue settings failed (keeping the last ones): %s", exc)
+            return
+        self.paused = frozenset(setting.name for setting in settings if setting.paused)
+        self.limited = frozenset(setting.name for setting in settings if setting.gated)
 
     def stop(self) -> None:
         """Stop claiming and give the look-ahead back; running jobs finish within
@@ -167,8 +175,9 @@ class Fetcher:
         await self._read_settings()
         started = anyio.current_time()
         try:
-            claimed = await self._backend.claim_jobs(self._worker_id, self._queues, limit,
-                                                     paused=self.paused)
+            claimed = await self._backend.claim_jobs(
+                self._worker_id, self._queues, limit, paused=self.paused, limited=self.limited,
+                rates=self._rates)
         except DatabaseError as exc:
             logger.warning("claiming jobs failed, retrying in %gs: %s", self._error_retry_delay, exc)
             await self._wait(self._error_retry_delay)

@@ -39,7 +39,8 @@ def job_definition(spec: JobSpec, settings: SoniqSettings) -> JobDefinition:
         "unique": spec.unique, "retry_backoff": spec.retry_backoff,
         "retry_delay": list(delay) if isinstance(delay, tuple) else delay,
         "retry_max_delay": spec.retry_max_delay,
-        **limit_options(spec.concurrency_limit, spec.concurrency_key, spec.ordered),
+        **limit_options(spec.concurrency_limit, spec.concurrency_key, spec.ordered,
+                        spec.rate_limit, spec.rate_key),
     }
     return JobDefinition(
         name=spec.name, queue=spec.queue,

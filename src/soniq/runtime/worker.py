@@ -31,6 +31,7 @@ import anyio
 
 from soniq.errors import ValidationError
 from soniq.ids import new_id
+from soniq.limits import RateGate
 from soniq.runtime.cleanup import Cleanup
 from soniq.runtime.executor import Executor
 from soniq.runtime.fetcher import Fetcher
@@ -92,6 +93,8 @@ class Worker:
             shutdown_timeout=settings.shutdown_timeout,
             error_retry_delay=settings.error_retry_delay, run_once=run_once,
             flush=self.finisher.flush,
+            rates=[RateGate(spec.name, spec.rate_limit) for spec in registry
+                   if spec.rate_limit is not None],
         )
         self.heartbeat = Heartbeat(
             backend, self.executor,

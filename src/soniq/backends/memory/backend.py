@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from soniq.limits import RateGate
+
 __all__ = ["MemoryBackend"]
 
 _STATUSES = tuple(status.value for status in JobStatus)
@@ -185,7 +187,9 @@ class MemoryBackend:
 
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
                          *, now: datetime | None = None,
-                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
+                         paused: frozenset[str] = frozenset(),
+                         limited: frozenset[str] = frozenset(),
+                         rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
         now = now or utc_now()
         wanted = None if queues is None else set(queues)
         stopped = self.queues.paused_now()  # the stored pauses, not the caller's view

@@ -44,9 +44,6 @@ class MemoryQueueStore:
     async def list(self) -> builtins.list[QueueSetting]:
         return [self.settings[name] for name in sorted(self.settings)]
 
-    async def paused(self) -> frozenset[str]:
-        return self.paused_now()
-
     def paused_now(self) -> frozenset[str]:
         """The paused queues (what the claim excludes)."""
         return frozenset(name for name, s in self.settings.items() if s.paused)

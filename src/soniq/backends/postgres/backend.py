@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from soniq.backends.postgres.changes import Statements
+    from soniq.limits import RateGate
     from soniq.settings import SoniqSettings
     from soniq.types import WorkerInfo
 
@@ -233,7 +234,9 @@ class PostgresBackend:
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
                          *, now: datetime | None = None,
-                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
+                         paused: frozenset[str] = frozenset(),
+                         limited: frozenset[str] = frozenset(),
+                         rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
         _check_worker_id(worker_id)
         if limit <= 0 or (queues is not None and not queues):
             return []

@@ -123,7 +123,6 @@ class _Sql:
     def __init__(self, n: Names) -> None:
         self.list_queues = (f"SELECT name, paused, concurrency_limit, rate_limit, updated_at "
                             f"FROM {n.queues} ORDER BY name")
-        self.paused = f"SELECT name FROM {n.queues} WHERE paused"
         #: Per field: $1 name. Its stored value, the row locked until the change commits.
         self.get = {field: f"SELECT {field} FROM {n.queues} WHERE name = $1::text FOR UPDATE"
                     for field in QUEUE_FIELDS}
@@ -190,12 +189,6 @@ class PostgresQueueStore:
             pool = await self._ready()
             rows = await call(pool.fetch, self._sql.list_queues)
         return [QueueSetting(**dict(row)) for row in rows]
-
-    async def paused(self) -> frozenset[str]:
-        with self._errors:
-            pool = await self._ready()
-            rows = await call(pool.fetch, self._sql.paused)
-        return frozenset(row["name"] for row in rows)
 
     async def set(self, name: str, field: QueueField, value: QueueValue, *,
                   audit: AuditEntry) -> bool:

@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from soniq.limits import RateGate
+
 __all__ = ["SqliteBackend"]
 
 # Bind parameters per dedup-key lookup: far below SQLite's limit of 32766 per statement.
@@ -192,7 +194,9 @@ class SqliteBackend:
     # -- claim and finish ---------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
                          *, now: datetime | None = None,
-                         paused: frozenset[str] = frozenset()) -> list[ClaimedJob]:
+                         paused: frozenset[str] = frozenset(),
+                         limited: frozenset[str] = frozenset(),
+                         rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
         # ``paused`` is not needed: the claim reads soniq_queues inside its BEGIN IMMEDIATE.
         if limit <= 0 or (queues is not None and not queues):
             return []

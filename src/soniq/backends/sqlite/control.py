@@ -23,7 +23,6 @@ __all__ = ["SqliteAuditStore", "SqliteQueueStore"]
 
 _SETTING = ("name", "paused", "concurrency_limit", "rate_limit", "updated_at")
 LIST_QUEUES = f"SELECT {', '.join(_SETTING)} FROM soniq_queues ORDER BY name"
-PAUSED = "SELECT name FROM soniq_queues WHERE paused"
 #: Per field: name. Its stored value.
 GET = {field: f"SELECT {field} FROM soniq_queues WHERE name = ?" for field in QUEUE_FIELDS}
 #: Per field: name, value, now.
@@ -78,9 +77,6 @@ class SqliteQueueStore:
         return [QueueSetting(name=name, paused=bool(paused), concurrency_limit=limit,
                              rate_limit=rate, updated_at=sql.from_db(updated_at))
                 for name, paused, limit, rate, updated_at in rows]
-
-    async def paused(self) -> frozenset[str]:
-        return frozenset(name for (name,) in await self._db.run(self._db.read, PAUSED, ()))
 
     async def set(self, name: str, field: QueueField, value: QueueValue, *,
                   audit: AuditEntry) -> bool:
