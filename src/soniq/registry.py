@@ -484,4 +484,5 @@ class JobBuilder:
                 yield self(job_id, job_args, index)
 
         return JobStream(len(args_list), rows(), job_name=self.name, queue=self.queue,
-                         scheduled_at=self.scheduled_at, limited=self._limit is not None)
+                         scheduled_at=self.scheduled_at,
+                         limited=self._limit is not None or self._rated)

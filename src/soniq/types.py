@@ -223,7 +223,7 @@ class JobStream(Sequence[NewJob]):
         self.job_name = job_name
         self.queue = queue
         self.scheduled_at = scheduled_at
-        #: Its jobs carry a concurrency key (they take slots).
+        #: Its jobs carry a concurrency key or a rate key (they take slots or tokens).
         self.limited = limited
 
     def __len__(self) -> int:

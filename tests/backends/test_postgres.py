@@ -25,7 +25,7 @@ import pytest
 
 from soniq import Soniq
 from soniq.backends import _bridge
-from soniq.backends.postgres import PostgresBackend, inserts, sql
+from soniq.backends.postgres import PostgresBackend, gates, inserts, sql
 from soniq.backends.postgres import backend as backend_module
 from soniq.backends.postgres.errors import redact_url
 from soniq.backends.postgres.listener import APPLICATION_NAME
@@ -63,7 +63,11 @@ EXPECTED_COLUMNS = {
         ("expires_at", TIMESTAMPTZ, False), ("errors", "jsonb", True), ("worker_id", "uuid", False),
         ("lease_id", "uuid", False), ("dedup_key", "text", False),
         ("cancel_requested", "boolean", True), ("concurrency_key", "text", False),
-        ("hold", "text", False),
+        ("hold", "text", False), ("rate_key", "text", False),
+    ],
+    "soniq_rate_buckets": [
+        ("job_name", "text", True), ("key", "text", True), ("tokens", "double precision", False),
+        ("refilled_at", TIMESTAMPTZ, False), ("blocked_until", TIMESTAMPTZ, False),
     ],
     "soniq_slots": [("job_name", "text", True), ("key", "text", True), ("active", "integer", True)],
     "soniq_workers": [
@@ -135,6 +139,7 @@ EXPECTED_COLUMNS = {
     "soniq_queues": [
         ("name", "text", True), ("paused", "boolean", True), ("concurrency_limit", "integer", False),
         ("rate_limit", "text", False), ("updated_at", TIMESTAMPTZ, True),
+        ("tokens", "double precision", False), ("refilled_at", TIMESTAMPTZ, False),
     ],
     "soniq_audit": [
         ("id", "bigint", True), ("at", TIMESTAMPTZ, True), ("actor", "text", True),
@@ -154,8 +159,13 @@ EXPECTED_INDEXES = {
         ("soniq_jobs_parked_idx", "INDEX", "soniq_jobs", ("(job_name, concurrency_key, id) "
          "WHERE ((status = 'queued'::text) AND (hold = 'slot'::text))")),
         ("soniq_jobs_slot_holders_idx", "INDEX", "soniq_jobs", ("(job_name, concurrency_key) "
-         "WHERE ((concurrency_key IS NOT NULL) AND (hold IS NULL) AND (status = ANY "
-         "(ARRAY['queued'::text, 'processing'::text])))")),
+         "WHERE ((concurrency_key IS NOT NULL) AND (hold IS DISTINCT FROM 'slot'::text) AND "
+         "(status = ANY (ARRAY['queued'::text, 'processing'::text])))")),
+        # Rate limits: a job name's claimable rows per bucket key; the buckets.
+        ("soniq_jobs_rated_idx", "INDEX", "soniq_jobs",
+         ("(job_name, rate_key, priority, scheduled_at, id) "
+          "WHERE ((status = 'queued'::text) AND (hold = 'rate'::text))")),
+        ("soniq_rate_buckets_pkey", "UNIQUE INDEX", "soniq_rate_buckets", "(job_name, key)"),
         ("soniq_slots_pkey", "UNIQUE INDEX", "soniq_slots", "(job_name, key)"),
         ("soniq_jobs_dedup_key_idx", "UNIQUE INDEX", "soniq_jobs",
          "(dedup_key) WHERE (dedup_key IS NOT NULL)"),
@@ -204,7 +214,7 @@ EXPECTED_CHECKS = {
         "'dead_letter'::text, 'cancelled'::text])))",
     "soniq_jobs_dedup_key_queued_check":
         "CHECK (((dedup_key IS NULL) OR (status = 'queued'::text)))",
-    "soniq_jobs_hold_check": "CHECK ((hold = 'slot'::text))",
+    "soniq_jobs_hold_check": "CHECK ((hold = ANY (ARRAY['slot'::text, 'rate'::text])))",
     "soniq_schedules_timing_check": "CHECK (((cron IS NULL) <> (every_seconds IS NULL)))",
     "soniq_webhook_deliveries_status_check":
         "CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))",
@@ -604,9 +614,9 @@ async def test_jobs_of_a_lost_claim_answer_survive_a_failed_retry(
     job_id = await app.enqueue("tests.send", to="a")
     real_call = backend_module.call
 
-    async def answer_lost(fn: Any, *args: Any) -> Any:
-        result = await real_call(fn, *args)
-        if args and args[0] == CLAIM_ALL_QUEUES:  # committed; then the connection drops
+    async def answer_lost(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await real_call(fn, *args, **kwargs)
+        if fn is gates.claim:  # committed; then the connection drops
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
         return result
 

@@ -30,7 +30,16 @@ import asyncpg
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import StorageBackend, job_record
-from soniq.backends.postgres import inserts, listener, maintenance, pooling, schema, slots, sql
+from soniq.backends.postgres import (
+    gates,
+    inserts,
+    listener,
+    maintenance,
+    pooling,
+    schema,
+    slots,
+    sql,
+)
 from soniq.backends.postgres import queues as pg_queues
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
@@ -44,7 +53,7 @@ from soniq.backends.postgres.schedules import PostgresScheduleStore
 from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.backends.postgres.where import where
 from soniq.errors import UnsupportedOperationError, ValidationError
-from soniq.ids import canonical_uuid, is_uuid, new_id
+from soniq.ids import canonical_uuid, is_uuid
 from soniq.types import CancelOutcome, ClaimedJob, JobOutcome, JobRecord, NewJob, QueueStats
 
 if TYPE_CHECKING:
@@ -112,6 +121,7 @@ class PostgresBackend:
         self.queues = PostgresQueueStore(self._ready, self._errors, n)
         self.audit = PostgresAuditStore(self._ready, self._errors, n)
         self._queue_claims = pg_queues.claims(n)
+        self._gates = gates.gate_sql(n)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
         # Leases of claimed jobs that hold a concurrency slot, until their outcome is written.
@@ -240,18 +250,16 @@ class PostgresBackend:
         _check_worker_id(worker_id)
         if limit <= 0 or (queues is not None and not queues):
             return []
-        query, extra = self._queue_claims.pick(self._q, queues, paused)
+        query, extra = self._queue_claims.pick(self._q, queues, paused | limited)
         # The keys of this worker's claims whose answer was lost (they may have committed): the
         # jobs they took are handed out now, and the keys kept until that answer arrives.
         keys = self._unanswered.pop(worker_id, [])
         try:
             with self._errors:
                 pool = await self._loops()
-                rows = await self._adopt(pool, worker_id, keys)
-                if len(rows) < limit:
-                    keys.append(new_id())
-                    rows += await call(pool.fetch, query, worker_id, now, limit - len(rows),
-                                       keys[-1], *extra)
+                rows = await call(gates.claim, pool, self._q, self._gates, query, extra,
+                                  worker_id, now, limit, keys, queues=queues, limited=limited,
+                                  rates=rates)
         except BaseException:  # sent but unanswered (connection lost, cancelled)
             self._unanswered[worker_id] = keys
             raise
@@ -260,16 +268,6 @@ class PostgresBackend:
         # RETURNING has no order; hand jobs out in claim order. Lower-case hex sorts like uuid.
         claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
         return claimed
-
-    async def _adopt(self, pool: Any, worker_id: str, keys: list[str]) -> list[Any]:
-        """The jobs of this worker's unanswered claims ``keys`` (committed after all)."""
-        if not keys:
-            return []
-        rows: list[Any] = await call(pool.fetch, self._q.adopt_claims, worker_id, keys)
-        if rows:
-            logger.warning("took up %d job(s) claimed by this worker whose claim's answer was "
-                           "lost with its connection", len(rows))
-        return rows
 
     def _sql(self) -> Statements:
         """The statements that change jobs: recording their events while the log has a reader."""
@@ -303,7 +301,11 @@ class PostgresBackend:
                 [o.error for o in items], [o.run_at for o in items],
                 [o.refund_attempt for o in items], [o.expires_at for o in items], now,
                 atomic=limited)
-        accepted = {str(row["id"]) for row in rows}
+            accepted = {str(row["id"]) for row in rows}
+            holds = {job_id: outcome.rate_hold for (job_id, _), outcome in batch.items()
+                     if outcome.rate_hold is not None and job_id in accepted}
+            if holds:  # RateLimited: its bucket is held for every worker
+                await call(gates.hold_buckets, pool, self._gates, holds)
         # In input order, each job once.
         return list(dict.fromkeys(outcome.job_id for (job_id, _), outcome in batch.items()
                                   if job_id in accepted))

@@ -62,26 +62,26 @@ async def insert_on(conn: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
 
 
 def _limited(jobs: Sequence[NewJob]) -> bool:
-    """Whether ``jobs`` take concurrency slots (then they go in through :mod:`.slots`). The
-    jobs of a stream share their options: it says so without being read."""
+    """Whether ``jobs`` take concurrency slots or rate tokens (then they go in through
+    :mod:`.slots`). The jobs of a stream share their options: it says so without being read."""
     if isinstance(jobs, JobStream):
         return jobs.limited
-    return any(job.concurrency_key is not None for job in jobs)
+    return any(job.concurrency_key is not None or job.rate_key is not None for job in jobs)
 
 
 async def _insert_limited(conn: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
     """Limited jobs (unlimited ones among them go in as usual) in the caller's transaction, a
     chunk per statement."""
-    free = [job for job in jobs if job.concurrency_key is None]
+    free = [job for job in jobs if job.concurrency_key is None and job.rate_key is None]
     ids = (dict(zip([job.id for job in free], await _insert(conn, q, free), strict=True))
            if free else {})
     holders: dict[str, str] = {}
-    limited = [job for job in jobs if job.concurrency_key is not None]
+    limited = [job for job in jobs if job.concurrency_key is not None or job.rate_key is not None]
     for start in range(0, len(limited), INSERT_CHUNK_SIZE):
         holders.update(await slots.insert_limited(conn, q.slots,
                                                   limited[start:start + INSERT_CHUNK_SIZE]))
-    return [ids[job.id] if job.concurrency_key is None
-            else job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
+    return [ids.get(job.id) or (job.id if job.dedup_key is None else holders[job.dedup_key])
+            for job in jobs]
 
 
 def _copyable(jobs: Sequence[NewJob]) -> bool:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["Claims", "PostgresAuditStore", "PostgresQueueStore", "claims"]
 
 _AUDIT = "at, actor, client, action, targets, outcome, detail"
+#: A changed rate starts with a full bucket.
+_REFILL = ", tokens = NULL, refilled_at = NULL"
 _TYPES: dict[QueueField, str] = {
     "paused": "boolean", "concurrency_limit": "integer", "rate_limit": "text"}
 
@@ -102,14 +104,14 @@ class Claims:
     )
     SELECT c.id FROM queued AS wanted
     {_per_queue(n)}
-    WHERE wanted.queue IS NOT NULL AND wanted.queue <> ALL ({sql.paused_queues(n)})
+    WHERE wanted.queue IS NOT NULL AND wanted.queue <> ALL ({sql.closed_queues(n)})
     {_TOP}
 """)
         #: Claim from the queues in $5 that are not paused.
         self.listed_unpaused = sql.claim(n, f"""
     SELECT c.id FROM unnest($5::text[]) AS wanted (queue)
     {_per_queue(n)}
-    WHERE wanted.queue <> ALL ({sql.paused_queues(n)})
+    WHERE wanted.queue <> ALL ({sql.closed_queues(n)})
     {_TOP}
 """)
 
@@ -132,6 +134,7 @@ WITH stored AS (
     INSERT INTO {n.queues} AS q (name, {field}, updated_at)
     VALUES ($1::text, $2::{_TYPES[field]}, now())
     ON CONFLICT (name) DO UPDATE SET {field} = EXCLUDED.{field}, updated_at = EXCLUDED.updated_at
+        {_REFILL if field == "rate_limit" else ""}
     RETURNING name
 )
 SELECT pg_notify('{n.queues_channel}', name) FROM stored

@@ -37,9 +37,26 @@ __all__ = ["FREED", "SlotSql", "changing", "freed", "hand_over", "insert_limited
 #: statements return (on the row after the change, aliased ``j``): ``freed``, the row's
 #: ``job_name`` when it was a limited, unparked job now done, dead-lettered or cancelled, else
 #: NULL; ``freed_key``, its key. See :func:`freed`.
-FREED = ("CASE WHEN j.concurrency_key IS NOT NULL AND j.hold IS NULL AND j.status IN "
+FREED = ("CASE WHEN j.concurrency_key IS NOT NULL AND j.hold IS DISTINCT FROM 'slot' AND "
+         "j.status IN "
          "('done', 'dead_letter', 'cancelled') THEN j.job_name END AS freed, "
          "j.concurrency_key AS freed_key")
+
+
+#: What an unparked job's ``hold`` becomes (row aliased ``j``): claimable, or -- rate-limited --
+#: claimable with a token of its bucket (:mod:`.gates`).
+_UNPARKED = "CASE WHEN j.rate_key IS NULL THEN NULL ELSE 'rate' END"
+
+
+def _buckets(n: Names) -> str:
+    """A CTE after ``inserted`` (the new rows with job_name, rate_key): the rate buckets of
+    their keys exist before any claim looks for them (full; :mod:`.gates` locks them). An
+    existing bucket is left alone, without waiting for a claim that holds it."""
+    return f"""buckets AS (
+    INSERT INTO {n.rate_buckets} (job_name, key)
+    SELECT DISTINCT job_name, rate_key FROM inserted WHERE rate_key IS NOT NULL
+    ON CONFLICT (job_name, key) DO NOTHING
+)"""
 
 
 class SlotSql:
@@ -48,7 +65,7 @@ class SlotSql:
 
     def __init__(self, n: Names) -> None:
         #: One limited job without a dedup key: Sql.insert_job's $1-$7, $8 concurrency key,
-        #: $9 the limit.
+        #: $9 the limit, $10 rate key.
         #: Takes a slot or parks the job, and wakes the queue when it may run.
         self.insert_limited_job = f"""
 WITH slot AS (
@@ -57,13 +74,14 @@ WITH slot AS (
     RETURNING 1
 ), inserted AS (
     INSERT INTO {n.jobs} (id, job_name, queue, priority, status, args, max_attempts,
-                            scheduled_at, concurrency_key, hold)
+                            scheduled_at, concurrency_key, hold, rate_key)
     VALUES ($1::uuid, $2::text, $3::text, $4::smallint, 'queued', $5::jsonb, $6::integer,
             COALESCE($7::timestamptz, now()), $8::text,
-            CASE WHEN EXISTS (SELECT 1 FROM slot) THEN NULL ELSE 'slot' END)
-    RETURNING id, queue, scheduled_at, hold
-)
-SELECT id, CASE WHEN hold IS NULL AND scheduled_at <= now()
+            CASE WHEN NOT EXISTS (SELECT 1 FROM slot) THEN 'slot'
+                 WHEN $10::text IS NOT NULL THEN 'rate' END, $10::text)
+    RETURNING id, job_name, queue, scheduled_at, hold, rate_key
+), {_buckets(n)}
+SELECT id, CASE WHEN hold IS DISTINCT FROM 'slot' AND scheduled_at <= now()
                 THEN pg_notify('{n.jobs_channel}', queue) END AS woken
 FROM inserted
 """
@@ -106,7 +124,7 @@ WITH freed AS (
         FOR UPDATE
     ) AS p
 ), unparked AS (
-    UPDATE {n.jobs} AS j SET hold = NULL FROM heirs WHERE j.id = heirs.id
+    UPDATE {n.jobs} AS j SET hold = {_UNPARKED} FROM heirs WHERE j.id = heirs.id
     RETURNING j.job_name, j.concurrency_key, j.queue, j.scheduled_at
 ), counted AS (
     UPDATE {n.slots} AS s SET active = GREATEST(s.active - (f.n - COALESCE(u.n, 0)), 0)
@@ -129,26 +147,26 @@ WHERE s.job_name = w.job_name AND s.key = w.key
 """
 
         #: Many limited jobs with the holds decided (after ``lock``): Sql.insert_jobs's arrays
-        #: $1-$8,
-        #: then $9 concurrency keys, $10 holds. Returns the rows inserted or updated (dedup hits).
+        #: $1-$8, then $9 concurrency keys, $10 holds, $11 rate keys. Returns the rows inserted
+        #: or updated (dedup hits).
         self.insert_limited_jobs = f"""
 WITH inserted AS (
     INSERT INTO {n.jobs} (id, job_name, queue, priority, status, args, max_attempts,
-                            scheduled_at, dedup_key, concurrency_key, hold)
+                            scheduled_at, dedup_key, concurrency_key, hold, rate_key)
     SELECT new.id, new.job_name, new.queue, new.priority, 'queued', new.args::jsonb,
            new.max_attempts, COALESCE(new.scheduled_at, now()), new.dedup_key,
-           new.concurrency_key, new.hold
+           new.concurrency_key, new.hold, new.rate_key
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::integer[],
-                $7::timestamptz[], $8::text[], $9::text[], $10::text[])
+                $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[])
         AS new (id, job_name, queue, priority, args, max_attempts, scheduled_at, dedup_key,
-                concurrency_key, hold)
+                concurrency_key, hold, rate_key)
     ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL
     DO UPDATE SET dedup_key = EXCLUDED.dedup_key
-    RETURNING id, queue, scheduled_at, dedup_key, hold
-), woken AS (
+    RETURNING id, job_name, queue, scheduled_at, dedup_key, hold, rate_key
+), {_buckets(n)}, woken AS (
     SELECT pg_notify('{n.jobs_channel}', due.queue)
-    FROM (SELECT DISTINCT queue FROM inserted WHERE scheduled_at <= now() AND hold IS NULL)
-        AS due
+    FROM (SELECT DISTINCT queue FROM inserted
+          WHERE scheduled_at <= now() AND hold IS DISTINCT FROM 'slot') AS due
 )
 SELECT id::text, dedup_key, (SELECT count(*) FROM woken) AS woken FROM inserted
 """
@@ -174,7 +192,7 @@ RETURNING 1
 
         #: $1 id. Unpark one job (its slot was just taken) and wake its queue.
         self.unpark = f"""
-UPDATE {n.jobs} SET hold = NULL WHERE id = $1::uuid
+UPDATE {n.jobs} AS j SET hold = {_UNPARKED} WHERE id = $1::uuid
 RETURNING pg_notify('{n.jobs_channel}', queue)
 """
 
@@ -190,7 +208,7 @@ WHERE status = 'queued' AND hold = 'slot' AND job_name = ANY($1::text[])
 WITH holders AS (
     SELECT count(*)::integer AS n FROM {n.jobs}
     WHERE job_name = $1::text AND concurrency_key = $2::text AND concurrency_key IS NOT NULL
-      AND hold IS NULL AND status IN ('queued', 'processing')
+      AND hold IS DISTINCT FROM 'slot' AND status IN ('queued', 'processing')
 ), heirs AS (
     SELECT id FROM {n.jobs}
     WHERE job_name = $1::text AND concurrency_key = $2::text
@@ -198,7 +216,7 @@ WITH holders AS (
     ORDER BY id LIMIT GREATEST($3::integer - (SELECT n FROM holders), 0)
     FOR UPDATE
 ), unparked AS (
-    UPDATE {n.jobs} AS j SET hold = NULL FROM heirs WHERE j.id = heirs.id
+    UPDATE {n.jobs} AS j SET hold = {_UNPARKED} FROM heirs WHERE j.id = heirs.id
     RETURNING j.queue, j.scheduled_at
 ), counted AS (
     UPDATE {n.slots}
@@ -230,26 +248,30 @@ async def hand_over(conn: Any, s: SlotSql, slots: Mapping[tuple[str, str], int])
 
 
 async def insert_limited(conn: Any, s: SlotSql, jobs: Sequence[NewJob]) -> dict[str, str]:
-    """Insert limited jobs in the caller's transaction: lock their keys' slot rows, grant each
-    key's free slots to its jobs in id order, park the rest. Returns, for the jobs with a dedup
-    key, the id now holding each key."""
-    if len(jobs) == 1 and jobs[0].dedup_key is None:
+    """Insert limited jobs (a concurrency key, a rate key or both) in the caller's transaction:
+    lock their keys' slot rows, grant each key's free slots to its jobs in id order, park the
+    rest; a rate-limited job that is not parked is held for its bucket (``hold = 'rate'``).
+    Returns, for the jobs with a dedup key, the id now holding each key."""
+    if len(jobs) == 1 and jobs[0].dedup_key is None and jobs[0].concurrency_key is not None:
         job = jobs[0]
         await conn.fetchrow(s.insert_limited_job, job.id, job.job_name, job.queue, job.priority,
                             job.args, job.max_attempts, job.scheduled_at,
-                            job.concurrency_key, job.concurrency_limit or 1)
+                            job.concurrency_key, job.concurrency_limit or 1, job.rate_key)
         return {}
-    groups = sorted({(job.job_name, str(job.concurrency_key)) for job in jobs})
-    locked = await conn.fetch(s.lock, [g[0] for g in groups], [g[1] for g in groups])
+    slotted = [job for job in jobs if job.concurrency_key is not None]
+    groups = sorted({(job.job_name, str(job.concurrency_key)) for job in slotted})
+    locked = (await conn.fetch(s.lock, [g[0] for g in groups], [g[1] for g in groups])
+              if groups else [])
     active = {(row["job_name"], row["key"]): row["active"] for row in locked}
     before = dict(active)
     holds: dict[str, str | None] = {}
     for job in sorted(jobs, key=lambda job: job.id):
         group = (job.job_name, str(job.concurrency_key))
         # An unknown limit (a replayed job) takes a slot only when none is taken.
-        if active[group] < (job.concurrency_limit or 1):
-            active[group] += 1
-            holds[job.id] = None
+        if job.concurrency_key is None or active[group] < (job.concurrency_limit or 1):
+            if job.concurrency_key is not None:
+                active[group] += 1
+            holds[job.id] = None if job.rate_key is None else "rate"
         else:
             holds[job.id] = "slot"
     rows = await conn.fetch(
@@ -257,16 +279,17 @@ async def insert_limited(conn: Any, s: SlotSql, jobs: Sequence[NewJob]) -> dict[
         [j.queue for j in jobs], [j.priority for j in jobs], [j.args for j in jobs],
         [j.max_attempts for j in jobs], [j.scheduled_at for j in jobs],
         [j.dedup_key for j in jobs], [j.concurrency_key for j in jobs],
-        [holds[j.id] for j in jobs])
+        [holds[j.id] for j in jobs], [j.rate_key for j in jobs])
     holders = {row["dedup_key"]: row["id"] for row in rows if row["dedup_key"] is not None}
     # A job that lost its dedup key to a queued one was not inserted: its slot goes back.
-    for job in jobs:
+    for job in slotted:
         if (job.dedup_key is not None and holders.get(job.dedup_key) != job.id
-                and holds[job.id] is None):
+                and holds[job.id] != "slot"):
             active[(job.job_name, str(job.concurrency_key))] -= 1
     changed = [g for g in groups if active[g] != before[g]]
-    await conn.execute(s.set_active, [g[0] for g in changed], [g[1] for g in changed],
-                       [active[g] for g in changed])
+    if changed:
+        await conn.execute(s.set_active, [g[0] for g in changed], [g[1] for g in changed],
+                           [active[g] for g in changed])
     return holders
 
 

@@ -24,7 +24,7 @@ from soniq.backends.postgres.names import Names, names
 from soniq.backends.postgres.slots import SlotSql
 
 __all__ = ["CLOCK", "COPY_COLUMNS", "DATABASE_EXISTS", "MIGRATION_LOCK", "PING", "SCHEMA_EXISTS",
-           "Sql", "build", "claim", "paused_queues"]
+           "Sql", "build", "claim", "closed_queues"]
 
 _COLUMNS = ", ".join(JOB_COLUMNS)
 
@@ -108,10 +108,13 @@ RETURNING {_CLAIMED}
 """
 
 
-def paused_queues(n: Names) -> str:
-    """The queues paused in soniq_queues: an init plan, read once per claim. A worker that knows
-    of paused queues claims with :mod:`.queues` instead, which does not walk their backlog."""
-    return f"ARRAY(SELECT name FROM {n.queues} WHERE paused)"
+def closed_queues(n: Names) -> str:
+    """The queues the plain claims do not take from: paused, or gated (a concurrency or rate
+    limit governs their starts: claimed by :mod:`.gates` only). An init plan, read once per
+    claim. A worker that knows of such queues claims with :mod:`.queues` instead, which does not
+    walk their backlog."""
+    return (f"ARRAY(SELECT name FROM {n.queues} WHERE paused OR concurrency_limit IS NOT NULL "
+            "OR rate_limit IS NOT NULL)")
 
 
 def _walk(n: Names, queue_filter: str) -> str:
@@ -204,13 +207,13 @@ WHERE due.run_at IS NULL OR due.run_at <= now()
         # an unknown array's "<> ALL" as nearly never true with few distinct queues and then sorts
         # a Seq Scan instead of walking the index (2 ms -> 120 ms per claim at 200 000 rows); its
         # guess for "NOT (... <@ ...)" is 99.5%.
-        unpaused = f"NOT (ARRAY[queue] <@ {paused_queues(n)})"
+        unpaused = f"NOT (ARRAY[queue] <@ {closed_queues(n)})"
         #: Claim from every queue (served by soniq_jobs_claim_idx).
         self.claim_all_queues = claim(n, _walk(n, f" AND {unpaused}"))
         #: Claim from the queue $5 (served by soniq_jobs_queue_claim_idx: an exact prefix, no
         #: filter; a paused $5 is a one-time filter, so nothing is walked).
         self.claim_one_queue = claim(n, _walk(
-            n, f" AND queue = $5::text AND $5::text <> ALL ({paused_queues(n)})"))
+            n, f" AND queue = $5::text AND $5::text <> ALL ({closed_queues(n)})"))
         #: Claim from the queues in $5 (soniq_jobs_claim_idx in order, other queues filtered out).
         self.claim_some_queues = claim(n, _walk(n, f" AND queue = ANY($5::text[]) AND {unpaused}"))
 
