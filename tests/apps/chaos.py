@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from soniq import JobContext, Soniq
+from soniq import JobContext, RateLimited, Soniq
 from soniq.backends._bridge import call
 
 app = Soniq()
@@ -27,13 +27,25 @@ _pool: Any = None
 _pool_lock = anyio.Lock()
 
 
-async def record(ctx: JobContext, event: str) -> None:
+async def _ledger() -> Any:
     global _pool
     async with _pool_lock:
         if _pool is None:
             _pool = await call(asyncpg.create_pool, os.environ["SONIQ_TEST_LEDGER_URL"],
                                min_size=1, max_size=2)
-    await call(_pool.execute, _INSERT, ctx.job_id, ctx.attempt, ctx.lease_id, os.getpid(), event)
+    return _pool
+
+
+async def record(ctx: JobContext, event: str) -> None:
+    pool = await _ledger()
+    await call(pool.execute, _INSERT, ctx.job_id, ctx.attempt, ctx.lease_id, os.getpid(), event)
+
+
+async def recorded(ctx: JobContext, event: str) -> bool:
+    """Whether the ledger has an ``event`` row of this job (from any run)."""
+    pool = await _ledger()
+    return bool(await call(pool.fetchval, f"SELECT count(*) FROM {LEDGER_TABLE} "
+                           "WHERE job_id = $1 AND event = $2", ctx.job_id, event))
 
 
 @app.job(name="sleep")
@@ -82,4 +94,16 @@ async def ordered_step(ctx: JobContext, key: str, i: int, fail_first: bool = Fal
         os.kill(os.getpid(), signal.SIGKILL)
     if ctx.attempt == 1 and fail_first:
         raise RuntimeError(f"step {i} of {key} fails once")
+    await record(ctx, "finish")
+
+
+@app.job(name="rated_nap", rate_limit="20/s", rate_key="key")
+async def rated_nap(ctx: JobContext, key: str, ms: float = 5, throttle: bool = False) -> None:
+    """At most 20 starts per second per key, across every worker; with ``throttle`` the first
+    run raises ``RateLimited(retry_after=1)`` (an HTTP 429), which holds the key everywhere."""
+    await record(ctx, "start")
+    if throttle and not await recorded(ctx, "throttled"):
+        await record(ctx, "throttled")
+        raise RateLimited(retry_after=1)
+    await anyio.sleep(ms / 1000)
     await record(ctx, "finish")

@@ -40,7 +40,9 @@ def chaos_app(url: str) -> Soniq:
     for spec in chaos.app.registry:
         soniq.registry.register(spec.func, name=spec.name, retries=spec.max_retries,
                                 concurrency_limit=spec.concurrency_limit,
-                                concurrency_key=spec.concurrency_key, ordered=spec.ordered)
+                                concurrency_key=spec.concurrency_key, ordered=spec.ordered,
+                                rate_limit=None if spec.rate_limit is None
+                                else str(spec.rate_limit), rate_key=spec.rate_key)
     return soniq
 
 
