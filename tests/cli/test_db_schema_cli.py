@@ -1,5 +1,6 @@
 """``db_schema`` on the command line: ``soniq setup`` with ``SONIQ_DB_SCHEMA`` creates the schema
-and everything in it; ``soniq migrations sql --db-schema`` prints a script that does the same."""
+and everything in it (``soniq status`` and ``soniq doctor`` name it); ``soniq migrations sql
+--db-schema`` prints a script that does the same."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def test_setup_with_soniq_db_schema_creates_the_schema(fresh_database: tuple[str
     assert "up to date" in again
     status = ok_json("status", env=clean_env(SONIQ_DATABASE_URL=url, SONIQ_DB_SCHEMA="from_setup"))
     assert status["db_schema"] == "from_setup" and status["schema"]["pending"] == []
+    doctor = ok_json("doctor", env=clean_env(SONIQ_DATABASE_URL=url, SONIQ_DB_SCHEMA="from_setup"))
+    details = {check["name"]: check["detail"] for check in doctor["checks"]}
+    assert doctor["ok"] and details["database URL"].endswith("(postgres, schema from_setup)")
     bad = fails(2, "setup", env=clean_env(SONIQ_DATABASE_URL=url, SONIQ_DB_SCHEMA="Bad-Name"))
     assert "db_schema" in bad and "'Bad-Name'" in bad
 

@@ -39,6 +39,11 @@ def test_a_healthy_setup_passes_every_check() -> None:
     assert {name: c.verdict for name, c in checks.items()} == {
         "database URL": "ok", "reachable": "ok", "schema": "ok", "pooling mode": "ok",
         "LISTEN/NOTIFY": "ok", "pool sizing": "ok", "clock skew": "ok"}
+    assert checks["database URL"].detail == f"{URL} (postgres)"
+    in_schema = verdicts(facts(), db_schema="tenant_a")["database URL"]
+    assert in_schema.detail == f"{URL} (postgres, schema tenant_a)"
+    down = verdicts(None, DatabaseError("cannot connect"), db_schema="tenant_a")["database URL"]
+    assert down.detail.endswith("schema tenant_a)")  # said even when the database cannot be asked
 
 
 def test_each_problem_fails_its_check_with_the_fix() -> None:

@@ -4,6 +4,7 @@ unauthenticated dashboard."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -41,7 +42,9 @@ def _outbound_address() -> str | None:
 
 
 @memory_only
-def test_without_a_key_only_direct_loopback_callers_write(serve: object) -> None:
+def test_without_a_key_only_direct_loopback_callers_write(
+        serve: object, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="soniq.audit")
     dashboard: Dashboard = serve()  # type: ignore[operator]
     job_id = _dead_job(dashboard)
     with dashboard.client() as http:
@@ -60,6 +63,12 @@ def test_without_a_key_only_direct_loopback_callers_write(serve: object) -> None
         assert audit[0]["actor"] == "loopback"
         assert {e["action"] for e in audit} == {"dead_letter.replay"}
         assert all(e["targets"] == [job_id] for e in audit)
+        assert http.post("/api/queues/mail/pause").json()["changed"] is True  # via app.queues
+    # The dashboard's audit entries and those of app.queues: one logger.
+    logged = [(r.name, r.levelname, r.getMessage().split(" ")[0]) for r in caplog.records
+              if r.name.endswith("audit")]
+    assert logged == [("soniq.audit", "WARNING", "dead_letter.replay")] * 5 + [
+        ("soniq.audit", "INFO", "dead_letter.replay"), ("soniq.audit", "INFO", "queue.pause")]
 
 
 @memory_only

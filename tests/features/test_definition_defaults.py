@@ -6,7 +6,7 @@ for ``definitions_cache_ttl`` seconds, on an injectable clock), and
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -29,29 +29,6 @@ KEY = "defaults-key-" + secrets.token_hex(16)
 
 async def work(n: int = 0) -> int:
     return n + 1
-
-
-@pytest.fixture
-def other(app: Soniq, database_url: str | None) -> Callable[..., Soniq]:
-    """``other(**settings)``: another Soniq on the app's database (memory: its backend), with
-    nothing registered; closed after the test."""
-    made: list[Soniq] = []
-
-    def make(**settings: Any) -> Soniq:
-        backend = app.backend if database_url is None else None
-        soniq = Soniq(database_url=database_url, backend=backend, **settings)
-        made.append(soniq)
-        return soniq
-
-    return make
-
-
-@pytest.fixture
-async def producer(other: Callable[..., Soniq]) -> AsyncIterator[Soniq]:
-    """A producer that registers nothing and enqueues by any name."""
-    soniq = other(enqueue_validation="none")
-    yield soniq
-    await soniq.close()
 
 
 async def _stored(app: Soniq, **options: Any) -> None:

@@ -7,7 +7,6 @@ arguments lack the key."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -21,28 +20,6 @@ from soniq.testing import drain
 from soniq.types import NewJob, WorkerInfo
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def other(app: Soniq, database_url: str | None) -> Callable[..., Soniq]:
-    """``other(**settings)``: another Soniq on the app's database (memory: its backend)."""
-    made: list[Soniq] = []
-
-    def make(**settings: Any) -> Soniq:
-        backend = app.backend if database_url is None else None
-        soniq = Soniq(database_url=database_url, backend=backend, **settings)
-        made.append(soniq)
-        return soniq
-
-    return make
-
-
-@pytest.fixture
-async def producer(other: Callable[..., Soniq]) -> AsyncIterator[Soniq]:
-    """A producer that registers nothing (a web app enqueueing by name)."""
-    soniq = other(enqueue_validation="none")
-    yield soniq
-    await soniq.close()
 
 
 async def test_workers_run_at_most_the_limit_per_key(app: Soniq) -> None:

@@ -46,10 +46,23 @@ def chaos_app(url: str) -> Soniq:
     return soniq
 
 
+#: Runs a module's tests once on SQLite and once on PostgreSQL (``url``, ``app`` and ``pool``).
+ON_SQLITE_AND_POSTGRES = pytest.mark.parametrize("url", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-async def app(pg_url: str) -> AsyncIterator[Soniq]:
-    """A producer on the test's database that knows the chaos jobs."""
-    soniq = chaos_app(pg_url)
+def url(request: pytest.FixtureRequest) -> str:
+    """The queue's database: the test's PostgreSQL one, or a SQLite file where a test is
+    parametrized so (:data:`ON_SQLITE_AND_POSTGRES`)."""
+    if getattr(request, "param", "postgres") == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue("sqlite_url"))
+
+
+@pytest.fixture
+async def app(url: str) -> AsyncIterator[Soniq]:
+    """A producer on the queue's database that knows the chaos jobs."""
+    soniq = chaos_app(url)
     try:
         yield soniq
     finally:
@@ -84,3 +97,10 @@ def workers(pg_url: str, ledger: Ledger, tmp_path: Path) -> Iterator[Workers]:
         yield pool
     finally:
         pool.stop_all()
+
+
+@pytest.fixture
+def pool(workers: Workers, url: str) -> Workers:
+    """The worker subprocesses, on the queue's database."""
+    workers.env["SONIQ_DATABASE_URL"] = url
+    return workers

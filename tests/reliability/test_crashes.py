@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -16,33 +15,12 @@ import pytest
 
 from soniq import Soniq
 from tests.helpers import wait_for, wait_for_status
-from tests.reliability.conftest import chaos_app
+from tests.reliability.conftest import ON_SQLITE_AND_POSTGRES
 from tests.reliability.ledger import Ledger, assert_nothing_lost
 from tests.reliability.workers import ROOT, Workers
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.postgres, pytest.mark.chaos]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(request.getfixturevalue("sqlite_url"))
-
-
-@pytest.fixture
-async def app(url: str) -> AsyncIterator[Soniq]:
-    soniq = chaos_app(url)
-    try:
-        yield soniq
-    finally:
-        await soniq.close()
-
-
-@pytest.fixture
-def pool(workers: Workers, url: str) -> Workers:
-    workers.env["SONIQ_DATABASE_URL"] = url
-    return workers
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.postgres, pytest.mark.chaos,
+              ON_SQLITE_AND_POSTGRES]
 
 
 async def drain(app: Soniq, pool: Workers, ledger: Ledger, ids: list[str], **options: Any) -> None:

@@ -7,41 +7,19 @@ hold of a ``RateLimited``; a paused queue starts nothing until it is resumed."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import anyio
 import pytest
 
 from soniq import Soniq
-from tests.reliability.conftest import chaos_app
+from tests.reliability.conftest import ON_SQLITE_AND_POSTGRES
 from tests.reliability.ledger import Entry, Ledger, assert_nothing_lost
 from tests.helpers import wait_for_status
 from tests.reliability.workers import Workers
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.postgres, pytest.mark.chaos]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return str(request.getfixturevalue("sqlite_url"))
-
-
-@pytest.fixture
-async def app(url: str) -> AsyncIterator[Soniq]:
-    soniq = chaos_app(url)
-    try:
-        yield soniq
-    finally:
-        await soniq.close()
-
-
-@pytest.fixture
-def pool(workers: Workers, url: str) -> Workers:
-    workers.env["SONIQ_DATABASE_URL"] = url
-    return workers
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.postgres, pytest.mark.chaos,
+              ON_SQLITE_AND_POSTGRES]
 
 
 def spans(entries: list[Entry], key_of: dict[str, str]) -> dict[str, list[tuple[datetime, int]]]:

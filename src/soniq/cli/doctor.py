@@ -88,14 +88,14 @@ def judge(settings: SoniqSettings, backend: str, info: DatabaseInfo | None,
         reason = problem.message if problem is not None else "no answer"
         if isinstance(problem, ConfigurationError):
             return [Check("database URL", "fail", reason)]
-        checks = [Check("database URL", "ok", f"{url} ({backend})")]
+        checks = [_url(settings, backend, url)]
         if backend == "postgres":
             checks.append(_pool(settings, None))
         if isinstance(problem, SchemaMissingError):  # the server answered; the database is missing
             return [*checks, Check("reachable", "ok", "the server answered"),
                     Check("schema", "fail", reason)]
         return [*checks, Check("reachable", "fail", reason)]
-    checks = [Check("database URL", "ok", f"{url} ({backend})")]
+    checks = [_url(settings, backend, url)]
     round_trip = "" if info["round_trip"] is None else f", round trip {info['round_trip'] * 1000:.1f} ms"
     checks.append(Check("reachable", "ok", f"{info['server_version']}{round_trip}"))
     checks.append(_schema(info))
@@ -103,6 +103,12 @@ def judge(settings: SoniqSettings, backend: str, info: DatabaseInfo | None,
         checks += [_pgbouncer(settings, info), _listen(settings, info), _pool(settings, info)]
     checks.append(_clock(info))
     return checks
+
+
+def _url(settings: SoniqSettings, backend: str, url: str) -> Check:
+    """The URL (redacted), the backend and, when set, ``db_schema``."""
+    schema = "" if settings.db_schema is None else f", schema {settings.db_schema}"
+    return Check("database URL", "ok", f"{url} ({backend}{schema})")
 
 
 def _schema(info: DatabaseInfo) -> Check:

@@ -24,7 +24,13 @@ __all__ = ["app"]
 
 app = App(name="queues", help="List, pause, resume and limit queues.")
 
-Name = Annotated[str, Parameter(name="NAME")]
+Name = Annotated[str, Parameter(name="NAME", help="The queue's name.")]
+Json = Annotated[bool, Parameter(help="Print the outcome as JSON.")]
+Clear = Annotated[bool, Parameter(help="Clear the setting.")]
+Limit = Annotated[str | None, Parameter(name="N",
+                                        help="The limit (an integer >= 1), or off to clear it.")]
+RateLimit = Annotated[str | None, Parameter(
+    name="RATE", help="A rate: 20/s, 600/m or 1000/h; or off to clear it.")]
 #: Words that clear a limit.
 _OFF = ("off", "none")
 
@@ -73,99 +79,62 @@ def _change(target: Target, json: bool, name: str, call: Callable[[Queues], Awai
 
 
 @app.command
-def pause(name: Name, /, *, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+def pause(name: Name, /, *, json: Json = False, target: Target = Target()) -> int:  # noqa: B008
     """Stop every worker from claiming the queue's jobs (running jobs finish; enqueueing still
-    works). A queue with no jobs yet can be paused.
-
-    Parameters
-    ----------
-    name
-        The queue's name.
-    json
-        Print the outcome as JSON.
-    """
+    works). A queue with no jobs yet can be paused."""
     return _change(target, json, name, lambda q: q.pause(name, actor=actor()),
                    {"paused": True}, "paused", "already paused:")
 
 
 @app.command
-def resume(name: Name, /, *, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
-    """Let workers claim the queue's jobs again.
-
-    Parameters
-    ----------
-    name
-        The queue's name.
-    json
-        Print the outcome as JSON.
-    """
+def resume(name: Name, /, *, json: Json = False, target: Target = Target()) -> int:  # noqa: B008
+    """Let workers claim the queue's jobs again."""
     return _change(target, json, name, lambda q: q.resume(name, actor=actor()),
                    {"paused": False}, "resumed", "not paused:")
 
 
-def _cleared(value: str | None, none: bool, what: str, example: str) -> bool:
-    """True when the command clears the setting (``--none`` or ``off``/``none``)."""
+def _setting(target: Target, json: bool, name: str, value: str | None, none: bool, *,
+             field: str, what: str, usage: tuple[str, str], parse: Callable[[str], object],
+             store: Callable[[Queues, Any], Awaitable[bool]]) -> int:
+    """Set one stored queue setting to ``parse(value)``, or clear it (``--none``, ``off``);
+    ``usage`` is the argument's name and an example command, for the usage errors."""
+    metavar, example = usage
     if none and value is not None:
-        raise UsageError(f"give {what} or --none, not both")
+        raise UsageError(f"give {metavar} or --none, not both")
     if not none and value is None:
-        raise UsageError(f"give {what} (e.g. {example}), or --none (or off) to clear it")
-    return none or str(value).strip().lower() in _OFF
+        raise UsageError(f"give {metavar} (e.g. {example}), or --none (or off) to clear it")
+    new = None if none or str(value).strip().lower() in _OFF else parse(str(value))
+    if new is None:
+        done, same = f"cleared the {what} of", f"no {what} on"
+    else:
+        done, same = f"set {what} {new} on", f"{what} already {new} on"
+    return _change(target, json, name, lambda q: store(q, new), {field: new}, done, same)
 
 
-def _verbs(what: str, value: object) -> tuple[str, str]:
-    """What ``_change`` prints when the setting changed, and when it already was ``value``."""
-    if value is None:
-        return f"cleared the {what} of", f"no {what} on"
-    return f"set {what} {value} on", f"{what} already {value} on"
+def _count(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"N must be an integer >= 1 or off, got {value!r}") from None
 
 
 @app.command
-def limit(name: Name, value: Annotated[str | None, Parameter(name="N")] = None, /, *,
-          none: bool = False, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+def limit(name: Name, value: Limit = None, /, *,
+          none: Clear = False, json: Json = False, target: Target = Target()) -> int:  # noqa: B008
     """Store the most jobs of the queue to run at once across all workers (stored, listed and
-    audited; workers do not enforce it yet).
-
-    Parameters
-    ----------
-    name
-        The queue's name.
-    value
-        The limit (an integer >= 1), or off to clear it.
-    none
-        Clear the limit.
-    json
-        Print the outcome as JSON.
-    """
-    count: int | None = None
-    if not _cleared(value, none, "N", "limit emails 5"):
-        try:
-            count = int(str(value))
-        except ValueError:
-            raise UsageError(f"N must be an integer >= 1 or off, got {value!r}") from None
-    return _change(target, json, name,
-                   lambda q: q.set_concurrency_limit(name, count, actor=actor()),
-                   {"concurrency_limit": count}, *_verbs("concurrency limit", count))
+    audited; workers do not enforce it yet)."""
+    return _setting(target, json, name, value, none, field="concurrency_limit",
+                    what="concurrency limit", usage=("N", "limit emails 5"), parse=_count,
+                    store=lambda q, n: q.set_concurrency_limit(name, n, actor=actor()))
 
 
 @app.command
-def rate(name: Name, value: Annotated[str | None, Parameter(name="RATE")] = None, /, *,
-         none: bool = False, json: bool = False, target: Target = Target()) -> int:  # noqa: B008
+def rate(name: Name, value: RateLimit = None, /, *,
+         none: Clear = False, json: Json = False, target: Target = Target()) -> int:  # noqa: B008
     """Store the most jobs of the queue to start per second, minute or hour (stored, listed and
-    audited; workers do not enforce it yet).
-
-    Parameters
-    ----------
-    name
-        The queue's name.
-    value
-        A rate: 20/s, 600/m or 1000/h; or off to clear it.
-    none
-        Clear the rate limit.
-    json
-        Print the outcome as JSON.
-    """
+    audited; workers do not enforce it yet)."""
     from soniq.features.queues import check_rate_limit  # here: soniq --help stays quick
 
-    text = None if _cleared(value, none, "RATE", "rate emails 20/s") else check_rate_limit(value)
-    return _change(target, json, name, lambda q: q.set_rate_limit(name, text, actor=actor()),
-                   {"rate_limit": text}, *_verbs("rate limit", text))
+    return _setting(target, json, name, value, none, field="rate_limit", what="rate limit",
+                    usage=("RATE", "rate emails 20/s"), parse=check_rate_limit,
+                    store=lambda q, text: q.set_rate_limit(name, text, actor=actor()))

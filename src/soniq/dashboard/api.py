@@ -25,7 +25,9 @@ from soniq.ids import is_uuid
 from soniq.types import JobCoverage
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from litestar.handlers import HTTPRouteHandler
 
 __all__ = ["api_router"]
 
@@ -254,8 +256,8 @@ async def replay_matching(request: Request[Any, Any, Any], dash: Dash,
     return {"replayed": count}
 
 
-async def _pause(request: Request[Any, Any, Any], dash: Dash, name: str,
-                 paused: bool) -> dict[str, Any]:
+async def _pause_schedule(request: Request[Any, Any, Any], dash: Dash, name: str,
+                          paused: bool) -> dict[str, Any]:
     method = dash.soniq.scheduler.pause if paused else dash.soniq.scheduler.resume
     ok = await method(name)
     action = "schedule.pause" if paused else "schedule.resume"
@@ -263,20 +265,6 @@ async def _pause(request: Request[Any, Any, Any], dash: Dash, name: str,
     if not ok:
         raise NotFoundException(f"no schedule named {name!r}")
     return {"name": name, "paused": paused}
-
-
-@post("/schedules/{name:str}/pause", status_code=200, opt={"action": "schedule.pause"}, guards=[write_guard],
-      summary="Stop firing a schedule")
-async def pause_schedule(request: Request[Any, Any, Any], dash: Dash,
-                         name: FromPath[str]) -> dict[str, Any]:
-    return await _pause(request, dash, name, True)
-
-
-@post("/schedules/{name:str}/resume", status_code=200, opt={"action": "schedule.resume"},
-      guards=[write_guard], summary="Fire a paused schedule again")
-async def resume_schedule(request: Request[Any, Any, Any], dash: Dash,
-                          name: FromPath[str]) -> dict[str, Any]:
-    return await _pause(request, dash, name, False)
 
 
 @post("/schedules/{name:str}/run", status_code=200, opt={"action": "schedule.run"}, guards=[write_guard],
@@ -291,8 +279,8 @@ async def run_schedule(request: Request[Any, Any, Any], dash: Dash,
     return {"name": name, "job_id": job_id}
 
 
-async def _queue(request: Request[Any, Any, Any], dash: Dash, name: str,
-                 paused: bool) -> dict[str, Any]:
+async def _pause_queue(request: Request[Any, Any, Any], dash: Dash, name: str,
+                       paused: bool) -> dict[str, Any]:
     """Pause or resume; the change and its audit row are written together by ``app.queues``."""
     method = dash.soniq.queues.pause if paused else dash.soniq.queues.resume
     actor = str(request.state.get("soniq_actor", "unknown"))
@@ -300,24 +288,32 @@ async def _queue(request: Request[Any, Any, Any], dash: Dash, name: str,
     return {"name": name, "paused": paused, "changed": changed}
 
 
-@post("/queues/{name:str}/pause", status_code=200, opt={"action": "queue.pause"},
-      guards=[write_guard], summary="Stop every worker from claiming jobs of a queue")
-async def pause_queue(request: Request[Any, Any, Any], dash: Dash,
+def _pause_route(kind: str, verb: Literal["pause", "resume"], summary: str,
+                 toggle: Callable[[Request[Any, Any, Any], Dash, str, bool],
+                                  Awaitable[dict[str, Any]]]) -> HTTPRouteHandler:
+    """``POST /<kind>s/{name}/<verb>``: a write route (guarded, audited as ``<kind>.<verb>``)
+    that calls ``toggle(request, dash, name, paused)``."""
+    paused = verb == "pause"
+
+    async def handler(request: Request[Any, Any, Any], dash: Dash,
                       name: FromPath[str]) -> dict[str, Any]:
-    return await _queue(request, dash, name, True)
+        return await toggle(request, dash, name, paused)
+
+    handler.__name__ = handler.__qualname__ = f"{verb}_{kind}"  # the OpenAPI operationId
+    return post(f"/{kind}s/{{name:str}}/{verb}", status_code=200, opt={"action": f"{kind}.{verb}"},
+                guards=[write_guard], summary=summary)(handler)
 
 
-@post("/queues/{name:str}/resume", status_code=200, opt={"action": "queue.resume"},
-      guards=[write_guard], summary="Let workers claim from a paused queue again")
-async def resume_queue(request: Request[Any, Any, Any], dash: Dash,
-                       name: FromPath[str]) -> dict[str, Any]:
-    return await _queue(request, dash, name, False)
-
+_PAUSE_ROUTES = [
+    _pause_route("schedule", "pause", "Stop firing a schedule", _pause_schedule),
+    _pause_route("schedule", "resume", "Fire a paused schedule again", _pause_schedule),
+    _pause_route("queue", "pause", "Stop every worker from claiming jobs of a queue", _pause_queue),
+    _pause_route("queue", "resume", "Let workers claim from a paused queue again", _pause_queue),
+]
 
 api_router = Router(path="/api", route_handlers=[
     overview, queues, queue_settings, list_jobs, job_detail, job_args, job_result, dead_letter,
     workers, job_names, schedules, webhooks, health,
     audit, events, retry_job, cancel_job, delete_job, replay_one, delete_one, replay_bulk,
-    delete_bulk, replay_matching, pause_schedule, resume_schedule, run_schedule,
-    pause_queue, resume_queue,
+    delete_bulk, replay_matching, run_schedule, *_PAUSE_ROUTES,
 ], tags=["soniq"])

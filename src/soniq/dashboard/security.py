@@ -21,7 +21,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-import logging
 import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.response.base import ASGIResponse
 
 from soniq.errors import DatabaseError
-from soniq.features.queues import log_audit
+from soniq.features.queues import audit_logger, log_audit
 from soniq.serialization import utc_now
 from soniq.types import AuditEntry
 
@@ -56,8 +55,6 @@ __all__ = [
     "security_headers",
     "write_guard",
 ]
-
-audit_logger = logging.getLogger("soniq.dashboard.audit")
 
 #: No inline script or style anywhere: the pages load one stylesheet and one script from /static.
 CONTENT_SECURITY_POLICY = (
@@ -163,7 +160,7 @@ class HostCheck:
 class AuditLog:
     """Every dashboard write, recorded in the database (``backend.audit``: the same table the
     API and the CLI write their changes to, so this dashboard shows those of every process) and
-    logged to ``soniq.dashboard.audit`` at INFO (WARNING when refused). A backend without an
+    logged to ``soniq.audit`` at INFO (WARNING when refused). A backend without an
     audit store keeps the newest ``size`` entries in this process instead."""
 
     def __init__(self, app: Soniq, size: int = 1000) -> None:
@@ -175,7 +172,7 @@ class AuditLog:
                      detail: str | None = None) -> AuditEntry:
         entry = AuditEntry(at=utc_now(), actor=actor, client=client, action=action,
                            targets=tuple(targets), outcome=outcome, detail=detail)
-        log_audit(entry, audit_logger)
+        log_audit(entry)
         store = self._app.backend.audit
         if store is None:
             self._kept.append(entry)

@@ -74,12 +74,12 @@ def _check_actor(value: object, what: str) -> str:
     return value
 
 
-def log_audit(entry: AuditEntry, logger: logging.Logger = audit_logger) -> None:
-    """Log a recorded change at INFO (WARNING when refused)."""
+def log_audit(entry: AuditEntry) -> None:
+    """Log a recorded change to ``soniq.audit`` at INFO (WARNING when refused)."""
     level = logging.WARNING if entry.outcome == "denied" else logging.INFO
-    logger.log(level, "%s by %s from %s on %s: %s%s", entry.action, entry.actor, entry.client,
-               ",".join(entry.targets) or "-", entry.outcome,
-               f" ({entry.detail})" if entry.detail else "")
+    audit_logger.log(level, "%s by %s from %s on %s: %s%s", entry.action, entry.actor,
+                     entry.client, ",".join(entry.targets) or "-", entry.outcome,
+                     f" ({entry.detail})" if entry.detail else "")
 
 
 def queue_infos(settings: Iterable[QueueSetting],

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from soniq.errors import DatabaseError
+from soniq.runtime.rounds import Rounds
 from soniq.runtime.seams import JobEvent
 from soniq.serialization import utc_now
 
@@ -46,21 +47,19 @@ class Cleanup:
         self._interval = interval
         self._stale_after = stale_after
         self._error_retry_delay = error_retry_delay
-        self._lock = anyio.Lock()  # a round in flight finishes before stop() returns
-        self._stopped = False
+        self._rounds = Rounds()  # a round in flight finishes before stop() returns
 
     async def stop(self) -> None:
         """Start no more rounds, after the one in flight (cancelled, its transaction would be
         rolled back by a pool reset that logs an error)."""
-        async with self._lock:
-            self._stopped = True
+        await self._rounds.stop()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             try:
-                async with self._lock:
-                    if self._stopped:
+                async with self._rounds.round() as running:
+                    if not running:
                         return
                     await self.tick()
             except DatabaseError as exc:

@@ -14,6 +14,7 @@ import anyio
 from soniq.backends.stores import JobDefinition
 from soniq.errors import DatabaseError
 from soniq.limits import limit_options
+from soniq.runtime.rounds import Rounds
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -63,14 +64,12 @@ class Heartbeat:
         self._worker = worker
         self._interval = interval
         self._definitions = definitions
-        self._lock = anyio.Lock()  # a beat in flight finishes before stop() returns
-        self._stopped = False
+        self._rounds = Rounds()  # a beat in flight finishes before stop() returns
 
     async def stop(self) -> None:
         """Beat no more (the worker is about to remove its row while this loop's task may
         still run: a later beat would re-create the row)."""
-        async with self._lock:
-            self._stopped = True
+        await self._rounds.stop()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Store the job definitions, then register the worker (so it exists before anything
@@ -93,8 +92,8 @@ class Heartbeat:
             await self.tick()
 
     async def tick(self) -> None:
-        async with self._lock:
-            if self._stopped:
+        async with self._rounds.round() as running:
+            if not running:
                 return
             try:
                 cancels = await self._backend.heartbeat(self._worker.id,
