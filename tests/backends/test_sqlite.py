@@ -71,14 +71,14 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
         "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
         "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions",
-        "soniq_slots", "soniq_queues", "soniq_audit"}
+        "soniq_slots", "soniq_queues", "soniq_audit", "soniq_rate_buckets"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
         "soniq_jobs_dead_letter", "soniq_webhook_deliveries_due",
         "soniq_webhook_deliveries_finished",
         "soniq_job_logs_job", "soniq_job_logs_created_at", "soniq_jobs_parked",
-        "soniq_jobs_slot_holders",
+        "soniq_jobs_slot_holders", "soniq_jobs_rated",
     } <= schema["index"]
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
