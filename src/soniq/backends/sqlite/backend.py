@@ -136,11 +136,8 @@ class SqliteBackend:
         async with self._db.transaction() as conn:
             holds = await slots.admit(conn, limited) if limited else {}
             await conn.executemany(sql.INSERT_JOB, [
-                (job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
-                 now if job.scheduled_at is None else sql.to_db(job.scheduled_at), now, now,
-                 job.dedup_key, job.concurrency_key, holds.get(job.id), job.rate_key)
-                for job in jobs
-            ])
+                sql.insert_params(job, now, holds.get(job.id), dedup_key=job.dedup_key)
+                for job in jobs])
             # Who holds each key now: the row just inserted, or the queued job that had it.
             for start in range(0, len(keys), _LOOKUP_CHUNK):
                 chunk = keys[start:start + _LOOKUP_CHUNK]

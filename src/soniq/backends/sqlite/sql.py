@@ -23,7 +23,7 @@ from soniq.errors import ValidationError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from soniq.types import JobRecord
+    from soniq.types import JobRecord, NewJob
 
 __all__ = [
     "CANCEL",
@@ -48,6 +48,7 @@ __all__ = [
     "claim_sql",
     "claim_statement",
     "from_db",
+    "insert_params",
     "placeholders",
     "split_statements",
     "to_db",
@@ -120,6 +121,17 @@ INSERT_JOB = (
     # A queued job already holds this key: keep it; the caller looks its id up afterwards.
     "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
 )
+
+
+
+def insert_params(job: NewJob, now: str, hold: str | None, *,
+                  dedup_key: str | None) -> tuple[Any, ...]:
+    """``INSERT_JOB``'s parameters for ``job`` (``now``: stored text; ``hold``: the slot
+    decision of :func:`.slots.admit`)."""
+    return (job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
+            now if job.scheduled_at is None else to_db(job.scheduled_at), now, now, dedup_key,
+            job.concurrency_key, hold, job.rate_key)
+
 
 #: A random (version 4) UUID per row, built in SQL so one UPDATE can lease many rows.
 _NEW_LEASE = (
