@@ -24,6 +24,7 @@ from soniq.backends.sqlite import database as database_module
 from soniq.backends.sqlite.sql import from_db, split_statements, to_db
 from soniq.errors import DatabaseError, MigrationError, UnsupportedOperationError
 from soniq.ids import new_id
+from soniq.limits import Rate, RateGate
 from soniq.migrations import MIGRATIONS_TABLE, Migration, load_migrations, migration_script
 from soniq.serialization import dumps, utc_now
 from soniq.testing import drain
@@ -71,14 +72,14 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
         "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
         "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions",
-        "soniq_slots", "soniq_queues", "soniq_audit"}
+        "soniq_slots", "soniq_queues", "soniq_audit", "soniq_rate_buckets"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
         "soniq_jobs_dead_letter", "soniq_webhook_deliveries_due",
         "soniq_webhook_deliveries_finished",
         "soniq_job_logs_job", "soniq_job_logs_created_at", "soniq_jobs_parked",
-        "soniq_jobs_slot_holders",
+        "soniq_jobs_slot_holders", "soniq_jobs_rated",
     } <= schema["index"]
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -592,3 +593,75 @@ async def test_the_queues_migration_upgrades_a_file_in_use(sqlite_url: str) -> N
             ("reports", 1)]
         assert conn.execute("SELECT action, targets, outcome FROM soniq_audit").fetchall() == [
             ("queue.pause", '["reports"]', "ok")]
+
+
+async def test_the_rate_limits_migration_upgrades_a_file_in_use(sqlite_url: str) -> None:
+    """Migration 10 (``rate_key``, claim indexes without rate-limited rows, ``soniq_rate_buckets``,
+    a queue's bucket) on a file at version 9 with queued jobs and a queue setting in it: the jobs
+    stay claimable, and rate limits of jobs and queues work afterwards."""
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute(MIGRATIONS_TABLE["sqlite"])
+        for migration in load_migrations("sqlite"):
+            if migration.version <= 9:
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO soniq_migrations VALUES (?, ?, ?)",
+                             (migration.version, migration.name, to_db(utc_now())))
+        kept = [job(text=str(i)) for i in range(3)]
+        for new in kept:
+            conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args,"
+                         " attempts, max_attempts, scheduled_at, created_at, updated_at, errors)"
+                         " VALUES (?, 'ok', 'default', 100, 'queued', '{}', 0, 3, ?, ?, ?, '[]')",
+                         (new.id, *[to_db(utc_now())] * 3))
+        conn.execute("INSERT INTO soniq_queues (name, rate_limit, updated_at) "
+                     "VALUES ('slow', '1/h', ?)", (to_db(utc_now()),))
+    conn.close()
+    backend = SqliteBackend(sqlite_url)
+    try:
+        assert await backend.migrate() == [m.label for m in load_migrations("sqlite")
+                                           if m.version >= 10]
+        claimed = await backend.claim_jobs(WORKER, None, 10)
+        assert sorted(c.id for c in claimed) == sorted(j.id for j in kept)
+        rated = [job(text="r")._replace(rate_key="") for _ in range(2)]
+        slow = [job(queue="slow") for _ in range(2)]
+        await backend.insert_jobs([*rated, *slow])
+        assert await backend.claim_jobs(WORKER, None, 10) == []
+        again = await backend.claim_jobs(WORKER, None, 10, limited=frozenset({"slow"}),
+                                         rates=(RateGate("tests.job", Rate(1, 3600.0)),))
+        assert sorted(c.id for c in again) == sorted([rated[0].id, slow[0].id])
+    finally:
+        await backend.close()
+
+
+async def test_two_backends_keep_a_queue_concurrency_limit_exact(sqlite_url: str) -> None:
+    """Two backends on one file race to claim 200 jobs of a queue limited to one at a time:
+    never two run at once (the count, the claim and the limit are read under one write lock)."""
+    async with Soniq(database_url=sqlite_url) as app:
+        await app.queues.set_concurrency_limit("q", 1)
+    first, second = SqliteBackend(sqlite_url), SqliteBackend(sqlite_url)
+    jobs = [job(queue="q", i=i) for i in range(200)]
+    finished: list[str] = []
+    try:
+        await first.insert_jobs(jobs)
+
+        async def claimer(backend: SqliteBackend) -> None:
+            while len(finished) < len(jobs):
+                batch = await backend.claim_jobs(WORKER, None, 5, limited=frozenset({"q"}))
+                assert len(batch) <= 1
+                [stats] = await backend.queue_stats()
+                assert stats["processing"] <= 1
+                for claimed in batch:
+                    await anyio.sleep(0.001)  # the others try while this one runs
+                    await backend.complete_jobs([JobOutcome(
+                        claimed.id, claimed.lease_id, JobStatus.DONE)])
+                    finished.append(claimed.id)
+                await anyio.sleep(0.0005)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for backend in (first, second, first, second):
+                    tg.start_soon(claimer, backend)
+        assert sorted(finished) == sorted(j.id for j in jobs)
+    finally:
+        await first.close()
+        await second.close()

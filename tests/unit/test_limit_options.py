@@ -119,3 +119,37 @@ def test_definitions_carry_the_limits_and_keep_unlimited_digests() -> None:
     spec2 = soniq2.registry.get("limited")
     assert spec2 is not None
     assert job_definition(spec2, soniq2.settings).digest != limited_def.digest
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"rate_limit": "5/x"}, "rate_limit of job .* got '5/x'"),
+    ({"rate_limit": "0/s"}, "got '0/s'"),
+    ({"rate_limit": 5}, "got 5"),
+    ({"rate_limit": "5/s", "rate_key": "customer"},
+     "rate_key of job .* got 'customer'.*did you mean 'customer_id'"),
+    ({"rate_key": "customer_id"}, "rate_key='customer_id' .* needs rate_limit"),
+])
+def test_bad_rate_options_are_refused_at_registration(options: dict[str, Any],
+                                                      message: str) -> None:
+    soniq = app()
+    with pytest.raises(ConfigurationError, match=message):
+        @soniq.job(**options)
+        def charge(customer_id: int, amount: int) -> None: ...
+
+
+def test_a_rate_limit_and_its_key_are_stored_and_computed_at_enqueue() -> None:
+    soniq = app()
+
+    @soniq.job(name="fetch", rate_limit=" 20 / m ", rate_key="host")
+    def fetch(host: str, path: str = "/") -> None: ...
+
+    @soniq.job(name="ping", rate_limit="1/s")
+    def ping() -> None: ...
+
+    spec = soniq.registry.get("fetch")
+    assert spec is not None and str(spec.rate_limit) == "20/m" and spec.rate_key == "host"
+    assert job_definition(spec, soniq.settings).options["rate_limit"] == "20/m"
+    assert soniq.producer.job(fetch, {"host": "a.example"}).rate_key == '"a.example"'
+    assert soniq.producer.job(ping, {}).rate_key == ""
+    with pytest.raises(ValidationError, match="'host'"):
+        soniq.producer.job(fetch, {"path": "/x"})

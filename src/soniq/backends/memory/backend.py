@@ -22,6 +22,7 @@ from soniq.backends.base import (
     worker_lost_error,
 )
 from soniq.backends.memory.control import MemoryAuditStore, MemoryQueueStore
+from soniq.backends.memory.gates import Gates
 from soniq.backends.memory.slots import Slots
 from soniq.backends.memory.stores import (
     MemoryDashboardStore,
@@ -83,6 +84,7 @@ class MemoryBackend:
         self.definitions = MemoryDefinitionStore()
         self.audit = MemoryAuditStore()
         self.queues = MemoryQueueStore(self.audit, self._notify)
+        self._gates = Gates(self._jobs, self.queues)
 
     async def initialize(self) -> None:
         return None
@@ -113,6 +115,7 @@ class MemoryBackend:
                 "started_at": None, "finished_at": None, "expires_at": None, "errors": "[]",
                 "worker_id": None, "lease_id": None, "dedup_key": job.dedup_key,
                 "cancel_requested": False, "concurrency_key": job.concurrency_key, "hold": None,
+                "rate_key": job.rate_key,
             }
             if job.concurrency_key is not None:
                 self._slots.admit(self._jobs[job.id], job.concurrency_limit)
@@ -192,16 +195,16 @@ class MemoryBackend:
                          rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
         now = now or utc_now()
         wanted = None if queues is None else set(queues)
-        stopped = self.queues.paused_now()  # the stored pauses, not the caller's view
+        stopped = self.queues.paused_now()  # the stored settings, not the caller's view
         due = sorted(
             (row for row in self._jobs.values()
              if row["status"] == JobStatus.QUEUED and row["hold"] is None
              and row["scheduled_at"] <= now and (wanted is None or row["queue"] in wanted)
              and row["queue"] not in stopped),
             key=lambda row: (row["priority"], row["scheduled_at"], row["id"]),
-        )[:limit]
+        )
         claimed = []
-        for row in due:
+        for row in self._gates.pick(due, limit, now, limited, rates):
             self._set_status(row, JobStatus.PROCESSING.value, now)
             row["attempts"] += 1
             row["worker_id"] = worker_id
@@ -242,6 +245,8 @@ class MemoryBackend:
                 row["expires_at"] = outcome.expires_at
                 self._slots.release(row)
             self._set_status(row, status.value, now)
+            if outcome.rate_hold is not None:
+                self._gates.hold(row["job_name"], row["rate_key"] or "", outcome.rate_hold)
             accepted.append(outcome.job_id)
         return accepted
 

@@ -13,6 +13,7 @@ from soniq.serialization import utc_now
 if TYPE_CHECKING:
     import builtins
     from collections.abc import Callable
+    from datetime import datetime
 
     from soniq.backends.control import QueueField, QueueValue
     from soniq.types import AuditEntry
@@ -38,6 +39,8 @@ class MemoryQueueStore:
 
     def __init__(self, audit: MemoryAuditStore, notify: Callable[[str, str], None]) -> None:
         self.settings: dict[str, QueueSetting] = {}
+        # A rate-limited queue's token bucket: (tokens, refilled_at); none stored: full.
+        self.buckets: dict[str, tuple[float, datetime]] = {}
         self._audit = audit
         self._notify = notify
 
@@ -56,6 +59,8 @@ class MemoryQueueStore:
             base = old or QueueSetting(name)
             values: dict[str, Any] = {field: value, "updated_at": utc_now()}
             self.settings[name] = dataclasses.replace(base, **values)
+            if field == "rate_limit":  # a new rate starts with a full bucket
+                self.buckets.pop(name, None)
         self._audit.entries.append(
             dataclasses.replace(audit, outcome="ok" if changed else "not_applied"))
         if changed:

@@ -27,7 +27,7 @@ from soniq.backends.base import (
     refuse_connection,
     worker_lost_error,
 )
-from soniq.backends.sqlite import slots, sql
+from soniq.backends.sqlite import gates, slots, sql
 from soniq.backends.sqlite.control import SqliteAuditStore, SqliteQueueStore
 from soniq.backends.sqlite.dashboard import SqliteDashboardStore
 from soniq.backends.sqlite.database import SqliteDatabase
@@ -136,11 +136,8 @@ class SqliteBackend:
         async with self._db.transaction() as conn:
             holds = await slots.admit(conn, limited) if limited else {}
             await conn.executemany(sql.INSERT_JOB, [
-                (job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
-                 now if job.scheduled_at is None else sql.to_db(job.scheduled_at), now, now,
-                 job.dedup_key, job.concurrency_key, holds.get(job.id))
-                for job in jobs
-            ])
+                sql.insert_params(job, now, holds.get(job.id), dedup_key=job.dedup_key)
+                for job in jobs])
             # Who holds each key now: the row just inserted, or the queued job that had it.
             for start in range(0, len(keys), _LOOKUP_CHUNK):
                 chunk = keys[start:start + _LOOKUP_CHUNK]
@@ -200,15 +197,28 @@ class SqliteBackend:
         # ``paused`` is not needed: the claim reads soniq_queues inside its BEGIN IMMEDIATE.
         if limit <= 0 or (queues is not None and not queues):
             return []
-        at = sql.to_db(now or utc_now())
         wanted = None if queues is None else list(dict.fromkeys(queues))
-        statement = sql.claim_sql(None if wanted is None else len(wanted))
-        rows = await self._db.run(self._in_transaction, statement,
-                                  (worker_id, at, at, at, *(wanted or ()), limit))
+        rows = await self._db.run(self._claim, worker_id, wanted, limit, now or utc_now(),
+                                  limited, rates)
         claimed = [_claimed(row) for row in rows]
         # RETURNING comes in no promised order; hand jobs out in claim order.
         claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
         return claimed
+
+    async def _claim(self, worker_id: str, wanted: list[str] | None, limit: int, now: datetime,
+                     limited: frozenset[str], rates: Sequence[RateGate]) -> list[Any]:
+        """Inside one ``BEGIN IMMEDIATE`` (the write lock is taken before anything is read, so
+        settings, counts and buckets are never stale): the gated queues' and rate-limited jobs'
+        claims, then the plain claim with the rest."""
+        at = sql.to_db(now)
+        async with self._db.transaction() as conn:
+            rows = (await gates.claim(conn, worker_id, wanted, limit, now, limited, rates)
+                    if limited or rates else [])
+            if len(rows) < limit:
+                statement = sql.claim_sql(None if wanted is None else len(wanted))
+                rows += await conn.execute_fetchall(
+                    statement, (worker_id, at, at, at, *(wanted or ()), limit - len(rows)))
+            return rows
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
                             *, now: datetime | None = None) -> list[str]:
@@ -216,27 +226,29 @@ class SqliteBackend:
         if not payload:
             return []
         params = {"now": sql.to_db(now or utc_now()), "outcomes": json.dumps(payload)}
-        rows = await self._db.run(self._changing_slots, sql.COMPLETE, params)
+        holds: dict[str, datetime] = {}
+        for outcome in outcomes:
+            if outcome.rate_hold is not None:
+                holds[outcome.job_id] = max(outcome.rate_hold,
+                                            holds.get(outcome.job_id, outcome.rate_hold))
+        rows = await self._db.run(self._changing_slots, sql.COMPLETE, params, holds)
         accepted = {row[0] for row in rows}
         # In input order, each id once (the UPDATE touches a row at most once).
         return list(dict.fromkeys(entry["id"] for entry in payload if entry["id"] in accepted))
 
-    async def _in_transaction(self, statement: str,
-                              params: Sequence[Any] | dict[str, Any]) -> list[Any]:
-        """One statement inside ``BEGIN IMMEDIATE`` (the claim: the write lock is taken before
-        the statement reads, so its reads are never stale)."""
-        async with self._db.transaction() as conn:
-            return list(await conn.execute_fetchall(statement, params))
-
-    async def _changing_slots(self, statement: str,
-                              params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+    async def _changing_slots(self, statement: str, params: Sequence[Any] | dict[str, Any],
+                              holds: Mapping[str, datetime] | None = None) -> list[Any]:
         """A statement that may end jobs holding concurrency slots (its rows end with the slot
-        columns, :func:`.slots.released`), and the hand-over of those slots, in one transaction."""
+        columns, :func:`.slots.released`), and the hand-over of those slots, in one transaction;
+        with ``holds`` (job id -> until; rows of ``sql.COMPLETE``), the rate holds of the
+        accepted outcomes too."""
         async with self._db.transaction() as conn:
             rows = list(await conn.execute_fetchall(statement, params))
             freed = slots.released(row[-4:] for row in rows)
             if freed:
                 await slots.hand_over(conn, freed)
+            if holds:
+                await gates.hold(conn, rows, holds)
             return rows
 
     async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,

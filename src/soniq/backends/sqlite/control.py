@@ -26,9 +26,11 @@ LIST_QUEUES = f"SELECT {', '.join(_SETTING)} FROM soniq_queues ORDER BY name"
 #: Per field: name. Its stored value.
 GET = {field: f"SELECT {field} FROM soniq_queues WHERE name = ?" for field in QUEUE_FIELDS}
 #: Per field: name, value, now.
+#: A change of ``rate_limit`` refills the queue's bucket (NULL tokens: full).
 SET = {field: (f"INSERT INTO soniq_queues (name, {field}, updated_at) VALUES (?, ?, ?) "
                f"ON CONFLICT (name) DO UPDATE SET {field} = excluded.{field}, "
-               "updated_at = excluded.updated_at")
+               "updated_at = excluded.updated_at"
+               + (", tokens = NULL, refilled_at = NULL" if field == "rate_limit" else ""))
        for field in QUEUE_FIELDS}
 
 _AUDIT = ("at", "actor", "client", "action", "targets", "outcome", "detail")

@@ -148,10 +148,8 @@ class SqliteScheduleStore:
                 if not list(inserted):
                     raise _AlreadyFired
                 holds = await slots.admit(conn, [job]) if job.concurrency_key is not None else {}
-                await conn.execute_fetchall(sql.INSERT_JOB, (
-                    job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
-                    stamp if job.scheduled_at is None else sql.to_db(job.scheduled_at),
-                    stamp, stamp, None, job.concurrency_key, holds.get(job.id)))
+                await conn.execute_fetchall(sql.INSERT_JOB, sql.insert_params(
+                    job, stamp, holds.get(job.id), dedup_key=None))
                 await conn.execute_fetchall(
                     "DELETE FROM soniq_schedule_fires WHERE schedule_name = ? AND fire_at < ?",
                     (name, sql.to_db(fire_at - FIRE_RETENTION)))

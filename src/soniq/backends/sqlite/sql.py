@@ -23,7 +23,7 @@ from soniq.errors import ValidationError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from soniq.types import JobRecord
+    from soniq.types import JobRecord, NewJob
 
 __all__ = [
     "CANCEL",
@@ -46,7 +46,9 @@ __all__ = [
     "TIMESTAMP_COLUMNS",
     "UNREGISTER_WORKER",
     "claim_sql",
+    "claim_statement",
     "from_db",
+    "insert_params",
     "placeholders",
     "split_statements",
     "to_db",
@@ -115,10 +117,21 @@ JOB_SELECT = f"SELECT {_COLUMNS} FROM soniq_jobs"
 INSERT_JOB = (
     "INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, attempts, "
     "max_attempts, scheduled_at, created_at, updated_at, errors, dedup_key, concurrency_key, "
-    "hold) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, '[]', ?, ?, ?) "
+    "hold, rate_key) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, '[]', ?, ?, ?, ?) "
     # A queued job already holds this key: keep it; the caller looks its id up afterwards.
     "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
 )
+
+
+
+def insert_params(job: NewJob, now: str, hold: str | None, *,
+                  dedup_key: str | None) -> tuple[Any, ...]:
+    """``INSERT_JOB``'s parameters for ``job`` (``now``: stored text; ``hold``: the slot
+    decision of :func:`.slots.admit`)."""
+    return (job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
+            now if job.scheduled_at is None else to_db(job.scheduled_at), now, now, dedup_key,
+            job.concurrency_key, hold, job.rate_key)
+
 
 #: A random (version 4) UUID per row, built in SQL so one UPDATE can lease many rows.
 _NEW_LEASE = (
@@ -134,15 +147,18 @@ CLAIMED_COLUMNS = (
 
 
 def claim_sql(queue_count: int | None) -> str:
-    """The claim: one UPDATE over the due rows, in claim order, returning what the worker needs.
+    """The plain claim: one UPDATE over the due rows, in claim order, returning what the worker
+    needs.
 
-    ``status = 'queued' AND hold IS NULL`` is written literally (not bound) so the planner can
-    use the partial indexes (parked jobs are not in them). One queue reads its own prefix of ``soniq_jobs_queue_claim``. Several queues are
-    filtered as ``+queue``: the unary plus keeps the planner off ``(queue, status)``, which would
-    sort those queues' whole backlog on every claim (13-22 ms per claim of 250 at 100 000 queued
-    rows, against about 2 ms walking ``soniq_jobs_claim`` in order). Queues paused in
-    ``soniq_queues`` are skipped (a subquery evaluated once per statement, read under the same
-    write lock as the update, so a pause committed before the claim is always seen).
+    ``status = 'queued' AND hold IS NULL AND rate_key IS NULL`` is written literally (not bound)
+    so the planner can use the partial indexes (parked and rate-limited jobs are not in them).
+    One queue reads its own prefix of ``soniq_jobs_queue_claim``. Several queues are filtered as
+    ``+queue``: the unary plus keeps the planner off ``(queue, status)``, which would sort those
+    queues' whole backlog on every claim (13-22 ms per claim of 250 at 100 000 queued rows,
+    against about 2 ms walking ``soniq_jobs_claim`` in order). Queues paused or gated (a limit
+    set) in ``soniq_queues`` are skipped (a subquery evaluated once per statement, read under
+    the same write lock as the update, so a setting committed before the claim is always seen);
+    gated queues are claimed through :mod:`.gates`.
     Parameters: worker_id, started_at, updated_at, now, *queues, limit.
     """
     if queue_count is None:
@@ -151,13 +167,21 @@ def claim_sql(queue_count: int | None) -> str:
         queue_filter = " AND queue = ?"
     else:
         queue_filter = f" AND +queue IN ({placeholders(queue_count)})"
+    return claim_statement(
+        f" AND rate_key IS NULL{queue_filter} AND queue NOT IN (SELECT name FROM soniq_queues "
+        "WHERE paused OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL)")
+
+
+def claim_statement(filters: str) -> str:
+    """A claim of the due, unparked rows that also match ``filters`` (SQL text starting with
+    `` AND``), in claim order. Parameters: worker_id, started_at, updated_at, now, the filters'
+    own, limit."""
     return (
         f"UPDATE soniq_jobs SET status = 'processing', attempts = attempts + 1, "
         f"lease_id = {_NEW_LEASE}, worker_id = ?, started_at = ?, updated_at = ?, "
         f"dedup_key = NULL "
         f"WHERE id IN (SELECT id FROM soniq_jobs WHERE status = 'queued' AND hold IS NULL "
-        f"AND scheduled_at <= ?"
-        f"{queue_filter} AND queue NOT IN (SELECT name FROM soniq_queues WHERE paused) "
+        f"AND scheduled_at <= ?{filters} "
         f"ORDER BY priority, scheduled_at, id LIMIT ?) "
         f"RETURNING {', '.join(CLAIMED_COLUMNS)}"
     )
@@ -180,7 +204,8 @@ _REQUEUE = "(o.status = 'queued' AND NOT soniq_jobs.cancel_requested)"
 
 #: Write a batch of outcomes in one statement. ``:outcomes`` is a JSON array of objects
 #: (id, lease_id, status, result, error, run_at, refund, expires_at); ``:now`` is a timestamp.
-#: The lease fence is in the join, so a lost race simply matches no row.
+#: The lease fence is in the join, so a lost race simply matches no row. Returns each changed
+#: row's id, rate_key and slot columns.
 COMPLETE = f"""
 UPDATE soniq_jobs SET
     status = CASE WHEN {_REQUEUE} THEN 'queued'
@@ -210,7 +235,7 @@ FROM (
 ) AS o
 WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'processing'
   AND soniq_jobs.lease_id = o.lease_id
-RETURNING soniq_jobs.id, {_SLOT_COLUMNS}
+RETURNING soniq_jobs.id, soniq_jobs.rate_key, {_SLOT_COLUMNS}
 """
 
 QUEUE_STATS = (
