@@ -13,9 +13,9 @@ import anyio
 import pytest
 
 from soniq import Soniq
+from tests.helpers import wait_for_status
 from tests.reliability.conftest import ON_SQLITE_AND_POSTGRES
 from tests.reliability.ledger import Entry, Ledger, assert_nothing_lost
-from tests.helpers import wait_for_status
 from tests.reliability.workers import Workers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.postgres, pytest.mark.chaos,

@@ -121,8 +121,8 @@ def _count(value: str) -> int:
 @app.command
 def limit(name: Name, value: Limit = None, /, *,
           none: Clear = False, json: Json = False, target: Target = Target()) -> int:  # noqa: B008
-    """Store the most jobs of the queue to run at once across all workers (stored, listed and
-    audited; workers do not enforce it yet)."""
+    """Allow at most N jobs of the queue to run at once across all workers (enforced when
+    workers claim; audited)."""
     return _setting(target, json, name, value, none, field="concurrency_limit",
                     what="concurrency limit", usage=("N", "limit emails 5"), parse=_count,
                     store=lambda q, n: q.set_concurrency_limit(name, n, actor=actor()))
@@ -131,8 +131,8 @@ def limit(name: Name, value: Limit = None, /, *,
 @app.command
 def rate(name: Name, value: RateLimit = None, /, *,
          none: Clear = False, json: Json = False, target: Target = Target()) -> int:  # noqa: B008
-    """Store the most jobs of the queue to start per second, minute or hour (stored, listed and
-    audited; workers do not enforce it yet)."""
+    """Allow at most N starts of the queue's jobs per second, minute or hour across all workers
+    (a token bucket of N, enforced when workers claim; audited)."""
     from soniq.features.queues import check_rate_limit  # here: soniq --help stays quick
 
     return _setting(target, json, name, value, none, field="rate_limit", what="rate limit",

@@ -10,8 +10,9 @@ A paused queue is skipped by every worker's claim (the claim statement reads the
 so a worker with an old view still skips it); jobs already running finish, and enqueueing still
 works. Workers also keep the pauses they last read (``soniq.runtime.fetcher``): reloaded on
 each poll and, on PostgreSQL, within about a second of a change (NOTIFY on ``soniq_queues``), so a
-worker can claim without walking a paused queue's backlog. Limits are validated, stored, listed
-and audited here; the claim does not enforce them yet.
+worker can claim without walking a paused queue's backlog. A queue's concurrency and rate limits
+are validated, stored, listed and audited here and enforced in every claim (ARCHITECTURE.md,
+"Rate limits and queue limits").
 
 (``app.queues`` is this namespace; the ``queues`` *setting*, which queues a worker takes jobs
 from, stays ``app.settings.queues``.)
