@@ -481,3 +481,27 @@ async def test_look_ahead_waits_for_a_slot_goes_back_on_stop_and_honours_cancel(
     assert cancelled["errors"] == []
     untouched = await app.get_job(untouched_id)
     assert untouched is not None and (untouched["status"], untouched["attempts"]) == ("queued", 0)
+
+
+async def test_a_rate_limited_backlog_is_claimed_as_tokens_come(backend_name: str,
+                                                                database_url: str | None) -> None:
+    """A backlog beyond the bucket starts as tokens come back, not at the next poll: with
+    ``poll_interval=30`` and ``rate_limit="20/s"``, 30 jobs finish within the deadline (the 10
+    beyond the first 20 need about half a second of tokens; the poll would take 30 s)."""
+    app = Soniq(database_url=database_url, backend=None if database_url else backend_name,
+                poll_interval=30)
+
+    @app.job(name="metered", rate_limit="20/s")
+    async def metered() -> None: ...
+
+    ids = await app.enqueue_many(metered, [{} for _ in range(30)])
+    async with running_worker(app, concurrency=4):
+        await wait_for(lambda: _all_done(app, ids), timeout=10)
+    await app.close()
+
+
+async def _all_done(app: Soniq, ids: list[str]) -> bool:
+    for job_id in ids:
+        if (await app.get_job(job_id) or {}).get("status") != "done":
+            return False
+    return True

@@ -7,7 +7,8 @@ It claims again as soon as a slot frees or a notification arrives, and otherwise
 jobs as the worker finishes during about two claim round trips (measured as it goes, capped at
 ``concurrency``), held in a local queue until a slot frees. Short jobs therefore never wait for a
 round trip; slow jobs make the look-ahead ~0, so a worker does not hoard jobs another worker could
-start. ``stop()`` ends claiming and gives the look-ahead back at once (without using an attempt);
+start. While it claims rate-limited work it also polls as often as its fastest bucket earns a
+token (nothing announces a refill). ``stop()`` ends claiming and gives the look-ahead back at once (without using an attempt);
 running jobs then get ``shutdown_timeout`` seconds to finish before they are cancelled (and given
 back the same way).
 
@@ -30,18 +31,22 @@ from typing import TYPE_CHECKING
 import anyio
 
 from soniq.errors import DatabaseError
+from soniq.limits import parse_rate
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from soniq.backends.base import StorageBackend
-    from soniq.limits import RateGate
+    from soniq.limits import Rate, RateGate
     from soniq.runtime.executor import Executor
     from soniq.types import ClaimedJob
 
 __all__ = ["Fetcher"]
 
 logger = logging.getLogger("soniq.worker")
+
+#: The shortest wait for a bucket's next token (a fast rate does not make a busy poll).
+MIN_TOKEN_WAIT = 0.005
 
 
 class Fetcher:
@@ -71,6 +76,9 @@ class Fetcher:
         self.paused: frozenset[str] = frozenset()
         self.limited: frozenset[str] = frozenset()
         self._rates = tuple(rates)
+        self._rated = frozenset(gate.job_name for gate in rates)
+        self._queue_rates: list[Rate] = []  # of the gated queues, as last read
+        self._gated_at = -math.inf  # when a claim last returned rate-limited or gated work
         self._settings_read_at = -math.inf
         executor.on_slot_freed = self.wake
 
@@ -102,6 +110,18 @@ class Fetcher:
             return
         self.paused = frozenset(setting.name for setting in settings if setting.paused)
         self.limited = frozenset(setting.name for setting in settings if setting.gated)
+        self._queue_rates = [rate for setting in settings if setting.gated
+                             if (rate := parse_rate(setting.rate_limit)) is not None]
+
+    def _next_poll(self) -> float:
+        """How long to wait for the next claim when nothing wakes this worker: ``poll_interval``,
+        or -- while rate-limited work was claimed within the last ``poll_interval`` -- the time
+        its fastest bucket takes to earn a token (a bucket refills with no notification)."""
+        if anyio.current_time() - self._gated_at >= self._poll_interval:
+            return self._poll_interval
+        rates = [*(gate.rate for gate in self._rates), *self._queue_rates]
+        return min(self._poll_interval,
+                   max(MIN_TOKEN_WAIT, min((r.seconds / r.count for r in rates), default=math.inf)))
 
     def stop(self) -> None:
         """Stop claiming and give the look-ahead back; running jobs finish within
@@ -156,7 +176,7 @@ class Fetcher:
                         break
                     continue
                 if len(claimed) < room:
-                    await self._wait(math.inf if self._run_once else self._poll_interval)
+                    await self._wait(math.inf if self._run_once else self._next_poll())
             if self._executor.running:
                 logger.info("waiting up to %gs for %d running job(s) to finish",
                             self._shutdown_timeout, len(self._executor.running))
@@ -184,6 +204,9 @@ class Fetcher:
             return None
         now = anyio.current_time()
         self._pace.claimed(now, round_trip=now - started, full=len(claimed) == limit)
+        if (self._rated or self.limited) and any(
+                job.job_name in self._rated or job.queue in self.limited for job in claimed):
+            self._gated_at = now
         for job in claimed:
             self._executor.admit(job)
         if self._stopping:  # stop() came during the claim
