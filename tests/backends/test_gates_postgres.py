@@ -178,3 +178,31 @@ async def test_the_rate_limits_migration_upgrades_a_database_in_use(
     finally:
         await backend.close()
     assert await schema_of(url) == await schema_of(pg_url)
+
+
+async def test_a_replayed_rate_limited_dead_letter_waits_for_its_bucket(pg_url: str) -> None:
+    """A rate-limited job replayed from the dead-letter queue is held for its bucket again
+    (not claimable by the plain claim), and deleting a rate-held job that holds a concurrency
+    slot frees the slot."""
+    backend = backend_for(pg_url)
+    try:
+        rated = job(rate_key='""', name=RATED)
+        await backend.insert_jobs([rated])
+        gate = RateGate(RATED, Rate(1, 3600.0))
+        [claimed] = await backend.claim_jobs(new_id(), None, 5, rates=[gate])
+        await backend.complete_jobs([JobOutcome(claimed.id, claimed.lease_id,
+                                                JobStatus.DEAD_LETTER)])
+        assert backend.dead_letters is not None
+        assert await backend.dead_letters.replay(rated.id) == "default"
+        assert await backend.claim_jobs(new_id(), None, 5) == []  # not on the plain path
+        assert await backend.claim_jobs(new_id(), None, 5, rates=[gate]) == []  # no token
+        both = NewJob(id=new_id(), job_name="tests.both", queue="default", priority=100,
+                      args=dumps({}), max_attempts=3, concurrency_key="", concurrency_limit=1,
+                      rate_key="")
+        await backend.insert_jobs([both])
+        assert await backend.delete_job(both.id)
+        slots = await on_connection(pg_url, lambda conn: conn.fetchval(
+            "SELECT active FROM soniq_slots WHERE job_name = 'tests.both'"))
+        assert slots == 0
+    finally:
+        await backend.close()

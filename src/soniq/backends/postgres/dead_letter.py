@@ -40,8 +40,10 @@ _REQUEUE_SET = (
     "SET status = 'queued', attempts = 0, scheduled_at = now(), updated_at = now(), "
     "started_at = NULL, finished_at = NULL, expires_at = NULL, result = NULL, worker_id = NULL, "
     "lease_id = NULL, cancel_requested = false, "
-    # A limited job comes back parked: a hand-over or the reconciliation gives it a slot.
-    "hold = CASE WHEN concurrency_key IS NULL THEN NULL ELSE 'slot' END"
+    # A limited job comes back parked: a hand-over or the reconciliation gives it a slot; a
+    # rate-limited one waits for its bucket again.
+    "hold = CASE WHEN concurrency_key IS NOT NULL THEN 'slot' "
+    "WHEN rate_key IS NOT NULL THEN 'rate' END"
 )
 
 

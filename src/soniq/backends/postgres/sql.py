@@ -253,7 +253,7 @@ ORDER BY queue COLLATE "C"
         #: $1 id. Any state. Returns :data:`.slots.FREED`'s columns for a job holding a slot.
         self.delete_job = f"""
 DELETE FROM {n.jobs} WHERE id = $1::uuid
-RETURNING id, CASE WHEN concurrency_key IS NOT NULL AND hold IS NULL
+RETURNING id, CASE WHEN concurrency_key IS NOT NULL AND hold IS DISTINCT FROM 'slot'
                     AND status IN ('queued', 'processing') THEN job_name END AS freed,
           concurrency_key AS freed_key
 """
