@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from soniq.runtime import Worker
     from soniq.settings import SoniqSettings
     from soniq.types import (
+        EnqueueOptions,
         JobContext,
         JobRecord,
         JobStatus,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "EnqueueOptions",
     "JobContext",
     "JobRecord",
     "JobStatus",
@@ -50,6 +52,7 @@ _HOMES = {
     "TaskRef": "soniq.registry",
     "Worker": "soniq.runtime",
     "SoniqSettings": "soniq.settings",
+    "EnqueueOptions": "soniq.types",
     "JobContext": "soniq.types",
     "JobRecord": "soniq.types",
     "JobStatus": "soniq.types",

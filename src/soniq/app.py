@@ -16,7 +16,7 @@ import anyio
 from soniq.backends import StorageBackend, resolve_backend
 from soniq.backends.base import database_info
 from soniq.embedding import AppWorker, running
-from soniq.errors import UnsupportedOperationError, ValidationError
+from soniq.errors import UnsupportedOperationError
 from soniq.features.dead_letter import DeadLetter
 from soniq.features.definitions import Definitions
 from soniq.features.logs import JobLogs
@@ -27,8 +27,8 @@ from soniq.features.tracing import Tracing
 from soniq.features.webhooks import Webhooks, WebhookService
 from soniq.ids import is_uuid
 from soniq.lifecycle import Lifecycle, State
-from soniq.producer import Producer, Target, When
-from soniq.registry import JobRegistry, job_kwargs, validate_list_filters, validate_name
+from soniq.producer import Enqueuing, Producer
+from soniq.registry import JobRegistry, validate_list_filters, validate_name
 from soniq.runtime import EventDispatcher, Hooks, PayloadCodec, Service, Worker, cancel_job
 from soniq.settings import SoniqSettings, load_settings
 
@@ -39,7 +39,13 @@ if TYPE_CHECKING:
 
     from soniq.features.signing import Signing
     from soniq.sync import SyncSoniq
-    from soniq.types import CancelOutcome, DatabaseInfo, JobRecord, NewJob, QueueStats
+    from soniq.types import (
+        CancelOutcome,
+        DatabaseInfo,
+        JobRecord,
+        NewJob,
+        QueueStats,
+    )
 
 __all__ = ["Soniq"]
 
@@ -47,7 +53,7 @@ logger = logging.getLogger("soniq")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-class Soniq:
+class Soniq(Enqueuing):
     """Background jobs stored in your database.
 
     Args:
@@ -384,54 +390,6 @@ class Soniq:
                 if self._sync is None:
                     self._sync = SyncSoniq(self)
         return self._sync
-
-    # -- enqueue ------------------------------------------------------------------------------
-    async def enqueue(self, target: Target, *, args: Mapping[str, Any] | None = None,
-                      queue: str | None = None, priority: int | None = None,
-                      scheduled_at: When | None = None, unique: bool | None = None,
-                      dedup_key: str | None = None, connection: Any = None,
-                      **kwargs: Any) -> str:
-        """Add one job and return its id.
-
-        ``target`` is a function registered with ``@app.job()``, a registered job name, or a
-        :class:`TaskRef`. A name not registered here takes its defaults (queue, priority, max
-        attempts) from the definition its workers stored (cached ``definitions_cache_ttl``). Job arguments are keywords (``**kwargs``) or ``args={...}``.
-        ``scheduled_at`` takes an aware datetime, a timedelta or seconds from now. ``unique=True``
-        or a ``dedup_key`` returns the id of an identical job still waiting instead of adding one.
-        ``connection=`` (PostgreSQL) inserts inside that connection's transaction.
-        """
-        producer = self.producer
-        name = producer.unregistered(target)
-        stored = None if name is None else await producer.defaults(name)
-        job = producer.job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
-                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
-                           stored=stored)
-        [job_id] = await producer.insert([job], connection)
-        return job_id
-
-    async def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
-                           queue: str | None = None, priority: int | None = None,
-                           scheduled_at: When | None = None, connection: Any = None) -> list[str]:
-        """Add one job per element of ``args_list`` and return their ids in order.
-
-        Nothing is written unless every element is valid. On PostgreSQL the rows go in with one
-        COPY statement, sent while later elements are still being validated and encoded (an
-        invalid one aborts it); joining ``connection``'s transaction, or on the other backends,
-        every element is validated first. Unique jobs are refused here (use ``enqueue``).
-        """
-        producer = self.producer
-        name = producer.unregistered(target)
-        stored = None if name is None else await producer.defaults(name)
-        jobs = producer.jobs(target, args_list, queue=queue, priority=priority,
-                             scheduled_at=scheduled_at, stored=stored)
-        return await producer.insert(jobs, connection) if jobs else []
-
-    async def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
-                       **kwargs: Any) -> str:
-        """``enqueue`` to run at ``run_at`` (an aware datetime, a timedelta or seconds from now)."""
-        if run_at is None:
-            raise ValidationError("schedule() needs run_at; use enqueue() to run as soon as possible")
-        return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
 
     # -- management ---------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:

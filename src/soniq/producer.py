@@ -24,13 +24,19 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from soniq.errors import ConfigurationError, JobArgumentsError, UnsupportedOperationError
+from soniq.errors import (
+    ConfigurationError,
+    JobArgumentsError,
+    UnsupportedOperationError,
+    ValidationError,
+)
 from soniq.features.definitions import DefinitionCache
+from soniq.ids import canonical_uuid
 from soniq.lifecycle import State
-from soniq.registry import JobBuilder, TaskRef, validate_name
+from soniq.registry import JobBuilder, TaskRef, job_kwargs, validate_name
 from soniq.runtime import JobEvent, JsonCodec
 from soniq.serialization import utc_now
-from soniq.types import JobStatus, JobStream
+from soniq.types import DEPENDENCY_FAILURES, EnqueueOptions, JobStatus, JobStream
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
     from soniq.settings import SoniqSettings
     from soniq.types import JobRecord, NewJob
 
-__all__ = ["Producer", "Target", "When"]
+__all__ = ["Enqueuing", "Producer", "Target", "When", "depending", "split_options"]
 
 #: When a job may run: an aware datetime, a timedelta or seconds from now.
 When = datetime | timedelta | float | int
@@ -235,3 +241,98 @@ class Producer:
             return self._encrypting.decode_result(
                 name, record["result"], encrypted=stored is not None and stored.encrypt)
         return record["result"]
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[EnqueueOptions | None, dict[str, Any]]:
+    """An ``enqueue`` call's :class:`EnqueueOptions` (an ``options=`` keyword of that type; any
+    other ``options=`` is a job argument) and the job's own keywords."""
+    options = kwargs.get("options")
+    if isinstance(options, EnqueueOptions):
+        return options, {key: value for key, value in kwargs.items() if key != "options"}
+    return None, kwargs
+
+
+def depending(jobs: Sequence[NewJob], options: EnqueueOptions | None) -> Sequence[NewJob]:
+    """``jobs`` with the call's dependencies (``options``), checked: ids, the failure policy.
+
+    Raises:
+        ValidationError: naming what is wrong (nothing is written).
+    """
+    if options is None:
+        return jobs
+    if not isinstance(options, EnqueueOptions):
+        raise ValidationError(f"options must be a soniq.EnqueueOptions, not {options!r}")
+    if options.on_dependency_failure not in DEPENDENCY_FAILURES:
+        raise ValidationError(
+            f"on_dependency_failure must be one of {', '.join(DEPENDENCY_FAILURES)}, got "
+            f"{options.on_dependency_failure!r}")
+    raw = options.depends_on
+    if isinstance(raw, str) or not isinstance(raw, Sequence | set | frozenset):
+        raise ValidationError(f"depends_on must be a list of job ids, got {raw!r}")
+    ids = []
+    for job_id in raw:
+        canonical = canonical_uuid(job_id) if isinstance(job_id, str) else None
+        if canonical is None:
+            raise ValidationError(f"depends_on names {job_id!r}, which is not a job id")
+        ids.append(canonical)
+    if not ids:
+        return jobs
+    depends_on = tuple(dict.fromkeys(ids))
+    return [job._replace(depends_on=depends_on,
+                         on_dependency_failure=options.on_dependency_failure) for job in jobs]
+
+
+class Enqueuing:
+    """``enqueue``, ``enqueue_many`` and ``schedule`` of :class:`soniq.Soniq` (which mixes
+    this in), over its ``producer``."""
+
+    producer: Producer
+
+    async def enqueue(self, target: Target, *, args: Mapping[str, Any] | None = None,
+                      queue: str | None = None, priority: int | None = None,
+                      scheduled_at: When | None = None, unique: bool | None = None,
+                      dedup_key: str | None = None, connection: Any = None,
+                      **kwargs: Any) -> str:
+        """Add one job and return its id.
+
+        ``target``: a function registered with ``@app.job()``, a registered job name, or a
+        :class:`TaskRef` (a name not registered here takes queue, priority and attempts from the
+        definition its workers stored). Job arguments are keywords or ``args={...}``;
+        ``options=EnqueueOptions(...)`` (``depends_on``, ...) is the call's options. ``scheduled_at``:
+        an aware datetime, a timedelta or seconds from now. ``unique=True`` or a ``dedup_key``
+        returns the id of an identical job still waiting instead of adding one. ``connection=``
+        (PostgreSQL) inserts inside that connection's transaction."""
+        producer = self.producer
+        options, kwargs = split_options(kwargs)
+        name = producer.unregistered(target)
+        stored = None if name is None else await producer.defaults(name)
+        job = producer.job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
+                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
+                           stored=stored)
+        return (await producer.insert(depending([job], options), connection))[0]
+
+    async def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
+                           queue: str | None = None, priority: int | None = None,
+                           scheduled_at: When | None = None, connection: Any = None,
+                           options: EnqueueOptions | None = None) -> list[str]:
+        """Add one job per element of ``args_list`` and return their ids in order.
+
+        Nothing is written unless every element is valid. On PostgreSQL the rows go in with one
+        COPY statement, sent while later elements are still being validated and encoded (an
+        invalid one aborts it); joining ``connection``'s transaction, or on the other backends,
+        every element is validated first. Unique jobs are refused here (use ``enqueue``).
+        ``options`` apply to every job of the call."""
+        producer = self.producer
+        name = producer.unregistered(target)
+        stored = None if name is None else await producer.defaults(name)
+        jobs = producer.jobs(target, args_list, queue=queue, priority=priority,
+                             scheduled_at=scheduled_at, stored=stored)
+        return await producer.insert(depending(jobs, options), connection) if jobs else []
+
+    async def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
+                       **kwargs: Any) -> str:
+        """``enqueue`` to run at ``run_at`` (an aware datetime, a timedelta or seconds from now)."""
+        if run_at is None:
+            raise ValidationError("schedule() needs run_at; use enqueue() to run as soon as possible")
+        return await self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
+

@@ -31,6 +31,7 @@ from soniq.backends import resolve_backend
 from soniq.errors import AppClosedError, UnsupportedOperationError, ValidationError
 from soniq.features.queues import Queues
 from soniq.ids import is_uuid
+from soniq.producer import depending, split_options
 from soniq.registry import job_kwargs, validate_list_filters
 from soniq.runtime import cancel_job
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from soniq.backends.base import StorageBackend
     from soniq.backends.stores import JobDefinition
     from soniq.producer import Target, When
-    from soniq.types import CancelOutcome, JobRecord, NewJob, QueueInfo, QueueStats
+    from soniq.types import CancelOutcome, EnqueueOptions, JobRecord, NewJob, QueueInfo, QueueStats
 
 __all__ = ["SyncQueues", "SyncSoniq"]
 
@@ -177,18 +178,19 @@ class SyncSoniq:
                 dedup_key: str | None = None, **kwargs: Any) -> str:
         """``app.enqueue`` for sync code (no ``connection=``: there is no sync transaction to
         join). Returns the job id."""
+        options, kwargs = split_options(kwargs)
         job = self.prepare(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
                            scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
-        [job_id] = self.insert([job])
-        return job_id
+        return self.insert(depending([job], options))[0]
 
     def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
                      queue: str | None = None, priority: int | None = None,
-                     scheduled_at: When | None = None) -> list[str]:
+                     scheduled_at: When | None = None,
+                     options: EnqueueOptions | None = None) -> list[str]:
         """``app.enqueue_many`` for sync code: one job per element, validated before writing."""
         jobs = self._producer.jobs(target, args_list, queue=queue, priority=priority,
                                    scheduled_at=scheduled_at, stored=self._defaults(target))
-        return self.insert(list(jobs)) if jobs else []
+        return self.insert(list(depending(jobs, options))) if jobs else []
 
     def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
                  **kwargs: Any) -> str:

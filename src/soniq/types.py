@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
 
@@ -28,6 +28,8 @@ __all__ = [
     "NewJob",
     "QueueInfo",
     "QueueStats",
+    "DependencyResult",
+    "EnqueueOptions",
     "RateLimited",
     "Snooze",
     "WorkerInfo",
@@ -37,6 +39,9 @@ __all__ = [
 class JobStatus(enum.StrEnum):
     """Where a job is in its life. One jobs table holds every state."""
 
+    #: Enqueued with dependencies that have not all finished (see ``EnqueueOptions``): not
+    #: claimable until they are ``done`` (or a failure policy lets it run).
+    WAITING = "waiting"
     QUEUED = "queued"
     PROCESSING = "processing"
     DONE = "done"
@@ -123,6 +128,7 @@ class QueueStats(TypedDict):
 
     queue: str
     total: int
+    waiting: int
     queued: int
     processing: int
     done: int
@@ -141,6 +147,7 @@ class QueueInfo:
     concurrency_limit: int | None
     rate_limit: str | None
     total: int = 0
+    waiting: int = 0
     queued: int = 0
     processing: int = 0
     done: int = 0
@@ -205,6 +212,14 @@ class NewJob(NamedTuple):
     #: A rate-limited job's key (its ``rate_key`` argument's value as canonical JSON, ``''``
     #: for a rate on the job name alone): it starts only with a token of that bucket.
     rate_key: str | None = None
+    #: The ids of the jobs it waits for (stored ones, or jobs of the same insert): it is stored
+    #: ``waiting`` until they are ``done`` (see ``EnqueueOptions``).
+    depends_on: tuple[str, ...] = ()
+    #: ``"cancel"``, ``"run"`` or ``"wait"`` when a dependency fails (with ``depends_on``).
+    on_dependency_failure: str | None = None
+    #: The workflow or batch it is a step of, and its step name there.
+    workflow_id: str | None = None
+    step_name: str | None = None
 
 
 class JobStream(Sequence[NewJob]):
@@ -268,6 +283,8 @@ class ClaimedJob(NamedTuple):
     lease_id: str
     #: The job's stored concurrency key (None: not limited when it was enqueued).
     concurrency_key: str | None = None
+    #: It was enqueued with dependencies (``ctx.dependency_results`` is read at its start).
+    has_dependencies: bool = False
 
 
 class JobOutcome(NamedTuple):
@@ -313,6 +330,10 @@ class JobContext:
     #: the same attempt number). Every write of the attempt's outcome is fenced by it.
     lease_id: str = ""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("soniq.job"))
+    #: The results of the jobs it waited for, decoded like ``get_result``: by step name (a
+    #: workflow's step) or job id (``depends_on``); None for a dependency that did not end
+    #: ``done`` (it runs under ``on_dependency_failure="run"``). Empty without dependencies.
+    dependency_results: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +355,38 @@ class RateLimited(Exception):
         super().__init__(reason or f"rate limited: retry after {retry_after:g}s")
         self.retry_after = retry_after
         self.reason = reason
+
+
+#: What a failed dependency does to a job that waits for it (``EnqueueOptions``).
+DependencyFailure: TypeAlias = Literal["cancel", "run", "wait"]
+DEPENDENCY_FAILURES: tuple[DependencyFailure, ...] = ("cancel", "run", "wait")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """Per-call options of ``enqueue`` (``options=EnqueueOptions(...)``; an ``options=`` of
+    any other type is a job argument), and per call of ``enqueue_many``.
+
+    ``depends_on``: ids of jobs this one waits for: it is stored ``waiting`` and runs once every
+    one of them is ``done``. ``on_dependency_failure``: what happens when one ends
+    ``dead_letter`` or ``cancelled``, or is deleted: ``"cancel"`` (this job is cancelled, and
+    so are the jobs waiting for it under ``"cancel"``), ``"run"`` (it runs anyway) or ``"wait"``
+    (it keeps waiting; a replayed dependency that succeeds lets it run)."""
+
+    depends_on: Sequence[str] = ()
+    on_dependency_failure: DependencyFailure = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyResult:
+    """A dependency of a job as stored: its ``result`` JSON-decoded (None unless ``done``;
+    still encrypted for an encrypted job: the worker's codec decrypts it)."""
+
+    id: str
+    job_name: str
+    step_name: str | None
+    status: JobStatus
+    result: Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,9 +94,9 @@ async def test_queue_stats(storage: StorageBackend) -> None:
     [claimed] = await storage.claim_jobs(WORKER, ["zeta"], 10)
     stats = await storage.queue_stats()
     assert stats == [
-        {"queue": "alpha", "total": 2, "queued": 2, "processing": 0, "done": 0,
+        {"queue": "alpha", "total": 2, "waiting": 0, "queued": 2, "processing": 0, "done": 0,
          "dead_letter": 0, "cancelled": 0},
-        {"queue": "zeta", "total": 1, "queued": 0, "processing": 1, "done": 0,
+        {"queue": "zeta", "total": 1, "waiting": 0, "queued": 0, "processing": 1, "done": 0,
          "dead_letter": 0, "cancelled": 0},
     ]
     await storage.complete_jobs([JobOutcome(claimed.id, claimed.lease_id, JobStatus.DEAD_LETTER)])

@@ -63,7 +63,16 @@ EXPECTED_COLUMNS = {
         ("expires_at", TIMESTAMPTZ, False), ("errors", "jsonb", True), ("worker_id", "uuid", False),
         ("lease_id", "uuid", False), ("dedup_key", "text", False),
         ("cancel_requested", "boolean", True), ("concurrency_key", "text", False),
-        ("hold", "text", False), ("rate_key", "text", False),
+        ("hold", "text", False), ("rate_key", "text", False), ("waiting_on", "integer", False),
+        ("on_dependency_failure", "text", False), ("has_dependents", "boolean", True),
+        ("workflow_id", "uuid", False), ("step_name", "text", False),
+    ],
+    "soniq_dependencies": [
+        ("dependency", "uuid", True), ("dependent", "uuid", True), ("satisfied", "boolean", True),
+    ],
+    "soniq_workflows": [
+        ("id", "uuid", True), ("name", "text", True), ("kind", "text", True),
+        ("created_at", TIMESTAMPTZ, True),
     ],
     "soniq_rate_buckets": [
         ("job_name", "text", True), ("key", "text", True), ("tokens", "double precision", False),
@@ -166,6 +175,13 @@ EXPECTED_INDEXES = {
          ("(job_name, rate_key, priority, scheduled_at, id) "
           "WHERE ((status = 'queued'::text) AND (hold = 'rate'::text))")),
         ("soniq_rate_buckets_pkey", "UNIQUE INDEX", "soniq_rate_buckets", "(job_name, key)"),
+        # Dependencies: the edges, by dependency (the pkey) and by dependent; a workflow's steps.
+        ("soniq_dependencies_pkey", "UNIQUE INDEX", "soniq_dependencies",
+         "(dependency, dependent)"),
+        ("soniq_dependencies_dependent_idx", "INDEX", "soniq_dependencies", "(dependent)"),
+        ("soniq_jobs_workflow_idx", "INDEX", "soniq_jobs",
+         "(workflow_id, id) WHERE (workflow_id IS NOT NULL)"),
+        ("soniq_workflows_pkey", "UNIQUE INDEX", "soniq_workflows", "(id)"),
         ("soniq_slots_pkey", "UNIQUE INDEX", "soniq_slots", "(job_name, key)"),
         ("soniq_jobs_dedup_key_idx", "UNIQUE INDEX", "soniq_jobs",
          "(dedup_key) WHERE (dedup_key IS NOT NULL)"),
@@ -210,10 +226,14 @@ EXPECTED_INDEXES = {
 }
 EXPECTED_CHECKS = {
     "soniq_jobs_status_check":
-        "CHECK ((status = ANY (ARRAY['queued'::text, 'processing'::text, 'done'::text, "
-        "'dead_letter'::text, 'cancelled'::text])))",
+        "CHECK ((status = ANY (ARRAY['waiting'::text, 'queued'::text, 'processing'::text, "
+        "'done'::text, 'dead_letter'::text, 'cancelled'::text])))",
     "soniq_jobs_dedup_key_queued_check":
-        "CHECK (((dedup_key IS NULL) OR (status = 'queued'::text)))",
+        "CHECK (((dedup_key IS NULL) OR (status = ANY (ARRAY['waiting'::text, 'queued'::text]))))",
+    "soniq_jobs_on_dependency_failure_check":
+        "CHECK ((on_dependency_failure = ANY (ARRAY['cancel'::text, 'run'::text, 'wait'::text])))",
+    "soniq_workflows_kind_check":
+        "CHECK ((kind = ANY (ARRAY['workflow'::text, 'batch'::text])))",
     "soniq_jobs_hold_check": "CHECK ((hold = ANY (ARRAY['slot'::text, 'rate'::text])))",
     "soniq_schedules_timing_check": "CHECK (((cron IS NULL) <> (every_seconds IS NULL)))",
     "soniq_webhook_deliveries_status_check":

@@ -293,7 +293,7 @@ async def test_enqueue_many(app: Soniq) -> None:
     assert len(ids) == len(set(ids)) == 300
     assert await app.enqueue_many("send_email", []) == []
     stats = await app.get_queue_stats()
-    assert stats == [{"queue": "bulk", "total": 300, "queued": 300, "processing": 0, "done": 0,
+    assert stats == [{"queue": "bulk", "total": 300, "waiting": 0, "queued": 300, "processing": 0, "done": 0,
                       "dead_letter": 0, "cancelled": 0}]
     first = await app.get_job(ids[0])
     assert first is not None and first["args"] == {"to": "u0"}
@@ -516,7 +516,8 @@ async def test_queue_stats_shape_and_order(app: Soniq) -> None:
     stats = await app.get_queue_stats()
     assert [s["queue"] for s in stats] == ["alpha", "mike", "zulu"]
     for entry in stats:
-        assert list(entry) == ["queue", "total", "queued", "processing", "done", "dead_letter", "cancelled"]
+        assert list(entry) == ["queue", "total", "waiting", "queued", "processing", "done",
+                               "dead_letter", "cancelled"]
         assert all(isinstance(entry[k], int) for k in entry if k != "queue")  # type: ignore[literal-required]
     assert stats[1]["cancelled"] == 1 and stats[1]["total"] == 1
 

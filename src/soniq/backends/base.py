@@ -26,11 +26,12 @@ and PostgreSQL alike. The rules every adapter keeps:
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast, runtime_checkable
 
 from soniq.errors import UnsupportedOperationError
 from soniq.migrations import pending_migrations
 from soniq.serialization import loads
+from soniq.types import JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
         CancelOutcome,
         ClaimedJob,
         DatabaseInfo,
+        DependencyResult,
         JobOutcome,
         JobRecord,
         NewJob,
@@ -63,9 +65,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JOB_COLUMNS",
+    "STATUSES",
     "StorageBackend",
     "database_info",
     "job_record",
+    "queue_stats_row",
     "no_connections",
     "refuse_connection",
     "worker_lost_error",
@@ -136,7 +140,31 @@ class StorageBackend(Protocol):
         per queue, and return the ids in input order (an existing id where ``dedup_key`` matched).
         With ``connection=``, the insert joins that connection's transaction. ``jobs`` is a
         :class:`~soniq.types.JobStream` only when ``streams_inserts`` (and never with
-        ``connection=``)."""
+        ``connection=``).
+
+        **Dependencies** (``NewJob.depends_on``: stored jobs or jobs earlier or later in the same
+        call): every id must exist, else :class:`~soniq.errors.ValidationError` naming the
+        missing ones and nothing is written. The dependencies are locked while the edges go in,
+        so none finishes unseen. A dependency already ``done`` is satisfied; one already
+        ``dead_letter``/``cancelled`` applies the job's ``on_dependency_failure`` at once
+        (``cancel``: the job is stored ``cancelled``; ``run``: satisfied; ``wait``: it waits).
+        The job is stored ``waiting`` with ``waiting_on`` = its unsatisfied edges, else
+        ``queued``. A limited job (concurrency key) that waits is stored parked (it takes its
+        slot once released, by a hand-over or the reconciliation).
+
+        **The fan-in protocol** (every backend, whatever path ends a job: finish, cancel,
+        rescue, delete): when a job with dependents ends ``done``, each of its unsatisfied edges
+        becomes satisfied and the dependent's ``waiting_on`` drops by one; at zero the dependent
+        is ``queued`` (and woken). When it ends ``dead_letter``/``cancelled`` or is deleted
+        unfinished: ``run`` dependents are satisfied the same way, ``cancel`` dependents are
+        cancelled (and, transitively, their own ``cancel`` dependents), ``wait`` ones keep
+        waiting (a replay that ends ``done`` satisfies them). An edge is satisfied at most once.
+        It happens in the transaction that ended the job."""
+        ...
+
+    async def dependency_results(self, job_id: str) -> list[DependencyResult]:
+        """The dependencies of ``job_id`` with their stored results (for
+        ``ctx.dependency_results``), in the order they were given; [] without any."""
         ...
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
@@ -147,7 +175,7 @@ class StorageBackend(Protocol):
         ...
 
     async def cancel_job(self, job_id: str) -> CancelOutcome | None:
-        """``queued`` -> ``cancelled`` (returns ``"cancelled"``); a ``processing`` job gets a
+        """``queued`` or ``waiting`` -> ``cancelled`` (returns ``"cancelled"``); a ``processing`` job gets a
         cancel request that its worker acts on (PostgreSQL also notifies ``soniq_cancel`` with the
         id; returns ``"requested"``). None when neither applied."""
         ...
@@ -233,7 +261,8 @@ class StorageBackend(Protocol):
         ...
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:
-        """Delete ``done`` and ``cancelled`` jobs whose ``expires_at`` has passed."""
+        """Delete ``done`` and ``cancelled`` jobs whose ``expires_at`` has passed, except a
+        dependency whose dependents have not all finished (they read its result)."""
         ...
 
     async def claim_maintenance(self, task: str, interval: float,
@@ -258,6 +287,17 @@ JOB_COLUMNS = (
     "scheduled_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at", "errors",
     "worker_id", "lease_id", "dedup_key",
 )
+
+
+#: Every status, as the column names of a queue's counts.
+STATUSES = tuple(status.value for status in JobStatus)
+
+
+def queue_stats_row(queue: str, counts: Mapping[str, int]) -> QueueStats:
+    """One queue's :class:`~soniq.types.QueueStats` from its counts by status (missing: 0);
+    ``total`` is their sum."""
+    by_status = {status: int(counts.get(status) or 0) for status in STATUSES}
+    return cast("QueueStats", {"queue": queue, "total": sum(by_status.values()), **by_status})
 
 
 def job_record(row: Mapping[str, Any]) -> JobRecord:

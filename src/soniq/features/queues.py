@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from soniq.backends.base import STATUSES
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.limits import parse_rate
 from soniq.registry import validate_name
@@ -95,10 +96,8 @@ def queue_infos(settings: Iterable[QueueSetting],
             name=name, paused=setting is not None and setting.paused,
             concurrency_limit=None if setting is None else setting.concurrency_limit,
             rate_limit=None if setting is None else setting.rate_limit,
-            **({} if count is None else {
-                "total": count["total"], "queued": count["queued"],
-                "processing": count["processing"], "done": count["done"],
-                "dead_letter": count["dead_letter"], "cancelled": count["cancelled"]})))
+            **({} if count is None else {status: count[status]  # type: ignore[literal-required]
+                                         for status in ("total", *STATUSES)})))
     return found
 
 

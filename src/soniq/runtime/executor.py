@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from soniq.registry import JobRegistry, JobSpec
     from soniq.runtime.seams import EventDispatcher, EventKind, Hooks, PayloadCodec
     from soniq.settings import SoniqSettings
-    from soniq.types import ClaimedJob
+    from soniq.types import ClaimedJob, DependencyResult
 
 __all__ = ["Executor", "current_job"]
 
@@ -93,7 +93,9 @@ class Executor:
                  events: EventDispatcher, codec: PayloadCodec, worker_id: str,
                  put_outcome: Callable[[JobOutcome], None], clock: Callable[[], datetime],
                  thread_limiter: anyio.CapacityLimiter,
-                 park: Callable[[ClaimedJob, str, int], Awaitable[bool]] | None = None) -> None:
+                 park: Callable[[ClaimedJob, str, int], Awaitable[bool]] | None = None,
+                 dependencies: Callable[[str], Awaitable[list[DependencyResult]]] | None = None
+                 ) -> None:
         self._registry = registry
         self._settings = settings
         self._hooks = hooks
@@ -104,6 +106,7 @@ class Executor:
         self._now = clock
         self._limiter = thread_limiter
         self._park = park
+        self._dependencies = dependencies
         self.running: dict[str, _Running] = {}
         self._loggers: dict[str, logging.Logger] = {}
         self.stuck = 0
@@ -186,6 +189,14 @@ class Executor:
         if (spec.concurrency_limit is not None and job.concurrency_key is None
                 and self._park is not None):
             return await self._unkeyed(job, spec, kwargs)
+        results: dict[str, Any] = {}
+        if job.has_dependencies and self._dependencies is not None:
+            try:
+                results = self._dependency_results(await self._dependencies(job.id))
+            except DatabaseError as exc:  # back unchanged; the next claim tries again
+                logger.warning("job %s (%s): could not read its dependencies' results: %s",
+                               job.id, job.job_name, exc)
+                return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True)
         job_logger = self._loggers.get(job.job_name)
         if job_logger is None:  # logging.getLogger takes a global lock: once per job name
             job_logger = self._loggers[job.job_name] = logging.getLogger(f"soniq.jobs.{job.job_name}")
@@ -193,7 +204,7 @@ class Executor:
                          max_attempts=job.max_attempts, queue=job.queue,
                          worker_id=self._worker_id, scheduled_at=job.scheduled_at,
                          created_at=job.created_at, lease_id=job.lease_id,
-                         logger=job_logger)
+                         logger=job_logger, dependency_results=results)
         if spec.context_param is not None:
             kwargs[spec.context_param] = ctx
         timeout = spec.timeout if spec.timeout is not None else self._settings.job_timeout
@@ -273,6 +284,11 @@ class Executor:
         at = self._now() + timedelta(seconds=seconds)
         return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True,
                           run_at=at, rate_hold=at if hold else None)
+
+    def _dependency_results(self, found: list[DependencyResult]) -> dict[str, Any]:
+        """``ctx.dependency_results``: by step name (or id), decoded like ``get_result``."""
+        return {dep.step_name or dep.id: self._codec.decode_result(dep.job_name, dep.result)
+                if dep.status == JobStatus.DONE else None for dep in found}
 
     def _expiry(self) -> datetime:
         return self._now() + timedelta(seconds=self._settings.result_ttl)

@@ -131,6 +131,9 @@ class PayloadCodec(Protocol):
     def encode_args(self, job_name: str, args_json: str) -> str: ...
     def decode_args(self, job_name: str, stored: str) -> dict[str, Any]: ...
     def encode_result(self, job_name: str, value: Any) -> str: ...
+    def decode_result(self, job_name: str, value: Any, *, encrypted: bool = False) -> Any:
+        """A stored result (already JSON-decoded) in plain form."""
+        ...
 
 
 class JsonCodec:
@@ -147,6 +150,9 @@ class JsonCodec:
 
     def encode_result(self, job_name: str, value: Any) -> str:
         return dumps(value, what=f"the result of job {job_name!r}")
+
+    def decode_result(self, job_name: str, value: Any, *, encrypted: bool = False) -> Any:
+        return value
 
 
 #: ``async def middleware(ctx, call_next)``: wraps every job; return what ``call_next()`` returns

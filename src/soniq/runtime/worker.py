@@ -85,6 +85,7 @@ class Worker:
             worker_id=self.id, put_outcome=self.finisher.put, clock=clock,
             thread_limiter=anyio.CapacityLimiter(self.concurrency),
             park=lambda job, key, limit: backend.park_job(job.id, job.lease_id, key, limit),
+            dependencies=backend.dependency_results,
         )
         self.finisher.on_unstorable = self.executor.unstorable
         self.fetcher = Fetcher(

@@ -18,6 +18,7 @@ from soniq.backends.base import (
     StorageBackend,
     job_record,
     no_connections,
+    queue_stats_row,
     refuse_connection,
     worker_lost_error,
 )
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from soniq.limits import RateGate
+    from soniq.types import DependencyResult
 
 __all__ = ["MemoryBackend"]
 
@@ -176,17 +178,15 @@ class MemoryBackend:
             self._dedup.pop(row["dedup_key"], None)
         return True
 
+    async def dependency_results(self, job_id: str) -> list[DependencyResult]:
+        return []  # built next: dependencies (issue 21)
+
     async def queue_stats(self) -> list[QueueStats]:
         counts: dict[str, dict[str, int]] = {}
         for row in self._jobs.values():
             per_queue = counts.setdefault(row["queue"], dict.fromkeys(_STATUSES, 0))
             per_queue[row["status"]] += 1
-        return [
-            {"queue": queue, "total": sum(c.values()), "queued": c["queued"],
-             "processing": c["processing"], "done": c["done"], "dead_letter": c["dead_letter"],
-             "cancelled": c["cancelled"]}
-            for queue, c in sorted(counts.items())
-        ]
+        return [queue_stats_row(queue, c) for queue, c in sorted(counts.items())]
 
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
                          *, now: datetime | None = None,

@@ -29,7 +29,7 @@ import asyncpg
 
 from soniq.backends import _bridge
 from soniq.backends._bridge import call
-from soniq.backends.base import StorageBackend, job_record
+from soniq.backends.base import StorageBackend, job_record, queue_stats_row
 from soniq.backends.postgres import (
     gates,
     inserts,
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from soniq.backends.postgres.changes import Statements
     from soniq.limits import RateGate
     from soniq.settings import SoniqSettings
-    from soniq.types import WorkerInfo
+    from soniq.types import DependencyResult, WorkerInfo
 
 __all__ = ["LOOP_POOL_SIZE", "PostgresBackend"]
 
@@ -346,16 +346,14 @@ class PostgresBackend:
             return bool(await call(slots.changing, pool, self._q.slots, self._q.delete_job, job_id,
                                    atomic=True))
 
+    async def dependency_results(self, job_id: str) -> list[DependencyResult]:
+        return []  # built next: dependencies (issue 21)
+
     async def queue_stats(self) -> list[QueueStats]:
         with self._errors:
             pool = await self._ready()
             rows = await call(pool.fetch, self._q.queue_stats)
-        return [
-            {"queue": row["queue"], "total": row["total"], "queued": row["queued"],
-             "processing": row["processing"], "done": row["done"],
-             "dead_letter": row["dead_letter"], "cancelled": row["cancelled"]}
-            for row in rows
-        ]
+        return [queue_stats_row(row["queue"], row) for row in rows]
 
     # -- workers and maintenance ----------------------------------------------------------------
     async def register_worker(self, worker: WorkerInfo, *, now: datetime | None = None) -> None:

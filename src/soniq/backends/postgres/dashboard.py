@@ -12,7 +12,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
-from soniq.backends.base import JOB_COLUMNS, job_record
+from soniq.backends.base import JOB_COLUMNS, STATUSES, job_record, queue_stats_row
 from soniq.backends.postgres.maintenance import maintenance
 from soniq.backends.postgres.where import where
 from soniq.backends.stores import JobSearch, QueueCounts, StatsBucket, StorageHealth
@@ -106,7 +106,7 @@ GROUP BY queue, status
 
 _sql = functools.cache(_Sql)
 
-_STATUSES = ("queued", "processing", "done", "dead_letter", "cancelled")
+_STATUSES = STATUSES
 
 
 def like_pattern(text: str) -> str:
@@ -168,11 +168,8 @@ class PostgresDashboardStore:
         for row in rows:
             per_queue = counts.setdefault(row["queue"], dict.fromkeys(_STATUSES, 0))
             per_queue[row["status"]] = round(row["n"])
-        return QueueCounts([
-            {"queue": queue, "total": sum(c.values()), "queued": c["queued"],
-             "processing": c["processing"], "done": c["done"], "dead_letter": c["dead_letter"],
-             "cancelled": c["cancelled"]}
-            for queue, c in sorted(counts.items())], estimated=True)
+        return QueueCounts([queue_stats_row(queue, c) for queue, c in sorted(counts.items())],
+                           estimated=True)
 
     async def rollup(self, *, since: datetime, keep_after: datetime) -> None:
         with self._errors:

@@ -239,7 +239,7 @@ WHERE worker_id = $1::uuid AND status = 'processing'
         #: the database's collation.
         self.queue_stats = f"""
 SELECT queue,
-       count(*) AS total,
+       count(*) FILTER (WHERE status = 'waiting') AS waiting,
        count(*) FILTER (WHERE status = 'queued') AS queued,
        count(*) FILTER (WHERE status = 'processing') AS processing,
        count(*) FILTER (WHERE status = 'done') AS done,

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from soniq.backends.base import (
+    STATUSES,
     StorageBackend,
     no_connections,
+    queue_stats_row,
     refuse_connection,
     worker_lost_error,
 )
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from soniq.limits import RateGate
+    from soniq.types import DependencyResult
 
 __all__ = ["SqliteBackend"]
 
@@ -180,13 +183,13 @@ class SqliteBackend:
             return False
         return bool(await self._db.run(self._changing_slots, sql.DELETE, (job_id,)))
 
+    async def dependency_results(self, job_id: str) -> list[DependencyResult]:
+        return []  # built next: dependencies (issue 21)
+
     async def queue_stats(self) -> list[QueueStats]:
         rows = await self._db.run(self._db.read, sql.QUEUE_STATS, ())
-        return [
-            {"queue": queue, "total": total, "queued": queued, "processing": processing,
-             "done": done, "dead_letter": dead_letter, "cancelled": cancelled}
-            for queue, total, queued, processing, done, dead_letter, cancelled in rows
-        ]
+        return [queue_stats_row(queue, dict(zip(STATUSES, counts, strict=True)))
+                for queue, *counts in rows]
 
     # -- claim and finish ---------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,

@@ -238,8 +238,9 @@ WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'processing'
 RETURNING soniq_jobs.id, soniq_jobs.rate_key, {_SLOT_COLUMNS}
 """
 
+#: A queue's counts in the order of ``base.STATUSES``.
 QUEUE_STATS = (
-    "SELECT queue, count(*), sum(status = 'queued'), sum(status = 'processing'), "
+    "SELECT queue, sum(status = 'waiting'), sum(status = 'queued'), sum(status = 'processing'), "
     "sum(status = 'done'), sum(status = 'dead_letter'), sum(status = 'cancelled') "
     "FROM soniq_jobs GROUP BY queue ORDER BY queue"
 )
