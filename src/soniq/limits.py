@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
     from datetime import datetime
 
-__all__ = ["MAX_LIMIT", "Rate", "RateGate", "check_limits", "check_rate", "limit_key",
+__all__ = ["LONGEST_PERIOD", "MAX_LIMIT", "Rate", "RateGate", "check_limits", "check_rate", "limit_key",
            "limit_options", "parse_rate", "stored_limits", "stored_rate"]
 
 #: The largest ``concurrency_limit``.
@@ -33,6 +33,8 @@ MAX_LIMIT = 1_000_000
 
 _RATE = re.compile(r"\s*(\d{1,9})\s*/\s*([smh])\s*")
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: The longest period of a rate, in seconds: a bucket last refilled this long ago is full again.
+LONGEST_PERIOD = max(_PERIODS.values())
 
 
 @dataclass(frozen=True, slots=True)

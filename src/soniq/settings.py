@@ -143,6 +143,10 @@ class SoniqSettings(BaseSettings):
         description="seconds delivered and failed webhook deliveries are kept (for deliveries() "
                     "and the dashboard) before a worker deletes them, checked every "
                     "cleanup_interval; pending ones are never deleted")
+    audit_retention: float = Field(
+        90 * 86_400.0, ge=0, le=LONGEST_DELAY,
+        description="seconds audit log entries (queue changes, dashboard writes) are kept before a "
+                    "worker deletes them, checked every cleanup_interval; 0 keeps them forever")
     secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, repr=False,
         description="keys for app.signing and @app.job(encrypt=True), newest first (comma-separated "

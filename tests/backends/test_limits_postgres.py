@@ -9,9 +9,10 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import asyncpg
 import pytest
 
-from soniq.backends.postgres import PostgresBackend
+from soniq.backends.postgres import PostgresBackend, maintenance, sql
 from soniq.ids import new_id
 from soniq.serialization import dumps
 from soniq.settings import load_settings
@@ -175,3 +176,52 @@ async def test_slots_live_in_the_backends_schema(pg_url: str) -> None:
         await inner.close()
         await outer.close()
         await on_connection(pg_url, lambda conn: conn.execute(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_pruning_idle_slots_never_loses_a_slot_an_insert_takes(pg_url: str) -> None:
+    """``prune_control`` against an insert taking the slot of an idle row (``active = 0``),
+    each holding the row first: a row the insert holds (uncommitted ``ON CONFLICT DO UPDATE``)
+    is skipped without waiting and keeps its slot; an insert that meets a row the prune holds
+    waits for the delete's commit, then creates the row afresh with its slot taken."""
+    backend = backend_for(pg_url)
+    q = sql.build(None)
+    first = limited("k")
+    holder = await asyncpg.connect(pg_url)
+    watcher = await asyncpg.connect(pg_url)
+    worker = new_id()
+    try:
+        await backend.insert_jobs([first])
+        assert await backend.delete_job(first.id)  # the key's row stays, idle
+        # 1. The insert holds the row: the prune skips it, and the slot stays taken.
+        async with holder.transaction():
+            await holder.fetch(q.slots.insert_limited_job, first.id, NAME, "default", 100, "{}",
+                               3, None, "k", 1, None)
+            with anyio.fail_after(5):
+                assert await backend.prune_control(audit_retention=0) == 0
+        [taken] = await backend.claim_jobs(worker, None, 10)
+        assert taken.id == first.id
+        await backend.complete_jobs([JobOutcome(taken.id, taken.lease_id, JobStatus.DONE)])
+        # 2. The prune holds the row (deleted, not committed): the insert waits, then takes a
+        # slot in a row of its own.
+        second = limited("k")
+        pruning = holder.transaction()
+        await pruning.start()
+        status = await holder.execute(maintenance.control_sql(q.names).prune_slots, 100)
+        assert status == "DELETE 1"
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(backend.insert_jobs, [second])
+                while not await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"):
+                    await anyio.sleep(0.01)  # the insert waits for the delete's lock
+                await pruning.commit()
+        [again] = await backend.claim_jobs(worker, None, 10)
+        assert again.id == second.id
+        assert await watcher.fetch("SELECT key, active FROM soniq_slots WHERE job_name = $1",
+                                   NAME) == [("k", 1)]
+    finally:
+        await holder.close()
+        await watcher.close()
+        await backend.close()

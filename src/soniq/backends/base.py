@@ -265,6 +265,17 @@ class StorageBackend(Protocol):
         dependency whose dependents have not all finished (they read its result)."""
         ...
 
+    async def prune_control(self, *, audit_retention: float,
+                            now: datetime | None = None) -> int:
+        """Delete the flow-control rows that carry no information, in short batches: slot rows
+        (``soniq_slots``) with ``active = 0`` whose key has no parked job; rate buckets
+        (``soniq_rate_buckets``) full again -- last refilled at least
+        :data:`~soniq.limits.LONGEST_PERIOD` ago, or never -- not held (``blocked_until`` unset
+        or past) and whose key has no queued rate-limited job (a missing bucket is a full one);
+        audit entries older than ``audit_retention`` seconds (0: keep them all). A slot taken or
+        a bucket used meanwhile is never deleted. Returns how many rows were deleted."""
+        ...
+
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:
         """True for exactly one caller per ``interval`` seconds per ``task`` across every worker

@@ -2,9 +2,11 @@
 
 Each round, one worker (whichever claims the round in storage) re-queues the jobs of workers silent
 for ``heartbeat_timeout`` — the attempt stays used, so a job that kills its worker every time ends
-in the dead-letter state instead of looping — deletes finished jobs past ``result_ttl``, and
+in the dead-letter state instead of looping — deletes finished jobs past ``result_ttl``,
 reconciles the concurrency slots of the limited jobs it knows (``reconcile_slots``: a raised
-limit, a replayed job, a slot a crash lost).
+limit, a replayed job, a slot a crash lost), then deletes the flow-control rows that carry no
+information (``prune_control``: idle slot rows, full rate buckets, audit entries past
+``audit_retention``).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ _RESCUE_EVENTS: dict[str, EventKind] = {"queued": "failed", "dead_letter": "dead
 class Cleanup:
     def __init__(self, backend: StorageBackend, *, interval: float, stale_after: float,
                  error_retry_delay: float, events: EventDispatcher,
-                 limits: Callable[[], Mapping[str, int]] = dict) -> None:
+                 limits: Callable[[], Mapping[str, int]] = dict,
+                 audit_retention: float = 0.0) -> None:
         self._backend = backend
+        self._audit_retention = audit_retention  # 0: keep the audit log
         self._limits = limits
         self._events = events
         self._interval = interval
@@ -85,6 +89,9 @@ class Cleanup:
             unparked = await self._backend.reconcile_slots(limits)
             if unparked:
                 logger.info("reconciled concurrency slots: %d parked job(s) may run", unparked)
+        idle = await self._backend.prune_control(audit_retention=self._audit_retention)
+        if idle:
+            logger.debug("pruned %d idle slot, full rate bucket or old audit row(s)", idle)
         return rescued, pruned
 
     async def _report(self, rescued: list[str]) -> None:

@@ -6,7 +6,7 @@
      ├─ await tg.start(heartbeat.run)   the worker row exists before anything is claimed
      ├─ tg.start_soon(finisher.run)     outcomes written in batches, fenced by lease
      ├─ await tg.start(listener.run)    LISTEN active, or polling with a logged reason
-     ├─ tg.start_soon(cleanup.run)      rescue silent workers' jobs; prune past result_ttl
+     ├─ tg.start_soon(cleanup.run)      rescue silent workers' jobs; prune past result_ttl, idle limits
      ├─ tg.start_soon(service.run)      each Service the app registered
      └─ fetcher.run()                   claims up to free slots; each job a child task
     task_status.started(worker_id)
@@ -108,7 +108,8 @@ class Worker:
                                error_retry_delay=settings.error_retry_delay, events=events,
                                limits=lambda: {spec.name: spec.concurrency_limit
                                                for spec in registry
-                                               if spec.concurrency_limit is not None})
+                                               if spec.concurrency_limit is not None},
+                               audit_retention=settings.audit_retention)
         self.listener = Listener(backend, self.fetcher, self.executor,
                                  poll_interval=settings.poll_interval,
                                  required=settings.listen_url is not None)

@@ -344,6 +344,13 @@ class MemoryBackend:
             del self._jobs[job_id]
         return len(expired)
 
+    async def prune_control(self, *, audit_retention: float,
+                            now: datetime | None = None) -> int:
+        now = now or utc_now()
+        audit = (self.audit.prune(now - timedelta(seconds=audit_retention))
+                 if audit_retention else 0)
+        return self._slots.prune() + self._gates.prune(now) + audit
+
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:
         now = now or utc_now()

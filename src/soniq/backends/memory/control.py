@@ -33,6 +33,13 @@ class MemoryAuditStore:
     async def list(self, limit: int) -> builtins.list[AuditEntry]:
         return self.entries[::-1][:limit]
 
+    def prune(self, before: datetime) -> int:
+        """Forget the entries older than ``before``; how many."""
+        kept = [entry for entry in self.entries if entry.at >= before]
+        pruned = len(self.entries) - len(kept)
+        self.entries = kept
+        return pruned
+
 
 class MemoryQueueStore:
     """Queue settings by name; ``notify`` is the backend's in-process NOTIFY."""

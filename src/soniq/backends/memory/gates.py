@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from soniq.limits import parse_rate
+from soniq.limits import LONGEST_PERIOD, parse_rate
 from soniq.types import JobStatus
 
 if TYPE_CHECKING:
@@ -119,6 +120,21 @@ class Gates:
                 bucket.tokens, bucket.refilled_at = left, now
             elif isinstance(group, str):
                 self._queues.buckets[group] = (left, now)
+
+    def prune(self, now: datetime) -> int:
+        """Forget the buckets full again (last refilled :data:`~soniq.limits.LONGEST_PERIOD`
+        ago or never), not held, whose key has no queued rate-limited job; how many."""
+        stale = now - timedelta(seconds=LONGEST_PERIOD)
+        waiting = {(row["job_name"], row["rate_key"]) for row in self._rows.values()
+                   if row["status"] == JobStatus.QUEUED and row["hold"] is None
+                   and row["rate_key"] is not None}
+        full = [group for group, bucket in self.buckets.items()
+                if (bucket.refilled_at is None or bucket.refilled_at < stale)
+                and (bucket.blocked_until is None or bucket.blocked_until <= now)
+                and group not in waiting]
+        for group in full:
+            del self.buckets[group]
+        return len(full)
 
     def hold(self, job_name: str, key: str, until: datetime) -> None:
         """Hold bucket (``job_name``, ``key``) until ``until`` (or its later stored hold)."""

@@ -68,10 +68,24 @@ class Slots:
     def _next_parked(self, group: tuple[str, str]) -> dict[str, Any] | None:
         ids = self._parked.get(group)
         while ids:
-            row = self._rows.get(heapq.heappop(ids))
-            if row is not None and row["status"] == JobStatus.QUEUED and row["hold"] == PARKED:
-                return row
+            job_id = heapq.heappop(ids)
+            if self._is_parked(job_id):
+                return self._rows[job_id]
         return None
+
+    def prune(self) -> int:
+        """Forget the idle keys (no slot taken, no parked job); how many."""
+        idle = [group for group, active in self.active.items()
+                if not active and not any(self._is_parked(job_id) for job_id in
+                                          self._parked.get(group, ()))]
+        for group in idle:
+            del self.active[group]
+            self._parked.pop(group, None)  # only stale entries were left
+        return len(idle)
+
+    def _is_parked(self, job_id: str) -> bool:
+        row = self._rows.get(job_id)
+        return row is not None and row["status"] == JobStatus.QUEUED and row["hold"] == PARKED
 
     def reconcile(self, limits: Mapping[str, int]) -> int:
         """For each key with parked jobs whose job name is in ``limits`` (name -> limit):

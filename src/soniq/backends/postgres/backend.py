@@ -40,6 +40,7 @@ from soniq.backends.postgres import (
     slots,
     sql,
 )
+from soniq.backends.postgres import pool as pool_ops
 from soniq.backends.postgres import queues as pg_queues
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
@@ -122,6 +123,7 @@ class PostgresBackend:
         self.audit = PostgresAuditStore(self._ready, self._errors, n)
         self._queue_claims = pg_queues.claims(n)
         self._gates = gates.gate_sql(n)
+        self._control = maintenance.control_sql(n)
         # Keys of claims that may have committed without their rows reaching us (sql.py, claim).
         self._unanswered: dict[str, list[str]] = {}
         # Leases of claimed jobs that hold a concurrency slot, until their outcome is written.
@@ -184,7 +186,7 @@ class PostgresBackend:
                 statement_cache_size=cache_size,
                 server_settings=schema.SERVER_SETTINGS,
                 init=schema.plan_every_execution if cache_size and not main else None,
-                reset=_keep_session,
+                reset=pool_ops.keep_session,
             )
         except Exception as exc:
             # asyncpg reports a malformed URL as a bare ValueError, only known here.
@@ -211,7 +213,7 @@ class PostgresBackend:
                 with anyio.move_on_after(_CLOSE_TIMEOUT) as scope:
                     await call(pool.close)
                 if scope.cancelled_caught:
-                    await call(_terminate, pool)
+                    await call(pool_ops.terminate, pool)
 
     # -- connections ----------------------------------------------------------------------------
     def acquire(self) -> AbstractAsyncContextManager[Any]:
@@ -229,7 +231,7 @@ class PostgresBackend:
             yield raw if _bridge.on_asyncio() else _bridge.BridgedConnection(raw)
         finally:
             with anyio.CancelScope(shield=True):
-                await call(_give_back, pool, raw)
+                await call(pool_ops.give_back, pool, raw)
 
     # -- enqueue --------------------------------------------------------------------------------
     async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
@@ -428,6 +430,13 @@ class PostgresBackend:
             pool = await self._loops()
             return await call(maintenance.prune, pool, self._q, now, self._maintenance_timeout)
 
+    async def prune_control(self, *, audit_retention: float,
+                            now: datetime | None = None) -> int:
+        with self._errors:
+            pool = await self._loops()
+            return await call(maintenance.prune_control, pool, self._control, audit_retention,
+                              now, self._maintenance_timeout)
+
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:
         with self._errors:
@@ -470,28 +479,6 @@ class PostgresBackend:
 def _check_worker_id(worker_id: str) -> None:
     if not is_uuid(worker_id):
         raise ValidationError(f"worker_id must be a UUID string, got {worker_id!r}")
-
-
-# -- operations that run on the driver's loop ---------------------------------------------------------
-async def _keep_session(conn: Any) -> None:
-    """The pool's reset for Soniq's own calls: nothing. They leave no session state behind (asyncpg
-    still rolls back an open transaction), and asyncpg's default reset query (``RESET ALL``,
-    ``UNLISTEN *``, ...) would cost a round trip per call. Connections lent to user code are reset
-    in full by :func:`_give_back`."""
-
-
-async def _give_back(pool: Any, conn: Any) -> None:
-    """Release a connection lent out by ``acquire()``, with its session reset first (user code may
-    have SET, LISTENed or taken advisory locks); one that cannot be reset is closed instead."""
-    try:
-        await conn.reset()
-    except Exception:
-        conn.terminate()
-    await pool.release(conn)
-
-
-async def _terminate(pool: Any) -> None:
-    pool.terminate()
 
 
 # mypy checks the adapter against the seam, capabilities included.

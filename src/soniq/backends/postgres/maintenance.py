@@ -1,5 +1,6 @@
 """Housekeeping on PostgreSQL: ``ANALYZE soniq_jobs`` when a worker starts, the rescue of silent
-workers' jobs, pruning expired jobs, and the other stores' pruning and rollups.
+workers' jobs, pruning expired jobs and the flow-control tables (:class:`ControlSql`), and the
+other stores' pruning and rollups.
 
 A role or database may carry a ``statement_timeout`` sized for the application's own queries
 (``ALTER ROLE app SET statement_timeout = '200ms'``). Housekeeping over a large table can need
@@ -14,6 +15,7 @@ The functions run on the driver's loop (through :func:`soniq.backends._bridge.ca
 
 from __future__ import annotations
 
+import functools
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,16 +24,18 @@ import asyncpg
 
 from soniq.backends.base import worker_lost_error
 from soniq.backends.postgres import slots, sql
+from soniq.limits import LONGEST_PERIOD
 from soniq.serialization import dumps
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from datetime import datetime
 
+    from soniq.backends.postgres.names import Names
     from soniq.backends.postgres.sql import Sql
 
-__all__ = ["PRUNE_BATCH_SIZE", "analyze", "maintenance", "prune", "prune_in_batches", "rescue",
-           "timeout_setting"]
+__all__ = ["PRUNE_BATCH_SIZE", "ControlSql", "analyze", "control_sql", "maintenance", "prune",
+           "prune_control", "prune_in_batches", "rescue", "timeout_setting"]
 
 #: Rows deleted per prune statement: short transactions, few row locks held at once.
 PRUNE_BATCH_SIZE = 5_000
@@ -91,17 +95,100 @@ async def rescue(pool: Any, q: Sql, statement: str, stale_after: float, now: dat
 
 async def prune(pool: Any, q: Sql, now: datetime | None, statement_timeout: str) -> int:
     """Delete expired finished jobs in batches, each its own short transaction."""
-    return await prune_in_batches(pool, statement_timeout, q.prune_jobs, now, PRUNE_BATCH_SIZE)
+    return await prune_in_batches(pool, statement_timeout, q.prune_jobs, now,
+                                  batch=PRUNE_BATCH_SIZE)
 
 
-async def prune_in_batches(pool: Any, statement_timeout: str, statement: str, before: datetime | None,
+class ControlSql:
+    """The statements that prune the flow-control tables, for one schema (:func:`control_sql`).
+    Each deletes one batch (its last parameter) of rows that carry no information.
+
+    Inserts never wait for these deletes to decide, nor are they undone by them. An insert takes
+    a slot with ``INSERT ... ON CONFLICT DO UPDATE`` (a bulk insert locks with the same upsert,
+    a release with ``FOR UPDATE``), which locks the slot row; the batch locks the rows it
+    deletes ``FOR UPDATE SKIP LOCKED``, so a row an insert holds is skipped, and a row it took
+    since the batch's snapshot is followed to its newest version and re-checked (READ
+    COMMITTED): ``active = 0`` no longer holds, so it is not deleted. An insert that meets a row
+    this batch locked waits for the delete's commit, then inserts the row afresh (``active =
+    1``): the slot is still taken. (Checked with two connections in
+    ``tests/backends/test_limits_postgres.py``; a plain ``DELETE ... WHERE active = 0`` that
+    waits for the insert's lock re-checks the same way and deletes nothing, checked by hand.) Rate buckets are locked the same way: a claim
+    that holds one is skipped, one it refilled since is re-checked. A bucket deleted while a
+    rate-limited job of its key is being inserted -- the key's existence check ran on the
+    batch's snapshot -- is only a full bucket gone: the next rate claim creates it again.
+    """
+
+    def __init__(self, n: Names) -> None:
+        #: $1 batch size. Slot rows with none taken and no parked job (``soniq_jobs_parked_idx``).
+        self.prune_slots = f"""
+DELETE FROM {n.slots} AS s
+USING (
+    SELECT i.job_name, i.key FROM {n.slots} AS i
+    WHERE i.active = 0
+      AND NOT EXISTS (SELECT 1 FROM {n.jobs} AS j
+                      WHERE j.job_name = i.job_name AND j.concurrency_key = i.key
+                        AND j.status = 'queued' AND j.hold = 'slot')
+    LIMIT $1::integer
+    FOR UPDATE OF i SKIP LOCKED
+) AS idle
+WHERE s.job_name = idle.job_name AND s.key = idle.key
+"""
+        #: $1 now (NULL: the database clock), $2 the longest rate period (seconds), $3 batch
+        #: size. Buckets full again (refilled a period ago or never), not held, whose key has no
+        #: queued rate-limited job (``soniq_jobs_rated_idx``).
+        self.prune_buckets = f"""
+DELETE FROM {n.rate_buckets} AS b
+USING (
+    SELECT i.job_name, i.key FROM {n.rate_buckets} AS i
+    WHERE (i.refilled_at IS NULL
+           OR i.refilled_at < COALESCE($1::timestamptz, now())
+                              - $2::float8 * interval '1 second')
+      AND (i.blocked_until IS NULL OR i.blocked_until <= COALESCE($1::timestamptz, now()))
+      AND NOT EXISTS (SELECT 1 FROM {n.jobs} AS j
+                      WHERE j.job_name = i.job_name AND j.rate_key = i.key
+                        AND j.status = 'queued' AND j.hold = 'rate')
+    LIMIT $3::integer
+    FOR UPDATE OF i SKIP LOCKED
+) AS full_again
+WHERE b.job_name = full_again.job_name AND b.key = full_again.key
+"""
+        #: $1 now (NULL: the database clock), $2 retention (seconds), $3 batch size. Audit
+        #: entries older than the retention (nothing updates them: no lock to take).
+        self.prune_audit = f"""
+DELETE FROM {n.audit}
+WHERE id = ANY (ARRAY(
+    SELECT id FROM {n.audit}
+    WHERE at < COALESCE($1::timestamptz, now()) - $2::float8 * interval '1 second'
+    LIMIT $3::integer
+))
+"""
+
+
+control_sql = functools.cache(ControlSql)
+
+
+async def prune_control(pool: Any, c: ControlSql, audit_retention: float, now: datetime | None,
+                        statement_timeout: str) -> int:
+    """``StorageBackend.prune_control``: idle slot rows, full rate buckets and old audit entries
+    (``audit_retention`` 0: none), in batches."""
+    pruned = (await prune_in_batches(pool, statement_timeout, c.prune_slots,
+                                     batch=PRUNE_BATCH_SIZE)
+              + await prune_in_batches(pool, statement_timeout, c.prune_buckets, now,
+                                       LONGEST_PERIOD, batch=PRUNE_BATCH_SIZE))
+    if audit_retention:
+        pruned += await prune_in_batches(pool, statement_timeout, c.prune_audit, now,
+                                         audit_retention, batch=PRUNE_BATCH_SIZE)
+    return pruned
+
+
+async def prune_in_batches(pool: Any, statement_timeout: str, statement: str, *params: Any,
                            batch: int) -> int:
-    """Run ``statement`` (a ``DELETE`` taking ``$1`` ``before`` and ``$2`` ``batch``) once per
-    transaction until a batch comes back short; how many rows it deleted."""
+    """Run ``statement`` (a ``DELETE`` taking ``params``, then ``batch``) once per transaction
+    until a batch comes back short; how many rows it deleted."""
     total = 0
     while True:
         async with maintenance(pool, statement_timeout) as conn:
-            status = await conn.execute(statement, before, batch)
+            status = await conn.execute(statement, *params, batch)
         deleted = int(status.rpartition(" ")[2])
         total += deleted
         if deleted < batch:

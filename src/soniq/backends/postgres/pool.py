@@ -15,7 +15,9 @@ broken connection, exactly as ``async with pool.acquire()`` would. Connections f
 whose socket is lost is released by asyncpg itself (see :func:`_usable`); it is dropped when
 next taken (``pool.release()`` of it is a no-op).
 
-Like everything asyncpg-facing, its methods run on the driver's loop (inside ``_bridge.call``).
+Like everything asyncpg-facing, its methods run on the driver's loop (inside ``_bridge.call``),
+as do the pool's reset (:func:`keep_session`) and the backend's :func:`give_back` and
+:func:`terminate`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Generator
     from types import TracebackType
 
-__all__ = ["StatementPool"]
+__all__ = ["StatementPool", "give_back", "keep_session", "terminate"]
 
 
 class StatementPool:
@@ -122,3 +124,25 @@ class _Checkout:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self._owner.release(self._conn)
+
+
+async def keep_session(conn: Any) -> None:
+    """The pool's reset for Soniq's own calls: nothing. They leave no session state behind (asyncpg
+    still rolls back an open transaction), and asyncpg's default reset query (``RESET ALL``,
+    ``UNLISTEN *``, ...) would cost a round trip per call. Connections lent to user code are reset
+    in full by :func:`give_back`."""
+
+
+async def give_back(pool: Any, conn: Any) -> None:
+    """Release a connection lent out by ``acquire()``, with its session reset first (user code may
+    have SET, LISTENed or taken advisory locks); one that cannot be reset is closed instead."""
+    try:
+        await conn.reset()
+    except Exception:
+        conn.terminate()
+    await pool.release(conn)
+
+
+async def terminate(pool: Any) -> None:
+    """Close ``pool`` at once (a close that waited too long for borrowed connections)."""
+    pool.terminate()

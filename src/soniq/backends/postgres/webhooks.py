@@ -397,4 +397,4 @@ async def _prune(pool: Any, q: _Sql, before: datetime, statement_timeout: str) -
         logger.warning("%d webhook event(s) expired before an endpoint took them (its receiver "
                        "accepted nothing for the whole retention)", expired)
     return await prune_in_batches(pool, statement_timeout, q.prune_deliveries, before,
-                                  PRUNE_BATCH)
+                                  batch=PRUNE_BATCH)

@@ -40,6 +40,7 @@ from soniq.backends.sqlite.schedules import SqliteScheduleStore
 from soniq.backends.sqlite.webhooks import SqliteWebhookStore
 from soniq.backends.sqlite.where import where
 from soniq.errors import UnsupportedOperationError
+from soniq.limits import LONGEST_PERIOD
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import (
     CancelOutcome,
@@ -326,12 +327,26 @@ class SqliteBackend:
         return rescued
 
     async def prune_jobs(self, *, now: datetime | None = None) -> int:
-        return await self._db.run(self._prune_jobs, sql.to_db(now or utc_now()))
+        return await self._db.run(self._prune, sql.PRUNE, sql.to_db(now or utc_now()))
 
-    async def _prune_jobs(self, now: str) -> int:
+    async def prune_control(self, *, audit_retention: float,
+                            now: datetime | None = None) -> int:
+        now = now or utc_now()
+        stale = now - timedelta(seconds=LONGEST_PERIOD)
+        pruned = (await self._db.run(self._prune, sql.PRUNE_SLOTS)
+                  + await self._db.run(self._prune, sql.PRUNE_BUCKETS, sql.to_db(now),
+                                       sql.to_db(stale)))
+        if audit_retention:
+            pruned += await self._db.run(self._prune, sql.PRUNE_AUDIT,
+                                         sql.to_db(now - timedelta(seconds=audit_retention)))
+        return pruned
+
+    async def _prune(self, statement: str, *params: str) -> int:
+        """Run ``statement`` (a ``DELETE ... RETURNING`` taking ``params``, then the batch size)
+        until a batch comes back short; each batch is its own short write."""
         total = 0
         while True:
-            deleted = len(await self._db.write(sql.PRUNE, (now, _PRUNE_BATCH)))
+            deleted = len(await self._db.write(statement, (*params, _PRUNE_BATCH)))
             total += deleted
             if deleted < _PRUNE_BATCH:
                 return total

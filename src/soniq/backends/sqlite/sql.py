@@ -39,6 +39,9 @@ __all__ = [
     "LOST_JOBS",
     "PARK",
     "PRUNE",
+    "PRUNE_AUDIT",
+    "PRUNE_BUCKETS",
+    "PRUNE_SLOTS",
     "QUEUE_STATS",
     "REGISTER_WORKER",
     "REMOVE_SILENT_WORKERS",
@@ -354,6 +357,43 @@ DELETE FROM soniq_jobs WHERE id IN (
     WHERE expires_at < ? AND status IN ('done', 'cancelled')
     LIMIT ?
 )
+RETURNING id
+"""
+
+#: batch size. One batch of idle slot rows: none taken, no parked job (a key's next insert
+#: creates its row again). Like every write here, under the file's write lock: no insert takes
+#: the slot in between.
+PRUNE_SLOTS = """
+DELETE FROM soniq_slots WHERE (job_name, key) IN (
+    SELECT s.job_name, s.key FROM soniq_slots AS s
+    WHERE s.active = 0
+      AND NOT EXISTS (SELECT 1 FROM soniq_jobs AS j
+                      WHERE j.job_name = s.job_name AND j.concurrency_key = s.key
+                        AND j.status = 'queued' AND j.hold = 'slot')
+    LIMIT ?1
+)
+RETURNING 1
+"""
+
+#: now, stale (now - the longest rate period), batch size. One batch of rate buckets that are
+#: full again (refilled before stale, or never), not held, and whose key has no queued
+#: rate-limited job (``soniq_jobs_rated``): a missing bucket is a full one.
+PRUNE_BUCKETS = """
+DELETE FROM soniq_rate_buckets WHERE (job_name, key) IN (
+    SELECT b.job_name, b.key FROM soniq_rate_buckets AS b
+    WHERE (b.refilled_at IS NULL OR b.refilled_at < ?2)
+      AND (b.blocked_until IS NULL OR b.blocked_until <= ?1)
+      AND NOT EXISTS (SELECT 1 FROM soniq_jobs AS j
+                      WHERE j.job_name = b.job_name AND j.rate_key = b.key
+                        AND j.status = 'queued' AND j.hold IS NULL)
+    LIMIT ?3
+)
+RETURNING 1
+"""
+
+#: cutoff, batch size. One batch of audit entries recorded before the cutoff.
+PRUNE_AUDIT = """
+DELETE FROM soniq_audit WHERE id IN (SELECT id FROM soniq_audit WHERE at < ?1 LIMIT ?2)
 RETURNING id
 """
 
