@@ -164,7 +164,7 @@ class StorageBackend(Protocol):
 
     async def dependency_results(self, job_id: str) -> list[DependencyResult]:
         """The dependencies of ``job_id`` with their stored results (for
-        ``ctx.dependency_results``), in the order they were given; [] without any."""
+        ``ctx.dependency_results``), in enqueue (id) order; [] without any."""
         ...
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...

@@ -31,6 +31,7 @@ from soniq.backends import _bridge
 from soniq.backends._bridge import call
 from soniq.backends.base import StorageBackend, job_record, queue_stats_row
 from soniq.backends.postgres import (
+    dependencies,
     gates,
     inserts,
     listener,
@@ -349,7 +350,10 @@ class PostgresBackend:
                                    atomic=True))
 
     async def dependency_results(self, job_id: str) -> list[DependencyResult]:
-        return []  # built next: dependencies (issue 21)
+        with self._errors:
+            pool = await self._loops()
+            return await call(dependencies.results, pool,
+                              dependencies.dependency_sql(self._q.names), job_id)
 
     async def queue_stats(self) -> list[QueueStats]:
         with self._errors:

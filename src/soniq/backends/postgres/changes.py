@@ -74,17 +74,18 @@ _FINISH_EVENTS = f"""
     FROM finished"""
 
 # -- cancel ----------------------------------------------------------------------------------------
-#: $1 id. A waiting job is cancelled (releasing its dedup key); a running one gets a cancel
-#: request (its job.cancelled comes with its outcome).
+#: $1 id. A job that has not started (queued or waiting for dependencies) is cancelled
+#: (releasing its dedup key); a running one gets a cancel request (its job.cancelled comes with
+#: its outcome).
 def _cancel(n: Names) -> str:
     return f"""
     UPDATE {n.jobs} AS j
-    SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
-        finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
-        updated_at = CASE WHEN status = 'queued' THEN now() ELSE updated_at END,
+    SET status = CASE WHEN status = 'processing' THEN status ELSE 'cancelled' END,
+        finished_at = CASE WHEN status = 'processing' THEN finished_at ELSE now() END,
+        updated_at = CASE WHEN status = 'processing' THEN updated_at ELSE now() END,
         cancel_requested = cancel_requested OR status = 'processing',
         dedup_key = NULL
-    WHERE id = $1::uuid AND status IN ('queued', 'processing')
+    WHERE id = $1::uuid AND status IN ('waiting', 'queued', 'processing')
     RETURNING id, status, job_name, queue, attempts, finished_at, {FREED}"""
 
 

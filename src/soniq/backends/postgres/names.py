@@ -67,6 +67,8 @@ class Names:
     queues: str
     audit: str
     rate_buckets: str
+    dependencies: str
+    workflows: str
     #: The NOTIFY channel that wakes workers (payload: the queue).
     jobs_channel: str
     #: The NOTIFY channel that asks a job's worker to cancel it (payload: the job id).
@@ -109,7 +111,8 @@ def names(schema: str | None) -> Names:
         webhook_deliveries=table("webhook_deliveries"), webhook_events=table("webhook_events"),
         stats_minute=table("stats_minute"), job_definitions=table("job_definitions"),
         slots=table("slots"), queues=table("queues"), audit=table("audit"),
-        rate_buckets=table("rate_buckets"),
+        rate_buckets=table("rate_buckets"), dependencies=table("dependencies"),
+        workflows=table("workflows"),
         jobs_channel=channel("soniq_jobs"), cancel_channel=channel("soniq_cancel"),
         queues_channel=channel("soniq_queues"),
         migration_lock_key=(int.from_bytes(digest[:8], "big", signed=True) if own

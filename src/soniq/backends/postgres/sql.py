@@ -45,7 +45,7 @@ COPY_COLUMNS = ("id", "job_name", "queue", "priority", "status", "args", "max_at
 
 #: The columns of a :class:`~soniq.types.ClaimedJob`, in its order.
 _CLAIMED = ("id::text, job_name, queue, priority, args, attempts, max_attempts, scheduled_at, "
-            "created_at, lease_id::text, concurrency_key")
+            "created_at, lease_id::text, concurrency_key, waiting_on IS NOT NULL")
 
 #: The LISTEN connection's keepalive.
 PING = "SELECT 1"
@@ -316,8 +316,12 @@ FOR UPDATE OF j SKIP LOCKED
         self.prune_jobs = f"""
 DELETE FROM {n.jobs}
 WHERE id = ANY (ARRAY(
-    SELECT id FROM {n.jobs}
-    WHERE expires_at < COALESCE($1::timestamptz, now()) AND status IN ('done', 'cancelled')
+    SELECT p.id FROM {n.jobs} AS p
+    WHERE p.expires_at < COALESCE($1::timestamptz, now()) AND p.status IN ('done', 'cancelled')
+      -- a dependency's result is kept until every dependent has finished
+      AND NOT (p.has_dependents AND EXISTS (
+          SELECT 1 FROM {n.dependencies} AS d JOIN {n.jobs} AS w ON w.id = d.dependent
+          WHERE d.dependency = p.id AND w.status NOT IN ('done', 'dead_letter', 'cancelled')))
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ))
