@@ -323,3 +323,39 @@ def test_a_paused_queue_backlog_is_not_walked(claims: tuple[str, sql.Sql]) -> No
             assert "soniq_jobs_queue_claim_idx" in {n.get("Index Name") for n in nodes}, where
     assert taken == {"every queue": {"normal"}, "listed queues": {"normal"},
                      "the paused queue alone": set()}
+
+
+async def _explain_waiting(url: str, q: sql.Sql) -> list[dict[str, Any]]:
+    """The claim of every queue with 100 000 waiting rows (dependencies not finished) of a more
+    urgent priority ahead of 100 000 queued ones."""
+    jobs = q.names.jobs
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(LOAD.format(jobs=jobs), ROWS, timedelta(hours=-2))
+            await conn.execute(f"UPDATE {jobs} SET status = 'waiting', waiting_on = 1, "
+                               "priority = -10")
+            await conn.execute(LOAD.format(jobs=jobs), ROWS, timedelta(hours=-2))
+        await conn.execute(f"ANALYZE {jobs}")
+        return await _explain(conn, q.claim_all_queues, (new_id(), None, LIMIT, new_id()),
+                              generic=False, options="ANALYZE, BUFFERS")
+    finally:
+        try:
+            await conn.execute(f"TRUNCATE {jobs} CASCADE")
+        finally:
+            await conn.close()
+
+
+@pytest.mark.slow
+def test_waiting_steps_are_not_walked(claims: tuple[str, sql.Sql]) -> None:
+    """Jobs waiting for their dependencies are not in the claim's index: the claim walks the
+    queued rows only (no Sort, no Seq Scan of the jobs, nothing removed by filter, buffers
+    bounded) and claims LIMIT of them."""
+    nodes = asyncio.run(_explain_waiting(*claims))
+    summary = [(n["Node Type"], n.get("Index Name"), n.get("Actual Rows"),
+                n.get("Rows Removed by Filter")) for n in nodes]
+    assert not _bad(nodes), summary
+    assert max(n.get("Rows Removed by Filter", 0) for n in nodes) == 0, summary
+    assert nodes[0]["Shared Hit Blocks"] + nodes[0]["Shared Read Blocks"] < 2000, summary
+    [update] = [n for n in nodes if n["Node Type"] == "ModifyTable"]
+    assert update["Actual Rows"] == LIMIT, summary
