@@ -107,3 +107,14 @@ async def rated_nap(ctx: JobContext, key: str, ms: float = 5, throttle: bool = F
         raise RateLimited(retry_after=1)
     await anyio.sleep(ms / 1000)
     await record(ctx, "finish")
+
+
+@app.job(name="step", retries=2)
+async def step(ctx: JobContext, kill_first: bool = False) -> int:
+    """A workflow step; with ``kill_first`` its first attempt kills its worker mid-run."""
+    await record(ctx, "start")
+    await anyio.sleep(0.005)
+    if ctx.attempt == 1 and kill_first:
+        os.kill(os.getpid(), signal.SIGKILL)
+    await record(ctx, "finish")
+    return len(ctx.dependency_results)
