@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from soniq.types import NewJob
 
-__all__ = ["ENDED", "check_found", "failure_policy", "stored_dependencies"]
+__all__ = ["ENDED", "check_found", "edges_of", "failure_policy", "stored_dependencies"]
 
 #: The statuses that end a job for its dependents (``done``: success; the others: failure).
 ENDED = frozenset({JobStatus.DONE.value, JobStatus.DEAD_LETTER.value, JobStatus.CANCELLED.value})
@@ -38,6 +38,11 @@ def check_found(wanted: Sequence[str], found: Collection[str]) -> None:
         raise ValidationError(
             f"depends_on names {'a job that does' if len(missing) == 1 else 'jobs that do'} not "
             f"exist: {', '.join(missing)}")
+
+
+def edges_of(job: NewJob) -> tuple[str, ...]:
+    """The dependencies of ``job``, each once (its ``waiting_on`` counts them), in order."""
+    return tuple(dict.fromkeys(job.depends_on))
 
 
 def failure_policy(job: NewJob) -> str | None:

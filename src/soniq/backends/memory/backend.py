@@ -22,7 +22,7 @@ from soniq.backends.base import (
     refuse_connection,
     worker_lost_error,
 )
-from soniq.backends.dependencies import ENDED, failure_policy
+from soniq.backends.dependencies import ENDED, edges_of, failure_policy
 from soniq.backends.memory.control import MemoryAuditStore, MemoryQueueStore
 from soniq.backends.memory.dependencies import Dependencies
 from soniq.backends.memory.gates import Gates
@@ -126,7 +126,7 @@ class MemoryBackend:
                 "started_at": None, "finished_at": None, "expires_at": None, "errors": "[]",
                 "worker_id": None, "lease_id": None, "dedup_key": job.dedup_key,
                 "cancel_requested": False, "concurrency_key": job.concurrency_key, "hold": None,
-                "rate_key": job.rate_key, "waiting_on": len(job.depends_on) if waits else None,
+                "rate_key": job.rate_key, "waiting_on": len(edges_of(job)) if waits else None,
                 "on_dependency_failure": failure_policy(job), "has_dependents": False,
                 "workflow_id": job.workflow_id, "step_name": job.step_name,
             }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from soniq.backends.dependencies import ENDED, check_found, stored_dependencies
+from soniq.backends.dependencies import ENDED, check_found, edges_of, stored_dependencies
 from soniq.serialization import loads
 from soniq.types import DependencyResult, JobStatus
 
@@ -58,8 +58,8 @@ class Dependencies:
         their dependencies that have already ended. Returns the rows of ``jobs`` it released
         (the caller admits them like new rows)."""
         for job in jobs:
-            self._given[job.id] = job.depends_on
-            for dep in job.depends_on:
+            self._given[job.id] = edges_of(job)
+            for dep in self._given[job.id]:
                 self._edges.setdefault(dep, {})[job.id] = False
                 row = self._rows.get(dep)
                 if row is not None:
