@@ -28,7 +28,7 @@ JOB_COLUMNS: list[Column] = [
 ]
 
 JobIds = Annotated[list[str], Parameter(name="JOB_ID")]
-Status = Literal["queued", "processing", "done", "dead_letter", "cancelled"]
+Status = Literal["waiting", "queued", "processing", "done", "dead_letter", "cancelled"]
 
 
 def job_rows(records: list[JobRecord]) -> list[dict[str, Any]]:

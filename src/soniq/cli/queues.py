@@ -61,7 +61,7 @@ def list_queues(*, json: bool = False, target: Target = Target()) -> int:  # noq
     rows = [{**q, "state": "paused" if q["paused"] else "active"} for q in queues]
     print_table(rows, [("name", "queue"), ("state", "state"),
                        ("concurrency_limit", "concurrency limit"), ("rate_limit", "rate limit"),
-                       ("queued", "queued"), ("processing", "processing"), ("done", "done"),
+                       ("waiting", "waiting"), ("queued", "queued"), ("processing", "processing"), ("done", "done"),
                        ("dead_letter", "dead letter"), ("cancelled", "cancelled")],
                 empty="no queues")
     return 0

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 __all__ = ["status"]
 
-QUEUE_COLUMNS = [("queue", "queue"), ("total", "total"), ("queued", "queued"),
-                 ("processing", "processing"), ("done", "done"), ("dead_letter", "dead letter"),
+QUEUE_COLUMNS = [("queue", "queue"), ("total", "total"), ("waiting", "waiting"),
+                 ("queued", "queued"), ("processing", "processing"), ("done", "done"), ("dead_letter", "dead letter"),
                  ("cancelled", "cancelled")]
 WORKER_COLUMNS = [("id", "id"), ("hostname", "host"), ("pid", "pid"), ("queues", "queues"),
                   ("concurrency", "concurrency"), ("started_at", "started (UTC)"),

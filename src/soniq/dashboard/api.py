@@ -186,7 +186,7 @@ async def retry_job(request: Request[Any, Any, Any], dash: Dash,
 
 
 @post("/jobs/{job_id:str}/cancel", status_code=200, opt={"action": "job.cancel"}, guards=[write_guard],
-      summary="Cancel a queued job, or ask a running job's worker to cancel it")
+      summary="Cancel a waiting or queued job, or ask a running job's worker to cancel it")
 async def cancel_job(request: Request[Any, Any, Any], dash: Dash,
                      job_id: FromPath[str]) -> dict[str, Any]:
     outcome = await dash.soniq.request_cancel(job_id)
