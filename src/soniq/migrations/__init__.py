@@ -105,6 +105,8 @@ def migration_script(backend: str, *, from_version: int = 1, schema: str | None 
     first, last = migrations[0].label, migrations[-1].label
     where = "" if schema is None else f" in schema {schema}"
     parts = [f"-- Soniq schema for {backend}{where}: migrations {first} to {last}"]
+    if backend == "sqlite":  # a migration may rebuild a table others reference (as the adapter)
+        parts.append("PRAGMA foreign_keys = OFF;")
     enter = ""
     if schema is None:
         parts.append(f"{MIGRATIONS_TABLE[backend]};")

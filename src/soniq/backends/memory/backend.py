@@ -22,9 +22,11 @@ from soniq.backends.base import (
     refuse_connection,
     worker_lost_error,
 )
+from soniq.backends.dependencies import ENDED, edges_of, failure_policy
 from soniq.backends.memory.control import MemoryAuditStore, MemoryQueueStore
+from soniq.backends.memory.dependencies import Dependencies
 from soniq.backends.memory.gates import Gates
-from soniq.backends.memory.slots import Slots
+from soniq.backends.memory.slots import PARKED, Slots
 from soniq.backends.memory.stores import (
     MemoryDashboardStore,
     MemoryDeadLetterStore,
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
 __all__ = ["MemoryBackend"]
 
 _STATUSES = tuple(status.value for status in JobStatus)
+#: A dedup key is held in these statuses only (the job has not started yet).
+_NOT_STARTED = (JobStatus.WAITING, JobStatus.QUEUED)
 
 
 class MemoryBackend:
@@ -87,6 +91,7 @@ class MemoryBackend:
         self.audit = MemoryAuditStore()
         self.queues = MemoryQueueStore(self.audit, self._notify)
         self._gates = Gates(self._jobs, self.queues)
+        self._deps = Dependencies(self._jobs, self._slots, self._set_status, self._notify)
 
     async def initialize(self) -> None:
         return None
@@ -103,27 +108,40 @@ class MemoryBackend:
     async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         if connection is not None:
             refuse_connection(self.name)
+        self._deps.check(jobs)
         now = utc_now()
         ids = []
+        dependents = []
         for job in jobs:
             if job.dedup_key is not None and job.dedup_key in self._dedup:
                 ids.append(self._dedup[job.dedup_key])
                 continue
+            waits = bool(job.depends_on)
             self._jobs[job.id] = {
                 "id": job.id, "job_name": job.job_name, "queue": job.queue,
-                "priority": job.priority, "status": JobStatus.QUEUED.value, "args": job.args,
+                "priority": job.priority, "args": job.args,
+                "status": (JobStatus.WAITING if waits else JobStatus.QUEUED).value,
                 "result": None, "attempts": 0, "max_attempts": job.max_attempts,
                 "scheduled_at": job.scheduled_at or now, "created_at": now, "updated_at": now,
                 "started_at": None, "finished_at": None, "expires_at": None, "errors": "[]",
                 "worker_id": None, "lease_id": None, "dedup_key": job.dedup_key,
                 "cancel_requested": False, "concurrency_key": job.concurrency_key, "hold": None,
-                "rate_key": job.rate_key,
+                "rate_key": job.rate_key, "waiting_on": len(edges_of(job)) if waits else None,
+                "on_dependency_failure": failure_policy(job), "has_dependents": False,
+                "workflow_id": job.workflow_id, "step_name": job.step_name,
             }
-            if job.concurrency_key is not None:
+            if waits:  # a limited one waits parked, without a slot
+                dependents.append(job)
+                self._jobs[job.id]["hold"] = None if job.concurrency_key is None else PARKED
+            elif job.concurrency_key is not None:
                 self._slots.admit(self._jobs[job.id], job.concurrency_limit)
             if job.dedup_key is not None:
                 self._dedup[job.dedup_key] = job.id
             ids.append(job.id)
+        limits = {job.id: job.concurrency_limit for job in dependents}
+        for row in self._deps.link(dependents, now):  # released at once: admitted as new
+            if row["concurrency_key"] is not None:
+                self._slots.admit(row, limits[row["id"]])
         for queue in {job.queue for job in jobs}:
             self._notify("soniq_jobs", queue)
         return ids
@@ -134,8 +152,10 @@ class MemoryBackend:
 
     def _set_status(self, row: dict[str, Any], status: str, now: datetime) -> None:
         """Change a row's status. A dedup key is held only while the job waits for its first
-        run: leaving ``queued`` releases it, and a re-queued job does not take it back."""
-        if row["status"] == JobStatus.QUEUED and row["dedup_key"] is not None:
+        run: leaving ``waiting``/``queued`` for another status releases it, and a re-queued job
+        does not take it back."""
+        if (row["status"] in _NOT_STARTED and status not in _NOT_STARTED
+                and row["dedup_key"] is not None):
             self._dedup.pop(row["dedup_key"], None)
             row["dedup_key"] = None
         row["status"] = status
@@ -160,12 +180,13 @@ class MemoryBackend:
             row["cancel_requested"] = True
             self._notify("soniq_cancel", job_id)
             return "requested"
-        if row is None or row["status"] != JobStatus.QUEUED:
+        if row is None or row["status"] not in _NOT_STARTED:
             return None
         now = utc_now()
         self._slots.release(row)
         self._set_status(row, JobStatus.CANCELLED.value, now)
         row["finished_at"] = now
+        self._deps.ended(job_id, row["status"], now)
         return "cancelled"
 
     async def delete_job(self, job_id: str) -> bool:
@@ -174,12 +195,14 @@ class MemoryBackend:
             return False
         if row["status"] in (JobStatus.QUEUED, JobStatus.PROCESSING):
             self._slots.release(row)
-        if row["status"] == JobStatus.QUEUED and row["dedup_key"] is not None:
+        if row["status"] in _NOT_STARTED and row["dedup_key"] is not None:
             self._dedup.pop(row["dedup_key"], None)
+        if row["status"] not in ENDED:  # deleted unfinished: a failure for its dependents
+            self._deps.ended(job_id, "deleted", utc_now())
         return True
 
     async def dependency_results(self, job_id: str) -> list[DependencyResult]:
-        return []  # built next: dependencies (issue 21)
+        return self._deps.results(job_id)
 
     async def queue_stats(self) -> list[QueueStats]:
         counts: dict[str, dict[str, int]] = {}
@@ -216,6 +239,7 @@ class MemoryBackend:
                 max_attempts=row["max_attempts"], scheduled_at=row["scheduled_at"],
                 created_at=row["created_at"], lease_id=row["lease_id"],
                 concurrency_key=row["concurrency_key"],
+                has_dependencies=row["waiting_on"] is not None,
             ))
         return claimed
 
@@ -247,6 +271,8 @@ class MemoryBackend:
             self._set_status(row, status.value, now)
             if outcome.rate_hold is not None:
                 self._gates.hold(row["job_name"], row["rate_key"] or "", outcome.rate_hold)
+            if status != JobStatus.QUEUED:
+                self._deps.ended(row["id"], status.value, now)
             accepted.append(outcome.job_id)
         return accepted
 
@@ -305,6 +331,8 @@ class MemoryBackend:
                 row["finished_at"] = now
                 self._slots.release(row)
             self._set_status(row, status.value, now)
+            if status != JobStatus.QUEUED:
+                self._deps.ended(row["id"], status.value, now)
             rescued.append(row["id"])
         for wid in stale:
             del self._workers[wid]
@@ -339,9 +367,11 @@ class MemoryBackend:
             job_id for job_id, row in self._jobs.items()
             if row["status"] in (JobStatus.DONE, JobStatus.CANCELLED)
             and row["expires_at"] is not None and row["expires_at"] < now
+            and not (row["has_dependents"] and self._deps.needed(job_id))
         ]
         for job_id in expired:
             del self._jobs[job_id]
+        self._deps.forget()
         return len(expired)
 
     async def prune_control(self, *, audit_retention: float,

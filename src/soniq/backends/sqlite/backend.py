@@ -29,7 +29,7 @@ from soniq.backends.base import (
     refuse_connection,
     worker_lost_error,
 )
-from soniq.backends.sqlite import gates, slots, sql
+from soniq.backends.sqlite import dependencies, gates, slots, sql
 from soniq.backends.sqlite.control import SqliteAuditStore, SqliteQueueStore
 from soniq.backends.sqlite.dashboard import SqliteDashboardStore
 from soniq.backends.sqlite.database import SqliteDatabase
@@ -134,11 +134,15 @@ class SqliteBackend:
 
     async def _insert_jobs(self, jobs: Sequence[NewJob]) -> list[str]:
         now = sql.to_db(utc_now())
-        limited = [job for job in jobs if job.concurrency_key is not None]
+        # A limited job that waits is stored parked, without a slot.
+        limited = [job for job in jobs if job.concurrency_key is not None and not job.depends_on]
         keys = list(dict.fromkeys(job.dedup_key for job in jobs if job.dedup_key is not None))
         holders: dict[str, str] = {}
         async with self._db.transaction() as conn:
+            await dependencies.check(conn, jobs)
             holds = await slots.admit(conn, limited) if limited else {}
+            holds.update((job.id, "slot") for job in jobs
+                          if job.depends_on and job.concurrency_key is not None)
             await conn.executemany(sql.INSERT_JOB, [
                 sql.insert_params(job, now, holds.get(job.id), dedup_key=job.dedup_key)
                 for job in jobs])
@@ -155,6 +159,13 @@ class SqliteBackend:
                 (job.job_name, job.concurrency_key) for job in limited
                 if job.dedup_key is not None and holds[job.id] is None
                 and holders[job.dedup_key] != job.id and job.concurrency_key is not None))
+            dependents = [job for job in jobs if job.depends_on
+                          and (job.dedup_key is None or holders[job.dedup_key] == job.id)]
+            if dependents:
+                limits = {job.id: job.concurrency_limit or 1 for job in dependents}
+                for job_id, name, key in await dependencies.link(conn, dependents, now):
+                    if key is not None and await slots.take_slot(conn, name, key, limits[job_id]):
+                        await conn.execute(slots.UNPARK, (job_id,))
         return [job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
 
     # -- reading and managing -----------------------------------------------------------------
@@ -176,16 +187,19 @@ class SqliteBackend:
         if not isinstance(job_id, str):
             return None
         now = sql.to_db(utc_now())
-        rows = await self._db.run(self._changing_slots, sql.CANCEL, (now, now, job_id))
+        rows = await self._db.run(self._changing_slots, sql.CANCEL, (now, now, job_id), now=now)
         return None if not rows else "cancelled" if rows[0][0] == "cancelled" else "requested"
 
     async def delete_job(self, job_id: str) -> bool:
         if not isinstance(job_id, str):
             return False
-        return bool(await self._db.run(self._changing_slots, sql.DELETE, (job_id,)))
+        return bool(await self._db.run(self._changing_slots, sql.DELETE, (job_id,),
+                                       now=sql.to_db(utc_now())))
 
     async def dependency_results(self, job_id: str) -> list[DependencyResult]:
-        return []  # built next: dependencies (issue 21)
+        if not isinstance(job_id, str):
+            return []
+        return await dependencies.results(self._db, job_id)
 
     async def queue_stats(self) -> list[QueueStats]:
         rows = await self._db.run(self._db.read, sql.QUEUE_STATS, ())
@@ -235,22 +249,21 @@ class SqliteBackend:
             if outcome.rate_hold is not None:
                 holds[outcome.job_id] = max(outcome.rate_hold,
                                             holds.get(outcome.job_id, outcome.rate_hold))
-        rows = await self._db.run(self._changing_slots, sql.COMPLETE, params, holds)
+        rows = await self._db.run(self._changing_slots, sql.COMPLETE, params, holds,
+                                  now=params["now"])
         accepted = {row[0] for row in rows}
         # In input order, each id once (the UPDATE touches a row at most once).
         return list(dict.fromkeys(entry["id"] for entry in payload if entry["id"] in accepted))
 
     async def _changing_slots(self, statement: str, params: Sequence[Any] | dict[str, Any],
-                              holds: Mapping[str, datetime] | None = None) -> list[Any]:
-        """A statement that may end jobs holding concurrency slots (its rows end with the slot
-        columns, :func:`.slots.released`), and the hand-over of those slots, in one transaction;
-        with ``holds`` (job id -> until; rows of ``sql.COMPLETE``), the rate holds of the
-        accepted outcomes too."""
+                              holds: Mapping[str, datetime] | None = None, *,
+                              now: str) -> list[Any]:
+        """A statement that may end jobs (its rows end with ``sql``'s ending columns), and what
+        follows in the same transaction (:meth:`_ended`); with ``holds`` (job id -> until; rows
+        of ``sql.COMPLETE``), the rate holds of the accepted outcomes too."""
         async with self._db.transaction() as conn:
             rows = list(await conn.execute_fetchall(statement, params))
-            freed = slots.released(row[-4:] for row in rows)
-            if freed:
-                await slots.hand_over(conn, freed)
+            await _ended(conn, rows, now)
             if holds:
                 await gates.hold(conn, rows, holds)
             return rows
@@ -320,9 +333,7 @@ class SqliteBackend:
                 rows = list(await conn.execute_fetchall(
                     sql.RESCUE, {"now": sql.to_db(now), "lost": json.dumps(lost)}))
                 rescued = sorted(row[0] for row in rows)
-                freed = slots.released(row[-4:] for row in rows)
-                if freed:
-                    await slots.hand_over(conn, freed)
+                await _ended(conn, rows, sql.to_db(now))
             await conn.execute_fetchall(sql.REMOVE_SILENT_WORKERS, (cutoff,))
         return rescued
 
@@ -366,6 +377,15 @@ class SqliteBackend:
         )
 
 
+async def _ended(conn: Any, rows: Sequence[Sequence[Any]], now: str) -> None:
+    """After a statement that may end jobs (rows ending with ``job_name, concurrency_key, hold,
+    status, id, has_dependents``): hand their freed slots over, then settle their dependents."""
+    freed = slots.released(row[-6:-2] for row in rows)
+    if freed:
+        await slots.hand_over(conn, freed)
+    await dependencies.ended(conn, (row[-3:] for row in rows), now)
+
+
 async def _nothing() -> None:
     """What ``initialize`` runs once the database is open and migrated."""
 
@@ -397,6 +417,7 @@ def _claimed(row: Sequence[Any]) -> ClaimedJob:
     values = dict(zip(sql.CLAIMED_COLUMNS, row, strict=True))
     values["scheduled_at"] = sql.from_db(values["scheduled_at"])
     values["created_at"] = sql.from_db(values["created_at"])
+    values["has_dependencies"] = values["has_dependencies"] is not None  # waiting_on
     return ClaimedJob(**values)
 
 

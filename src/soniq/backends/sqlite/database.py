@@ -13,7 +13,9 @@ Loops: aiosqlite is asyncio-only. Every driver call happens inside a coroutine h
 trio they live on the bridge's asyncio loop; the lock and events are created there too.
 
 Schema: created or upgraded on first use from ``migrations/sqlite`` (an embedded database has a
-single owner, DESIGN.md §3), each migration in one transaction with its ``soniq_migrations`` row.
+single owner, DESIGN.md §3), each migration in one transaction with its ``soniq_migrations`` row,
+with foreign keys off (so a migration may rebuild a table others reference: SQLite's "12-step"
+ALTER) and checked before the commit.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class SqliteDatabase:
     async def _apply(self, migration: Migration) -> bool:
         """Apply one migration and record it, in one transaction; False when another connection
         applied it first."""
-        async with self.transaction() as conn:
+        async with self.transaction(foreign_keys=False) as conn:
             await conn.execute_fetchall(MIGRATIONS_TABLE["sqlite"])
             found = await conn.execute_fetchall(
                 "SELECT 1 FROM soniq_migrations WHERE version = ?", (migration.version,))
@@ -208,6 +210,12 @@ class SqliteDatabase:
             try:
                 for statement in sql.split_statements(migration.sql):
                     await conn.execute_fetchall(statement)
+                broken = list(await conn.execute_fetchall("PRAGMA foreign_key_check"))
+                if broken:
+                    raise MigrationError(
+                        f"SQLite migration {migration.label} would leave rows whose foreign keys "
+                        f"point nowhere on {self.path!r} (first: {tuple(broken[0])}); nothing of "
+                        "it was committed")
                 await conn.execute_fetchall(
                     "INSERT INTO soniq_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, sql.to_db(utc_now())),
@@ -227,14 +235,19 @@ class SqliteDatabase:
         return self._writer, self._write_lock
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self, *, foreign_keys: bool = True
+                          ) -> AsyncIterator[aiosqlite.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer, holding the lock throughout.
 
         IMMEDIATE takes the file's write lock up front (waiting up to ``busy_timeout``), so a
         transaction never fails half-way because another process wrote first.
+        ``foreign_keys=False`` (migrations): no foreign key is enforced or acted on until it
+        ends (SQLite changes that setting only outside a transaction).
         """
         conn, lock = self._writer_and_lock()
         async with lock:
+            if not foreign_keys:
+                await conn.execute_fetchall("PRAGMA foreign_keys = OFF")
             try:
                 await conn.execute_fetchall("BEGIN IMMEDIATE")
                 yield conn
@@ -246,6 +259,10 @@ class SqliteDatabase:
                 with anyio.CancelScope(shield=True):
                     await conn.rollback()
                 raise
+            finally:
+                if not foreign_keys:
+                    with anyio.CancelScope(shield=True):
+                        await conn.execute_fetchall("PRAGMA foreign_keys = ON")
 
     async def write(self, statement: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
         """One statement on the writer, in its own implicit transaction; its rows."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from soniq.backends.dependencies import ENDED
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 
     from soniq.types import NewJob
 
-__all__ = ["admit", "hand_over", "reconcile", "released", "take_slot"]
+__all__ = ["UNPARK", "admit", "hand_over", "reconcile", "released", "take_slot"]
 
 _ACTIVE = "SELECT active FROM soniq_slots WHERE job_name = ? AND key = ?"
 _SET_ACTIVE = (
@@ -34,7 +36,8 @@ _PARKED = (
     "SELECT id FROM soniq_jobs WHERE job_name = ? AND concurrency_key = ? "
     "AND status = 'queued' AND hold = 'slot' ORDER BY id LIMIT ?"
 )
-_UNPARK = "UPDATE soniq_jobs SET hold = NULL WHERE id = ?"
+#: id. Unparks a job (it took a slot).
+UNPARK = "UPDATE soniq_jobs SET hold = NULL WHERE id = ?"
 _GIVE_UP = (
     "UPDATE soniq_slots SET active = max(active - ?3, 0) WHERE job_name = ?1 AND key = ?2"
 )
@@ -76,18 +79,23 @@ async def take_slot(conn: aiosqlite.Connection, job_name: str, key: str, limit: 
     return bool(list(await conn.execute_fetchall(_TAKE, (job_name, key, limit))))
 
 
+#: The statuses after a change that free a slot held: ended, or deleted unfinished.
+_FREEING = frozenset({*ENDED, "deleted"})
+
+
 def released(rows: Iterable[Sequence[Any]]) -> Counter[tuple[str, str]]:
     """Slots freed by changed rows ``(job_name, concurrency_key, hold, status)`` (after the
-    change): a limited, unparked row that is no longer queued or processing."""
+    change; ``deleted`` for a row deleted before it finished): a limited, unparked row that
+    ended."""
     return Counter((name, key) for name, key, hold, status in rows
-                   if key is not None and hold is None and status not in ("queued", "processing"))
+                   if key is not None and hold is None and status in _FREEING)
 
 
 async def hand_over(conn: aiosqlite.Connection, freed: Mapping[tuple[str, str], int]) -> None:
     """Give each freed slot to its key's oldest parked job, else lower the key's count."""
     for (job_name, key), count in sorted(freed.items()):
         heirs = list(await conn.execute_fetchall(_PARKED, (job_name, key, count)))
-        await conn.executemany(_UNPARK, heirs)
+        await conn.executemany(UNPARK, heirs)
         if len(heirs) < count:
             await conn.execute(_GIVE_UP, (job_name, key, count - len(heirs)))
 
@@ -102,7 +110,7 @@ async def reconcile(conn: aiosqlite.Connection, limits: Mapping[str, int]) -> in
         [(holders,)] = list(await conn.execute_fetchall(_HOLDERS, (job_name, key)))
         free = max(limits[job_name] - holders, 0)
         heirs = list(await conn.execute_fetchall(_PARKED, (job_name, key, free))) if free else []
-        await conn.executemany(_UNPARK, heirs)
+        await conn.executemany(UNPARK, heirs)
         unparked += len(heirs)
         await conn.execute(_SET_ACTIVE, (job_name, key, holders + len(heirs)))
     return unparked

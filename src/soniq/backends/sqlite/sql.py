@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.base import JOB_COLUMNS, job_record
+from soniq.backends.dependencies import edges_of, failure_policy
 from soniq.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "CANCEL",
     "CANCEL_REQUESTS",
     "CLAIMED_COLUMNS",
+    "CLAIMED_SELECT",
     "CLAIM_MAINTENANCE",
     "COMPLETE",
     "DELETE",
@@ -120,7 +122,8 @@ JOB_SELECT = f"SELECT {_COLUMNS} FROM soniq_jobs"
 INSERT_JOB = (
     "INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, attempts, "
     "max_attempts, scheduled_at, created_at, updated_at, errors, dedup_key, concurrency_key, "
-    "hold, rate_key) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, '[]', ?, ?, ?, ?) "
+    "hold, rate_key, waiting_on, on_dependency_failure, workflow_id, step_name) "
+    "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?, ?, ?) "
     # A queued job already holds this key: keep it; the caller looks its id up afterwards.
     "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
 )
@@ -130,10 +133,14 @@ INSERT_JOB = (
 def insert_params(job: NewJob, now: str, hold: str | None, *,
                   dedup_key: str | None) -> tuple[Any, ...]:
     """``INSERT_JOB``'s parameters for ``job`` (``now``: stored text; ``hold``: the slot
-    decision of :func:`.slots.admit`)."""
-    return (job.id, job.job_name, job.queue, job.priority, job.args, job.max_attempts,
+    decision of :func:`.slots.admit`). A job with dependencies is stored ``waiting`` on all of
+    them (:func:`.dependencies.link` counts off those already ended)."""
+    edges = edges_of(job)
+    return (job.id, job.job_name, job.queue, job.priority, "waiting" if edges else "queued",
+            job.args, job.max_attempts,
             now if job.scheduled_at is None else to_db(job.scheduled_at), now, now, dedup_key,
-            job.concurrency_key, hold, job.rate_key)
+            job.concurrency_key, hold, job.rate_key, len(edges) if edges else None,
+            failure_policy(job), job.workflow_id, job.step_name)
 
 
 #: A random (version 4) UUID per row, built in SQL so one UPDATE can lease many rows.
@@ -145,8 +152,12 @@ _NEW_LEASE = (
 
 CLAIMED_COLUMNS = (
     "id", "job_name", "queue", "priority", "args", "attempts", "max_attempts", "scheduled_at",
-    "created_at", "lease_id", "concurrency_key",
+    "created_at", "lease_id", "concurrency_key", "has_dependencies",
 )
+#: What a claim returns, in ``CLAIMED_COLUMNS`` order; ``waiting_on`` stands for
+#: ``has_dependencies`` (not NULL: it has dependencies). ``waiting_on IS NOT NULL`` itself comes
+#: back true for every row in an UPDATE's RETURNING on SQLite 3.40.
+CLAIMED_SELECT = ", ".join(CLAIMED_COLUMNS[:-1]) + ", waiting_on"
 
 
 def claim_sql(queue_count: int | None) -> str:
@@ -186,7 +197,7 @@ def claim_statement(filters: str) -> str:
         f"WHERE id IN (SELECT id FROM soniq_jobs WHERE status = 'queued' AND hold IS NULL "
         f"AND scheduled_at <= ?{filters} "
         f"ORDER BY priority, scheduled_at, id LIMIT ?) "
-        f"RETURNING {', '.join(CLAIMED_COLUMNS)}"
+        f"RETURNING {CLAIMED_SELECT}"
     )
 
 
@@ -198,9 +209,11 @@ _ERRORS = (
     "THEN soniq_jobs.errors ELSE json_array(CAST(soniq_jobs.errors AS TEXT)) END"
 )
 
-#: What a changed row tells the slot hand-over (:func:`.slots.released`).
-_SLOT_COLUMNS = ("soniq_jobs.job_name, soniq_jobs.concurrency_key, soniq_jobs.hold, "
-                 "soniq_jobs.status")
+#: What a changed row tells the slot hand-over (:func:`.slots.released`: the first four) and its
+#: dependents (:func:`.dependencies.ended`: status, id, has_dependents); the last columns of
+#: every statement that may end jobs.
+_ENDING_COLUMNS = ("soniq_jobs.job_name, soniq_jobs.concurrency_key, soniq_jobs.hold, "
+                 "soniq_jobs.status, soniq_jobs.id, soniq_jobs.has_dependents")
 
 # A QUEUED outcome (retry, snooze, shutdown) for a job with a cancel request ends it cancelled.
 _REQUEUE = "(o.status = 'queued' AND NOT soniq_jobs.cancel_requested)"
@@ -238,7 +251,7 @@ FROM (
 ) AS o
 WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'processing'
   AND soniq_jobs.lease_id = o.lease_id
-RETURNING soniq_jobs.id, soniq_jobs.rate_key, {_SLOT_COLUMNS}
+RETURNING soniq_jobs.id, soniq_jobs.rate_key, {_ENDING_COLUMNS}
 """
 
 #: A queue's counts in the order of ``base.STATUSES``.
@@ -248,25 +261,29 @@ QUEUE_STATS = (
     "FROM soniq_jobs GROUP BY queue ORDER BY queue"
 )
 
-#: now, now, id. A waiting job is cancelled (releasing its dedup key); a running one gets a
-#: cancel request that its worker sees at the next heartbeat. Returns a row when either applied.
-CANCEL = """
+#: now, now, id. A job not started yet (waiting or queued) is cancelled (releasing its dedup
+#: key); a running one gets a cancel request that its worker sees at the next heartbeat. Returns
+#: a row when either applied.
+CANCEL = f"""
 UPDATE soniq_jobs SET
-    status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
-    finished_at = CASE WHEN status = 'queued' THEN ? ELSE finished_at END,
-    updated_at = CASE WHEN status = 'queued' THEN ? ELSE updated_at END,
+    status = CASE WHEN status IN ('waiting', 'queued') THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status IN ('waiting', 'queued') THEN ? ELSE finished_at END,
+    updated_at = CASE WHEN status IN ('waiting', 'queued') THEN ? ELSE updated_at END,
     cancel_requested = cancel_requested OR status = 'processing',
     dedup_key = NULL
-WHERE id = ? AND status IN ('queued', 'processing')
-RETURNING status, job_name, concurrency_key, hold, status
+WHERE id = ? AND status IN ('waiting', 'queued', 'processing')
+RETURNING status, {_ENDING_COLUMNS}
 """
 
-#: id. Returns the row's slot columns (its status before the delete as "deleted" when it held a
-#: slot: queued or processing).
+#: id. Returns the row's slot columns, its status before the delete as "deleted" when it had not
+#: finished (waiting, queued or processing: a failure for its dependents) and as "finished"
+#: otherwise (it holds no slot, and its dependents were settled when it ended).
 DELETE = """
 DELETE FROM soniq_jobs WHERE id = ?
 RETURNING job_name, concurrency_key, hold,
-          CASE WHEN status IN ('queued', 'processing') THEN 'deleted' ELSE status END
+          CASE WHEN status IN ('waiting', 'queued', 'processing') THEN 'deleted'
+               ELSE 'finished' END,
+          id, has_dependents
 """
 
 #: id, lease_id, concurrency key, now. A claimed job enqueued without its key, back to the
@@ -343,18 +360,22 @@ FROM (
     FROM json_each(:lost)
 ) AS o
 WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'processing'
-RETURNING soniq_jobs.id, {_SLOT_COLUMNS}
+RETURNING soniq_jobs.id, {_ENDING_COLUMNS}
 """
 
 #: cutoff.
 REMOVE_SILENT_WORKERS = "DELETE FROM soniq_workers WHERE last_heartbeat < ?"
 
-#: now, batch size. One batch of expired done/cancelled jobs (dead letters stay for inspection);
-#: the caller repeats until a batch comes back short, so claims can slip in between batches.
+#: now, batch size. One batch of expired done/cancelled jobs (dead letters stay for inspection),
+#: except a dependency whose dependents have not all finished (they read its result); the caller
+#: repeats until a batch comes back short, so claims can slip in between batches.
 PRUNE = """
 DELETE FROM soniq_jobs WHERE id IN (
-    SELECT id FROM soniq_jobs
-    WHERE expires_at < ? AND status IN ('done', 'cancelled')
+    SELECT j.id FROM soniq_jobs AS j
+    WHERE j.expires_at < ? AND j.status IN ('done', 'cancelled')
+      AND NOT (j.has_dependents AND EXISTS (
+          SELECT 1 FROM soniq_dependencies AS d JOIN soniq_jobs AS w ON w.id = d.dependent
+          WHERE d.dependency = j.id AND w.status IN ('waiting', 'queued', 'processing')))
     LIMIT ?
 )
 RETURNING id
