@@ -398,12 +398,13 @@ class Enqueuing:
         "cancelled": n, "failed": [ids of the jobs not done]}``; all written in one
         transaction. Returns the batch's id (``app.workflows.get(batch_id)``)."""
         producer = self.producer
-        callback = await producer.build(producer.callback(on_complete), on_complete_args or {},
-                                        unique=False)
+        producer.callback(on_complete)
         jobs = await producer.build_many(target, args_list, queue=queue, priority=priority,
                                          scheduled_at=scheduled_at)
+        items = list(jobs)  # built before the callback: ids in enqueue order
+        callback = await producer.build(on_complete, on_complete_args or {}, unique=False)
         workflow_id = new_id()
-        rows = batch_jobs(workflow_id, list(jobs), callback)
+        rows = batch_jobs(workflow_id, items, callback)
         await producer.insert_workflow(workflow_id, workflow_name(name or jobs.job_name),
                                        "batch", rows, connection)
         return workflow_id
