@@ -4,6 +4,7 @@ backend, under asyncio and trio; the ``soniq workflows`` CLI through a real subp
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -220,10 +221,14 @@ async def test_enqueue_with_a_rolled_back_connection_leaves_nothing(
     a = wf.add("fetch", args={"day": "x"})
     wf.add("audit", after=[a])
     enqueued = []
-    with pytest.raises(LookupError):
+
+    async def roll_back() -> None:
         async with app.backend.acquire() as conn, conn.transaction():
             enqueued.append(await wf.enqueue(connection=conn))
             raise LookupError("roll back")
+
+    with pytest.raises(LookupError):
+        await roll_back()
     assert await app.workflows.get(enqueued[0]) is None
     assert await counts(app) == 0
     async with app.backend.acquire() as conn, conn.transaction():
@@ -281,3 +286,39 @@ def test_the_cli_lists_shows_and_cancels(sqlite_url: str) -> None:
     assert [line.split()[:4] for line in lines[1:]] == [
         [second, "cli-report", "workflow", "running"], [first, "cli-report", "workflow",
                                                         "cancelled"]]
+
+
+def test_the_cli_shows_a_workflow(sqlite_url: str, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+
+    from soniq.cli import main
+
+    async def setup() -> str:
+        async with Soniq(database_url=sqlite_url) as app:
+            register(app)
+            wf = app.workflow("shown")
+            wf.add("audit", after=["fetch"])
+            wf.add("fetch", args={"day": "x"})
+            return await wf.enqueue()
+
+    workflow_id = anyio.run(setup)
+    for key in [k for k in os.environ if k.startswith("SONIQ_")]:
+        monkeypatch.delenv(key)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--database-url", sqlite_url, "workflows", *args])
+        out, err = capsys.readouterr()
+        return int(exit_info.value.code or 0), out, err
+
+    code, out, _ = run("show", workflow_id, "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["status"] == "running"
+    assert [(s["name"], s["depends_on"]) for s in shown["steps"]] == [
+        ("audit", ["fetch"]), ("fetch", [])]
+    code, out, _ = run("show", workflow_id)
+    assert code == 0 and "shown" in out and "audit" in out
+    code, _, err = run("show", "00000000-0000-7000-8000-000000000000")
+    assert code == 1 and err.strip() == (
+        "error: no workflow with id '00000000-0000-7000-8000-000000000000'")
