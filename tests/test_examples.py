@@ -39,7 +39,7 @@ def test_readme_quickstart_runs(tmp_path: Path) -> None:
 def test_quickstart_example_runs(tmp_path: Path) -> None:
     out = run_python(ROOT / "examples" / "quickstart.py", tmp_path)
     assert "send_welcome" in out and "attempts=2" in out  # the flaky address was retried
-    assert "'queue': 'emails', 'total': 2, 'queued': 0, 'processing': 0, 'done': 2" in out
+    assert "'queue': 'emails', 'total': 2, 'waiting': 0, 'queued': 0, 'processing': 0, 'done': 2" in out
     assert "{'user_id': 7, 'size': 128}" in out
 
 

@@ -33,6 +33,7 @@ from soniq.types import JobOutcome, JobStatus, NewJob, WorkerInfo
 pytestmark = pytest.mark.anyio
 
 WORKER = "00000000-0000-7000-8000-0000000000b1"
+LEASE = "00000000-0000-4000-8000-0000000000b2"
 
 
 def job(*, queue: str = "default", priority: int = 100, at: datetime | None = None,
@@ -72,14 +73,16 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
         "soniq_jobs", "soniq_workers", "soniq_maintenance", "soniq_migrations",
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
         "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions",
-        "soniq_slots", "soniq_queues", "soniq_audit", "soniq_rate_buckets"}
+        "soniq_slots", "soniq_queues", "soniq_audit", "soniq_rate_buckets",
+        "soniq_dependencies", "soniq_workflows"}
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
         "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
         "soniq_jobs_dead_letter", "soniq_webhook_deliveries_due",
         "soniq_webhook_deliveries_finished",
         "soniq_job_logs_job", "soniq_job_logs_created_at", "soniq_jobs_parked",
-        "soniq_jobs_slot_holders", "soniq_jobs_rated",
+        "soniq_jobs_slot_holders", "soniq_jobs_rated", "soniq_jobs_workflow",
+        "soniq_dependencies_dependent",
     } <= schema["index"]
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -665,3 +668,90 @@ async def test_two_backends_keep_a_queue_concurrency_limit_exact(sqlite_url: str
     finally:
         await first.close()
         await second.close()
+
+
+def _at_version(path: str, version: int) -> None:
+    """Build the schema of ``version`` by hand (the standard library: foreign keys off)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(MIGRATIONS_TABLE["sqlite"])
+        for migration in load_migrations("sqlite"):
+            if migration.version <= version:
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO soniq_migrations VALUES (?, ?, ?)",
+                             (migration.version, migration.name, to_db(utc_now())))
+    conn.close()
+
+
+def _job_indexes(path: str) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                            "AND tbl_name = 'soniq_jobs' AND sql IS NOT NULL").fetchall()
+    conn.close()
+    return {name: " ".join(text.split()) for name, text in rows}
+
+
+async def test_the_dependencies_migration_rebuilds_the_jobs_table_in_use(sqlite_url: str) -> None:
+    """Migration 11 rebuilds ``soniq_jobs`` (a CHECK cannot change on SQLite) on a file at
+    version 10 holding queued, processing and done jobs (with a log), a parked limited job and a
+    rate-limited one: every row, log and index survives as it was, and they all work after."""
+    _at_version(sqlite_url, 10)
+    before = _job_indexes(sqlite_url)
+    stamp = to_db(utc_now())
+    queued, running, done, parked, rated = (new_id() for _ in range(5))
+    with sqlite3.connect(sqlite_url) as conn:
+        insert = ("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, attempts, "
+                  "max_attempts, scheduled_at, created_at, updated_at, errors, worker_id, "
+                  "lease_id, result, concurrency_key, hold, rate_key) "
+                  "VALUES (?, ?, 'default', 100, ?, '{}', ?, 3, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?)")
+        conn.execute(insert, (queued, "tests.job", "queued", 0, stamp, stamp, stamp, None, None,
+                              None, None, None, None))
+        conn.execute(insert, (running, "limited", "processing", 1, stamp, stamp, stamp, WORKER,
+                              LEASE, None, "k", None, None))
+        conn.execute(insert, (done, "tests.job", "done", 1, stamp, stamp, stamp, WORKER, None,
+                              "42", None, None, None))
+        conn.execute(insert, (parked, "limited", "queued", 0, stamp, stamp, stamp, None, None,
+                              None, "k", "slot", None))
+        conn.execute(insert, (rated, "tests.job", "queued", 0, stamp, stamp, stamp, None, None,
+                              None, None, None, ""))
+        conn.execute("INSERT INTO soniq_slots VALUES ('limited', 'k', 1)")
+        conn.execute("INSERT INTO soniq_job_logs (job_id, job_name, queue, attempt, level, "
+                     "levelno, logger, message, created_at) VALUES "
+                     "(?, 'tests.job', 'default', 1, 'INFO', 20, 'x', 'kept', ?)", (done, stamp))
+    conn.close()
+    backend = SqliteBackend(sqlite_url)
+    try:
+        assert await backend.migrate() == [m.label for m in load_migrations("sqlite")
+                                           if m.version >= 11]
+        assert _job_indexes(sqlite_url) == {**before, "soniq_jobs_workflow": (
+            "CREATE INDEX soniq_jobs_workflow ON soniq_jobs (workflow_id, id) "
+            "WHERE workflow_id IS NOT NULL")}
+        with sqlite3.connect(sqlite_url) as conn:
+            assert conn.execute("SELECT message FROM soniq_job_logs").fetchall() == [("kept",)]
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        conn.close()
+        done_record = await backend.get_job(done)
+        assert done_record is not None and done_record["result"] == 42
+        # The plain claim takes the queued job; the rate-limited one needs its gate.
+        [plain] = await backend.claim_jobs(WORKER, None, 10)
+        assert plain.id == queued and not plain.has_dependencies
+        [gated] = await backend.claim_jobs(WORKER, None, 10,
+                                           rates=(RateGate("tests.job", Rate(1, 3600.0)),))
+        assert gated.id == rated
+        # The running limited job hands its slot to the parked one.
+        assert await backend.complete_jobs([JobOutcome(running, LEASE, JobStatus.DONE)]) == [
+            running]
+        [heir] = await backend.claim_jobs(WORKER, None, 10)
+        assert heir.id == parked
+        # Dependencies work on the rebuilt table, and a deleted job's logs still go with it.
+        after = job()._replace(depends_on=(heir.id,), on_dependency_failure="cancel")
+        await backend.insert_jobs([after])
+        assert (await backend.get_job(after.id) or {}).get("status") == "waiting"
+        await backend.complete_jobs([JobOutcome(heir.id, heir.lease_id, JobStatus.DONE)])
+        assert (await backend.get_job(after.id) or {}).get("status") == "queued"
+        assert await backend.delete_job(done) is True
+        with sqlite3.connect(sqlite_url) as conn:
+            assert conn.execute("SELECT count(*) FROM soniq_job_logs").fetchone() == (0,)
+        conn.close()
+    finally:
+        await backend.close()

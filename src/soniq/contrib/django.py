@@ -89,6 +89,7 @@ __all__ = ["JOB_NAME", "SoniqBackend", "worker_app"]
 #: The Soniq job that runs every Django task.
 JOB_NAME = "django.task"
 _STATUS = {
+    JobStatus.WAITING: TaskResultStatus.READY,  # waits for its dependencies
     JobStatus.QUEUED: TaskResultStatus.READY,
     JobStatus.PROCESSING: TaskResultStatus.RUNNING,
     JobStatus.DONE: TaskResultStatus.SUCCESSFUL,

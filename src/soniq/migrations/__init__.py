@@ -105,8 +105,6 @@ def migration_script(backend: str, *, from_version: int = 1, schema: str | None 
     first, last = migrations[0].label, migrations[-1].label
     where = "" if schema is None else f" in schema {schema}"
     parts = [f"-- Soniq schema for {backend}{where}: migrations {first} to {last}"]
-    if backend == "sqlite":  # a migration may rebuild a table others reference (as the adapter)
-        parts.append("PRAGMA foreign_keys = OFF;")
     enter = ""
     if schema is None:
         parts.append(f"{MIGRATIONS_TABLE[backend]};")
@@ -114,6 +112,8 @@ def migration_script(backend: str, *, from_version: int = 1, schema: str | None 
         create, enter = schema_setup(schema)
         enter += ";\n"
         parts.append(f"{create};\nBEGIN;\n{enter}{MIGRATIONS_TABLE[backend]};\nCOMMIT;")
+    if backend == "sqlite":  # a migration may rebuild a table others reference (as the adapter)
+        parts.append("PRAGMA foreign_keys = OFF;")
     for migration in migrations:
         record = _RECORD[backend].format(version=migration.version, name=migration.name)
         parts.append(f"\n-- soniq migration {migration.label}\nBEGIN;\n{enter}"
