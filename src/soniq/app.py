@@ -25,6 +25,7 @@ from soniq.features.queues import Queues
 from soniq.features.scheduler import Scheduler, SchedulerService, Timing
 from soniq.features.tracing import Tracing
 from soniq.features.webhooks import Webhooks, WebhookService
+from soniq.features.workflows import Workflows
 from soniq.ids import is_uuid
 from soniq.lifecycle import Lifecycle, State
 from soniq.producer import Enqueuing, Producer
@@ -89,6 +90,7 @@ class Soniq(Enqueuing):
         self._dead_letter: DeadLetter | None = None
         self._definitions: Definitions | None = None
         self._queues: Queues | None = None
+        self._workflows: Workflows | None = None
         self._scheduler: Scheduler | None = None
         # Every worker fires the stored schedules (one small query per tick when there are none).
         self.services.append(SchedulerService(self.scheduler))
@@ -144,6 +146,13 @@ class Soniq(Enqueuing):
         if self._queues is None:
             self._queues = Queues(self._backend, ready=self.ensure_initialized)
         return self._queues
+
+    @property
+    def workflows(self) -> Workflows:
+        """Read and cancel workflows and batches (:mod:`soniq.features.workflows`)."""
+        if self._workflows is None:
+            self._workflows = Workflows(self._backend, self.events, ready=self.ensure_initialized)
+        return self._workflows
 
     @property
     def scheduler(self) -> Scheduler:

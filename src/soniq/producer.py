@@ -19,7 +19,7 @@ Per-call options and a ``TaskRef``'s ``default_queue`` still win. A registered j
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any
 from soniq.errors import (
     ConfigurationError,
     JobArgumentsError,
+    UnknownJobError,
     UnsupportedOperationError,
     ValidationError,
 )
 from soniq.features.definitions import DefinitionCache
-from soniq.ids import canonical_uuid
+from soniq.features.workflows import Workflow, batch_jobs, workflow_jobs, workflow_name
+from soniq.ids import canonical_uuid, new_id
 from soniq.lifecycle import State
 from soniq.registry import JobBuilder, TaskRef, job_kwargs, validate_name
 from soniq.runtime import JobEvent, JsonCodec
@@ -108,6 +110,30 @@ class Producer:
 
         return await self.definitions.get(name, store)
 
+    async def build(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
+                    priority: int | None = None, scheduled_at: When | None = None,
+                    unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
+        """:meth:`job` with the stored defaults of an unregistered name read first."""
+        name = self.unregistered(target)
+        stored = None if name is None else await self.defaults(name)
+        return self.job(target, args, queue=queue, priority=priority, scheduled_at=scheduled_at,
+                        unique=unique, dedup_key=dedup_key, stored=stored)
+
+    def job_name(self, target: Target) -> str:
+        """The job name ``target`` enqueues (a workflow step's default name)."""
+        return self._registry.resolve(target, strict=False)[1]
+
+    def callback(self, target: Target) -> Target:
+        """``target`` if it is a job registered here (a batch's ``on_complete``).
+
+        Raises:
+            UnknownJobError: it is not.
+        """
+        if self._registry.resolve(target, strict=True)[0] is None:
+            raise UnknownJobError(f"on_complete must be a job registered on this app, got "
+                                  f"{target!r}")
+        return target
+
     def job(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
             priority: int | None = None, scheduled_at: When | None = None,
             unique: bool | None = None, dedup_key: str | None = None,
@@ -116,6 +142,15 @@ class Producer:
         :meth:`defaults` of an unregistered name."""
         return self._builder(target, queue, priority, scheduled_at, unique, dedup_key, stored,
                              many=False).one(args)
+
+    async def build_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
+                         queue: str | None = None, priority: int | None = None,
+                         scheduled_at: When | None = None) -> JobStream:
+        """:meth:`jobs` with the stored defaults of an unregistered name read first."""
+        name = self.unregistered(target)
+        stored = None if name is None else await self.defaults(name)
+        return self.jobs(target, args_list, queue=queue, priority=priority,
+                         scheduled_at=scheduled_at, stored=stored)
 
     def jobs(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
              queue: str | None = None, priority: int | None = None,
@@ -165,6 +200,18 @@ class Producer:
         if type(jobs) is JobStream and (connection is not None  # not isinstance: an ABC check
                                         or not self._backend.streams_inserts):
             jobs = list(jobs)  # every element validated before anything is written
+        rows = jobs
+        return await self._write(jobs, connection, lambda: self._backend.insert_jobs(
+            rows, connection=connection))
+
+    async def insert_workflow(self, workflow_id: str, name: str, kind: str,
+                              jobs: Sequence[NewJob], connection: Any = None) -> list[str]:
+        """:meth:`insert` of a workflow's (or batch's) steps, with its row."""
+        return await self._write(jobs, connection, lambda: self._backend.insert_workflow(
+            workflow_id, name, kind, jobs, connection=connection))
+
+    async def _write(self, jobs: Sequence[NewJob], connection: Any,
+                     write: Callable[[], Awaitable[list[str]]]) -> list[str]:
         if connection is not None and not self._backend.supports_transactions:
             raise UnsupportedOperationError(
                 f"enqueue(connection=...) joins your database transaction, which the "
@@ -173,7 +220,7 @@ class Producer:
         if self._lifecycle.state is not State.OPEN:
             await self._lifecycle.open()
         with self._span(jobs):
-            ids = await self._backend.insert_jobs(jobs, connection=connection)
+            ids = await write()
         if self.workers and connection is None:
             self.wake({job.queue for job in jobs})
         self._inserted(jobs)
@@ -304,11 +351,9 @@ class Enqueuing:
         (PostgreSQL) inserts inside that connection's transaction."""
         producer = self.producer
         options, kwargs = split_options(kwargs)
-        name = producer.unregistered(target)
-        stored = None if name is None else await producer.defaults(name)
-        job = producer.job(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
-                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
-                           stored=stored)
+        job = await producer.build(target, job_kwargs(args, kwargs), queue=queue,
+                                   priority=priority, scheduled_at=scheduled_at, unique=unique,
+                                   dedup_key=dedup_key)
         return (await producer.insert(depending([job], options), connection))[0]
 
     async def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
@@ -322,12 +367,47 @@ class Enqueuing:
         invalid one aborts it); joining ``connection``'s transaction, or on the other backends,
         every element is validated first. Unique jobs are refused here (use ``enqueue``).
         ``options`` apply to every job of the call."""
+        jobs = await self.producer.build_many(target, args_list, queue=queue, priority=priority,
+                                              scheduled_at=scheduled_at)
+        return await self.producer.insert(depending(jobs, options), connection) if jobs else []
+
+    def workflow(self, name: str) -> Workflow:
+        """A new workflow named ``name`` (for humans): ``step = wf.add(target, args={...},
+        after=[...])`` for each step, then ``workflow_id = await wf.enqueue()`` writes them all
+        in one transaction. See :mod:`soniq.features.workflows` and docs/tutorial/workflows.md."""
+        return Workflow(name, self.producer.job_name, self._submit_workflow)
+
+    async def _submit_workflow(self, wf: Workflow, connection: Any) -> str:
+        steps = wf.plan()
+        jobs = [await self.producer.build(step.target, step.args, queue=step.queue,
+                                          priority=step.priority, scheduled_at=step.scheduled_at,
+                                          unique=False) for step in steps]
+        workflow_id = new_id()
+        await self.producer.insert_workflow(workflow_id, wf.name, "workflow",
+                                            workflow_jobs(workflow_id, steps, jobs), connection)
+        return workflow_id
+
+    async def enqueue_batch(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
+                            on_complete: Target, on_complete_args: Mapping[str, Any] | None = None,
+                            name: str | None = None, queue: str | None = None,
+                            priority: int | None = None, scheduled_at: When | None = None,
+                            connection: Any = None) -> str:
+        """One job per element of ``args_list`` (as ``enqueue_many``) and the registered job
+        ``on_complete``, which runs once after every one of them finished (done, dead-lettered
+        or cancelled) with ``ctx.dependency_results == {"done": n, "dead_letter": n,
+        "cancelled": n, "failed": [ids of the jobs not done]}``; all written in one
+        transaction. Returns the batch's id (``app.workflows.get(batch_id)``)."""
         producer = self.producer
-        name = producer.unregistered(target)
-        stored = None if name is None else await producer.defaults(name)
-        jobs = producer.jobs(target, args_list, queue=queue, priority=priority,
-                             scheduled_at=scheduled_at, stored=stored)
-        return await producer.insert(depending(jobs, options), connection) if jobs else []
+        producer.callback(on_complete)
+        jobs = await producer.build_many(target, args_list, queue=queue, priority=priority,
+                                         scheduled_at=scheduled_at)
+        items = list(jobs)  # built before the callback: ids in enqueue order
+        callback = await producer.build(on_complete, on_complete_args or {}, unique=False)
+        workflow_id = new_id()
+        rows = batch_jobs(workflow_id, items, callback)
+        await producer.insert_workflow(workflow_id, workflow_name(name or jobs.job_name),
+                                       "batch", rows, connection)
+        return workflow_id
 
     async def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
                        **kwargs: Any) -> str:

@@ -30,7 +30,8 @@ from anyio.from_thread import BlockingPortal
 from soniq.backends import resolve_backend
 from soniq.errors import AppClosedError, UnsupportedOperationError, ValidationError
 from soniq.features.queues import Queues
-from soniq.ids import is_uuid
+from soniq.features.workflows import WorkflowBuilder, batch_jobs, workflow_jobs, workflow_name
+from soniq.ids import is_uuid, new_id
 from soniq.producer import depending, split_options
 from soniq.registry import job_kwargs, validate_list_filters
 from soniq.runtime import cancel_job
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from soniq.producer import Target, When
     from soniq.types import CancelOutcome, EnqueueOptions, JobRecord, NewJob, QueueInfo, QueueStats
 
-__all__ = ["SyncQueues", "SyncSoniq"]
+__all__ = ["SyncQueues", "SyncSoniq", "SyncWorkflow"]
 
 logger = logging.getLogger("soniq.sync")
 
@@ -199,6 +200,45 @@ class SyncSoniq:
             raise ValidationError("schedule() needs run_at; use enqueue() to run as soon as possible")
         return self.enqueue(target, args=args, scheduled_at=run_at, **kwargs)
 
+    def workflow(self, name: str) -> SyncWorkflow:
+        """``app.workflow`` for sync code: ``wf.enqueue()`` blocks and returns the id."""
+        return SyncWorkflow(name, self._producer.job_name, self._enqueue_workflow)
+
+    def _enqueue_workflow(self, wf: SyncWorkflow) -> str:
+        steps = wf.plan()
+        jobs = [self.prepare(step.target, step.args, queue=step.queue, priority=step.priority,
+                             scheduled_at=step.scheduled_at, unique=False) for step in steps]
+        workflow_id = new_id()
+        self._insert_workflow(workflow_id, wf.name, "workflow",
+                              workflow_jobs(workflow_id, steps, jobs))
+        return workflow_id
+
+    def enqueue_batch(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
+                      on_complete: Target, on_complete_args: Mapping[str, Any] | None = None,
+                      name: str | None = None, queue: str | None = None,
+                      priority: int | None = None, scheduled_at: When | None = None) -> str:
+        """``app.enqueue_batch`` for sync code; returns the batch's id."""
+        self._producer.callback(on_complete)
+        jobs = self._producer.jobs(target, args_list, queue=queue, priority=priority,
+                                   scheduled_at=scheduled_at, stored=self._defaults(target))
+        items = list(jobs)  # built before the callback: ids in enqueue order
+        callback = self.prepare(on_complete, on_complete_args or {}, unique=False)
+        workflow_id = new_id()
+        self._insert_workflow(workflow_id, workflow_name(name or jobs.job_name), "batch",
+                              batch_jobs(workflow_id, items, callback))
+        return workflow_id
+
+    def _insert_workflow(self, workflow_id: str, name: str, kind: str,
+                         jobs: list[NewJob]) -> list[str]:
+        async def insert(backend: StorageBackend, rows: Sequence[NewJob]) -> list[str]:
+            return await backend.insert_workflow(workflow_id, name, kind, rows)
+
+        def write(rows: Sequence[NewJob]) -> list[str]:
+            ids: list[str] = self._call(insert, rows)
+            return ids
+
+        return self._producer.insert_blocking(jobs, write)
+
     def prepare(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
                 priority: int | None = None, scheduled_at: When | None = None,
                 unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
@@ -299,6 +339,19 @@ class SyncSoniq:
 
         result: list[QueueStats] = self._call(stats)
         return result
+
+
+class SyncWorkflow(WorkflowBuilder):
+    """``app.sync.workflow(name)``: ``add`` steps, then ``enqueue()`` (blocking)."""
+
+    def __init__(self, name: str, job_name: Callable[[Any], str],
+                 submit: Callable[[SyncWorkflow], str]) -> None:
+        super().__init__(name, job_name)
+        self._submit = submit
+
+    def enqueue(self) -> str:
+        """Write every step in one transaction; the workflow's id (see ``Workflow.enqueue``)."""
+        return self._submit(self)
 
 
 class SyncQueues:

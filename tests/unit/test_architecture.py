@@ -22,6 +22,7 @@ from soniq.backends.stores import (
     QueueStore,
     ScheduleStore,
     WebhookStore,
+    WorkflowStore,
 )
 from soniq.settings import load_settings
 
@@ -34,7 +35,7 @@ CALLERS = sorted([*(SRC / "features").rglob("*.py"), *(SRC / "dashboard").rglob(
 STORES: dict[str, type] = {
     "dead_letters": DeadLetterStore, "schedules": ScheduleStore, "webhooks": WebhookStore,
     "logs": LogStore, "dashboard": DashboardStore, "definitions": DefinitionStore,
-    "queues": QueueStore, "audit": AuditStore,
+    "queues": QueueStore, "audit": AuditStore, "workflows": WorkflowStore,
 }
 #: What each adapter offers: every store on all three; a probe where there is a database.
 HAS_PROBE = {"memory": False, "sqlite": True, "postgres": True}

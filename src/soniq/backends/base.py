@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         QueueStore,
         ScheduleStore,
         WebhookStore,
+        WorkflowStore,
     )
     from soniq.limits import RateGate
     from soniq.types import (
@@ -111,6 +112,8 @@ class StorageBackend(Protocol):
     @property
     def audit(self) -> AuditStore | None: ...
     @property
+    def workflows(self) -> WorkflowStore | None: ...
+    @property
     def probe(self) -> Callable[[], Awaitable[dict[str, Any]]] | None:
         """Facts for :func:`database_info` (``soniq doctor``, ``migrate-status``), read without
         the schema check; None where there is no database to probe (memory)."""
@@ -160,6 +163,15 @@ class StorageBackend(Protocol):
         cancelled (and, transitively, their own ``cancel`` dependents), ``wait`` ones keep
         waiting (a replay that ends ``done`` satisfies them). An edge is satisfied at most once.
         It happens in the transaction that ended the job."""
+        ...
+
+    async def insert_workflow(self, workflow_id: str, name: str, kind: str,
+                              jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        """Write the workflow row (``kind``: ``"workflow"`` or ``"batch"``) and its steps
+        (``jobs``, each carrying ``workflow_id`` and a ``step_name``; dependencies among them as
+        ``insert_jobs`` takes them) in one transaction -- the caller's with ``connection=`` --
+        so a workflow is stored whole or not at all; the job ids in input order. Raises like
+        ``insert_jobs``, before anything is written."""
         ...
 
     async def dependency_results(self, job_id: str) -> list[DependencyResult]:

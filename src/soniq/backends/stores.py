@@ -23,6 +23,7 @@ from soniq.backends.control import (
     QueueStore,
     QueueValue,
 )
+from soniq.backends.workflows import StoredStep, StoredWorkflow, WorkflowStore
 from soniq.ids import new_id
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "DashboardStore", "JobSearch", "QueueCounts", "StatsBucket", "StorageHealth",
     "DefinitionStore", "JobDefinition", "StoredDefinition",
     "AuditStore", "QueueField", "QueueSetting", "QueueStore", "QueueValue",
+    "StoredStep", "StoredWorkflow", "WorkflowStore",
 ]
 
 #: Fire rows older than this (counted back from the schedule's newest fire) are deleted when it

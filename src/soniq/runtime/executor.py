@@ -29,6 +29,7 @@ import contextlib
 import logging
 import threading
 import traceback
+from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,7 +44,7 @@ from soniq.runtime.retry import retry_delay
 from soniq.runtime.seams import JobEvent, call_hook
 from soniq.serialization import ascii_text, capped_text, dumps, loads, longer_than, storable_text
 from soniq.settings import LONGEST_DELAY
-from soniq.types import JobContext, JobOutcome, JobStatus, RateLimited, Snooze
+from soniq.types import BATCH_ITEM, JobContext, JobOutcome, JobStatus, RateLimited, Snooze
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -286,7 +287,13 @@ class Executor:
                           run_at=at, rate_hold=at if hold else None)
 
     def _dependency_results(self, found: list[DependencyResult]) -> dict[str, Any]:
-        """``ctx.dependency_results``: by step name (or id), decoded like ``get_result``."""
+        """``ctx.dependency_results``: by step name (or id), decoded like ``get_result``; a
+        batch's callback (every dependency a step ``#n``: ``BATCH_ITEM``) gets the counts."""
+        if found and all((dep.step_name or "").startswith(BATCH_ITEM) for dep in found):
+            counts = Counter(dep.status.value for dep in found)
+            return {"done": counts["done"], "dead_letter": counts["dead_letter"],
+                    "cancelled": counts["cancelled"],
+                    "failed": [dep.id for dep in found if dep.status != JobStatus.DONE]}
         return {dep.step_name or dep.id: self._codec.decode_result(dep.job_name, dep.result)
                 if dep.status == JobStatus.DONE else None for dep in found}
 

@@ -35,6 +35,7 @@ from soniq.backends.memory.stores import (
     MemoryScheduleStore,
     MemoryWebhookStore,
 )
+from soniq.backends.memory.workflows import MemoryWorkflowStore
 from soniq.serialization import dumps, loads, utc_now
 from soniq.types import (
     CancelOutcome,
@@ -92,6 +93,7 @@ class MemoryBackend:
         self.queues = MemoryQueueStore(self.audit, self._notify)
         self._gates = Gates(self._jobs, self.queues)
         self._deps = Dependencies(self._jobs, self._slots, self._set_status, self._notify)
+        self.workflows = MemoryWorkflowStore(self._jobs, self._deps.given)
 
     async def initialize(self) -> None:
         return None
@@ -160,6 +162,12 @@ class MemoryBackend:
             row["dedup_key"] = None
         row["status"] = status
         row["updated_at"] = now
+
+    async def insert_workflow(self, workflow_id: str, name: str, kind: str,
+                              jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        ids = await self.insert_jobs(jobs, connection=connection)  # no await inside: atomic
+        self.workflows.add(workflow_id, name, kind)
+        return ids
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = self._jobs.get(job_id) if isinstance(job_id, str) else None

@@ -120,6 +120,10 @@ class Dependencies:
                 pending.append(dependent)
         return list(doomed.values())
 
+    def given(self, job_id: str) -> tuple[str, ...]:
+        """The dependency ids of ``job_id``, in the order given."""
+        return self._given.get(job_id, ())
+
     def results(self, job_id: str) -> list[DependencyResult]:
         """The stored dependencies of ``job_id`` with their results, in the order given."""
         found = []

@@ -40,6 +40,7 @@ from soniq.backends.postgres import (
     schema,
     slots,
     sql,
+    workflows,
 )
 from soniq.backends.postgres import pool as pool_ops
 from soniq.backends.postgres import queues as pg_queues
@@ -122,6 +123,7 @@ class PostgresBackend:
                                                 self._maintenance_timeout, self.queue_stats, n)
         self.queues = PostgresQueueStore(self._ready, self._errors, n)
         self.audit = PostgresAuditStore(self._ready, self._errors, n)
+        self.workflows = workflows.PostgresWorkflowStore(self._ready, self._errors, n)
         self._queue_claims = pg_queues.claims(n)
         self._gates = gates.gate_sql(n)
         self._control = maintenance.control_sql(n)
@@ -243,6 +245,13 @@ class PostgresBackend:
                 return await call(inserts.insert_on, _bridge.unwrap(connection), self._q, jobs)
             pool = await self._ready()
             return await call(inserts.insert_with_pool, pool, self._q, jobs)
+
+    async def insert_workflow(self, workflow_id: str, name: str, kind: str,
+                              jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        with self._errors:
+            on = await self._ready() if connection is None else _bridge.unwrap(connection)
+            return await call(workflows.insert, on, self._q.names, (workflow_id, name, kind),
+                              jobs, pooled=connection is None)
 
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,

@@ -39,6 +39,7 @@ from soniq.backends.sqlite.logs import SqliteLogStore
 from soniq.backends.sqlite.schedules import SqliteScheduleStore
 from soniq.backends.sqlite.webhooks import SqliteWebhookStore
 from soniq.backends.sqlite.where import where
+from soniq.backends.sqlite.workflows import INSERT_WORKFLOW, SqliteWorkflowStore
 from soniq.errors import UnsupportedOperationError
 from soniq.limits import LONGEST_PERIOD
 from soniq.serialization import dumps, loads, utc_now
@@ -95,6 +96,7 @@ class SqliteBackend:
         self.definitions = SqliteDefinitionStore(self._db)
         self.queues = SqliteQueueStore(self._db)
         self.audit = SqliteAuditStore(self._db)
+        self.workflows = SqliteWorkflowStore(self._db)
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
@@ -132,7 +134,15 @@ class SqliteBackend:
             return []
         return await self._db.run(self._insert_jobs, jobs)
 
-    async def _insert_jobs(self, jobs: Sequence[NewJob]) -> list[str]:
+    async def insert_workflow(self, workflow_id: str, name: str, kind: str,
+                              jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
+        if connection is not None:
+            refuse_connection(self.name)
+        return await self._db.run(self._insert_jobs, jobs, (workflow_id, name, kind))
+
+    async def _insert_jobs(self, jobs: Sequence[NewJob],
+                           workflow: tuple[str, str, str] | None = None) -> list[str]:
+        """The jobs (and the row of the ``workflow`` they are the steps of) in one transaction."""
         now = sql.to_db(utc_now())
         # A limited job that waits is stored parked, without a slot.
         limited = [job for job in jobs if job.concurrency_key is not None and not job.depends_on]
@@ -166,6 +176,8 @@ class SqliteBackend:
                 for job_id, name, key in await dependencies.link(conn, dependents, now):
                     if key is not None and await slots.take_slot(conn, name, key, limits[job_id]):
                         await conn.execute(slots.UNPARK, (job_id,))
+            if workflow is not None:
+                await conn.execute(INSERT_WORKFLOW, (*workflow, now))
         return [job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
 
     # -- reading and managing -----------------------------------------------------------------
