@@ -156,7 +156,7 @@ async def test_half_open_listen_connection_is_detected_and_replaced(
 
 
 @pytest.mark.parametrize(("where", "marker"), [
-    ("claim", b"SET status = 'processing'"),
+    ("claim", b"ORDER BY priority, scheduled_at, id"),  # the plain claim (not a gated one)
     ("finish", b"refund_attempt"),
 ])
 async def test_connection_cut_between_commit_and_answer_loses_and_repeats_nothing(

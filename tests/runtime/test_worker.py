@@ -6,8 +6,10 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from soniq import JobContext, Snooze, Soniq
@@ -505,3 +507,39 @@ async def _all_done(app: Soniq, ids: list[str]) -> bool:
         if (await app.get_job(job_id) or {}).get("status") != "done":
             return False
     return True
+
+
+async def test_gated_claims_rest_while_nothing_limited_can_start() -> None:
+    """A worker that registered a rate-limited job but has only plain work tries the gated
+    claim at most about once per GATE_REST (it rests after a gated claim took nothing), not on
+    every claim of its plain work."""
+    from soniq.runtime.fetcher import GATE_REST
+
+    app = Soniq(backend="memory", poll_interval=0.05)
+
+    @app.job(name="metered", rate_limit="1000/s")
+    async def metered() -> None: ...
+
+    @app.job(name="plain")
+    async def plain() -> None:
+        await anyio.lowlevel.checkpoint()
+
+    backend = app.backend
+    real = backend.claim_jobs
+    calls: list[bool] = []
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(bool(kwargs.get("rates")))
+        return await real(*args, **kwargs)
+
+    backend.claim_jobs = counting  # type: ignore[method-assign]
+    ids = await app.enqueue_many(plain, [{} for _ in range(3_000)])
+    started = anyio.current_time()
+    async with running_worker(app, concurrency=2):
+        await wait_for(lambda: _all_done(app, ids[-1:]), timeout=30)
+    elapsed = anyio.current_time() - started
+    await app.close()
+    gated = sum(calls)
+    assert gated >= 1
+    assert gated <= 2 + elapsed / GATE_REST, (gated, len(calls), elapsed)
+    assert len(calls) - gated > gated  # most claims were plain only

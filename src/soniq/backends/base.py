@@ -220,7 +220,9 @@ class StorageBackend(Protocol):
         The backend reads the stored settings and buckets itself, inside the claim's database
         work, so this is exact across processes whatever the caller believes; ``paused`` and
         ``limited`` (the caller's cached view) only say which claims to try: a backend may pick
-        a shape that skips paused queues without walking their backlog. A bucket without a
+        a shape that skips the queues in ``paused | limited`` without walking their backlog (a
+        caller that names a gated queue in ``paused`` instead of ``limited`` claims nothing of
+        it, and does not walk it). A bucket without a
         stored state is full; tokens refill as :meth:`soniq.limits.Rate.tokens` says."""
         ...
 

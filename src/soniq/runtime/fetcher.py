@@ -47,6 +47,11 @@ logger = logging.getLogger("soniq.worker")
 
 #: The shortest wait for a bucket's next token (a fast rate does not make a busy poll).
 MIN_TOKEN_WAIT = 0.005
+#: The shortest rest of the gated claims after one that took nothing: a worker that serves a
+#: gated queue or registered a rate-limited job does not pay their round trips (a transaction,
+#: for queues) on every claim of its other work. Limited work waits at most a token's time (or
+#: this) to be noticed; its limits are untouched.
+GATE_REST = 0.05
 
 
 class Fetcher:
@@ -79,6 +84,7 @@ class Fetcher:
         self._rated = frozenset(gate.job_name for gate in rates)
         self._queue_rates: list[Rate] = []  # of the gated queues, as last read
         self._gated_at = -math.inf  # when a claim last returned rate-limited or gated work
+        self._gates_rest_until = -math.inf  # the gated claims rest until then
         self._settings_read_at = -math.inf
         executor.on_slot_freed = self.wake
 
@@ -119,9 +125,14 @@ class Fetcher:
         its fastest bucket takes to earn a token (a bucket refills with no notification)."""
         if anyio.current_time() - self._gated_at >= self._poll_interval:
             return self._poll_interval
+        return self._token_wait(MIN_TOKEN_WAIT)
+
+    def _token_wait(self, shortest: float) -> float:
+        """The time the fastest bucket (of its jobs and gated queues) takes to earn a token,
+        at least ``shortest``, at most ``poll_interval``."""
         rates = [*(gate.rate for gate in self._rates), *self._queue_rates]
         return min(self._poll_interval,
-                   max(MIN_TOKEN_WAIT, min((r.seconds / r.count for r in rates), default=math.inf)))
+                   max(shortest, min((r.seconds / r.count for r in rates), default=shortest)))
 
     def stop(self) -> None:
         """Stop claiming and give the look-ahead back; running jobs finish within
@@ -194,19 +205,26 @@ class Fetcher:
         after a database error (logged). Needs :meth:`run`'s task group."""
         await self._read_settings()
         started = anyio.current_time()
+        gates = (self._rated or self.limited) and started >= self._gates_rest_until
         try:
-            claimed = await self._backend.claim_jobs(
-                self._worker_id, self._queues, limit, paused=self.paused, limited=self.limited,
-                rates=self._rates)
+            if gates or not (self._rated or self.limited):
+                claimed = await self._backend.claim_jobs(
+                    self._worker_id, self._queues, limit, paused=self.paused,
+                    limited=self.limited, rates=self._rates)
+            else:  # resting: the plain claim alone (still not walking the gated queues)
+                claimed = await self._backend.claim_jobs(
+                    self._worker_id, self._queues, limit, paused=self.paused | self.limited)
         except DatabaseError as exc:
             logger.warning("claiming jobs failed, retrying in %gs: %s", self._error_retry_delay, exc)
             await self._wait(self._error_retry_delay)
             return None
         now = anyio.current_time()
         self._pace.claimed(now, round_trip=now - started, full=len(claimed) == limit)
-        if (self._rated or self.limited) and any(
-                job.job_name in self._rated or job.queue in self.limited for job in claimed):
-            self._gated_at = now
+        if gates:
+            if any(job.job_name in self._rated or job.queue in self.limited for job in claimed):
+                self._gated_at = now
+            else:  # nothing limited could start: rest the gated claims a moment
+                self._gates_rest_until = now + self._token_wait(GATE_REST)
         for job in claimed:
             self._executor.admit(job)
         if self._stopping:  # stop() came during the claim
