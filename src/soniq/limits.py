@@ -92,14 +92,20 @@ def check_rate(name: str, options: Mapping[str, Any], *, fields: Collection[str]
             f"rate_limit of job {name!r} must look like 20/s, 600/m or 1000/h (a count >= 1 per "
             f"second, minute or hour), got {text!r}")
     if key is not None:
-        if not isinstance(key, str) or (key not in fields and not any_name):
-            raise ConfigurationError(
-                f"rate_key of job {name!r} must name one of its arguments "
-                f"({', '.join(sorted(fields)) or 'it has none'}), got {key!r}"
-                f"{did_you_mean(str(key), fields)}")
+        _check_key(name, "rate_key", key, fields, any_name)
         if rate is None:
             raise ConfigurationError(f"rate_key={key!r} on job {name!r} needs rate_limit='N/s'")
     return rate, key
+
+
+def _check_key(name: str, option: str, key: object, fields: Collection[str],
+               any_name: bool) -> None:
+    """``option`` (a key option) of job ``name`` must name one of its arguments."""
+    if not isinstance(key, str) or (key not in fields and not any_name):
+        raise ConfigurationError(
+            f"{option} of job {name!r} must name one of its arguments "
+            f"({', '.join(sorted(fields)) or 'it has none'}), got {key!r}"
+            f"{did_you_mean(str(key), fields)}")
 
 
 def check_limits(name: str, options: Mapping[str, Any], *, fields: Collection[str],
@@ -132,11 +138,7 @@ def check_limits(name: str, options: Mapping[str, Any], *, fields: Collection[st
                 f"concurrency_limit={limit!r} (it is 1)")
         limit = 1
     if key is not None:
-        if not isinstance(key, str) or (key not in fields and not any_name):
-            raise ConfigurationError(
-                f"concurrency_key of job {name!r} must name one of its arguments "
-                f"({', '.join(sorted(fields)) or 'it has none'}), got {key!r}"
-                f"{did_you_mean(str(key), fields)}")
+        _check_key(name, "concurrency_key", key, fields, any_name)
         if limit is None:
             raise ConfigurationError(
                 f"concurrency_key={key!r} on job {name!r} needs concurrency_limit=N "
