@@ -359,6 +359,20 @@ async def test_prune_finished_jobs_past_expiry(storage: StorageBackend) -> None:
     assert [r["id"] for r in await storage.list_jobs()] == [d.id]  # dead letters stay
 
 
+async def test_jobs_cancelled_before_they_started_go_after_result_ttl(
+        storage: StorageBackend) -> None:
+    """A job cancelled while queued has no expires_at: it is pruned result_ttl after it was
+    cancelled (only when the caller says result_ttl), never before."""
+    cancelled, kept = job(), job()
+    await storage.insert_jobs([cancelled, kept])
+    assert await storage.cancel_job(cancelled.id) == "cancelled"
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert await storage.prune_jobs(now=later) == 0  # no result_ttl: kept as before
+    assert await storage.prune_jobs(now=later, result_ttl=7200) == 0  # not old enough
+    assert await storage.prune_jobs(now=later, result_ttl=600) == 1
+    assert [r["id"] for r in await storage.list_jobs()] == [kept.id]
+
+
 async def test_maintenance_rounds_have_one_leader(storage: StorageBackend) -> None:
     now = datetime.now(UTC)
     assert await storage.claim_maintenance("cleanup", 60, now=now) is True

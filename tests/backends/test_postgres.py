@@ -181,6 +181,8 @@ EXPECTED_INDEXES = {
         ("soniq_dependencies_dependent_idx", "INDEX", "soniq_dependencies", "(dependent)"),
         ("soniq_jobs_workflow_idx", "INDEX", "soniq_jobs",
          "(workflow_id, id) WHERE (workflow_id IS NOT NULL)"),
+        ("soniq_jobs_cancelled_idx", "INDEX", "soniq_jobs",
+         "(finished_at) WHERE ((status = 'cancelled'::text) AND (expires_at IS NULL))"),
         ("soniq_workflows_pkey", "UNIQUE INDEX", "soniq_workflows", "(id)"),
         ("soniq_slots_pkey", "UNIQUE INDEX", "soniq_slots", "(job_name, key)"),
         ("soniq_jobs_dedup_key_idx", "UNIQUE INDEX", "soniq_jobs",

@@ -82,7 +82,7 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
         "soniq_webhook_deliveries_finished",
         "soniq_job_logs_job", "soniq_job_logs_created_at", "soniq_jobs_parked",
         "soniq_jobs_slot_holders", "soniq_jobs_rated", "soniq_jobs_workflow",
-        "soniq_dependencies_dependent",
+        "soniq_jobs_cancelled", "soniq_dependencies_dependent",
     } <= schema["index"]
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -725,7 +725,9 @@ async def test_the_dependencies_migration_rebuilds_the_jobs_table_in_use(sqlite_
                                            if m.version >= 11]
         assert _job_indexes(sqlite_url) == {**before, "soniq_jobs_workflow": (
             "CREATE INDEX soniq_jobs_workflow ON soniq_jobs (workflow_id, id) "
-            "WHERE workflow_id IS NOT NULL")}
+            "WHERE workflow_id IS NOT NULL"), "soniq_jobs_cancelled": (
+            "CREATE INDEX soniq_jobs_cancelled ON soniq_jobs (finished_at) "
+            "WHERE status = 'cancelled' AND expires_at IS NULL")}
         with sqlite3.connect(sqlite_url) as conn:
             assert conn.execute("SELECT message FROM soniq_job_logs").fetchall() == [("kept",)]
             assert conn.execute("PRAGMA foreign_key_check").fetchall() == []

@@ -274,9 +274,12 @@ class StorageBackend(Protocol):
         Returns how many jobs were unparked."""
         ...
 
-    async def prune_jobs(self, *, now: datetime | None = None) -> int:
-        """Delete ``done`` and ``cancelled`` jobs whose ``expires_at`` has passed, except a
-        dependency whose dependents have not all finished (they read its result)."""
+    async def prune_jobs(self, *, now: datetime | None = None,
+                         result_ttl: float | None = None) -> int:
+        """Delete ``done`` and ``cancelled`` jobs whose ``expires_at`` has passed -- and, given
+        ``result_ttl``, jobs cancelled before they started (they have no ``expires_at``) that
+        finished more than ``result_ttl`` seconds ago -- except a dependency whose dependents
+        have not all finished (they read its result)."""
         ...
 
     async def prune_control(self, *, audit_retention: float,

@@ -43,8 +43,9 @@ class Cleanup:
     def __init__(self, backend: StorageBackend, *, interval: float, stale_after: float,
                  error_retry_delay: float, events: EventDispatcher,
                  limits: Callable[[], Mapping[str, int]] = dict,
-                 audit_retention: float = 0.0) -> None:
+                 audit_retention: float = 0.0, result_ttl: float | None = None) -> None:
         self._backend = backend
+        self._result_ttl = result_ttl  # None: cancelled-before-start jobs stay
         self._audit_retention = audit_retention  # 0: keep the audit log
         self._limits = limits
         self._events = events
@@ -81,7 +82,7 @@ class Cleanup:
             logger.warning("rescued %d job(s) from silent workers: %s", len(rescued),
                            ", ".join(rescued))
             await self._report(rescued)
-        pruned = await self._backend.prune_jobs()
+        pruned = await self._backend.prune_jobs(result_ttl=self._result_ttl)
         if pruned:
             logger.debug("pruned %d finished job(s) past result_ttl", pruned)
         limits = self._limits()

@@ -109,7 +109,8 @@ class Worker:
                                limits=lambda: {spec.name: spec.concurrency_limit
                                                for spec in registry
                                                if spec.concurrency_limit is not None},
-                               audit_retention=settings.audit_retention)
+                               audit_retention=settings.audit_retention,
+                               result_ttl=settings.result_ttl)
         self.listener = Listener(backend, self.fetcher, self.executor,
                                  poll_interval=settings.poll_interval,
                                  required=settings.listen_url is not None)

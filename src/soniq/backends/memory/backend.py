@@ -369,12 +369,16 @@ class MemoryBackend:
                 self._notify("soniq_jobs", queue)
         return unparked
 
-    async def prune_jobs(self, *, now: datetime | None = None) -> int:
+    async def prune_jobs(self, *, now: datetime | None = None,
+                         result_ttl: float | None = None) -> int:
         now = now or utc_now()
+        cutoff = None if result_ttl is None else now - timedelta(seconds=result_ttl)
         expired = [
             job_id for job_id, row in self._jobs.items()
             if row["status"] in (JobStatus.DONE, JobStatus.CANCELLED)
-            and row["expires_at"] is not None and row["expires_at"] < now
+            and (row["expires_at"] < now if row["expires_at"] is not None
+                 else row["status"] == JobStatus.CANCELLED and cutoff is not None
+                 and row["finished_at"] is not None and row["finished_at"] < cutoff)
             and not (row["has_dependents"] and self._deps.needed(job_id))
         ]
         for job_id in expired:

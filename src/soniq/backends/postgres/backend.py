@@ -438,10 +438,12 @@ class PostgresBackend:
             pool = await self._loops()
             return await call(slots.reconcile, pool, self._q.slots, dict(limits))
 
-    async def prune_jobs(self, *, now: datetime | None = None) -> int:
+    async def prune_jobs(self, *, now: datetime | None = None,
+                         result_ttl: float | None = None) -> int:
         with self._errors:
             pool = await self._loops()
-            return await call(maintenance.prune, pool, self._q, now, self._maintenance_timeout)
+            return await call(maintenance.prune, pool, self._q, now, self._maintenance_timeout,
+                              result_ttl)
 
     async def prune_control(self, *, audit_retention: float,
                             now: datetime | None = None) -> int:

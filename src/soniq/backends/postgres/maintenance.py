@@ -25,7 +25,7 @@ import asyncpg
 from soniq.backends.base import worker_lost_error
 from soniq.backends.postgres import slots, sql
 from soniq.limits import LONGEST_PERIOD
-from soniq.serialization import dumps
+from soniq.serialization import dumps, utc_now
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -93,10 +93,17 @@ async def rescue(pool: Any, q: Sql, statement: str, stale_after: float, now: dat
         return rescued
 
 
-async def prune(pool: Any, q: Sql, now: datetime | None, statement_timeout: str) -> int:
-    """Delete expired finished jobs in batches, each its own short transaction."""
-    return await prune_in_batches(pool, statement_timeout, q.prune_jobs, now,
-                                  batch=PRUNE_BATCH_SIZE)
+async def prune(pool: Any, q: Sql, now: datetime | None, statement_timeout: str,
+                result_ttl: float | None) -> int:
+    """Delete expired finished jobs in batches, each its own short transaction; with
+    ``result_ttl``, also jobs cancelled before they started that finished that long ago."""
+    pruned = await prune_in_batches(pool, statement_timeout, q.prune_jobs, now,
+                                    batch=PRUNE_BATCH_SIZE)
+    if result_ttl is not None:
+        cutoff = (now or utc_now()) - timedelta(seconds=result_ttl)
+        pruned += await prune_in_batches(pool, statement_timeout, q.prune_cancelled, cutoff,
+                                         batch=PRUNE_BATCH_SIZE)
+    return pruned
 
 
 class ControlSql:

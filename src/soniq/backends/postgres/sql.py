@@ -128,6 +128,23 @@ def _walk(n: Names, queue_filter: str) -> str:
 """
 
 
+def _prune(n: Names, expired: str) -> str:
+    """One batch ($2) of the ``expired`` rows deleted, except a dependency whose dependents have
+    not all finished (they read its result)."""
+    return f"""
+DELETE FROM {n.jobs}
+WHERE id = ANY (ARRAY(
+    SELECT p.id FROM {n.jobs} AS p
+    WHERE {expired}
+      AND NOT (p.has_dependents AND EXISTS (
+          SELECT 1 FROM {n.dependencies} AS d JOIN {n.jobs} AS w ON w.id = d.dependent
+          WHERE d.dependency = p.id AND w.status NOT IN ('done', 'dead_letter', 'cancelled')))
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+))
+"""
+
+
 @functools.cache
 def build(schema: str | None) -> Sql:
     """The statements for ``db_schema`` ``schema`` (None: unqualified names), built once per
@@ -313,19 +330,12 @@ FOR UPDATE OF j SKIP LOCKED
         #: done/cancelled jobs (dead letters stay for inspection); callers repeat until a batch
         #: comes back short, so no transaction holds many row locks. ANY(ARRAY(...)) keeps the
         #: delete a primary-key lookup (see the claim).
-        self.prune_jobs = f"""
-DELETE FROM {n.jobs}
-WHERE id = ANY (ARRAY(
-    SELECT p.id FROM {n.jobs} AS p
-    WHERE p.expires_at < COALESCE($1::timestamptz, now()) AND p.status IN ('done', 'cancelled')
-      -- a dependency's result is kept until every dependent has finished
-      AND NOT (p.has_dependents AND EXISTS (
-          SELECT 1 FROM {n.dependencies} AS d JOIN {n.jobs} AS w ON w.id = d.dependent
-          WHERE d.dependency = p.id AND w.status NOT IN ('done', 'dead_letter', 'cancelled')))
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-))
-"""
+        self.prune_jobs = _prune(n, "p.expires_at < COALESCE($1::timestamptz, now()) "
+                                    "AND p.status IN ('done', 'cancelled')")
+        #: $1 cutoff (now - result_ttl), $2 batch size: jobs cancelled before they started (no
+        #: expires_at) that finished before the cutoff, as prune_jobs.
+        self.prune_cancelled = _prune(n, "p.status = 'cancelled' AND p.expires_at IS NULL "
+                                         "AND p.finished_at < $1::timestamptz")
 
         #: $1 task, $2 interval seconds, $3 now (NULL: the database clock). Returns a row only for
         #: the caller that moved the round forward: concurrent callers queue on the row lock and

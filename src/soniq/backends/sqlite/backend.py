@@ -349,8 +349,14 @@ class SqliteBackend:
             await conn.execute_fetchall(sql.REMOVE_SILENT_WORKERS, (cutoff,))
         return rescued
 
-    async def prune_jobs(self, *, now: datetime | None = None) -> int:
-        return await self._db.run(self._prune, sql.PRUNE, sql.to_db(now or utc_now()))
+    async def prune_jobs(self, *, now: datetime | None = None,
+                         result_ttl: float | None = None) -> int:
+        now = now or utc_now()
+        pruned = await self._db.run(self._prune, sql.PRUNE, sql.to_db(now))
+        if result_ttl is not None:
+            pruned += await self._db.run(self._prune, sql.PRUNE_CANCELLED,
+                                         sql.to_db(now - timedelta(seconds=result_ttl)))
+        return pruned
 
     async def prune_control(self, *, audit_retention: float,
                             now: datetime | None = None) -> int:

@@ -41,6 +41,7 @@ __all__ = [
     "LOST_JOBS",
     "PARK",
     "PRUNE",
+    "PRUNE_CANCELLED",
     "PRUNE_AUDIT",
     "PRUNE_BUCKETS",
     "PRUNE_SLOTS",
@@ -369,13 +370,26 @@ REMOVE_SILENT_WORKERS = "DELETE FROM soniq_workers WHERE last_heartbeat < ?"
 #: now, batch size. One batch of expired done/cancelled jobs (dead letters stay for inspection),
 #: except a dependency whose dependents have not all finished (they read its result); the caller
 #: repeats until a batch comes back short, so claims can slip in between batches.
-PRUNE = """
+_STILL_NEEDED = """NOT (j.has_dependents AND EXISTS (
+          SELECT 1 FROM soniq_dependencies AS d JOIN soniq_jobs AS w ON w.id = d.dependent
+          WHERE d.dependency = j.id AND w.status IN ('waiting', 'queued', 'processing')))"""
+
+PRUNE = f"""
 DELETE FROM soniq_jobs WHERE id IN (
     SELECT j.id FROM soniq_jobs AS j
-    WHERE j.expires_at < ? AND j.status IN ('done', 'cancelled')
-      AND NOT (j.has_dependents AND EXISTS (
-          SELECT 1 FROM soniq_dependencies AS d JOIN soniq_jobs AS w ON w.id = d.dependent
-          WHERE d.dependency = j.id AND w.status IN ('waiting', 'queued', 'processing')))
+    WHERE j.expires_at < ? AND j.status IN ('done', 'cancelled') AND {_STILL_NEEDED}
+    LIMIT ?
+)
+RETURNING id
+"""
+
+#: cutoff, batch size. Jobs cancelled before they started (no expires_at) that finished before
+#: cutoff (now - result_ttl), like PRUNE.
+PRUNE_CANCELLED = f"""
+DELETE FROM soniq_jobs WHERE id IN (
+    SELECT j.id FROM soniq_jobs AS j
+    WHERE j.status = 'cancelled' AND j.expires_at IS NULL AND j.finished_at < ?
+      AND {_STILL_NEEDED}
     LIMIT ?
 )
 RETURNING id

@@ -120,3 +120,8 @@ CREATE TRIGGER soniq_jobs_settle_dependents_of_deleted
     FOR EACH ROW
     WHEN (OLD.has_dependents AND OLD.status NOT IN ('done', 'dead_letter', 'cancelled'))
     EXECUTE FUNCTION soniq_settle_dependents();
+
+-- Jobs cancelled before they started have no expires_at (nothing of theirs needs keeping): the
+-- prune deletes them result_ttl after they were cancelled, by this index.
+CREATE INDEX soniq_jobs_cancelled_idx ON soniq_jobs (finished_at)
+    WHERE status = 'cancelled' AND expires_at IS NULL;

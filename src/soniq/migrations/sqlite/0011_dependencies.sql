@@ -78,6 +78,9 @@ CREATE INDEX soniq_jobs_rated ON soniq_jobs (job_name, rate_key, priority, sched
     WHERE status = 'queued' AND hold IS NULL AND rate_key IS NOT NULL;
 -- A workflow's steps.
 CREATE INDEX soniq_jobs_workflow ON soniq_jobs (workflow_id, id) WHERE workflow_id IS NOT NULL;
+-- Jobs cancelled before they started (no expires_at): pruned result_ttl after they were cancelled.
+CREATE INDEX soniq_jobs_cancelled ON soniq_jobs (finished_at)
+    WHERE status = 'cancelled' AND expires_at IS NULL;
 
 -- One row per edge: dependent waits for dependency. satisfied (0/1): counted off the
 -- dependent's waiting_on (once: a replayed dependency never counts twice). An edge goes with its
