@@ -49,6 +49,7 @@ METRICS: dict[str, list[tuple[str, str, bool, int]]] = {
     "limits": [("jobs_per_s", "jobs/s", True, 0), (CPU_METRIC, "worker CPU µs/job", False, 1)],
     "embedded": [("jobs_per_s", "jobs/s", True, 0), (CPU_METRIC, "process CPU µs/job", False, 1)],
     "latency": [("p50_ms", "p50 ms", False, 2), ("p99_ms", "p99 ms", False, 2)],
+    "workflows": [("jobs_per_s", "jobs/s", True, 0), ("p50_ms", "step overhead p50 ms", False, 2)],
     "mixed": [("processed_per_s", "processed/s", True, 0)],
     "memory": [("growth_pct", "RSS growth %", False, 1)],
 }

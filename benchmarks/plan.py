@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.scenarios import enqueue, latency, mixed, process
+from benchmarks.scenarios import enqueue, latency, mixed, process, workflows
 from benchmarks.systems import FEATURES, LIMITED, load_system
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ __all__ = ["FULL", "GROUPS", "QUICK", "Sizes", "Step", "build_plan"]
 FLOOR_CONNECTIONS = 4
 #: Selectable with --only; "peers" adds PgQueuer and Procrastinate to enqueue..latency.
 GROUPS = ("enqueue", "bulk", "process", "latency", "mixed", "trio", "sqlite", "memory", "features",
-          "embedded", "limits", "peers")
+          "embedded", "limits", "workflows", "peers")
 #: The ``embedded`` group: worker concurrency, and the peers in it with their worker options.
 EMBEDDED_CONCURRENCY = 10
 EMBEDDED_PEERS: dict[str, dict[str, Any]] = {"pgqueuer": {"batch_size": 10}}
@@ -54,6 +54,8 @@ class Sizes:
     features_n: int  # burn-down with each optional feature on (webhooks, logs, encryption)
     embedded_n: int  # burn-down with the worker in this process
     limits_n: int  # burn-down of jobs limited to one running per key (1,000 keys)
+    workflow_n: int  # fan-out width of the fan-in burn-down; steps of the inserted workflow
+    chain_n: int  # steps of the chain (one after another)
 
 
 FULL = Sizes(
@@ -63,6 +65,7 @@ FULL = Sizes(
     sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
     memory_n=100_000, memory_rounds=5,
     peer_process_n=20_000, features_n=100_000, embedded_n=20_000, limits_n=100_000,
+    workflow_n=10_000, chain_n=1_000,
 )
 QUICK = Sizes(
     runs=1, enqueue_n=1_000, bulk_n=20_000, bulk_chunks=(1_000,),
@@ -71,6 +74,7 @@ QUICK = Sizes(
     sqlite_enqueue_n=500, sqlite_bulk_n=10_000, sqlite_process_ns=(5_000,),
     memory_n=20_000, memory_rounds=2,
     peer_process_n=5_000, features_n=5_000, embedded_n=2_000, limits_n=10_000,
+    workflow_n=1_000, chain_n=100,
 )
 
 
@@ -192,4 +196,26 @@ def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
         systems = ["soniq", *(p for p in peers if p in EMBEDDED_PEERS)]
         plan += _steps("embedded", systems, [{"n": s.embedded_n, "c": EMBEDDED_CONCURRENCY}], runs,
                        _embedded)
+    if "workflows" in groups:
+        plan += _workflows(s, runs)
+    return plan
+
+
+def _workflows(s: Sizes, runs: int) -> list[Step]:
+    """Run by run, each shape beside the one it is divided by: the burn-downs (independent,
+    then with the fan-in), the chain, the inserts (enqueue_many, then the workflows)."""
+    burn = [{"shape": shape, "n": s.workflow_n, "c": 100} for shape in workflows.BURN_SHAPES]
+    inserts = [{"shape": shape, "n": s.workflow_n} for shape in workflows.INSERT_SHAPES]
+    plan: list[Step] = []
+    for run in range(runs):
+        plan += [Step("workflows", "soniq", tuple(v.items()), run, runs,
+                      lambda target, profile, v=v: workflows.burn_down(
+                          target, shape=v["shape"], n=v["n"], concurrency=v["c"],
+                          profile_to=profile), profiled=True) for v in burn]
+        chain = {"shape": "chain", "n": s.chain_n, "c": 10}
+        plan.append(Step("workflows", "soniq", tuple(chain.items()), run, runs,
+                         lambda target, _p: workflows.chain(target, n=s.chain_n, concurrency=10)))
+        plan += [Step("workflows", "soniq", tuple(v.items()), run, runs,
+                      lambda target, _p, v=v: workflows.insert(target, shape=v["shape"], n=v["n"]))
+                 for v in inserts]
     return plan

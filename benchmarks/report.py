@@ -290,6 +290,9 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
             f"**{rate(g.m('jobs_per_s'))}**{_cpu(g)}"
             f"{_of_floor(g, nearest(ix.all('process', 'asyncpg'), g.params['n']), 'the claim+finish floor')}"
             f"{beside}")
+    from benchmarks.report_workflows import workflow_rows  # it imports this module's helpers
+    for args in workflow_rows(ix):
+        row(*args)
     return rows
 
 
