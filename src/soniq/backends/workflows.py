@@ -64,3 +64,8 @@ class WorkflowStore(Protocol):
         """Up to ``limit`` workflows newest first (by id, which is time-ordered), only those
         with ``id < before`` when given (the cursor: the last id of the previous page)."""
         ...
+
+    async def prune(self) -> int:
+        """Delete the workflow rows that have no step left (their steps were pruned with
+        ``result_ttl``, or deleted), oldest first, in batches; how many."""
+        ...

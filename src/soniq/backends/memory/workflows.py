@@ -51,6 +51,13 @@ class MemoryWorkflowStore:
                            created_at=row["created_at"], started_at=row["started_at"],
                            finished_at=row["finished_at"]) for row in found]
 
+    async def prune(self) -> int:
+        alive = {row["workflow_id"] for row in self._rows.values()}
+        empty = [w for w in self._workflows if w not in alive]
+        for workflow_id in empty:
+            del self._workflows[workflow_id]
+        return len(empty)
+
     async def list(self, *, before: str | None, limit: int) -> builtins.list[StoredWorkflow]:
         ids = sorted((w for w in self._workflows if before is None or w < before),
                      reverse=True)[:limit]

@@ -40,6 +40,14 @@ SELECT j.id, j.step_name, j.job_name, j.status, j.created_at, j.started_at, j.fi
 FROM soniq_jobs AS j WHERE j.workflow_id = ? ORDER BY j.id
 """
 
+#: batch: the oldest workflow rows without a step left.
+_PRUNE = """
+DELETE FROM soniq_workflows WHERE id IN (
+    SELECT w.id FROM soniq_workflows AS w
+    WHERE NOT EXISTS (SELECT 1 FROM soniq_jobs AS j WHERE j.workflow_id = w.id)
+    ORDER BY w.id LIMIT ?)
+RETURNING id
+"""
 
 def _at(text: str | None) -> Any:
     return None if text is None else sql.from_db(text)
@@ -71,6 +79,9 @@ class SqliteWorkflowStore:
                            depends_on=tuple(json.loads(deps)), created_at=sql.from_db(created),
                            started_at=_at(started), finished_at=_at(finished))
                 for job_id, step, name, status, created, started, finished, deps in rows]
+
+    async def prune(self) -> int:
+        return await self._db.run(self._db.prune, _PRUNE)
 
     async def list(self, *, before: str | None, limit: int) -> builtins.list[StoredWorkflow]:
         rows = await self._db.run(self._db.read, _LIST, (before, limit))
