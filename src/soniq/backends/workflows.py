@@ -56,8 +56,10 @@ class WorkflowStore(Protocol):
         """The workflow with its counts; None when there is none (or the id is malformed)."""
         ...
 
-    async def steps(self, workflow_id: str) -> builtins.list[StoredStep]:
-        """Its stored steps in id (enqueue) order; [] when there are none."""
+    async def steps(self, workflow_id: str, *,
+                    limit: int | None = None) -> builtins.list[StoredStep]:
+        """Its stored steps in id (enqueue) order, the first ``limit`` when given; [] when
+        there are none."""
         ...
 
     async def list(self, *, before: str | None, limit: int) -> builtins.list[StoredWorkflow]:

@@ -254,16 +254,25 @@ class Workflows:
         await self._ready()
         return store
 
-    async def get(self, workflow_id: str) -> WorkflowInfo | None:
-        """The workflow (or batch) with its status and steps; None when there is none."""
+    async def get(self, workflow_id: str, *,
+                  max_steps: int | None = None) -> WorkflowInfo | None:
+        """The workflow (or batch) with its status and steps (only the first ``max_steps``,
+        in enqueue order, when given: ``counts`` still counts them all); None when there is
+        none."""
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(
+                max_steps, int) or max_steps < 0):
+            raise ValidationError(f"max_steps must be a non-negative integer, got {max_steps!r}")
         store = await self._store()
         found = await store.get(workflow_id)
-        return None if found is None else _info(found, await store.steps(workflow_id))
+        if found is None:
+            return None
+        return _info(found, await store.steps(workflow_id, limit=max_steps))
 
-    async def list(self, status: WorkflowStatus | None = None,
-                   limit: int = 100) -> builtins.list[WorkflowInfo]:
+    async def list(self, status: WorkflowStatus | None = None, limit: int = 100, *,
+                   before: str | None = None) -> builtins.list[WorkflowInfo]:
         """Workflows and batches newest first (``steps`` left empty), only those with
-        ``status`` when given (the rest are read past, a page at a time)."""
+        ``status`` when given (the rest are read past, a page at a time); only those older
+        than the workflow ``before`` when given (the cursor: the last id of a page)."""
         if status is not None and status not in WORKFLOW_STATUSES:
             raise ValidationError(f"status must be one of {', '.join(WORKFLOW_STATUSES)}, "
                                   f"got {status!r}")
@@ -273,7 +282,6 @@ class Workflows:
         store = await self._store()
         found: builtins.list[WorkflowInfo] = []
         page_size = limit if status is None else max(limit, 100)
-        before = None
         while len(found) < limit:
             page = await store.list(before=before, limit=page_size)
             found += [info for info in (_info(w, ()) for w in page)

@@ -42,9 +42,10 @@ class MemoryWorkflowStore:
         return self._stored(workflow_id, Counter(
             row["status"] for row in self._rows.values() if row["workflow_id"] == workflow_id))
 
-    async def steps(self, workflow_id: str) -> builtins.list[StoredStep]:
+    async def steps(self, workflow_id: str, *,
+                    limit: int | None = None) -> builtins.list[StoredStep]:
         found = sorted((row for row in self._rows.values() if row["workflow_id"] == workflow_id),
-                       key=lambda row: str(row["id"]))
+                       key=lambda row: str(row["id"]))[:limit]
         return [StoredStep(id=row["id"], step_name=row["step_name"], job_name=row["job_name"],
                            status=row["status"],
                            depends_on=tuple(sorted(self._dependencies_of(row["id"]))),

@@ -45,12 +45,12 @@ FROM {n.workflows} AS w
         #: $1 before (NULL: from the newest), $2 limit.
         self.list = select + ("WHERE $1::uuid IS NULL OR w.id < $1::uuid "
                               "ORDER BY w.id DESC LIMIT $2")
-        #: $1 id: the steps, each with its dependencies.
+        #: $1 id, $2 limit (NULL: all): the steps, each with its dependencies.
         self.steps = f"""
 SELECT j.id::text, j.step_name, j.job_name, j.status, j.created_at, j.started_at, j.finished_at,
        ARRAY(SELECT d.dependency::text FROM {n.dependencies} AS d WHERE d.dependent = j.id
              ORDER BY d.dependency) AS depends_on
-FROM {n.jobs} AS j WHERE j.workflow_id = $1::uuid ORDER BY j.id
+FROM {n.jobs} AS j WHERE j.workflow_id = $1::uuid ORDER BY j.id LIMIT $2::integer
 """
 
 
@@ -115,12 +115,13 @@ class PostgresWorkflowStore:
             row = await call(pool.fetchrow, self._sql.get, workflow_id)
         return None if row is None else _workflow(row)
 
-    async def steps(self, workflow_id: str) -> builtins.list[StoredStep]:
+    async def steps(self, workflow_id: str, *,
+                    limit: int | None = None) -> builtins.list[StoredStep]:
         if not is_uuid(workflow_id):
             return []
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, self._sql.steps, workflow_id)
+            rows = await call(pool.fetch, self._sql.steps, workflow_id, limit)
         return [StoredStep(id=row["id"], step_name=row["step_name"], job_name=row["job_name"],
                            status=row["status"], depends_on=tuple(row["depends_on"]),
                            created_at=row["created_at"], started_at=row["started_at"],
