@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIRE_RETENTION", "DeadLetterStore", "ScheduleDefinition", "ScheduleRecord", "ScheduleStore",
-    "WebhookDelivery", "WebhookEndpoint", "WebhookEvent", "WebhookStore", "fan_out",
+    "WebhookDelivery", "WebhookEndpoint", "WebhookEvent", "WebhookMessage", "WebhookStore",
+    "fan_out",
     "webhook_payload",
     "JobLogRecord", "LogStore",
     "DashboardStore", "JobSearch", "QueueCounts", "StatsBucket", "StorageHealth",
@@ -259,17 +260,32 @@ class WebhookEvent(NamedTuple):
     at: datetime
 
 
-def webhook_payload(e: WebhookEvent) -> str:
+class WebhookMessage(NamedTuple):
+    """An event about something other than one job (``workflow.done``, ...) on its way to the
+    outbox (what :meth:`WebhookStore.add_messages` takes): its name, the ``data`` of its
+    payload (a JSON object) and when it happened."""
+
+    event: str
+    data: dict[str, Any]
+    at: datetime
+
+
+def webhook_payload(e: WebhookEvent | WebhookMessage) -> str:
     """The request body of ``e``: compact JSON, non-ASCII kept as is, the time as UTC with
-    microseconds. PostgreSQL builds the same text in SQL (``postgres/webhooks.py``)."""
-    data = {"job_id": e.job_id, "job_name": e.job_name, "queue": e.queue, "attempt": e.attempt}
-    if e.error is not None:
-        data["error"] = e.error
+    microseconds. PostgreSQL builds the same text for job events in SQL
+    (``postgres/webhooks.py``)."""
+    if isinstance(e, WebhookMessage):
+        data = e.data
+    else:
+        data = {"job_id": e.job_id, "job_name": e.job_name, "queue": e.queue,
+                "attempt": e.attempt}
+        if e.error is not None:
+            data["error"] = e.error
     return json.dumps({"type": e.event, "timestamp": f"{e.at:%Y-%m-%dT%H:%M:%S.%f}+00:00",
                        "data": data}, separators=(",", ":"), ensure_ascii=False)
 
 
-def fan_out(events: Sequence[WebhookEvent],
+def fan_out(events: Sequence[WebhookEvent | WebhookMessage],
             endpoints: Iterable[WebhookEndpoint]) -> builtins.list[WebhookDelivery]:
     """One pending delivery per event per active endpoint subscribed to it (the stores that
     cannot do this in SQL)."""
@@ -324,6 +340,12 @@ class WebhookStore(Protocol):
         endpoints are stored now; how many. The payload is :func:`webhook_payload`. PostgreSQL
         records the events in its event log instead and writes those deliveries when
         deliveries are claimed or listed."""
+        ...
+
+    async def add_messages(self, messages: Sequence[WebhookMessage]) -> int:
+        """Write one pending delivery per message per active endpoint subscribed to it, as the
+        endpoints are stored now, its payload :func:`webhook_payload`; how many (every
+        backend writes these rows directly: they are rare)."""
         ...
 
     async def claim(self, now: datetime, *, lease_until: datetime,

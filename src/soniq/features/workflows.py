@@ -27,9 +27,11 @@ from graphlib import CycleError, TopologicalSorter
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.base import STATUSES
+from soniq.backends.stores import WebhookMessage
 from soniq.errors import JobArgumentsError, UnsupportedOperationError, ValidationError
 from soniq.registry import validate_name
 from soniq.runtime import cancel_job
+from soniq.serialization import utc_now
 from soniq.types import BATCH_ITEM, DEPENDENCY_FAILURES, JobStatus, WorkflowInfo, WorkflowStep
 
 if TYPE_CHECKING:
@@ -41,12 +43,15 @@ if TYPE_CHECKING:
     from soniq.runtime import EventDispatcher
     from soniq.types import CancelOutcome, DependencyFailure, NewJob, WorkflowStatus
 
-__all__ = ["CALLBACK_STEP", "WORKFLOW_STATUSES", "Step", "Workflow", "WorkflowBuilder",
-           "Workflows", "batch_jobs", "workflow_jobs", "workflow_name", "workflow_status"]
+__all__ = ["CALLBACK_STEP", "WORKFLOW_EVENTS", "WORKFLOW_STATUSES", "Step", "Workflow",
+           "WorkflowBuilder", "Workflows", "batch_jobs", "workflow_event", "workflow_jobs",
+           "workflow_name", "workflow_status"]
 
 #: The step name of a batch's callback.
 CALLBACK_STEP = "on_complete"
 WORKFLOW_STATUSES: tuple[WorkflowStatus, ...] = ("running", "done", "failed", "cancelled")
+#: The webhook events of workflows: one per final status.
+WORKFLOW_EVENTS = ("workflow.done", "workflow.failed", "workflow.cancelled")
 _UNFINISHED = frozenset({JobStatus.WAITING, JobStatus.QUEUED, JobStatus.PROCESSING})
 _MAX_NAME = 200
 _MAX_LIMIT = 1000
@@ -232,6 +237,18 @@ def _info(found: StoredWorkflow, steps: Sequence[StoredStep]) -> WorkflowInfo:
                             finished_at=step.finished_at) for step in steps])
 
 
+def workflow_event(found: StoredWorkflow) -> WebhookMessage | None:
+    """The webhook event of ``found`` when its status is final (``workflow.done``,
+    ``workflow.failed``, ``workflow.cancelled``), with the payload ``{workflow_id, name, kind,
+    status, counts}``; None while it is running."""
+    info = _info(found, ())
+    if info["status"] == "running":
+        return None
+    return WebhookMessage(f"workflow.{info['status']}", {
+        "workflow_id": info["id"], "name": info["name"], "kind": info["kind"],
+        "status": info["status"], "counts": info["counts"]}, utc_now())
+
+
 class Workflows:
     """``app.workflows``: read and cancel workflows and batches. Touching it opens nothing;
     each call initialises the app first."""
@@ -311,4 +328,16 @@ class Workflows:
             outcome = await cancel_job(self._backend, self._events, job_id)
             if outcome is not None:
                 outcomes[step["name"] or job_id] = outcome
+        if outcomes:
+            await self._announce(workflow_id)
         return outcomes
+
+    async def _announce(self, workflow_id: str) -> None:
+        """The workflow's webhook event when this cancel made it final (no worker may be
+        running here to report it; a step still running reports when its worker stops it)."""
+        webhooks = self._backend.webhooks
+        store = self._backend.workflows
+        found = None if webhooks is None or store is None else await store.get(workflow_id)
+        event = None if found is None else workflow_event(found)
+        if webhooks is not None and event is not None:
+            await webhooks.add_messages([event])
