@@ -261,9 +261,8 @@ class WebhookEvent(NamedTuple):
 
 
 class WebhookMessage(NamedTuple):
-    """An event about something other than one job (``workflow.done``, ...) on its way to the
-    outbox (what :meth:`WebhookStore.add_messages` takes): its name, the ``data`` of its
-    payload (a JSON object) and when it happened."""
+    """An event not about one job (``workflow.done``, ...) for :meth:`WebhookStore.add_messages`:
+    its name, its payload's ``data`` (a JSON object) and when it happened."""
 
     event: str
     data: dict[str, Any]
@@ -274,13 +273,10 @@ def webhook_payload(e: WebhookEvent | WebhookMessage) -> str:
     """The request body of ``e``: compact JSON, non-ASCII kept as is, the time as UTC with
     microseconds. PostgreSQL builds the same text for job events in SQL
     (``postgres/webhooks.py``)."""
-    if isinstance(e, WebhookMessage):
-        data = e.data
-    else:
-        data = {"job_id": e.job_id, "job_name": e.job_name, "queue": e.queue,
-                "attempt": e.attempt}
-        if e.error is not None:
-            data["error"] = e.error
+    data = e.data if isinstance(e, WebhookMessage) else {
+        "job_id": e.job_id, "job_name": e.job_name, "queue": e.queue, "attempt": e.attempt}
+    if isinstance(e, WebhookEvent) and e.error is not None:
+        data["error"] = e.error
     return json.dumps({"type": e.event, "timestamp": f"{e.at:%Y-%m-%dT%H:%M:%S.%f}+00:00",
                        "data": data}, separators=(",", ":"), ensure_ascii=False)
 
@@ -343,9 +339,8 @@ class WebhookStore(Protocol):
         ...
 
     async def add_messages(self, messages: Sequence[WebhookMessage]) -> int:
-        """Write one pending delivery per message per active endpoint subscribed to it, as the
-        endpoints are stored now, its payload :func:`webhook_payload`; how many (every
-        backend writes these rows directly: they are rare)."""
+        """As :meth:`add_events` for messages, but every backend writes the deliveries
+        directly (they are rare); how many."""
         ...
 
     async def claim(self, now: datetime, *, lease_until: datetime,
