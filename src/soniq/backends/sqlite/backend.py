@@ -66,8 +66,6 @@ __all__ = ["SqliteBackend"]
 
 # Bind parameters per dedup-key lookup: far below SQLite's limit of 32766 per statement.
 _LOOKUP_CHUNK = 500
-# Rows deleted per prune statement: short write locks, so claims slip in between batches.
-_PRUNE_BATCH = 1000
 
 
 class SqliteBackend:
@@ -373,14 +371,7 @@ class SqliteBackend:
         return pruned
 
     async def _prune(self, statement: str, *params: str) -> int:
-        """Run ``statement`` (a ``DELETE ... RETURNING`` taking ``params``, then the batch size)
-        until a batch comes back short; each batch is its own short write."""
-        total = 0
-        while True:
-            deleted = len(await self._db.write(statement, (*params, _PRUNE_BATCH)))
-            total += deleted
-            if deleted < _PRUNE_BATCH:
-                return total
+        return await self._db.prune(statement, *params)
 
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:
