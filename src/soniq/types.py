@@ -289,6 +289,8 @@ class ClaimedJob(NamedTuple):
     concurrency_key: str | None = None
     #: It was enqueued with dependencies (``ctx.dependency_results`` is read at its start).
     has_dependencies: bool = False
+    #: The workflow or batch it is a step of (None: it is not a step).
+    workflow_id: str | None = None
 
 
 class JobOutcome(NamedTuple):
@@ -315,6 +317,9 @@ class JobOutcome(NamedTuple):
     #: ``RateLimited``: hold the job's rate bucket (job name and stored ``rate_key``, ``''``
     #: without one) until then, for every worker (written only when the outcome is accepted).
     rate_hold: datetime | None = None
+    #: Never written: on a final outcome of a workflow's step, the workflow, so the worker can
+    #: report the step's end once the outcome is stored (``EventDispatcher.steps_ended``).
+    workflow_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

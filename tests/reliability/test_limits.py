@@ -81,8 +81,7 @@ async def test_ordered_jobs_run_in_enqueue_order_through_retries_and_a_killed_wo
 def most_in_any_window(times: list[float], rate: float, burst: int, slack: float) -> int:
     """How far the starts at ``times`` (seconds, sorted) go past the token bucket's bound: over
     every interval [t_i, t_j], starts <= rate * (t_j - t_i + slack) + burst. ``slack`` covers
-    the time between a claim and the start its job records. Returns the worst excess (<= 0:
-    within the bound)."""
+    clock rounding. Returns the worst excess (<= 0: within the bound)."""
     worst = -burst
     for i, first in enumerate(times):
         for j in range(i, len(times)):
@@ -99,13 +98,16 @@ async def test_three_workers_share_one_rate_limit(app: Soniq, pool: Workers,
     ids = await app.enqueue_many("rated_nap", args)
     key_of = {job_id: a["key"] for job_id, a in zip(ids, args, strict=True)}
     procs = [pool.start("--concurrency", "8") for _ in range(3)]
-    await assert_nothing_lost(app, ledger, ids, timeout=90)
+    records = await assert_nothing_lost(app, ledger, ids, timeout=90)
     await pool.stop(*procs)
     starts = await ledger.entries("start")
     assert len({entry.pid for entry in starts}) > 1  # shared by the workers, not one's
     for key in ("a", "b"):
-        times = sorted(e.at.timestamp() for e in starts if key_of[e.job_id] == key)
-        assert most_in_any_window(times, 20, 20, slack=0.05) <= 0, (key, times)
+        # The bucket governs claims: each job's started_at is its claim's time (a claimed job
+        # may wait a moment in its worker's look-ahead before the ledger sees it start).
+        times = sorted(r["started_at"].timestamp() for job_id, r in records.items()
+                       if key_of[job_id] == key)
+        assert most_in_any_window(times, 20, 20, slack=0.01) <= 0, (key, times)
         # 80 starts: 20 at once, then 60 at 20/s -- about 3 s; far longer means starved.
         assert 2.5 <= times[-1] - times[0] <= 10, times[-1] - times[0]
 

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIRE_RETENTION", "DeadLetterStore", "ScheduleDefinition", "ScheduleRecord", "ScheduleStore",
-    "WebhookDelivery", "WebhookEndpoint", "WebhookEvent", "WebhookStore", "fan_out",
+    "WebhookDelivery", "WebhookEndpoint", "WebhookEvent", "WebhookMessage", "WebhookStore",
+    "fan_out",
     "webhook_payload",
     "JobLogRecord", "LogStore",
     "DashboardStore", "JobSearch", "QueueCounts", "StatsBucket", "StorageHealth",
@@ -259,17 +260,28 @@ class WebhookEvent(NamedTuple):
     at: datetime
 
 
-def webhook_payload(e: WebhookEvent) -> str:
+class WebhookMessage(NamedTuple):
+    """An event not about one job (``workflow.done``, ...) for :meth:`WebhookStore.add_messages`:
+    its name, its payload's ``data`` (a JSON object) and when it happened."""
+
+    event: str
+    data: dict[str, Any]
+    at: datetime
+
+
+def webhook_payload(e: WebhookEvent | WebhookMessage) -> str:
     """The request body of ``e``: compact JSON, non-ASCII kept as is, the time as UTC with
-    microseconds. PostgreSQL builds the same text in SQL (``postgres/webhooks.py``)."""
-    data = {"job_id": e.job_id, "job_name": e.job_name, "queue": e.queue, "attempt": e.attempt}
-    if e.error is not None:
+    microseconds. PostgreSQL builds the same text for job events in SQL
+    (``postgres/webhooks.py``)."""
+    data = e.data if isinstance(e, WebhookMessage) else {
+        "job_id": e.job_id, "job_name": e.job_name, "queue": e.queue, "attempt": e.attempt}
+    if isinstance(e, WebhookEvent) and e.error is not None:
         data["error"] = e.error
     return json.dumps({"type": e.event, "timestamp": f"{e.at:%Y-%m-%dT%H:%M:%S.%f}+00:00",
                        "data": data}, separators=(",", ":"), ensure_ascii=False)
 
 
-def fan_out(events: Sequence[WebhookEvent],
+def fan_out(events: Sequence[WebhookEvent | WebhookMessage],
             endpoints: Iterable[WebhookEndpoint]) -> builtins.list[WebhookDelivery]:
     """One pending delivery per event per active endpoint subscribed to it (the stores that
     cannot do this in SQL)."""
@@ -324,6 +336,11 @@ class WebhookStore(Protocol):
         endpoints are stored now; how many. The payload is :func:`webhook_payload`. PostgreSQL
         records the events in its event log instead and writes those deliveries when
         deliveries are claimed or listed."""
+        ...
+
+    async def add_messages(self, messages: Sequence[WebhookMessage]) -> int:
+        """As :meth:`add_events` for messages, but every backend writes the deliveries
+        directly (they are rare); how many."""
         ...
 
     async def claim(self, now: datetime, *, lease_until: datetime,

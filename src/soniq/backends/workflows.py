@@ -56,11 +56,18 @@ class WorkflowStore(Protocol):
         """The workflow with its counts; None when there is none (or the id is malformed)."""
         ...
 
-    async def steps(self, workflow_id: str) -> builtins.list[StoredStep]:
-        """Its stored steps in id (enqueue) order; [] when there are none."""
+    async def steps(self, workflow_id: str, *,
+                    limit: int | None = None) -> builtins.list[StoredStep]:
+        """Its stored steps in id (enqueue) order, the first ``limit`` when given; [] when
+        there are none."""
         ...
 
     async def list(self, *, before: str | None, limit: int) -> builtins.list[StoredWorkflow]:
         """Up to ``limit`` workflows newest first (by id, which is time-ordered), only those
         with ``id < before`` when given (the cursor: the last id of the previous page)."""
+        ...
+
+    async def prune(self) -> int:
+        """Delete the workflow rows that have no step left (their steps were pruned with
+        ``result_ttl``, or deleted), oldest first, in batches; how many."""
         ...

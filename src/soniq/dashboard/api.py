@@ -146,6 +146,20 @@ async def webhooks(dash: Dash, endpoint: FromQuery[str | None] = None, status: F
     return await dash.webhooks(endpoint=endpoint, status=status, limit=limit)
 
 
+@get("/workflows", summary="Workflows and batches newest first, with their status and step "
+     "counts; cursor pagination with before=<next_cursor>")
+async def list_workflows(dash: Dash, status: FromQuery[str | None] = None,
+                         before: FromQuery[str | None] = None,
+                         limit: FromQuery[int | None] = None) -> dict[str, Any]:
+    return await dash.workflows(status=status, before=before, limit=limit)
+
+
+@get("/workflows/{workflow_id:str}", summary="One workflow or batch with its status, counts "
+     "and steps (the first 500, in enqueue order: see 'truncated')")
+async def workflow_detail(dash: Dash, workflow_id: FromPath[str]) -> dict[str, Any]:
+    return await dash.workflow(workflow_id)
+
+
 @get("/health", summary="Schema version, table size, LISTEN status")
 async def health(dash: Dash) -> dict[str, Any]:
     return await dash.health()
@@ -256,6 +270,19 @@ async def replay_matching(request: Request[Any, Any, Any], dash: Dash,
     return {"replayed": count}
 
 
+@post("/workflows/{workflow_id:str}/cancel", status_code=200, opt={"action": "workflow.cancel"},
+      guards=[write_guard], summary="Cancel every unfinished step of a workflow or batch "
+      "(running steps get a cancel request); the outcome per step name")
+async def cancel_workflow(request: Request[Any, Any, Any], dash: Dash,
+                          workflow_id: FromPath[str]) -> dict[str, Any]:
+    outcomes = await dash.soniq.workflows.cancel(workflow_id)
+    await _record(request, dash, "workflow.cancel", [workflow_id], bool(outcomes),
+                  detail=None if outcomes is None else f"{len(outcomes)} step(s)")
+    if outcomes is None:
+        raise NotFoundException(f"no workflow with id {workflow_id!r}")
+    return {"id": workflow_id, "steps": outcomes}
+
+
 async def _pause_schedule(request: Request[Any, Any, Any], dash: Dash, name: str,
                           paused: bool) -> dict[str, Any]:
     method = dash.soniq.scheduler.pause if paused else dash.soniq.scheduler.resume
@@ -313,7 +340,7 @@ _PAUSE_ROUTES = [
 
 api_router = Router(path="/api", route_handlers=[
     overview, queues, queue_settings, list_jobs, job_detail, job_args, job_result, dead_letter,
-    workers, job_names, schedules, webhooks, health,
+    workers, job_names, schedules, webhooks, list_workflows, workflow_detail, health,
     audit, events, retry_job, cancel_job, delete_job, replay_one, delete_one, replay_bulk,
-    delete_bulk, replay_matching, run_schedule, *_PAUSE_ROUTES,
+    delete_bulk, replay_matching, run_schedule, cancel_workflow, *_PAUSE_ROUTES,
 ], tags=["soniq"])

@@ -15,12 +15,15 @@ from litestar import Request, Router, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
+from soniq.dashboard.graph import layout
 from soniq.dashboard.service import STATUSES, Dash, JobFilter
+from soniq.features.workflows import WORKFLOW_STATUSES
 
 __all__ = ["page_router", "template_environment"]
 
 NAV = (("overview", "/", "Overview"), ("queues", "/queues", "Queues"),
-       ("jobs", "/jobs", "Jobs"), ("dead_letter", "/dead-letter", "Dead letter"), ("workers", "/workers", "Workers"),
+       ("jobs", "/jobs", "Jobs"), ("dead_letter", "/dead-letter", "Dead letter"), ("workflows", "/workflows", "Workflows"),
+       ("workers", "/workers", "Workers"),
        ("schedules", "/schedules", "Schedules"), ("webhooks", "/webhooks", "Webhooks"),
        ("health", "/health", "Health"))
 
@@ -127,6 +130,23 @@ async def dead_letter_page(request: Request[Any, Any, Any], dash: Dash,
     return _page(request, dash, "dead_letter.html", "dead_letter", data=data)
 
 
+@get("/workflows", name="workflows")
+async def workflows_page(request: Request[Any, Any, Any], dash: Dash,
+                         status: FromQuery[str | None] = None, before: FromQuery[str | None] = None,
+                         limit: FromQuery[int | None] = None) -> Template:
+    data = await dash.workflows(status=status, before=before, limit=limit)
+    return _page(request, dash, "workflows.html", "workflows", data=data,
+                 workflow_statuses=WORKFLOW_STATUSES)
+
+
+@get("/workflows/{workflow_id:str}", name="workflow")
+async def workflow_page(request: Request[Any, Any, Any], dash: Dash,
+                        workflow_id: FromPath[str]) -> Template:
+    data = await dash.workflow(workflow_id)
+    return _page(request, dash, "workflow.html", "workflows", graph=layout(
+        data["workflow"]["steps"]), **data)
+
+
 @get("/workers", name="workers")
 async def workers_page(request: Request[Any, Any, Any], dash: Dash) -> Template:
     return _page(request, dash, "workers.html", "workers", workers=await dash.workers(),
@@ -152,6 +172,7 @@ async def health_page(request: Request[Any, Any, Any], dash: Dash) -> Template:
 
 
 page_router = Router(path="/", route_handlers=[
-    overview_page, queues_page, jobs_page, job_page, dead_letter_page, workers_page, schedules_page,
+    overview_page, queues_page, jobs_page, job_page, dead_letter_page, workflows_page,
+    workflow_page, workers_page, schedules_page,
     webhooks_page, health_page,
 ], include_in_schema=False)

@@ -20,8 +20,10 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 
 from soniq.backends.stores import DashboardStore
+from soniq.dashboard.graph import MAX_DRAWN
 from soniq.errors import UnsupportedOperationError, ValidationError
 from soniq.features.queues import queue_infos
+from soniq.features.workflows import WORKFLOW_STATUSES
 from soniq.ids import is_uuid
 from soniq.registry import validate_name
 from soniq.serialization import utc_now
@@ -245,6 +247,36 @@ class DashboardService:
         if record is None:
             raise NotFoundException(f"no job with id {job_id!r}")
         return record
+
+    # -- workflows ----------------------------------------------------------------------------
+    async def workflows(self, *, status: str | None = None, before: str | None = None,
+                        limit: int | None = None) -> dict[str, Any]:
+        """A page of workflows and batches, newest first, each with its step counts;
+        ``next_cursor`` (the last id) continues with older ones."""
+        status, before = _blank(status), _blank(before)
+        if status is not None and status not in WORKFLOW_STATUSES:
+            raise ValidationError(f"unknown workflow status {status!r}; use one of "
+                                  f"{', '.join(WORKFLOW_STATUSES)}")
+        if before is not None and not is_uuid(before):
+            raise ValidationError(f"before must be a workflow id (the cursor of the next "
+                                  f"page), got {before!r}")
+        size = parse_limit(limit)
+        found = await self.soniq.workflows.list(status=status, limit=size + 1, before=before)
+        rows = [{key: value for key, value in info.items() if key != "steps"}
+                | {"total": sum(info["counts"].values())} for info in found[:size]]
+        return {"workflows": rows,
+                "next_cursor": rows[-1]["id"] if len(found) > size else None,
+                "filters": {"status": status, "before": before, "limit": size}}
+
+    async def workflow(self, workflow_id: str) -> dict[str, Any]:
+        """The workflow with its first :data:`~soniq.dashboard.graph.MAX_DRAWN` steps (all
+        its counts); ``truncated`` when it has more."""
+        info = await self.soniq.workflows.get(workflow_id, max_steps=MAX_DRAWN)
+        if info is None:
+            raise NotFoundException(f"no workflow with id {workflow_id!r}")
+        total = sum(info["counts"].values())
+        return {"workflow": info, "steps_total": total, "steps_shown": len(info["steps"]),
+                "truncated": total > len(info["steps"])}
 
     # -- dead letter --------------------------------------------------------------------------
     async def dead_letter(self, *, queue: str | None, name: str | None, limit: int | None,

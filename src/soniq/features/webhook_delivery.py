@@ -77,6 +77,7 @@ from soniq.features.webhook_security import (
     resolve_target,
     sign,
 )
+from soniq.features.workflows import WORKFLOW_EVENTS, workflow_event
 from soniq.runtime.seams import EventKind
 from soniq.serialization import utc_now
 
@@ -96,7 +97,10 @@ __all__ = ["EVENTS", "LEASE_MARGIN", "RECORD_INTERVAL", "WebhookService", "webho
 logger = logging.getLogger("soniq.webhooks")
 
 EVENTS = ("job.enqueued", "job.started", "job.done", "job.failed", "job.dead_letter",
-          "job.cancelled")
+          "job.cancelled", *WORKFLOW_EVENTS)
+#: Workflows this process announced last, and with which status (so the steps that end a
+#: workflow together in this process announce it once).
+_ANNOUNCED = 10_000
 #: How long a worker holds a delivery beyond resolving (``webhook_timeout``) and sending
 #: (``webhook_timeout``) it.
 LEASE_MARGIN = 30.0
@@ -159,6 +163,9 @@ class WebhookService:
         self._loaded_at: float | None = None
         #: Events dropped because the buffer was full (since this service started).
         self.dropped = 0
+        #: Workflows a step of which ended here since the last announce (``workflow.*``).
+        self._stepped: set[str] = set()
+        self._announced: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<WebhookService endpoints={len(self._endpoints)} buffered={len(self._buffer)}>"
@@ -175,6 +182,14 @@ class WebhookService:
                 kind for kind, name in _NAMES.items() if name in self._wanted])
         else:
             self._events.unsubscribe(self._on_event)
+        if self._wanted & set(WORKFLOW_EVENTS) and self._backend.workflows is not None:
+            self._events.subscribe_steps(self._on_step)
+        else:
+            self._events.unsubscribe_steps(self._on_step)
+
+    def _on_step(self, workflow_id: str) -> None:
+        if len(self._stepped) < self._buffer_size:
+            self._stepped.add(workflow_id)
 
     def _on_event(self, event: JobEvent) -> None:
         # The job's path: no JSON, no per-endpoint work (the store fans out when it writes).
@@ -200,6 +215,34 @@ class WebhookService:
             logger.info("re-encrypted the secrets of %d webhook endpoint(s) with the newest key",
                         resealed)
 
+    async def announce(self) -> int:
+        """Write the event of each workflow a step of which ended here since the last call and
+        that is now final (read after the step's outcome was stored: of the steps that end a
+        workflow concurrently, the last stored sees it final); how many deliveries."""
+        store = self._backend.workflows
+        if not self._stepped or store is None:
+            return 0
+        stepped, self._stepped = self._stepped, set()
+        events = []
+        try:
+            for workflow_id in sorted(stepped):
+                found = await store.get(workflow_id)
+                event = None if found is None else workflow_event(found)
+                if (event is None or event.event not in self._wanted
+                        or self._announced.get(workflow_id) == event.event):
+                    continue
+                self._announced.pop(workflow_id, None)
+                self._announced[workflow_id] = event.event
+                if len(self._announced) > _ANNOUNCED:
+                    del self._announced[next(iter(self._announced))]
+                events.append(event)
+            return await webhook_store(self._backend).add_messages(events) if events else 0
+        except BaseException:
+            self._stepped |= stepped  # announced on the next tick
+            for event in events:
+                self._announced.pop(event.data["workflow_id"], None)
+            raise
+
     async def flush(self) -> int:
         """Write buffered events as pending deliveries; how many deliveries (on PostgreSQL,
         how many the recorded events will become)."""
@@ -223,6 +266,7 @@ class WebhookService:
         if (self._loaded_at is None
                 or time.monotonic() - self._loaded_at >= self._settings.webhook_reload_interval):
             await self.reload()
+        await self.announce()
         return await self.flush()
 
     async def _deliver(self) -> int:
@@ -393,6 +437,7 @@ class WebhookService:
             # Events of the last jobs this worker ran become rows before it goes (bounded).
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
+                    await self.announce()
                     await self.flush()
                 except DatabaseError as exc:
                     logger.warning("webhook service: %d buffered event(s) lost on shutdown: %s",

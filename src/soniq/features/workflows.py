@@ -27,9 +27,11 @@ from graphlib import CycleError, TopologicalSorter
 from typing import TYPE_CHECKING, Any
 
 from soniq.backends.base import STATUSES
+from soniq.backends.stores import WebhookMessage
 from soniq.errors import JobArgumentsError, UnsupportedOperationError, ValidationError
 from soniq.registry import validate_name
 from soniq.runtime import cancel_job
+from soniq.serialization import utc_now
 from soniq.types import BATCH_ITEM, DEPENDENCY_FAILURES, JobStatus, WorkflowInfo, WorkflowStep
 
 if TYPE_CHECKING:
@@ -41,12 +43,15 @@ if TYPE_CHECKING:
     from soniq.runtime import EventDispatcher
     from soniq.types import CancelOutcome, DependencyFailure, NewJob, WorkflowStatus
 
-__all__ = ["CALLBACK_STEP", "WORKFLOW_STATUSES", "Step", "Workflow", "WorkflowBuilder",
-           "Workflows", "batch_jobs", "workflow_jobs", "workflow_name", "workflow_status"]
+__all__ = ["CALLBACK_STEP", "WORKFLOW_EVENTS", "WORKFLOW_STATUSES", "Step", "Workflow",
+           "WorkflowBuilder", "Workflows", "batch_jobs", "workflow_event", "workflow_jobs",
+           "workflow_name", "workflow_status"]
 
 #: The step name of a batch's callback.
 CALLBACK_STEP = "on_complete"
 WORKFLOW_STATUSES: tuple[WorkflowStatus, ...] = ("running", "done", "failed", "cancelled")
+#: The webhook events of workflows: one per final status.
+WORKFLOW_EVENTS = ("workflow.done", "workflow.failed", "workflow.cancelled")
 _UNFINISHED = frozenset({JobStatus.WAITING, JobStatus.QUEUED, JobStatus.PROCESSING})
 _MAX_NAME = 200
 _MAX_LIMIT = 1000
@@ -232,6 +237,18 @@ def _info(found: StoredWorkflow, steps: Sequence[StoredStep]) -> WorkflowInfo:
                             finished_at=step.finished_at) for step in steps])
 
 
+def workflow_event(found: StoredWorkflow) -> WebhookMessage | None:
+    """The webhook event of ``found`` when its status is final (``workflow.done``,
+    ``workflow.failed``, ``workflow.cancelled``), with the payload ``{workflow_id, name, kind,
+    status, counts}``; None while it is running."""
+    info = _info(found, ())
+    if info["status"] == "running":
+        return None
+    return WebhookMessage(f"workflow.{info['status']}", {
+        "workflow_id": info["id"], "name": info["name"], "kind": info["kind"],
+        "status": info["status"], "counts": info["counts"]}, utc_now())
+
+
 class Workflows:
     """``app.workflows``: read and cancel workflows and batches. Touching it opens nothing;
     each call initialises the app first."""
@@ -254,16 +271,25 @@ class Workflows:
         await self._ready()
         return store
 
-    async def get(self, workflow_id: str) -> WorkflowInfo | None:
-        """The workflow (or batch) with its status and steps; None when there is none."""
+    async def get(self, workflow_id: str, *,
+                  max_steps: int | None = None) -> WorkflowInfo | None:
+        """The workflow (or batch) with its status and steps (only the first ``max_steps``,
+        in enqueue order, when given: ``counts`` still counts them all); None when there is
+        none."""
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(
+                max_steps, int) or max_steps < 0):
+            raise ValidationError(f"max_steps must be a non-negative integer, got {max_steps!r}")
         store = await self._store()
         found = await store.get(workflow_id)
-        return None if found is None else _info(found, await store.steps(workflow_id))
+        if found is None:
+            return None
+        return _info(found, await store.steps(workflow_id, limit=max_steps))
 
-    async def list(self, status: WorkflowStatus | None = None,
-                   limit: int = 100) -> builtins.list[WorkflowInfo]:
+    async def list(self, status: WorkflowStatus | None = None, limit: int = 100, *,
+                   before: str | None = None) -> builtins.list[WorkflowInfo]:
         """Workflows and batches newest first (``steps`` left empty), only those with
-        ``status`` when given (the rest are read past, a page at a time)."""
+        ``status`` when given (the rest are read past, a page at a time); only those older
+        than the workflow ``before`` when given (the cursor: the last id of a page)."""
         if status is not None and status not in WORKFLOW_STATUSES:
             raise ValidationError(f"status must be one of {', '.join(WORKFLOW_STATUSES)}, "
                                   f"got {status!r}")
@@ -273,7 +299,6 @@ class Workflows:
         store = await self._store()
         found: builtins.list[WorkflowInfo] = []
         page_size = limit if status is None else max(limit, 100)
-        before = None
         while len(found) < limit:
             page = await store.list(before=before, limit=page_size)
             found += [info for info in (_info(w, ()) for w in page)
@@ -303,4 +328,16 @@ class Workflows:
             outcome = await cancel_job(self._backend, self._events, job_id)
             if outcome is not None:
                 outcomes[step["name"] or job_id] = outcome
+        if outcomes:
+            await self._announce(workflow_id)
         return outcomes
+
+    async def _announce(self, workflow_id: str) -> None:
+        """The workflow's webhook event when this cancel made it final (no worker may be
+        running here to report it; a step still running reports when its worker stops it)."""
+        webhooks = self._backend.webhooks
+        store = self._backend.workflows
+        found = None if webhooks is None or store is None else await store.get(workflow_id)
+        event = None if found is None else workflow_event(found)
+        if webhooks is not None and event is not None:
+            await webhooks.add_messages([event])

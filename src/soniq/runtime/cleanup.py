@@ -2,7 +2,8 @@
 
 Each round, one worker (whichever claims the round in storage) re-queues the jobs of workers silent
 for ``heartbeat_timeout`` — the attempt stays used, so a job that kills its worker every time ends
-in the dead-letter state instead of looping — deletes finished jobs past ``result_ttl``,
+in the dead-letter state instead of looping — deletes finished jobs past ``result_ttl`` and then
+the workflow rows left without a step (``WorkflowStore.prune``),
 reconciles the concurrency slots of the limited jobs it knows (``reconcile_slots``: a raised
 limit, a replayed job, a slot a crash lost), then deletes the flow-control rows that carry no
 information (``prune_control``: idle slot rows, full rate buckets, audit entries past
@@ -85,6 +86,10 @@ class Cleanup:
         pruned = await self._backend.prune_jobs(result_ttl=self._result_ttl)
         if pruned:
             logger.debug("pruned %d finished job(s) past result_ttl", pruned)
+        store = self._backend.workflows
+        emptied = 0 if store is None else await store.prune()
+        if emptied:
+            logger.debug("pruned %d workflow row(s) without steps", emptied)
         limits = self._limits()
         if limits:
             unparked = await self._backend.reconcile_slots(limits)

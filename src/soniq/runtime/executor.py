@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Executor", "current_job"]
 
+#: The outcomes after which a job never runs again (unless replayed).
+_FINAL = frozenset({JobStatus.DONE, JobStatus.DEAD_LETTER, JobStatus.CANCELLED})
+
 logger = logging.getLogger("soniq.worker")
 
 #: The job running in the current task (None outside jobs): logs and events find their job here.
@@ -140,7 +143,7 @@ class Executor:
             del self.running[job.id]
             self._emit("cancelled", job)
             self._put(JobOutcome(job.id, job.lease_id, JobStatus.CANCELLED,
-                                 expires_at=self._expiry()))
+                                 expires_at=self._expiry(), workflow_id=job.workflow_id))
             return
         try:
             outcome = await self._attempt(job, entry)
@@ -162,6 +165,8 @@ class Executor:
             if self.running.get(job.id) is entry:
                 del self.running[job.id]
         self.completed += 1
+        if job.workflow_id is not None and outcome.status in _FINAL:
+            outcome = outcome._replace(workflow_id=job.workflow_id)
         self._put(outcome)
 
     def _emit(self, kind: EventKind, job: ClaimedJob, *, duration: float | None = None,

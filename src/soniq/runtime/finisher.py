@@ -58,6 +58,9 @@ class Finisher:
         #: What to write instead of an outcome the database refused alone for its data (given
         #: the outcome and the reason); None drops it. The worker sets the executor's.
         self.on_unstorable: Callable[[JobOutcome, str], JobOutcome | None] = lambda o, r: None
+        #: Told the workflows of the steps whose final outcome a write stored (the worker sets
+        #: ``EventDispatcher.steps_ended``); called only for batches with such steps.
+        self.on_steps_ended: Callable[[set[str]], None] = lambda workflow_ids: None
 
     def put(self, outcome: JobOutcome) -> None:
         """Queue an outcome (no I/O; safe to call while being cancelled)."""
@@ -105,6 +108,10 @@ class Finisher:
                 return
             accepted = await self._write_instead(batch[0], exc)
         del self._buffer[:count]
+        if any(o.workflow_id is not None for o in batch):
+            stored = set(accepted)
+            self.on_steps_ended({o.workflow_id for o in batch
+                                 if o.workflow_id is not None and o.job_id in stored})
         if len(accepted) < count:
             self._refused(batch, set(accepted))
         if self._unsure:

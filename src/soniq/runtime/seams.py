@@ -77,6 +77,30 @@ class EventDispatcher:
     def __init__(self) -> None:
         self._subscribers: list[tuple[Callable[[JobEvent], None], frozenset[str] | None]] = []
         self._by_kind: dict[str, list[Callable[[JobEvent], None]]] = {}
+        self._step_subscribers: list[Callable[[str], None]] = []
+
+    # -- workflow steps: "a step of this workflow ended, and that is stored" ---------------------
+    def subscribe_steps(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(workflow_id)`` after a final outcome (done, dead-lettered,
+        cancelled) of a step of that workflow is stored, by this process's worker or
+        ``app.workflows.cancel``; it must not block. Several steps may be reported at once."""
+        if callback not in self._step_subscribers:
+            self._step_subscribers.append(callback)
+
+    def unsubscribe_steps(self, callback: Callable[[str], None]) -> None:
+        self._step_subscribers = [c for c in self._step_subscribers if c != callback]
+
+    @property
+    def wants_steps(self) -> bool:
+        return bool(self._step_subscribers)
+
+    def steps_ended(self, workflow_ids: Iterable[str]) -> None:
+        for workflow_id in workflow_ids:
+            for callback in self._step_subscribers:
+                try:
+                    callback(workflow_id)
+                except Exception:
+                    logger.exception("step subscriber %r failed on %s", callback, workflow_id)
 
     def subscribe(self, callback: Callable[[JobEvent], None], *,
                   kinds: Iterable[EventKind] | None = None) -> None:

@@ -88,6 +88,7 @@ class Worker:
             dependencies=backend.dependency_results,
         )
         self.finisher.on_unstorable = self.executor.unstorable
+        self.finisher.on_steps_ended = events.steps_ended
         self.fetcher = Fetcher(
             backend, self.executor, worker_id=self.id, queues=self.queues,
             concurrency=self.concurrency, poll_interval=settings.poll_interval,

@@ -248,6 +248,7 @@ class MemoryBackend:
                 created_at=row["created_at"], lease_id=row["lease_id"],
                 concurrency_key=row["concurrency_key"],
                 has_dependencies=row["waiting_on"] is not None,
+                workflow_id=row["workflow_id"],
             ))
         return claimed
 

@@ -27,6 +27,7 @@ from soniq.backends.stores import (
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
+    WebhookMessage,
     fan_out,
 )
 from soniq.serialization import utc_now
@@ -244,7 +245,10 @@ class MemoryWebhookStore:
         return frozenset()
 
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
-        rows = fan_out(events, self._endpoints.values())
+        return await self.add_messages(events)
+
+    async def add_messages(self, messages: Sequence[WebhookEvent | WebhookMessage]) -> int:
+        rows = fan_out(messages, self._endpoints.values())
         self._deliveries.update((row.id, row) for row in rows)
         return len(rows)
 

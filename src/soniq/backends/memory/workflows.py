@@ -42,14 +42,22 @@ class MemoryWorkflowStore:
         return self._stored(workflow_id, Counter(
             row["status"] for row in self._rows.values() if row["workflow_id"] == workflow_id))
 
-    async def steps(self, workflow_id: str) -> builtins.list[StoredStep]:
+    async def steps(self, workflow_id: str, *,
+                    limit: int | None = None) -> builtins.list[StoredStep]:
         found = sorted((row for row in self._rows.values() if row["workflow_id"] == workflow_id),
-                       key=lambda row: str(row["id"]))
+                       key=lambda row: str(row["id"]))[:limit]
         return [StoredStep(id=row["id"], step_name=row["step_name"], job_name=row["job_name"],
                            status=row["status"],
                            depends_on=tuple(sorted(self._dependencies_of(row["id"]))),
                            created_at=row["created_at"], started_at=row["started_at"],
                            finished_at=row["finished_at"]) for row in found]
+
+    async def prune(self) -> int:
+        alive = {row["workflow_id"] for row in self._rows.values()}
+        empty = [w for w in self._workflows if w not in alive]
+        for workflow_id in empty:
+            del self._workflows[workflow_id]
+        return len(empty)
 
     async def list(self, *, before: str | None, limit: int) -> builtins.list[StoredWorkflow]:
         ids = sorted((w for w in self._workflows if before is None or w < before),

@@ -123,7 +123,8 @@ class PostgresBackend:
                                                 self._maintenance_timeout, self.queue_stats, n)
         self.queues = PostgresQueueStore(self._ready, self._errors, n)
         self.audit = PostgresAuditStore(self._ready, self._errors, n)
-        self.workflows = workflows.PostgresWorkflowStore(self._ready, self._errors, n)
+        self.workflows = workflows.PostgresWorkflowStore(self._ready, self._errors, n,
+                                                         self._maintenance_timeout)
         self._queue_claims = pg_queues.claims(n)
         self._gates = gates.gate_sql(n)
         self._control = maintenance.control_sql(n)

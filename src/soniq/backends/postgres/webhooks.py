@@ -29,7 +29,13 @@ from soniq.backends._bridge import call
 from soniq.backends.postgres import events as log
 from soniq.backends.postgres.maintenance import maintenance, prune_in_batches
 from soniq.backends.postgres.where import where
-from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from soniq.backends.stores import (
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookMessage,
+    webhook_payload,
+)
 
 if TYPE_CHECKING:
     import builtins
@@ -125,6 +131,19 @@ recorded AS (
     JOIN {n.webhook_endpoints} AS e ON e.active AND (e.events IS NULL OR e.events && r.kinds))
 SELECT count(*) FROM given AS g
 JOIN {n.webhook_endpoints} AS e ON e.active AND (e.events IS NULL OR g.event = ANY (e.events))"""
+
+        #: $1 events, $2 payloads, $3 times (parallel arrays): one pending delivery per message
+        #: per active endpoint subscribed to it; how many.
+        self.insert_messages = f"""
+WITH written AS (
+    INSERT INTO {n.webhook_deliveries} (id, endpoint_id, event, payload, status, attempts,
+                                          next_attempt_at, created_at)
+    SELECT gen_random_uuid(), e.id, m.event, m.payload, 'pending', 0, m.at, m.at
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS m(event, payload, at)
+    JOIN {n.webhook_endpoints} AS e
+      ON e.active AND (e.events IS NULL OR m.event = ANY (e.events))
+    RETURNING 1)
+SELECT count(*) FROM written"""
 
         #: $1 event log rows, $2 the event kinds webhooks deliver. Takes the oldest rows of the
         #: backend's event log (:func:`.events.take`) and writes each as one row of the webhooks'
@@ -344,6 +363,16 @@ class PostgresWebhookStore:
             recorded = await call(pool.fetchval, self._sql.insert_events, *map(json.dumps, (
                 kinds, job_ids, names, queues, attempts, errors, [at.timestamp() for at in ats])))
         return recorded or 0
+
+    async def add_messages(self, messages: Sequence[WebhookMessage]) -> int:
+        if not messages:
+            return 0
+        with self._errors:
+            pool = await self._ready()
+            written = await call(pool.fetchval, self._sql.insert_messages,
+                                 [m.event for m in messages],
+                                 [webhook_payload(m) for m in messages], [m.at for m in messages])
+        return int(written or 0)
 
     async def claim(self, now: datetime, *, lease_until: datetime,
                     limit: int) -> builtins.list[WebhookDelivery]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from soniq.backends._bridge import call
 from soniq.backends.postgres import dependencies
+from soniq.backends.postgres.maintenance import PRUNE_BATCH_SIZE, prune_in_batches
 from soniq.backends.stores import StoredStep, StoredWorkflow
 from soniq.ids import is_uuid
 from soniq.serialization import loads
@@ -44,12 +45,24 @@ FROM {n.workflows} AS w
         #: $1 before (NULL: from the newest), $2 limit.
         self.list = select + ("WHERE $1::uuid IS NULL OR w.id < $1::uuid "
                               "ORDER BY w.id DESC LIMIT $2")
-        #: $1 id: the steps, each with its dependencies.
+        #: $1 id, $2 limit (NULL: all): the steps, each with its dependencies.
         self.steps = f"""
 SELECT j.id::text, j.step_name, j.job_name, j.status, j.created_at, j.started_at, j.finished_at,
        ARRAY(SELECT d.dependency::text FROM {n.dependencies} AS d WHERE d.dependent = j.id
              ORDER BY d.dependency) AS depends_on
-FROM {n.jobs} AS j WHERE j.workflow_id = $1::uuid ORDER BY j.id
+FROM {n.jobs} AS j WHERE j.workflow_id = $1::uuid ORDER BY j.id LIMIT $2::integer
+"""
+
+
+        #: $1 batch: the oldest workflow rows without a step left (steps are inserted with
+        #: their workflow row, in its transaction, so none can appear after this reads).
+        self.prune = f"""
+DELETE FROM {n.workflows}
+WHERE id = ANY (ARRAY(
+    SELECT w.id FROM {n.workflows} AS w
+    WHERE NOT EXISTS (SELECT 1 FROM {n.jobs} AS j WHERE j.workflow_id = w.id)
+    ORDER BY w.id LIMIT $1::integer
+    FOR UPDATE SKIP LOCKED))
 """
 
 
@@ -84,11 +97,13 @@ def _workflow(row: Any) -> StoredWorkflow:
 
 class PostgresWorkflowStore:
     """Workflows in PostgreSQL (reached as ``PostgresBackend.workflows``); ``ready`` returns
-    the backend's pool, ``errors`` is its translator, ``names`` says where the tables are."""
+    the backend's pool, ``errors`` is its translator, ``names`` says where the tables are;
+    pruning runs under ``maintenance_timeout``."""
 
     def __init__(self, ready: Callable[[], Awaitable[Any]], errors: Translator,
-                 names: Names) -> None:
+                 names: Names, maintenance_timeout: str) -> None:
         self._ready = ready
+        self._maintenance_timeout = maintenance_timeout
         self._errors = errors
         self._sql = _sql(names)
 
@@ -100,16 +115,23 @@ class PostgresWorkflowStore:
             row = await call(pool.fetchrow, self._sql.get, workflow_id)
         return None if row is None else _workflow(row)
 
-    async def steps(self, workflow_id: str) -> builtins.list[StoredStep]:
+    async def steps(self, workflow_id: str, *,
+                    limit: int | None = None) -> builtins.list[StoredStep]:
         if not is_uuid(workflow_id):
             return []
         with self._errors:
             pool = await self._ready()
-            rows = await call(pool.fetch, self._sql.steps, workflow_id)
+            rows = await call(pool.fetch, self._sql.steps, workflow_id, limit)
         return [StoredStep(id=row["id"], step_name=row["step_name"], job_name=row["job_name"],
                            status=row["status"], depends_on=tuple(row["depends_on"]),
                            created_at=row["created_at"], started_at=row["started_at"],
                            finished_at=row["finished_at"]) for row in rows]
+
+    async def prune(self) -> int:
+        with self._errors:
+            pool = await self._ready()
+            return await call(prune_in_batches, pool, self._maintenance_timeout, self._sql.prune,
+                              batch=PRUNE_BATCH_SIZE)
 
     async def list(self, *, before: str | None, limit: int) -> builtins.list[StoredWorkflow]:
         if before is not None and not is_uuid(before):

@@ -66,8 +66,6 @@ __all__ = ["SqliteBackend"]
 
 # Bind parameters per dedup-key lookup: far below SQLite's limit of 32766 per statement.
 _LOOKUP_CHUNK = 500
-# Rows deleted per prune statement: short write locks, so claims slip in between batches.
-_PRUNE_BATCH = 1000
 
 
 class SqliteBackend:
@@ -228,20 +226,22 @@ class SqliteBackend:
         if limit <= 0 or (queues is not None and not queues):
             return []
         wanted = None if queues is None else list(dict.fromkeys(queues))
-        rows = await self._db.run(self._claim, worker_id, wanted, limit, now or utc_now(),
-                                  limited, rates)
+        rows = await self._db.run(self._claim, worker_id, wanted, limit, now, limited, rates)
         claimed = [_claimed(row) for row in rows]
         # RETURNING comes in no promised order; hand jobs out in claim order.
         claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
         return claimed
 
-    async def _claim(self, worker_id: str, wanted: list[str] | None, limit: int, now: datetime,
-                     limited: frozenset[str], rates: Sequence[RateGate]) -> list[Any]:
+    async def _claim(self, worker_id: str, wanted: list[str] | None, limit: int,
+                     now: datetime | None, limited: frozenset[str],
+                     rates: Sequence[RateGate]) -> list[Any]:
         """Inside one ``BEGIN IMMEDIATE`` (the write lock is taken before anything is read, so
         settings, counts and buckets are never stale): the gated queues' and rate-limited jobs'
-        claims, then the plain claim with the rest."""
-        at = sql.to_db(now)
+        claims, then the plain claim with the rest. The time is read once the lock is held, so
+        claims' times (and the buckets' refills) follow the order the claims really happened."""
         async with self._db.transaction() as conn:
+            now = now or utc_now()
+            at = sql.to_db(now)
             rows = (await gates.claim(conn, worker_id, wanted, limit, now, limited, rates)
                     if limited or rates else [])
             if len(rows) < limit:
@@ -371,14 +371,7 @@ class SqliteBackend:
         return pruned
 
     async def _prune(self, statement: str, *params: str) -> int:
-        """Run ``statement`` (a ``DELETE ... RETURNING`` taking ``params``, then the batch size)
-        until a batch comes back short; each batch is its own short write."""
-        total = 0
-        while True:
-            deleted = len(await self._db.write(statement, (*params, _PRUNE_BATCH)))
-            total += deleted
-            if deleted < _PRUNE_BATCH:
-                return total
+        return await self._db.prune(statement, *params)
 
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:

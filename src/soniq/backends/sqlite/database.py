@@ -39,7 +39,7 @@ from soniq.serialization import utc_now
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-__all__ = ["SqliteDatabase"]
+__all__ = ["PRUNE_BATCH", "SqliteDatabase"]
 
 logger = logging.getLogger("soniq.sqlite")
 # aiosqlite logs every statement with its bind parameters at DEBUG: job arguments and webhook
@@ -48,6 +48,8 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+#: Rows deleted per prune statement: short write locks, so claims slip in between batches.
+PRUNE_BATCH = 1000
 
 
 class SqliteDatabase:
@@ -269,6 +271,16 @@ class SqliteDatabase:
         conn, lock = self._writer_and_lock()
         async with lock:
             return list(await conn.execute_fetchall(statement, params))
+
+    async def prune(self, statement: str, *params: str, batch: int = PRUNE_BATCH) -> int:
+        """Run ``statement`` (a ``DELETE ... RETURNING`` taking ``params``, then the batch size)
+        until a batch comes back short; each batch is its own short write."""
+        total = 0
+        while True:
+            deleted = len(await self.write(statement, (*params, batch)))
+            total += deleted
+            if deleted < batch:
+                return total
 
     async def read(self, statement: str, params: Sequence[Any]) -> list[Any]:
         """One read-only statement; its rows."""

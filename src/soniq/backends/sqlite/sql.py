@@ -153,12 +153,13 @@ _NEW_LEASE = (
 
 CLAIMED_COLUMNS = (
     "id", "job_name", "queue", "priority", "args", "attempts", "max_attempts", "scheduled_at",
-    "created_at", "lease_id", "concurrency_key", "has_dependencies",
+    "created_at", "lease_id", "concurrency_key", "has_dependencies", "workflow_id",
 )
 #: What a claim returns, in ``CLAIMED_COLUMNS`` order; ``waiting_on`` stands for
 #: ``has_dependencies`` (not NULL: it has dependencies). ``waiting_on IS NOT NULL`` itself comes
 #: back true for every row in an UPDATE's RETURNING on SQLite 3.40.
-CLAIMED_SELECT = ", ".join(CLAIMED_COLUMNS[:-1]) + ", waiting_on"
+CLAIMED_SELECT = ", ".join("waiting_on" if column == "has_dependencies" else column
+                           for column in CLAIMED_COLUMNS)
 
 
 def claim_sql(queue_count: int | None) -> str:

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from soniq.backends.sqlite import sql
 from soniq.backends.sqlite.where import where
-from soniq.backends.stores import WebhookDelivery, WebhookEndpoint, WebhookEvent, fan_out
+from soniq.backends.stores import (
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookMessage,
+    fan_out,
+)
 
 if TYPE_CHECKING:
     import builtins
@@ -132,7 +138,10 @@ class SqliteWebhookStore:
     async def add_events(self, events: Sequence[WebhookEvent]) -> int:
         return await self._db.run(self._add, events) if events else 0
 
-    async def _add(self, events: Sequence[WebhookEvent]) -> int:
+    async def add_messages(self, messages: Sequence[WebhookMessage]) -> int:
+        return await self._db.run(self._add, messages) if messages else 0
+
+    async def _add(self, events: Sequence[WebhookEvent | WebhookMessage]) -> int:
         # The endpoints are read inside the write transaction: one unregistered meanwhile gets
         # no rows (and the foreign key would refuse them).
         async with self._db.transaction() as conn:
