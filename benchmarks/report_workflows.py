@@ -38,8 +38,9 @@ def workflow_rows(ix: Any) -> list[Row]:
             measured = (
                 f"{_seconds(g.m('seconds'))} = **{times(ratio)}** the {p['n']:,} independent "
                 f"jobs' {_seconds(base)} ({rate(g.m('jobs_per_s'))} vs "
-                f"{rate(plain.m('jobs_per_s') if plain else None)}); last dependency's finish "
-                f"→ fan-in job's start {ms(g.m('release_to_start_ms'))}; worker used "
+                f"{rate(plain.m('jobs_per_s') if plain else None)}); last dependency's "
+                f"finished_at (its finish statement's start) → fan-in job's started_at "
+                f"{ms(g.m('release_to_start_ms'))}; worker used "
                 f"{g.m('worker_cpu_pct') or 0:.0f}% of a core")
             rows.append((name, g, "≤ 1.3× the same jobs without the fan-in", measured,
                          None if ratio is None else ratio <= FAN_IN_TARGET))
