@@ -70,6 +70,9 @@ def _headline(metrics: dict[str, Any]) -> str:
         return f"p50 {metrics['p50_ms']:.2f} ms, p99 {metrics['p99_ms']:.2f} ms"
     if "processed_per_s" in metrics:
         return f"{metrics['processed_per_s']:,.0f} jobs/s processed"
+    if "rate_set" in metrics:
+        return (f"{metrics['jobs_per_s']:,.0f} starts/s of {metrics['rate_set']:,.0f}/s set "
+                f"({metrics['achieved_pct']:.1f}%)")
     if "growth_pct" in metrics:
         return f"RSS {metrics['rss_start_mib']:.1f} -> {metrics['rss_end_mib']:.1f} MiB"
     return f"{metrics.get('jobs_per_s', 0):,.0f} jobs/s"

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.scenarios import enqueue, latency, mixed, process, workflows
+from benchmarks.scenarios import enqueue, latency, limits, mixed, process, workflows
 from benchmarks.systems import FEATURES, LIMITED, load_system
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ GROUPS = ("enqueue", "bulk", "process", "latency", "mixed", "trio", "sqlite", "m
 #: The ``embedded`` group: worker concurrency, and the peers in it with their worker options.
 EMBEDDED_CONCURRENCY = 10
 EMBEDDED_PEERS: dict[str, dict[str, Any]] = {"pgqueuer": {"batch_size": 10}}
+#: The ``limits`` group's queue rate limit: worker processes (each at c=100) sharing it.
+RATE_WORKERS = 3
 
 Measure = Callable[["Target", "Path | None"], Awaitable[dict[str, Any]]]
 
@@ -54,6 +56,7 @@ class Sizes:
     features_n: int  # burn-down with each optional feature on (webhooks, logs, encryption)
     embedded_n: int  # burn-down with the worker in this process
     limits_n: int  # burn-down of jobs limited to one running per key (1,000 keys)
+    limits_rate_seconds: float  # window of the queue rate limit (3 worker processes)
     workflow_n: int  # fan-out width of the fan-in burn-down; steps of the inserted workflow
     chain_n: int  # steps of the chain (one after another)
 
@@ -65,6 +68,7 @@ FULL = Sizes(
     sqlite_enqueue_n=5_000, sqlite_bulk_n=100_000, sqlite_process_ns=(20_000,),
     memory_n=100_000, memory_rounds=5,
     peer_process_n=20_000, features_n=100_000, embedded_n=20_000, limits_n=100_000,
+    limits_rate_seconds=10.0,
     workflow_n=10_000, chain_n=1_000,
 )
 QUICK = Sizes(
@@ -74,6 +78,7 @@ QUICK = Sizes(
     sqlite_enqueue_n=500, sqlite_bulk_n=10_000, sqlite_process_ns=(5_000,),
     memory_n=20_000, memory_rounds=2,
     peer_process_n=5_000, features_n=5_000, embedded_n=2_000, limits_n=10_000,
+    limits_rate_seconds=3.0,
     workflow_n=1_000, chain_n=100,
 )
 
@@ -137,6 +142,40 @@ def _embedded(system: str, v: dict[str, Any]) -> Measure:
                                                options=EMBEDDED_PEERS.get(system))
 
 
+def _limits(s: Sizes, runs: int) -> list[Step]:
+    """Run by run: the unlimited burn-down, the limited ones (concurrency limit per key; beside a
+    paused, limited queue), then the queue rate limit at half of that run's unlimited jobs/s."""
+    unlimited: dict[int, float] = {}
+    burn = _burn("asyncio", from_claiming=True)
+    variant = {"n": s.limits_n, "c": 100}
+    rated = {"seconds": s.limits_rate_seconds, "workers": RATE_WORKERS, "c": 100}
+
+    def plain(run: int) -> Measure:
+        measure = burn("soniq", variant)
+
+        async def remember(target: Target, profile: Path | None) -> dict[str, Any]:
+            unlimited.pop(run, None)
+            metrics = await measure(target, profile)
+            unlimited[run] = metrics["jobs_per_s"]
+            return metrics
+        return remember
+
+    def rate(run: int) -> Measure:
+        return lambda target, _p: limits.queue_rate(
+            "soniq+queue-rate", target, plain_rate=lambda: unlimited.get(run),
+            seconds=rated["seconds"], workers=rated["workers"], concurrency=rated["c"])
+
+    plan: list[Step] = []
+    for run in range(runs):
+        plan.append(Step("limits", "soniq", tuple(variant.items()), run, runs, plain(run),
+                         profiled=True))
+        plan += [Step("limits", system, tuple(variant.items()), run, runs, burn(system, variant),
+                      profiled=True) for system in [*LIMITED, "soniq+held-neighbour"]]
+        plan.append(Step("limits", "soniq+queue-rate", tuple(rated.items()), run, runs,
+                         rate(run)))
+    return plan
+
+
 def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
     """Every step of a run, in order. ``peers``: the peers that are installed and wanted."""
     s, runs = sizes, sizes.runs
@@ -190,8 +229,7 @@ def build_plan(sizes: Sizes, groups: set[str], peers: list[str]) -> list[Step]:
     if "limits" in groups:
         # Unlimited Soniq and the limited variants in the same runs, interleaved (own scenario
         # name: these unlimited runs are this group's baseline).
-        plan += _steps("limits", ["soniq", *LIMITED], [{"n": s.limits_n, "c": 100}], runs,
-                       _burn("asyncio", from_claiming=True), profiled=True)
+        plan += _limits(s, runs)
     if "embedded" in groups:
         systems = ["soniq", *(p for p in peers if p in EMBEDDED_PEERS)]
         plan += _steps("embedded", systems, [{"n": s.embedded_n, "c": EMBEDDED_CONCURRENCY}], runs,

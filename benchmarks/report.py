@@ -28,6 +28,8 @@ TRIO_RATIO_TARGET = 0.50  # of asyncio, process at concurrency 100
 SQLITE_PROCESS_TARGET = 5_000.0  # jobs/s
 MEMORY_GROWTH_TARGET = 10.0  # % over 100 000 jobs
 LIMITS_RATIO_TARGET = 0.70  # limited (1 per key, 1,000 keys) of unlimited, process at c=100
+NEIGHBOUR_RATIO_TARGET = 0.95  # unlimited queue beside a paused, limited backlog, of plain
+RATE_TOLERANCE_PCT = 5.0  # a queue rate limit's achieved start rate, ± % of the set rate
 WEBHOOKS_RATIO_TARGET = 0.90  # of plain Soniq, process at concurrency 100, receiver never answers
 
 
@@ -268,15 +270,28 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
                 f"({rate(base_rate)}){_cpu(g)}{evidence}",
                 (None if ratio is None else ratio >= WEBHOOKS_RATIO_TARGET)
                 if system == "soniq+webhooks" else None)
-    for system, label in _LIMIT_ROWS:
+    for system, label, target, minimum in _LIMIT_ROWS:
         for g in ix.all("limits", system):
             plain = ix.find("limits", n=g.params["n"], c=g.params["c"])
             ratio = _ratio(g.m("jobs_per_s"), plain.m("jobs_per_s") if plain else None)
-            row(f"12 limits, concurrency_limit=1 over 1,000 keys, {label} ({_params(g.params)})",
-                g, "≥ 70% of unlimited",
+            held = "" if g.m("held_queued") is None else (
+                f"; held queue after the step: {g.m('held_queued') or 0:,.0f} queued, "
+                f"{g.m('held_started') or 0:,.0f} ever started")
+            row(f"12 limits, {label} ({_params(g.params)})", g, target,
                 f"{rate(g.m('jobs_per_s'))} = **{_pct(ratio)}** of unlimited "
-                f"({rate(plain.m('jobs_per_s') if plain else None)}){_cpu(g)}",
-                None if ratio is None else ratio >= LIMITS_RATIO_TARGET)
+                f"({rate(plain.m('jobs_per_s') if plain else None)}){_cpu(g)}{held}",
+                None if ratio is None else ratio >= minimum)
+    for g in ix.all("limits", "soniq+queue-rate"):
+        pct = g.m("achieved_pct")
+        row(f"12 limits, queue rate limit at 50% of unlimited, {g.params['workers']} worker "
+            f"processes ({_params(g.params)})", g, "within ±5% of the set rate",
+            f"set {g.m('rate_set') or 0:,.0f}/s (half of {rate(g.m('unlimited_jobs_per_s'))}); "
+            f"achieved {g.m('jobs_per_s') or 0:,.0f} starts/s = **{pct or 0:.1f}%** of it; "
+            f"second half of the window {g.m('second_half_per_s') or 0:,.0f}/s, seconds 2.. "
+            f"{g.m('per_second_min') or 0:,.0f}–{g.m('per_second_max') or 0:,.0f}, first second "
+            f"{g.m('first_second_starts') or 0:,.0f} (burst); {g.m('queued_left') or 0:,.0f} of "
+            f"{g.m('backlog') or 0:,.0f} still queued at the end{_cpu(g)}",
+            None if pct is None else abs(pct - 100.0) <= RATE_TOLERANCE_PCT)
     for g in ix.all("embedded"):
         own = ix.find("process", n=g.params["n"], c=g.params["c"])
         beside = "" if own is None or own.m("jobs_per_s") is None else \
@@ -296,9 +311,15 @@ def _target_rows(ix: _Index) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-#: The ``limits`` rows: system, how the keys were enqueued.
-_LIMIT_ROWS = [("soniq+limit-rr", "keys round-robin"),
-               ("soniq+limit-grouped", "keys grouped (100 in a row)")]
+#: The ``limits`` burn-down rows: system, label, target, least ratio to unlimited.
+_LIMIT_ROWS = [
+    ("soniq+limit-rr", "concurrency_limit=1 over 1,000 keys, keys round-robin",
+     "≥ 70% of unlimited", LIMITS_RATIO_TARGET),
+    ("soniq+limit-grouped", "concurrency_limit=1 over 1,000 keys, keys grouped (100 in a row)",
+     "≥ 70% of unlimited", LIMITS_RATIO_TARGET),
+    ("soniq+held-neighbour", ("unlimited queue beside a paused queue (concurrency limit 5, "
+     "100,000 jobs at priority 0)"), "≥ 95% of unlimited", NEIGHBOUR_RATIO_TARGET),
+]
 _WEBHOOK_EVENTS = ("{count:,.0f} job events recorded for {events:,} (delivery rows + event log; "
                    "a heartbeat records a running job's job.started again, delivered once)")
 #: The ``features`` rows: system, label, target, (count metric, how to show it). Only the

@@ -41,6 +41,9 @@ _SYSTEMS = {
     # Soniq with concurrency_limit=1 per key (the ``limits`` group).
     "soniq+limit-rr": ("benchmarks.systems.soniq_system", "LIMITED_ROUND_ROBIN", "soniq"),
     "soniq+limit-grouped": ("benchmarks.systems.soniq_system", "LIMITED_GROUPED", "soniq"),
+    # Plain Soniq beside a paused, limited queue's backlog; and under a queue rate limit.
+    "soniq+held-neighbour": ("benchmarks.systems.soniq_system", "NEIGHBOUR_HELD", "soniq"),
+    "soniq+queue-rate": ("benchmarks.systems.soniq_system", "QUEUE_RATE", "soniq"),
 }
 PEERS = ("pgqueuer", "procrastinate")
 FEATURES = ("soniq+webhooks", "soniq+logs", "soniq+encrypt")

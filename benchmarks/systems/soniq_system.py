@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
     from benchmarks.databases import Target
 
-__all__ = ["ENCRYPT", "LIMITED_GROUPED", "LIMITED_ROUND_ROBIN", "LIMIT_KEYS", "LOGS", "SYSTEM",
-           "WEBHOOKS", "SoniqSystem", "make_app", "silent_receiver"]
+__all__ = ["ENCRYPT", "HELD_JOBS", "HELD_QUEUE", "LIMITED_GROUPED", "LIMITED_ROUND_ROBIN",
+           "LIMIT_KEYS", "LOGS", "NEIGHBOUR_HELD", "QUEUE_RATE", "SYSTEM", "WEBHOOKS",
+           "SoniqSystem", "make_app", "silent_receiver"]
 
 _PG_PROBE = ProbeSql(
     remaining="SELECT EXISTS (SELECT 1 FROM soniq_jobs WHERE status = 'queued') "
@@ -52,6 +53,26 @@ _SQLITE_PROBE = ProbeSql(
     queued="SELECT count(*) FROM soniq_jobs WHERE status = 'queued'",
 )
 
+#: ``soniq+held-neighbour``: a second queue with a backlog of more urgent jobs (priority 0; the
+#: default is 100, lower runs first), limited to 5 running at once and paused for the whole step.
+HELD_QUEUE = "held"
+HELD_JOBS = 100_000
+HELD_PRIORITY = 0
+HELD_CONCURRENCY = 5
+#: The burn-down's probe of ``soniq+held-neighbour``: the default queue's jobs only.
+_PG_PROBE_UNHELD = ProbeSql(
+    remaining=f"SELECT EXISTS (SELECT 1 FROM soniq_jobs WHERE status = 'queued' "
+              f"AND queue <> '{HELD_QUEUE}') OR EXISTS (SELECT 1 FROM soniq_jobs "
+              f"WHERE status = 'processing' AND queue <> '{HELD_QUEUE}')",
+    last_done=_PG_PROBE.last_done, done=_PG_PROBE.done,
+    queued=f"SELECT count(*) FROM soniq_jobs WHERE status = 'queued' AND queue <> '{HELD_QUEUE}'",
+    done_before=_PG_PROBE.done_before,
+    counts=(("held_queued", (f"SELECT count(*) FROM soniq_jobs WHERE queue = '{HELD_QUEUE}' "
+                             "AND status = 'queued'")),
+            ("held_started", (f"SELECT count(*) FROM soniq_jobs WHERE queue = '{HELD_QUEUE}' "
+                              "AND started_at IS NOT NULL"))),
+)
+
 #: A Fernet key (32 bytes, URL-safe base64) for ``soniq+encrypt``; a benchmark key, not a secret.
 BENCH_SECRET_KEY = base64.urlsafe_b64encode(b"soniq benchmarks: not a secret!!").decode()
 
@@ -63,12 +84,13 @@ LIMIT_KEYS = {"round-robin": lambda i: i % 1_000, "grouped": lambda i: i // 100 
 
 def make_app(url: str, stamps: dict[int, float] | None = None, *,
              settings: Mapping[str, Any] | None = None, encrypt: bool = False,
-             log_line: bool = False, limited: bool = False) -> Soniq:
+             log_line: bool = False, limited: bool = False, held: bool = False) -> Soniq:
     """The benchmark app: ``noop(i)`` and ``stamp(i)``, registered as they would be by a user.
 
     ``settings`` are extra :class:`~soniq.Soniq` keywords; ``encrypt`` registers both jobs with
     ``encrypt=True``; ``log_line`` makes ``noop`` log one INFO line through ``ctx.logger``;
-    ``limited`` registers ``noop(i, k)`` with ``concurrency_limit=1, concurrency_key="k"``.
+    ``limited`` registers ``noop(i, k)`` with ``concurrency_limit=1, concurrency_key="k"``;
+    ``held`` also registers ``urgent(i)`` in queue :data:`HELD_QUEUE` (priority 0).
     """
     app = Soniq(database_url=url, **(settings or {}))
     options: dict[str, Any] = {"encrypt": True} if encrypt else {}
@@ -90,6 +112,11 @@ def make_app(url: str, stamps: dict[int, float] | None = None, *,
     async def stamp(i: int) -> None:
         if stamps is not None:
             stamps[i] = time.time()
+
+    if held:
+        @app.job(name="urgent", queue=HELD_QUEUE, priority=HELD_PRIORITY, **options)
+        async def urgent(i: int) -> None:
+            return None
 
     return app
 
@@ -171,17 +198,23 @@ class SoniqSystem:
     #: ``noop`` has ``concurrency_limit=1`` per key; the keys are taken as :data:`LIMIT_KEYS`
     #: says (the ``limits`` group).
     limit_keys: str | None = None
+    #: Around the step, :data:`HELD_JOBS` jobs wait in queue :data:`HELD_QUEUE`, which has a
+    #: concurrency limit and is paused; the probe watches the other queues only.
+    held_neighbour: bool = False
 
     def version(self) -> str:
         return str(soniq.__version__)
 
     def app(self, url: str, stamps: dict[int, float] | None = None) -> Soniq:
         return make_app(url, stamps, settings=self.settings, encrypt=self.encrypt,
-                        log_line=self.log_line, limited=self.limit_keys is not None)
+                        log_line=self.log_line, limited=self.limit_keys is not None,
+                        held=self.held_neighbour)
 
     def probe_sql(self, target: Target) -> ProbeSql:
         if target.kind != "postgres":
             return _SQLITE_PROBE
+        if self.held_neighbour:
+            return _PG_PROBE_UNHELD
         return replace(_PG_PROBE, counts=self.evidence) if self.evidence else _PG_PROBE
 
     async def install(self, target: Target) -> None:
@@ -194,7 +227,10 @@ class SoniqSystem:
     @asynccontextmanager
     async def surroundings(self, target: Target) -> AsyncIterator[None]:
         """What the step needs around it, after ``install``: the silent webhook receiver (kept
-        until the worker has stopped) and its endpoint, for ``soniq+webhooks``."""
+        until the worker has stopped) and its endpoint, for ``soniq+webhooks``; the held queue's
+        backlog, limit and pause for ``soniq+held-neighbour``."""
+        if self.held_neighbour:
+            await self._hold_neighbour(target)
         if not self.silent_webhook:
             yield
             return
@@ -206,6 +242,17 @@ class SoniqSystem:
             finally:
                 await app.close()
             yield
+
+    async def _hold_neighbour(self, target: Target) -> None:
+        app = self.app(target.url)
+        try:
+            urgent = next(spec.func for spec in app.registry if spec.name == "urgent")
+            for start in range(0, HELD_JOBS, 5_000):
+                await app.enqueue_many(urgent, [{"i": i} for i in range(start, start + 5_000)])
+            await app.queues.set_concurrency_limit(HELD_QUEUE, HELD_CONCURRENCY)
+            await app.queues.pause(HELD_QUEUE, actor="benchmarks")
+        finally:
+            await app.close()
 
     async def open_producer(self, target: Target) -> _Producer:
         app = self.app(target.url)
@@ -241,3 +288,8 @@ ENCRYPT: Any = SoniqSystem(
 #: The ``limits`` group: ``noop`` limited to one running job per key, 1,000 keys.
 LIMITED_ROUND_ROBIN: Any = SoniqSystem(name="soniq+limit-rr", limit_keys="round-robin")
 LIMITED_GROUPED: Any = SoniqSystem(name="soniq+limit-grouped", limit_keys="grouped")
+#: The ``limits`` group's neighbour test: plain ``noop`` burn-down on the default queue beside a
+#: paused, concurrency-limited queue with a backlog of more urgent jobs.
+NEIGHBOUR_HELD: Any = SoniqSystem(name="soniq+held-neighbour", held_neighbour=True)
+#: The ``limits`` group's queue rate limit: plain ``noop``; the scenario sets the rate.
+QUEUE_RATE: Any = SoniqSystem(name="soniq+queue-rate")

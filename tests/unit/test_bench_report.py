@@ -60,3 +60,21 @@ def test_embedded_row_omits_the_floor_when_none_ran() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| 11 embedded"))
     assert "**5,000 jobs/s**" in row
     assert "floor" not in row
+
+
+def test_limits_rows_show_the_neighbour_and_the_queue_rate_against_their_targets() -> None:
+    text = markdown(_META, [
+        _record("limits", {"jobs_per_s": 10_000.0}, n=100_000, c=100),
+        _record("limits", {"jobs_per_s": 9_400.0, "held_queued": 100_000, "held_started": 0},
+                "soniq+held-neighbour", n=100_000, c=100),
+        _record("limits", {"jobs_per_s": 5_300.0, "achieved_pct": 106.0, "rate_set": 5_000.0,
+                           "unlimited_jobs_per_s": 10_000.0}, "soniq+queue-rate",
+                seconds=10.0, workers=3, c=100),
+    ])
+    neighbour = next(line for line in text.splitlines() if "beside a paused queue" in line)
+    assert "**94%** of unlimited" in neighbour
+    assert "100,000 queued, 0 ever started" in neighbour
+    assert neighbour.endswith("❌ missed |")
+    rated = next(line for line in text.splitlines() if "queue rate limit" in line)
+    assert "set 5,000/s (half of 10,000 jobs/s); achieved 5,300 starts/s = **106.0%**" in rated
+    assert rated.endswith("❌ missed |")

@@ -409,13 +409,8 @@ class PostgresBackend:
         with self._errors:
             pool = await self._ready()
             rows = await call(pool.fetch, self._q.list_workers)
-        return [
-            {"id": str(row["id"]), "hostname": row["hostname"], "pid": row["pid"],
-             "queues": row["queues"], "concurrency": row["concurrency"],
-             "started_at": row["started_at"], "last_heartbeat": row["last_heartbeat"],
-             "job_names": list(row["job_names"] or ())}
-            for row in rows
-        ]
+        return [{**dict(row), "id": str(row["id"]), "job_names": list(row["job_names"] or ())}
+                for row in rows]  # the statement selects exactly list_workers' keys
 
     async def rescue_jobs(self, stale_after: float, *, now: datetime | None = None) -> list[str]:
         with self._errors:
