@@ -81,6 +81,7 @@ class WorkflowBuilder:
         self.name = workflow_name(name)
         self._job_name = job_name
         self._steps: dict[str, Step] = {}
+        self._last: dict[str, int] = {}  # per default name, the last number given
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} steps={list(self._steps)}>"
@@ -133,10 +134,13 @@ class WorkflowBuilder:
         return step
 
     def _unique(self, base: str) -> str:
-        name, n = base, 1
+        """``base``, else ``base-2``, ``base-3``, ... -- counting on from the last one given
+        for ``base`` (so 10,000 steps of one job are named in linear time)."""
+        name, n = base, self._last.get(base, 1)
         while name in self._steps:
             n += 1
             name = f"{base}-{n}"
+        self._last[base] = n
         return name
 
     def plan(self) -> builtins.list[Step]:
