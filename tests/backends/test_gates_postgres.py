@@ -18,7 +18,7 @@ from soniq.limits import Rate, RateGate
 from soniq.serialization import dumps
 from soniq.settings import load_settings
 from soniq.types import AuditEntry, JobOutcome, JobStatus, NewJob
-from tests.backends.test_postgres import ALL_MIGRATIONS, migrate_to, schema_of
+from tests.backends.test_postgres import QUEUED_ROW, labels_from, migrate_to, schema_of
 from tests.helpers import on_connection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -151,9 +151,7 @@ async def test_the_rate_limits_migration_upgrades_a_database_in_use(
     async def before(conn: Any) -> None:
         await migrate_to(conn, VERSION - 1)
         for job_id in queued:
-            await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status,"
-                               " args, max_attempts) VALUES ($1::uuid, 'ok', 'default', 100,"
-                               " 'queued', '{}', 3)", job_id)
+            await conn.execute(QUEUED_ROW, job_id)
         for job_id, hold in ((holder, None), (parked, "slot")):
             await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status,"
                                " args, max_attempts, concurrency_key, hold) VALUES ($1::uuid,"
@@ -165,8 +163,7 @@ async def test_the_rate_limits_migration_upgrades_a_database_in_use(
     await on_connection(url, before)
     backend = backend_for(url)
     try:
-        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS
-                                           if m.version >= VERSION]
+        assert await backend.migrate() == labels_from(VERSION)
         worker = new_id()
         claimed = await backend.claim_jobs(worker, None, 10)
         assert sorted(c.id for c in claimed) == sorted([*queued, holder])

@@ -17,7 +17,7 @@ from soniq.ids import new_id
 from soniq.serialization import dumps
 from soniq.settings import load_settings
 from soniq.types import JobOutcome, JobStatus, NewJob
-from tests.backends.test_postgres import ALL_MIGRATIONS, migrate_to, schema_of
+from tests.backends.test_postgres import QUEUED_ROW, RUNNING_ROW, labels_from, migrate_to, schema_of
 from tests.helpers import on_connection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -123,19 +123,13 @@ async def test_the_concurrency_limits_migration_upgrades_a_database_in_use(
     async def before(conn: Any) -> None:
         await migrate_to(conn, VERSION - 1)
         for job_id in queued:
-            await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status,"
-                               " args, max_attempts) VALUES ($1::uuid, 'ok', 'default', 100,"
-                               " 'queued', '{}', 3)", job_id)
-        await conn.execute("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args,"
-                           " max_attempts, attempts, lease_id, worker_id) VALUES ($1::uuid, 'ok',"
-                           " 'default', 100, 'processing', '{}', 3, 1, $2::uuid, $2::uuid)",
-                           running, lease)
+            await conn.execute(QUEUED_ROW, job_id)
+        await conn.execute(RUNNING_ROW, running, lease)
 
     await on_connection(url, before)
     backend = backend_for(url)
     try:
-        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS
-                                           if m.version >= VERSION]
+        assert await backend.migrate() == labels_from(VERSION)
         assert await backend.complete_jobs(
             [JobOutcome(running, lease, JobStatus.DONE)]) == [running]
         worker = new_id()

@@ -48,6 +48,20 @@ CLAIM_ALL_QUEUES = DEFAULT_SQL.claim_all_queues
 PASSWORD = "s3cr3t-Pa55word"
 #: Every shipped migration: what a fresh database gets.
 ALL_MIGRATIONS = load_migrations("postgres")
+#: $1 id: a queued job as every schema version stores it (the upgrade tests' data).
+QUEUED_ROW = ("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts)"
+              " VALUES ($1::uuid, 'ok', 'default', 100, 'queued', '{}', 3)")
+#: $1 id, $2 lease (and worker id): a running job, likewise.
+RUNNING_ROW = ("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts,"
+               " attempts, lease_id, worker_id) VALUES ($1::uuid, 'ok', 'default', 100,"
+               " 'processing', '{}', 3, 1, $2::uuid, $2::uuid)")
+
+
+def labels_from(version: int) -> list[str]:
+    """The migrations an upgrade from ``version - 1`` applies."""
+    return [m.label for m in ALL_MIGRATIONS if m.version >= version]
+
+
 ALL_LABELS = [m.label for m in ALL_MIGRATIONS]
 
 # -- the schema, written out by hand (not derived from the migration files) ----------------------
@@ -442,7 +456,7 @@ async def test_the_event_log_migration_upgrades_a_database_in_use(
             pass
     backend = backend_for(url)
     try:
-        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS if m.version >= 10]
+        assert await backend.migrate() == labels_from(10)
     finally:
         await backend.close()
     assert await schema_of(url) == await schema_of(pg_url)
@@ -962,7 +976,7 @@ async def test_the_job_definitions_migration_upgrades_a_database_in_use(
             pass
     backend = backend_for(url)
     try:
-        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS if m.version >= 11]
+        assert await backend.migrate() == labels_from(11)
         assert [(w["hostname"], w["job_names"]) for w in await backend.list_workers()] == [
             ("old-host", [])]
     finally:
@@ -1001,7 +1015,7 @@ async def test_the_queues_migration_upgrades_a_database_in_use(
             pass
     backend = backend_for(url)
     try:
-        assert await backend.migrate() == [m.label for m in ALL_MIGRATIONS if m.version >= 12]
+        assert await backend.migrate() == labels_from(12)
     finally:
         await backend.close()
     assert await schema_of(url) == await schema_of(pg_url)

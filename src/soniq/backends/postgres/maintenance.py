@@ -106,6 +106,25 @@ async def prune(pool: Any, q: Sql, now: datetime | None, statement_timeout: str,
     return pruned
 
 
+def _prune_keyed(table: str, n: Names, idle: str, *, key: str, hold: str, limit: str) -> str:
+    """One batch (``limit``) of ``table``'s (job_name, key) rows that are ``idle`` and whose key
+    has no queued job held for it (``hold``), locked ``SKIP LOCKED`` (a row a claim or an
+    insert holds is left for the next round)."""
+    return f"""
+DELETE FROM {table} AS s
+USING (
+    SELECT i.job_name, i.key FROM {table} AS i
+    WHERE {idle}
+      AND NOT EXISTS (SELECT 1 FROM {n.jobs} AS j
+                      WHERE j.job_name = i.job_name AND j.{key} = i.key
+                        AND j.status = 'queued' AND j.hold = '{hold}')
+    LIMIT {limit}::integer
+    FOR UPDATE OF i SKIP LOCKED
+) AS idle
+WHERE s.job_name = idle.job_name AND s.key = idle.key
+"""
+
+
 class ControlSql:
     """The statements that prune the flow-control tables, for one schema (:func:`control_sql`).
     Each deletes one batch (its last parameter) of rows that carry no information.
@@ -127,38 +146,17 @@ class ControlSql:
 
     def __init__(self, n: Names) -> None:
         #: $1 batch size. Slot rows with none taken and no parked job (``soniq_jobs_parked_idx``).
-        self.prune_slots = f"""
-DELETE FROM {n.slots} AS s
-USING (
-    SELECT i.job_name, i.key FROM {n.slots} AS i
-    WHERE i.active = 0
-      AND NOT EXISTS (SELECT 1 FROM {n.jobs} AS j
-                      WHERE j.job_name = i.job_name AND j.concurrency_key = i.key
-                        AND j.status = 'queued' AND j.hold = 'slot')
-    LIMIT $1::integer
-    FOR UPDATE OF i SKIP LOCKED
-) AS idle
-WHERE s.job_name = idle.job_name AND s.key = idle.key
-"""
+        self.prune_slots = _prune_keyed(
+            n.slots, n, "i.active = 0", key="concurrency_key", hold="slot", limit="$1")
         #: $1 now (NULL: the database clock), $2 the longest rate period (seconds), $3 batch
         #: size. Buckets full again (refilled a period ago or never), not held, whose key has no
         #: queued rate-limited job (``soniq_jobs_rated_idx``).
-        self.prune_buckets = f"""
-DELETE FROM {n.rate_buckets} AS b
-USING (
-    SELECT i.job_name, i.key FROM {n.rate_buckets} AS i
-    WHERE (i.refilled_at IS NULL
-           OR i.refilled_at < COALESCE($1::timestamptz, now())
-                              - $2::float8 * interval '1 second')
-      AND (i.blocked_until IS NULL OR i.blocked_until <= COALESCE($1::timestamptz, now()))
-      AND NOT EXISTS (SELECT 1 FROM {n.jobs} AS j
-                      WHERE j.job_name = i.job_name AND j.rate_key = i.key
-                        AND j.status = 'queued' AND j.hold = 'rate')
-    LIMIT $3::integer
-    FOR UPDATE OF i SKIP LOCKED
-) AS full_again
-WHERE b.job_name = full_again.job_name AND b.key = full_again.key
-"""
+        self.prune_buckets = _prune_keyed(
+            n.rate_buckets, n,
+            "(i.refilled_at IS NULL OR i.refilled_at < COALESCE($1::timestamptz, now())"
+            " - $2::float8 * interval '1 second')"
+            " AND (i.blocked_until IS NULL OR i.blocked_until <= COALESCE($1::timestamptz, now()))",
+            key="rate_key", hold="rate", limit="$3")
         #: $1 now (NULL: the database clock), $2 retention (seconds), $3 batch size. Audit
         #: entries older than the retention (nothing updates them: no lock to take).
         self.prune_audit = f"""
