@@ -209,10 +209,10 @@ def workflow_jobs(workflow_id: str, steps: Sequence[Step],
     """The rows of ``steps`` (``jobs``: each step's job as ``enqueue`` builds it, in order):
     every one a step of ``workflow_id``, depending on the ids of its ``after`` steps."""
     ids = {step.name: job.id for step, job in zip(steps, jobs, strict=True)}
-    # Positional, the job's own fields up to rate_key kept: _replace costs 5x as much (a
+    # From a tuple, the job's own fields up to rate_key kept: _replace costs 5x as much (a
     # workflow can have 10,000 steps).
-    return [NewJob(*job[:_OWN_FIELDS], tuple(ids[name] for name in step.after),
-                   step.on_dependency_failure, workflow_id, step.name)
+    return [NewJob._make((*job[:_OWN_FIELDS], tuple(ids[name] for name in step.after),
+                          step.on_dependency_failure, workflow_id, step.name))
             for step, job in zip(steps, jobs, strict=True)]
 
 
