@@ -87,6 +87,9 @@ class JobRecord(TypedDict):
     last_error: str | None
     worker_id: str | None
     dedup_key: str | None
+    #: The workflow or batch the job is a step of (``app.workflows.get``), and its step name.
+    workflow_id: str | None
+    step_name: str | None
 
 
 class DatabaseInfo(TypedDict):

@@ -313,7 +313,7 @@ class StorageBackend(Protocol):
 JOB_COLUMNS = (
     "id", "job_name", "queue", "priority", "status", "args", "result", "attempts", "max_attempts",
     "scheduled_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at", "errors",
-    "worker_id", "lease_id", "dedup_key",
+    "worker_id", "lease_id", "dedup_key", "workflow_id", "step_name",
 )
 
 
@@ -357,6 +357,8 @@ def job_record(row: Mapping[str, Any]) -> JobRecord:
                        else None if last is None else str(last)),
         "worker_id": None if worker_id is None else str(worker_id),
         "dedup_key": row["dedup_key"],
+        "workflow_id": None if row["workflow_id"] is None else str(row["workflow_id"]),
+        "step_name": row["step_name"],
     }
 
 
