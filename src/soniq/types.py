@@ -7,7 +7,16 @@ import enum
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    NamedTuple,
+    Protocol,
+    TypeAlias,
+    TypedDict,
+    overload,
+)
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -22,6 +31,8 @@ __all__ = [
     "JobCoverage",
     "JobOutcome",
     "JobRecord",
+    "JobReporter",
+    "JobState",
     "JobStatus",
     "JobStream",
     "ListenUrlInfo",
@@ -87,6 +98,8 @@ class JobRecord(TypedDict):
     last_error: str | None
     worker_id: str | None
     dedup_key: str | None
+    #: The latest value the job reported with ``ctx.progress`` (None: none yet).
+    progress: Any
 
 
 class DatabaseInfo(TypedDict):
@@ -291,6 +304,20 @@ class ClaimedJob(NamedTuple):
     has_dependencies: bool = False
     #: The workflow or batch it is a step of (None: it is not a step).
     workflow_id: str | None = None
+    #: The state an earlier attempt saved with ``ctx.checkpoint`` (stored text, encoded like a
+    #: result; None: never checkpointed).
+    checkpoint: str | None = None
+
+
+class JobState(NamedTuple):
+    """What a running attempt reports about itself, written only while its lease holds (one
+    ``job_states.save`` for many jobs). ``progress`` is JSON text, ``checkpoint`` stored text
+    encoded like a result; None leaves the stored value as it is."""
+
+    job_id: str
+    lease_id: str
+    progress: str | None = None
+    checkpoint: str | None = None
 
 
 class JobOutcome(NamedTuple):
@@ -343,6 +370,36 @@ class JobContext:
     #: workflow's step) or job id (``depends_on``); None for a dependency that did not end
     #: ``done`` (it runs under ``on_dependency_failure="run"``). Empty without dependencies.
     dependency_results: Mapping[str, Any] = field(default_factory=dict)
+    #: The state the latest ``checkpoint`` of an earlier attempt saved, decoded (None on the
+    #: first attempt, or when no attempt checkpointed).
+    checkpoint_state: Any = None
+    #: Where ``progress`` and ``checkpoint`` go (the worker's); None: nowhere (a context built
+    #: by hand, in a test).
+    reporter: JobReporter | None = field(default=None, repr=False, compare=False)
+
+    async def progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report how far the job is: a number from 0 to 100, or a small JSON object (at most
+        4 KiB). Only the latest value is kept; it is written at most about once a second per
+        job, batched with other jobs' writes, and shown by ``get_job(...)["progress"]``. Raises
+        ``ValidationError`` for anything else, and ``LeaseLostError`` once a write was refused
+        because this attempt lost its lease (let it propagate: the job stops)."""
+        if self.reporter is not None:
+            await self.reporter.progress(self, value)
+
+    async def checkpoint(self, state: Any) -> None:
+        """Save a JSON state for this job and return once it is stored: the next attempt (after
+        a failure, a timeout, a crash or a shutdown) reads it as ``checkpoint_state``. Encrypted
+        for ``encrypt=True`` jobs. Raises ``LeaseLostError`` when this attempt lost its lease."""
+        if self.reporter is not None:
+            await self.reporter.checkpoint(self, state)
+
+
+class JobReporter(Protocol):
+    """Takes a running job's ``progress`` and ``checkpoint`` (the worker's writer)."""
+
+    async def progress(self, ctx: JobContext, value: Any) -> None: ...
+
+    async def checkpoint(self, ctx: JobContext, state: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
