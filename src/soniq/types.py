@@ -7,16 +7,8 @@ import enum
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Literal,
-    NamedTuple,
-    Protocol,
-    TypeAlias,
-    TypedDict,
-    overload,
-)
+import typing
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -378,23 +370,20 @@ class JobContext:
     reporter: JobReporter | None = field(default=None, repr=False, compare=False)
 
     async def progress(self, value: float | Mapping[str, Any]) -> None:
-        """Report how far the job is: a number from 0 to 100, or a small JSON object (at most
-        4 KiB). Only the latest value is kept; it is written at most about once a second per
-        job, batched with other jobs' writes, and shown by ``get_job(...)["progress"]``. Raises
-        ``ValidationError`` for anything else, and ``LeaseLostError`` once a write was refused
-        because this attempt lost its lease (let it propagate: the job stops)."""
+        """Report how far the job is: a number from 0 to 100 or a JSON object of at most 4 KiB
+        (else ``ValidationError``); the latest is written about once a second at most (shown by
+        ``get_job(...)["progress"]``). ``LeaseLostError``: this attempt lost its lease."""
         if self.reporter is not None:
             await self.reporter.progress(self, value)
 
     async def checkpoint(self, state: Any) -> None:
-        """Save a JSON state for this job and return once it is stored: the next attempt (after
-        a failure, a timeout, a crash or a shutdown) reads it as ``checkpoint_state``. Encrypted
-        for ``encrypt=True`` jobs. Raises ``LeaseLostError`` when this attempt lost its lease."""
+        """Save a JSON state and return once it is stored: the next attempt reads it as
+        ``checkpoint_state``. ``LeaseLostError``: this attempt lost its lease."""
         if self.reporter is not None:
             await self.reporter.checkpoint(self, state)
 
 
-class JobReporter(Protocol):
+class JobReporter(typing.Protocol):
     """Takes a running job's ``progress`` and ``checkpoint`` (the worker's writer)."""
 
     async def progress(self, ctx: JobContext, value: Any) -> None: ...

@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 
+@runtime_checkable
 class JobStateStore(Protocol):
     """Running jobs' progress and checkpoints (``backend.job_states``; every backend has it)."""
 

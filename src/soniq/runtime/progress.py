@@ -95,6 +95,7 @@ class JobStateWriter:
         self._next: dict[str, float] = {}  # lease -> when its next progress may be written
         self._checkpoints: list[_Checkpoint] = []
         self._lost: set[str] = set()  # leases a write was refused for
+        self._flushed: dict[str, anyio.Event] = {}  # lease -> set once its progress is written
         self._wake = anyio.Event()
         self.writes = 0  # batches written (each one statement)
 
@@ -141,15 +142,14 @@ class JobStateWriter:
         return lease_id in self._ids
 
     async def settle(self, lease_id: str) -> None:
-        """Write the attempt's pending progress now (bounded; before its outcome), then forget
-        it. Errors are logged: the outcome matters more."""
+        """Have the attempt's pending progress written with the next batch and wait for it
+        (bounded: the outcome matters more), then forget the attempt."""
         if lease_id in self._progress:
             self._next[lease_id] = 0.0
+            written = self._flushed.setdefault(lease_id, anyio.Event())
+            self._wake.set()
             with anyio.move_on_after(WRITE_BOUND):
-                try:
-                    await self._write(only=lease_id)
-                except DatabaseError as exc:
-                    logger.warning("could not write the last progress of an ended job: %s", exc)
+                await written.wait()
         self.forget(lease_id)
 
     def forget(self, lease_id: str) -> None:
@@ -158,6 +158,7 @@ class JobStateWriter:
         self._progress.pop(lease_id, None)
         self._next.pop(lease_id, None)
         self._lost.discard(lease_id)
+        self._flushed.pop(lease_id, None)
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -169,24 +170,24 @@ class JobStateWriter:
             except DatabaseError as exc:
                 logger.warning("could not write job progress or checkpoints, retrying in %gs: "
                                "%s", self._error_retry_delay, exc)
-                due_in = self._error_retry_delay
+                await anyio.sleep(self._error_retry_delay)
+                continue
             with anyio.move_on_after(float("inf") if due_in is None else due_in):
                 await self._wake.wait()
             await anyio.sleep(self._gather)  # let a batch gather
 
-    async def _write(self, *, only: str | None = None) -> float | None:
-        """Write the checkpoints waiting and the progress that is due (``only``: that attempt's
-        progress alone); seconds until the next pending progress is due (None: none pending).
-        On a database error everything stays buffered."""
+    async def _write(self) -> float | None:
+        """Write the checkpoints waiting and the progress that is due; seconds until the next
+        pending progress is due (None: none pending). On a database error everything stays
+        buffered."""
         now = self._clock()
-        if only is None and self._checkpoints:  # of attempts that ended while waiting: dropped
+        if self._checkpoints:  # of attempts that ended while waiting: dropped
             for pending in self._checkpoints:
                 if pending.lease_id not in self._ids:
                     pending.done.set()
             self._checkpoints = [p for p in self._checkpoints if p.lease_id in self._ids]
-        due = [lease for lease in self._progress
-               if (lease == only if only is not None else self._next.get(lease, 0.0) <= now)]
-        checkpoints = [] if only is not None else self._checkpoints[:]
+        due = [lease for lease in self._progress if self._next.get(lease, 0.0) <= now]
+        checkpoints = self._checkpoints[:]
         if due or checkpoints:
             states: dict[str, JobState] = {lease: JobState("", lease, self._progress[lease])
                                            for lease in due}
@@ -201,6 +202,8 @@ class JobStateWriter:
                     del self._progress[lease]
                 if lease in self._ids:
                     self._next[lease] = now + self._interval
+                if lease in self._flushed:
+                    self._flushed.pop(lease).set()
             del self._checkpoints[:len(checkpoints)]
             for pending in checkpoints:
                 pending.written = pending.lease_id in written
