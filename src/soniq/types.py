@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-import typing
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
 
 if TYPE_CHECKING:

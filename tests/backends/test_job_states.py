@@ -10,12 +10,13 @@ import anyio
 import pytest
 
 from soniq import JobContext, Soniq
+from soniq.backends.base import StorageBackend
 from soniq.backends.sqlite import SqliteBackend
 from soniq.backends.sqlite.sql import to_db
 from soniq.ids import new_id
 from soniq.migrations import load_migrations
 from soniq.serialization import utc_now
-from soniq.types import JobOutcome, JobState, JobStatus
+from soniq.types import JobOutcome, JobState, JobStatus, NewJob
 from tests.backends.test_postgres import (
     QUEUED_ROW,
     RUNNING_ROW,
@@ -127,3 +128,33 @@ async def test_a_hundred_jobs_checkpoint_at_once(pg_url: str) -> None:
         assert 1 <= writes < count
     finally:
         await app.close()
+
+
+async def test_saves_are_fenced_by_the_lease(storage: StorageBackend) -> None:
+    """The seam on every backend: a state is written only onto a ``processing`` job under its
+    lease, a None field keeps what is stored, and a refused state is no error."""
+    first = NewJob(id=new_id(), job_name="tests.job", queue="default", priority=100,
+                     args="{}", max_attempts=3)
+    unclaimed = first._replace(id=new_id())
+    await storage.insert_jobs([first])
+    [claimed] = await storage.claim_jobs(new_id(), None, 1)
+    await storage.insert_jobs([unclaimed])
+    lease = claimed.lease_id
+    assert await storage.job_states.save([]) == []
+    assert await storage.job_states.save([
+        JobState(claimed.id, lease, "10", '{"page":1}'),
+        JobState(claimed.id, new_id(), "99", '"stale"'),  # another lease: refused
+        JobState(unclaimed.id, lease, "5", None),  # not processing: refused
+    ]) == [claimed.id]
+    assert await storage.job_states.save([JobState(claimed.id, lease, '{"a":[1,2]}')]) == [
+        claimed.id]
+    record = await storage.get_job(claimed.id)
+    assert record is not None and record["progress"] == {"a": [1, 2]}
+    assert (await storage.get_job(unclaimed.id) or {}).get("progress") is None
+    # The checkpoint was kept (None left it); the next claim after a give-back carries it.
+    assert await storage.complete_jobs([JobOutcome(claimed.id, lease, JobStatus.QUEUED,
+                                                   refund_attempt=True)]) == [claimed.id]
+    again = {job.id: job for job in await storage.claim_jobs(new_id(), None, 10)}
+    assert again[claimed.id].checkpoint == '{"page":1}'
+    assert again[unclaimed.id].checkpoint is None
+    assert await storage.job_states.save([JobState(claimed.id, lease, "50")]) == []
