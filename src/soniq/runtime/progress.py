@@ -98,6 +98,7 @@ class JobStateWriter:
         self._flushed: dict[str, anyio.Event] = {}  # lease -> set once its progress is written
         self._wake = anyio.Event()
         self.writes = 0  # batches written (each one statement)
+        self._running = False  # run() is writing
 
     # -- JobReporter ----------------------------------------------------------------------------
     async def progress(self, ctx: JobContext, value: Any) -> None:
@@ -144,7 +145,7 @@ class JobStateWriter:
     async def settle(self, lease_id: str) -> None:
         """Have the attempt's pending progress written with the next batch and wait for it
         (bounded: the outcome matters more), then forget the attempt."""
-        if lease_id in self._progress:
+        if lease_id in self._progress and self._running:  # (not while the worker is torn down)
             self._next[lease_id] = 0.0
             written = self._flushed.setdefault(lease_id, anyio.Event())
             self._wake.set()
@@ -163,6 +164,13 @@ class JobStateWriter:
     # -- the loop -------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        self._running = True
+        try:
+            await self._loop()
+        finally:
+            self._running = False
+
+    async def _loop(self) -> None:
         while True:
             self._wake = anyio.Event()
             try:
