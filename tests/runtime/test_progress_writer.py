@@ -81,3 +81,45 @@ async def test_checkpoints_of_many_jobs_go_in_one_write() -> None:
         tg.cancel_scope.cancel()
     assert sum(len(batch) for batch in store.batches) == 100
     assert len(store.batches) < 100
+
+
+class SlowStore(Store):
+    """Holds each save until ``release`` is set (one at a time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = anyio.Event()
+        self.saving = anyio.Event()
+
+    async def save(self, states: Sequence[JobState]) -> list[str]:
+        self.saving.set()
+        await self.release.wait()
+        self.release, self.saving = anyio.Event(), anyio.Event()
+        return await super().save(states)
+
+
+async def test_settle_waits_for_the_latest_value_not_a_write_in_flight() -> None:
+    store = SlowStore()
+    writer = JobStateWriter(store, JsonCodec(), max_checkpoint_bytes=1000, gather=0.0)
+    ctx = context(writer, 1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        await ctx.progress(10)
+        await store.saving.wait()  # "10" is being written
+        await ctx.progress(20)  # newer, pending
+        settled = anyio.Event()
+
+        async def settle() -> None:
+            await writer.settle(ctx.lease_id)
+            settled.set()
+
+        tg.start_soon(settle)
+        await anyio.wait_all_tasks_blocked()
+        store.release.set()  # "10" lands; settle must go on waiting for "20"
+        await store.saving.wait()
+        assert not settled.is_set()
+        store.release.set()
+        with anyio.fail_after(5):
+            await settled.wait()
+        assert [s.progress for b in store.batches for s in b] == ["10", "20"]
+        tg.cancel_scope.cancel()

@@ -206,12 +206,12 @@ class JobStateWriter:
             written = await self._save(states)
             self.writes += 1
             for lease in due:
-                if self._progress.get(lease) == states[lease].progress:
+                if self._progress.get(lease) == states[lease].progress:  # nothing newer came
                     del self._progress[lease]
-                if lease in self._ids:
+                    if lease in self._flushed:
+                        self._flushed.pop(lease).set()
+                if lease in self._ids and lease not in self._flushed:  # (settling: due now)
                     self._next[lease] = now + self._interval
-                if lease in self._flushed:
-                    self._flushed.pop(lease).set()
             del self._checkpoints[:len(checkpoints)]
             for pending in checkpoints:
                 pending.written = pending.lease_id in written
@@ -220,6 +220,8 @@ class JobStateWriter:
                 if lease not in written and lease in self._ids:
                     self._lost.add(lease)
                     self._progress.pop(lease, None)
+                    if lease in self._flushed:
+                        self._flushed.pop(lease).set()
         if not self._progress:
             return None
         return max(0.0, min(self._next.get(lease, 0.0) for lease in self._progress) - now)
