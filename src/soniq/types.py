@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
@@ -22,6 +23,8 @@ __all__ = [
     "JobCoverage",
     "JobOutcome",
     "JobRecord",
+    "JobReporter",
+    "JobState",
     "JobStatus",
     "JobStream",
     "ListenUrlInfo",
@@ -90,6 +93,8 @@ class JobRecord(TypedDict):
     #: The workflow or batch the job is a step of (``app.workflows.get``), and its step name.
     workflow_id: str | None
     step_name: str | None
+    #: The latest value the job reported with ``ctx.progress`` (None: none yet).
+    progress: Any
 
 
 class DatabaseInfo(TypedDict):
@@ -294,6 +299,20 @@ class ClaimedJob(NamedTuple):
     has_dependencies: bool = False
     #: The workflow or batch it is a step of (None: it is not a step).
     workflow_id: str | None = None
+    #: The state an earlier attempt saved with ``ctx.checkpoint`` (stored text, encoded like a
+    #: result; None: never checkpointed).
+    checkpoint: str | None = None
+
+
+class JobState(NamedTuple):
+    """What a running attempt reports about itself, written only while its lease holds (one
+    ``job_states.save`` for many jobs). ``progress`` is JSON text, ``checkpoint`` stored text
+    encoded like a result; None leaves the stored value as it is."""
+
+    job_id: str
+    lease_id: str
+    progress: str | None = None
+    checkpoint: str | None = None
 
 
 class JobOutcome(NamedTuple):
@@ -346,6 +365,33 @@ class JobContext:
     #: workflow's step) or job id (``depends_on``); None for a dependency that did not end
     #: ``done`` (it runs under ``on_dependency_failure="run"``). Empty without dependencies.
     dependency_results: Mapping[str, Any] = field(default_factory=dict)
+    #: The state the latest ``checkpoint`` of an earlier attempt saved, decoded (None on the
+    #: first attempt, or when no attempt checkpointed).
+    checkpoint_state: Any = None
+    #: Where ``progress`` and ``checkpoint`` go (the worker's); None: nowhere (a context built
+    #: by hand, in a test).
+    reporter: JobReporter | None = field(default=None, repr=False, compare=False)
+
+    async def progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report how far the job is: a number from 0 to 100 or a JSON object of at most 4 KiB
+        (else ``ValidationError``); the latest is written about once a second at most (shown by
+        ``get_job(...)["progress"]``). ``LeaseLostError``: this attempt lost its lease."""
+        if self.reporter is not None:
+            await self.reporter.progress(self, value)
+
+    async def checkpoint(self, state: Any) -> None:
+        """Save a JSON state and return once it is stored: the next attempt reads it as
+        ``checkpoint_state``. ``LeaseLostError``: this attempt lost its lease."""
+        if self.reporter is not None:
+            await self.reporter.checkpoint(self, state)
+
+
+class JobReporter(typing.Protocol):
+    """Takes a running job's ``progress`` and ``checkpoint`` (the worker's writer)."""
+
+    async def progress(self, ctx: JobContext, value: Any) -> None: ...
+
+    async def checkpoint(self, ctx: JobContext, state: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
