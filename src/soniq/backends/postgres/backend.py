@@ -44,6 +44,7 @@ from soniq.backends.postgres import (
 )
 from soniq.backends.postgres import pool as pool_ops
 from soniq.backends.postgres import queues as pg_queues
+from soniq.backends.postgres.awaiting import PostgresAwaitStore
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.definitions import PostgresDefinitionStore
@@ -125,6 +126,8 @@ class PostgresBackend:
         self.audit = PostgresAuditStore(self._ready, self._errors, n)
         self.workflows = workflows.PostgresWorkflowStore(self._ready, self._errors, n,
                                                          self._maintenance_timeout)
+        self.awaits = PostgresAwaitStore(self._ready, self._errors, n, url=self._listen_url or url,
+            refuse_pooling="listen_url" if self._listen_url else None) if self.supports_listen else None
         self._queue_claims = pg_queues.claims(n)
         self._gates = gates.gate_sql(n)
         self._control = maintenance.control_sql(n)
