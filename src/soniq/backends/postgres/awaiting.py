@@ -27,10 +27,17 @@ class _Sql:
 
     def __init__(self, n: Names) -> None:
         #: $1 id. Only a job that has not ended is flagged, once (no write when already set);
-        #: ``updated_at`` stays: flagging is not a change of the job.
+        #: ``updated_at`` stays: flagging is not a change of the job. The flag's row lock makes a
+        #: claim running at that moment skip a queued job (SKIP LOCKED), so its queue's workers
+        #: are woken to claim again once the flag is committed.
         self.mark = f"""
-UPDATE {n.jobs} SET awaited = true
-WHERE id = $1::uuid AND NOT awaited AND status NOT IN ('done', 'dead_letter', 'cancelled')
+WITH flagged AS (
+    UPDATE {n.jobs} SET awaited = true
+    WHERE id = $1::uuid AND NOT awaited AND status NOT IN ('done', 'dead_letter', 'cancelled')
+    RETURNING queue, status, scheduled_at
+)
+SELECT pg_notify('{n.jobs_channel}', queue) FROM flagged
+WHERE status = 'queued' AND scheduled_at <= now()
 """
 
 
