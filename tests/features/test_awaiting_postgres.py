@@ -35,16 +35,22 @@ VERSION = 18  # the migration that adds the awaited flag and its triggers
 NEVER = 60.0
 
 
-@pytest.fixture
-async def pushed(pg_url: str) -> AsyncIterator[Soniq]:
-    """An app whose waiters (and workers) would poll only once a minute."""
-    app = Soniq(database_url=pg_url, poll_interval=NEVER, heartbeat_interval=0.1,
-                pool_max_size=20)
+def adding(**settings: Any) -> Soniq:
+    """A Soniq with ``settings`` and the job ``add`` registered."""
+    app = Soniq(**settings)
 
     @app.job(name="add")
     async def add(a: int, b: int) -> int:
         return a + b
 
+    return app
+
+
+@pytest.fixture
+async def pushed(pg_url: str) -> AsyncIterator[Soniq]:
+    """An app whose waiters (and workers) would poll only once a minute."""
+    app = adding(database_url=pg_url, poll_interval=NEVER, heartbeat_interval=0.1,
+                 pool_max_size=20)
     try:
         yield app
     finally:
@@ -127,7 +133,7 @@ async def test_1000_waiters_share_one_listen_connection(pushed: Soniq) -> None:
     results: dict[str, Any] = {}
 
     async def wait(job_id: str) -> None:
-        results[job_id] = (await pushed.wait_for_job(job_id, timeout=120))["result"]
+        results[job_id] = (await pushed.wait_for_job(job_id, timeout=NEVER * 0.75))["result"]
 
     async with anyio.create_task_group() as tg:
         for job_id in ids:
@@ -136,7 +142,8 @@ async def test_1000_waiters_share_one_listen_connection(pushed: Soniq) -> None:
                        message="1,000 waiters")
         assert await waiters_connections(url) == 1
         async with pushed.running_worker(concurrency=50):
-            await wait_for(lambda: len(results) == 1000, timeout=120, message="every waiter")
+            await wait_for(lambda: len(results) == 1000, timeout=NEVER * 0.75,
+                           message="every waiter, pushed (none polls before a minute)")
     assert results == {job_id: i + 1 for i, job_id in enumerate(ids)}
     assert pushed.awaiting.subscriptions == 1
     await pushed.close()
@@ -152,12 +159,7 @@ async def test_waiters_poll_while_listen_is_unavailable(pg_url: str) -> None:
     ``poll_interval``); a worker of another app runs the job."""
     app = Soniq(database_url=pg_url, listen_url="postgresql://postgres@127.0.0.1:1/nowhere",
                 poll_interval=0.2)
-    worker_app = Soniq(database_url=pg_url, poll_interval=0.05)
-
-    @worker_app.job(name="add")
-    async def add(a: int, b: int) -> int:
-        return a + b
-
+    worker_app = adding(database_url=pg_url, poll_interval=0.05)
     try:
         job_id = await worker_app.enqueue("add", a=2, b=2)
         async with worker_app.running_worker():
@@ -170,12 +172,7 @@ async def test_waiters_poll_while_listen_is_unavailable(pg_url: str) -> None:
 
 
 async def test_a_lost_listen_connection_is_reopened(pg_url: str) -> None:
-    app = Soniq(database_url=pg_url, poll_interval=0.2)
-
-    @app.job(name="add")
-    async def add(a: int, b: int) -> int:
-        return a + b
-
+    app = adding(database_url=pg_url, poll_interval=0.2)
     try:
         job_id = await app.enqueue("add", a=3, b=4)
         got: dict[str, Any] = {}
@@ -200,12 +197,7 @@ async def test_a_lost_listen_connection_is_reopened(pg_url: str) -> None:
 
 
 async def test_a_db_schema_gets_its_own_channel(pg_url: str) -> None:
-    app = Soniq(database_url=pg_url, db_schema="awaiting_tenant", poll_interval=NEVER)
-
-    @app.job(name="add")
-    async def add(a: int, b: int) -> int:
-        return a + b
-
+    app = adding(database_url=pg_url, db_schema="awaiting_tenant", poll_interval=NEVER)
     try:
         await app.setup()
         job_id = await app.enqueue("add", a=5, b=5)
