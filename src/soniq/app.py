@@ -438,6 +438,7 @@ class Soniq(Enqueuing):
             TimeoutError: the job had not ended after ``timeout`` seconds.
             JobNotFoundError: no such job, or it was deleted or pruned (also while waiting).
         """
+        self._lifecycle.check()
         return await self.awaiting.wait(job_id, timeout, on_progress)
 
     async def cancel_job(self, job_id: str) -> bool:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from soniq import Soniq
-from soniq.errors import JobNotFoundError
+from soniq.errors import AppClosedError, JobNotFoundError
 from soniq.features.awaiting import Waiting, report_progress
 from soniq.ids import new_id
 from tests.helpers import wait_for
@@ -99,6 +99,27 @@ async def test_times_out_with_the_builtin_timeout_error(app: Soniq) -> None:
 async def test_an_unknown_id_raises_job_not_found(app: Soniq, job_id: str) -> None:
     with pytest.raises(JobNotFoundError, match="no job with id"):
         await app.wait_for_job(job_id, timeout=5)
+
+
+async def test_a_closed_app_refuses_to_wait(app: Soniq) -> None:
+    jobs = register(app)
+    job_id = await app.enqueue(jobs["add"], a=1, b=2)
+    await app.close()
+    for wanted in (job_id, "not-a-job-id"):
+        with pytest.raises(AppClosedError):
+            await app.wait_for_job(wanted, timeout=5)
+
+
+async def test_closing_the_app_ends_its_waiters() -> None:
+    app = Soniq(backend="memory", poll_interval=60)  # a waiter would not read again for a minute
+    jobs = register(app)
+    job_id = await app.enqueue(jobs["add"], a=1, b=2)
+    got: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, app, job_id, got)
+        await wait_for(lambda: app.awaiting.waiting == 1, message="the waiter to wait")
+        await app.close()
+    assert isinstance(got["error"], AppClosedError)
 
 
 async def test_a_job_deleted_while_awaited_raises_job_not_found(app: Soniq) -> None:

@@ -190,9 +190,11 @@ class Waiting:
             event.set()
 
     async def close(self) -> None:
-        """Close the subscription; waiters still waiting poll (idempotent)."""
+        """Close the subscription and wake every waiter to read again (the app's reads then
+        raise ``AppClosedError``); idempotent."""
         self._closed = True
         subscription, self._subscription = self._subscription, None
+        self._wake_all()
         if subscription is not None:
             await subscription.close()
 
