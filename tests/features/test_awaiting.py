@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from soniq import Soniq
+from soniq import EnqueueOptions, Soniq
 from soniq.errors import AppClosedError, JobNotFoundError
 from soniq.features.awaiting import Waiting, report_progress
 from soniq.ids import new_id
@@ -75,6 +75,23 @@ async def test_returns_dead_letter_and_cancelled_outcomes(app: Soniq) -> None:
     assert got_doomed["job"]["status"] == "dead_letter"
     assert got_doomed["job"]["last_error"] == "ValueError: nope"
     assert got_doomed["job"]["result"] is None
+
+
+async def test_a_dependent_cancelled_with_its_failed_dependency_returns(app: Soniq) -> None:
+    """The cancel comes from the dependency's end (on PostgreSQL, inside its trigger), not from
+    a finish of the awaited job itself."""
+    jobs = register(app)
+    doomed = await app.enqueue(jobs["broken"])
+    dependent = await app.enqueue(jobs["add"], a=1, b=2,
+                                  options=EnqueueOptions(depends_on=[doomed]))
+    got: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, app, dependent, got)
+        await wait_for(lambda: app.awaiting.waiting == 1, message="the waiter to wait")
+        async with app.running_worker():
+            await wait_for(lambda: "job" in got, message="the dependent's end")
+    assert got["job"]["status"] == "cancelled"
+    assert (await app.get_job(doomed))["status"] == "dead_letter"
 
 
 async def test_a_job_that_already_ended_returns_without_subscribing(app: Soniq) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from soniq import Soniq
+from soniq import EnqueueOptions, Soniq
 from soniq.backends.awaiting import IDS_PER_PAYLOAD
 from soniq.backends.postgres.listener import WAITERS_APPLICATION_NAME
 from soniq.errors import JobNotFoundError
@@ -90,6 +90,26 @@ async def test_a_job_deleted_while_awaited_is_pushed_too(pushed: Soniq) -> None:
                        message="the job to be marked")
         assert await pushed.delete_job(job_id)
     assert got == {"raised": True}
+
+
+async def test_a_cancel_inside_the_dependencies_trigger_is_pushed(pushed: Soniq) -> None:
+    """Migration 0015's trigger cancels the dependent of a cancelled job in a statement of its
+    own; that statement's end pushes the awaited dependent."""
+    first = await pushed.enqueue("add", a=1, b=1, scheduled_at=3600)
+    dependent = await pushed.enqueue("add", a=2, b=2, options=EnqueueOptions(depends_on=[first]))
+    got: dict[str, Any] = {}
+
+    async def wait() -> None:
+        got["job"] = await pushed.wait_for_job(dependent, timeout=NEVER / 4)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await wait_for(lambda: pushed.awaiting.listening and pushed.awaiting.waiting == 1,
+                       message="the waiter to listen")
+        await wait_for(lambda: awaited(pushed.settings.database_url, dependent),
+                       message="the job to be marked")
+        assert await pushed.cancel_job(first)
+    assert got["job"]["status"] == "cancelled"
 
 
 async def awaited(url: str, job_id: str) -> bool:
