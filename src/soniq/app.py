@@ -102,7 +102,9 @@ class Soniq(Enqueuing):
         self._logs: JobLogs | None = None
         self._metrics: Metrics | None = None
         self._sync: SyncSoniq | None = None
-        self._awaiting: Waiting | None = None
+        #: The waiters of :meth:`wait_for_job`: one subscription per app, opened on first wait.
+        self.awaiting = Waiting(self._backend.awaits, read=self.get_job, decode=self.producer.result,
+                                poll_interval=self._settings.poll_interval)
         if self._settings.capture_job_logs:
             self.logs  # noqa: B018 -- installs log capture
 
@@ -177,16 +179,6 @@ class Soniq(Enqueuing):
             self._webhooks = Webhooks(self._backend, ready=self.ensure_initialized,
                                       settings=self._settings)
         return self._webhooks
-
-    @property
-    def awaiting(self) -> Waiting:
-        """The waiters of :meth:`wait_for_job` (``listening``, ``waiting``, ``subscriptions``):
-        one subscription per app, opened on the first wait. Touching it opens nothing."""
-        if self._awaiting is None:
-            self._awaiting = Waiting(self._backend.awaits, read=self.get_job,
-                                     decode=self.producer.result,
-                                     poll_interval=self._settings.poll_interval)
-        return self._awaiting
 
     @property
     def codec(self) -> PayloadCodec:
@@ -271,8 +263,7 @@ class Soniq(Enqueuing):
         if self._logs is not None:
             await self._logs.close()  # uninstall capture, write what is buffered
         self._lifecycle.state = State.CLOSED
-        if self._awaiting is not None:
-            await self._awaiting.close()
+        await self.awaiting.close()
         if self._sync is not None:  # its own loop and pool: stop them off this loop
             await anyio.to_thread.run_sync(self._sync.close)
         with anyio.CancelScope(shield=True):
