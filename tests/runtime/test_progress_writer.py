@@ -84,17 +84,17 @@ async def test_checkpoints_of_many_jobs_go_in_one_write() -> None:
 
 
 class SlowStore(Store):
-    """Holds each save until ``release`` is set (one at a time)."""
+    """Holds each save until the test lets one through (``gate.release()``), one at a time;
+    ``started`` counts the saves begun."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.release = anyio.Event()
-        self.saving = anyio.Event()
+        self.gate = anyio.Semaphore(0)
+        self.started = 0
 
     async def save(self, states: Sequence[JobState]) -> list[str]:
-        self.saving.set()
-        await self.release.wait()
-        self.release, self.saving = anyio.Event(), anyio.Event()
+        self.started += 1
+        await self.gate.acquire()
         return await super().save(states)
 
 
@@ -105,7 +105,7 @@ async def test_settle_waits_for_the_latest_value_not_a_write_in_flight() -> None
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
         await ctx.progress(10)
-        await store.saving.wait()  # "10" is being written
+        await wait_for(lambda: store.started == 1, message='"10" being written')
         await ctx.progress(20)  # newer, pending
         settled = anyio.Event()
 
@@ -115,10 +115,10 @@ async def test_settle_waits_for_the_latest_value_not_a_write_in_flight() -> None
 
         tg.start_soon(settle)
         await anyio.wait_all_tasks_blocked()
-        store.release.set()  # "10" lands; settle must go on waiting for "20"
-        await store.saving.wait()
+        store.gate.release()  # "10" lands; settle must go on waiting for "20"
+        await wait_for(lambda: store.started == 2, message='"20" being written')
         assert not settled.is_set()
-        store.release.set()
+        store.gate.release()
         with anyio.fail_after(5):
             await settled.wait()
         assert [s.progress for b in store.batches for s in b] == ["10", "20"]

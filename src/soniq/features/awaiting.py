@@ -205,8 +205,10 @@ async def report_progress(record: JobRecord, last: object,
     ``"progress"`` changed since ``last``; returns the value seen. Progress reaches waiters by
     polling: a waiter with ``on_progress`` reads the row at least every
     :data:`PROGRESS_INTERVAL` seconds."""
+    if on_progress is None:
+        return last
     value = record["progress"]
-    if on_progress is not None and value is not None and value != last:
+    if value is not None and value != last:
         outcome = on_progress(value)
         if inspect.isawaitable(outcome):
             await outcome
