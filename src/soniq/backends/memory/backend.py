@@ -89,7 +89,7 @@ class MemoryBackend:
         self.webhooks = MemoryWebhookStore()
         self.logs = MemoryLogStore(self._jobs)
         self.dashboard = MemoryDashboardStore(self._jobs, self.queue_stats)
-        self.definitions = MemoryDefinitionStore()
+        self.definitions = MemoryDefinitionStore(self._jobs)
         self.audit = MemoryAuditStore()
         self.queues = MemoryQueueStore(self.audit, self._notify)
         self._gates = Gates(self._jobs, self.queues)
