@@ -363,7 +363,7 @@ class MemoryBackend:
             self._slots.release(row)
             self._set_status(row, JobStatus.DEAD_LETTER.value, now)
             self._deps.ended(row["id"], JobStatus.DEAD_LETTER.value, now)
-        return [row["id"] for row in ended]
+        return sorted(row["id"] for row in ended)
 
     async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
                        *, now: datetime | None = None) -> bool:
