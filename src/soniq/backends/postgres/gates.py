@@ -136,7 +136,7 @@ WITH gate AS (
 ), picked AS (
     SELECT c.id, g.name FROM gate AS g CROSS JOIN LATERAL (
         SELECT id, priority, scheduled_at FROM {n.jobs}
-        WHERE status = 'queued' AND hold IS NULL AND {sql.known("$6")}
+        WHERE status = 'queued' AND hold IS NULL AND {sql.known('$6')}
           AND queue >= g.name AND queue <= g.name
           AND scheduled_at <= {_NOW}
         ORDER BY queue, priority, scheduled_at, id

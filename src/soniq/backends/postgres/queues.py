@@ -57,7 +57,7 @@ def _per_queue(n: Names) -> str:
     return f"""
     CROSS JOIN LATERAL (
         SELECT id, priority, scheduled_at FROM {n.jobs}
-        WHERE status = 'queued' AND hold IS NULL AND {sql.known("$5")}
+        WHERE status = 'queued' AND hold IS NULL AND {sql.known('$5')}
           AND queue >= wanted.queue AND queue <= wanted.queue
           AND scheduled_at <= COALESCE($2::timestamptz, now())
         ORDER BY queue, priority, scheduled_at, id

@@ -130,7 +130,7 @@ def known(param: str) -> str:
 def _walk(n: Names, queue_filter: str) -> str:
     return f"""
     SELECT id FROM {n.jobs}
-    WHERE status = 'queued' AND hold IS NULL AND {known("$5")}
+    WHERE status = 'queued' AND hold IS NULL AND {known('$5')}
       AND scheduled_at <= COALESCE($2::timestamptz, now()){queue_filter}
     ORDER BY priority, scheduled_at, id
     LIMIT $3

@@ -356,6 +356,12 @@ _RESCUE_REQUEUE = (
 #: Give lost jobs back. ``:lost`` is a JSON array of {id, error (JSON text)}; ``:now``.
 #: Queued again when attempts remain (the claim already counted the lost attempt), dead-lettered
 #: on the last one, cancelled when cancel was requested.
+def _entries(param: str) -> str:
+    """The rows ``o (id, error)`` of the JSON array ``:param`` of ``{id, error}`` objects."""
+    return (f"FROM (SELECT json_extract(value, '$.id') AS id, "
+            f"json_extract(value, '$.error') AS error FROM json_each(:{param})) AS o")
+
+
 RESCUE = f"""
 UPDATE soniq_jobs SET
     status = CASE WHEN soniq_jobs.cancel_requested THEN 'cancelled'
@@ -367,10 +373,7 @@ UPDATE soniq_jobs SET
     worker_id = CASE WHEN {_RESCUE_REQUEUE} THEN NULL ELSE soniq_jobs.worker_id END,
     finished_at = CASE WHEN {_RESCUE_REQUEUE} THEN soniq_jobs.finished_at ELSE :now END,
     updated_at = :now
-FROM (
-    SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.error') AS error
-    FROM json_each(:lost)
-) AS o
+{_entries('lost')}
 WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'processing'
 RETURNING soniq_jobs.id, {_ENDING_COLUMNS}
 """
@@ -388,10 +391,7 @@ DEAD_LETTER_UNKNOWN = f"""
 UPDATE soniq_jobs SET status = 'dead_letter',
     errors = json_insert({_ERRORS}, '$[#]', json(o.error)),
     finished_at = :now, updated_at = :now
-FROM (
-    SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.error') AS error
-    FROM json_each(:ended)
-) AS o
+{_entries('ended')}
 WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'queued'
 RETURNING soniq_jobs.id, {_ENDING_COLUMNS}
 """
