@@ -268,7 +268,8 @@ class StorageBackend(Protocol):
         """Dead-letter the ``queued`` jobs (parked ones too) due for at least ``grace`` seconds
         whose name is not in ``known``, each with an ``UnknownJob`` error entry
         (:func:`unknown_job_error`) and its attempts untouched; a slot one held goes on, its
-        dependents settle as for any dead letter. Return their ids, sorted."""
+        dependents settle as for any dead letter. Return their ids, sorted (PostgreSQL ends at
+        most one batch per call; the next cleanup round takes the rest)."""
         ...
 
     async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,

@@ -97,12 +97,14 @@ async def rescue(pool: Any, q: Sql, statement: str, stale_after: float, now: dat
 
 @functools.cache
 def _unknown_sql(n: Names) -> tuple[str, str]:
-    """$1 cutoff, $2 known job names: the queued jobs due since the cutoff whose name is not
-    known, locked; then $1 ids, $2 error entries (JSON text), $3 now: those dead-lettered."""
+    """$1 cutoff, $2 known job names, $3 batch size: queued jobs due since the cutoff whose
+    name is not known, locked; then $1 ids, $2 error entries (JSON text), $3 now: those
+    dead-lettered."""
     found = f"""
 SELECT id, job_name, attempts FROM {n.jobs}
 WHERE status = 'queued' AND scheduled_at <= $1::timestamptz AND job_name <> ALL ($2::text[])
 ORDER BY id
+LIMIT $3
 FOR UPDATE SKIP LOCKED
 """
     ended = f"""
@@ -120,11 +122,12 @@ async def dead_letter_unknown(pool: Any, q: Sql, known: list[str], grace: float,
                               now: datetime | None, statement_timeout: str) -> list[str]:
     """Dead-letter the queued jobs due for ``grace`` seconds whose name is not in ``known``, in
     one transaction, with an ``UnknownJob`` entry (:func:`~soniq.backends.base.unknown_job_error`);
-    the slots they held go on."""
+    the slots they held go on. At most :data:`PRUNE_BATCH_SIZE` per call (one cleanup round):
+    the next round takes the rest."""
     found, ended = _unknown_sql(q.names)
     async with maintenance(pool, statement_timeout) as conn:
         clock: datetime = await conn.fetchval(sql.CLOCK, now)
-        rows = await conn.fetch(found, clock - timedelta(seconds=grace), known)
+        rows = await conn.fetch(found, clock - timedelta(seconds=grace), known, PRUNE_BATCH_SIZE)
         if not rows:
             return []
         errors = [dumps(unknown_job_error(row["job_name"], row["attempts"], grace, clock))
