@@ -255,10 +255,8 @@ class PostgresBackend:
 
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
-                         *, now: datetime | None = None,
-                         paused: frozenset[str] = frozenset(),
-                         limited: frozenset[str] = frozenset(),
-                         rates: Sequence[RateGate] = (),
+                         *, now: datetime | None = None, paused: frozenset[str] = frozenset(),
+                         limited: frozenset[str] = frozenset(), rates: Sequence[RateGate] = (),
                          unknown: frozenset[str] = frozenset()) -> list[ClaimedJob]:
         _check_worker_id(worker_id)
         if limit <= 0 or (queues is not None and not queues):
