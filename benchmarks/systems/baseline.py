@@ -100,7 +100,8 @@ class _Floor:
     async def _drain(self, conn: Any) -> None:
         while not self._stopped:
             key = secrets.token_hex(16)
-            ids = [row[0] for row in await conn.fetch(_CLAIM_IDS, None, None, _CLAIM_BATCH, key)]
+            rows = await conn.fetch(_CLAIM_IDS, None, None, _CLAIM_BATCH, key, [])
+            ids = [row[0] for row in rows]
             if not ids:
                 return  # all jobs were there before ``go``: empty means drained (or taken)
             await conn.execute(_FINISH, ids, key)
@@ -133,7 +134,7 @@ class _Wake:
     async def _claim_all(self) -> None:
         while not self._stopped:
             key = secrets.token_hex(16)
-            rows = await self._conn.fetch(_CLAIM_NUMBERED, None, None, self._batch, key)
+            rows = await self._conn.fetch(_CLAIM_NUMBERED, None, None, self._batch, key, [])
             now = time.time()
             if not rows:
                 return

@@ -84,6 +84,11 @@ class SoniqSettings(BaseSettings):
                     "attempts) of a job name it enqueues without registering it; 0: read it at "
                     "every enqueue")
     cleanup_interval: float = Field(300.0, gt=0, le=86_400)
+    unknown_job_grace: float = Field(
+        3600.0, ge=0, le=LONGEST_DELAY,
+        description="seconds a job must have been due, with no live worker registering its name, "
+                    "before the cleanup dead-letters it (a rolling deploy's new job waits for "
+                    "the new workers meanwhile), checked every cleanup_interval")
     maintenance_statement_timeout: float = Field(
         60.0, ge=0, le=86_400,
         description="PostgreSQL: seconds each housekeeping statement may run (ANALYZE when a worker "

@@ -48,11 +48,20 @@ SELECT gen_random_uuid(), 'plan.job', 'q' || (g % 4), (g % 3) * 10, 'queued', '{
 FROM generate_series(1, $1::integer) AS g
 """
 
+#: The job names a worker met and did not register ($5): none (the usual claim), or some (a
+#: worker of a rolling deploy's old version; none of these rows is theirs).
+UNKNOWN = ["deploy.new_job", "deploy.other_job"]
+
 SHAPES = [
     # (label, the Sql attribute, extra parameters, index the claim must walk)
-    ("all queues", "claim_all_queues", (), "soniq_jobs_claim_idx"),
-    ("one queue", "claim_one_queue", ("q1",), "soniq_jobs_queue_claim_idx"),
-    ("several queues", "claim_some_queues", (QUEUES[:3],), "soniq_jobs_claim_idx"),
+    ("all queues", "claim_all_queues", ([],), "soniq_jobs_claim_idx"),
+    ("one queue", "claim_one_queue", ([], "q1"), "soniq_jobs_queue_claim_idx"),
+    ("several queues", "claim_some_queues", ([], QUEUES[:3]), "soniq_jobs_claim_idx"),
+    ("all queues, unknown names", "claim_all_queues", (UNKNOWN,), "soniq_jobs_claim_idx"),
+    ("one queue, unknown names", "claim_one_queue", (UNKNOWN, "q1"),
+     "soniq_jobs_queue_claim_idx"),
+    ("several queues, unknown names", "claim_some_queues", (UNKNOWN, QUEUES[:3]),
+     "soniq_jobs_claim_idx"),
 ]
 
 
@@ -98,7 +107,7 @@ def _literal(value: object) -> str:
         return str(value)
     if isinstance(value, list):
         return "ARRAY[" + ", ".join(_literal(v) for v in value) + "]::text[]"
-    assert isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9-]+", value), value
+    assert isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9._-]+", value), value
     return f"'{value}'"
 
 
@@ -179,14 +188,15 @@ async def _claim_after_growth(url: str, q: sql.Sql) -> list[dict[str, Any]]:
         await conn.execute(finished, 1)
         for _ in range(10):
             async with conn.transaction():
-                await conn.fetch(q.claim_all_queues, new_id(), None, LIMIT, new_id())
+                await conn.fetch(q.claim_all_queues, new_id(), None, LIMIT, new_id(), [])
         await conn.execute(finished, ROWS)
         name = await conn.fetchval(
             "SELECT name FROM pg_prepared_statements WHERE statement = $1", q.claim_all_queues)
         assert name is not None, "the claim did not go through a cached prepared statement"
         async with conn.transaction():
             text = await conn.fetchval(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}('{new_id()}', NULL, {LIMIT}, '{new_id()}')")
+                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}('{new_id()}', NULL, {LIMIT}, '{new_id()}', "
+                "ARRAY[]::text[])")
             await conn.execute(f"TRUNCATE {q.names.jobs} CASCADE")
         return _nodes(json.loads(text)[0]["Plan"])
     finally:
@@ -226,7 +236,7 @@ async def _claim_plan_after_worker_start(url: str, q: sql.Sql) -> list[dict[str,
             await asyncio.sleep(0.1)
         await backend.register_worker(WorkerInfo(id=new_id(), hostname="h", pid=1, queues=None,
                                                  concurrency=100))
-        return await _explain(conn, q.claim_all_queues, (new_id(), None, LIMIT, new_id()),
+        return await _explain(conn, q.claim_all_queues, (new_id(), None, LIMIT, new_id(), []),
                               generic=False)
     finally:
         await backend.close()
@@ -249,10 +259,11 @@ def test_a_worker_starting_on_an_unanalyzed_backlog_gets_an_index_walk(
 #: (label, the statement, extra parameters, rows claimed): the claims of a worker that knows
 #: "urgent" is paused (soniq.backends.postgres.queues), and a worker of the paused queue alone.
 PAUSED_SHAPES: list[tuple[str, Callable[[sql.Sql], str], tuple[object, ...], int]] = [
-    ("every queue", lambda q: queue_claims(q.names).unpaused, (), LIMIT),
-    ("listed queues", lambda q: queue_claims(q.names).listed_unpaused, (["urgent", "normal"],),
-     LIMIT),
-    ("the paused queue alone", lambda q: q.claim_one_queue, ("urgent",), 0),
+    ("every queue", lambda q: queue_claims(q.names).unpaused, ([],), LIMIT),
+    ("listed queues", lambda q: queue_claims(q.names).listed_unpaused,
+     ([], ["urgent", "normal"]), LIMIT),
+    ("the paused queue alone", lambda q: q.claim_one_queue, ([], "urgent"), 0),
+    ("every queue, unknown names", lambda q: queue_claims(q.names).unpaused, (UNKNOWN,), LIMIT),
 ]
 
 DUE = """
@@ -322,7 +333,7 @@ def test_a_paused_queue_backlog_is_not_walked(claims: tuple[str, sql.Sql]) -> No
         if claimed:
             assert "soniq_jobs_queue_claim_idx" in {n.get("Index Name") for n in nodes}, where
     assert taken == {"every queue": {"normal"}, "listed queues": {"normal"},
-                     "the paused queue alone": set()}
+                     "the paused queue alone": set(), "every queue, unknown names": {"normal"}}
 
 
 async def _explain_waiting(url: str, q: sql.Sql) -> list[dict[str, Any]]:
@@ -337,7 +348,7 @@ async def _explain_waiting(url: str, q: sql.Sql) -> list[dict[str, Any]]:
                                "priority = -10")
             await conn.execute(LOAD.format(jobs=jobs), ROWS, timedelta(hours=-2))
         await conn.execute(f"ANALYZE {jobs}")
-        return await _explain(conn, q.claim_all_queues, (new_id(), None, LIMIT, new_id()),
+        return await _explain(conn, q.claim_all_queues, (new_id(), None, LIMIT, new_id(), []),
                               generic=False, options="ANALYZE, BUFFERS")
     finally:
         try:

@@ -629,11 +629,11 @@ async def test_a_claim_commits_without_waiting_for_the_flush_and_only_itself(
     async def check(conn: Any) -> None:
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
         async with conn.transaction():
-            assert len(await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, 10, new_id())) == 1
+            assert len(await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, 10, new_id(), [])) == 1
             assert await conn.fetchval("SHOW synchronous_commit") == "off"
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
         await conn.execute("UPDATE soniq_jobs SET status = 'queued', lease_id = NULL")
-        assert len(await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, 10, new_id())) == 1
+        assert len(await conn.fetch(CLAIM_ALL_QUEUES, new_id(), None, 10, new_id(), [])) == 1
         assert await conn.fetchval("SHOW synchronous_commit") == "on"  # autocommitted claim
 
     await on_connection(pg_url, check)

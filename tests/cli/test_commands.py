@@ -105,11 +105,17 @@ def test_dead_letter_commands_and_retry(url: str, tmp_path: Path, cli: InProcess
     assert "--older-than" in cli("dead-letter", "purge", code=2)[1]
     assert "not both" in cli("dead-letter", "replay", "--all", first, code=2)[1]
 
-    in_db(url, lambda app: app.run_worker(run_once=True))  # cli.fail is unknown here: dead again
+    in_db(url, _unknown_ended)  # no live worker knows cli.fail: the cleanup ends them again
     assert cli("dead-letter", "replay", "--all", "--limit", "1")[0].startswith("queued 1 ")
     assert cli("dead-letter", "purge", "--older-than", "1d")[0].startswith("deleted 0 ")
     assert commands.ok("dead-letter", "purge", "--all").startswith("deleted 1 ")
     assert cli.json("dead-letter", "list") == []
+
+
+async def _unknown_ended(app: Soniq) -> list[str]:
+    """What a cleanup round with ``unknown_job_grace=0`` does when no worker knows a name."""
+    await app.ensure_initialized()
+    return await app.backend.dead_letter_unknown([], grace=0)
 
 
 async def _statuses(app: Soniq, *ids: str) -> list[str | None]:

@@ -33,6 +33,8 @@ def plant_payloads(dashboard: Dashboard) -> dict[str, str]:
                  args=json.dumps({"k": SCRIPT, IMG: [IMG]}), max_attempts=1)
     dashboard.call(app.backend.insert_jobs, [odd])
     dashboard.run_jobs()
+    # No worker registers the odd name: the cleanup dead-letters it (here without the grace).
+    dashboard.call(app.backend.dead_letter_unknown, [spec.name for spec in app.registry], grace=0)
     dashboard.call(app.logs.flush)
     dashboard.call(app.backend.register_worker, WorkerInfo(
         id=new_id(), hostname=f"host{SCRIPT}", pid=1, queues=(f"q{IMG}",), concurrency=1))

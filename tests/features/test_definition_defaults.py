@@ -166,6 +166,20 @@ async def test_coverage_counts_live_workers_and_flags_names_none_knows(app: Soni
     assert all(c["flagged"] for c in later)
 
 
+async def test_a_waiting_name_no_worker_knows_is_flagged_at_once(app: Soniq) -> None:
+    """A job enqueued under a name no worker ever registered (no definition: a typo through a
+    TaskRef, a job a deploy has not reached yet) is flagged as soon as it waits -- also when it
+    is scheduled for later -- not after ``unknown_job_grace``; a name a live worker knows is not."""
+    app.job(name="defs.known")(work)
+    producer = Soniq(backend=app.backend, enqueue_validation="none")
+    await producer.enqueue(TaskRef("defs.typo"), scheduled_at=3600)
+    await producer.enqueue("defs.known")
+    async with app.running_worker(queues=["elsewhere"]):
+        rows = [(c["name"], c["queue"], c["live_workers"], c["flagged"])
+                for c in await app.definitions.coverage()]
+    assert rows == [("defs.known", "default", 1, False), ("defs.typo", None, 0, True)]
+
+
 async def test_a_name_is_flagged_once_the_worker_that_knew_it_stops(app: Soniq) -> None:
     app.job(name="defs.only")(work)
     async with app.running_worker():

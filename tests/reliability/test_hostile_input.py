@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 import soniq
 from soniq import JobContext, Soniq, TaskRef
 from soniq.errors import InvalidNameError, JobArgumentsError, SerializationError, ValidationError
-from tests.helpers import wait_for_status
+from tests.helpers import wait_for, wait_for_status
 
 pytestmark = pytest.mark.anyio
 
@@ -476,9 +476,6 @@ CORRUPTIONS = [
     ("args_unknown_parameter", "args = '{\"x\": 1, \"bogus\": 2}'", "CorruptArguments",
      "unexpected keyword argument 'bogus'", 1),
     ("args_wrong_type", "args = '{\"x\": \"abc\"}'", "TypeError", "'<' not supported", 2),
-    ("unknown_job", "job_name = 'no.such.job'", "UnknownJob", "'no.such.job'", 1),
-    ("hostile_job_name", "job_name = 'x''; DROP TABLE soniq_jobs; --'", "UnknownJob",
-     "DROP TABLE soniq_jobs", 1),
     ("args_nested_too_deep", "args = '{\"x\": " + "[" * 5000 + "]" * 5000 + "}'",
      "CorruptArguments", "cannot be decoded", 1),
     ("max_attempts_zero", "max_attempts = 0, args = '{\"x\": -1}'", "ValueError", "negative", 1),
@@ -489,9 +486,16 @@ CORRUPTIONS = [
 SQLITE_CORRUPTIONS = [
     ("args_not_json", "args = 'not json'", "CorruptArguments", "cannot be decoded", 1),
     ("args_not_text", "args = X'FFFE00'", "CorruptArguments", "cannot be decoded", 1),
-    ("job_name_with_nul", "job_name = 'a' || char(0) || 'b'", "UnknownJob", "'a\\x00b'", 1),
     ("errors_not_json", "errors = 'garbage', args = '{\"x\": -1}'", "ValueError", "negative", 2),
 ]
+#: (case, SET clause, message fragment): job names no worker registered. The worker leaves
+#: them queued, attempts untouched (rolling deploys); the cleanup dead-letters them after
+#: ``unknown_job_grace`` (here called at once, grace 0), its error naming the job.
+UNKNOWN_NAMES = [
+    ("unknown_job", "job_name = 'no.such.job'", "'no.such.job'"),
+    ("hostile_job_name", "job_name = 'x''; DROP TABLE soniq_jobs; --'", "DROP TABLE soniq_jobs"),
+]
+SQLITE_UNKNOWN_NAMES = [("job_name_with_nul", "job_name = 'a' || char(0) || 'b'", "'a\\x00b'")]
 #: Columns the worker reads without a None check: the schema must refuse NULL in each.
 NULL_REFUSED = (sqlite3.IntegrityError, asyncpg.NotNullViolationError)
 NOT_NULL = ["job_name", "queue", "priority", "status", "args", "attempts", "max_attempts",
@@ -526,15 +530,16 @@ async def test_corrupted_rows_are_dead_lettered_and_the_worker_keeps_going(
         return x + 1
 
     cases = CORRUPTIONS + (SQLITE_CORRUPTIONS if app.backend.name == "sqlite" else [])
+    unknown = UNKNOWN_NAMES + (SQLITE_UNKNOWN_NAMES if app.backend.name == "sqlite" else [])
     ids: dict[str, str] = {}
-    for case, assignment, *_ in cases:
+    for case, assignment, *_ in [*cases, *unknown]:
         ids[case] = await app.enqueue(need, x=1)
         await _sql(app, database_url, f"UPDATE soniq_jobs SET {assignment} WHERE id = ?", ids[case])
     for column in NOT_NULL:  # the schema allows no NULL where the code expects a value
         with labelled(f"NULL in {column}"), pytest.raises(NULL_REFUSED, match="(?i)null"):
             await _sql(app, database_url, f"UPDATE soniq_jobs SET {column} = NULL WHERE id = ?",
                        ids["args_array"])
-    assert await count_jobs(app) == len(cases)
+    assert await count_jobs(app) == len(cases) + len(unknown)
 
     async with app.running_worker(concurrency=4):
         for case, _, error_type, fragment, attempts in cases:
@@ -554,6 +559,19 @@ async def test_corrupted_rows_are_dead_lettered_and_the_worker_keeps_going(
         ok = await app.enqueue(need, x=5)
         record = await wait_for_status(app, ok, "done", "dead_letter")
         assert record["status"] == "done" and record["result"] == 6
+        for case, *_ in unknown:  # left queued, attempt refunded: never run nor dead-lettered
+            with labelled(case):
+                await wait_for(lambda case=case: _left(app, ids[case]))
+    ended = await app.backend.dead_letter_unknown(["need"], grace=0)
+    assert sorted(ended) == sorted(ids[case] for case, *_ in unknown)
+    for case, _, fragment in unknown:
+        with labelled(case):
+            record = await app.get_job(ids[case])
+            assert record is not None and record["status"] == "dead_letter"
+            assert record["attempts"] == 0
+            [error] = record["errors"]
+            assert error["type"] == "UnknownJob"
+            assert fragment in error["message"], error["message"]
     # What cannot be decoded is shown as the stored text, not as an error of every read.
     record = await app.get_job(ids["args_nested_too_deep"])
     assert record is not None and isinstance(record["args"], str)
@@ -657,3 +675,9 @@ def test_no_pickle_marshal_shelve_eval_or_exec_in_soniq() -> None:
     found = [use for path in files for use in banned_uses(path.read_text(encoding="utf-8"),
                                                            str(path.relative_to(package)))]
     assert found == []
+
+
+async def _left(app: Soniq, job_id: str) -> bool:
+    record = await app.get_job(job_id)
+    return (record is not None and record["status"] == "queued" and record["attempts"] == 0
+            and record["errors"] == [])

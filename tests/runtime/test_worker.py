@@ -333,15 +333,6 @@ async def test_poison_job_exhausts_attempts_through_rescues(app: Soniq) -> None:
     assert [e["type"] for e in record["errors"]] == ["WorkerLost", "WorkerLost"]
 
 
-async def test_unknown_job_is_dead_lettered_not_looped(app: Soniq) -> None:
-    producer = Soniq(backend=app.backend, enqueue_validation="none")
-    job_id = await producer.enqueue("nobody.handles.this", args={"a": 1})
-    await app.run_worker(run_once=True)
-    record = await app.get_job(job_id)
-    assert record is not None and record["status"] == "dead_letter"
-    assert record["errors"][0]["type"] == "UnknownJob"
-
-
 async def test_queue_filter(app: Soniq) -> None:
     ran: list[str] = []
 

@@ -76,6 +76,7 @@ __all__ = [
     "queue_stats_row",
     "no_connections",
     "refuse_connection",
+    "unknown_job_error",
     "worker_lost_error",
 ]
 
@@ -224,9 +225,12 @@ class StorageBackend(Protocol):
                          *, now: datetime | None = None,
                          paused: frozenset[str] = frozenset(),
                          limited: frozenset[str] = frozenset(),
-                         rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
+                         rates: Sequence[RateGate] = (),
+                         unknown: frozenset[str] = frozenset()) -> list[ClaimedJob]:
         """Claim up to ``limit`` due jobs (all queues when ``queues`` is None), never from a
-        paused queue, and each within the limits that govern its start:
+        paused queue nor of a job name in ``unknown`` (the names the caller met and did not
+        register: left for the workers that know them), and each within the limits that govern
+        its start:
 
         - a queue with a stored ``concurrency_limit`` or ``rate_limit`` (``soniq_queues``) is
           *gated*: its jobs are claimed only while the caller names it in ``limited``, and then
@@ -277,6 +281,15 @@ class StorageBackend(Protocol):
         row): ``queued`` again with a ``WorkerLost`` error appended and the attempt kept, or
         ``dead_letter`` when it was the last attempt, or ``cancelled`` when cancel was requested.
         Remove the silent workers' rows. Return the rescued ids."""
+        ...
+
+    async def dead_letter_unknown(self, known: Sequence[str], *, grace: float,
+                                  now: datetime | None = None) -> list[str]:
+        """Dead-letter the ``queued`` jobs (parked ones too) due for at least ``grace`` seconds
+        whose name is not in ``known``, each with an ``UnknownJob`` error entry
+        (:func:`unknown_job_error`) and its attempts untouched; a slot one held goes on, its
+        dependents settle as for any dead letter. Return their ids, sorted (PostgreSQL ends at
+        most one batch per call; the next cleanup round takes the rest)."""
         ...
 
     async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
@@ -398,6 +411,19 @@ def worker_lost_error(worker_id: object, attempt: int, now: datetime) -> dict[st
         "attempt": attempt,
         "type": "WorkerLost",
         "message": f"worker {worker_id} stopped heartbeating while running this attempt",
+        "traceback": None,
+        "at": now.isoformat(),
+    }
+
+
+def unknown_job_error(job_name: str, attempt: int, grace: float, now: datetime) -> dict[str, Any]:
+    """The ``errors`` entry recorded when the cleanup dead-letters a job no live worker knows
+    (``unknown_job_grace`` is ``grace``)."""
+    return {
+        "attempt": attempt,
+        "type": "UnknownJob",
+        "message": f"no live worker has registered job {job_name!r} for {grace:g} s "
+                   "(unknown_job_grace)",
         "traceback": None,
         "at": now.isoformat(),
     }

@@ -16,13 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from soniq.backends.control import (
-    AuditStore,
-    QueueField,
-    QueueSetting,
-    QueueStore,
-    QueueValue,
-)
+from soniq.backends.control import AuditStore, QueueField, QueueSetting, QueueStore, QueueValue
 from soniq.backends.workflows import StoredStep, StoredWorkflow, WorkflowStore
 from soniq.ids import new_id
 
@@ -497,3 +491,8 @@ class DefinitionStore(Protocol):
         A row that is not a definition (written by hand) is skipped with a warning naming it."""
         ...
 
+    async def waiting(self, limit: int) -> builtins.list[str]:
+        """The job names of the first ``limit`` claimable queued jobs in claim order (due or
+        not; parked and rate-held ones aside), each once, sorted: what ``coverage`` flags
+        at once when no live worker knows it, even with no definition stored."""
+        ...

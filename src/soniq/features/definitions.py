@@ -43,7 +43,10 @@ if TYPE_CHECKING:
     from soniq.backends.stores import DefinitionStore, JobDefinition, StoredDefinition
     from soniq.types import JobCoverage
 
-__all__ = ["DefinitionCache", "Definitions", "current"]
+__all__ = ["WAITING_SAMPLE", "DefinitionCache", "Definitions", "current"]
+
+#: How many waiting jobs (the first in claim order) ``coverage`` reads for their names.
+WAITING_SAMPLE = 10_000
 
 
 def current(versions: Iterable[StoredDefinition]) -> dict[str, StoredDefinition]:
@@ -104,10 +107,14 @@ class Definitions:
         """Per job name, by name: the queue of its current definition (None when no definition
         is stored, e.g. one a live worker knows whose store write failed), how many live workers
         registered it, and ``flagged`` when none does. A worker is live while its last heartbeat
-        is within ``heartbeat_timeout`` of ``now`` (default: this machine's clock)."""
+        is within ``heartbeat_timeout`` of ``now`` (default: this machine's clock). Names of
+        waiting jobs are listed too (the first :data:`WAITING_SAMPLE` claimable jobs, in claim
+        order), so a name enqueued before any worker registered it -- a typo through a
+        ``TaskRef``, a job a deploy has not reached yet -- is flagged at once."""
         await self._ready()
         store = self._backend.definitions
         found = current(await store.list()) if store is not None else {}
+        waiting = await store.waiting(WAITING_SAMPLE) if store is not None else []
         cutoff = (now or utc_now()) - timedelta(seconds=self._heartbeat_timeout)
         live: dict[str, int] = {}
         for worker in await self._backend.list_workers():
@@ -117,7 +124,7 @@ class Definitions:
         return [{"name": name,
                  "queue": found[name].definition.queue if name in found else None,
                  "live_workers": live.get(name, 0), "flagged": name not in live}
-                for name in sorted(found.keys() | live.keys())]
+                for name in sorted(found.keys() | live.keys() | set(waiting))]
 
 
 class DefinitionCache:

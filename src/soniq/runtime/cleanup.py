@@ -8,11 +8,20 @@ reconciles the concurrency slots of the limited jobs it knows (``reconcile_slots
 limit, a replayed job, a slot a crash lost), then deletes the flow-control rows that carry no
 information (``prune_control``: idle slot rows, full rate buckets, audit entries past
 ``audit_retention``).
+
+It also dead-letters the jobs no worker will run (``dead_letter_unknown``): a ``queued`` job is
+dead-lettered, with an ``UnknownJob`` error ("no live worker has registered job 'x' for 3600 s"),
+once it has been due for ``unknown_job_grace`` seconds while its name is registered neither by a
+live worker (a heartbeat within ``heartbeat_timeout``: the worker rows' ``job_names``) nor by
+any worker that started within that grace (the stored definitions' ``last_seen_at``), so a
+rolling deploy's brief gap between old and new workers does not end a new job's backlog. Workers
+never dead-letter a job for its name themselves (:mod:`.fetcher`).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import anyio
@@ -44,8 +53,10 @@ class Cleanup:
     def __init__(self, backend: StorageBackend, *, interval: float, stale_after: float,
                  error_retry_delay: float, events: EventDispatcher,
                  limits: Callable[[], Mapping[str, int]] = dict,
-                 audit_retention: float = 0.0, result_ttl: float | None = None) -> None:
+                 audit_retention: float = 0.0, result_ttl: float | None = None,
+                 unknown_job_grace: float = 3600.0) -> None:
         self._backend = backend
+        self._unknown_job_grace = unknown_job_grace
         self._result_ttl = result_ttl  # None: cancelled-before-start jobs stay
         self._audit_retention = audit_retention  # 0: keep the audit log
         self._limits = limits
@@ -83,6 +94,12 @@ class Cleanup:
             logger.warning("rescued %d job(s) from silent workers: %s", len(rescued),
                            ", ".join(rescued))
             await self._report(rescued)
+        unknown = await self._dead_letter_unknown()
+        if unknown:
+            logger.warning("dead-lettered %d job(s) that no live worker registered for "
+                           "unknown_job_grace (%gs): %s", len(unknown), self._unknown_job_grace,
+                           ", ".join(unknown))
+            await self._report(unknown)
         pruned = await self._backend.prune_jobs(result_ttl=self._result_ttl)
         if pruned:
             logger.debug("pruned %d finished job(s) past result_ttl", pruned)
@@ -99,6 +116,21 @@ class Cleanup:
         if idle:
             logger.debug("pruned %d idle slot, full rate bucket or old audit row(s)", idle)
         return rescued, pruned
+
+    async def _dead_letter_unknown(self) -> list[str]:
+        """Dead-letter the jobs due for ``unknown_job_grace`` whose name neither a live worker
+        nor a worker started within the grace registered (see the module docstring)."""
+        now = utc_now()
+        live = now - timedelta(seconds=self._stale_after)
+        known = {name for worker in await self._backend.list_workers()
+                 if worker["last_heartbeat"] >= live for name in worker["job_names"] or ()}
+        store = self._backend.definitions
+        if store is not None:
+            recent = now - timedelta(seconds=self._unknown_job_grace)
+            known.update(version.definition.name for version in await store.list()
+                         if version.last_seen_at >= recent)
+        return await self._backend.dead_letter_unknown(sorted(known),
+                                                       grace=self._unknown_job_grace)
 
     async def _report(self, rescued: list[str]) -> None:
         """Each rescued job's event (failed, dead_letter or cancelled), for whoever listens, and

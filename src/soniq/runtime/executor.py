@@ -16,7 +16,10 @@ into a :class:`~soniq.types.JobOutcome` for the finisher:
 - interrupted by shutdown (outer cancellation) → ``queued`` at once, attempt given back; the
   cancellation is re-raised, never swallowed;
 - the outcome itself could not be built (a bug, a date out of range) → ``dead_letter`` with that
-  error, never left ``processing``.
+  error, never left ``processing``;
+- a job name this worker did not register → ``queued`` at once, attempt given back, never run
+  nor dead-lettered here (the fetcher leaves such jobs before they get here: :meth:`Executor.leave`;
+  the cleanup dead-letters them after ``unknown_job_grace`` if no live worker knows them).
 
 Timeout: the job's ``timeout``, else the ``job_timeout`` setting; 0 disables. A sync function runs
 in a worker thread; a thread cannot be killed, so on timeout the attempt is failed at once but the
@@ -132,6 +135,17 @@ class Executor:
         so the fetcher never claims more than its free slots."""
         self.running[job.id] = _Running(job, anyio.CancelScope())
 
+    def knows(self, job_name: str) -> bool:
+        """Whether this worker registered ``job_name`` (it runs no other job)."""
+        return self._registry.get(job_name) is not None
+
+    def leave(self, job: ClaimedJob) -> None:
+        """Give back a claimed job (not admitted) of a name this worker did not register:
+        queued again at once for a worker that knows it, attempt refunded, its place in the
+        queue (``scheduled_at``) kept."""
+        self._put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, run_at=job.scheduled_at,
+                             refund_attempt=True))
+
     def give_back(self, job: ClaimedJob) -> None:
         """Return an admitted job that never started: queued again at once, attempt refunded
         (cancelled instead, if a cancel was requested)."""
@@ -184,10 +198,9 @@ class Executor:
 
     async def _attempt(self, job: ClaimedJob, entry: _Running) -> JobOutcome | None:
         spec = self._registry.get(job.job_name)
-        if spec is None:
-            return self._failed(job, None, "UnknownJob",
-                                f"no job named {job.job_name!r} is registered on this worker",
-                                None, final=True)
+        if spec is None:  # never dead-lettered here: left for a worker that knows it
+            return JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, run_at=job.scheduled_at,
+                              refund_attempt=True)
         try:
             kwargs = self._codec.decode_args(job.job_name, job.args)
         except Exception as exc:

@@ -19,6 +19,13 @@ and enforces limits by itself, so this view never decides what is claimed; it is
 ``claim_jobs(paused=..., limited=...)`` so that the backend can pick a claim that does not walk
 a paused queue's backlog and knows which gated queues to try. The rate-limited jobs this worker
 registered go along as ``rates``.
+
+Rolling deploys: a claimed job whose name this worker did not register is never run nor
+dead-lettered here. It is given back at once with its attempt refunded (:meth:`Executor.leave`),
+its name joins :attr:`Fetcher.unknown`, and every later claim excludes those names
+(``claim_jobs(unknown=...)``, one bind parameter): so each name costs a worker one give-back,
+not a spin. The jobs wait for a worker that registered the name; the cleanup dead-letters them
+only when none has for ``unknown_job_grace`` (:mod:`.cleanup`).
 """
 
 from __future__ import annotations
@@ -86,6 +93,8 @@ class Fetcher:
         self._gated_at = -math.inf  # when a claim last returned rate-limited or gated work
         self._gates_rest_until = -math.inf  # the gated claims rest until then
         self._settings_read_at = -math.inf
+        #: The job names this worker claimed and did not register: never claimed again.
+        self.unknown: frozenset[str] = frozenset()
         executor.on_slot_freed = self.wake
 
     def wake(self) -> None:
@@ -210,16 +219,19 @@ class Fetcher:
             if gates or not (self._rated or self.limited):
                 claimed = await self._backend.claim_jobs(
                     self._worker_id, self._queues, limit, paused=self.paused,
-                    limited=self.limited, rates=self._rates)
+                    limited=self.limited, rates=self._rates, unknown=self.unknown)
             else:  # resting: the plain claim alone (still not walking the gated queues)
                 claimed = await self._backend.claim_jobs(
-                    self._worker_id, self._queues, limit, paused=self.paused | self.limited)
+                    self._worker_id, self._queues, limit, paused=self.paused | self.limited,
+                    unknown=self.unknown)
         except DatabaseError as exc:
             logger.warning("claiming jobs failed, retrying in %gs: %s", self._error_retry_delay, exc)
             await self._wait(self._error_retry_delay)
             return None
         now = anyio.current_time()
         self._pace.claimed(now, round_trip=now - started, full=len(claimed) == limit)
+        if not all(self._executor.knows(job.job_name) for job in claimed):
+            claimed = self._leave_unknown(claimed)
         if gates:
             if any(job.job_name in self._rated or job.queue in self.limited for job in claimed):
                 self._gated_at = now
@@ -234,6 +246,22 @@ class Fetcher:
             self._waiting.extend(claimed)
             self._start_waiting()
         return claimed
+
+    def _leave_unknown(self, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+        """Give back the claimed jobs of names this worker did not register (attempt refunded)
+        and exclude those names from its claims from now on; claim again at once. Returns the
+        rest."""
+        met = {job.job_name for job in claimed if not self._executor.knows(job.job_name)}
+        for name in sorted(met - self.unknown):
+            logger.warning("job %r is not registered on this worker: its jobs are left for the "
+                           "workers that register it (dead-lettered after unknown_job_grace if "
+                           "none does)", name)
+        self.unknown |= met
+        for job in claimed:
+            if job.job_name in met:
+                self._executor.leave(job)
+        self._wake.set()
+        return [job for job in claimed if job.job_name not in met]
 
     def _start_waiting(self) -> None:
         """Hand waiting jobs to free slots: to a parked runner, else to a new one."""

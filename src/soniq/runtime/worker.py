@@ -116,6 +116,7 @@ class Worker:
                                                for spec in registry
                                                if spec.concurrency_limit is not None},
                                audit_retention=settings.audit_retention,
+                               unknown_job_grace=settings.unknown_job_grace,
                                result_ttl=settings.result_ttl)
         self.listener = Listener(backend, self.fetcher, self.executor,
                                  poll_interval=settings.poll_interval,

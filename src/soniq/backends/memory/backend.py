@@ -21,6 +21,7 @@ from soniq.backends.base import (
     no_connections,
     queue_stats_row,
     refuse_connection,
+    unknown_job_error,
     worker_lost_error,
 )
 from soniq.backends.dependencies import ENDED, edges_of, failure_policy
@@ -91,7 +92,7 @@ class MemoryBackend:
         self.webhooks = MemoryWebhookStore()
         self.logs = MemoryLogStore(self._jobs)
         self.dashboard = MemoryDashboardStore(self._jobs, self.queue_stats)
-        self.definitions = MemoryDefinitionStore()
+        self.definitions = MemoryDefinitionStore(self._jobs)
         self.audit = MemoryAuditStore()
         self.queues = MemoryQueueStore(self.audit, self._notify)
         self._gates = Gates(self._jobs, self.queues)
@@ -233,7 +234,8 @@ class MemoryBackend:
                          *, now: datetime | None = None,
                          paused: frozenset[str] = frozenset(),
                          limited: frozenset[str] = frozenset(),
-                         rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
+                         rates: Sequence[RateGate] = (),
+                         unknown: frozenset[str] = frozenset()) -> list[ClaimedJob]:
         now = now or utc_now()
         wanted = None if queues is None else set(queues)
         stopped = self.queues.paused_now()  # the stored settings, not the caller's view
@@ -241,7 +243,7 @@ class MemoryBackend:
             (row for row in self._jobs.values()
              if row["status"] == JobStatus.QUEUED and row["hold"] is None
              and row["scheduled_at"] <= now and (wanted is None or row["queue"] in wanted)
-             and row["queue"] not in stopped),
+             and row["queue"] not in stopped and row["job_name"] not in unknown),
             key=lambda row: (row["priority"], row["scheduled_at"], row["id"]),
         )
         claimed = []
@@ -356,6 +358,22 @@ class MemoryBackend:
         for wid in stale:
             del self._workers[wid]
         return rescued
+
+    async def dead_letter_unknown(self, known: Sequence[str], *, grace: float,
+                                  now: datetime | None = None) -> list[str]:
+        now = now or utc_now()
+        cutoff, names = now - timedelta(seconds=grace), set(known)
+        ended = [row for row in self._jobs.values()
+                 if row["status"] == JobStatus.QUEUED and row["job_name"] not in names
+                 and row["scheduled_at"] <= cutoff]
+        for row in ended:
+            error = unknown_job_error(row["job_name"], row["attempts"], grace, now)
+            row["errors"] = dumps([*loads(row["errors"]), error])
+            row["finished_at"] = now
+            self._slots.release(row)
+            self._set_status(row, JobStatus.DEAD_LETTER.value, now)
+            self._deps.ended(row["id"], JobStatus.DEAD_LETTER.value, now)
+        return sorted(row["id"] for row in ended)
 
     async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
                        *, now: datetime | None = None) -> bool:

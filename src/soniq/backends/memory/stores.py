@@ -35,7 +35,7 @@ from soniq.types import JobRecord, JobStatus, NewJob, QueueStats
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Awaitable, Callable, Collection, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 __all__ = ["MemoryDashboardStore", "MemoryDeadLetterStore", "MemoryDefinitionStore",
            "MemoryLogStore", "MemoryScheduleStore", "MemoryWebhookStore"]
@@ -399,8 +399,9 @@ class MemoryDefinitionStore:
     """Job definitions as rows keyed by ``(name, digest)``, read back through the same checks as
     the SQL stores' rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: Mapping[str, dict[str, Any]]) -> None:
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._jobs = jobs  # the backend's job rows, read by waiting()
 
     async def upsert(self, definitions: Sequence[JobDefinition], *,
                      now: datetime | None = None) -> None:
@@ -420,3 +421,9 @@ class MemoryDefinitionStore:
         rows.sort(key=lambda r: (str(r.get("name")), str(r.get("first_seen_at")),
                                  str(r.get("digest"))))
         return [d for d in map(stored_definition, rows) if d is not None]
+
+    async def waiting(self, limit: int) -> builtins.list[str]:
+        queued = sorted((row for row in self._jobs.values()
+                         if row["status"] == JobStatus.QUEUED and row["hold"] is None),
+                        key=lambda row: (row["priority"], row["scheduled_at"], row["id"]))
+        return sorted({row["job_name"] for row in queued[:limit]})

@@ -1,10 +1,10 @@
 """``PostgresBackend``: the storage seam on PostgreSQL through asyncpg.
 
-Owns the connection pool and the translation between :mod:`soniq.types` and rows. Semantics
-match :class:`~soniq.backends.memory.MemoryBackend` exactly. Neighbours: the SQL lives in
-:mod:`.sql`, migrations and the schema check in :mod:`.schema`, the LISTEN connection in
-:mod:`.listener`, error translation in :mod:`.errors`, writing new jobs in :mod:`.inserts`,
-housekeeping (analyze, rescue, prune; under their own ``statement_timeout``) in :mod:`.maintenance`.
+Owns the connection pool and the translation between :mod:`soniq.types` and rows; semantics
+match :class:`~soniq.backends.memory.MemoryBackend`. Neighbours: SQL in :mod:`.sql`, migrations
+and the schema check in :mod:`.schema`, LISTEN in :mod:`.listener`, error translation in
+:mod:`.errors`, inserts in :mod:`.inserts`, housekeeping (analyze, rescue, prune, the unknown
+jobs' dead letters; their own ``statement_timeout``) in :mod:`.maintenance`.
 
 Two rules shape the code (DESIGN.md §6):
 
@@ -76,7 +76,6 @@ __all__ = ["LOOP_POOL_SIZE", "PostgresBackend"]
 #: Connections of the worker loops' pool: a claim, a finish and a heartbeat at the same time.
 LOOP_POOL_SIZE = 3
 
-# Seconds close() waits for borrowed connections to come back before terminating the pool.
 _CLOSE_TIMEOUT = 10.0
 
 
@@ -210,7 +209,7 @@ class PostgresBackend:
         return StatementPool(pool)
 
     async def close(self) -> None:
-        """Close the pools (idempotent). Borrowed connections get a bounded grace period."""
+        """Close the pools (idempotent). Borrowed connections get _CLOSE_TIMEOUT s to return."""
         pools = [pool for pool in (self._loop_pool, self._pool) if pool is not None]
         self._pool = self._loop_pool = None
         with self._errors:
@@ -257,10 +256,9 @@ class PostgresBackend:
 
     # -- claim and finish -----------------------------------------------------------------------
     async def claim_jobs(self, worker_id: str, queues: Sequence[str] | None, limit: int,
-                         *, now: datetime | None = None,
-                         paused: frozenset[str] = frozenset(),
-                         limited: frozenset[str] = frozenset(),
-                         rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
+                         *, now: datetime | None = None, paused: frozenset[str] = frozenset(),
+                         limited: frozenset[str] = frozenset(), rates: Sequence[RateGate] = (),
+                         unknown: frozenset[str] = frozenset()) -> list[ClaimedJob]:
         _check_worker_id(worker_id)
         if limit <= 0 or (queues is not None and not queues):
             return []
@@ -273,7 +271,7 @@ class PostgresBackend:
                 pool = await self._loops()
                 rows = await call(gates.claim, pool, self._q, self._gates, query, extra,
                                   worker_id, now, limit, keys, queues=queues, limited=limited,
-                                  rates=rates)
+                                  rates=rates, unknown=sorted(unknown))
         except BaseException:  # sent but unanswered (connection lost, cancelled)
             self._unanswered[worker_id] = keys
             raise
@@ -408,6 +406,12 @@ class PostgresBackend:
             return await call(maintenance.rescue, pool, self._q, self._sql().rescue_jobs,
                               stale_after, now, self._maintenance_timeout)
 
+    async def dead_letter_unknown(self, known: Sequence[str], *, grace: float,
+                                  now: datetime | None = None) -> list[str]:
+        with self._errors:
+            return await call(maintenance.dead_letter_unknown, await self._loops(), self._q,
+                              list(known), grace, now, self._maintenance_timeout)
+
     async def park_job(self, job_id: str, lease_id: str, concurrency_key: str, limit: int,
                        *, now: datetime | None = None) -> bool:
         if not (is_uuid(job_id) and is_uuid(lease_id)):
@@ -462,8 +466,7 @@ class PostgresBackend:
 
     # -- schema ---------------------------------------------------------------------------------
     async def probe(self) -> dict[str, Any]:
-        """Facts for ``soniq doctor`` / ``migrate-status`` (see :mod:`.probe`), read on plain
-        connections outside the pool and without the schema check."""
+        """Facts for ``soniq doctor`` / ``migrate-status`` (:mod:`.probe`), on plain connections."""
         from soniq.backends.postgres.probe import probe  # only the CLI's diagnostics need it
 
         return await probe(self._url, self._errors, self._q.names, listen_url=self._listen_url)

@@ -52,6 +52,14 @@ WHERE $1::text IS NULL OR name = $1::text
 ORDER BY name, first_seen_at, digest
 """
 
+        #: $1 limit: the names of the first claimable jobs, in soniq_jobs_claim_idx's order.
+        self.waiting = f"""
+SELECT DISTINCT job_name FROM (
+    SELECT job_name FROM {n.jobs} WHERE status = 'queued' AND hold IS NULL
+    ORDER BY priority, scheduled_at, id LIMIT $1::integer
+) AS first
+"""
+
 
 _sql = functools.cache(_Sql)
 
@@ -90,3 +98,9 @@ class PostgresDefinitionStore:
             rows = await call(pool.fetch, self._sql.select, name)
         found = (stored_definition(dict(row)) for row in rows)
         return [d for d in found if d is not None]
+
+    async def waiting(self, limit: int) -> builtins.list[str]:
+        with self._errors:
+            pool = await self._ready()
+            rows = await call(pool.fetch, self._sql.waiting, limit)
+        return sorted(row["job_name"] for row in rows)

@@ -119,7 +119,8 @@ FOR UPDATE SKIP LOCKED
         q_seconds = ("CASE split_part(q.rate_limit, '/', 2) WHEN 's' THEN 1 WHEN 'm' THEN 60 "
                      "ELSE 3600 END")
         q_tokens = _TOKENS.format(b="q", count=q_count, seconds=q_seconds, now=_NOW)
-        #: After ``lock_queues``, in its transaction: $5 the locked queues.
+        #: After ``lock_queues``, in its transaction: $5 the locked queues, $6 the job names
+        #: the worker met and did not register (:func:`.sql.known`).
         self.claim_queues = f"""
 WITH gate AS (
     SELECT q.name, q.rate_limit IS NOT NULL AS rated,
@@ -135,7 +136,7 @@ WITH gate AS (
 ), picked AS (
     SELECT c.id, g.name FROM gate AS g CROSS JOIN LATERAL (
         SELECT id, priority, scheduled_at FROM {n.jobs}
-        WHERE status = 'queued' AND hold IS NULL
+        WHERE status = 'queued' AND hold IS NULL AND {sql.known('$6')}
           AND queue >= g.name AND queue <= g.name
           AND scheduled_at <= {_NOW}
         ORDER BY queue, priority, scheduled_at, id
@@ -170,12 +171,13 @@ gate_sql = functools.cache(GateSql)
 async def claim(pool: Any, q: sql.Sql, g: GateSql, plain: str, extra: tuple[Any, ...],
                 worker_id: str, now: datetime | None, limit: int, keys: list[str], *,
                 queues: Sequence[str] | None, limited: frozenset[str],
-                rates: Sequence[RateGate]) -> list[Any]:
+                rates: Sequence[RateGate], unknown: list[str]) -> list[Any]:
     """Claim up to ``limit`` jobs: first the jobs of this worker's earlier claims whose answer
     was lost (their keys are ``keys``: they may have committed), then from the gated queues in
     ``limited`` (those the worker serves), then rate-limited rows, then the ``plain`` claim
     (with its ``extra`` parameters) for the rest, so limited work does not wait behind a busy
-    queue. Each claim's key is appended to ``keys`` before it is sent, so that the caller keeps
+    queue; none of a job name in ``unknown`` (rate-limited rows are only of names in
+    ``rates``, which the worker registered). Each claim's key is appended to ``keys`` before it is sent, so that the caller keeps
     them when this raises."""
     rows: list[Any] = []
     if keys:
@@ -186,7 +188,8 @@ async def claim(pool: Any, q: sql.Sql, g: GateSql, plain: str, extra: tuple[Any,
     gated = sorted(limited if queues is None else limited.intersection(queues))
     if gated and len(rows) < limit:
         keys.append(new_id())
-        rows += await _claim_queues(pool, g, worker_id, now, limit - len(rows), keys[-1], gated)
+        rows += await _claim_queues(pool, g, worker_id, now, limit - len(rows), keys[-1], gated,
+                                    unknown)
     if rates and len(rows) < limit:
         keys.append(new_id())
         rows += await pool.fetch(
@@ -195,18 +198,20 @@ async def claim(pool: Any, q: sql.Sql, g: GateSql, plain: str, extra: tuple[Any,
             [gate.rate.seconds for gate in rates], None if queues is None else list(queues))
     if len(rows) < limit:
         keys.append(new_id())
-        rows += await pool.fetch(plain, worker_id, now, limit - len(rows), keys[-1], *extra)
+        rows += await pool.fetch(plain, worker_id, now, limit - len(rows), keys[-1], unknown,
+                                 *extra)
     return rows
 
 
 async def _claim_queues(pool: Any, g: GateSql, worker_id: str, now: datetime | None, limit: int,
-                       key: str, queues: Sequence[str]) -> list[Any]:
+                       key: str, queues: Sequence[str], unknown: list[str]) -> list[Any]:
     """Claim up to ``limit`` jobs of the gated ``queues`` within their limits (a transaction)."""
     async with pool.acquire() as conn, conn.transaction():
         locked = [row["name"] for row in await conn.fetch(g.lock_queues, sorted(queues))]
         if not locked:
             return []
-        rows: list[Any] = await conn.fetch(g.claim_queues, worker_id, now, limit, key, locked)
+        rows: list[Any] = await conn.fetch(g.claim_queues, worker_id, now, limit, key, locked,
+                                           unknown)
         return rows
 
 

@@ -1,5 +1,6 @@
 """Housekeeping on PostgreSQL: ``ANALYZE soniq_jobs`` when a worker starts, the rescue of silent
-workers' jobs, pruning expired jobs and the flow-control tables (:class:`ControlSql`), and the
+workers' jobs, the dead letters of jobs no live worker knows (``unknown_job_grace``), pruning
+expired jobs and the flow-control tables (:class:`ControlSql`), and the
 other stores' pruning and rollups.
 
 A role or database may carry a ``statement_timeout`` sized for the application's own queries
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from soniq.backends.base import worker_lost_error
+from soniq.backends.base import unknown_job_error, worker_lost_error
 from soniq.backends.postgres import slots, sql
 from soniq.limits import LONGEST_PERIOD
 from soniq.serialization import dumps, utc_now
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
     from soniq.backends.postgres.sql import Sql
     from soniq.types import WorkerInfo
 
-__all__ = ["PRUNE_BATCH_SIZE", "ControlSql", "analyze", "control_sql", "maintenance", "prune",
-           "prune_control", "prune_in_batches", "register_worker", "rescue", "timeout_setting"]
+__all__ = ["PRUNE_BATCH_SIZE", "ControlSql", "analyze", "control_sql", "dead_letter_unknown",
+           "maintenance", "prune", "prune_control", "prune_in_batches", "register_worker",
+           "rescue", "timeout_setting"]
 
 logger = logging.getLogger("soniq.postgres")
 
@@ -112,6 +114,50 @@ async def rescue(pool: Any, q: Sql, statement: str, stale_after: float, now: dat
                 await slots.hand_over(conn, q.slots, freed)
         await conn.execute(q.remove_silent_workers, cutoff)
         return rescued
+
+
+@functools.cache
+def _unknown_sql(n: Names) -> tuple[str, str]:
+    """$1 cutoff, $2 known job names, $3 batch size: queued jobs due since the cutoff whose
+    name is not known, locked; then $1 ids, $2 error entries (JSON text), $3 now: those
+    dead-lettered."""
+    found = f"""
+SELECT id, job_name, attempts FROM {n.jobs}
+WHERE status = 'queued' AND scheduled_at <= $1::timestamptz AND job_name <> ALL ($2::text[])
+ORDER BY id
+LIMIT $3
+FOR UPDATE SKIP LOCKED
+"""
+    ended = f"""
+UPDATE {n.jobs} AS j
+SET status = 'dead_letter', errors = j.errors || jsonb_build_array(o.error::jsonb),
+    finished_at = $3::timestamptz, updated_at = $3::timestamptz
+FROM unnest($1::uuid[], $2::text[]) AS o (id, error)
+WHERE j.id = o.id AND j.status = 'queued'
+RETURNING j.id, {slots.FREED}
+"""
+    return found, ended
+
+
+async def dead_letter_unknown(pool: Any, q: Sql, known: list[str], grace: float,
+                              now: datetime | None, statement_timeout: str) -> list[str]:
+    """Dead-letter the queued jobs due for ``grace`` seconds whose name is not in ``known``, in
+    one transaction, with an ``UnknownJob`` entry (:func:`~soniq.backends.base.unknown_job_error`);
+    the slots they held go on. At most :data:`PRUNE_BATCH_SIZE` per call (one cleanup round):
+    the next round takes the rest."""
+    found, ended = _unknown_sql(q.names)
+    async with maintenance(pool, statement_timeout) as conn:
+        clock: datetime = await conn.fetchval(sql.CLOCK, now)
+        rows = await conn.fetch(found, clock - timedelta(seconds=grace), known, PRUNE_BATCH_SIZE)
+        if not rows:
+            return []
+        errors = [dumps(unknown_job_error(row["job_name"], row["attempts"], grace, clock))
+                  for row in rows]
+        rows = await conn.fetch(ended, [row["id"] for row in rows], errors, clock)
+        freed = slots.freed(rows)
+        if freed:
+            await slots.hand_over(conn, q.slots, freed)
+        return sorted(str(row["id"]) for row in rows)
 
 
 async def prune(pool: Any, q: Sql, now: datetime | None, statement_timeout: str,

@@ -11,7 +11,7 @@ would be walked and filtered row by row on every claim. A worker whose view of t
   the queues paused *now* (the same init plan as the plain claims: the worker's view only picks
   the shape); then per queue, in a LATERAL, its first ``$3`` due rows from that index
   ``FOR UPDATE SKIP LOCKED``; then the first ``$3`` of those by (priority, scheduled_at, id);
-- the queues in ``$5`` (:attr:`Claims.listed_unpaused`): the same LATERAL over the given list.
+- the queues in ``$6`` (:attr:`Claims.listed_unpaused`): the same LATERAL over the given list.
 
 The cost is one index probe per queue with queued jobs and up to ``$3`` rows locked per
 unpaused queue (those not taken are unlocked when the claim commits), whatever the paused
@@ -57,7 +57,7 @@ def _per_queue(n: Names) -> str:
     return f"""
     CROSS JOIN LATERAL (
         SELECT id, priority, scheduled_at FROM {n.jobs}
-        WHERE status = 'queued' AND hold IS NULL
+        WHERE status = 'queued' AND hold IS NULL AND {sql.known('$5')}
           AND queue >= wanted.queue AND queue <= wanted.queue
           AND scheduled_at <= COALESCE($2::timestamptz, now())
         ORDER BY queue, priority, scheduled_at, id
@@ -107,9 +107,9 @@ class Claims:
     WHERE wanted.queue IS NOT NULL AND wanted.queue <> ALL ({sql.closed_queues(n)})
     {_TOP}
 """)
-        #: Claim from the queues in $5 that are not paused.
+        #: Claim from the queues in $6 that are not paused.
         self.listed_unpaused = sql.claim(n, f"""
-    SELECT c.id FROM unnest($5::text[]) AS wanted (queue)
+    SELECT c.id FROM unnest($6::text[]) AS wanted (queue)
     {_per_queue(n)}
     WHERE wanted.queue <> ALL ({sql.closed_queues(n)})
     {_TOP}

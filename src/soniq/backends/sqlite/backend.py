@@ -27,6 +27,7 @@ from soniq.backends.base import (
     no_connections,
     queue_stats_row,
     refuse_connection,
+    unknown_job_error,
     worker_lost_error,
 )
 from soniq.backends.sqlite import dependencies, gates, slots, sql
@@ -225,12 +226,14 @@ class SqliteBackend:
                          *, now: datetime | None = None,
                          paused: frozenset[str] = frozenset(),
                          limited: frozenset[str] = frozenset(),
-                         rates: Sequence[RateGate] = ()) -> list[ClaimedJob]:
+                         rates: Sequence[RateGate] = (),
+                         unknown: frozenset[str] = frozenset()) -> list[ClaimedJob]:
         # ``paused`` is not needed: the claim reads soniq_queues inside its BEGIN IMMEDIATE.
         if limit <= 0 or (queues is not None and not queues):
             return []
         wanted = None if queues is None else list(dict.fromkeys(queues))
-        rows = await self._db.run(self._claim, worker_id, wanted, limit, now, limited, rates)
+        rows = await self._db.run(self._claim, worker_id, wanted, limit, now, limited, rates,
+                                  sorted(unknown))
         claimed = [_claimed(row) for row in rows]
         # RETURNING comes in no promised order; hand jobs out in claim order.
         claimed.sort(key=lambda job: (job.priority, job.scheduled_at, job.id))
@@ -238,7 +241,7 @@ class SqliteBackend:
 
     async def _claim(self, worker_id: str, wanted: list[str] | None, limit: int,
                      now: datetime | None, limited: frozenset[str],
-                     rates: Sequence[RateGate]) -> list[Any]:
+                     rates: Sequence[RateGate], unknown: list[str]) -> list[Any]:
         """Inside one ``BEGIN IMMEDIATE`` (the write lock is taken before anything is read, so
         settings, counts and buckets are never stale): the gated queues' and rate-limited jobs'
         claims, then the plain claim with the rest. The time is read once the lock is held, so
@@ -246,12 +249,12 @@ class SqliteBackend:
         async with self._db.transaction() as conn:
             now = now or utc_now()
             at = sql.to_db(now)
-            rows = (await gates.claim(conn, worker_id, wanted, limit, now, limited, rates)
-                    if limited or rates else [])
+            rows = (await gates.claim(conn, worker_id, wanted, limit, now, limited, rates,
+                                      unknown) if limited or rates else [])
             if len(rows) < limit:
-                statement = sql.claim_sql(None if wanted is None else len(wanted))
-                rows += await conn.execute_fetchall(
-                    statement, (worker_id, at, at, at, *(wanted or ()), limit - len(rows)))
+                statement = sql.claim_sql(None if wanted is None else len(wanted), len(unknown))
+                rows += await conn.execute_fetchall(statement, (
+                    worker_id, at, at, at, *(wanted or ()), *unknown, limit - len(rows)))
             return rows
 
     async def complete_jobs(self, outcomes: Sequence[JobOutcome],
@@ -352,6 +355,24 @@ class SqliteBackend:
                 await _ended(conn, rows, sql.to_db(now))
             await conn.execute_fetchall(sql.REMOVE_SILENT_WORKERS, (cutoff,))
         return rescued
+
+    async def dead_letter_unknown(self, known: Sequence[str], *, grace: float,
+                                  now: datetime | None = None) -> list[str]:
+        return await self._db.run(self._dead_letter_unknown, list(known), grace, now or utc_now())
+
+    async def _dead_letter_unknown(self, known: list[str], grace: float,
+                                   now: datetime) -> list[str]:
+        cutoff = sql.to_db(now - timedelta(seconds=grace))
+        async with self._db.transaction() as conn:
+            found = await conn.execute_fetchall(sql.UNKNOWN_JOBS, (cutoff, json.dumps(known)))
+            ended = [{"id": job_id, "error": dumps(unknown_job_error(name, attempts, grace, now))}
+                     for job_id, name, attempts in found]
+            if not ended:
+                return []
+            rows = list(await conn.execute_fetchall(
+                sql.DEAD_LETTER_UNKNOWN, {"now": sql.to_db(now), "ended": json.dumps(ended)}))
+            await _ended(conn, rows, sql.to_db(now))
+        return sorted(row[0] for row in rows)
 
     async def prune_jobs(self, *, now: datetime | None = None,
                          result_ttl: float | None = None) -> int:

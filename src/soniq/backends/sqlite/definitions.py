@@ -35,6 +35,12 @@ SELECT = (f"SELECT {', '.join(_COLUMNS)} FROM soniq_job_definitions "
           "WHERE ?1 IS NULL OR name = ?1 ORDER BY name, first_seen_at, digest")
 
 
+#: limit: the names of the first claimable jobs, in soniq_jobs_claim's order.
+WAITING = ("SELECT DISTINCT job_name FROM (SELECT job_name FROM soniq_jobs "
+           "WHERE status = 'queued' AND hold IS NULL AND rate_key IS NULL "
+           "ORDER BY priority, scheduled_at, id LIMIT ?) ORDER BY job_name")
+
+
 class SqliteDefinitionStore:
     """Job definitions in one SQLite file (reached as ``SqliteBackend.definitions``)."""
 
@@ -58,3 +64,6 @@ class SqliteDefinitionStore:
         rows = await self._db.run(self._db.read, SELECT, (name,))
         found = (stored_definition(dict(zip(_COLUMNS, row, strict=True))) for row in rows)
         return [d for d in found if d is not None]
+
+    async def waiting(self, limit: int) -> builtins.list[str]:
+        return [row[0] for row in await self._db.run(self._db.read, WAITING, (limit,))]

@@ -33,7 +33,7 @@ _GATED = (
 _RUNNING = "SELECT count(*) FROM soniq_jobs WHERE queue = ? AND status = 'processing'"
 _SET_QUEUE_TOKENS = "UPDATE soniq_queues SET tokens = ?, refilled_at = ? WHERE name = ?"
 #: A gated queue's claim (worker_id, started_at, updated_at, now, queue, limit).
-_GATED_CLAIM = sql.claim_statement(" AND rate_key IS NULL AND queue = ?")
+_GATED_CLAIM = " AND rate_key IS NULL AND queue = ?"
 _SET_TOKENS = (
     "INSERT INTO soniq_rate_buckets (job_name, key, tokens, refilled_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (job_name, key) DO UPDATE SET tokens = excluded.tokens, "
@@ -72,11 +72,12 @@ def _rated_claim(queue_count: int | None) -> str:
 
 async def claim(conn: aiosqlite.Connection, worker_id: str, queues: Sequence[str] | None,
                 limit: int, now: datetime, limited: frozenset[str],
-                rates: Sequence[RateGate]) -> list[Any]:
+                rates: Sequence[RateGate], unknown: Sequence[str] = ()) -> list[Any]:
     """Claim up to ``limit`` jobs of the gated queues in ``limited`` (among ``queues``) and of
-    the rate-limited jobs in ``rates``, each within its limits, taking their tokens. Returns the
-    claimed rows (``sql.CLAIMED_COLUMNS``)."""
+    the rate-limited jobs in ``rates``, each within its limits, taking their tokens, never of a
+    job name in ``unknown``. Returns the claimed rows (``sql.CLAIMED_COLUMNS``)."""
     at = sql.to_db(now)
+    gated_claim = sql.claim_statement(_GATED_CLAIM + sql.unknown_filter(len(unknown)))
     rows: list[Any] = []
     names = sorted(limited if queues is None else limited.intersection(queues))
     for name in names:
@@ -97,7 +98,8 @@ async def claim(conn: aiosqlite.Connection, worker_id: str, queues: Sequence[str
             room = min(room, math.floor(now_tokens))
         if room <= 0:
             continue
-        got = list(await conn.execute_fetchall(_GATED_CLAIM, (worker_id, at, at, at, name, room)))
+        got = list(await conn.execute_fetchall(gated_claim,
+                                               (worker_id, at, at, at, name, *unknown, room)))
         if rate is not None and got:
             await conn.execute(_SET_QUEUE_TOKENS, (now_tokens - len(got), at, name))
         rows += got

@@ -33,6 +33,7 @@ __all__ = [
     "CLAIMED_SELECT",
     "CLAIM_MAINTENANCE",
     "COMPLETE",
+    "DEAD_LETTER_UNKNOWN",
     "DELETE",
     "HEARTBEAT",
     "INSERT_JOB",
@@ -50,6 +51,7 @@ __all__ = [
     "REMOVE_SILENT_WORKERS",
     "RESCUE",
     "TIMESTAMP_COLUMNS",
+    "UNKNOWN_JOBS",
     "UNREGISTER_WORKER",
     "claim_sql",
     "claim_statement",
@@ -58,6 +60,7 @@ __all__ = [
     "placeholders",
     "split_statements",
     "to_db",
+    "unknown_filter",
 ]
 
 #: Job columns that hold timestamps (converted to aware datetimes when read).
@@ -162,7 +165,13 @@ CLAIMED_SELECT = ", ".join("waiting_on" if column == "has_dependencies" else col
                            for column in CLAIMED_COLUMNS)
 
 
-def claim_sql(queue_count: int | None) -> str:
+def unknown_filter(count: int) -> str:
+    """`` AND job_name NOT IN (?, ...)`` for the ``count`` job names a worker met and did not
+    register (nothing when there are none: the usual claim is unchanged)."""
+    return f" AND job_name NOT IN ({placeholders(count)})" if count else ""
+
+
+def claim_sql(queue_count: int | None, unknown_count: int = 0) -> str:
     """The plain claim: one UPDATE over the due rows, in claim order, returning what the worker
     needs.
 
@@ -175,7 +184,7 @@ def claim_sql(queue_count: int | None) -> str:
     set) in ``soniq_queues`` are skipped (a subquery evaluated once per statement, read under
     the same write lock as the update, so a setting committed before the claim is always seen);
     gated queues are claimed through :mod:`.gates`.
-    Parameters: worker_id, started_at, updated_at, now, *queues, limit.
+    Parameters: worker_id, started_at, updated_at, now, *queues, *unknown job names, limit.
     """
     if queue_count is None:
         queue_filter = ""
@@ -184,7 +193,8 @@ def claim_sql(queue_count: int | None) -> str:
     else:
         queue_filter = f" AND +queue IN ({placeholders(queue_count)})"
     return claim_statement(
-        f" AND rate_key IS NULL{queue_filter} AND queue NOT IN (SELECT name FROM soniq_queues "
+        f" AND rate_key IS NULL{queue_filter}{unknown_filter(unknown_count)} "
+        "AND queue NOT IN (SELECT name FROM soniq_queues "
         "WHERE paused OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL)")
 
 
@@ -346,6 +356,12 @@ _RESCUE_REQUEUE = (
 #: Give lost jobs back. ``:lost`` is a JSON array of {id, error (JSON text)}; ``:now``.
 #: Queued again when attempts remain (the claim already counted the lost attempt), dead-lettered
 #: on the last one, cancelled when cancel was requested.
+def _entries(param: str) -> str:
+    """The rows ``o (id, error)`` of the JSON array ``:param`` of ``{id, error}`` objects."""
+    return (f"FROM (SELECT json_extract(value, '$.id') AS id, "
+            f"json_extract(value, '$.error') AS error FROM json_each(:{param})) AS o")
+
+
 RESCUE = f"""
 UPDATE soniq_jobs SET
     status = CASE WHEN soniq_jobs.cancel_requested THEN 'cancelled'
@@ -357,11 +373,26 @@ UPDATE soniq_jobs SET
     worker_id = CASE WHEN {_RESCUE_REQUEUE} THEN NULL ELSE soniq_jobs.worker_id END,
     finished_at = CASE WHEN {_RESCUE_REQUEUE} THEN soniq_jobs.finished_at ELSE :now END,
     updated_at = :now
-FROM (
-    SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.error') AS error
-    FROM json_each(:lost)
-) AS o
+{_entries('lost')}
 WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'processing'
+RETURNING soniq_jobs.id, {_ENDING_COLUMNS}
+"""
+
+#: cutoff, known job names (a JSON array): queued jobs due since the cutoff that no live worker
+#: knows (the cleanup dead-letters them: unknown_job_grace).
+UNKNOWN_JOBS = """
+SELECT id, job_name, attempts FROM soniq_jobs
+WHERE status = 'queued' AND scheduled_at <= ?
+  AND job_name NOT IN (SELECT value FROM json_each(?))
+"""
+
+#: :now, :ended (a JSON array of {id, error}): those jobs dead-lettered if still queued.
+DEAD_LETTER_UNKNOWN = f"""
+UPDATE soniq_jobs SET status = 'dead_letter',
+    errors = json_insert({_ERRORS}, '$[#]', json(o.error)),
+    finished_at = :now, updated_at = :now
+{_entries('ended')}
+WHERE soniq_jobs.id = o.id AND soniq_jobs.status = 'queued'
 RETURNING soniq_jobs.id, {_ENDING_COLUMNS}
 """
 
