@@ -30,7 +30,9 @@ __all__ = [
     "QueueStats",
     "DependencyResult",
     "EnqueueOptions",
+    "OnConflict",
     "RateLimited",
+    "Uniqueness",
     "Snooze",
     "WorkerInfo",
     "BATCH_ITEM",
@@ -190,6 +192,21 @@ class JobCoverage(TypedDict):
     flagged: bool
 
 
+class Uniqueness(NamedTuple):
+    """How a job with a dedup key meets the job standing on its key (see
+    docs/tutorial/uniqueness.md): ``blocking`` -- the statuses of the standing job that block a
+    new one (``"queued"`` also covers ``"waiting"``); ``window`` -- seconds after a job took the
+    key during which any new job is refused (``unique_for``; None: none); ``replace`` -- a
+    blocked new job updates a standing job that has not started (arguments, ``scheduled_at``)
+    instead of being dropped; ``max_delay`` -- with ``replace``, the latest a replace may push
+    the job to, in seconds after the standing job was first enqueued."""
+
+    blocking: tuple[str, ...] = ("queued",)
+    window: float | None = None
+    replace: bool = False
+    max_delay: float | None = None
+
+
 class NewJob(NamedTuple):
     """A row to insert. ``args`` is already-encoded JSON text (encoded once, at enqueue). A named
     tuple, not a frozen dataclass: bulk enqueue builds one per job, at a third of the cost.
@@ -224,17 +241,20 @@ class NewJob(NamedTuple):
     #: The workflow or batch it is a step of, and its step name there.
     workflow_id: str | None = None
     step_name: str | None = None
+    #: With a dedup key: how it meets the job standing on its key (None: ``Uniqueness()``).
+    unique: Uniqueness | None = None
 
 
 class JobStream(Sequence[NewJob]):
     """The jobs of one ``enqueue_many`` call, built (validated and encoded) as they are read, so
     a backend can send the first while the rest are still being built. Every job has the same
-    name (``job_name``), queue (``queue``), priority, attempts and time (``scheduled_at``), and no dedup key. Reading it twice builds nothing
+    name (``job_name``), queue (``queue``), priority, attempts and time (``scheduled_at``) (dedup keys only when ``keyed``). Reading it twice builds nothing
     twice; a job that fails validation raises where it is read, and the backend must then write
     nothing (PostgreSQL: it aborts the one COPY statement)."""
 
     def __init__(self, count: int, rows: Iterator[NewJob], *, job_name: str, queue: str,
-                 scheduled_at: datetime | None, limited: bool = False) -> None:
+                 scheduled_at: datetime | None, limited: bool = False,
+                 keyed: bool = False) -> None:
         self._count = count
         self._rows = rows
         self._built: list[NewJob] = []
@@ -244,6 +264,8 @@ class JobStream(Sequence[NewJob]):
         self.scheduled_at = scheduled_at
         #: Its jobs carry a concurrency key or a rate key (they take slots or tokens).
         self.limited = limited
+        #: Its jobs carry dedup keys (they are resolved against stored keys, never streamed).
+        self.keyed = keyed
 
     def __len__(self) -> int:
         return self._count
@@ -366,6 +388,9 @@ class RateLimited(Exception):
         self.reason = reason
 
 
+#: What a blocked unique job does (``EnqueueOptions.on_conflict``).
+OnConflict: TypeAlias = Literal["keep", "replace"]
+
 #: What a failed dependency does to a job that waits for it (``EnqueueOptions``).
 DependencyFailure: TypeAlias = Literal["cancel", "run", "wait"]
 DEPENDENCY_FAILURES: tuple[DependencyFailure, ...] = ("cancel", "run", "wait")
@@ -384,6 +409,18 @@ class EnqueueOptions:
 
     depends_on: Sequence[str] = ()
     on_dependency_failure: DependencyFailure = "cancel"
+    #: Uniqueness for this call (None: the job's ``@app.job`` option); any of them set makes the
+    #: call unique. ``unique_by``: the arguments that form the key; ``unique_for``: seconds a new
+    #: job is refused after the last one took the key; ``unique_while``: the standing job's
+    #: statuses that block (``"queued"``, ``"processing"``); ``on_conflict``: ``"keep"`` or
+    #: ``"replace"`` (needs ``unique_by`` or a ``dedup_key``); ``max_delay``: with
+    #: ``"replace"``, seconds after the first enqueue past which replaces do not push the job.
+    #: See docs/tutorial/uniqueness.md.
+    unique_by: Sequence[str] | None = None
+    unique_for: float | None = None
+    unique_while: Sequence[str] | None = None
+    on_conflict: OnConflict | None = None
+    max_delay: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

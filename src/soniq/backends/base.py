@@ -289,7 +289,8 @@ class StorageBackend(Protocol):
         (``soniq_rate_buckets``) full again -- last refilled at least
         :data:`~soniq.limits.LONGEST_PERIOD` ago, or never -- not held (``blocked_until`` unset
         or past) and whose key has no queued rate-limited job (a missing bucket is a full one);
-        audit entries older than ``audit_retention`` seconds (0: keep them all). A slot taken or
+        dedup keys (``soniq_unique_keys``) whose ``unique_for`` window has passed and whose job
+        has ended or is gone (see :mod:`soniq.backends.keys`); audit entries older than ``audit_retention`` seconds (0: keep them all). A slot taken or
         a bucket used meanwhile is never deleted. Returns how many rows were deleted."""
         ...
 
