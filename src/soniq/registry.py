@@ -15,6 +15,7 @@ from typing import Any
 
 import pydantic
 
+from soniq import uniqueness
 from soniq.arguments import Parameters, encode_args
 from soniq.errors import (
     ConfigurationError,
@@ -29,7 +30,6 @@ from soniq.ids import id_stream, new_id
 from soniq.limits import check_limits, check_rate, limit_key, stored_limits, stored_rate
 from soniq.serialization import loads, to_utc
 from soniq.types import JobContext, JobStatus, JobStream, NewJob
-from soniq.uniqueness import UNIQUE_OPTIONS, UniqueRule, check_dedup_key, check_unique, dedup_key_of
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -61,7 +61,8 @@ RESERVED_ENQUEUE_OPTIONS = frozenset(
 _JOB_OPTIONS = (
     "name", "queue", "priority", "retries", "max_retries", "retry_delay", "retry_backoff",
     "retry_max_delay", "timeout", "unique", "validate", "args_model", "encrypt",
-    "concurrency_limit", "concurrency_key", "ordered", "rate_limit", "rate_key", *UNIQUE_OPTIONS,
+    "concurrency_limit", "concurrency_key", "ordered", "rate_limit", "rate_key",
+    *uniqueness.UNIQUE_OPTIONS,
 )
 
 
@@ -137,7 +138,7 @@ class JobSpec:
     timeout: float | None = None
     unique: bool = False
     #: Its uniqueness (``unique=True`` or any of the ``unique_*`` options; see uniqueness.py).
-    unique_rule: UniqueRule | None = None
+    unique_rule: uniqueness.UniqueRule | None = None
     #: Arguments and result are stored encrypted (``app.signing``'s keys; see features/signing.py).
     encrypt: bool = False
     args_model: type[pydantic.BaseModel] | None = None
@@ -267,7 +268,7 @@ class JobRegistry:
         any_name = model is None and parameters.any_keyword
         limit, limit_by, ordered = check_limits(name, options, fields=fields, any_name=any_name)
         rate, rate_by = check_rate(name, options, fields=fields, any_name=any_name)
-        rule = check_unique(name, options, fields=fields, any_name=any_name)
+        rule = uniqueness.check_unique(name, options, fields=fields, any_name=any_name)
         spec = JobSpec(
             name=name,
             func=func,
@@ -397,14 +398,14 @@ class JobBuilder:
                 f"priority must be an integer from -32768 to 32767, got {priority!r}")
         # Uniqueness: the call's options (``call``: EnqueueOptions' fields) over the job's.
         params = spec.parameters if spec else None
-        self._rule = check_unique(
+        self._rule = uniqueness.check_unique(
             name, {**(call or {}), "unique": unique},
-            base=spec.unique_rule if spec else UniqueRule() if stored and stored.options.get(
-                "unique") is True else None,
+            base=(spec.unique_rule if spec else
+                  uniqueness.stored_rule(name, stored.options) if stored else None),
             fields=(set(model.model_fields) if model else None if params is None else params.names),
             any_name=model is None and params is not None and params.any_keyword,
             dedup_key=dedup_key is not None)
-        dedup_key = None if dedup_key is None else check_dedup_key(dedup_key)
+        dedup_key = None if dedup_key is None else uniqueness.check_dedup_key(dedup_key)
         self.name = name
         self.queue = validate_name(queue, "queue name") if queue is not None else default_queue
         self.priority = priority
@@ -443,7 +444,7 @@ class JobBuilder:
             rate_key = (self._key_of(self._rate_by, "rate_key", job_args, args_json)
                         if self._rated else None)
             rule = self._rule
-            key = (None if rule is None else self._dedup_key or dedup_key_of(
+            key = (None if rule is None else self._dedup_key or uniqueness.dedup_key_of(
                 name, rule, job_args if self._model is None else loads(args_json), args_json,
                 None if spec is None or spec.parameters is None else spec.parameters.signature,
                 self._keyed_digest if self._encrypt else None))

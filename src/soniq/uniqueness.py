@@ -24,7 +24,7 @@ if typing.TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["BLOCKING_STATUSES", "UNIQUE_OPTIONS", "UniqueRule", "check_dedup_key", "check_unique",
-           "dedup_key_of"]
+           "dedup_key_of", "rule_options", "stored_rule"]
 
 #: The options (of ``@app.job`` and fields of ``EnqueueOptions``) about uniqueness.
 UNIQUE_OPTIONS = ("unique_by", "unique_for", "unique_while", "on_conflict", "max_delay")
@@ -83,6 +83,29 @@ def check_unique(name: str, options: Mapping[str, Any], *, base: UniqueRule | No
         raise ValidationError(f"unique_while=() on job {name!r} blocks nothing without "
                               "unique_for; give a window or a status")
     return UniqueRule(by, Uniqueness(blocking, window, conflict == "replace", max_delay))
+
+
+def rule_options(rule: UniqueRule | None) -> dict[str, Any]:
+    """What a stored job definition's ``options`` hold about uniqueness beyond ``unique``: the
+    options that differ from ``unique=True``'s (nothing for a plain unique job, so its digest
+    stays what it was)."""
+    if rule is None:
+        return {}
+    policy = rule.policy
+    options: dict[str, Any] = {"unique_by": None if rule.by is None else list(rule.by),
+                               "unique_for": policy.window,
+                               "unique_while": (None if policy.blocking == ("queued",)
+                                                else list(policy.blocking)),
+                               "on_conflict": "replace" if policy.replace else None,
+                               "max_delay": policy.max_delay}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def stored_rule(name: str, options: Mapping[str, Any]) -> UniqueRule | None:
+    """The uniqueness of job ``name`` as its workers stored it (:func:`rule_options`)."""
+    if options.get("unique") is not True:
+        return None
+    return check_unique(name, {"unique": True, **options}, fields=None)
 
 
 def _by(name: str, raw: object, fields: Collection[str] | None,
