@@ -115,7 +115,7 @@ async def test_the_keys_migration_rebuilds_the_jobs_table_on_sqlite(tmp_path: Pa
 
 _PRODUCER = """
 import asyncio, pathlib, sys, time
-from soniq import Soniq
+from soniq import EnqueueOptions, Soniq
 
 async def main(url, ready, go):
     app = Soniq(database_url=url, pool_min_size=10, pool_max_size=10)
