@@ -29,6 +29,12 @@ def register(app: Soniq, **options: Any) -> None:
         return None
 
 
+def loads_args(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's arguments (decoded by get_job/list_jobs; text if a backend left them so)."""
+    args = record["args"]
+    return loads(args) if isinstance(args, str) else dict(args)
+
+
 async def rows(app: Soniq) -> list[dict[str, Any]]:
     return [dict(r) for r in await app.list_jobs(limit=1000)]
 
@@ -41,8 +47,7 @@ async def test_a_debounce_of_100_enqueues_leaves_one_job_with_the_last_arguments
     other = await app.enqueue("sync_user", user_id=8, scheduled_at=5, options=BY_USER)
     assert len(set(ids)) == 1 and other != ids[0]
     [job] = [r for r in await rows(app) if r["id"] == ids[0]]
-    assert loads(job["args"]) == {"user_id": 7, "n": 99} if isinstance(job["args"], str) else (
-        job["args"] == {"user_id": 7, "n": 99})
+    assert loads_args(job) == {"user_id": 7, "n": 99}
     assert job["status"] == "queued"
     # pushed back by every replace: the last call's time (5.099 s after its call)
     assert job["scheduled_at"] > job["created_at"] + timedelta(seconds=5.09)
@@ -82,11 +87,6 @@ async def test_unique_for_refuses_after_the_job_finished_and_after_it_was_pruned
     await app.backend.prune_control(audit_retention=0, now=utc_now() + timedelta(hours=2))
     third = await app.enqueue("sync_user", user_id=1)
     assert third != first and (await app.get_job(third)) is not None
-
-
-def loads_args(record: dict[str, Any]) -> dict[str, Any]:
-    args = record["args"]
-    return loads(args) if isinstance(args, str) else dict(args)
 
 
 async def test_unique_while_processing_blocks_a_running_job_and_replace_never_changes_it(
@@ -174,3 +174,16 @@ async def test_replace_with_a_dedup_key_needs_no_unique_by(app: Soniq) -> None:
                              options=options) == first
     job = await app.get_job(first)
     assert job is not None and loads_args(dict(job))["user_id"] == 2
+
+
+async def test_a_batch_of_a_unique_job_is_never_deduplicated(app: Soniq) -> None:
+    register(app, unique_by=["user_id"])
+
+    @app.job(name="batch_done")
+    async def batch_done() -> None:
+        return None
+
+    standing = await app.enqueue("sync_user", user_id=1)
+    await app.enqueue_batch("sync_user", [{"user_id": 1}, {"user_id": 1}], on_complete=batch_done)
+    assert len(await rows(app)) == 4  # the standing job, two steps and the callback
+    assert await app.enqueue("sync_user", user_id=1) == standing  # its key is untouched

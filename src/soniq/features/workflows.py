@@ -206,10 +206,12 @@ def workflow_jobs(workflow_id: str, steps: Sequence[Step],
 def batch_jobs(workflow_id: str, jobs: Sequence[NewJob], callback: NewJob) -> list[NewJob]:
     """The rows of a batch: ``jobs`` as the steps ``#0``, ``#1``, ... and ``callback`` as the
     step ``on_complete``, depending on all of them under ``"run"`` (it runs once they all
-    finished, whatever their outcome)."""
+    finished, whatever their outcome). Like a workflow's steps, they are never deduplicated (a
+    unique job's key is dropped)."""
     if not jobs:
         raise ValidationError("a batch needs at least one job (args_list is empty)")
-    items = [job._replace(workflow_id=workflow_id, step_name=f"{BATCH_ITEM}{i}")
+    items = [job._replace(workflow_id=workflow_id, step_name=f"{BATCH_ITEM}{i}", dedup_key=None,
+                          unique=None)
              for i, job in enumerate(jobs)]
     return [*items, callback._replace(workflow_id=workflow_id, step_name=CALLBACK_STEP,
                                       depends_on=tuple(job.id for job in items),
