@@ -187,3 +187,11 @@ async def test_a_batch_of_a_unique_job_is_never_deduplicated(app: Soniq) -> None
     await app.enqueue_batch("sync_user", [{"user_id": 1}, {"user_id": 1}], on_complete=batch_done)
     assert len(await rows(app)) == 4  # the standing job, two steps and the callback
     assert await app.enqueue("sync_user", user_id=1) == standing  # its key is untouched
+
+
+async def test_pruning_keeps_the_key_of_a_job_that_has_not_finished(app: Soniq) -> None:
+    register(app, unique_by=["user_id"], unique_for=60)
+    first = await app.enqueue("sync_user", user_id=1, scheduled_at=HOUR)
+    # the window has long passed, but the job still waits: its key still blocks
+    await app.backend.prune_control(audit_retention=0, now=utc_now() + timedelta(hours=2))
+    assert await app.enqueue("sync_user", user_id=1) == first
