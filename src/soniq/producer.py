@@ -32,8 +32,8 @@ from soniq.errors import (
     ValidationError,
 )
 from soniq.features.definitions import DefinitionCache
-from soniq.features.workflows import Workflow, batch_jobs, workflow_jobs, workflow_name
-from soniq.ids import canonical_uuid, new_id
+from soniq.features.workflows import Step, Workflow, batch_jobs, workflow_jobs, workflow_name
+from soniq.ids import canonical_uuid, new_id, new_ids
 from soniq.lifecycle import State
 from soniq.registry import JobBuilder, TaskRef, job_kwargs, validate_name
 from soniq.runtime import JobEvent, JsonCodec
@@ -119,6 +119,23 @@ class Producer:
         stored = None if name is None else await self.defaults(name)
         return self.job(target, args, queue=queue, priority=priority, scheduled_at=scheduled_at,
                         unique=unique, dedup_key=dedup_key, stored=stored, options=options)
+
+    async def build_steps(self, steps: Sequence[Step]) -> list[NewJob]:
+        """:meth:`build` of each workflow step (never unique), the steps that share a target
+        and options sharing one builder (what validating those options costs, once)."""
+        builders: dict[tuple[int, str | None, int | None, When | None], JobBuilder] = {}
+        jobs = []
+        for job_id, step in zip(new_ids(len(steps)), steps, strict=True):
+            key = (id(step.target), step.queue, step.priority, step.scheduled_at)
+            builder = builders.get(key)
+            if builder is None:
+                name = self.unregistered(step.target)
+                stored = None if name is None else await self.defaults(name)
+                builder = builders[key] = self._builder(
+                    step.target, step.queue, step.priority, step.scheduled_at, False, None,
+                    stored, many=False)
+            jobs.append(builder(job_id, step.args))
+        return jobs
 
     def job_name(self, target: Target) -> str:
         """The job name ``target`` enqueues (a workflow step's default name)."""
@@ -394,9 +411,7 @@ class Enqueuing:
 
     async def _submit_workflow(self, wf: Workflow, connection: Any) -> str:
         steps = wf.plan()
-        jobs = [await self.producer.build(step.target, step.args, queue=step.queue,
-                                          priority=step.priority, scheduled_at=step.scheduled_at,
-                                          unique=False) for step in steps]
+        jobs = await self.producer.build_steps(steps)
         workflow_id = new_id()
         await self.producer.insert_workflow(workflow_id, wf.name, "workflow",
                                             workflow_jobs(workflow_id, steps, jobs), connection)

@@ -243,3 +243,73 @@ async def test_the_dependencies_migration_upgrades_a_database_in_use(
     finally:
         await backend.close()
     assert await schema_of(url) == await schema_of(pg_url)
+
+
+async def test_the_cheaper_settle_migration_upgrades_a_workflow_in_flight(
+        pg_url: str, pg_server: str, fresh_database: tuple[str, str]) -> None:
+    """Migration 16 (the fan-in protocol without a trigger function per row, its statements
+    planned once) on a database at version 15 with a fan-in half settled: a dependent waiting
+    on a dependency that was done before the upgrade and one running through it; a 'cancel'
+    dependent of a queued job. After the upgrade the running one's finish and the queued one's
+    dead letter settle them as before: one released, one cancelled."""
+    name, url = fresh_database
+    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
+    upgrade = VERSION + 1
+    done, running, lease, queued = new_id(), new_id(), new_id(), new_id()
+    fan_in, doomed = new_id(), new_id()
+    waiting = ("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, max_attempts,"
+               " waiting_on, on_dependency_failure) VALUES ($1::uuid, 'ok', 'default', 100,"
+               " 'waiting', '{}', 3, 1, $2)")
+
+    async def before(conn: Any) -> None:
+        await migrate_to(conn, upgrade - 1)
+        await conn.execute(RUNNING_ROW, running, lease)
+        await conn.execute(QUEUED_ROW, queued)
+        await conn.execute(QUEUED_ROW, done)
+        await conn.execute("UPDATE soniq_jobs SET status = 'done', finished_at = now() "
+                           "WHERE id = $1::uuid", done)
+        await conn.execute("UPDATE soniq_jobs SET has_dependents = true")
+        await conn.execute(waiting, fan_in, "run")
+        await conn.execute(waiting, doomed, "cancel")
+        await conn.executemany(
+            "INSERT INTO soniq_dependencies (dependency, dependent, satisfied) "
+            "VALUES ($1::uuid, $2::uuid, $3)",
+            [(done, fan_in, True), (running, fan_in, False), (queued, doomed, False)])
+
+    await on_connection(url, before)
+    backend = backend_for(url)
+    try:
+        assert await backend.migrate() == labels_from(upgrade)
+        assert await backend.complete_jobs(
+            [JobOutcome(running, lease, JobStatus.DONE)]) == [running]
+        assert await status_of(url, fan_in) == ("queued", 0)
+        await finish(backend, queued, status=JobStatus.DEAD_LETTER)
+        assert (await status_of(url, doomed))[0] == "cancelled"
+    finally:
+        await backend.close()
+    assert await schema_of(url) == await schema_of(pg_url)
+
+
+async def test_a_deleted_dependent_takes_its_edges_and_nothing_else(pg_url: str) -> None:
+    """Edges go with their dependent (migration 16's trigger, in place of a foreign key's
+    cascade); deleting a dependency or an unrelated job leaves the other edges alone."""
+    backend = backend_for(pg_url)
+
+    async def edges() -> set[tuple[str, str]]:
+        rows = await on_connection(pg_url, lambda conn: conn.fetch(
+            "SELECT dependency::text, dependent::text FROM soniq_dependencies"))
+        return {(row[0], row[1]) for row in rows}
+
+    try:
+        a, b, lone = job(), job(), job()
+        one, two = job(a.id, b.id), job(b.id)
+        await backend.insert_jobs([a, b, lone, one, two])
+        assert await edges() == {(a.id, one.id), (b.id, one.id), (b.id, two.id)}
+        assert await backend.delete_job(lone.id)
+        assert await backend.delete_job(one.id)
+        assert await edges() == {(b.id, two.id)}
+        assert await backend.delete_job(b.id)  # a dependency: its dependent is cancelled
+        assert await edges() == {(b.id, two.id)}
+        assert await status_of(pg_url, two.id) == ("cancelled", 1)
+    finally:
+        await backend.close()

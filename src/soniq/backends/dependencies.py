@@ -4,17 +4,19 @@ statuses that end a job for its dependents."""
 
 from __future__ import annotations
 
+from graphlib import TopologicalSorter
 from typing import TYPE_CHECKING
 
 from soniq.errors import ValidationError
 from soniq.types import JobStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
     from soniq.types import NewJob
 
-__all__ = ["ENDED", "check_found", "edges_of", "failure_policy", "stored_dependencies"]
+__all__ = ["ENDED", "check_found", "edges_of", "failure_policy", "ordered",
+           "stored_dependencies"]
 
 #: The statuses that end a job for its dependents (``done``: success; the others: failure).
 ENDED = frozenset({JobStatus.DONE.value, JobStatus.DEAD_LETTER.value, JobStatus.CANCELLED.value})
@@ -51,3 +53,18 @@ def failure_policy(job: NewJob) -> str | None:
     if not job.depends_on:
         return None
     return job.on_dependency_failure or "cancel"
+
+
+def ordered(graph: Mapping[str, Collection[str]]) -> list[str]:
+    """The nodes of ``graph`` (each -> the nodes it waits for; one that is not a key of
+    ``graph`` is stored, not new), every one after those it waits for: those that wait for
+    nothing new first, as given, then the rest in topological order. The sorter sees only the
+    nodes that wait for a node that waits: a 10,000-wide fan-in sorts one node, not 10,001.
+
+    Raises:
+        graphlib.CycleError: as graphlib's (its second argument the cycle), among those nodes.
+    """
+    waits = {node: [p for p in before if graph.get(p)] for node, before in graph.items()
+             if before}
+    return ([node for node, before in graph.items() if not before]
+            + list(TopologicalSorter(waits).static_order()))

@@ -1,27 +1,30 @@
 """Jobs that wait for other jobs, on PostgreSQL: the insert of dependent jobs and the read of
 their dependencies' results. What happens when a dependency ends is the database's own work:
-the trigger ``soniq_settle_dependents`` of migration 0015 runs the fan-in protocol after every
-statement that ends a job with dependents, in its transaction (see the migration).
+the trigger ``soniq_settle_dependents`` (migrations 0015 and 0016) runs the fan-in protocol
+after every statement that ends a job with dependents, in its transaction (see the migrations).
 
 The insert runs in one transaction (the caller's with ``connection=``): it locks the stored
 dependencies ``FOR UPDATE`` in id order -- so none ends unseen: a finish that comes after waits
 for this commit and then sees the new edges; one that came before is read here as ``done`` --
 marks them ``has_dependents``, decides each new job's status and writes the jobs and their
-edges. Asyncio-native coroutines that run inside :func:`soniq.backends._bridge.call`.
+edges by binary COPY. Asyncio-native coroutines that run inside :func:`soniq.backends._bridge.call`.
 """
 
 from __future__ import annotations
 
 import functools
-from graphlib import CycleError, TopologicalSorter
+from graphlib import CycleError
 from typing import TYPE_CHECKING, Any
 
+from soniq.backends.dependencies import ordered
+from soniq.backends.postgres import sql
 from soniq.errors import ValidationError
 from soniq.serialization import loads
 from soniq.types import DependencyResult, JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import datetime
 
     from soniq.backends.postgres.names import Names
     from soniq.types import NewJob
@@ -41,34 +44,11 @@ class DependencySql:
         #: $1 ids: they have dependents now (their end runs the fan-in trigger).
         self.mark = (f"UPDATE {n.jobs} SET has_dependents = true "
                      "WHERE id = ANY ($1::uuid[]) AND NOT has_dependents")
-        #: The new jobs, parallel arrays; due queued ones wake their queue.
-        self.insert_jobs = f"""
-WITH inserted AS (
-    INSERT INTO {n.jobs} (id, job_name, queue, priority, status, args, max_attempts,
-                          scheduled_at, finished_at, concurrency_key, hold, rate_key,
-                          waiting_on, on_dependency_failure, has_dependents, workflow_id,
-                          step_name)
-    SELECT new.id, new.job_name, new.queue, new.priority, new.status, new.args::jsonb,
-           new.max_attempts, COALESCE(new.scheduled_at, now()),
-           CASE WHEN new.status = 'cancelled' THEN now() END, new.concurrency_key, new.hold,
-           new.rate_key, new.waiting_on, new.on_dependency_failure, new.has_dependents,
-           new.workflow_id, new.step_name
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::text[],
-                $7::integer[], $8::timestamptz[], $9::text[], $10::text[], $11::text[],
-                $12::integer[], $13::text[], $14::boolean[], $15::uuid[], $16::text[])
-        AS new (id, job_name, queue, priority, status, args, max_attempts, scheduled_at,
-                concurrency_key, hold, rate_key, waiting_on, on_dependency_failure,
-                has_dependents, workflow_id, step_name)
-    RETURNING queue, status, scheduled_at, hold
-)
-SELECT count(pg_notify('{n.jobs_channel}', due.queue))
-FROM (SELECT DISTINCT queue FROM inserted
-      WHERE status = 'queued' AND hold IS NULL AND scheduled_at <= now()) AS due
-"""
-        #: $1 dependencies, $2 dependents, $3 satisfied.
-        self.insert_edges = (
-            f"INSERT INTO {n.dependencies} (dependency, dependent, satisfied) "
-            "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::boolean[])")
+        #: $1 ids: new jobs cancelled at once (a dependency had failed) end now.
+        self.cancelled = f"UPDATE {n.jobs} SET finished_at = now() WHERE id = ANY ($1::uuid[])"
+        #: After the COPY: wake listeners on each queue in $1 whose earliest job ($2) is due.
+        self.notify_due = sql.build(n.schema).notify_due
+        self.schema = n.schema
         #: $1 id: its dependencies with their results, in the order they were given.
         self.results = f"""
 SELECT j.id::text, j.job_name, j.step_name, j.status, j.result::text
@@ -99,8 +79,7 @@ async def insert(conn: Any, s: DependencySql, jobs: Sequence[NewJob]) -> list[st
             raise ValidationError(f"job {job.id} has a dedup key (unique=True or dedup_key) and "
                                   "dependencies; a job that waits cannot be unique")
     try:
-        order = list(TopologicalSorter(
-            {job.id: [d for d in job.depends_on if d in new] for job in jobs}).static_order())
+        order = ordered({job.id: [d for d in job.depends_on if d in new] for job in jobs})
     except CycleError as exc:
         raise ValidationError(f"the jobs depend on each other in a cycle: {exc.args[1]}") from None
     stored_ids = sorted({d for job in jobs for d in job.depends_on} - new.keys())
@@ -128,18 +107,51 @@ async def insert(conn: Any, s: DependencySql, jobs: Sequence[NewJob]) -> list[st
     marked = [d for d in stored_ids if stored[d] != JobStatus.DONE]
     if marked:
         await conn.execute(s.mark, marked)
-    await conn.fetchval(
-        s.insert_jobs, list(new), [j.job_name for j in jobs], [j.queue for j in jobs],
-        [j.priority for j in jobs], [status[j.id] for j in jobs], [j.args for j in jobs],
-        [j.max_attempts for j in jobs], [j.scheduled_at for j in jobs],
-        [j.concurrency_key for j in jobs], [_hold(j, status[j.id]) for j in jobs],
-        [j.rate_key for j in jobs], [waiting[j.id] for j in jobs],
-        [j.on_dependency_failure if j.depends_on else None for j in jobs],
-        [j.id in depended for j in jobs], [j.workflow_id for j in jobs],
-        [j.step_name for j in jobs])
+    await _write_jobs(conn, s, [(job, status[job.id], waiting[job.id], job.id in depended)
+                                for job in jobs])
     if edges:
-        await conn.execute(s.insert_edges, *(list(column) for column in zip(*edges, strict=True)))
+        await conn.copy_records_to_table("soniq_dependencies", records=edges,
+                                         columns=_EDGE_COLUMNS, schema_name=s.schema)
     return list(new)
+
+
+#: The columns a COPY of new dependent jobs fills (``scheduled_at`` too when they carry a time).
+_COPY_COLUMNS = ("id", "job_name", "queue", "priority", "status", "args", "max_attempts",
+                 "concurrency_key", "hold", "rate_key", "waiting_on", "on_dependency_failure",
+                 "has_dependents", "workflow_id", "step_name")
+_EDGE_COLUMNS = ("dependency", "dependent", "satisfied")
+
+#: A new job with what the insert decided for it: status, pending edges, has dependents.
+_Row = tuple["NewJob", str, "int | None", bool]
+
+
+async def _write_jobs(conn: Any, s: DependencySql, rows: list[_Row]) -> None:
+    """The jobs by binary COPY (one per set of columns: with and without a time of their own),
+    a job cancelled at once then given its ``finished_at`` (the database's clock), and one
+    NOTIFY per queue with a job due."""
+    groups: dict[bool, list[tuple[Any, ...]]] = {}
+    due: dict[str, datetime | None] = {}  # queue -> its earliest run_at (None: now)
+    for job, status, waiting_on, depended in rows:
+        hold = _hold(job, status)
+        record = (job.id, job.job_name, job.queue, job.priority, status, job.args,
+                  job.max_attempts, job.concurrency_key, hold, job.rate_key, waiting_on,
+                  job.on_dependency_failure if job.depends_on else None, depended,
+                  job.workflow_id, job.step_name)
+        timed = job.scheduled_at is not None
+        groups.setdefault(timed, []).append((*record, job.scheduled_at) if timed else record)
+        if status == "queued" and hold is None:
+            at = due.get(job.queue, job.scheduled_at)
+            due[job.queue] = (at if at is None or job.scheduled_at is None
+                              else min(at, job.scheduled_at))
+    for timed, records in groups.items():
+        await conn.copy_records_to_table(
+            "soniq_jobs", records=records, schema_name=s.schema,
+            columns=(*_COPY_COLUMNS, "scheduled_at") if timed else _COPY_COLUMNS)
+    cancelled = [job.id for job, status, *_ in rows if status == "cancelled"]
+    if cancelled:
+        await conn.execute(s.cancelled, cancelled)
+    if due:
+        await conn.execute(s.notify_due, list(due), list(due.values()))
 
 
 def _hold(job: NewJob, status: str) -> str | None:
