@@ -200,7 +200,8 @@ def workflow_name(name: object) -> str:
     return name
 
 
-#: A step's fields that its job keeps: ``NewJob``'s up to ``rate_key``; the rest are the step's.
+#: A step's fields that its job keeps: ``NewJob``'s up to ``rate_key``; the rest are the step's
+#: (and ``unique``: None, a step is never deduplicated).
 _OWN_FIELDS = NewJob._fields.index("depends_on")
 
 
@@ -212,7 +213,7 @@ def workflow_jobs(workflow_id: str, steps: Sequence[Step],
     # From a tuple, the job's own fields up to rate_key kept: _replace costs 5x as much (a
     # workflow can have 10,000 steps).
     return [NewJob._make((*job[:_OWN_FIELDS], tuple(ids[name] for name in step.after),
-                          step.on_dependency_failure, workflow_id, step.name))
+                          step.on_dependency_failure, workflow_id, step.name, None))
             for step, job in zip(steps, jobs, strict=True)]
 
 
