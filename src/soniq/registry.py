@@ -458,8 +458,7 @@ class JobBuilder:
             return NewJob(job_id, name, self.queue, self.priority, args, self._max_attempts,
                           self.scheduled_at, None, limit_key, limit, rate_key)
         return NewJob(job_id, name, self.queue, self.priority, args, self._max_attempts,
-                      self.scheduled_at, key, limit_key, limit, rate_key, (), None, None, None,
-                      rule.policy)
+                      self.scheduled_at, key, limit_key, limit, rate_key, rule.policy)
 
     def _key_of(self, by: str | None, option: str, job_args: Mapping[str, Any],
                 args_json: str) -> str | None:

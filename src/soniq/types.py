@@ -233,6 +233,8 @@ class NewJob(NamedTuple):
     #: A rate-limited job's key (its ``rate_key`` argument's value as canonical JSON, ``''``
     #: for a rate on the job name alone): it starts only with a token of that bucket.
     rate_key: str | None = None
+    #: With a dedup key: how it meets the job standing on its key (None: ``Uniqueness()``).
+    unique: Uniqueness | None = None
     #: The ids of the jobs it waits for (stored ones, or jobs of the same insert): it is stored
     #: ``waiting`` until they are ``done`` (see ``EnqueueOptions``).
     depends_on: tuple[str, ...] = ()
@@ -241,8 +243,6 @@ class NewJob(NamedTuple):
     #: The workflow or batch it is a step of, and its step name there.
     workflow_id: str | None = None
     step_name: str | None = None
-    #: With a dedup key: how it meets the job standing on its key (None: ``Uniqueness()``).
-    unique: Uniqueness | None = None
 
 
 class JobStream(Sequence[NewJob]):

@@ -200,8 +200,7 @@ def workflow_name(name: object) -> str:
     return name
 
 
-#: A step's fields that its job keeps: ``NewJob``'s up to ``rate_key``; the rest are the step's
-#: (and ``unique``: None, a step is never deduplicated).
+#: A step's fields that its job keeps: ``NewJob``'s up to ``unique``; the rest are the step's.
 _OWN_FIELDS = NewJob._fields.index("depends_on")
 
 
@@ -210,10 +209,10 @@ def workflow_jobs(workflow_id: str, steps: Sequence[Step],
     """The rows of ``steps`` (``jobs``: each step's job as ``enqueue`` builds it, in order):
     every one a step of ``workflow_id``, depending on the ids of its ``after`` steps."""
     ids = {step.name: job.id for step, job in zip(steps, jobs, strict=True)}
-    # From a tuple, the job's own fields up to rate_key kept: _replace costs 5x as much (a
+    # From a tuple, the job's own fields up to unique kept: _replace costs 5x as much (a
     # workflow can have 10,000 steps).
     return [NewJob._make((*job[:_OWN_FIELDS], tuple(ids[name] for name in step.after),
-                          step.on_dependency_failure, workflow_id, step.name, None))
+                          step.on_dependency_failure, workflow_id, step.name))
             for step, job in zip(steps, jobs, strict=True)]
 
 
