@@ -211,8 +211,9 @@ class NewJob(NamedTuple):
     """A row to insert. ``args`` is already-encoded JSON text (encoded once, at enqueue). A named
     tuple, not a frozen dataclass: bulk enqueue builds one per job, at a third of the cost.
 
-    ``dedup_key`` is set for ``unique=True`` (derived from name and arguments) or an explicit
-    ``dedup_key``: while a queued job holds the key, inserting another returns the existing id.
+    ``dedup_key`` is set for a unique job (derived from its name and arguments, or the ``unique_by``
+    ones) or an explicit ``dedup_key``; ``unique`` says when a job standing on the key blocks this
+    one and what then happens (soniq/backends/keys.py): the insert returns the standing id.
 
     ``concurrency_key`` is set for a job with a concurrency limit (``concurrency_limit``, the
     limit the producer knows): the key argument's value as canonical JSON, or ``''`` for a limit
