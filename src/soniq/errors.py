@@ -39,6 +39,7 @@ __all__ = [
     "DuplicateJobError",
     "InvalidNameError",
     "JobArgumentsError",
+    "LeaseLostError",
     "MigrationError",
     "SchemaMissingError",
     "SerializationError",
@@ -94,6 +95,12 @@ class DuplicateJobError(SoniqError):
 
 class UnsupportedOperationError(SoniqError):
     """The storage backend in use cannot do this; the message names the backend that can."""
+
+
+class LeaseLostError(SoniqError):
+    """This attempt of the job no longer holds its lease (it was rescued and runs elsewhere, or
+    it already ended): its progress or checkpoint was refused. Let it propagate so the stale
+    attempt stops; the attempt that holds the lease carries on."""
 
 
 class AppClosedError(SoniqError):

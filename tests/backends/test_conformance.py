@@ -23,7 +23,8 @@ from soniq.types import JobOutcome, JobStatus, NewJob, WorkerInfo
 RECORD_KEYS = {
     "id", "job_name", "queue", "priority", "status", "args", "result", "attempts",
     "max_attempts", "scheduled_at", "created_at", "updated_at", "started_at", "finished_at",
-    "expires_at", "errors", "last_error", "worker_id", "dedup_key",
+    "expires_at", "errors", "last_error", "worker_id", "dedup_key", "workflow_id", "step_name",
+    "progress",
 }
 pytestmark = pytest.mark.anyio
 

@@ -4,6 +4,7 @@ to a real local HTTP receiver, on every backend under asyncio and trio."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +12,9 @@ import pytest
 from soniq import Soniq
 from soniq.errors import ValidationError
 from soniq.features.webhooks import verify_signature
+from soniq.runtime.cleanup import Cleanup
+from soniq.serialization import utc_now
+from soniq.types import WorkerInfo
 from tests.features import test_webhooks
 from tests.features.test_webhooks import Receiver, drain, loaded_service
 from tests.helpers import running_worker, wait_for
@@ -136,3 +140,26 @@ async def test_a_running_worker_delivers_workflow_done(backend_name: str,
                                                                      workflow_id)
     finally:
         await worker_app.close()
+
+
+async def test_a_step_that_the_rescue_dead_letters_is_delivered_failed(
+        app: Soniq, receiver: Receiver) -> None:
+    """The last step of a workflow, lost with its worker on its last attempt: the rescue ends
+    it (dead letter) and the workflow's event follows, as a worker's outcome would."""
+    register(app)
+    await app.webhooks.register(receiver.url, allow_private=True, events=WORKFLOW_EVENTS)
+    service = await loaded_service(app)
+    wf = app.workflow("lost")
+    wf.add("boom", name="only")  # retries=0: the lost attempt was its last
+    workflow_id = await wf.enqueue()
+    dead = WorkerInfo("00000000-0000-7000-8000-000000000001", "h", 1, None, 1)
+    await app.backend.register_worker(dead, now=utc_now() - timedelta(hours=1))
+    assert len(await app.backend.claim_jobs(dead.id, None, 1)) == 1
+    cleanup = Cleanup(app.backend, interval=0.001, stale_after=60.0, error_retry_delay=1.0,
+                      events=app.events)
+    await wait_for(cleanup.tick, message="a cleanup round to lead")
+    await drain(service)
+
+    [payload] = payloads(receiver)
+    assert (payload["type"], payload["data"]["workflow_id"]) == ("workflow.failed", workflow_id)
+    assert payload["data"]["counts"]["dead_letter"] == 1

@@ -87,6 +87,11 @@ async def test_a_diamond_runs_to_completion_in_one_run_once(app: Soniq) -> None:
                for step in steps.values())
     assert await app.get_result(steps["load"]["job_id"]) == {
         "sum": 10 * 3 + 11, "keys": ["audit", "transform"]}
+    record = await app.get_job(steps["audit"]["job_id"])
+    assert record is not None
+    assert (record["workflow_id"], record["step_name"]) == (workflow_id, "audit")
+    plain = await app.get_job(await app.enqueue("fetch", day="x"))
+    assert plain is not None and (plain["workflow_id"], plain["step_name"]) == (None, None)
     assert [w["id"] for w in await app.workflows.list(status="done")] == [workflow_id]
     assert await app.workflows.list(status="running") == []
 

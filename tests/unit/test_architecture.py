@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from soniq.backends.base import StorageBackend
+from soniq.backends.base import JobStateStore, StorageBackend
 from soniq.backends.memory import MemoryBackend
 from soniq.backends.postgres import PostgresBackend
 from soniq.backends.sqlite import SqliteBackend
@@ -36,6 +36,7 @@ STORES: dict[str, type] = {
     "dead_letters": DeadLetterStore, "schedules": ScheduleStore, "webhooks": WebhookStore,
     "logs": LogStore, "dashboard": DashboardStore, "definitions": DefinitionStore,
     "queues": QueueStore, "audit": AuditStore, "workflows": WorkflowStore,
+    "job_states": JobStateStore,
 }
 #: What each adapter offers: every store on all three; a probe where there is a database.
 HAS_PROBE = {"memory": False, "sqlite": True, "postgres": True}

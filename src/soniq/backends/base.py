@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         DependencyResult,
         JobOutcome,
         JobRecord,
+        JobState,
         NewJob,
         QueueStats,
         WorkerInfo,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JOB_COLUMNS",
+    "JobStateStore",
     "STATUSES",
     "StorageBackend",
     "database_info",
@@ -77,6 +79,17 @@ __all__ = [
     "refuse_connection",
     "worker_lost_error",
 ]
+
+
+@runtime_checkable
+class JobStateStore(Protocol):
+    """Running jobs' progress and checkpoints (``backend.job_states``; every backend has it)."""
+
+    async def save(self, states: Sequence[JobState]) -> list[str]:
+        """Write each state onto its job while it is ``processing`` under that ``lease_id``
+        (None fields keep the stored value); the ids written, in any order. One statement for
+        the whole batch; a refused state is no error (the caller raises ``LeaseLostError``)."""
+        ...
 
 
 @runtime_checkable
@@ -115,6 +128,8 @@ class StorageBackend(Protocol):
     def audit(self) -> AuditStore | None: ...
     @property
     def workflows(self) -> WorkflowStore | None: ...
+    @property
+    def job_states(self) -> JobStateStore: ...
     @property
     def probe(self) -> Callable[[], Awaitable[dict[str, Any]]] | None:
         """Facts for :func:`database_info` (``soniq doctor``, ``migrate-status``), read without
@@ -317,7 +332,7 @@ class StorageBackend(Protocol):
 JOB_COLUMNS = (
     "id", "job_name", "queue", "priority", "status", "args", "result", "attempts", "max_attempts",
     "scheduled_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at", "errors",
-    "worker_id", "lease_id", "dedup_key",
+    "worker_id", "lease_id", "dedup_key", "workflow_id", "step_name", "progress",
 )
 
 
@@ -361,6 +376,9 @@ def job_record(row: Mapping[str, Any]) -> JobRecord:
                        else None if last is None else str(last)),
         "worker_id": None if worker_id is None else str(worker_id),
         "dedup_key": row["dedup_key"],
+        "workflow_id": None if row["workflow_id"] is None else str(row["workflow_id"]),
+        "step_name": row["step_name"],
+        "progress": _stored_json(row["progress"]),
     }
 
 

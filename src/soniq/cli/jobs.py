@@ -135,7 +135,7 @@ def print_job(record: JobRecord) -> None:
         ("status", record["status"]), ("priority", record["priority"]),
         ("attempts", f"{record['attempts']} of {record['max_attempts']}"),
         ("arguments", record["args"]), ("result", record["result"]),
-        ("created", record["created_at"]), ("scheduled", record["scheduled_at"]),
+        ("progress", record["progress"]), ("created", record["created_at"]), ("scheduled", record["scheduled_at"]),
         ("started", record["started_at"]), ("finished", record["finished_at"]),
         ("expires", record["expires_at"]), ("worker", record["worker_id"]),
         ("last error", record["last_error"]),

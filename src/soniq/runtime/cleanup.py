@@ -101,17 +101,27 @@ class Cleanup:
         return rescued, pruned
 
     async def _report(self, rescued: list[str]) -> None:
-        """Each rescued job's event (failed, dead_letter or cancelled), for whoever listens."""
-        if not any(self._events.wants(kind) for kind in _RESCUE_EVENTS.values()):
+        """Each rescued job's event (failed, dead_letter or cancelled), for whoever listens, and
+        the workflows whose step the rescue ended (``EventDispatcher.steps_ended``)."""
+        events = self._events
+        if not (events.wants_steps
+                or any(events.wants(kind) for kind in _RESCUE_EVENTS.values())):
             return
         now = utc_now()
+        ended: set[str] = set()
         for job_id in rescued:
             record = await self._backend.get_job(job_id)
             kind = None if record is None else _RESCUE_EVENTS.get(record["status"])
-            if record is None or kind is None or not self._events.wants(kind):
+            if record is None or kind is None:
                 continue  # finished meanwhile, or already running again elsewhere
+            if kind != "failed" and record["workflow_id"] is not None:
+                ended.add(record["workflow_id"])
+            if not events.wants(kind):
+                continue
             last = record["errors"][-1] if record["errors"] else {}
             error = (None if kind == "cancelled"
                      else f"{last.get('type', 'WorkerLost')}: {last.get('message', '')}")
-            self._events.emit(JobEvent(kind, job_id, record["job_name"], record["queue"],
-                                       record["attempts"], now, error=error))
+            events.emit(JobEvent(kind, job_id, record["job_name"], record["queue"],
+                                 record["attempts"], now, error=error))
+        if ended:
+            events.steps_ended(ended)

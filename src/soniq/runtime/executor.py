@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from soniq.registry import JobRegistry, JobSpec
+    from soniq.runtime.progress import JobStateWriter
     from soniq.runtime.seams import EventDispatcher, EventKind, Hooks, PayloadCodec
     from soniq.settings import SoniqSettings
     from soniq.types import ClaimedJob, DependencyResult
@@ -98,8 +99,8 @@ class Executor:
                  put_outcome: Callable[[JobOutcome], None], clock: Callable[[], datetime],
                  thread_limiter: anyio.CapacityLimiter,
                  park: Callable[[ClaimedJob, str, int], Awaitable[bool]] | None = None,
-                 dependencies: Callable[[str], Awaitable[list[DependencyResult]]] | None = None
-                 ) -> None:
+                 dependencies: Callable[[str], Awaitable[list[DependencyResult]]] | None = None,
+                 states: JobStateWriter | None = None) -> None:
         self._registry = registry
         self._settings = settings
         self._hooks = hooks
@@ -111,6 +112,7 @@ class Executor:
         self._limiter = thread_limiter
         self._park = park
         self._dependencies = dependencies
+        self._states = states  # ctx.progress / ctx.checkpoint
         self.running: dict[str, _Running] = {}
         self._loggers: dict[str, logging.Logger] = {}
         self.stuck = 0
@@ -158,12 +160,17 @@ class Executor:
         except BaseException:
             # The runtime's cancellation (shutdown), perhaps in a group; _attempt lets nothing
             # else out. Not a failure: the job goes back without using an attempt.
+            if self._states is not None:
+                self._states.forget(job.lease_id)
             self._put(JobOutcome(job.id, job.lease_id, JobStatus.QUEUED, refund_attempt=True))
             raise
         finally:
             # A job given back parked may be claimed (and admitted) again before this ends.
             if self.running.get(job.id) is entry:
                 del self.running[job.id]
+        if self._states is not None and self._states.reported(job.lease_id):
+            with anyio.CancelScope(shield=True):  # its last progress, before its outcome
+                await self._states.settle(job.lease_id)
         self.completed += 1
         if job.workflow_id is not None and outcome.status in _FINAL:
             outcome = outcome._replace(workflow_id=job.workflow_id)
@@ -206,11 +213,18 @@ class Executor:
         job_logger = self._loggers.get(job.job_name)
         if job_logger is None:  # logging.getLogger takes a global lock: once per job name
             job_logger = self._loggers[job.job_name] = logging.getLogger(f"soniq.jobs.{job.job_name}")
+        try:
+            saved = (None if job.checkpoint is None
+                     else self._codec.decode_result(job.job_name, loads(job.checkpoint)))
+        except Exception as exc:
+            return self._failed(job, spec, "CorruptCheckpoint",
+                                f"stored checkpoint cannot be decoded: {exc}", None, final=True)
         ctx = JobContext(job_id=job.id, job_name=job.job_name, attempt=job.attempts,
                          max_attempts=job.max_attempts, queue=job.queue,
                          worker_id=self._worker_id, scheduled_at=job.scheduled_at,
                          created_at=job.created_at, lease_id=job.lease_id,
-                         logger=job_logger, dependency_results=results)
+                         logger=job_logger, dependency_results=results,
+                         checkpoint_state=saved, reporter=self._states)
         if spec.context_param is not None:
             kwargs[spec.context_param] = ctx
         timeout = spec.timeout if spec.timeout is not None else self._settings.job_timeout

@@ -5,6 +5,7 @@
     Worker.run(*, task_status)
      ├─ await tg.start(heartbeat.run)   the worker row exists before anything is claimed
      ├─ tg.start_soon(finisher.run)     outcomes written in batches, fenced by lease
+     ├─ tg.start_soon(states.run)       progress and checkpoints in batches, fenced by lease
      ├─ await tg.start(listener.run)    LISTEN active, or polling with a logged reason
      ├─ tg.start_soon(cleanup.run)      rescue silent workers' jobs; prune past result_ttl, idle limits
      ├─ tg.start_soon(service.run)      each Service the app registered
@@ -38,6 +39,7 @@ from soniq.runtime.fetcher import Fetcher
 from soniq.runtime.finisher import Finisher
 from soniq.runtime.heartbeat import Heartbeat, job_definitions
 from soniq.runtime.listener import Listener
+from soniq.runtime.progress import JobStateWriter
 from soniq.serialization import utc_now
 from soniq.types import JobOutcome, JobStatus, WorkerInfo
 
@@ -80,12 +82,15 @@ class Worker:
         self._backend = backend
         self._services = list(services)
         self.finisher = Finisher(backend, error_retry_delay=settings.error_retry_delay)
+        self.states = JobStateWriter(backend.job_states, codec,
+                                     max_checkpoint_bytes=settings.max_result_bytes,
+                                     error_retry_delay=settings.error_retry_delay)
         self.executor = Executor(
             registry=registry, settings=settings, hooks=hooks, events=events, codec=codec,
             worker_id=self.id, put_outcome=self.finisher.put, clock=clock,
             thread_limiter=anyio.CapacityLimiter(self.concurrency),
             park=lambda job, key, limit: backend.park_job(job.id, job.lease_id, key, limit),
-            dependencies=backend.dependency_results,
+            dependencies=backend.dependency_results, states=self.states,
         )
         self.finisher.on_unstorable = self.executor.unstorable
         self.finisher.on_steps_ended = events.steps_ended
@@ -160,6 +165,7 @@ class Worker:
                 async with anyio.create_task_group() as tg:
                     await tg.start(self.heartbeat.run)
                     tg.start_soon(self.finisher.run)
+                    tg.start_soon(self.states.run)
                     if self._backend.supports_listen:
                         await tg.start(self.listener.run)
                     if not self.run_once:

@@ -27,6 +27,7 @@ from soniq.backends.keys import ALIVE, Standing, plan
 from soniq.backends.memory.control import MemoryAuditStore, MemoryQueueStore
 from soniq.backends.memory.dependencies import Dependencies
 from soniq.backends.memory.gates import Gates
+from soniq.backends.memory.job_states import MemoryJobStateStore
 from soniq.backends.memory.slots import PARKED, Slots
 from soniq.backends.memory.stores import (
     MemoryDashboardStore,
@@ -96,6 +97,7 @@ class MemoryBackend:
         self._gates = Gates(self._jobs, self.queues)
         self._deps = Dependencies(self._jobs, self._slots, self._set_status, self._notify)
         self.workflows = MemoryWorkflowStore(self._jobs, self._deps.given)
+        self.job_states = MemoryJobStateStore(self._jobs)
 
     async def initialize(self) -> None:
         return None
@@ -138,6 +140,7 @@ class MemoryBackend:
                 "rate_key": job.rate_key, "waiting_on": len(edges_of(job)) if waits else None,
                 "on_dependency_failure": failure_policy(job), "has_dependents": False,
                 "workflow_id": job.workflow_id, "step_name": job.step_name,
+                "progress": None, "checkpoint": None,
             }
             if waits:  # a limited one waits parked, without a slot
                 dependents.append(job)
@@ -260,7 +263,7 @@ class MemoryBackend:
                 created_at=row["created_at"], lease_id=row["lease_id"],
                 concurrency_key=row["concurrency_key"],
                 has_dependencies=row["waiting_on"] is not None,
-                workflow_id=row["workflow_id"],
+                workflow_id=row["workflow_id"], checkpoint=row["checkpoint"],
             ))
         return claimed
 

@@ -121,10 +121,12 @@ class MemoryDeadLetterStore:
 
     def _requeue(self, row: dict[str, Any], now: datetime) -> None:
         # A dead-lettered row holds no dedup key (it released it when first claimed). A limited
-        # one comes back parked: a hand-over or the reconciliation gives it a slot.
+        # one comes back parked: a hand-over or the reconciliation gives it a slot. It starts
+        # afresh: no progress, no checkpoint.
         row.update(status=JobStatus.QUEUED.value, attempts=0, scheduled_at=now, updated_at=now,
                    started_at=None, finished_at=None, expires_at=None, result=None,
-                   worker_id=None, lease_id=None, cancel_requested=False)
+                   worker_id=None, lease_id=None, cancel_requested=False, progress=None,
+                   checkpoint=None)
         if row["concurrency_key"] is not None:
             self._park(row)
 

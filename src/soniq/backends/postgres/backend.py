@@ -49,6 +49,7 @@ from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.definitions import PostgresDefinitionStore
 from soniq.backends.postgres.errors import Translator, redact_url, translate
 from soniq.backends.postgres.events import EventLog
+from soniq.backends.postgres.job_states import PostgresJobStateStore
 from soniq.backends.postgres.logs import PostgresLogStore
 from soniq.backends.postgres.pool import StatementPool
 from soniq.backends.postgres.queues import PostgresAuditStore, PostgresQueueStore
@@ -122,6 +123,7 @@ class PostgresBackend:
         self.dashboard = PostgresDashboardStore(self._ready, self._errors,
                                                 self._maintenance_timeout, self.queue_stats, n)
         self.queues = PostgresQueueStore(self._ready, self._errors, n)
+        self.job_states = PostgresJobStateStore(self._ready, self._errors, n)
         self.audit = PostgresAuditStore(self._ready, self._errors, n)
         self.workflows = workflows.PostgresWorkflowStore(self._ready, self._errors, n,
                                                          self._maintenance_timeout)

@@ -39,7 +39,7 @@ _NEWEST_FIRST = "ORDER BY finished_at DESC, id DESC"  # the dead-letter index or
 _REQUEUE_SET = (
     "SET status = 'queued', attempts = 0, scheduled_at = now(), updated_at = now(), "
     "started_at = NULL, finished_at = NULL, expires_at = NULL, result = NULL, worker_id = NULL, "
-    "lease_id = NULL, cancel_requested = false, "
+    "lease_id = NULL, cancel_requested = false, progress = NULL, checkpoint = NULL, "
     # A limited job comes back parked: a hand-over or the reconciliation gives it a slot; a
     # rate-limited one waits for its bucket again.
     "hold = CASE WHEN concurrency_key IS NOT NULL THEN 'slot' "

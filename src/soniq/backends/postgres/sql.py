@@ -41,7 +41,7 @@ COPY_COLUMNS = ("id", "job_name", "queue", "priority", "status", "args", "max_at
 #: The columns of a :class:`~soniq.types.ClaimedJob`, in its order.
 _CLAIMED = ("id::text, job_name, queue, priority, args, attempts, max_attempts, scheduled_at, "
             "created_at, lease_id::text, concurrency_key, waiting_on IS NOT NULL, "
-            "workflow_id::text")
+            "workflow_id::text, checkpoint")
 
 #: The LISTEN connection's keepalive.
 PING = "SELECT 1"

@@ -36,6 +36,7 @@ from soniq.backends.sqlite.dashboard import SqliteDashboardStore
 from soniq.backends.sqlite.database import SqliteDatabase
 from soniq.backends.sqlite.dead_letter import SqliteDeadLetterStore
 from soniq.backends.sqlite.definitions import SqliteDefinitionStore
+from soniq.backends.sqlite.job_states import SqliteJobStateStore
 from soniq.backends.sqlite.logs import SqliteLogStore
 from soniq.backends.sqlite.schedules import SqliteScheduleStore
 from soniq.backends.sqlite.webhooks import SqliteWebhookStore
@@ -93,6 +94,7 @@ class SqliteBackend:
         self.queues = SqliteQueueStore(self._db)
         self.audit = SqliteAuditStore(self._db)
         self.workflows = SqliteWorkflowStore(self._db)
+        self.job_states = SqliteJobStateStore(self._db)
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"

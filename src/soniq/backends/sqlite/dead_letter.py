@@ -33,7 +33,7 @@ _NEWEST_FIRST = "ORDER BY finished_at DESC, id DESC"
 _REQUEUE_SET = (
     "SET status = 'queued', attempts = 0, scheduled_at = ?, updated_at = ?, started_at = NULL, "
     "finished_at = NULL, expires_at = NULL, result = NULL, worker_id = NULL, lease_id = NULL, "
-    "cancel_requested = 0, "
+    "cancel_requested = 0, progress = NULL, checkpoint = NULL, "
     # A limited job comes back parked: a hand-over or the reconciliation gives it a slot.
     "hold = CASE WHEN concurrency_key IS NULL THEN NULL ELSE 'slot' END"
 )

@@ -152,7 +152,7 @@ _NEW_LEASE = (
 
 CLAIMED_COLUMNS = (
     "id", "job_name", "queue", "priority", "args", "attempts", "max_attempts", "scheduled_at",
-    "created_at", "lease_id", "concurrency_key", "has_dependencies", "workflow_id",
+    "created_at", "lease_id", "concurrency_key", "has_dependencies", "workflow_id", "checkpoint",
 )
 #: What a claim returns, in ``CLAIMED_COLUMNS`` order; ``waiting_on`` stands for
 #: ``has_dependencies`` (not NULL: it has dependencies). ``waiting_on IS NOT NULL`` itself comes

@@ -83,6 +83,13 @@
     if (pollTimer !== null) { clearInterval(pollTimer); pollTimer = null; }
   }
 
+  // A running job's page: its progress changes without changing any count, so the page asks
+  // (data-refresh) to be refreshed every 2 s while it is shown.
+  setInterval(() => {
+    const marker = document.querySelector("#main [data-refresh]");
+    if (marker && !document.hidden) refresh(false);
+  }, 2000);
+
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) { stop(); setLive("paused"); }
     else { refresh(false); start(); }

@@ -1,13 +1,17 @@
 """The shapes that cross Soniq's layers: job states, the public job record, queue statistics, and
-the rows the storage seam reads and writes."""
+the rows the storage seam reads and writes (workflows' in :mod:`soniq.types.workflows`)."""
 
 from __future__ import annotations
 
 import enum
 import logging
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
+
+# The shapes of workflows live in their own module; soniq.types names them too.
+from soniq.types.workflows import BATCH_ITEM, WorkflowInfo, WorkflowStatus, WorkflowStep
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -22,6 +26,8 @@ __all__ = [
     "JobCoverage",
     "JobOutcome",
     "JobRecord",
+    "JobReporter",
+    "JobState",
     "JobStatus",
     "JobStream",
     "ListenUrlInfo",
@@ -89,6 +95,11 @@ class JobRecord(TypedDict):
     last_error: str | None
     worker_id: str | None
     dedup_key: str | None
+    #: The workflow or batch the job is a step of (``app.workflows.get``), and its step name.
+    workflow_id: str | None
+    step_name: str | None
+    #: The latest value the job reported with ``ctx.progress`` (None: none yet).
+    progress: Any
 
 
 class DatabaseInfo(TypedDict):
@@ -314,6 +325,20 @@ class ClaimedJob(NamedTuple):
     has_dependencies: bool = False
     #: The workflow or batch it is a step of (None: it is not a step).
     workflow_id: str | None = None
+    #: The state an earlier attempt saved with ``ctx.checkpoint`` (stored text, encoded like a
+    #: result; None: never checkpointed).
+    checkpoint: str | None = None
+
+
+class JobState(NamedTuple):
+    """What a running attempt reports about itself, written only while its lease holds (one
+    ``job_states.save`` for many jobs). ``progress`` is JSON text, ``checkpoint`` stored text
+    encoded like a result; None leaves the stored value as it is."""
+
+    job_id: str
+    lease_id: str
+    progress: str | None = None
+    checkpoint: str | None = None
 
 
 class JobOutcome(NamedTuple):
@@ -366,6 +391,33 @@ class JobContext:
     #: workflow's step) or job id (``depends_on``); None for a dependency that did not end
     #: ``done`` (it runs under ``on_dependency_failure="run"``). Empty without dependencies.
     dependency_results: Mapping[str, Any] = field(default_factory=dict)
+    #: The state the latest ``checkpoint`` of an earlier attempt saved, decoded (None on the
+    #: first attempt, or when no attempt checkpointed).
+    checkpoint_state: Any = None
+    #: Where ``progress`` and ``checkpoint`` go (the worker's); None: nowhere (a context built
+    #: by hand, in a test).
+    reporter: JobReporter | None = field(default=None, repr=False, compare=False)
+
+    async def progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report how far the job is: a number from 0 to 100 or a JSON object of at most 4 KiB
+        (else ``ValidationError``); the latest is written about once a second at most (shown by
+        ``get_job(...)["progress"]``). ``LeaseLostError``: this attempt lost its lease."""
+        if self.reporter is not None:
+            await self.reporter.progress(self, value)
+
+    async def checkpoint(self, state: Any) -> None:
+        """Save a JSON state and return once it is stored: the next attempt reads it as
+        ``checkpoint_state``. ``LeaseLostError``: this attempt lost its lease."""
+        if self.reporter is not None:
+            await self.reporter.checkpoint(self, state)
+
+
+class JobReporter(typing.Protocol):
+    """Takes a running job's ``progress`` and ``checkpoint`` (the worker's writer)."""
+
+    async def progress(self, ctx: JobContext, value: Any) -> None: ...
+
+    async def checkpoint(self, ctx: JobContext, state: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,42 +499,3 @@ class WorkerInfo:
     queues: tuple[str, ...] | None
     concurrency: int
     job_names: tuple[str, ...] = ()
-
-
-#: The step names of a batch's jobs: ``#0``, ``#1``, ... (their place in ``args_list``). No other
-#: step can be named so (names start with a letter or digit): a job whose dependencies are all
-#: such steps is a batch's callback, and its ``ctx.dependency_results`` are the batch's counts.
-BATCH_ITEM = "#"
-
-#: Where a workflow is (``app.workflows``): ``done`` when every step is done; ``failed`` when a
-#: step is dead-lettered and none can still run; ``cancelled`` when steps were cancelled, none
-#: failed and none can still run; else ``running``.
-WorkflowStatus: TypeAlias = Literal["running", "done", "failed", "cancelled"]
-
-
-class WorkflowStep(TypedDict):
-    """A step of a workflow or batch (``app.workflows.get``); ``depends_on`` names its
-    dependencies by step name."""
-
-    name: str | None
-    job_id: str
-    job_name: str
-    status: str
-    depends_on: list[str]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class WorkflowInfo(TypedDict):
-    """A workflow or batch (``kind``) as ``app.workflows`` shows it: ``counts`` of its steps by
-    status (every status, 0 included); ``steps`` (in enqueue order) is filled by ``get`` only
-    (``list`` leaves it empty)."""
-
-    id: str
-    name: str
-    kind: str
-    status: WorkflowStatus
-    created_at: datetime
-    counts: dict[str, int]
-    steps: list[WorkflowStep]
