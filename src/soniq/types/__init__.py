@@ -1,5 +1,6 @@
 """The shapes that cross Soniq's layers: job states, the public job record, queue statistics, and
-the rows the storage seam reads and writes (workflows' in :mod:`soniq.types.workflows`)."""
+the rows the storage seam reads and writes (workflows' in :mod:`soniq.types.workflows`,
+uniqueness's in :mod:`soniq.types.unique`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
 
-# The shapes of workflows live in their own module; soniq.types names them too.
+# The shapes of uniqueness and workflows live in their own modules; soniq.types names them too.
+from soniq.types.unique import OnConflict, Uniqueness
 from soniq.types.workflows import BATCH_ITEM, WorkflowInfo, WorkflowStatus, WorkflowStep
 
 if TYPE_CHECKING:
@@ -203,21 +205,6 @@ class JobCoverage(TypedDict):
     flagged: bool
 
 
-class Uniqueness(NamedTuple):
-    """How a job with a dedup key meets the job standing on its key (see
-    docs/tutorial/uniqueness.md): ``blocking`` -- the statuses of the standing job that block a
-    new one (``"queued"`` also covers ``"waiting"``); ``window`` -- seconds after a job took the
-    key during which any new job is refused (``unique_for``; None: none); ``replace`` -- a
-    blocked new job updates a standing job that has not started (arguments, ``scheduled_at``)
-    instead of being dropped; ``max_delay`` -- with ``replace``, the latest a replace may push
-    the job to, in seconds after the standing job was first enqueued."""
-
-    blocking: tuple[str, ...] = ("queued",)
-    window: float | None = None
-    replace: bool = False
-    max_delay: float | None = None
-
-
 class NewJob(NamedTuple):
     """A row to insert. ``args`` is already-encoded JSON text (encoded once, at enqueue). A named
     tuple, not a frozen dataclass: bulk enqueue builds one per job, at a third of the cost.
@@ -260,8 +247,8 @@ class NewJob(NamedTuple):
 class JobStream(Sequence[NewJob]):
     """The jobs of one ``enqueue_many`` call, built (validated and encoded) as they are read, so
     a backend can send the first while the rest are still being built. Every job has the same
-    name (``job_name``), queue (``queue``), priority, attempts and time (``scheduled_at``) (dedup keys only when ``keyed``). Reading it twice builds nothing
-    twice; a job that fails validation raises where it is read, and the backend must then write
+    name (``job_name``), queue (``queue``), priority, attempts and time (``scheduled_at``);
+    dedup keys only when ``keyed``. Reading it twice builds nothing twice; a job that fails validation raises where it is read, and the backend must then write
     nothing (PostgreSQL: it aborts the one COPY statement)."""
 
     def __init__(self, count: int, rows: Iterator[NewJob], *, job_name: str, queue: str,
@@ -440,9 +427,6 @@ class RateLimited(Exception):
         self.retry_after = retry_after
         self.reason = reason
 
-
-#: What a blocked unique job does (``EnqueueOptions.on_conflict``).
-OnConflict: TypeAlias = Literal["keep", "replace"]
 
 #: What a failed dependency does to a job that waits for it (``EnqueueOptions``).
 DependencyFailure: TypeAlias = Literal["cancel", "run", "wait"]
