@@ -17,6 +17,7 @@ from soniq.backends import StorageBackend, resolve_backend
 from soniq.backends.base import database_info
 from soniq.embedding import AppWorker, running
 from soniq.errors import UnsupportedOperationError
+from soniq.features.awaiting import Waiting
 from soniq.features.dead_letter import DeadLetter
 from soniq.features.definitions import Definitions
 from soniq.features.logs import JobLogs
@@ -101,6 +102,9 @@ class Soniq(Enqueuing):
         self._logs: JobLogs | None = None
         self._metrics: Metrics | None = None
         self._sync: SyncSoniq | None = None
+        #: The waiters of :meth:`wait_for_job`: one subscription per app, opened on first wait.
+        self.awaiting = Waiting(self._backend.awaits, read=self.get_job, decode=self.producer.result,
+                                poll_interval=self._settings.poll_interval)
         if self._settings.capture_job_logs:
             self.logs  # noqa: B018 -- installs log capture
 
@@ -259,6 +263,7 @@ class Soniq(Enqueuing):
         if self._logs is not None:
             await self._logs.close()  # uninstall capture, write what is buffered
         self._lifecycle.state = State.CLOSED
+        await self.awaiting.close()
         if self._sync is not None:  # its own loop and pool: stop them off this loop
             await anyio.to_thread.run_sync(self._sync.close)
         with anyio.CancelScope(shield=True):
@@ -412,6 +417,21 @@ class Soniq(Enqueuing):
     async def get_result(self, job_id: str) -> Any:
         """What a ``done`` job returned; None otherwise (or after ``result_ttl``)."""
         return self.producer.result(await self.get_job(job_id))
+
+    async def wait_for_job(self, job_id: str, timeout: float | None = None, *,  # noqa: ASYNC109
+                           on_progress: Callable[[Any], Any] | None = None) -> JobRecord:
+        """The job's record (``get_job``'s, ``result`` decoded like ``get_result``) once it is
+        ``done``, ``dead_letter`` or ``cancelled``; at once when it already is. Woken by the
+        database (PostgreSQL NOTIFY, one LISTEN connection per app) or in process (memory);
+        SQLite polls. ``on_progress(value)`` (sync or async) is called when the job's progress
+        changes, read at least once a second. See :mod:`soniq.features.awaiting`.
+
+        Raises:
+            TimeoutError: the job had not ended after ``timeout`` seconds.
+            JobNotFoundError: no such job, or it was deleted or pruned (also while waiting).
+        """
+        self._lifecycle.check()
+        return await self.awaiting.wait(job_id, timeout, on_progress)
 
     async def cancel_job(self, job_id: str) -> bool:
         """Cancel a job that has not started; True when it was cancelled. A running job gets a

@@ -13,6 +13,7 @@ Each class's docstring says what went wrong and how to fix it. The tree::
     ├── DuplicateJobError          two functions registered under one job name
     ├── UnsupportedOperationError  a capability the chosen backend lacks (e.g. ``connection=`` on SQLite)
     ├── AppClosedError             the Soniq instance was closed
+    ├── JobNotFoundError           no job with this id (never enqueued, deleted or pruned)
     ├── DecryptionError            a token was tampered with or made with a key not in SONIQ_SECRET_KEYS
     └── DatabaseError              the database failed or cannot be reached
         ├── DataRejectedError      the database refused a value it can never store (retrying cannot help)
@@ -39,6 +40,7 @@ __all__ = [
     "DuplicateJobError",
     "InvalidNameError",
     "JobArgumentsError",
+    "JobNotFoundError",
     "LeaseLostError",
     "MigrationError",
     "SchemaMissingError",
@@ -105,6 +107,11 @@ class LeaseLostError(SoniqError):
 
 class AppClosedError(SoniqError):
     """This Soniq instance was closed; create a new one."""
+
+
+class JobNotFoundError(SoniqError, LookupError):
+    """No job has this id: it was never enqueued (or not in this database), or it was deleted
+    or pruned after ``result_ttl``. Keep results longer with ``result_ttl`` to read them later."""
 
 
 class DecryptionError(SoniqError):

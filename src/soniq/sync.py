@@ -29,6 +29,7 @@ from anyio.from_thread import BlockingPortal
 
 from soniq.backends import resolve_backend
 from soniq.errors import AppClosedError, UnsupportedOperationError, ValidationError
+from soniq.features.awaiting import Waiting
 from soniq.features.queues import Queues
 from soniq.features.workflows import WorkflowBuilder, batch_jobs, workflow_jobs, workflow_name
 from soniq.ids import is_uuid, new_id
@@ -77,6 +78,7 @@ class SyncSoniq:
         self._ready = False
         self._init_lock: anyio.Lock | None = None
         self._closed = False
+        self._waiting: Waiting | None = None  # wait_for_job's, on the portal loop
         #: ``app.queues`` for sync code.
         self.queues = SyncQueues(self)
 
@@ -166,6 +168,8 @@ class SyncSoniq:
         if portal is None or thread is None:
             return
         try:
+            if self._waiting is not None:
+                portal.call(self._waiting.close)
             if self._owns_backend and self._backend is not None:
                 portal.call(self._backend.close)
         finally:
@@ -296,6 +300,26 @@ class SyncSoniq:
     def get_result(self, job_id: str) -> Any:
         """What a ``done`` job returned; None otherwise (or after ``result_ttl``)."""
         return self._producer.result(self.get_job(job_id))
+
+    def wait_for_job(self, job_id: str, timeout: float | None = None, *,
+                     on_progress: Callable[[Any], Any] | None = None) -> JobRecord:
+        """``app.wait_for_job`` for sync code: blocks the calling thread until the job ended.
+        The facade has its own subscription (PostgreSQL: its own LISTEN connection, opened on
+        the first wait); on memory, whose writes happen on the app's loop, it polls.
+        ``on_progress`` is called on the facade's thread."""
+
+        async def wait(backend: StorageBackend) -> JobRecord:
+            if self._waiting is None:
+                async def read(wanted: str) -> JobRecord | None:
+                    return await backend.get_job(wanted) if is_uuid(wanted) else None
+
+                self._waiting = Waiting(backend.awaits if self._owns_backend else None,
+                                        read=read, decode=self._producer.result,
+                                        poll_interval=self._app.settings.poll_interval)
+            return await self._waiting.wait(job_id, timeout, on_progress)
+
+        record: JobRecord = self._call(wait)
+        return record
 
     def cancel_job(self, job_id: str) -> bool:
         """Cancel a job that has not started; True when it was cancelled (a running job gets a

@@ -80,6 +80,7 @@ EXPECTED_COLUMNS = {
         ("hold", "text", False), ("rate_key", "text", False), ("waiting_on", "integer", False),
         ("on_dependency_failure", "text", False), ("has_dependents", "boolean", True),
         ("workflow_id", "uuid", False), ("step_name", "text", False),
+        ("awaited", "boolean", True),
         ("progress", "jsonb", False), ("checkpoint", "text", False),
     ],
     "soniq_dependencies": [

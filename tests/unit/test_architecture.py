@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from soniq.backends.awaiting import AwaitStore
 from soniq.backends.base import JobStateStore, StorageBackend
 from soniq.backends.memory import MemoryBackend
 from soniq.backends.postgres import PostgresBackend
@@ -40,6 +41,8 @@ STORES: dict[str, type] = {
 }
 #: What each adapter offers: every store on all three; a probe where there is a database.
 HAS_PROBE = {"memory": False, "sqlite": True, "postgres": True}
+#: Pushed ends of awaited jobs (``awaits``): not on SQLite, whose waiters poll.
+HAS_AWAITS = {"memory": True, "sqlite": False, "postgres": True}
 
 
 def _probes(path: Path) -> list[str]:
@@ -78,7 +81,7 @@ def test_the_probe_scan_catches_sniffing(tmp_path: Path) -> None:
 def test_every_capability_of_the_protocol_is_covered() -> None:
     declared = {name for name, member in inspect.getmembers(StorageBackend)
                 if isinstance(member, property)}
-    assert declared == {*STORES, "probe"}
+    assert declared == {*STORES, "probe", "awaits"}
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -103,6 +106,7 @@ def test_adapter_offers_its_declared_capabilities(backend: StorageBackend) -> No
                 continue
             assert (inspect.iscoroutinefunction(getattr(store, method))
                     == inspect.iscoroutinefunction(spec)), (backend.name, name, method)
+    assert isinstance(backend.awaits, AwaitStore) is HAS_AWAITS[backend.name]
     if HAS_PROBE[backend.name]:
         assert backend.probe is not None and inspect.iscoroutinefunction(backend.probe)
     else:

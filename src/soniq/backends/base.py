@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from soniq.backends.awaiting import AwaitStore
     from soniq.backends.stores import (
         AuditStore,
         DashboardStore,
@@ -130,6 +131,10 @@ class StorageBackend(Protocol):
     def workflows(self) -> WorkflowStore | None: ...
     @property
     def job_states(self) -> JobStateStore: ...
+    @property
+    def awaits(self) -> AwaitStore | None:
+        """Pushes the end of awaited jobs (:mod:`soniq.backends.awaiting`); None: waiters poll."""
+        ...
     @property
     def probe(self) -> Callable[[], Awaitable[dict[str, Any]]] | None:
         """Facts for :func:`database_info` (``soniq doctor``, ``migrate-status``), read without

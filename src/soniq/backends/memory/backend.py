@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from soniq.backends.awaiting import AWAITED_CHANNEL
 from soniq.backends.base import (
     StorageBackend,
     job_record,
@@ -24,6 +25,7 @@ from soniq.backends.base import (
 )
 from soniq.backends.dependencies import ENDED, edges_of, failure_policy
 from soniq.backends.keys import ALIVE, Standing, plan
+from soniq.backends.memory.awaiting import MemoryAwaitStore
 from soniq.backends.memory.control import MemoryAuditStore, MemoryQueueStore
 from soniq.backends.memory.dependencies import Dependencies
 from soniq.backends.memory.gates import Gates
@@ -98,6 +100,7 @@ class MemoryBackend:
         self._deps = Dependencies(self._jobs, self._slots, self._set_status, self._notify)
         self.workflows = MemoryWorkflowStore(self._jobs, self._deps.given)
         self.job_states = MemoryJobStateStore(self._jobs)
+        self.awaits = MemoryAwaitStore(self._jobs, self._listeners)
 
     async def initialize(self) -> None:
         return None
@@ -139,7 +142,7 @@ class MemoryBackend:
                 "cancel_requested": False, "concurrency_key": job.concurrency_key, "hold": None,
                 "rate_key": job.rate_key, "waiting_on": len(edges_of(job)) if waits else None,
                 "on_dependency_failure": failure_policy(job), "has_dependents": False,
-                "workflow_id": job.workflow_id, "step_name": job.step_name,
+                "workflow_id": job.workflow_id, "step_name": job.step_name, "awaited": False,
                 "progress": None, "checkpoint": None,
             }
             if waits:  # a limited one waits parked, without a slot
@@ -179,6 +182,8 @@ class MemoryBackend:
             row["dedup_key"] = None
         row["status"] = status
         row["updated_at"] = now
+        if row["awaited"] and status in ENDED:
+            self._notify(AWAITED_CHANNEL, row["id"])
 
     async def insert_workflow(self, workflow_id: str, name: str, kind: str,
                               jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
@@ -220,6 +225,8 @@ class MemoryBackend:
             return False
         if row["status"] in (JobStatus.QUEUED, JobStatus.PROCESSING):
             self._slots.release(row)
+        if row["awaited"] and row["status"] not in ENDED:
+            self._notify(AWAITED_CHANNEL, job_id)
         if row["status"] not in ENDED:  # deleted unfinished: a failure for its dependents
             self._deps.ended(job_id, "deleted", utc_now())
         return True

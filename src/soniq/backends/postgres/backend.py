@@ -20,7 +20,6 @@ Two rules shape the code (DESIGN.md §6):
 
 from __future__ import annotations
 
-import logging
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,7 @@ from soniq.backends.postgres import (
 )
 from soniq.backends.postgres import pool as pool_ops
 from soniq.backends.postgres import queues as pg_queues
+from soniq.backends.postgres.awaiting import PostgresAwaitStore
 from soniq.backends.postgres.dashboard import PostgresDashboardStore
 from soniq.backends.postgres.dead_letter import PostgresDeadLetterStore
 from soniq.backends.postgres.definitions import PostgresDefinitionStore
@@ -72,9 +72,6 @@ if TYPE_CHECKING:
     from soniq.types import DependencyResult, WorkerInfo
 
 __all__ = ["LOOP_POOL_SIZE", "PostgresBackend"]
-
-
-logger = logging.getLogger("soniq.postgres")
 
 #: Connections of the worker loops' pool: a claim, a finish and a heartbeat at the same time.
 LOOP_POOL_SIZE = 3
@@ -127,6 +124,8 @@ class PostgresBackend:
         self.audit = PostgresAuditStore(self._ready, self._errors, n)
         self.workflows = workflows.PostgresWorkflowStore(self._ready, self._errors, n,
                                                          self._maintenance_timeout)
+        self.awaits = PostgresAwaitStore(self._ready, self._errors, n, url=self._listen_url or url,
+            refuse_pooling="listen_url" if self._listen_url else None) if self.supports_listen else None
         self._queue_claims = pg_queues.claims(n)
         self._gates = gates.gate_sql(n)
         self._control = maintenance.control_sql(n)
@@ -376,21 +375,10 @@ class PostgresBackend:
     # -- workers and maintenance ----------------------------------------------------------------
     async def register_worker(self, worker: WorkerInfo, *, now: datetime | None = None) -> None:
         _check_worker_id(worker.id)
-        queues = None if worker.queues is None else list(worker.queues)
         with self._errors:
             pool = await self._loops()
-            await call(pool.execute, self._q.register_worker, worker.id, worker.hostname,
-                       worker.pid, queues, worker.concurrency, now, list(worker.job_names))
-            # Before the first claim: a backlog loaded since the last statistics (autovacuum off,
-            # or not round yet) would make every claim sort the whole backlog (sql.py).
-            if await call(pool.fetchval, self._q.statistics_stale):
-                failed = await call(maintenance.analyze, pool, self._q,
-                                    self._maintenance_timeout)
-                if failed is None:
-                    logger.info("analyzed soniq_jobs: its statistics were missing or stale")
-                else:
-                    logger.warning("could not analyze soniq_jobs (%s); starting anyway: claims "
-                                   "may be slow until autovacuum analyzes it", failed)
+            await call(maintenance.register_worker, pool, self._q, worker, now,
+                       self._maintenance_timeout)
 
     async def heartbeat(self, worker_id: str, *, now: datetime | None = None,
                         job_names: Sequence[str] = ()) -> list[str]:

@@ -30,12 +30,14 @@ if TYPE_CHECKING:
 
     from soniq.backends.postgres.errors import Translator
 
-__all__ = ["APPLICATION_NAME", "listen"]
+__all__ = ["APPLICATION_NAME", "WAITERS_APPLICATION_NAME", "Listening", "listen", "subscribe"]
 
 logger = logging.getLogger("soniq.postgres")
 
 #: How the LISTEN connection shows in pg_stat_activity.
 APPLICATION_NAME = "soniq listener"
+#: How a :func:`subscribe` connection (an app's ``wait_for_job`` waiters) shows there.
+WAITERS_APPLICATION_NAME = "soniq waiters"
 
 
 async def listen(url: str, on_notify: Callable[[str, str], None], *, channels: Mapping[str, str],
@@ -47,13 +49,14 @@ async def listen(url: str, on_notify: Callable[[str, str], None], *, channels: M
     ``refuse_pooling`` (the setting ``url`` came from), a ``url`` reached through transaction
     pooling, where no LISTEN session can be held, raises :class:`ConfigurationError` naming it."""
     lost = anyio.Event()
-    deliver, mark_lost = _handoff(on_notify, lost)
+    deliver, mark_lost = _handoff(on_notify, lost.set)
 
     def on_message(_conn: Any, _pid: int, channel: str, payload: str) -> None:
         deliver(channels[channel], payload)
 
     with errors:
-        conn = await call(_open, url, list(channels), on_message, mark_lost, refuse_pooling)
+        conn = await call(_open, url, list(channels), on_message, mark_lost, refuse_pooling,
+                          APPLICATION_NAME)
     try:
         task_status.started()
         while True:
@@ -74,9 +77,39 @@ async def listen(url: str, on_notify: Callable[[str, str], None], *, channels: M
             await call(close_quietly, conn)
 
 
+async def subscribe(url: str, on_notify: Callable[[str, str], None], on_lost: Callable[[], None],
+                    *, channels: Mapping[str, str], errors: Translator,
+                    refuse_pooling: str | None = None) -> Listening:
+    """A LISTEN connection like :func:`listen`'s that needs no task of the caller's: the driver
+    calls ``on_notify`` (and ``on_lost`` once the connection is closed, by the server or by
+    :meth:`Listening.close`) in the caller's event loop. It sends no keepalive, so a half-open
+    connection goes unnoticed: its user re-reads at its own pace too (``wait_for_job``)."""
+    deliver, mark_lost = _handoff(on_notify, on_lost)
+
+    def on_message(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+        deliver(channels[channel], payload)
+
+    with errors:
+        conn = await call(_open, url, list(channels), on_message, mark_lost, refuse_pooling,
+                          WAITERS_APPLICATION_NAME)
+    return Listening(conn)
+
+
+class Listening:
+    """An open :func:`subscribe` connection."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with anyio.CancelScope(shield=True):
+            await call(close_quietly, self._conn)
+
+
 def _handoff(on_notify: Callable[[str, str], None],
-             lost: anyio.Event) -> tuple[Callable[[str, str], None], Callable[[], None]]:
-    """Callbacks for the driver's loop that run ``on_notify`` / ``lost.set`` on the caller's."""
+             on_lost: Callable[[], None]) -> tuple[Callable[[str, str], None], Callable[[], None]]:
+    """Callbacks for the driver's loop that run ``on_notify`` / ``on_lost`` on the caller's."""
 
     def safe_notify(channel: str, payload: str) -> None:
         try:
@@ -85,7 +118,7 @@ def _handoff(on_notify: Callable[[str, str], None],
             logger.exception("notification handler failed for %s %r", channel, payload)
 
     if _bridge.on_asyncio():
-        return safe_notify, lost.set
+        return safe_notify, on_lost
 
     import trio  # the one non-asyncio backend AnyIO supports
 
@@ -98,15 +131,16 @@ def _handoff(on_notify: Callable[[str, str], None],
 
     def mark_lost() -> None:
         with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(lost.set)
+            token.run_sync_soon(on_lost)
 
     return deliver, mark_lost
 
 
 async def _open(url: str, channels: list[str], on_message: Callable[[Any, int, str, str], None],
-                on_lost: Callable[[], None], refuse_pooling: str | None) -> Any:
-    """Runs on the driver's loop: connect, watch for termination, LISTEN on every channel."""
-    conn = await connect(url, name=APPLICATION_NAME)
+                on_lost: Callable[[], None], refuse_pooling: str | None, name: str) -> Any:
+    """Runs on the driver's loop: connect as ``name``, watch for termination, LISTEN on every
+    channel."""
+    conn = await connect(url, name=name)
     try:
         if refuse_pooling is not None and await pooling.transaction_pooled(
                 conn, lambda: _other_pid(url)):

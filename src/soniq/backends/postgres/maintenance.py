@@ -16,6 +16,7 @@ The functions run on the driver's loop (through :func:`soniq.backends._bridge.ca
 from __future__ import annotations
 
 import functools
+import logging
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,9 +34,12 @@ if TYPE_CHECKING:
 
     from soniq.backends.postgres.names import Names
     from soniq.backends.postgres.sql import Sql
+    from soniq.types import WorkerInfo
 
 __all__ = ["PRUNE_BATCH_SIZE", "ControlSql", "analyze", "control_sql", "maintenance", "prune",
-           "prune_control", "prune_in_batches", "rescue", "timeout_setting"]
+           "prune_control", "prune_in_batches", "register_worker", "rescue", "timeout_setting"]
+
+logger = logging.getLogger("soniq.postgres")
 
 #: Rows deleted per prune statement: short transactions, few row locks held at once.
 PRUNE_BATCH_SIZE = 5_000
@@ -56,6 +60,23 @@ async def maintenance(pool: Any, statement_timeout: str) -> AsyncIterator[Any]:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(SET_LOCAL_TIMEOUT, statement_timeout)
         yield conn
+
+
+async def register_worker(pool: Any, q: Sql, worker: WorkerInfo, now: datetime | None,
+                          statement_timeout: str) -> None:
+    """Register ``worker``, then -- before its first claim -- analyze ``soniq_jobs`` if its
+    statistics are stale: a backlog loaded since the last statistics (autovacuum off, or not
+    round yet) would make every claim sort the whole backlog (sql.py)."""
+    queues = None if worker.queues is None else list(worker.queues)
+    await pool.execute(q.register_worker, worker.id, worker.hostname, worker.pid, queues,
+                       worker.concurrency, now, list(worker.job_names))
+    if await pool.fetchval(q.statistics_stale):
+        failed = await analyze(pool, q, statement_timeout)
+        if failed is None:
+            logger.info("analyzed soniq_jobs: its statistics were missing or stale")
+        else:
+            logger.warning("could not analyze soniq_jobs (%s); starting anyway: claims may be "
+                           "slow until autovacuum analyzes it", failed)
 
 
 async def analyze(pool: Any, q: Sql, statement_timeout: str) -> str | None:

@@ -77,6 +77,8 @@ class Names:
     cancel_channel: str
     #: The NOTIFY channel that says a queue's setting changed (payload: the queue).
     queues_channel: str
+    #: The NOTIFY channel that says awaited jobs ended (payload: their ids; migration 0018).
+    awaited_channel: str
     #: The key of the advisory lock that serialises ``soniq setup`` runs on this schema.
     migration_lock_key: int
 
@@ -116,7 +118,7 @@ def names(schema: str | None) -> Names:
         rate_buckets=table("rate_buckets"), dependencies=table("dependencies"),
         workflows=table("workflows"), unique_keys=table("unique_keys"),
         jobs_channel=channel("soniq_jobs"), cancel_channel=channel("soniq_cancel"),
-        queues_channel=channel("soniq_queues"),
+        queues_channel=channel("soniq_queues"), awaited_channel=channel("soniq_awaited"),
         migration_lock_key=(int.from_bytes(digest[:8], "big", signed=True) if own
                             else MIGRATION_LOCK_KEY),
     )

@@ -79,6 +79,8 @@ class SqliteBackend:
 
     name = "sqlite"
     supports_listen = False
+    #: Ends are not pushed: ``wait_for_job`` polls with backoff.
+    awaits = None
     supports_transactions = False
     streams_inserts = False
 
