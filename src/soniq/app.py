@@ -295,7 +295,8 @@ class Soniq(Enqueuing):
         Options: ``name``, ``queue``, ``priority`` (lower runs first), ``retries`` (alias
         ``max_retries``), ``retry_delay`` (seconds, or a list per retry), ``retry_backoff``,
         ``retry_max_delay``, ``timeout`` (None inherits ``job_timeout``, 0 disables),
-        ``unique``, ``validate`` (alias ``args_model``, a pydantic model for the arguments),
+        ``unique`` (with ``unique_by``, ``unique_for``, ``unique_while``, ``on_conflict``,
+        ``max_delay``: docs/tutorial/uniqueness.md), ``validate`` (alias ``args_model``, a pydantic model for the arguments),
         ``encrypt`` (store arguments and result encrypted with ``SONIQ_SECRET_KEYS``),
         ``concurrency_limit`` (at most N running attempts across all workers; per value of the
         argument named by ``concurrency_key`` when given) and ``ordered`` (with a

@@ -112,12 +112,13 @@ class Producer:
 
     async def build(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
                     priority: int | None = None, scheduled_at: When | None = None,
-                    unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
+                    unique: bool | None = None, dedup_key: str | None = None,
+                    options: EnqueueOptions | None = None) -> NewJob:
         """:meth:`job` with the stored defaults of an unregistered name read first."""
         name = self.unregistered(target)
         stored = None if name is None else await self.defaults(name)
         return self.job(target, args, queue=queue, priority=priority, scheduled_at=scheduled_at,
-                        unique=unique, dedup_key=dedup_key, stored=stored)
+                        unique=unique, dedup_key=dedup_key, stored=stored, options=options)
 
     async def build_steps(self, steps: Sequence[Step]) -> list[NewJob]:
         """:meth:`build` of each workflow step (never unique), the steps that share a target
@@ -154,34 +155,37 @@ class Producer:
     def job(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
             priority: int | None = None, scheduled_at: When | None = None,
             unique: bool | None = None, dedup_key: str | None = None,
-            stored: JobDefinition | None = None) -> NewJob:
+            stored: JobDefinition | None = None, options: EnqueueOptions | None = None) -> NewJob:
         """One validated row, as ``enqueue`` writes it (nothing is written here); ``stored``:
-        :meth:`defaults` of an unregistered name."""
+        :meth:`defaults` of an unregistered name; ``options``: the call's (uniqueness)."""
         return self._builder(target, queue, priority, scheduled_at, unique, dedup_key, stored,
-                             many=False).one(args)
+                             many=False, options=options).one(args)
 
     async def build_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
                          queue: str | None = None, priority: int | None = None,
-                         scheduled_at: When | None = None) -> JobStream:
+                         scheduled_at: When | None = None,
+                         options: EnqueueOptions | None = None) -> JobStream:
         """:meth:`jobs` with the stored defaults of an unregistered name read first."""
         name = self.unregistered(target)
         stored = None if name is None else await self.defaults(name)
         return self.jobs(target, args_list, queue=queue, priority=priority,
-                         scheduled_at=scheduled_at, stored=stored)
+                         scheduled_at=scheduled_at, stored=stored, options=options)
 
     def jobs(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
              queue: str | None = None, priority: int | None = None,
-             scheduled_at: When | None = None, stored: JobDefinition | None = None) -> JobStream:
+             scheduled_at: When | None = None, stored: JobDefinition | None = None,
+             options: EnqueueOptions | None = None) -> JobStream:
         """The rows of ``enqueue_many``, each element validated as its row is read (``list()``
         the stream to check them all)."""
         if isinstance(args_list, str | bytes | Mapping) or not isinstance(args_list, Sequence):
             raise JobArgumentsError("args_list must be a list of dicts, one per job")
         return self._builder(target, queue, priority, scheduled_at, None, None, stored,
-                             many=True).stream(args_list)
+                             many=True, options=options).stream(args_list)
 
     def _builder(self, target: Target, queue: str | None, priority: int | None,
                  scheduled_at: When | None, unique: bool | None, dedup_key: str | None,
-                 stored: JobDefinition | None, *, many: bool) -> JobBuilder:
+                 stored: JobDefinition | None, *, many: bool,
+                 options: EnqueueOptions | None = None) -> JobBuilder:
         """Validate what the jobs of one call share."""
         self._lifecycle.check()
         encode: Callable[[str, str], str] = self.codec.encode_args
@@ -190,7 +194,7 @@ class Producer:
         return JobBuilder(self._registry, self._settings, target, queue=queue, priority=priority,
                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
                           many=many, encode=encode, keyed_digest=self._keyed_digest,
-                          stored=stored)
+                          stored=stored, call=unique_options(options))
 
     def _sealing(self, name: str) -> Callable[[str, str], str]:
         """The encoder of a job not registered here that its workers registered encrypted: never
@@ -215,7 +219,7 @@ class Producer:
         return their ids. A :class:`JobStream` is streamed only where a failure cannot hurt:
         never into the caller's transaction."""
         if type(jobs) is JobStream and (connection is not None  # not isinstance: an ABC check
-                                        or not self._backend.streams_inserts):
+                                        or not self._backend.streams_inserts or jobs.keyed):
             jobs = list(jobs)  # every element validated before anything is written
         rows = jobs
         return await self._write(jobs, connection, lambda: self._backend.insert_jobs(
@@ -316,6 +320,15 @@ def split_options(kwargs: dict[str, Any]) -> tuple[EnqueueOptions | None, dict[s
     return None, kwargs
 
 
+def unique_options(options: EnqueueOptions | None) -> dict[str, Any] | None:
+    """The uniqueness fields of a call's ``options`` (checked by the job builder)."""
+    if not isinstance(options, EnqueueOptions):
+        return None  # depending() names a wrong type
+    return {"unique_by": options.unique_by, "unique_for": options.unique_for,
+            "unique_while": options.unique_while, "on_conflict": options.on_conflict,
+            "max_delay": options.max_delay}
+
+
 def depending(jobs: Sequence[NewJob], options: EnqueueOptions | None) -> Sequence[NewJob]:
     """``jobs`` with the call's dependencies (``options``), checked: ids, the failure policy.
 
@@ -363,14 +376,15 @@ class Enqueuing:
         :class:`TaskRef` (a name not registered here takes queue, priority and attempts from the
         definition its workers stored). Job arguments are keywords or ``args={...}``;
         ``options=EnqueueOptions(...)`` (``depends_on``, ...) is the call's options. ``scheduled_at``:
-        an aware datetime, a timedelta or seconds from now. ``unique=True`` or a ``dedup_key``
-        returns the id of an identical job still waiting instead of adding one. ``connection=``
+        an aware datetime, a timedelta or seconds from now. ``unique=True``, a ``dedup_key`` or
+        ``EnqueueOptions(unique_by=..., unique_for=..., ...)`` returns the id of the job that
+        stands on the key instead of adding one (docs/tutorial/uniqueness.md). ``connection=``
         (PostgreSQL) inserts inside that connection's transaction."""
         producer = self.producer
         options, kwargs = split_options(kwargs)
         job = await producer.build(target, job_kwargs(args, kwargs), queue=queue,
                                    priority=priority, scheduled_at=scheduled_at, unique=unique,
-                                   dedup_key=dedup_key)
+                                   dedup_key=dedup_key, options=options)
         return (await producer.insert(depending([job], options), connection))[0]
 
     async def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
@@ -382,10 +396,11 @@ class Enqueuing:
         Nothing is written unless every element is valid. On PostgreSQL the rows go in with one
         COPY statement, sent while later elements are still being validated and encoded (an
         invalid one aborts it); joining ``connection``'s transaction, or on the other backends,
-        every element is validated first. Unique jobs are refused here (use ``enqueue``).
-        ``options`` apply to every job of the call."""
+        every element is validated first. Unique jobs go in with a statement per chunk (not
+        COPY): each element's id is the one that stands on its key, duplicates within the call
+        resolved in order. ``options`` apply to every job of the call."""
         jobs = await self.producer.build_many(target, args_list, queue=queue, priority=priority,
-                                              scheduled_at=scheduled_at)
+                                              scheduled_at=scheduled_at, options=options)
         return await self.producer.insert(depending(jobs, options), connection) if jobs else []
 
     def workflow(self, name: str) -> Workflow:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pydantic
 
+from soniq import uniqueness
 from soniq.arguments import Parameters, encode_args
 from soniq.errors import (
     ConfigurationError,
@@ -27,7 +28,7 @@ from soniq.errors import (
 )
 from soniq.ids import id_stream, new_id
 from soniq.limits import check_limits, check_rate, limit_key, stored_limits, stored_rate
-from soniq.serialization import has_unstorable_chars, loads, to_utc, unique_key
+from soniq.serialization import loads, to_utc
 from soniq.types import JobContext, JobStatus, JobStream, NewJob
 
 if typing.TYPE_CHECKING:
@@ -61,6 +62,7 @@ _JOB_OPTIONS = (
     "name", "queue", "priority", "retries", "max_retries", "retry_delay", "retry_backoff",
     "retry_max_delay", "timeout", "unique", "validate", "args_model", "encrypt",
     "concurrency_limit", "concurrency_key", "ordered", "rate_limit", "rate_key",
+    *uniqueness.UNIQUE_OPTIONS,
 )
 
 
@@ -135,6 +137,8 @@ class JobSpec:
     retry_max_delay: float | None = None
     timeout: float | None = None
     unique: bool = False
+    #: Its uniqueness (``unique=True`` or any of the ``unique_*`` options; see uniqueness.py).
+    unique_rule: uniqueness.UniqueRule | None = None
     #: Arguments and result are stored encrypted (``app.signing``'s keys; see features/signing.py).
     encrypt: bool = False
     args_model: type[pydantic.BaseModel] | None = None
@@ -264,6 +268,7 @@ class JobRegistry:
         any_name = model is None and parameters.any_keyword
         limit, limit_by, ordered = check_limits(name, options, fields=fields, any_name=any_name)
         rate, rate_by = check_rate(name, options, fields=fields, any_name=any_name)
+        rule = uniqueness.check_unique(name, options, fields=fields, any_name=any_name)
         spec = JobSpec(
             name=name,
             func=func,
@@ -274,7 +279,8 @@ class JobRegistry:
             retry_backoff=bool(options.get("retry_backoff", False)),
             retry_max_delay=_number("retry_max_delay", options.get("retry_max_delay")),
             timeout=_number("timeout", options.get("timeout")),
-            unique=bool(options.get("unique", False)),
+            unique=rule is not None,
+            unique_rule=rule,
             encrypt=bool(options.get("encrypt", False)),
             args_model=model,
             is_async=inspect.iscoroutinefunction(func),
@@ -367,7 +373,7 @@ class JobBuilder:
 
     __slots__ = ("_by_spec", "_dedup_key", "_encode", "_encrypt", "_keyed_digest", "_limit",
                  "_limit_by", "_many", "_model", "_max_attempts", "_rate_by", "_rated", "_spec",
-                 "_unique", "name",
+                 "_rule", "name",
                  "priority", "queue", "scheduled_at")
 
     def __init__(self, registry: JobRegistry, settings: SoniqSettings,
@@ -375,7 +381,8 @@ class JobBuilder:
                  priority: int | None, scheduled_at: datetime | timedelta | float | None,
                  unique: bool | None, dedup_key: str | None, many: bool,
                  encode: Callable[[str, str], str], keyed_digest: Callable[[str], str],
-                 stored: StoredDefaults | None = None) -> None:
+                 stored: StoredDefaults | None = None,
+                 call: Mapping[str, Any] | None = None) -> None:
         spec, name, default_queue, model = registry.resolve(
             target, strict=settings.enqueue_validation == "strict")
         if spec is not None:
@@ -389,20 +396,16 @@ class JobBuilder:
               or not -32_768 <= priority <= 32_767):
             raise ValidationError(
                 f"priority must be an integer from -32768 to 32767, got {priority!r}")
-        if unique is None:
-            unique = spec.unique if spec else stored.options.get("unique") is True if stored else False
-        if many and unique:
-            raise ValidationError(
-                f"job {name!r} is unique; enqueue_many does not deduplicate, "
-                "so enqueue unique jobs one at a time with enqueue()"
-            )
-        if dedup_key is not None and (not isinstance(dedup_key, str)
-                                      or not 0 < len(dedup_key) <= 512):
-            raise ValidationError("dedup_key must be a non-empty string of at most 512 characters")
-        if dedup_key is not None and has_unstorable_chars(dedup_key):
-            raise ValidationError(
-                f"dedup_key {dedup_key!r} contains a NUL character or a lone surrogate, which the "
-                "database cannot store; use printable text (e.g. a hash of the raw key)")
+        # Uniqueness: the call's options (``call``: EnqueueOptions' fields) over the job's.
+        params = spec.parameters if spec else None
+        self._rule = uniqueness.check_unique(
+            name, {**(call or {}), "unique": unique},
+            base=(spec.unique_rule if spec else
+                  uniqueness.stored_rule(name, stored.options) if stored else None),
+            fields=(set(model.model_fields) if model else None if params is None else params.names),
+            any_name=model is None and params is not None and params.any_keyword,
+            dedup_key=dedup_key is not None)
+        dedup_key = None if dedup_key is None else uniqueness.check_dedup_key(dedup_key)
         self.name = name
         self.queue = validate_name(queue, "queue name") if queue is not None else default_queue
         self.priority = priority
@@ -421,7 +424,6 @@ class JobBuilder:
         rate, self._rate_by = ((spec.rate_limit, spec.rate_key) if spec
                                else stored_rate(stored.options) if stored else (None, None))
         self._rated = rate is not None
-        self._unique = unique
         self._dedup_key = dedup_key
         self._many = many
         self._encode = encode
@@ -441,18 +443,22 @@ class JobBuilder:
                          self._key_of(self._limit_by, "concurrency_key", job_args, args_json))
             rate_key = (self._key_of(self._rate_by, "rate_key", job_args, args_json)
                         if self._rated else None)
+            rule = self._rule
+            key = (None if rule is None else self._dedup_key or uniqueness.dedup_key_of(
+                name, rule, job_args if self._model is None else loads(args_json), args_json,
+                None if spec is None or spec.parameters is None else spec.parameters.signature,
+                self._keyed_digest if self._encrypt else None))
         except ValidationError as exc:
             if self._many:
                 raise type(exc)(f"args_list[{index}]: {exc.message}") from None
             raise
-        key = self._dedup_key
-        if key is None and self._unique:
-            key = unique_key(name, args_json)
-            if self._encrypt:
-                key = f"unique:{name}:{self._keyed_digest(key)}"
         # Positional: a named tuple built from keywords costs twice as much (bulk builds many).
-        return NewJob(job_id, name, self.queue, self.priority, self._encode(name, args_json),
-                      self._max_attempts, self.scheduled_at, key, limit_key, limit, rate_key)
+        args = self._encode(name, args_json)
+        if rule is None:
+            return NewJob(job_id, name, self.queue, self.priority, args, self._max_attempts,
+                          self.scheduled_at, None, limit_key, limit, rate_key)
+        return NewJob(job_id, name, self.queue, self.priority, args, self._max_attempts,
+                      self.scheduled_at, key, limit_key, limit, rate_key, rule.policy)
 
     def _key_of(self, by: str | None, option: str, job_args: Mapping[str, Any],
                 args_json: str) -> str | None:
@@ -485,4 +491,5 @@ class JobBuilder:
 
         return JobStream(len(args_list), rows(), job_name=self.name, queue=self.queue,
                          scheduled_at=self.scheduled_at,
-                         limited=self._limit is not None or self._rated)
+                         limited=self._limit is not None or self._rated,
+                         keyed=self._rule is not None)

@@ -185,7 +185,8 @@ class SyncSoniq:
         join). Returns the job id."""
         options, kwargs = split_options(kwargs)
         job = self.prepare(target, job_kwargs(args, kwargs), queue=queue, priority=priority,
-                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key)
+                           scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
+                           options=options)
         return self.insert(depending([job], options))[0]
 
     def enqueue_many(self, target: Target, args_list: Sequence[Mapping[str, Any]], *,
@@ -194,7 +195,8 @@ class SyncSoniq:
                      options: EnqueueOptions | None = None) -> list[str]:
         """``app.enqueue_many`` for sync code: one job per element, validated before writing."""
         jobs = self._producer.jobs(target, args_list, queue=queue, priority=priority,
-                                   scheduled_at=scheduled_at, stored=self._defaults(target))
+                                   scheduled_at=scheduled_at, stored=self._defaults(target),
+                                   options=options)
         return self.insert(list(depending(jobs, options))) if jobs else []
 
     def schedule(self, target: Target, run_at: When, *, args: Mapping[str, Any] | None = None,
@@ -245,12 +247,13 @@ class SyncSoniq:
 
     def prepare(self, target: Target, args: Mapping[str, Any], *, queue: str | None = None,
                 priority: int | None = None, scheduled_at: When | None = None,
-                unique: bool | None = None, dedup_key: str | None = None) -> NewJob:
+                unique: bool | None = None, dedup_key: str | None = None,
+                options: EnqueueOptions | None = None) -> NewJob:
         """Validate one job exactly as ``enqueue`` does and build its row without writing it;
         :meth:`insert` writes it later (e.g. when the caller's transaction commits)."""
         return self._producer.job(target, args, queue=queue, priority=priority,
                                   scheduled_at=scheduled_at, unique=unique, dedup_key=dedup_key,
-                                  stored=self._defaults(target))
+                                  stored=self._defaults(target), options=options)
 
     def _defaults(self, target: Target) -> JobDefinition | None:
         """The stored definition an enqueue of an unregistered name uses (the producer's cache,

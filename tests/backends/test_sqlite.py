@@ -74,10 +74,11 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
         "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions",
         "soniq_slots", "soniq_queues", "soniq_audit", "soniq_rate_buckets",
-        "soniq_dependencies", "soniq_workflows"}
+        "soniq_dependencies", "soniq_workflows", "soniq_unique_keys"}
+    assert "soniq_jobs_dedup_key" not in schema["index"]  # keys live in soniq_unique_keys
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",
-        "soniq_jobs_dedup_key", "soniq_jobs_expires_at", "soniq_jobs_worker_id",
+        "soniq_jobs_expires_at", "soniq_jobs_worker_id",
         "soniq_jobs_dead_letter", "soniq_webhook_deliveries_due",
         "soniq_webhook_deliveries_finished",
         "soniq_job_logs_job", "soniq_job_logs_created_at", "soniq_jobs_parked",
@@ -723,6 +724,7 @@ async def test_the_dependencies_migration_rebuilds_the_jobs_table_in_use(sqlite_
     try:
         assert await backend.migrate() == [m.label for m in load_migrations("sqlite")
                                            if m.version >= 11]
+        before.pop("soniq_jobs_dedup_key")  # migration 12 drops it (keys: soniq_unique_keys)
         assert _job_indexes(sqlite_url) == {**before, "soniq_jobs_workflow": (
             "CREATE INDEX soniq_jobs_workflow ON soniq_jobs (workflow_id, id) "
             "WHERE workflow_id IS NOT NULL"), "soniq_jobs_cancelled": (

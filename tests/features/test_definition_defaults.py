@@ -198,3 +198,15 @@ async def test_a_name_is_flagged_once_the_worker_that_knew_it_stops(app: Soniq) 
 
 def _none() -> Any:
     raise AssertionError("no definition stored")
+
+
+async def test_a_producer_takes_an_unregistered_names_uniqueness_from_its_definition(
+        app: Soniq, producer: Soniq) -> None:
+    await _stored(app, unique_by=["n"], unique_for=3600, on_conflict="replace")
+    first = await producer.enqueue("defs.x", n=1, scheduled_at=60)
+    assert await producer.enqueue("defs.x", n=1, scheduled_at=120) == first
+    assert await producer.enqueue("defs.x", n=2) != first
+    stored = await app.definitions.get("defs.x")
+    assert stored is not None and dict(stored.definition.options) == {
+        "unique": True, "retry_backoff": False, "retry_delay": 0.0, "retry_max_delay": None,
+        "unique_by": ["n"], "unique_for": 3600.0, "on_conflict": "replace"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from soniq import Soniq
+from soniq import EnqueueOptions, Soniq
 from soniq.errors import (
     AppClosedError,
     JobArgumentsError,
@@ -109,6 +109,15 @@ def test_validation_happens_in_the_calling_thread(sync_app: Soniq) -> None:
             jobs.schedule("square", None, n=1)  # type: ignore[arg-type]
         assert jobs.list_jobs() == []  # nothing was written
     jobs.close()  # twice is harmless
+
+
+def test_sync_enqueue_takes_the_calls_uniqueness(sync_app: Soniq) -> None:
+    options = EnqueueOptions(unique_by=["n"], unique_for=3600)
+    with sync_app.sync as jobs:
+        first = jobs.enqueue("square", n=1, options=options)
+        assert jobs.enqueue("square", n=1, options=options) == first
+        assert jobs.enqueue_many("square", [{"n": 1}, {"n": 2}], options=options)[0] == first
+        assert len(jobs.list_jobs()) == 2
 
 
 @pytest.mark.anyio

@@ -309,10 +309,11 @@ async def test_enqueue_many_validates_everything_first(app: Soniq) -> None:
         await app.enqueue_many("send_email", {"to": "a"})  # type: ignore[arg-type]
 
     @app.job(name="uniq", unique=True)
-    async def uniq() -> None: ...
+    async def uniq(n: int) -> None: ...
 
-    with pytest.raises(ValidationError, match="unique"):
-        await app.enqueue_many(uniq, [{}])
+    # unique jobs are accepted (resolved against their keys), and validated first too
+    with pytest.raises(JobArgumentsError, match=r"args_list\[1\]"):
+        await app.enqueue_many(uniq, [{"n": 1}, {"nope": 1}])
     assert await app.list_jobs() == []
 
 

@@ -189,7 +189,7 @@ def test_the_core_statements_know_no_feature() -> None:
                     if isinstance(node, ast.ImportFrom)}
         assert imported <= {"__future__", "dataclasses", "typing", "soniq.backends.base",
                             "soniq.backends.postgres.events", "soniq.backends.postgres.changes",
-                            "soniq.backends.postgres.names",
+                            "soniq.backends.postgres.names", "soniq.backends.postgres.keys",
                             "soniq.backends.postgres.slots"}, path.name
     for schema, prefix in ((None, ""), ("alpha", '"alpha".')):
         q = sql.build(schema)
@@ -197,6 +197,7 @@ def test_the_core_statements_know_no_feature() -> None:
                  if isinstance(value, str)]
         texts += [value for value in vars(q).values() if isinstance(value, str)]
         texts += [value for value in vars(q.slots).values() if isinstance(value, str)]
+        texts += [value for value in vars(q.keys).values() if isinstance(value, str)]
         for statements in (q.plain, q.logged):
             texts += [getattr(statements, field) for field in statements.__dataclass_fields__]
         assert len(texts) > 30

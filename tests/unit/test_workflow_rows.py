@@ -10,7 +10,7 @@ import pytest
 
 from soniq.backends.dependencies import ordered
 from soniq.features.workflows import Workflow, workflow_jobs
-from soniq.types import NewJob
+from soniq.types import NewJob, Uniqueness
 
 
 def test_a_step_keeps_every_field_of_its_job_and_takes_the_steps_own() -> None:
@@ -24,7 +24,8 @@ def test_a_step_keeps_every_field_of_its_job_and_takes_the_steps_own() -> None:
     wf.add("b", name="second", after=[first], on_dependency_failure="run")
     own = {"job_name": "b", "queue": "q", "priority": 7, "args": "{}", "max_attempts": 4,
            "scheduled_at": datetime(2026, 1, 1, tzinfo=UTC), "dedup_key": "k",
-           "concurrency_key": "c", "concurrency_limit": 2, "rate_key": "r"}
+           "concurrency_key": "c", "concurrency_limit": 2, "rate_key": "r",
+           "unique": Uniqueness(("queued", "processing"), 60.0, True, 5.0)}
     steps = wf.plan()
     jobs = [NewJob(id="1", **own), NewJob(id="2", **own)]
     assert set(own) | {"id"} | {"depends_on", "on_dependency_failure", "workflow_id",

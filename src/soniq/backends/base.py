@@ -6,8 +6,10 @@ and PostgreSQL alike. The rules every adapter keeps:
 - Job rows carry JSON *text* for ``args`` and ``result``: encoded once by the caller, decoded only
   when a :class:`~soniq.types.JobRecord` is built. No driver codecs, so a caller's own connection
   works for transactional enqueue.
-- ``insert_jobs`` honours ``dedup_key`` with a database constraint: while a ``queued`` job holds a
-  key, inserting the same key returns the existing id (concurrent inserts too).
+- ``insert_jobs`` honours ``dedup_key`` through the keys table, decided inside its write
+  (:mod:`soniq.backends.keys`, concurrent inserts too): a key that blocks answers the id of the
+  job standing on it (a ``replace`` updating that job when it has not started); jobs of one call
+  are resolved in order.
 - ``claim_jobs`` takes due ``queued`` jobs that are not parked (``hold``) in ``priority,
   scheduled_at, id`` order, marks them ``processing`` with a fresh ``lease_id`` and
   ``attempts + 1``.
@@ -161,7 +163,8 @@ class StorageBackend(Protocol):
 
     async def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[str]:
         """Insert jobs (in one statement per chunk where the driver allows), wake listeners once
-        per queue, and return the ids in input order (an existing id where ``dedup_key`` matched).
+        per queue, and return the ids in input order (the standing id where a ``dedup_key``
+        blocked).
         With ``connection=``, the insert joins that connection's transaction. ``jobs`` is a
         :class:`~soniq.types.JobStream` only when ``streams_inserts`` (and never with
         ``connection=``).
@@ -322,7 +325,8 @@ class StorageBackend(Protocol):
         (``soniq_rate_buckets``) full again -- last refilled at least
         :data:`~soniq.limits.LONGEST_PERIOD` ago, or never -- not held (``blocked_until`` unset
         or past) and whose key has no queued rate-limited job (a missing bucket is a full one);
-        audit entries older than ``audit_retention`` seconds (0: keep them all). A slot taken or
+        dedup keys (``soniq_unique_keys``) whose ``unique_for`` window has passed and whose job
+        has ended or is gone (see :mod:`soniq.backends.keys`); audit entries older than ``audit_retention`` seconds (0: keep them all). A slot taken or
         a bucket used meanwhile is never deleted. Returns how many rows were deleted."""
         ...
 

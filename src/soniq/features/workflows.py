@@ -200,7 +200,7 @@ def workflow_name(name: object) -> str:
     return name
 
 
-#: A step's fields that its job keeps: ``NewJob``'s up to ``rate_key``; the rest are the step's.
+#: A step's fields that its job keeps: ``NewJob``'s up to ``unique``; the rest are the step's.
 _OWN_FIELDS = NewJob._fields.index("depends_on")
 
 
@@ -209,7 +209,7 @@ def workflow_jobs(workflow_id: str, steps: Sequence[Step],
     """The rows of ``steps`` (``jobs``: each step's job as ``enqueue`` builds it, in order):
     every one a step of ``workflow_id``, depending on the ids of its ``after`` steps."""
     ids = {step.name: job.id for step, job in zip(steps, jobs, strict=True)}
-    # From a tuple, the job's own fields up to rate_key kept: _replace costs 5x as much (a
+    # From a tuple, the job's own fields up to unique kept: _replace costs 5x as much (a
     # workflow can have 10,000 steps).
     return [NewJob._make((*job[:_OWN_FIELDS], tuple(ids[name] for name in step.after),
                           step.on_dependency_failure, workflow_id, step.name))
@@ -219,10 +219,12 @@ def workflow_jobs(workflow_id: str, steps: Sequence[Step],
 def batch_jobs(workflow_id: str, jobs: Sequence[NewJob], callback: NewJob) -> list[NewJob]:
     """The rows of a batch: ``jobs`` as the steps ``#0``, ``#1``, ... and ``callback`` as the
     step ``on_complete``, depending on all of them under ``"run"`` (it runs once they all
-    finished, whatever their outcome)."""
+    finished, whatever their outcome). Like a workflow's steps, they are never deduplicated (a
+    unique job's key is dropped)."""
     if not jobs:
         raise ValidationError("a batch needs at least one job (args_list is empty)")
-    items = [job._replace(workflow_id=workflow_id, step_name=f"{BATCH_ITEM}{i}")
+    items = [job._replace(workflow_id=workflow_id, step_name=f"{BATCH_ITEM}{i}", dedup_key=None,
+                          unique=None)
              for i, job in enumerate(jobs)]
     return [*items, callback._replace(workflow_id=workflow_id, step_name=CALLBACK_STEP,
                                       depends_on=tuple(job.id for job in items),

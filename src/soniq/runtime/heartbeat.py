@@ -15,6 +15,7 @@ from soniq.backends.stores import JobDefinition
 from soniq.errors import DatabaseError
 from soniq.limits import limit_options
 from soniq.runtime.rounds import Rounds
+from soniq.uniqueness import rule_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ def job_definition(spec: JobSpec, settings: SoniqSettings) -> JobDefinition:
     options: dict[str, Any] = {
         "unique": spec.unique, "retry_backoff": spec.retry_backoff,
         "retry_delay": list(delay) if isinstance(delay, tuple) else delay,
-        "retry_max_delay": spec.retry_max_delay,
+        "retry_max_delay": spec.retry_max_delay, **rule_options(spec.unique_rule),
         **limit_options(spec.concurrency_limit, spec.concurrency_key, spec.ordered,
                         spec.rate_limit, spec.rate_key),
     }

@@ -1,5 +1,6 @@
 """The shapes that cross Soniq's layers: job states, the public job record, queue statistics, and
-the rows the storage seam reads and writes (workflows' in :mod:`soniq.types.workflows`)."""
+the rows the storage seam reads and writes (workflows' in :mod:`soniq.types.workflows`,
+uniqueness's in :mod:`soniq.types.unique`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, TypedDict, overload
 
-# The shapes of workflows live in their own module; soniq.types names them too.
+# The shapes of uniqueness and workflows live in their own modules; soniq.types names them too.
+from soniq.types.unique import OnConflict, Uniqueness
 from soniq.types.workflows import BATCH_ITEM, WorkflowInfo, WorkflowStatus, WorkflowStep
 
 if TYPE_CHECKING:
@@ -36,7 +38,9 @@ __all__ = [
     "QueueStats",
     "DependencyResult",
     "EnqueueOptions",
+    "OnConflict",
     "RateLimited",
+    "Uniqueness",
     "Snooze",
     "WorkerInfo",
     "BATCH_ITEM",
@@ -205,8 +209,9 @@ class NewJob(NamedTuple):
     """A row to insert. ``args`` is already-encoded JSON text (encoded once, at enqueue). A named
     tuple, not a frozen dataclass: bulk enqueue builds one per job, at a third of the cost.
 
-    ``dedup_key`` is set for ``unique=True`` (derived from name and arguments) or an explicit
-    ``dedup_key``: while a queued job holds the key, inserting another returns the existing id.
+    ``dedup_key`` is set for a unique job (derived from its name and arguments, or the ``unique_by``
+    ones) or an explicit ``dedup_key``; ``unique`` says when a job standing on the key blocks this
+    one and what then happens (soniq/backends/keys.py): the insert returns the standing id.
 
     ``concurrency_key`` is set for a job with a concurrency limit (``concurrency_limit``, the
     limit the producer knows): the key argument's value as canonical JSON, or ``''`` for a limit
@@ -227,6 +232,8 @@ class NewJob(NamedTuple):
     #: A rate-limited job's key (its ``rate_key`` argument's value as canonical JSON, ``''``
     #: for a rate on the job name alone): it starts only with a token of that bucket.
     rate_key: str | None = None
+    #: With a dedup key: how it meets the job standing on its key (None: ``Uniqueness()``).
+    unique: Uniqueness | None = None
     #: The ids of the jobs it waits for (stored ones, or jobs of the same insert): it is stored
     #: ``waiting`` until they are ``done`` (see ``EnqueueOptions``).
     depends_on: tuple[str, ...] = ()
@@ -240,12 +247,13 @@ class NewJob(NamedTuple):
 class JobStream(Sequence[NewJob]):
     """The jobs of one ``enqueue_many`` call, built (validated and encoded) as they are read, so
     a backend can send the first while the rest are still being built. Every job has the same
-    name (``job_name``), queue (``queue``), priority, attempts and time (``scheduled_at``), and no dedup key. Reading it twice builds nothing
-    twice; a job that fails validation raises where it is read, and the backend must then write
+    name (``job_name``), queue (``queue``), priority, attempts and time (``scheduled_at``);
+    dedup keys only when ``keyed``. Reading it twice builds nothing twice; a job that fails validation raises where it is read, and the backend must then write
     nothing (PostgreSQL: it aborts the one COPY statement)."""
 
     def __init__(self, count: int, rows: Iterator[NewJob], *, job_name: str, queue: str,
-                 scheduled_at: datetime | None, limited: bool = False) -> None:
+                 scheduled_at: datetime | None, limited: bool = False,
+                 keyed: bool = False) -> None:
         self._count = count
         self._rows = rows
         self._built: list[NewJob] = []
@@ -255,6 +263,8 @@ class JobStream(Sequence[NewJob]):
         self.scheduled_at = scheduled_at
         #: Its jobs carry a concurrency key or a rate key (they take slots or tokens).
         self.limited = limited
+        #: Its jobs carry dedup keys (they are resolved against stored keys, never streamed).
+        self.keyed = keyed
 
     def __len__(self) -> int:
         return self._count
@@ -436,6 +446,18 @@ class EnqueueOptions:
 
     depends_on: Sequence[str] = ()
     on_dependency_failure: DependencyFailure = "cancel"
+    #: Uniqueness for this call (None: the job's ``@app.job`` option); any of them set makes the
+    #: call unique. ``unique_by``: the arguments that form the key; ``unique_for``: seconds a new
+    #: job is refused after the last one took the key; ``unique_while``: the standing job's
+    #: statuses that block (``"queued"``, ``"processing"``); ``on_conflict``: ``"keep"`` or
+    #: ``"replace"`` (needs ``unique_by`` or a ``dedup_key``); ``max_delay``: with
+    #: ``"replace"``, seconds after the first enqueue past which replaces do not push the job.
+    #: See docs/tutorial/uniqueness.md.
+    unique_by: Sequence[str] | None = None
+    unique_for: float | None = None
+    unique_while: Sequence[str] | None = None
+    on_conflict: OnConflict | None = None
+    max_delay: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

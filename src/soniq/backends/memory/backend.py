@@ -25,6 +25,7 @@ from soniq.backends.base import (
     worker_lost_error,
 )
 from soniq.backends.dependencies import ENDED, edges_of, failure_policy
+from soniq.backends.keys import ALIVE, Standing, plan
 from soniq.backends.memory.awaiting import MemoryAwaitStore
 from soniq.backends.memory.control import MemoryAuditStore, MemoryQueueStore
 from soniq.backends.memory.dependencies import Dependencies
@@ -80,8 +81,9 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self._jobs: dict[str, dict[str, Any]] = {}
-        # dedup_key -> id of the queued job that holds it (the "partial unique index").
-        self._dedup: dict[str, str] = {}
+        # dedup_key -> (id of the job standing on it, end of its unique_for window): the keys
+        # table (soniq.backends.keys).
+        self._keys: dict[str, tuple[str, datetime | None]] = {}
         self._workers: dict[str, dict[str, Any]] = {}
         self._maintenance: dict[str, datetime] = {}
         self._listeners: list[Callable[[str, str], None]] = []
@@ -118,12 +120,17 @@ class MemoryBackend:
             refuse_connection(self.name)
         self._deps.check(jobs)
         now = utc_now()
-        ids = []
+        ids: list[str] = []
+        answer = None
         dependents = []
+        if any(job.dedup_key is not None for job in jobs):
+            decided = plan(jobs, self._standing(jobs), now)
+            answer = decided.ids
+            jobs = decided.insert
+            self._keys.update(decided.take)
+            for job_id, (args, at) in decided.replace.items():
+                self._jobs[job_id].update(args=args, scheduled_at=at, updated_at=now)
         for job in jobs:
-            if job.dedup_key is not None and job.dedup_key in self._dedup:
-                ids.append(self._dedup[job.dedup_key])
-                continue
             waits = bool(job.depends_on)
             self._jobs[job.id] = {
                 "id": job.id, "job_name": job.job_name, "queue": job.queue,
@@ -144,8 +151,6 @@ class MemoryBackend:
                 self._jobs[job.id]["hold"] = None if job.concurrency_key is None else PARKED
             elif job.concurrency_key is not None:
                 self._slots.admit(self._jobs[job.id], job.concurrency_limit)
-            if job.dedup_key is not None:
-                self._dedup[job.dedup_key] = job.id
             ids.append(job.id)
         limits = {job.id: job.concurrency_limit for job in dependents}
         for row in self._deps.link(dependents, now):  # released at once: admitted as new
@@ -153,19 +158,28 @@ class MemoryBackend:
                 self._slots.admit(row, limits[row["id"]])
         for queue in {job.queue for job in jobs}:
             self._notify("soniq_jobs", queue)
-        return ids
+        return ids if answer is None else answer
+
+    def _standing(self, jobs: Sequence[NewJob]) -> dict[str, Standing]:
+        """The stored keys of ``jobs`` with their standing jobs."""
+        standing = {}
+        for job in jobs:
+            key = job.dedup_key
+            if key is not None and key in self._keys:
+                job_id, expires_at = self._keys[key]
+                row = self._jobs.get(job_id)
+                standing[key] = (Standing(job_id, expires_at, None, None) if row is None else
+                                 Standing(job_id, expires_at, row["status"], row["created_at"]))
+        return standing
 
     def _notify(self, channel: str, payload: str) -> None:
         for listener in list(self._listeners):
             listener(channel, payload)
 
     def _set_status(self, row: dict[str, Any], status: str, now: datetime) -> None:
-        """Change a row's status. A dedup key is held only while the job waits for its first
-        run: leaving ``waiting``/``queued`` for another status releases it, and a re-queued job
-        does not take it back."""
-        if (row["status"] in _NOT_STARTED and status not in _NOT_STARTED
-                and row["dedup_key"] is not None):
-            self._dedup.pop(row["dedup_key"], None)
+        """Change a row's status. The row shows its dedup key until the job starts (what the
+        key blocks is decided from the status: soniq.backends.keys)."""
+        if row["status"] in _NOT_STARTED and status not in _NOT_STARTED:
             row["dedup_key"] = None
         row["status"] = status
         row["updated_at"] = now
@@ -212,8 +226,6 @@ class MemoryBackend:
             return False
         if row["status"] in (JobStatus.QUEUED, JobStatus.PROCESSING):
             self._slots.release(row)
-        if row["status"] in _NOT_STARTED and row["dedup_key"] is not None:
-            self._dedup.pop(row["dedup_key"], None)
         if row["awaited"] and row["status"] not in ENDED:
             self._notify(AWAITED_CHANNEL, job_id)
         if row["status"] not in ENDED:  # deleted unfinished: a failure for its dependents
@@ -420,7 +432,16 @@ class MemoryBackend:
         now = now or utc_now()
         audit = (self.audit.prune(now - timedelta(seconds=audit_retention))
                  if audit_retention else 0)
-        return self._slots.prune() + self._gates.prune(now) + audit
+        return self._slots.prune() + self._gates.prune(now) + audit + self._prune_keys(now)
+
+    def _prune_keys(self, now: datetime) -> int:
+        """Drop the keys that block nothing: window passed, job ended or gone."""
+        idle = [key for key, (job_id, expires_at) in self._keys.items()
+                if (expires_at is None or expires_at <= now)
+                and self._jobs.get(job_id, {}).get("status") not in ALIVE]
+        for key in idle:
+            del self._keys[key]
+        return len(idle)
 
     async def claim_maintenance(self, task: str, interval: float,
                                 *, now: datetime | None = None) -> bool:

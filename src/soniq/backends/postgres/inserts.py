@@ -9,7 +9,7 @@ import struct
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from soniq.backends.postgres import dependencies, slots, sql
+from soniq.backends.postgres import dependencies, keys, slots, sql
 from soniq.types import JobStream, NewJob
 
 if TYPE_CHECKING:
@@ -27,6 +27,9 @@ INSERT_CHUNK_SIZE = 5_000
 async def insert_with_pool(pool: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
     """Insert on the pool's connections (``enqueue``/``enqueue_many`` without ``connection=``),
     with the statements ``q`` of the backend's schema."""
+    if keys.keyed(jobs):  # resolved against soniq_unique_keys first (.keys)
+        async with pool.acquire() as conn, conn.transaction():
+            return await keys.insert_keyed(conn, q.keys, jobs, lambda c, new: _insert_on(c, q, new))
     if dependencies.has_dependencies(jobs):
         async with pool.acquire() as conn, conn.transaction():
             return await dependencies.insert(conn, dependencies.dependency_sql(q.names), jobs)
@@ -51,6 +54,15 @@ async def insert_with_pool(pool: Any, q: Sql, jobs: Sequence[NewJob]) -> list[st
 async def insert_on(conn: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
     """Insert on the caller's connection, joining its transaction. Several chunks outside a
     transaction still go in atomically, in one of our own."""
+    if keys.keyed(jobs):
+        if conn.is_in_transaction():
+            return await keys.insert_keyed(conn, q.keys, jobs, lambda c, new: _insert_on(c, q, new))
+        async with conn.transaction():
+            return await keys.insert_keyed(conn, q.keys, jobs, lambda c, new: _insert_on(c, q, new))
+    return await _insert_on(conn, q, jobs)
+
+
+async def _insert_on(conn: Any, q: Sql, jobs: Sequence[NewJob]) -> list[str]:
     if dependencies.has_dependencies(jobs):
         s = dependencies.dependency_sql(q.names)
         if conn.is_in_transaction():

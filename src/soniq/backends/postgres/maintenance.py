@@ -224,6 +224,23 @@ class ControlSql:
             " - $2::float8 * interval '1 second')"
             " AND (i.blocked_until IS NULL OR i.blocked_until <= COALESCE($1::timestamptz, now()))",
             key="rate_key", hold="rate", limit="$3")
+        #: $1 now (NULL: the database clock), $2 batch size. Dedup keys that block nothing
+        #: (see soniq/backends/keys.py): their window has passed and their job has ended or is
+        #: gone. Locked SKIP LOCKED (an insert holding one keeps it); a key taken in the last
+        #: minute is kept, so one taken since this batch's snapshot (whose job that snapshot
+        #: cannot see) is never mistaken for one whose job is gone.
+        self.prune_keys = f"""
+DELETE FROM {n.unique_keys}
+WHERE key = ANY (ARRAY(
+    SELECT i.key FROM {n.unique_keys} AS i
+    WHERE (i.expires_at IS NULL OR i.expires_at <= COALESCE($1::timestamptz, now()))
+      AND i.taken_at < COALESCE($1::timestamptz, now()) - interval '1 minute'
+      AND NOT EXISTS (SELECT 1 FROM {n.jobs} AS j
+                      WHERE j.id = i.job_id AND j.status IN ('waiting', 'queued', 'processing'))
+    LIMIT $2::integer
+    FOR UPDATE OF i SKIP LOCKED
+))
+"""
         #: $1 now (NULL: the database clock), $2 retention (seconds), $3 batch size. Audit
         #: entries older than the retention (nothing updates them: no lock to take).
         self.prune_audit = f"""
@@ -241,10 +258,12 @@ control_sql = functools.cache(ControlSql)
 
 async def prune_control(pool: Any, c: ControlSql, audit_retention: float, now: datetime | None,
                         statement_timeout: str) -> int:
-    """``StorageBackend.prune_control``: idle slot rows, full rate buckets and old audit entries
-    (``audit_retention`` 0: none), in batches."""
+    """``StorageBackend.prune_control``: idle slot rows, full rate buckets, dedup keys that block
+    nothing and old audit entries (``audit_retention`` 0: none), in batches."""
     pruned = (await prune_in_batches(pool, statement_timeout, c.prune_slots,
                                      batch=PRUNE_BATCH_SIZE)
+              + await prune_in_batches(pool, statement_timeout, c.prune_keys, now,
+                                       batch=PRUNE_BATCH_SIZE)
               + await prune_in_batches(pool, statement_timeout, c.prune_buckets, now,
                                        LONGEST_PERIOD, batch=PRUNE_BATCH_SIZE))
     if audit_retention:

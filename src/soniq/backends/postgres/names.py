@@ -69,6 +69,8 @@ class Names:
     rate_buckets: str
     dependencies: str
     workflows: str
+    #: Dedup keys and the job standing on each (:mod:`.keys`).
+    unique_keys: str
     #: The NOTIFY channel that wakes workers (payload: the queue).
     jobs_channel: str
     #: The NOTIFY channel that asks a job's worker to cancel it (payload: the job id).
@@ -114,7 +116,7 @@ def names(schema: str | None) -> Names:
         stats_minute=table("stats_minute"), job_definitions=table("job_definitions"),
         slots=table("slots"), queues=table("queues"), audit=table("audit"),
         rate_buckets=table("rate_buckets"), dependencies=table("dependencies"),
-        workflows=table("workflows"),
+        workflows=table("workflows"), unique_keys=table("unique_keys"),
         jobs_channel=channel("soniq_jobs"), cancel_channel=channel("soniq_cancel"),
         queues_channel=channel("soniq_queues"), awaited_channel=channel("soniq_awaited"),
         migration_lock_key=(int.from_bytes(digest[:8], "big", signed=True) if own

@@ -147,8 +147,8 @@ WHERE s.job_name = w.job_name AND s.key = w.key
 """
 
         #: Many limited jobs with the holds decided (after ``lock``): Sql.insert_jobs's arrays
-        #: $1-$8, then $9 concurrency keys, $10 holds, $11 rate keys. Returns the rows inserted
-        #: or updated (dedup hits).
+        #: $1-$8, then $9 concurrency keys, $10 holds, $11 rate keys (dedup keys already taken:
+        #: see sql.py). Returns the rows inserted.
         self.insert_limited_jobs = f"""
 WITH inserted AS (
     INSERT INTO {n.jobs} (id, job_name, queue, priority, status, args, max_attempts,
@@ -160,8 +160,6 @@ WITH inserted AS (
                 $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[])
         AS new (id, job_name, queue, priority, args, max_attempts, scheduled_at, dedup_key,
                 concurrency_key, hold, rate_key)
-    ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL
-    DO UPDATE SET dedup_key = EXCLUDED.dedup_key
     RETURNING id, job_name, queue, scheduled_at, dedup_key, hold, rate_key
 ), {_buckets(n)}, woken AS (
     SELECT pg_notify('{n.jobs_channel}', due.queue)
@@ -251,7 +249,7 @@ async def insert_limited(conn: Any, s: SlotSql, jobs: Sequence[NewJob]) -> dict[
     """Insert limited jobs (a concurrency key, a rate key or both) in the caller's transaction:
     lock their keys' slot rows, grant each key's free slots to its jobs in id order, park the
     rest; a rate-limited job that is not parked is held for its bucket (``hold = 'rate'``).
-    Returns, for the jobs with a dedup key, the id now holding each key."""
+    Returns, for the jobs with a dedup key, the id holding each key (its own: keys are taken before, see sql.py)."""
     if len(jobs) == 1 and jobs[0].dedup_key is None and jobs[0].concurrency_key is not None:
         job = jobs[0]
         await conn.fetchrow(s.insert_limited_job, job.id, job.job_name, job.queue, job.priority,
@@ -281,11 +279,6 @@ async def insert_limited(conn: Any, s: SlotSql, jobs: Sequence[NewJob]) -> dict[
         [j.dedup_key for j in jobs], [j.concurrency_key for j in jobs],
         [holds[j.id] for j in jobs], [j.rate_key for j in jobs])
     holders = {row["dedup_key"]: row["id"] for row in rows if row["dedup_key"] is not None}
-    # A job that lost its dedup key to a queued one was not inserted: its slot goes back.
-    for job in slotted:
-        if (job.dedup_key is not None and holders.get(job.dedup_key) != job.id
-                and holds[job.id] != "slot"):
-            active[(job.job_name, str(job.concurrency_key))] -= 1
     changed = [g for g in groups if active[g] != before[g]]
     if changed:
         await conn.execute(s.set_active, [g[0] for g in changed], [g[1] for g in changed],

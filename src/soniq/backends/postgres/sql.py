@@ -20,6 +20,7 @@ import functools
 
 from soniq.backends.base import JOB_COLUMNS
 from soniq.backends.postgres.changes import statements
+from soniq.backends.postgres.keys import key_sql
 from soniq.backends.postgres.names import Names, names
 from soniq.backends.postgres.slots import SlotSql
 
@@ -29,15 +30,9 @@ __all__ = ["CLOCK", "COPY_COLUMNS", "DATABASE_EXISTS", "MIGRATION_LOCK", "PING",
 _COLUMNS = ", ".join(JOB_COLUMNS)
 
 # -- enqueue ---------------------------------------------------------------------------------------
-# A dedup hit must return the id of the queued row holding the key, atomically and under
-# concurrency: ON CONFLICT ... DO UPDATE locks and returns that row (DO NOTHING would return
-# nothing, and a follow-up SELECT could miss a row claimed in between). If the holder is being
-# claimed, the insert waits for that commit; the claim released the key, so the insert then
-# succeeds as a new job -- the same answer the memory backend gives.
-_ON_DEDUP_HIT = (
-    "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL "
-    "DO UPDATE SET dedup_key = EXCLUDED.dedup_key"
-)
+# Jobs with a dedup key reach these statements only after their keys were resolved in the same
+# transaction (:mod:`.keys`, the table soniq_unique_keys): each is a new job that took its key,
+# so nothing here conflicts; dedup_key on the row says which key it took.
 
 #: The columns a bulk COPY fills (plus scheduled_at when the jobs carry a time); the rest take
 #: their defaults, as Sql.insert_jobs gives them.
@@ -177,15 +172,14 @@ VALUES ($1::uuid, $2::text, $3::text, $4::smallint, 'queued', $5::jsonb, $6::int
 RETURNING CASE WHEN scheduled_at <= now() THEN pg_notify('{n.jobs_channel}', queue) END AS woken
 """
 
-        #: One job with a dedup key ($8; other parameters as insert_job). Returns the job's id: the
-        #: existing one on a dedup hit. A new job that is due wakes listeners on its queue.
+        #: One job with a dedup key ($8; other parameters as insert_job), its key taken (see
+        #: above). Returns the job's id. A job that is due wakes listeners on its queue.
         self.insert_unique_job = f"""
 WITH inserted AS (
     INSERT INTO {n.jobs}
         (id, job_name, queue, priority, status, args, max_attempts, scheduled_at, dedup_key)
     VALUES ($1::uuid, $2::text, $3::text, $4::smallint, 'queued', $5::jsonb, $6::integer,
             COALESCE($7::timestamptz, now()), $8::text)
-    {_ON_DEDUP_HIT}
     RETURNING id, queue, scheduled_at
 )
 SELECT id,
@@ -196,10 +190,9 @@ FROM inserted
 
         #: Many jobs in one statement over parallel arrays (insert_unique_job's parameters), with
         #: one NOTIFY per distinct due queue -- never one per row. Always returns one row: how many
-        #: queues were woken, and for rows carrying a dedup key, the id now holding each key
+        #: queues were woken, and for rows carrying a dedup key, the id holding each key
         #: (callers map keys back to input positions; rows without a key keep the id they were
-        #: given). The arrays must not repeat a dedup key (ON CONFLICT cannot touch a row twice in
-        #: one statement).
+        #: given). The arrays must not repeat a dedup key.
         self.insert_jobs = f"""
 WITH inserted AS (
     INSERT INTO {n.jobs}
@@ -209,7 +202,6 @@ WITH inserted AS (
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::integer[],
                 $7::timestamptz[], $8::text[])
         AS new (id, job_name, queue, priority, args, max_attempts, scheduled_at, dedup_key)
-    {_ON_DEDUP_HIT}
     RETURNING id, queue, scheduled_at, dedup_key
 ), woken AS (
     SELECT pg_notify('{n.jobs_channel}', due.queue)
@@ -371,3 +363,5 @@ RETURNING task
         self.logged = statements(n, events=True)
         #: The concurrency slots' statements (:mod:`.slots`).
         self.slots = SlotSql(n)
+        #: The dedup keys' statements (:mod:`.keys`).
+        self.keys = key_sql(n)

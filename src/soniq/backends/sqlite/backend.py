@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,9 @@ from soniq.backends.base import (
     unknown_job_error,
     worker_lost_error,
 )
+from soniq.backends.keys import plan
 from soniq.backends.sqlite import dependencies, gates, slots, sql
+from soniq.backends.sqlite import keys as unique_keys
 from soniq.backends.sqlite.control import SqliteAuditStore, SqliteQueueStore
 from soniq.backends.sqlite.dashboard import SqliteDashboardStore
 from soniq.backends.sqlite.database import SqliteDatabase
@@ -65,9 +66,6 @@ if TYPE_CHECKING:
     from soniq.types import DependencyResult
 
 __all__ = ["SqliteBackend"]
-
-# Bind parameters per dedup-key lookup: far below SQLite's limit of 32766 per statement.
-_LOOKUP_CHUNK = 500
 
 
 class SqliteBackend:
@@ -146,34 +144,26 @@ class SqliteBackend:
     async def _insert_jobs(self, jobs: Sequence[NewJob],
                            workflow: tuple[str, str, str] | None = None) -> list[str]:
         """The jobs (and the row of the ``workflow`` they are the steps of) in one transaction."""
-        now = sql.to_db(utc_now())
-        # A limited job that waits is stored parked, without a slot.
-        limited = [job for job in jobs if job.concurrency_key is not None and not job.depends_on]
+        clock = utc_now()
+        now = sql.to_db(clock)
         keys = list(dict.fromkeys(job.dedup_key for job in jobs if job.dedup_key is not None))
-        holders: dict[str, str] = {}
+        decided = None
         async with self._db.transaction() as conn:
+            if keys:  # resolved against the stored keys first (soniq.backends.keys)
+                decided = plan(jobs, await unique_keys.standing(conn, keys), clock)
+                jobs = decided.insert
+                await unique_keys.write(conn, decided, now)
             await dependencies.check(conn, jobs)
+            # A limited job that waits is stored parked, without a slot.
+            limited = [job for job in jobs
+                       if job.concurrency_key is not None and not job.depends_on]
             holds = await slots.admit(conn, limited) if limited else {}
             holds.update((job.id, "slot") for job in jobs
                           if job.depends_on and job.concurrency_key is not None)
             await conn.executemany(sql.INSERT_JOB, [
                 sql.insert_params(job, now, holds.get(job.id), dedup_key=job.dedup_key)
                 for job in jobs])
-            # Who holds each key now: the row just inserted, or the queued job that had it.
-            for start in range(0, len(keys), _LOOKUP_CHUNK):
-                chunk = keys[start:start + _LOOKUP_CHUNK]
-                found = await conn.execute_fetchall(
-                    "SELECT dedup_key, id FROM soniq_jobs "
-                    f"WHERE dedup_key IN ({sql.placeholders(len(chunk))})", chunk)
-                holders.update((key, job_id) for key, job_id in found)
-            # A limited job that lost its dedup key to a queued one was not inserted: the slot
-            # counted for it goes to the next in line.
-            await slots.hand_over(conn, Counter(
-                (job.job_name, job.concurrency_key) for job in limited
-                if job.dedup_key is not None and holds[job.id] is None
-                and holders[job.dedup_key] != job.id and job.concurrency_key is not None))
-            dependents = [job for job in jobs if job.depends_on
-                          and (job.dedup_key is None or holders[job.dedup_key] == job.id)]
+            dependents = [job for job in jobs if job.depends_on]
             if dependents:
                 limits = {job.id: job.concurrency_limit or 1 for job in dependents}
                 for job_id, name, key in await dependencies.link(conn, dependents, now):
@@ -181,7 +171,7 @@ class SqliteBackend:
                         await conn.execute(slots.UNPARK, (job_id,))
             if workflow is not None:
                 await conn.execute(INSERT_WORKFLOW, (*workflow, now))
-        return [job.id if job.dedup_key is None else holders[job.dedup_key] for job in jobs]
+        return [job.id for job in jobs] if decided is None else decided.ids
 
     # -- reading and managing -----------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -389,7 +379,8 @@ class SqliteBackend:
         stale = now - timedelta(seconds=LONGEST_PERIOD)
         pruned = (await self._db.run(self._prune, sql.PRUNE_SLOTS)
                   + await self._db.run(self._prune, sql.PRUNE_BUCKETS, sql.to_db(now),
-                                       sql.to_db(stale)))
+                                       sql.to_db(stale))
+                  + await self._db.run(self._prune, unique_keys.PRUNE_KEYS, sql.to_db(now)))
         if audit_retention:
             pruned += await self._db.run(self._prune, sql.PRUNE_AUDIT,
                                          sql.to_db(now - timedelta(seconds=audit_retention)))

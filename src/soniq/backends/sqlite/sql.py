@@ -127,9 +127,8 @@ INSERT_JOB = (
     "INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, attempts, "
     "max_attempts, scheduled_at, created_at, updated_at, errors, dedup_key, concurrency_key, "
     "hold, rate_key, waiting_on, on_dependency_failure, workflow_id, step_name) "
-    "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?, ?, ?) "
-    # A queued job already holds this key: keep it; the caller looks its id up afterwards.
-    "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
+    "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?, ?, ?)"
+    # (a job with a dedup key comes here only after it took its key: .keys)
 )
 
 
