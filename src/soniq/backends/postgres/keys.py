@@ -73,8 +73,9 @@ key_sql = functools.cache(KeySql)
 
 
 def keyed(jobs: Sequence[NewJob]) -> bool:
-    """Whether ``jobs`` carry dedup keys (a stream says so without being read)."""
-    if isinstance(jobs, JobStream):
+    """Whether ``jobs`` carry dedup keys (a stream says so without being read; ``type() is``,
+    not an ABC check: every enqueue asks)."""
+    if type(jobs) is JobStream:
         return jobs.keyed
     return any(job.dedup_key is not None for job in jobs)
 
