@@ -1,4 +1,4 @@
-"""Progress and checkpoint storage: the migrations that add them (PostgreSQL 0019, SQLite 0014)
+"""Progress and checkpoint storage: the migrations that add them (PostgreSQL 0019, SQLite 0013)
 on databases in use, and a hundred jobs checkpointing at once on PostgreSQL."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.helpers import on_connection, running_worker, wait_for
 pytestmark = pytest.mark.anyio
 
 #: The migrations that add the columns.
-PG_VERSION, SQLITE_VERSION = 19, 14
+PG_VERSION, SQLITE_VERSION = 19, 13
 
 
 @pytest.mark.postgres
