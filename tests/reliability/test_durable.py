@@ -21,12 +21,13 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.postgres, pytest.
 APP = "tests.apps.durable:app"
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])  # the workers' loop
 @pytest.mark.parametrize("where", ["between", "middle"])
 async def test_a_durable_function_survives_a_sigkilled_worker(
-        url: str, pool: Workers, tmp_path: Path, anyio_backend: str, where: str) -> None:
+        url: str, pool: Workers, tmp_path: Path, loop: str, where: str) -> None:
     ledger = tmp_path / "ledger.txt"
     ledger.write_text("")
-    env = {"DURABLE_LEDGER": str(ledger), "DURABLE_HANG": where, "SONIQ_LOOP": anyio_backend}
+    env = {"DURABLE_LEDGER": str(ledger), "DURABLE_HANG": where, "SONIQ_LOOP": loop}
     producer = Soniq(database_url=url, enqueue_validation="none")
     try:
         job_id = await producer.enqueue("durable.pipeline", n=1)
