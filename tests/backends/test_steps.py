@@ -4,30 +4,24 @@ lease, ``ON CONFLICT DO NOTHING``, drops, gone with the job) and the migrations 
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
 from soniq.backends.base import StorageBackend
 from soniq.backends.sqlite import SqliteBackend
-from soniq.backends.sqlite.sql import to_db
 from soniq.ids import new_id
 from soniq.migrations import load_migrations
 from soniq.serialization import utc_now
 from soniq.types import JobOutcome, JobStatus, NewJob
 from soniq.types.durable import StepRow, StepWrite
+from tests.backends.test_job_states import pg_database_in_use, sqlite_file_in_use
 from tests.backends.test_postgres import (
-    QUEUED_ROW,
-    RUNNING_ROW,
     backend_for,
     labels_from,
-    migrate_to,
     schema_of,
 )
-from tests.backends.test_sqlite import LEASE, WORKER, _at_version
-from tests.helpers import on_connection
+from tests.backends.test_sqlite import LEASE
 
 pytestmark = pytest.mark.anyio
 
@@ -91,16 +85,8 @@ async def test_the_postgres_migration_upgrades_a_database_in_use(
         pg_url: str, pg_server: str, fresh_database: tuple[str, str]) -> None:
     """A database at the version before with a queued and a running job: the running attempt
     saves steps under its lease, the queued job has none."""
-    name, url = fresh_database
-    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
-    queued, running, lease = new_id(), new_id(), new_id()
-
-    async def before(conn: Any) -> None:
-        await migrate_to(conn, PG_VERSION - 1)
-        await conn.execute(QUEUED_ROW, queued)
-        await conn.execute(RUNNING_ROW, running, lease)
-
-    await on_connection(url, before)
+    url, queued, running, lease = await pg_database_in_use(pg_server, fresh_database,
+                                                           PG_VERSION - 1)
     backend = backend_for(url)
     try:
         assert await backend.migrate() == labels_from(PG_VERSION)
@@ -114,17 +100,7 @@ async def test_the_postgres_migration_upgrades_a_database_in_use(
 
 
 async def test_the_sqlite_migration_upgrades_a_file_in_use(sqlite_url: str) -> None:
-    _at_version(sqlite_url, SQLITE_VERSION - 1)
-    stamp = to_db(utc_now())
-    queued, running = new_id(), new_id()
-    with sqlite3.connect(sqlite_url) as conn:
-        insert = ("INSERT INTO soniq_jobs (id, job_name, queue, priority, status, args, attempts, "
-                  "max_attempts, scheduled_at, created_at, updated_at, errors, worker_id, "
-                  "lease_id) VALUES (?, 'tests.job', 'default', 100, ?, '{}', ?, 3, ?, ?, ?, "
-                  "'[]', ?, ?)")
-        conn.execute(insert, (queued, "queued", 0, stamp, stamp, stamp, None, None))
-        conn.execute(insert, (running, "processing", 1, stamp, stamp, stamp, WORKER, LEASE))
-    conn.close()
+    queued, running = sqlite_file_in_use(sqlite_url, SQLITE_VERSION - 1)
     backend = SqliteBackend(sqlite_url)
     try:
         assert await backend.migrate() == [m.label for m in load_migrations("sqlite")

@@ -37,7 +37,7 @@ from soniq.types import JobState
 from soniq.types.durable import StepRow, StepWrite
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from anyio.abc import TaskStatus
 
@@ -120,19 +120,8 @@ class JobStateWriter:
         await anyio.lowlevel.checkpoint()
 
     async def checkpoint(self, ctx: JobContext, state: Any) -> None:
-        text = self._codec.encode_result(ctx.job_name, state)
-        if longer_than(text, self._max_checkpoint) or has_unstorable_chars(text):
-            raise SerializationError(
-                f"the checkpoint of job {ctx.job_name!r} cannot be stored: its JSON takes more "
-                f"than max_result_bytes ({self._max_checkpoint:,} bytes) or holds a NUL "
-                "character or a lone surrogate")
-        pending = _Checkpoint(self._check(ctx), text)
-        self._checkpoints.append(pending)
-        self._wake.set()
-        await pending.done.wait()
-        if not pending.written:
-            self._lost.add(pending.lease_id)
-            raise self._lost_error(ctx)
+        pending = _Checkpoint(self._check(ctx), self._encode(ctx, state, "the checkpoint"))
+        await self._written(ctx, pending, self._checkpoints)
 
     async def load_steps(self, ctx: JobContext) -> list[StepRow]:
         if self._steps is None:
@@ -144,23 +133,29 @@ class JobStateWriter:
                          drop: Sequence[str] = ()) -> None:
         if self._steps is None:
             return
-        rows = tuple(step._replace(value=self._encode(ctx, step)) for step in put)
-        pending = _Checkpoint(self._check(ctx), "", steps=StepWrite(ctx.job_id, ctx.lease_id,
-                                                                     rows, tuple(drop)))
-        self._step_writes.append(pending)
+        rows = tuple(step._replace(value=self._encode(ctx, step.value, f"step {step.step_key!r}"))
+                     for step in put)
+        write = StepWrite(ctx.job_id, ctx.lease_id, rows, tuple(drop))
+        await self._written(ctx, _Checkpoint(self._check(ctx), "", steps=write), self._step_writes)
+
+    async def _written(self, ctx: JobContext, pending: _Checkpoint,
+                       queue: list[_Checkpoint]) -> None:
+        """Queue a write and return once its batch ran; refused: LeaseLostError."""
+        queue.append(pending)
         self._wake.set()
         await pending.done.wait()
         if not pending.written:
             self._lost.add(pending.lease_id)
             raise self._lost_error(ctx)
 
-    def _encode(self, ctx: JobContext, step: StepRow) -> str:
-        text = self._codec.encode_result(ctx.job_name, step.value)
+    def _encode(self, ctx: JobContext, value: Any, what: str) -> str:
+        """``value`` encoded like a result, within ``max_result_bytes``."""
+        text = self._codec.encode_result(ctx.job_name, value)
         if longer_than(text, self._max_checkpoint) or has_unstorable_chars(text):
             raise SerializationError(
-                f"step {step.step_key!r} of job {ctx.job_name!r} cannot be stored: its JSON "
-                f"takes more than max_result_bytes ({self._max_checkpoint:,} bytes) or holds a "
-                "NUL character or a lone surrogate")
+                f"{what} of job {ctx.job_name!r} cannot be stored: its JSON takes more than "
+                f"max_result_bytes ({self._max_checkpoint:,} bytes) or holds a NUL character "
+                "or a lone surrogate")
         return text
 
     def _check(self, ctx: JobContext) -> str:
@@ -276,12 +271,7 @@ class JobStateWriter:
                 dropped.done.set()
         self._step_writes = pending[:]
         writes = [p.steps for p in pending if p.steps is not None]
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + WRITE_BOUND
-            written = set(await self._steps.save(writes))
-        if scope.cancelled_caught:
-            raise DatabaseError(f"writing the steps of {len(writes)} job(s) took longer than "
-                                f"{WRITE_BOUND:g}s")
+        written = await _bounded(self._steps.save(writes), f"the steps of {len(writes)} job(s)")
         self.writes += 1
         del self._step_writes[:len(pending)]
         for p in pending:
@@ -291,10 +281,16 @@ class JobStateWriter:
     async def _save(self, states: dict[str, JobState]) -> set[str]:
         """One ``save``; the leases written. Never abandoned half-way by cancellation."""
         batch = [state._replace(job_id=self._ids[lease]) for lease, state in states.items()]
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + WRITE_BOUND
-            written = set(await self._store.save(batch))
-        if scope.cancelled_caught:
-            raise DatabaseError(f"writing the progress of {len(batch)} job(s) took longer than "
-                                f"{WRITE_BOUND:g}s")
+        written = await _bounded(self._store.save(batch), f"the progress of {len(batch)} job(s)")
         return {state.lease_id for state in batch if state.job_id in written}
+
+
+async def _bounded(write: Awaitable[list[str]], what: str) -> set[str]:
+    """The ids a write returned; never abandoned half-way by cancellation, bounded by
+    ``WRITE_BOUND`` (then DatabaseError)."""
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + WRITE_BOUND
+        written = set(await write)
+    if scope.cancelled_caught:
+        raise DatabaseError(f"writing {what} took longer than {WRITE_BOUND:g}s")
+    return written
