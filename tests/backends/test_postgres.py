@@ -81,7 +81,7 @@ EXPECTED_COLUMNS = {
         ("on_dependency_failure", "text", False), ("has_dependents", "boolean", True),
         ("workflow_id", "uuid", False), ("step_name", "text", False),
         ("awaited", "boolean", True),
-        ("progress", "jsonb", False), ("checkpoint", "text", False),
+        ("progress", "jsonb", False), ("checkpoint", "text", False), ("has_steps", "boolean", False),
     ],
     "soniq_dependencies": [
         ("dependency", "uuid", True), ("dependent", "uuid", True), ("satisfied", "boolean", True),

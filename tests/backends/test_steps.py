@@ -94,6 +94,8 @@ async def test_the_postgres_migration_upgrades_a_database_in_use(
                                          StepWrite(queued, lease, (row("a#1", 0),))]) == [running]
         assert await backend.steps.load(running) == [row("a#1", 0)]
         assert await backend.steps.load(queued) == []
+        assert await backend.delete_job(running)
+        assert await backend.steps.load(running) == []
     finally:
         await backend.close()
     assert await schema_of(url) == await schema_of(pg_url)

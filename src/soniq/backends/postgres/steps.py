@@ -1,7 +1,8 @@
 """Durable functions' saved steps on PostgreSQL (``PostgresBackend.steps``): ``soniq_steps``
 (migration 0020). A batch of writes is one statement: the jobs that hold their lease are locked
 ``FOR SHARE`` (a rescue waits for the write, and the write never lands after the job moved on),
-their rows inserted ``ON CONFLICT DO NOTHING`` and their dropped keys deleted. Every driver call
+flagged ``has_steps`` on their first write (their delete then takes their steps: migration
+0020's trigger), their rows inserted ``ON CONFLICT DO NOTHING`` and their dropped keys deleted. Every driver call
 goes through :func:`soniq.backends._bridge.call` and driver errors through the backend's
 translator."""
 
@@ -47,6 +48,10 @@ WITH fenced AS (
                 $9::text[], $10::text[], $11::text[])
          AS i (job_id, lease_id, op, step_key, position, function, digest, status, value)
     JOIN fenced AS f ON f.id = i.job_id AND f.lease_id = i.lease_id
+), flag AS (
+    UPDATE {n.jobs} AS j SET has_steps = true
+    FROM (SELECT DISTINCT job_id FROM item WHERE op = 'put') AS p
+    WHERE j.id = p.job_id AND j.has_steps IS NULL
 ), put AS (
     INSERT INTO {n.steps} (job_id, step_key, position, function, digest, status, value,
                            lease_id)

@@ -1,6 +1,6 @@
 """Durable functions' saved steps in SQLite (``SqliteBackend.steps``): ``soniq_steps``
 (migration 0014), written in one ``BEGIN IMMEDIATE`` transaction per batch, fenced by the lease
-like a finish; the rows go with their job (``ON DELETE CASCADE``)."""
+like a finish; the first write flags the job (``has_steps``), whose delete then takes its steps."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ ON CONFLICT (job_id, step_key) DO NOTHING
 
 DROP = "DELETE FROM soniq_steps WHERE job_id = ? AND step_key = ?"
 
+#: A job's first step write flags it: its delete then takes its steps (migration 0014's trigger).
+FLAG = "UPDATE soniq_jobs SET has_steps = 1 WHERE id = ? AND has_steps IS NULL"
+
 
 class SqliteStepStore:
     """Reads and writes ``soniq_steps`` in one SQLite file."""
@@ -69,6 +72,8 @@ class SqliteStepStore:
                 (w.job_id, s.step_key, s.position, s.function, s.digest, s.status, s.value,
                  w.lease_id, now) for w in fenced for s in w.put]
             if puts:
+                await conn.executemany(FLAG, [(job_id,) for job_id in {w.job_id for w in fenced
+                                                                         if w.put}])
                 await conn.executemany(PUT, puts)
             drops = [(w.job_id, key) for w in fenced for key in w.drop]
             if drops:

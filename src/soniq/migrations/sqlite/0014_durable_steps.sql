@@ -1,7 +1,8 @@
 -- Soniq's SQLite schema, version 14: the saved steps of durable functions (see the PostgreSQL
--- migration 0020). Foreign keys are on for every connection: the rows go with their job.
+-- migration 0020). Steps go with their job through a trigger called only for jobs whose first
+-- step write set has_steps, not a foreign key (whose cascade looks up every deleted job).
 CREATE TABLE soniq_steps (
-    job_id TEXT NOT NULL REFERENCES soniq_jobs (id) ON DELETE CASCADE,
+    job_id TEXT NOT NULL,
     step_key TEXT NOT NULL,
     position INTEGER NOT NULL,
     function TEXT NOT NULL,
@@ -12,3 +13,13 @@ CREATE TABLE soniq_steps (
     created_at TEXT NOT NULL,
     PRIMARY KEY (job_id, step_key)
 );
+
+ALTER TABLE soniq_jobs ADD COLUMN has_steps INTEGER;
+
+CREATE TRIGGER soniq_jobs_forget_steps
+    AFTER DELETE ON soniq_jobs
+    FOR EACH ROW
+    WHEN OLD.has_steps
+BEGIN
+    DELETE FROM soniq_steps WHERE job_id = OLD.id;
+END;
