@@ -163,3 +163,25 @@ async def test_a_step_that_the_rescue_dead_letters_is_delivered_failed(
     [payload] = payloads(receiver)
     assert (payload["type"], payload["data"]["workflow_id"]) == ("workflow.failed", workflow_id)
     assert payload["data"]["counts"]["dead_letter"] == 1
+
+
+async def test_a_lone_step_cancelled_reaches_the_workers_service_and_a_whole_cancel_once(
+        app: Soniq, receiver: Receiver) -> None:
+    """With a webhook service in this process (an embedded worker's): cancelling the only
+    waiting step of a workflow is reported to it (``workflow.cancelled``); cancelling a whole
+    workflow is announced by ``app.workflows.cancel`` alone, not a second time by the service."""
+    register(app)
+    await app.webhooks.register(receiver.url, allow_private=True, events=WORKFLOW_EVENTS)
+    service = await loaded_service(app)
+    lone = app.workflow("lone")
+    lone.add("ok", name="only", scheduled_at=3600)
+    lone_id = await lone.enqueue()
+    info = await app.workflows.get(lone_id)
+    assert info is not None
+    assert await app.cancel_job(info["steps"][0]["job_id"]) is True
+    whole_id = await diamond(app, "whole").enqueue()
+    await app.workflows.cancel(whole_id)
+    await drain(service)
+
+    sent = sorted((p["data"]["workflow_id"], p["type"]) for p in payloads(receiver))
+    assert sent == sorted([(lone_id, "workflow.cancelled"), (whole_id, "workflow.cancelled")])

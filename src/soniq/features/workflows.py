@@ -344,7 +344,8 @@ class Workflows:
             step = steps.get(job_id)
             if step is None or step["status"] not in _UNFINISHED:
                 continue
-            outcome = await cancel_job(self._backend, self._events, job_id)
+            outcome = await cancel_job(self._backend, self._events, job_id,
+                                       step_ended=False)  # announced below, once
             if outcome is not None:
                 outcomes[step["name"] or job_id] = outcome
         if outcomes:

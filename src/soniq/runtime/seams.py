@@ -137,18 +137,20 @@ class EventDispatcher:
 
 
 async def cancel_job(backend: StorageBackend, events: EventDispatcher,
-                     job_id: str) -> CancelOutcome | None:
+                     job_id: str, *, step_ended: bool = True) -> CancelOutcome | None:
     """``request_cancel`` for the app and its sync facade: a waiting job that ends here is
-    reported as a ``cancelled`` event, and as a step that ended when it belongs to a workflow (a
+    reported as a ``cancelled`` event, and -- unless ``step_ended`` is False (the caller
+    announces its workflow itself) -- as a step that ended when it belongs to a workflow (a
     running one's come from its worker when it stops)."""
     outcome = await backend.cancel_job(job_id)
-    if outcome == "cancelled" and (events.wants("cancelled") or events.wants_steps):
+    steps = step_ended and events.wants_steps
+    if outcome == "cancelled" and (events.wants("cancelled") or steps):
         record = await backend.get_job(job_id)
         if record is not None and record["status"] == "cancelled":
             if events.wants("cancelled"):
                 events.emit(JobEvent("cancelled", job_id, record["job_name"], record["queue"],
                                      record["attempts"], utc_now()))
-            if record["workflow_id"] is not None:
+            if steps and record["workflow_id"] is not None:
                 events.steps_ended([record["workflow_id"]])
     return outcome
 
