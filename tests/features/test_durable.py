@@ -140,6 +140,20 @@ async def _step_count(app: Soniq, job_id: str, count: int) -> bool:
     return len(await app.backend.steps.load(job_id)) >= count
 
 
+async def test_a_sleep_inside_a_task_group_is_refused_once(app: Soniq) -> None:
+    @app.durable(name="branches", retries=3, retry_delay=0)
+    async def branches(ctx: DurableContext) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ctx.sleep, 0.1)
+            tg.start_soon(ctx.sleep, 0.2)
+
+    job_id = await app.enqueue(branches)
+    async with running_worker(app):
+        record = await wait_for_status(app, job_id, "done", "dead_letter")
+    [error] = record["errors"]
+    assert error["type"] == "NonDeterminismError" and "inside a task group" in error["message"]
+
+
 async def test_sleep_until_and_bad_durations(app: Soniq) -> None:
     errors: list[str] = []
 

@@ -285,6 +285,12 @@ def durable_job(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
             if isinstance(exc, StepFailedError) and exc in ctx._replay.raised:
                 await _drop(ctx, exc)
             raise
+        except BaseExceptionGroup as group:  # (of BaseExceptions: ExceptionGroups went above)
+            if group.subgroup(_Suspend) is None:
+                raise
+            raise NonDeterminismError(  # its position would depend on the tasks' timing
+                f"job {ctx.job_id} ({ctx.job_name}) slept inside a task group: call ctx.sleep "
+                "in the function's own flow") from None
         _raise_violation(ctx)
         return result
 
