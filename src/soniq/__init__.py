@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from soniq.app import Soniq
     from soniq.backends.base import StorageBackend
     from soniq.errors import SoniqError
+    from soniq.features.durable import DurableContext
     from soniq.registry import TaskRef
     from soniq.runtime import Worker
     from soniq.settings import SoniqSettings
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DurableContext",
     "EnqueueOptions",
     "JobContext",
     "JobRecord",
@@ -46,6 +48,7 @@ __all__ = [
 # does not pay for the whole library: ``soniq --help`` loads neither pydantic-settings nor the
 # runtime. ``from soniq import Soniq`` loads what it always did.
 _HOMES = {
+    "DurableContext": "soniq.features.durable",
     "Soniq": "soniq.app",
     "StorageBackend": "soniq.backends.base",
     "SoniqError": "soniq.errors",

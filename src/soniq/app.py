@@ -20,6 +20,7 @@ from soniq.errors import UnsupportedOperationError
 from soniq.features.awaiting import Waiting
 from soniq.features.dead_letter import DeadLetter
 from soniq.features.definitions import Definitions
+from soniq.features.durable import durable_job
 from soniq.features.logs import JobLogs
 from soniq.features.metrics import Metrics
 from soniq.features.queues import Queues
@@ -310,6 +311,13 @@ class Soniq(Enqueuing):
             return fn
 
         return decorate(func) if func is not None else decorate
+
+    def durable(self, **options: Any) -> Callable[[F], F]:
+        """Register an ``async def fn(ctx: soniq.DurableContext, ...)`` as a durable function:
+        a job (every ``@app.job`` option applies) whose ``ctx.step`` results are saved and
+        whose ``ctx.sleep`` gives the slot back (docs/tutorial/durable.md). Enqueue the
+        returned function like any job."""
+        return lambda fn: self.job(**options)(durable_job(fn))  # type: ignore[return-value]
 
     def periodic(self, *, cron: str | None = None, every: float | timedelta | None = None,
                  name: str | None = None, args: Mapping[str, Any] | None = None,

@@ -14,6 +14,9 @@ Each class's docstring says what went wrong and how to fix it. The tree::
     ├── UnsupportedOperationError  a capability the chosen backend lacks (e.g. ``connection=`` on SQLite)
     ├── AppClosedError             the Soniq instance was closed
     ├── JobNotFoundError           no job with this id (never enqueued, deleted or pruned)
+    ├── LeaseLostError             this attempt lost its lease; its writes are refused
+    ├── StepFailedError            a durable function's step raised (now or in an earlier attempt)
+    ├── NonDeterminismError        a durable function's code no longer matches its saved steps
     ├── DecryptionError            a token was tampered with or made with a key not in SONIQ_SECRET_KEYS
     └── DatabaseError              the database failed or cannot be reached
         ├── DataRejectedError      the database refused a value it can never store (retrying cannot help)
@@ -42,10 +45,12 @@ __all__ = [
     "JobArgumentsError",
     "JobNotFoundError",
     "LeaseLostError",
+    "NonDeterminismError",
     "MigrationError",
     "SchemaMissingError",
     "SerializationError",
     "SoniqError",
+    "StepFailedError",
     "UnknownJobError",
     "UnknownSettingError",
     "UnsupportedOperationError",
@@ -103,6 +108,25 @@ class LeaseLostError(SoniqError):
     """This attempt of the job no longer holds its lease (it was rescued and runs elsewhere, or
     it already ended): its progress or checkpoint was refused. Let it propagate so the stale
     attempt stops; the attempt that holds the lease carries on."""
+
+
+class StepFailedError(SoniqError):
+    """A step of a durable function raised: ``step_key`` names the step, ``error_type`` and
+    ``message`` say what it raised (the original exception is the ``__cause__`` on the attempt
+    that ran it; a replay raises the same error from the saved step). Catch it to handle the
+    failure; let it escape and the attempt fails and the retry runs the step again."""
+
+    def __init__(self, step_key: str, error_type: str, message: str) -> None:
+        self.step_key = step_key
+        self.error_type = error_type
+        super().__init__(f"step {step_key!r} failed: {error_type}: {message}")
+        self.message = message
+
+
+class NonDeterminismError(SoniqError):
+    """A durable function reached a step that does not match its saved history (another key,
+    function or arguments at that position): its code changed under a running function. The job
+    is dead-lettered, never retried; guard changed code with ``ctx.patched(name)``."""
 
 
 class AppClosedError(SoniqError):

@@ -40,16 +40,8 @@ async def test_the_postgres_migration_upgrades_a_database_in_use(
     """A database at the version before with a queued and a running job: both read with no
     progress, the running job's attempt can report and checkpoint, and the queued one's claim
     has no checkpoint."""
-    name, url = fresh_database
-    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
-    queued, running, lease = new_id(), new_id(), new_id()
-
-    async def before(conn: Any) -> None:
-        await migrate_to(conn, PG_VERSION - 1)
-        await conn.execute(QUEUED_ROW, queued)
-        await conn.execute(RUNNING_ROW, running, lease)
-
-    await on_connection(url, before)
+    url, queued, running, lease = await pg_database_in_use(pg_server, fresh_database,
+                                                           PG_VERSION - 1)
     backend = backend_for(url)
     try:
         assert await backend.migrate() == labels_from(PG_VERSION)
@@ -70,8 +62,27 @@ async def test_the_postgres_migration_upgrades_a_database_in_use(
     assert await schema_of(url) == await schema_of(pg_url)
 
 
-async def test_the_sqlite_migration_upgrades_a_file_in_use(sqlite_url: str) -> None:
-    _at_version(sqlite_url, SQLITE_VERSION - 1)
+async def pg_database_in_use(pg_server: str, fresh_database: tuple[str, str],
+                             version: int) -> tuple[str, str, str, str]:
+    """A new PostgreSQL database at ``version`` holding a queued job and one running under a
+    lease: its URL, their ids and the lease."""
+    name, url = fresh_database
+    await on_connection(pg_server, lambda conn: conn.execute(f'CREATE DATABASE "{name}"'))
+    queued, running, lease = new_id(), new_id(), new_id()
+
+    async def before(conn: Any) -> None:
+        await migrate_to(conn, version)
+        await conn.execute(QUEUED_ROW, queued)
+        await conn.execute(RUNNING_ROW, running, lease)
+
+    await on_connection(url, before)
+    return url, queued, running, lease
+
+
+def sqlite_file_in_use(sqlite_url: str, version: int) -> tuple[str, str]:
+    """A SQLite file at ``version`` holding a queued job and one running under ``LEASE``; their
+    ids."""
+    _at_version(sqlite_url, version)
     stamp = to_db(utc_now())
     queued, running = new_id(), new_id()
     with sqlite3.connect(sqlite_url) as conn:
@@ -82,6 +93,11 @@ async def test_the_sqlite_migration_upgrades_a_file_in_use(sqlite_url: str) -> N
         conn.execute(insert, (queued, "queued", 0, stamp, stamp, stamp, None, None))
         conn.execute(insert, (running, "processing", 1, stamp, stamp, stamp, WORKER, LEASE))
     conn.close()
+    return queued, running
+
+
+async def test_the_sqlite_migration_upgrades_a_file_in_use(sqlite_url: str) -> None:
+    queued, running = sqlite_file_in_use(sqlite_url, SQLITE_VERSION - 1)
     backend = SqliteBackend(sqlite_url)
     try:
         assert await backend.migrate() == [m.label for m in load_migrations("sqlite")

@@ -81,7 +81,7 @@ EXPECTED_COLUMNS = {
         ("on_dependency_failure", "text", False), ("has_dependents", "boolean", True),
         ("workflow_id", "uuid", False), ("step_name", "text", False),
         ("awaited", "boolean", True),
-        ("progress", "jsonb", False), ("checkpoint", "text", False),
+        ("progress", "jsonb", False), ("checkpoint", "text", False), ("has_steps", "boolean", False),
     ],
     "soniq_dependencies": [
         ("dependency", "uuid", True), ("dependent", "uuid", True), ("satisfied", "boolean", True),
@@ -98,6 +98,11 @@ EXPECTED_COLUMNS = {
     "soniq_unique_keys": [
         ("key", "text", True), ("job_id", "uuid", True), ("expires_at", TIMESTAMPTZ, False),
         ("taken_at", TIMESTAMPTZ, True),
+    ],
+    "soniq_steps": [
+        ("job_id", "uuid", True), ("step_key", "text", True), ("position", "integer", True),
+        ("function", "text", True), ("digest", "text", True), ("status", "text", True),
+        ("value", "text", False), ("lease_id", "uuid", True), ("created_at", TIMESTAMPTZ, True),
     ],
     "soniq_workers": [
         ("id", "uuid", True), ("hostname", "text", True), ("pid", "integer", True),
@@ -206,6 +211,8 @@ EXPECTED_INDEXES = {
         ("soniq_workflows_pkey", "UNIQUE INDEX", "soniq_workflows", "(id)"),
         ("soniq_slots_pkey", "UNIQUE INDEX", "soniq_slots", "(job_name, key)"),
         ("soniq_unique_keys_pkey", "UNIQUE INDEX", "soniq_unique_keys", "(key)"),
+        # Durable functions' steps: one read per attempt, by job; the cascade from a job.
+        ("soniq_steps_pkey", "UNIQUE INDEX", "soniq_steps", "(job_id, step_key)"),
         ("soniq_jobs_expires_at_idx", "INDEX", "soniq_jobs",
          "(expires_at) WHERE (expires_at IS NOT NULL)"),
         ("soniq_jobs_worker_id_idx", "INDEX", "soniq_jobs",
@@ -253,6 +260,9 @@ EXPECTED_CHECKS = {
         "CHECK ((on_dependency_failure = ANY (ARRAY['cancel'::text, 'run'::text, 'wait'::text])))",
     "soniq_workflows_kind_check":
         "CHECK ((kind = ANY (ARRAY['workflow'::text, 'batch'::text])))",
+    "soniq_steps_status_check":
+        "CHECK ((status = ANY (ARRAY['done'::text, 'error'::text, 'sleep'::text, "
+        "'marker'::text])))",
     "soniq_jobs_hold_check": "CHECK ((hold = ANY (ARRAY['slot'::text, 'rate'::text])))",
     "soniq_schedules_timing_check": "CHECK (((cron IS NULL) <> (every_seconds IS NULL)))",
     "soniq_webhook_deliveries_status_check":

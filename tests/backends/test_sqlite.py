@@ -74,7 +74,7 @@ async def test_schema_is_created_on_first_use(sqlite: SqliteBackend, sqlite_url:
         "soniq_schedules", "soniq_schedule_fires", "soniq_job_logs", "soniq_webhook_endpoints",
         "soniq_webhook_deliveries", "soniq_stats_minute", "soniq_job_definitions",
         "soniq_slots", "soniq_queues", "soniq_audit", "soniq_rate_buckets",
-        "soniq_dependencies", "soniq_workflows", "soniq_unique_keys"}
+        "soniq_dependencies", "soniq_workflows", "soniq_unique_keys", "soniq_steps"}
     assert "soniq_jobs_dedup_key" not in schema["index"]  # keys live in soniq_unique_keys
     assert {
         "soniq_jobs_claim", "soniq_jobs_queue_claim", "soniq_jobs_queue_status",

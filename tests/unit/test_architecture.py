@@ -14,6 +14,7 @@ from soniq.backends.base import JobStateStore, StorageBackend
 from soniq.backends.memory import MemoryBackend
 from soniq.backends.postgres import PostgresBackend
 from soniq.backends.sqlite import SqliteBackend
+from soniq.backends.steps import StepStore
 from soniq.backends.stores import (
     AuditStore,
     DashboardStore,
@@ -37,7 +38,7 @@ STORES: dict[str, type] = {
     "dead_letters": DeadLetterStore, "schedules": ScheduleStore, "webhooks": WebhookStore,
     "logs": LogStore, "dashboard": DashboardStore, "definitions": DefinitionStore,
     "queues": QueueStore, "audit": AuditStore, "workflows": WorkflowStore,
-    "job_states": JobStateStore,
+    "job_states": JobStateStore, "steps": StepStore,
 }
 #: What each adapter offers: every store on all three; a probe where there is a database.
 HAS_PROBE = {"memory": False, "sqlite": True, "postgres": True}

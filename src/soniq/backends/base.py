@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from soniq.backends.awaiting import AwaitStore
+    from soniq.backends.steps import StepStore
     from soniq.backends.stores import (
         AuditStore,
         DashboardStore,
@@ -132,6 +133,8 @@ class StorageBackend(Protocol):
     def workflows(self) -> WorkflowStore | None: ...
     @property
     def job_states(self) -> JobStateStore: ...
+    @property
+    def steps(self) -> StepStore: ...
     @property
     def awaits(self) -> AwaitStore | None:
         """Pushes the end of awaited jobs (:mod:`soniq.backends.awaiting`); None: waiters poll."""

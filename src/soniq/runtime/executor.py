@@ -42,7 +42,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from soniq.errors import DatabaseError, JobArgumentsError, SerializationError
+from soniq.errors import (
+    DatabaseError,
+    JobArgumentsError,
+    NonDeterminismError,
+    SerializationError,
+)
 from soniq.runtime.retry import retry_delay
 from soniq.runtime.seams import JobEvent, call_hook
 from soniq.serialization import ascii_text, capped_text, dumps, loads, longer_than, storable_text
@@ -278,7 +283,8 @@ class Executor:
                 raise
             await self._on_error(ctx, exc)
             return self._failed(job, spec, type(exc).__name__, _text_of(exc),
-                                "".join(traceback.format_exception(exc)), final=False)
+                                "".join(traceback.format_exception(exc)),
+                                final=isinstance(exc, NonDeterminismError))  # never a retry loop
         finally:
             current_job.reset(token)
         if self._events.wants("done"):

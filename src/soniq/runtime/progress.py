@@ -11,6 +11,10 @@ many jobs reported, fenced by each attempt's lease.
   milliseconds go in one statement, so a hundred jobs checkpointing at once take one connection
   for one write. Refused by the lease: :class:`~soniq.errors.LeaseLostError` at once. On a
   database error the batch stays and is written once the database is back.
+- A durable function's steps (:mod:`soniq.features.durable`) go the same way as checkpoints:
+  ``save_steps`` encodes each value like a result, waits for the batch's ``backend.steps.save``
+  (fenced by each attempt's lease; refused: :class:`~soniq.errors.LeaseLostError`), and
+  ``load_steps`` reads a function's saved steps once at its start.
 - When a job ends, :meth:`JobStateWriter.settle` writes its last pending progress before its
   outcome is handed to the finisher (only for attempts that reported anything: a set lookup for
   the others).
@@ -28,15 +32,17 @@ import anyio.lowlevel
 
 from soniq.errors import DatabaseError, LeaseLostError, SerializationError, ValidationError
 from soniq.runtime.finisher import WRITE_BOUND
-from soniq.serialization import dumps, has_unstorable_chars, longer_than
+from soniq.serialization import dumps, has_unstorable_chars, loads, longer_than
 from soniq.types import JobState
+from soniq.types.durable import StepRow, StepWrite
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from anyio.abc import TaskStatus
 
     from soniq.backends.base import JobStateStore
+    from soniq.backends.steps import StepStore
     from soniq.runtime.seams import PayloadCodec
     from soniq.types import JobContext
 
@@ -68,12 +74,13 @@ def progress_text(value: Any) -> str:
 
 @dataclass(slots=True)
 class _Checkpoint:
-    """One ``checkpoint`` call waiting for its write."""
+    """One ``checkpoint`` (``text``) or ``save_steps`` (``steps``) call waiting for its write."""
 
     lease_id: str
     text: str
     done: anyio.Event = field(default_factory=anyio.Event)
     written: bool = False
+    steps: StepWrite | None = None
 
 
 class JobStateWriter:
@@ -82,8 +89,11 @@ class JobStateWriter:
 
     def __init__(self, store: JobStateStore, codec: PayloadCodec, *, max_checkpoint_bytes: int,
                  interval: float = 1.0, gather: float = 0.005, error_retry_delay: float = 1.0,
-                 clock: Callable[[], float] = anyio.current_time) -> None:
+                 clock: Callable[[], float] = anyio.current_time,
+                 steps: StepStore | None = None) -> None:
         self._store = store
+        self._steps = steps
+        self._step_writes: list[_Checkpoint] = []
         self._codec = codec
         self._max_checkpoint = max_checkpoint_bytes
         self._interval = interval
@@ -110,19 +120,43 @@ class JobStateWriter:
         await anyio.lowlevel.checkpoint()
 
     async def checkpoint(self, ctx: JobContext, state: Any) -> None:
-        text = self._codec.encode_result(ctx.job_name, state)
-        if longer_than(text, self._max_checkpoint) or has_unstorable_chars(text):
-            raise SerializationError(
-                f"the checkpoint of job {ctx.job_name!r} cannot be stored: its JSON takes more "
-                f"than max_result_bytes ({self._max_checkpoint:,} bytes) or holds a NUL "
-                "character or a lone surrogate")
-        pending = _Checkpoint(self._check(ctx), text)
-        self._checkpoints.append(pending)
+        pending = _Checkpoint(self._check(ctx), self._encode(ctx, state, "the checkpoint"))
+        await self._written(ctx, pending, self._checkpoints)
+
+    async def load_steps(self, ctx: JobContext) -> list[StepRow]:
+        if self._steps is None:
+            return []
+        return [step._replace(value=self._codec.decode_result(ctx.job_name, loads(step.value)))
+                for step in await self._steps.load(ctx.job_id)]
+
+    async def save_steps(self, ctx: JobContext, put: Sequence[StepRow],
+                         drop: Sequence[str] = ()) -> None:
+        if self._steps is None:
+            return
+        rows = tuple(step._replace(value=self._encode(ctx, step.value, f"step {step.step_key!r}"))
+                     for step in put)
+        write = StepWrite(ctx.job_id, ctx.lease_id, rows, tuple(drop))
+        await self._written(ctx, _Checkpoint(self._check(ctx), "", steps=write), self._step_writes)
+
+    async def _written(self, ctx: JobContext, pending: _Checkpoint,
+                       queue: list[_Checkpoint]) -> None:
+        """Queue a write and return once its batch ran; refused: LeaseLostError."""
+        queue.append(pending)
         self._wake.set()
         await pending.done.wait()
         if not pending.written:
             self._lost.add(pending.lease_id)
             raise self._lost_error(ctx)
+
+    def _encode(self, ctx: JobContext, value: Any, what: str) -> str:
+        """``value`` encoded like a result, within ``max_result_bytes``."""
+        text = self._codec.encode_result(ctx.job_name, value)
+        if longer_than(text, self._max_checkpoint) or has_unstorable_chars(text):
+            raise SerializationError(
+                f"{what} of job {ctx.job_name!r} cannot be stored: its JSON takes more than "
+                f"max_result_bytes ({self._max_checkpoint:,} bytes) or holds a NUL character "
+                "or a lone surrogate")
+        return text
 
     def _check(self, ctx: JobContext) -> str:
         """The attempt's lease, once it is known to hold no more: LeaseLostError."""
@@ -194,6 +228,8 @@ class JobStateWriter:
                 if pending.lease_id not in self._ids:
                     pending.done.set()
             self._checkpoints = [p for p in self._checkpoints if p.lease_id in self._ids]
+        if self._step_writes:
+            await self._write_steps()
         due = [lease for lease in self._progress if self._next.get(lease, 0.0) <= now]
         checkpoints = self._checkpoints[:]
         if due or checkpoints:
@@ -226,13 +262,35 @@ class JobStateWriter:
             return None
         return max(0.0, min(self._next.get(lease, 0.0) for lease in self._progress) - now)
 
+    async def _write_steps(self) -> None:
+        """One ``steps.save`` for the step writes waiting (those of ended attempts dropped)."""
+        assert self._steps is not None
+        pending = [p for p in self._step_writes if p.lease_id in self._ids]
+        for dropped in self._step_writes:
+            if dropped.lease_id not in self._ids:
+                dropped.done.set()
+        self._step_writes = pending[:]
+        writes = [p.steps for p in pending if p.steps is not None]
+        written = await _bounded(self._steps.save(writes), f"the steps of {len(writes)} job(s)")
+        self.writes += 1
+        del self._step_writes[:len(pending)]
+        for p in pending:
+            p.written = p.steps is not None and p.steps.job_id in written
+            p.done.set()
+
     async def _save(self, states: dict[str, JobState]) -> set[str]:
         """One ``save``; the leases written. Never abandoned half-way by cancellation."""
         batch = [state._replace(job_id=self._ids[lease]) for lease, state in states.items()]
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + WRITE_BOUND
-            written = set(await self._store.save(batch))
-        if scope.cancelled_caught:
-            raise DatabaseError(f"writing the progress of {len(batch)} job(s) took longer than "
-                                f"{WRITE_BOUND:g}s")
+        written = await _bounded(self._store.save(batch), f"the progress of {len(batch)} job(s)")
         return {state.lease_id for state in batch if state.job_id in written}
+
+
+async def _bounded(write: Awaitable[list[str]], what: str) -> set[str]:
+    """The ids a write returned; never abandoned half-way by cancellation, bounded by
+    ``WRITE_BOUND`` (then DatabaseError)."""
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + WRITE_BOUND
+        written = set(await write)
+    if scope.cancelled_caught:
+        raise DatabaseError(f"writing {what} took longer than {WRITE_BOUND:g}s")
+    return written

@@ -82,7 +82,7 @@ class Worker:
         self._backend = backend
         self._services = list(services)
         self.finisher = Finisher(backend, error_retry_delay=settings.error_retry_delay)
-        self.states = JobStateWriter(backend.job_states, codec,
+        self.states = JobStateWriter(backend.job_states, codec, steps=backend.steps,
                                      max_checkpoint_bytes=settings.max_result_bytes,
                                      error_retry_delay=settings.error_retry_delay)
         self.executor = Executor(

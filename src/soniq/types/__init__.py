@@ -18,6 +18,8 @@ from soniq.types.workflows import BATCH_ITEM, WorkflowInfo, WorkflowStatus, Work
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from soniq.types.durable import StepRow
+
 __all__ = [
     "FINAL_STATUSES",
     "AuditEntry",
@@ -405,6 +407,16 @@ class JobReporter(typing.Protocol):
     async def progress(self, ctx: JobContext, value: Any) -> None: ...
 
     async def checkpoint(self, ctx: JobContext, state: Any) -> None: ...
+
+    async def load_steps(self, ctx: JobContext) -> list[StepRow]:
+        """A durable function's saved steps (values decoded): one read at its start."""
+        ...
+
+    async def save_steps(self, ctx: JobContext, put: Sequence[StepRow],
+                         drop: Sequence[str] = ()) -> None:
+        """Write steps (values plain) and drop saved ones; returns once stored.
+        ``LeaseLostError``: this attempt lost its lease."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from soniq.backends.memory.dependencies import Dependencies
 from soniq.backends.memory.gates import Gates
 from soniq.backends.memory.job_states import MemoryJobStateStore
 from soniq.backends.memory.slots import PARKED, Slots
+from soniq.backends.memory.steps import MemoryStepStore
 from soniq.backends.memory.stores import (
     MemoryDashboardStore,
     MemoryDeadLetterStore,
@@ -101,6 +102,7 @@ class MemoryBackend:
         self._deps = Dependencies(self._jobs, self._slots, self._set_status, self._notify)
         self.workflows = MemoryWorkflowStore(self._jobs, self._deps.given)
         self.job_states = MemoryJobStateStore(self._jobs)
+        self.steps = MemoryStepStore(self._jobs)
         self.awaits = MemoryAwaitStore(self._jobs, self._listeners)
 
     async def initialize(self) -> None:

@@ -54,6 +54,7 @@ from soniq.backends.postgres.logs import PostgresLogStore
 from soniq.backends.postgres.pool import StatementPool
 from soniq.backends.postgres.queues import PostgresAuditStore, PostgresQueueStore
 from soniq.backends.postgres.schedules import PostgresScheduleStore
+from soniq.backends.postgres.steps import PostgresStepStore
 from soniq.backends.postgres.webhooks import PostgresWebhookStore
 from soniq.backends.postgres.where import where
 from soniq.errors import UnsupportedOperationError, ValidationError
@@ -120,6 +121,7 @@ class PostgresBackend:
                                                 self._maintenance_timeout, self.queue_stats, n)
         self.queues = PostgresQueueStore(self._ready, self._errors, n)
         self.job_states = PostgresJobStateStore(self._ready, self._errors, n)
+        self.steps = PostgresStepStore(self._ready, self._errors, n)
         self.audit = PostgresAuditStore(self._ready, self._errors, n)
         self.workflows = workflows.PostgresWorkflowStore(self._ready, self._errors, n,
                                                          self._maintenance_timeout)

@@ -71,6 +71,8 @@ class Names:
     workflows: str
     #: Dedup keys and the job standing on each (:mod:`.keys`).
     unique_keys: str
+    #: Durable functions' saved steps (:mod:`.steps`).
+    steps: str
     #: The NOTIFY channel that wakes workers (payload: the queue).
     jobs_channel: str
     #: The NOTIFY channel that asks a job's worker to cancel it (payload: the job id).
@@ -116,7 +118,7 @@ def names(schema: str | None) -> Names:
         stats_minute=table("stats_minute"), job_definitions=table("job_definitions"),
         slots=table("slots"), queues=table("queues"), audit=table("audit"),
         rate_buckets=table("rate_buckets"), dependencies=table("dependencies"),
-        workflows=table("workflows"), unique_keys=table("unique_keys"),
+        workflows=table("workflows"), unique_keys=table("unique_keys"), steps=table("steps"),
         jobs_channel=channel("soniq_jobs"), cancel_channel=channel("soniq_cancel"),
         queues_channel=channel("soniq_queues"), awaited_channel=channel("soniq_awaited"),
         migration_lock_key=(int.from_bytes(digest[:8], "big", signed=True) if own

@@ -40,6 +40,7 @@ from soniq.backends.sqlite.definitions import SqliteDefinitionStore
 from soniq.backends.sqlite.job_states import SqliteJobStateStore
 from soniq.backends.sqlite.logs import SqliteLogStore
 from soniq.backends.sqlite.schedules import SqliteScheduleStore
+from soniq.backends.sqlite.steps import SqliteStepStore
 from soniq.backends.sqlite.webhooks import SqliteWebhookStore
 from soniq.backends.sqlite.where import where
 from soniq.backends.sqlite.workflows import INSERT_WORKFLOW, SqliteWorkflowStore
@@ -98,6 +99,7 @@ class SqliteBackend:
         self.audit = SqliteAuditStore(self._db)
         self.workflows = SqliteWorkflowStore(self._db)
         self.job_states = SqliteJobStateStore(self._db)
+        self.steps = SqliteStepStore(self._db)
 
     def __repr__(self) -> str:
         return f"<SqliteBackend path={self._db.path!r}>"
